@@ -1,0 +1,11 @@
+//! obleth-config: settings, shared types, Postgres access and the embedded,
+//! phased migrations with their runner and compatibility check.
+
+pub mod migrate;
+pub mod settings;
+pub mod telemetry;
+pub mod version;
+
+pub use settings::{
+    load, DatabaseSettings, DatabaseUrl, LogSettings, MigrationSettings, SettingsError,
+};

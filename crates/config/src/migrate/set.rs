@@ -1,0 +1,238 @@
+//! A migration set: SQL files joined with their manifest entries, embedded or read from a directory.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use sqlx::migrate::{Migration, MigrationType};
+
+use super::manifest::Manifest;
+use super::phase::Phase;
+use super::SetError;
+
+/// The migrations compiled into every obleth binary.
+static EMBEDDED: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+const EMBEDDED_MANIFEST: &str = include_str!("../../migrations/manifest.toml");
+
+/// The name of the manifest inside a migrations directory.
+pub const MANIFEST_FILE: &str = "manifest.toml";
+
+/// One migration with everything the runner, the check and the lint need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationDef {
+    pub version: i64,
+    pub description: String,
+    /// The file name, `<version>_<description>.sql`.
+    pub file: String,
+    pub sql: String,
+    /// SHA-384 of the SQL, as sqlx computes and records it.
+    pub checksum: Vec<u8>,
+    /// The file starts with `-- no-transaction`.
+    pub no_tx: bool,
+    pub phase: Phase,
+    pub requires_release: Option<semver::Version>,
+}
+
+/// An ordered set of migrations that agrees with its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationSet {
+    migrations: Vec<MigrationDef>,
+}
+
+impl MigrationSet {
+    /// The set embedded in this binary.
+    pub fn embedded() -> Result<MigrationSet, SetError> {
+        let manifest = Manifest::parse(EMBEDDED_MANIFEST, "migrations/manifest.toml")?;
+        Self::join(EMBEDDED.iter(), &manifest, "migrations/manifest.toml")
+    }
+
+    /// Reads `<version>_<description>.sql` files and `manifest.toml` from `dir`,
+    /// with the same naming and checksum rules as sqlx.
+    pub fn from_dir(dir: &Path) -> Result<MigrationSet, SetError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest_name = manifest_path.display().to_string();
+        let text = std::fs::read_to_string(&manifest_path).map_err(|e| SetError::Manifest {
+            file: manifest_name.clone(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        let manifest = Manifest::parse(&text, &manifest_name)?;
+        let entries = std::fs::read_dir(dir).map_err(|e| SetError::File {
+            file: dir.display().to_string(),
+            message: format!("cannot read the directory: {e}"),
+        })?;
+        let mut migrations = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| SetError::File {
+                file: dir.display().to_string(),
+                message: format!("cannot read the directory: {e}"),
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((version, rest)) = name.split_once('_') else {
+                continue;
+            };
+            if !rest.ends_with(".sql") || !entry.path().is_file() {
+                continue;
+            }
+            let version: i64 = version.parse().map_err(|_| SetError::File {
+                file: name.clone(),
+                message: "the name must start with an integer version, as in `20261122000001_create_keys.sql`".to_owned(),
+            })?;
+            let migration_type = MigrationType::from_filename(rest);
+            let description = rest
+                .trim_end_matches(migration_type.suffix())
+                .replace('_', " ");
+            let sql = std::fs::read_to_string(entry.path()).map_err(|e| SetError::File {
+                file: name.clone(),
+                message: format!("cannot read it: {e}"),
+            })?;
+            let no_tx = sql.starts_with("-- no-transaction");
+            migrations.push(Migration::new(
+                version,
+                Cow::Owned(description),
+                migration_type,
+                Cow::Owned(sql),
+                no_tx,
+            ));
+        }
+        migrations.sort_by_key(|m| m.version);
+        Self::join(migrations.iter(), &manifest, &manifest_name)
+    }
+
+    /// Builds a set from definitions directly (tests and tools).
+    pub fn from_defs(mut migrations: Vec<MigrationDef>) -> MigrationSet {
+        migrations.sort_by_key(|m| m.version);
+        MigrationSet { migrations }
+    }
+
+    fn join<'a>(
+        files: impl Iterator<Item = &'a Migration>,
+        manifest: &Manifest,
+        manifest_name: &str,
+    ) -> Result<MigrationSet, SetError> {
+        let mut migrations = Vec::new();
+        for m in files {
+            let file = format!("{}_{}.sql", m.version, m.description.replace(' ', "_"));
+            if m.migration_type.is_reversible() {
+                return Err(SetError::File {
+                    file,
+                    message: "obleth migrations are forward-only; remove the .up/.down suffix and write a new migration to undo a change".to_owned(),
+                });
+            }
+            let entry = manifest
+                .entries
+                .get(&m.version)
+                .ok_or_else(|| SetError::MissingEntry {
+                    file: file.clone(),
+                    manifest: manifest_name.to_owned(),
+                })?;
+            migrations.push(MigrationDef {
+                version: m.version,
+                description: m.description.to_string(),
+                file,
+                sql: m.sql.to_string(),
+                checksum: m.checksum.to_vec(),
+                no_tx: m.no_tx,
+                phase: entry.phase,
+                requires_release: entry.requires_release.clone(),
+            });
+        }
+        for version in manifest.entries.keys() {
+            if !migrations.iter().any(|m| m.version == *version) {
+                return Err(SetError::MissingFile {
+                    version: *version,
+                    manifest: manifest_name.to_owned(),
+                });
+            }
+        }
+        migrations.sort_by_key(|m| m.version);
+        Ok(MigrationSet { migrations })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &MigrationDef> {
+        self.migrations.iter()
+    }
+
+    pub fn get(&self, version: i64) -> Option<&MigrationDef> {
+        self.migrations.iter().find(|m| m.version == version)
+    }
+
+    /// The newest migration of this set, the schema version the binary expects.
+    pub fn latest_version(&self) -> Option<i64> {
+        self.migrations.last().map(|m| m.version)
+    }
+
+    pub fn len(&self) -> usize {
+        self.migrations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.migrations.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn embedded_set_agrees_with_its_manifest() {
+        let set = MigrationSet::embedded()
+            .expect("every migration file has a manifest entry and the other way round");
+        assert!(!set.is_empty());
+        // The embedded set and the directory on disk are the same migrations.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        assert_eq!(MigrationSet::from_dir(&dir).unwrap(), set);
+    }
+
+    #[test]
+    fn a_file_without_a_manifest_entry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "1_first.sql", "CREATE TABLE a (id int);");
+        write(dir.path(), "2_second.sql", "CREATE TABLE b (id int);");
+        write(
+            dir.path(),
+            MANIFEST_FILE,
+            "[[migration]]\nversion = 1\nphase = \"expand\"\n",
+        );
+        let err = MigrationSet::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("2_second.sql"), "{err}");
+        assert!(err.contains("no entry"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_entry_without_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "1_first.sql", "CREATE TABLE a (id int);");
+        write(
+            dir.path(),
+            MANIFEST_FILE,
+            "[[migration]]\nversion = 1\nphase = \"expand\"\n[[migration]]\nversion = 3\nphase = \"expand\"\n",
+        );
+        let err = MigrationSet::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("lists migration 3"), "{err}");
+    }
+
+    #[test]
+    fn reads_phase_no_tx_and_sqlx_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON a (id);\n";
+        write(dir.path(), "7_add_index.sql", sql);
+        write(dir.path(), "README.txt", "ignored");
+        write(
+            dir.path(),
+            MANIFEST_FILE,
+            "[[migration]]\nversion = 7\nphase = \"contract\"\nrequires_release = \"0.2.0\"\n",
+        );
+        let set = MigrationSet::from_dir(dir.path()).unwrap();
+        let m = set.get(7).unwrap();
+        assert!(m.no_tx);
+        assert_eq!(m.phase, Phase::Contract);
+        assert_eq!(m.file, "7_add_index.sql");
+        assert_eq!(m.description, "add index");
+        let expected = Migration::new(7, "x".into(), MigrationType::Simple, sql.into(), true);
+        assert_eq!(m.checksum, expected.checksum.to_vec());
+    }
+}

@@ -1,0 +1,146 @@
+//! The obleth migration CLI over obleth-config's runner: `up`, `status`, `plan`,
+//! `finish`, `verify` and `lint`.
+
+mod commands;
+mod report;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use obleth_config::telemetry::LogFormat;
+
+pub use commands::run;
+
+/// Exit codes, documented in `docs/migrations.md`.
+pub mod exit {
+    /// Success; for `status`: the schema is up to date.
+    pub const OK: u8 = 0;
+    /// Any other failure: unreachable database, a failed migration, lint findings.
+    pub const ERROR: u8 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// `status`: the database was never migrated.
+    pub const NOT_INITIALISED: u8 = 3;
+    /// `status`: migrations are pending (`up` or `finish` has work).
+    pub const PENDING: u8 = 4;
+    /// The schema is incompatible with this release, a shipped migration was
+    /// edited, or a migration is dirty.
+    pub const INCOMPATIBLE: u8 = 5;
+    /// The migration lock stayed held for the whole lock wait.
+    pub const LOCK_HELD: u8 = 6;
+    /// `finish` refused: live nodes run releases older than a contract migration requires.
+    pub const OLD_NODES: u8 = 7;
+}
+
+/// Applies and inspects obleth's database migrations.
+#[derive(Debug, Parser)]
+#[command(name = "obleth-migrator", version = obleth_config::version::VERSION, about)]
+pub struct Cli {
+    /// PostgreSQL URL, e.g. postgres://obleth:PASSWORD@db:5432/obleth.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+
+    /// Seconds to wait for the migration lock before giving up.
+    #[arg(
+        long,
+        env = "OBLETH_MIGRATIONS__LOCK_WAIT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub lock_wait_secs: u64,
+
+    /// `lock_timeout` of each migration statement, in milliseconds.
+    #[arg(
+        long,
+        env = "OBLETH_MIGRATIONS__LOCK_TIMEOUT_MS",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub lock_timeout_ms: u64,
+
+    /// `statement_timeout` of each migration statement, in seconds.
+    #[arg(
+        long,
+        env = "OBLETH_MIGRATIONS__STATEMENT_TIMEOUT_SECS",
+        default_value_t = 600,
+        global = true
+    )]
+    pub statement_timeout_secs: u64,
+
+    /// Retries of a migration that hit `lock_timeout`.
+    #[arg(
+        long,
+        env = "OBLETH_MIGRATIONS__MAX_RETRIES",
+        default_value_t = 10,
+        global = true
+    )]
+    pub max_retries: u32,
+
+    /// First back-off after a lock timeout, in milliseconds (doubles each retry).
+    #[arg(
+        long,
+        env = "OBLETH_MIGRATIONS__RETRY_BACKOFF_MS",
+        default_value_t = 500,
+        global = true
+    )]
+    pub retry_backoff_ms: u64,
+
+    /// For development: use the migrations in this directory (with its
+    /// manifest.toml) instead of the ones built into this binary.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub source: Option<PathBuf>,
+
+    /// Log format: pretty or json.
+    #[arg(
+        long,
+        env = "OBLETH_LOG__FORMAT",
+        default_value = "pretty",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending expand migrations.
+    Up {
+        /// Print the SQL that would run and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print each applied migration with its timing.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Show applied, pending and unknown migrations; the exit code tells the state.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what `up` and what `finish` would apply.
+    Plan {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply contract migrations (and any pending expand ones) once no live node is too old.
+    Finish {
+        /// Run even while older nodes are recorded alive.
+        #[arg(long)]
+        force: bool,
+        /// Print the SQL that would run and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Compare the checksums of applied migrations with this binary's files.
+    Verify,
+    /// Check migration files for changes that break the previous release or lock tables.
+    Lint {
+        /// Lint this directory instead of the built-in migrations.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
