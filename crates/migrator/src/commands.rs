@@ -227,6 +227,15 @@ fn connect_options(cli: &Cli) -> Result<PgConnectOptions, Failure> {
             "no database given: pass --database-url or set DATABASE_URL",
         )
     })?;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Failure::new(
+            exit::ERROR,
+            format!(
+                "invalid database URL {}: it must start with postgres:// or postgresql://",
+                redact_url(url)
+            ),
+        ));
+    }
     PgConnectOptions::from_str(url).map_err(|e| {
         Failure::new(
             exit::ERROR,
@@ -241,7 +250,17 @@ async fn connect(options: &PgConnectOptions) -> Result<sqlx::PgConnection, Failu
         .application_name("obleth-migrator")
         .connect()
         .await
-        .map_err(|e| Failure::new(exit::ERROR, format!("cannot connect to the database: {e}")))
+        .map_err(|e| {
+            Failure::new(
+                exit::ERROR,
+                format!(
+                    "cannot connect to the database at {}:{}/{}: {e}",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or("(default)")
+                ),
+            )
+        })
 }
 
 async fn status(set: &MigrationSet, options: &PgConnectOptions) -> Result<StatusReport, Failure> {
