@@ -1,7 +1,10 @@
 //! obleth-config: settings, shared types, Postgres access and the embedded,
 //! phased migrations with their runner and compatibility check.
 
+pub mod apikey;
+pub mod db;
 pub mod migrate;
+pub mod model;
 pub mod settings;
 pub mod telemetry;
 pub mod version;

@@ -1,2 +1,29 @@
-//! obleth-gateway: filled in by its own issue; for now it carries the shared
-//! command line so the binary, its `--help` and its version exist.
+//! obleth-gateway: the data plane. An OpenAI-compatible proxy with a warmed key
+//! cache, live revocation, per-key policy, routing with fallback, usage records,
+//! ops endpoints and a graceful drain. See ARCHITECTURE.md for the map.
+
+pub mod app;
+pub mod auth;
+pub mod budget;
+pub mod catalog;
+pub mod embedded;
+pub mod error;
+pub mod feed;
+pub mod health;
+pub mod keycache;
+pub mod metrics;
+pub mod mock;
+pub mod node;
+pub mod ops;
+pub mod policy;
+pub mod proxy;
+pub mod ratelimit;
+pub mod relay;
+pub mod settings;
+pub mod state;
+pub mod upstream;
+pub mod usage;
+pub mod warmup;
+
+pub use app::{proxy_router, Gateway};
+pub use settings::GatewaySettings;

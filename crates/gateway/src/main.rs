@@ -1,8 +1,12 @@
-//! `obleth-gateway`: the data plane binary.
+//! `obleth-gateway`: parses the command line, starts tracing, loads settings and
+//! runs the gateway until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use obleth_gateway::{Gateway, GatewaySettings};
+use secrecy::ExposeSecret;
 
 /// The obleth gateway: an OpenAI-compatible proxy with a warmed key cache.
 #[derive(Debug, Parser)]
@@ -11,12 +15,75 @@ struct Cli {
     /// Settings file (TOML); also read from OBLETH_CONFIG.
     #[arg(long, env = "OBLETH_CONFIG")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make a new API key and print it with the [[keys]] entry for the settings file.
+    Key {
+        /// The key's name in the file.
+        #[arg(long, default_value = "my-key")]
+        name: String,
+    },
+    /// Check the settings file and exit.
+    Check,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    anyhow::bail!(
-        "the gateway data plane is not built yet (settings: {:?}); see the open gateway issue",
-        cli.config
-    )
+    if let Some(Command::Key { name }) = &cli.command {
+        let key = obleth_config::apikey::generate();
+        println!("# The key (shown once; give it to the client):");
+        println!("# {}", key.secret.expose_secret());
+        println!("[[keys]]");
+        println!("name = {name:?}");
+        println!("public_id = {:?}", key.public_id);
+        println!("secret_sha256 = {:?}", hex(&key.secret_hash));
+        return Ok(());
+    }
+    let settings =
+        GatewaySettings::load(cli.config.as_deref()).context("cannot load the settings")?;
+    if let Some(Command::Check) = cli.command {
+        println!("settings are valid");
+        return Ok(());
+    }
+    obleth_config::telemetry::init(settings.log.format, &settings.log.filter);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let proxy = tokio::net::TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on server.listen {}", settings.server.listen))?;
+        let ops = tokio::net::TcpListener::bind(settings.server.ops_listen)
+            .await
+            .with_context(|| format!("cannot listen on server.ops_listen {}", settings.server.ops_listen))?;
+        tracing::info!(listen = %settings.server.listen, ops = %settings.server.ops_listen, "Listening.");
+        let gateway = Gateway::build(settings, cli.config.clone()).await?;
+        gateway.run(proxy, ops, shutdown_signal()).await
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot listen for SIGTERM.");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

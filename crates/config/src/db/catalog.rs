@@ -1,0 +1,249 @@
+//! Providers and routes: loading the routing catalog and the minimal write path behind it.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::changes::record_change;
+use crate::model::{Entity, Op, Provider, ProviderKind, Route, RouteTarget};
+
+/// Every provider and route, each list ordered by name (routes by model).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub providers: Vec<Provider>,
+    pub routes: Vec<Route>,
+}
+
+/// A catalog write that the data does not allow.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("unknown provider `{0}`")]
+    UnknownProvider(String),
+    #[error("route `{0}` needs at least one target")]
+    NoTargets(String),
+    #[error("provider `{provider}` is still used by routes: {}", routes.join(", "))]
+    ProviderInUse {
+        provider: String,
+        routes: Vec<String>,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// One row of the routes-with-targets join.
+#[derive(sqlx::FromRow)]
+struct RouteRow {
+    id: Uuid,
+    model: String,
+    provider: Option<String>,
+    upstream_model: Option<String>,
+}
+
+/// Loads providers and routes, each route's targets in position order.
+///
+/// Both reads run in one repeatable-read snapshot, so a route never names a
+/// provider the same catalog lacks.
+pub async fn load_catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let providers: Vec<Provider> = sqlx::query_as(
+        "SELECT id, name, kind, base_url, credential_ref, timeout_ms FROM providers ORDER BY name",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let rows: Vec<RouteRow> = sqlx::query_as(
+        "SELECT r.id, r.model, p.name AS provider, t.upstream_model \
+         FROM routes r \
+         LEFT JOIN route_targets t ON t.route_id = r.id \
+         LEFT JOIN providers p ON p.id = t.provider_id \
+         ORDER BY r.model, t.position",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let mut routes: Vec<Route> = Vec::new();
+    for row in rows {
+        let route = match routes.last_mut() {
+            Some(route) if route.id == row.id => route,
+            _ => {
+                routes.push(Route {
+                    id: row.id,
+                    model: row.model,
+                    targets: Vec::new(),
+                });
+                let last = routes.len() - 1;
+                &mut routes[last]
+            }
+        };
+        // A route without targets yields one row with NULLs from the left join.
+        if let Some(provider) = row.provider {
+            route.targets.push(RouteTarget {
+                provider,
+                upstream_model: row.upstream_model,
+            });
+        }
+    }
+    Ok(Catalog { providers, routes })
+}
+
+/// The attributes of a provider to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProvider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub credential_ref: Option<String>,
+    /// The schema's default is 60 000.
+    pub timeout_ms: i32,
+}
+
+/// Creates a provider.
+pub async fn create_provider(pool: &PgPool, new: &NewProvider) -> Result<Provider, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let provider: Provider = sqlx::query_as(
+        "INSERT INTO providers (id, name, kind, base_url, credential_ref, timeout_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         RETURNING id, name, kind, base_url, credential_ref, timeout_ms",
+    )
+    .bind(Uuid::new_v4())
+    .bind(&new.name)
+    .bind(new.kind.as_str())
+    .bind(&new.base_url)
+    .bind(&new.credential_ref)
+    .bind(new.timeout_ms)
+    .fetch_one(&mut *tx)
+    .await?;
+    record_change(
+        &mut tx,
+        Entity::Provider,
+        &provider.id.to_string(),
+        Op::Insert,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(provider)
+}
+
+/// Deletes the provider named `name`; false when there was none. Refused while
+/// a route still targets it.
+pub async fn delete_provider(pool: &PgPool, name: &str) -> Result<bool, CatalogError> {
+    let mut tx = pool.begin().await?;
+    let id: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM providers WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(id) = id else {
+        return Ok(false);
+    };
+    // The row lock above makes a concurrent create_route wait on its foreign
+    // key check, so this list cannot go stale before the delete.
+    let routes: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT r.model FROM routes r JOIN route_targets t ON t.route_id = r.id \
+         WHERE t.provider_id = $1 ORDER BY r.model",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    if !routes.is_empty() {
+        return Err(CatalogError::ProviderInUse {
+            provider: name.to_owned(),
+            routes,
+        });
+    }
+    sqlx::query("DELETE FROM providers WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    record_change(&mut tx, Entity::Provider, &id.to_string(), Op::Delete).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Creates the route for `model`, served by `targets` in order. Each target
+/// names a provider, which must exist.
+pub async fn create_route(
+    pool: &PgPool,
+    model: &str,
+    targets: &[RouteTarget],
+) -> Result<Route, CatalogError> {
+    if targets.is_empty() {
+        return Err(CatalogError::NoTargets(model.to_owned()));
+    }
+    let mut tx = pool.begin().await?;
+    let provider_ids = resolve_providers(&mut tx, targets).await?;
+    let id: Uuid =
+        sqlx::query_scalar("INSERT INTO routes (id, model) VALUES ($1, $2) RETURNING id")
+            .bind(Uuid::new_v4())
+            .bind(model)
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut insert: QueryBuilder<'_, Postgres> = QueryBuilder::new(
+        "INSERT INTO route_targets (route_id, position, provider_id, upstream_model) ",
+    );
+    insert.push_values(
+        targets.iter().zip(&provider_ids).enumerate(),
+        |mut row, (position, (target, provider_id))| {
+            // Routes have a handful of targets; the position always fits.
+            let position = i32::try_from(position).unwrap_or(i32::MAX);
+            row.push_bind(id)
+                .push_bind(position)
+                .push_bind(*provider_id)
+                .push_bind(&target.upstream_model);
+        },
+    );
+    insert.build().execute(&mut *tx).await?;
+    record_change(&mut tx, Entity::Route, &id.to_string(), Op::Insert).await?;
+    tx.commit().await?;
+    Ok(Route {
+        id,
+        model: model.to_owned(),
+        targets: targets.to_vec(),
+    })
+}
+
+/// The provider id of each target, in order; the first unknown name is an error.
+///
+/// The providers are locked `FOR KEY SHARE`, as the foreign key check would,
+/// so none can be deleted before the route commits.
+async fn resolve_providers(
+    conn: &mut PgConnection,
+    targets: &[RouteTarget],
+) -> Result<Vec<Uuid>, CatalogError> {
+    let names: Vec<&str> = targets.iter().map(|t| t.provider.as_str()).collect();
+    let found: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, name FROM providers WHERE name = ANY($1) FOR KEY SHARE")
+            .bind(&names)
+            .fetch_all(&mut *conn)
+            .await?;
+    names
+        .iter()
+        .map(|name| {
+            found
+                .iter()
+                .find(|(_, n)| n == name)
+                .map(|(id, _)| *id)
+                .ok_or_else(|| CatalogError::UnknownProvider((*name).to_owned()))
+        })
+        .collect()
+}
+
+/// Deletes route `id` and its targets; false when there was none.
+pub async fn delete_route(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let deleted = sqlx::query("DELETE FROM routes WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        > 0;
+    if deleted {
+        record_change(&mut tx, Entity::Route, &id.to_string(), Op::Delete).await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
+}

@@ -1,0 +1,222 @@
+//! API key queries: the gateway's reads (warm-up stream, lookups) and the admin's writes.
+//!
+//! Every write is one transaction holding the row change and its change-log
+//! entry, so the NOTIFY goes out exactly when the change becomes visible.
+
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::changes::record_change;
+use crate::apikey::{self, GeneratedKey};
+use crate::model::{ApiKey, Entity, Op};
+
+/// The `api_keys` columns in [`ApiKey`]'s order, as a literal for `concat!`.
+macro_rules! key_columns {
+    () => {
+        "id, public_id, secret_hash, name, owner, allowed_models, rpm_limit, tpm_limit, \
+         token_budget, expires_at, revoked_at, created_at, updated_at"
+    };
+}
+
+/// Streams every key that is not revoked, expired ones included (the gateway
+/// judges expiry, since a key expires without any write to tell it).
+///
+/// The stream holds one pooled connection until it ends. To warm a cache
+/// without missing changes, read [`super::changes::latest_seq`] first, then
+/// drain this, then catch up from that seq.
+pub fn active_keys(pool: &PgPool) -> impl Stream<Item = Result<ApiKey, sqlx::Error>> + Send + '_ {
+    sqlx::query_as::<_, ApiKey>(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM api_keys WHERE revoked_at IS NULL ORDER BY id"
+    ))
+    .fetch(pool)
+}
+
+/// The key whose secret hashes to `secret_hash`, revoked or not. Callers should
+/// also check that its `public_id` is the one presented.
+pub async fn key_by_hash(pool: &PgPool, secret_hash: &[u8]) -> Result<Option<ApiKey>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM api_keys WHERE secret_hash = $1"
+    ))
+    .bind(secret_hash)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The key with id `id`, revoked or not.
+pub async fn key_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM api_keys WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The attributes of a key to create; the secret is generated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    pub owner: Option<String>,
+    pub allowed_models: Vec<String>,
+    pub rpm_limit: Option<i32>,
+    pub tpm_limit: Option<i32>,
+    pub token_budget: Option<i64>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Creates a key with a fresh secret. The returned [`GeneratedKey`] holds the
+/// only copy of the secret; the database keeps its hash.
+pub async fn create_key(
+    pool: &PgPool,
+    new: &NewKey,
+) -> Result<(ApiKey, GeneratedKey), sqlx::Error> {
+    let generated = apikey::generate();
+    let mut tx = pool.begin().await?;
+    let key: ApiKey = sqlx::query_as(concat!(
+        "INSERT INTO api_keys (id, public_id, secret_hash, name, owner, allowed_models, \
+             rpm_limit, tpm_limit, token_budget, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
+        key_columns!()
+    ))
+    .bind(Uuid::new_v4())
+    .bind(&generated.public_id)
+    .bind(&generated.secret_hash[..])
+    .bind(&new.name)
+    .bind(&new.owner)
+    .bind(&new.allowed_models)
+    .bind(new.rpm_limit)
+    .bind(new.tpm_limit)
+    .bind(new.token_budget)
+    .bind(new.expires_at)
+    .fetch_one(&mut *tx)
+    .await?;
+    record_change(&mut tx, Entity::ApiKey, &key.id.to_string(), Op::Insert).await?;
+    tx.commit().await?;
+    Ok((key, generated))
+}
+
+/// A partial update: `None` leaves a field alone; for nullable fields
+/// `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub owner: Option<Option<String>>,
+    pub allowed_models: Option<Vec<String>>,
+    pub rpm_limit: Option<Option<i32>>,
+    pub tpm_limit: Option<Option<i32>>,
+    pub token_budget: Option<Option<i64>>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+impl KeyUpdate {
+    /// True when the update would change nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == KeyUpdate::default()
+    }
+}
+
+/// Applies `update` to key `id`; `None` when no such key exists. An empty
+/// update changes nothing and records no change.
+pub async fn update_key(
+    pool: &PgPool,
+    id: Uuid,
+    update: &KeyUpdate,
+) -> Result<Option<ApiKey>, sqlx::Error> {
+    if update.is_empty() {
+        return key_by_id(pool, id).await;
+    }
+    let mut query: QueryBuilder<'_, Postgres> =
+        QueryBuilder::new("UPDATE api_keys SET updated_at = now()");
+    if let Some(name) = &update.name {
+        query.push(", name = ").push_bind(name);
+    }
+    if let Some(owner) = &update.owner {
+        query.push(", owner = ").push_bind(owner);
+    }
+    if let Some(models) = &update.allowed_models {
+        query.push(", allowed_models = ").push_bind(models);
+    }
+    if let Some(rpm) = update.rpm_limit {
+        query.push(", rpm_limit = ").push_bind(rpm);
+    }
+    if let Some(tpm) = update.tpm_limit {
+        query.push(", tpm_limit = ").push_bind(tpm);
+    }
+    if let Some(budget) = update.token_budget {
+        query.push(", token_budget = ").push_bind(budget);
+    }
+    if let Some(expires_at) = update.expires_at {
+        query.push(", expires_at = ").push_bind(expires_at);
+    }
+    query
+        .push(" WHERE id = ")
+        .push_bind(id)
+        .push(" RETURNING ")
+        .push(key_columns!());
+
+    let mut tx = pool.begin().await?;
+    let key: Option<ApiKey> = query.build_query_as().fetch_optional(&mut *tx).await?;
+    if let Some(key) = &key {
+        record_change(&mut tx, Entity::ApiKey, &key.id.to_string(), Op::Update).await?;
+    }
+    tx.commit().await?;
+    Ok(key)
+}
+
+/// Revokes key `id`; `None` when no such key exists. Idempotent: revoking a
+/// revoked key keeps its first `revoked_at` and records no change.
+pub async fn revoke_key(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let revoked: Option<ApiKey> = sqlx::query_as(concat!(
+        "UPDATE api_keys SET revoked_at = now(), updated_at = now() \
+             WHERE id = $1 AND revoked_at IS NULL RETURNING ",
+        key_columns!()
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let key = match revoked {
+        Some(key) => {
+            record_change(&mut tx, Entity::ApiKey, &key.id.to_string(), Op::Update).await?;
+            Some(key)
+        }
+        None => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                key_columns!(),
+                " FROM api_keys WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+    };
+    tx.commit().await?;
+    Ok(key)
+}
+
+/// Deletes key `id`; false when no such key existed. Its usage rows stay.
+pub async fn delete_key(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let deleted = sqlx::query("DELETE FROM api_keys WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        > 0;
+    if deleted {
+        record_change(&mut tx, Entity::ApiKey, &id.to_string(), Op::Delete).await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
+}

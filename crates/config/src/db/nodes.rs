@@ -1,0 +1,99 @@
+//! The fleet register: each gateway, admin and migrator records itself, beats, and signs off.
+//!
+//! `obleth-migrator finish` reads the same table (`migrate::runner::live_nodes`)
+//! to refuse contract migrations while old releases are alive.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::model::NodeInfo;
+
+/// A node as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub service: String,
+    pub version: String,
+    pub git_commit: Option<String>,
+    pub hostname: Option<String>,
+    pub schema_version: Option<i64>,
+    pub ready: bool,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub stopped_at: Option<DateTime<Utc>>,
+}
+
+/// Records a starting node, not ready yet. A node id seen before (a restarted
+/// process that kept its id) starts afresh.
+pub async fn register_node(pool: &PgPool, node: &NodeInfo) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO nodes (node_id, service, version, git_commit, hostname, schema_version, \
+         ready, started_at, last_seen, stopped_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, FALSE, now(), now(), NULL) \
+         ON CONFLICT (node_id) DO UPDATE SET \
+         service = EXCLUDED.service, version = EXCLUDED.version, \
+         git_commit = EXCLUDED.git_commit, hostname = EXCLUDED.hostname, \
+         schema_version = EXCLUDED.schema_version, ready = FALSE, \
+         started_at = now(), last_seen = now(), stopped_at = NULL",
+    )
+    .bind(&node.node_id)
+    .bind(&node.service)
+    .bind(&node.version)
+    .bind(&node.git_commit)
+    .bind(&node.hostname)
+    .bind(node.schema_version)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records that `node_id` is alive, whether it is ready, and the schema it sees
+/// (`None` keeps the one recorded). False when the node is not registered (its
+/// row was removed), so the caller can register again.
+pub async fn heartbeat(
+    pool: &PgPool,
+    node_id: &str,
+    ready: bool,
+    schema_version: Option<i64>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE nodes SET last_seen = now(), ready = $2, \
+         schema_version = COALESCE($3, schema_version) WHERE node_id = $1",
+    )
+    .bind(node_id)
+    .bind(ready)
+    .bind(schema_version)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(updated > 0)
+}
+
+/// Records a clean stop: not ready, stopped now. False when not registered.
+pub async fn mark_stopped(pool: &PgPool, node_id: &str) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE nodes SET ready = FALSE, last_seen = now(), stopped_at = now() \
+         WHERE node_id = $1",
+    )
+    .bind(node_id)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(updated > 0)
+}
+
+/// The live nodes: not stopped and seen within `live_within`, by service then id.
+pub async fn list_nodes(pool: &PgPool, live_within: Duration) -> Result<Vec<NodeRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT node_id, service, version, git_commit, hostname, schema_version, ready, \
+         started_at, last_seen, stopped_at FROM nodes \
+         WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => $1) \
+         ORDER BY service, node_id",
+    )
+    .bind(live_within.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,314 @@
+//! The domain types the gateway and the admin share: keys, providers, routes, changes, usage and nodes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::apikey::HashPrefix;
+
+/// An API key as stored: the SHA-256 of its secret, never the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub public_id: String,
+    /// SHA-256 of the secret part; hex in JSON and TOML.
+    #[serde(with = "hex_bytes")]
+    pub secret_hash: Vec<u8>,
+    pub name: String,
+    pub owner: Option<String>,
+    /// Model names or globs (`gpt-4o*`); empty allows every routed model.
+    pub allowed_models: Vec<String>,
+    pub rpm_limit: Option<i32>,
+    pub tpm_limit: Option<i32>,
+    pub token_budget: Option<i64>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ApiKey {
+    /// Usable at `now`: not revoked, and not expired (a key expires at `expires_at`).
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("public_id", &self.public_id)
+            .field("secret_hash", &HashPrefix(&self.secret_hash))
+            .field("name", &self.name)
+            .field("owner", &self.owner)
+            .field("allowed_models", &self.allowed_models)
+            .field("rpm_limit", &self.rpm_limit)
+            .field("tpm_limit", &self.tpm_limit)
+            .field("token_budget", &self.token_budget)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
+/// A database string that names no variant of the enum it was read into.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{value}`")]
+pub struct UnknownVariant {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// Declares a string-backed enum: its database/serde spelling, `FromStr`,
+/// `TryFrom<String>` (for `#[sqlx(try_from = "String")]`) and `Display`.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// The spelling in the database and in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownVariant;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownVariant { what: $what, value: s.to_owned() }),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = UnknownVariant;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The protocol a provider speaks.
+    ProviderKind, "provider kind", {
+        OpenAi => "openai",
+        Mock => "mock",
+    }
+);
+
+string_enum!(
+    /// What a change-log row is about (the `changes_entity_known` constraint).
+    Entity, "entity", {
+        ApiKey => "api_key",
+        Provider => "provider",
+        Route => "route",
+        Setting => "setting",
+    }
+);
+
+string_enum!(
+    /// What happened to the entity (the `changes_op_known` constraint).
+    Op, "op", {
+        Insert => "insert",
+        Update => "update",
+        Delete => "delete",
+    }
+);
+
+/// An upstream provider. The credential itself is never stored: `credential_ref`
+/// says where the gateway reads it (`env:OPENAI_API_KEY`, `file:/run/secrets/openai`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Provider {
+    pub id: Uuid,
+    pub name: String,
+    #[sqlx(try_from = "String")]
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub credential_ref: Option<String>,
+    pub timeout_ms: i32,
+}
+
+/// One provider serving a route, by provider name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTarget {
+    pub provider: String,
+    /// The model name sent upstream; `None` keeps the client's.
+    pub upstream_model: Option<String>,
+}
+
+/// A public model name and the providers that serve it, tried in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub id: Uuid,
+    pub model: String,
+    pub targets: Vec<RouteTarget>,
+}
+
+/// One row of the change log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Change {
+    pub seq: i64,
+    #[sqlx(try_from = "String")]
+    pub entity: Entity,
+    pub entity_id: String,
+    #[sqlx(try_from = "String")]
+    pub op: Op,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// One proxied request, as the gateway records it. `request_id` makes a
+/// retried insert idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct UsageEvent {
+    pub request_id: Uuid,
+    pub key_id: Option<Uuid>,
+    pub model: String,
+    pub provider: Option<String>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub total_tokens: Option<i32>,
+    /// The HTTP status returned to the client.
+    pub status: i16,
+    pub latency_ms: i32,
+    pub streamed: bool,
+    pub node_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a running gateway, admin or migrator says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    /// `gateway`, `admin` or `migrator` (the `nodes_service_known` constraint).
+    pub service: String,
+    pub version: String,
+    pub git_commit: Option<String>,
+    pub hostname: Option<String>,
+    /// The newest applied migration this node has seen.
+    pub schema_version: Option<i64>,
+}
+
+/// Hex (de)serialization of byte strings, for hashes.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+
+    fn key(expires_in: Option<i64>, revoked: bool) -> ApiKey {
+        let now = Utc::now();
+        ApiKey {
+            id: Uuid::new_v4(),
+            public_id: "abc123def456".to_owned(),
+            secret_hash: crate::apikey::hash_secret("s").to_vec(),
+            name: "test".to_owned(),
+            owner: None,
+            allowed_models: vec![],
+            rpm_limit: None,
+            tpm_limit: None,
+            token_budget: None,
+            expires_at: expires_in.map(|s| now + Duration::seconds(s)),
+            revoked_at: revoked.then_some(now),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn is_active_judges_revocation_and_expiry() {
+        let cases = [
+            (None, false, true),
+            (Some(60), false, true),
+            (Some(-60), false, false),
+            (None, true, false),
+            (Some(60), true, false),
+        ];
+        for (expires_in, revoked, active) in cases {
+            let k = key(expires_in, revoked);
+            assert_eq!(k.is_active(Utc::now()), active, "{expires_in:?} {revoked}");
+        }
+        let k = key(Some(0), false);
+        assert!(!k.is_active(k.expires_at.unwrap()), "expired at expires_at");
+    }
+
+    #[test]
+    fn enums_round_trip_through_their_database_spelling() {
+        for (kind, text) in [
+            (ProviderKind::OpenAi, "openai"),
+            (ProviderKind::Mock, "mock"),
+        ] {
+            assert_eq!(kind.as_str(), text);
+            assert_eq!(text.parse::<ProviderKind>(), Ok(kind));
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{text}\""));
+        }
+        let entities = [
+            (Entity::ApiKey, "api_key"),
+            (Entity::Provider, "provider"),
+            (Entity::Route, "route"),
+            (Entity::Setting, "setting"),
+        ];
+        for (entity, text) in entities {
+            assert_eq!(entity.as_str(), text);
+            assert_eq!(Entity::try_from(text.to_owned()), Ok(entity));
+            assert_eq!(
+                serde_json::to_string(&entity).unwrap(),
+                format!("\"{text}\"")
+            );
+        }
+        for (op, text) in [
+            (Op::Insert, "insert"),
+            (Op::Update, "update"),
+            (Op::Delete, "delete"),
+        ] {
+            assert_eq!(op.as_str(), text);
+            assert_eq!(text.parse::<Op>(), Ok(op));
+        }
+        let err = "OpenAI".parse::<ProviderKind>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown provider kind `OpenAI`");
+    }
+
+    #[test]
+    fn api_key_debug_shows_only_a_hash_prefix_and_json_round_trips() {
+        let k = key(None, false);
+        let shown = format!("{k:?}");
+        assert!(!shown.contains(&hex::encode(&k.secret_hash)), "{shown}");
+        assert!(shown.contains(&hex::encode(&k.secret_hash[..4])), "{shown}");
+        let json = serde_json::to_string(&k).unwrap();
+        assert!(json.contains(&hex::encode(&k.secret_hash)), "{json}");
+        assert_eq!(serde_json::from_str::<ApiKey>(&json).unwrap(), k);
+    }
+}

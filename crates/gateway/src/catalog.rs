@@ -1,0 +1,171 @@
+//! Providers and routes as the proxy uses them: model name to an ordered list of
+//! providers, with credentials read from where each provider's config points.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use obleth_config::model::{ProviderKind, Route};
+use secrecy::SecretString;
+
+use crate::settings::{MockSettings, ProviderConfig, RouteConfig};
+
+/// A provider ready to be called.
+#[derive(Debug)]
+pub struct ProviderRuntime {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    /// Read from the environment or a file at load time; never logged.
+    pub credential: Option<SecretString>,
+    pub timeout: Duration,
+    pub mock: MockSettings,
+}
+
+/// One step of a route.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub provider: Arc<ProviderRuntime>,
+    /// The model name sent upstream instead of the client's.
+    pub upstream_model: Option<String>,
+}
+
+/// Routes by public model name.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    routes: HashMap<String, Vec<Target>>,
+}
+
+impl Catalog {
+    pub fn route(&self, model: &str) -> Option<&[Target]> {
+        self.routes.get(model).map(Vec::as_slice)
+    }
+
+    /// Public model names, sorted, for `/v1/models`.
+    pub fn models(&self) -> Vec<&str> {
+        let mut models: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        models.sort_unstable();
+        models
+    }
+
+    /// Builds the catalog of the embedded configuration. Errors name the provider.
+    pub fn from_config(
+        providers: &[ProviderConfig],
+        routes: &[RouteConfig],
+    ) -> Result<Catalog, String> {
+        let mut by_name = HashMap::new();
+        for p in providers {
+            let credential = match &p.credential {
+                Some(reference) => Some(
+                    read_credential(reference)
+                        .map_err(|e| format!("providers `{}`: {e}", p.name))?,
+                ),
+                None => None,
+            };
+            by_name.insert(
+                p.name.clone(),
+                Arc::new(ProviderRuntime {
+                    name: p.name.clone(),
+                    kind: p.kind,
+                    base_url: p.base_url.clone().unwrap_or_default(),
+                    credential,
+                    timeout: Duration::from_millis(p.timeout_ms),
+                    mock: p.mock.clone(),
+                }),
+            );
+        }
+        let mut table = HashMap::new();
+        for r in routes {
+            let mut targets = Vec::new();
+            for t in &r.targets {
+                let provider = by_name.get(&t.provider).ok_or_else(|| {
+                    format!("routes `{}`: unknown provider `{}`", r.model, t.provider)
+                })?;
+                targets.push(Target {
+                    provider: Arc::clone(provider),
+                    upstream_model: t.upstream_model.clone(),
+                });
+            }
+            table.insert(r.model.clone(), targets);
+        }
+        Ok(Catalog { routes: table })
+    }
+
+    /// Builds the catalog from the database's providers and routes. A provider
+    /// whose credential cannot be read is kept without one and logged, so one
+    /// bad secret does not take every route down.
+    pub fn from_db(catalog: &obleth_config::db::catalog::Catalog) -> Catalog {
+        let mut by_name = HashMap::new();
+        for p in &catalog.providers {
+            let credential = match &p.credential_ref {
+                Some(reference) => match read_credential(reference) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::error!(provider = %p.name, error = %e, "Provider credential unavailable.");
+                        None
+                    }
+                },
+                None => None,
+            };
+            by_name.insert(
+                p.name.clone(),
+                Arc::new(ProviderRuntime {
+                    name: p.name.clone(),
+                    kind: p.kind,
+                    base_url: p.base_url.clone(),
+                    credential,
+                    timeout: Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(60_000)),
+                    mock: MockSettings::default(),
+                }),
+            );
+        }
+        let mut table = HashMap::new();
+        for Route { model, targets, .. } in &catalog.routes {
+            let resolved = targets
+                .iter()
+                .filter_map(|t| {
+                    by_name.get(&t.provider).map(|p| Target {
+                        provider: Arc::clone(p),
+                        upstream_model: t.upstream_model.clone(),
+                    })
+                })
+                .collect();
+            table.insert(model.clone(), resolved);
+        }
+        Catalog { routes: table }
+    }
+}
+
+/// Reads a credential from `env:VARIABLE` or `file:/path`. The error names the
+/// variable or file, never a value.
+pub fn read_credential(reference: &str) -> Result<SecretString, String> {
+    if let Some(var) = reference.strip_prefix("env:") {
+        let value =
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+        return Ok(SecretString::from(value.trim().to_owned()));
+    }
+    if let Some(path) = reference.strip_prefix("file:") {
+        let value = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read credential file {path}: {e}"))?;
+        return Ok(SecretString::from(value.trim().to_owned()));
+    }
+    Err("a credential reference must be `env:VARIABLE` or `file:/path`".to_owned())
+}
+
+/// The catalog in use, swapped whole on reload.
+#[derive(Debug, Default, Clone)]
+pub struct SharedCatalog(Arc<RwLock<Arc<Catalog>>>);
+
+impl SharedCatalog {
+    pub fn new(catalog: Catalog) -> Self {
+        SharedCatalog(Arc::new(RwLock::new(Arc::new(catalog))))
+    }
+
+    pub fn get(&self) -> Arc<Catalog> {
+        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set(&self, catalog: Catalog) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+    }
+}

@@ -1,0 +1,97 @@
+//! The embedded (database-less) mode: keys, providers and routes from the
+//! settings file, through the same cache, policy and proxy code; SIGHUP reloads.
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use obleth_config::model::ApiKey;
+use tracing::{error, info};
+
+use crate::catalog::Catalog;
+use crate::settings::{GatewaySettings, KeyConfig};
+use crate::state::AppState;
+
+/// The key record of a configured key. Its id is derived from its hash, so it
+/// is stable across reloads.
+pub fn key_from_config(k: &KeyConfig) -> Result<ApiKey, String> {
+    let hash = decode_hex(&k.secret_sha256)
+        .ok_or_else(|| format!("keys `{}`: secret_sha256 is not hex", k.public_id))?;
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hash[..16]);
+    let now = Utc::now();
+    Ok(ApiKey {
+        id: uuid::Builder::from_random_bytes(id).into_uuid(),
+        public_id: k.public_id.clone(),
+        secret_hash: hash,
+        name: k.name.clone(),
+        owner: k.owner.clone(),
+        allowed_models: k.allowed_models.clone(),
+        rpm_limit: k.rpm_limit,
+        tpm_limit: k.tpm_limit,
+        token_budget: k.token_budget,
+        expires_at: k.expires_at,
+        revoked_at: k.revoked.then_some(now),
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Loads keys and the catalog of `settings` into the state.
+pub fn load(state: &AppState, settings: &GatewaySettings) -> Result<(), String> {
+    let catalog = Catalog::from_config(&settings.providers, &settings.routes)?;
+    let keys = settings
+        .keys
+        .iter()
+        .map(key_from_config)
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = keys.len();
+    state.keys.replace_all(keys);
+    state.catalog.set(catalog);
+    info!(
+        keys = count,
+        routes = settings.routes.len(),
+        "Embedded configuration loaded."
+    );
+    Ok(())
+}
+
+/// Reloads the file on SIGHUP; a bad file is logged and the previous
+/// configuration stays in force.
+pub async fn reload_on_sighup(
+    state: AppState,
+    file: Option<PathBuf>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        error!("Cannot listen for SIGHUP; reloads are disabled.");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            received = hup.recv() => if received.is_none() { return },
+        }
+        match GatewaySettings::load(file.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                if s.uses_database() {
+                    Err("database.url appeared in the file; restart to switch modes".to_owned())
+                } else {
+                    load(&state, &s)
+                }
+            }) {
+            Ok(()) => info!("Configuration reloaded on SIGHUP."),
+            Err(e) => error!(error = %e, "Reload failed; keeping the previous configuration."),
+        }
+    }
+}

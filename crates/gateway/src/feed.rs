@@ -1,0 +1,131 @@
+//! The change feed: LISTEN/NOTIFY for prompt updates, catch-up from the last
+//! applied `changes.seq` after every (re)connect, and a slow poll as a safety
+//! net. A revoked, edited or deleted key takes effect without a restart.
+
+use std::time::Duration;
+
+use obleth_config::db::changes::{changes_since, CHANNEL};
+use obleth_config::model::{Change, Entity};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::catalog::Catalog;
+use crate::state::AppState;
+
+/// Follows the change log from `seq` until `stop`.
+pub async fn run(
+    state: AppState,
+    pool: PgPool,
+    mut seq: i64,
+    poll: Duration,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut listener = match connect(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                state.health.set_database_ok(false);
+                warn!(error = %e, "Change feed cannot listen; serving from the cache.");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        // Whatever happened while we were not listening is in the log.
+        if catch_up(&state, &pool, &mut seq).await.is_err() {
+            continue;
+        }
+        backoff = Duration::from_millis(200);
+        info!(seq, "Change feed listening.");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                received = listener.try_recv() => match received {
+                    Ok(Some(notification)) => {
+                        debug!(payload = notification.payload(), "Change notified.");
+                        if catch_up(&state, &pool, &mut seq).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        // The connection was lost; notifications may be missed
+                        // until we listen again, so reconnect and catch up.
+                        state.health.set_database_ok(false);
+                        warn!("Change feed lost its connection; reconnecting.");
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep(poll) => {
+                    if catch_up(&state, &pool, &mut seq).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.ignore_pool_close_event(true);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Applies every change after `seq`, advancing it.
+async fn catch_up(state: &AppState, pool: &PgPool, seq: &mut i64) -> Result<(), ()> {
+    loop {
+        let changes = match changes_since(pool, *seq, 1000).await {
+            Ok(changes) => changes,
+            Err(e) => {
+                state.health.set_database_ok(false);
+                warn!(error = %e, "Change feed cannot read the change log.");
+                return Err(());
+            }
+        };
+        let n = changes.len();
+        for change in changes {
+            if apply(state, pool, &change).await.is_err() {
+                state.health.set_database_ok(false);
+                return Err(());
+            }
+            *seq = change.seq;
+            state.metrics.feed_changes_applied.inc();
+        }
+        if n < 1000 {
+            break;
+        }
+    }
+    state.health.set_database_ok(true);
+    state.health.feed_confirmed();
+    Ok(())
+}
+
+async fn apply(state: &AppState, pool: &PgPool, change: &Change) -> Result<(), sqlx::Error> {
+    match change.entity {
+        Entity::ApiKey => {
+            let Ok(id) = change.entity_id.parse::<uuid::Uuid>() else {
+                warn!(id = %change.entity_id, "Change names a key id that is not a UUID; skipped.");
+                return Ok(());
+            };
+            match obleth_config::db::keys::key_by_id(pool, id).await? {
+                Some(key) => state.keys.insert(key),
+                None => state.keys.remove_id(&id),
+            }
+        }
+        Entity::Provider | Entity::Route => {
+            let catalog = obleth_config::db::catalog::load_catalog(pool).await?;
+            state.catalog.set(Catalog::from_db(&catalog));
+        }
+        Entity::Setting => {
+            debug!(id = %change.entity_id, "Setting changed.");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The gateway's Prometheus metrics, registered in one registry served on the
+//! ops listener.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub upstream_seconds: HistogramVec,
+    pub upstream_attempts: IntCounterVec,
+    pub overhead_seconds: Histogram,
+    pub in_flight: IntGauge,
+    pub cache_entries: IntGauge,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub key_db_lookups: IntCounterVec,
+    pub warmup_seconds: Gauge,
+    pub warmup_keys: IntGauge,
+    pub feed_staleness_seconds: Gauge,
+    pub feed_changes_applied: IntCounter,
+    pub usage_queue_depth: IntGauge,
+    pub usage_buffered: IntGauge,
+    pub usage_written: IntCounter,
+    pub usage_dropped: IntCounterVec,
+    pub streams_cut: IntCounter,
+    pub rejected: IntCounterVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric names and labels are constants of this file; a failure here is a
+    // programming error caught by the unit test below.
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("invalid metric definition: {e}"),
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    #[allow(clippy::too_many_lines)]
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ];
+        let m = Metrics {
+            requests: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_requests_total",
+                    "Proxied requests by route, status and model.",
+                ),
+                &["route", "status", "model"],
+            )),
+            upstream_seconds: must(HistogramVec::new(
+                HistogramOpts::new(
+                    "obleth_upstream_duration_seconds",
+                    "Time until the upstream's response headers, by provider.",
+                )
+                .buckets(buckets.clone()),
+                &["provider"],
+            )),
+            upstream_attempts: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_upstream_attempts_total",
+                    "Upstream attempts by provider and outcome (ok, error, timeout, status_5xx).",
+                ),
+                &["provider", "outcome"],
+            )),
+            overhead_seconds: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "obleth_gateway_overhead_seconds",
+                    "Time a request spent in the gateway, not waiting on the upstream.",
+                )
+                .buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+                ]),
+            )),
+            in_flight: must(IntGauge::new(
+                "obleth_in_flight_requests",
+                "Requests and streams being served.",
+            )),
+            cache_entries: must(IntGauge::new(
+                "obleth_key_cache_entries",
+                "Keys in the cache.",
+            )),
+            cache_hits: must(IntCounter::new(
+                "obleth_key_cache_hits_total",
+                "Key lookups answered by the cache.",
+            )),
+            cache_misses: must(IntCounter::new(
+                "obleth_key_cache_misses_total",
+                "Key lookups the cache could not answer.",
+            )),
+            key_db_lookups: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_key_db_lookups_total",
+                    "Key lookups that went to the database, by result (found, unknown, error).",
+                ),
+                &["result"],
+            )),
+            warmup_seconds: must(Gauge::new(
+                "obleth_key_cache_warmup_seconds",
+                "How long the last warm-up of the key cache took.",
+            )),
+            warmup_keys: must(IntGauge::new(
+                "obleth_key_cache_warmup_keys",
+                "Keys loaded by the last warm-up.",
+            )),
+            feed_staleness_seconds: must(Gauge::new(
+                "obleth_feed_staleness_seconds",
+                "Seconds since the change feed last confirmed the cache is current.",
+            )),
+            feed_changes_applied: must(IntCounter::new(
+                "obleth_feed_changes_applied_total",
+                "Change-log entries applied to the caches.",
+            )),
+            usage_queue_depth: must(IntGauge::new(
+                "obleth_usage_queue_depth",
+                "Usage records waiting in the channel to the writer.",
+            )),
+            usage_buffered: must(IntGauge::new(
+                "obleth_usage_buffered",
+                "Usage records held by the writer for retry.",
+            )),
+            usage_written: must(IntCounter::new(
+                "obleth_usage_written_total",
+                "Usage records written to the database.",
+            )),
+            usage_dropped: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_usage_dropped_total",
+                    "Usage records dropped, by reason (queue_full, buffer_full, shutdown).",
+                ),
+                &["reason"],
+            )),
+            streams_cut: must(IntCounter::new(
+                "obleth_drain_cut_streams_total",
+                "Streams ended because the drain timeout passed.",
+            )),
+            rejected: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_rejected_requests_total",
+                    "Requests refused before reaching an upstream, by error code.",
+                ),
+                &["code"],
+            )),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.upstream_seconds.clone()),
+            Box::new(m.upstream_attempts.clone()),
+            Box::new(m.overhead_seconds.clone()),
+            Box::new(m.in_flight.clone()),
+            Box::new(m.cache_entries.clone()),
+            Box::new(m.cache_hits.clone()),
+            Box::new(m.cache_misses.clone()),
+            Box::new(m.key_db_lookups.clone()),
+            Box::new(m.warmup_seconds.clone()),
+            Box::new(m.warmup_keys.clone()),
+            Box::new(m.feed_staleness_seconds.clone()),
+            Box::new(m.feed_changes_applied.clone()),
+            Box::new(m.usage_queue_depth.clone()),
+            Box::new(m.usage_buffered.clone()),
+            Box::new(m.usage_written.clone()),
+            Box::new(m.usage_dropped.clone()),
+            Box::new(m.streams_cut.clone()),
+            Box::new(m.rejected.clone()),
+        ];
+        for c in collectors {
+            must(m.registry.register(c));
+        }
+        m
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "Could not encode metrics.");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metrics_register_and_render() {
+        let m = super::Metrics::new();
+        m.requests.with_label_values(&["chat", "200", "m"]).inc();
+        let text = m.render();
+        assert!(text.contains("obleth_requests_total"));
+        assert!(text.contains("obleth_in_flight_requests"));
+    }
+}

@@ -1,0 +1,153 @@
+//! The ops listener: liveness, readiness, health detail, version and metrics.
+//! None of these touch the database; they report what the gateway last saw.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use obleth_config::migrate::{MigrationSet, Phase};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// Paths of the ops routes, shared with the deploy wiring tests.
+pub mod paths {
+    pub const HEALTHZ: &str = "/healthz";
+    pub const READYZ: &str = "/readyz";
+    pub const HEALTH: &str = "/api/v1/health";
+    pub const VERSION: &str = "/api/version";
+    pub const METRICS: &str = "/metrics";
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(paths::HEALTHZ, get(healthz))
+        .route(paths::READYZ, get(readyz))
+        .route(paths::HEALTH, get(health))
+        .route(paths::VERSION, get(version))
+        .route(paths::METRICS, get(metrics))
+        .with_state(state)
+}
+
+/// Alive: the process answers. Never touches the database.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready: schema compatible, key cache warmed, not draining.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let reasons = not_ready_reasons(&state);
+    if reasons.is_empty() {
+        (StatusCode::OK, Json(json!({"ready": true}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reasons": reasons})),
+        )
+            .into_response()
+    }
+}
+
+fn not_ready_reasons(state: &AppState) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if state.health.draining() {
+        reasons.push("draining".to_owned());
+    }
+    let (schema_ok, message) = state.health.schema();
+    if !schema_ok {
+        reasons.push(message);
+    }
+    if !state.health.warmed() {
+        reasons.push("key cache not warmed yet".to_owned());
+    }
+    reasons
+}
+
+/// Detail per check. `ok` when all is well, `degraded` when serving from the
+/// cache without the database, `unavailable` when not ready.
+async fn health(State(state): State<AppState>) -> Response {
+    let reasons = not_ready_reasons(&state);
+    let (schema_ok, schema_message) = state.health.schema();
+    let database = match &state.pool {
+        None => {
+            json!({"status": "disabled", "detail": "embedded mode: keys, providers and routes come from the settings file"})
+        }
+        Some(_) if state.health.database_ok() => json!({"status": "ok"}),
+        Some(_) => {
+            json!({"status": "down", "detail": "database unreachable; serving from the key cache"})
+        }
+    };
+    let staleness = state.health.feed_staleness_secs();
+    let degraded = state.pool.is_some() && !state.health.database_ok();
+    let status = if !reasons.is_empty() {
+        "unavailable"
+    } else if degraded {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let body = json!({
+        "status": status,
+        "service": "gateway",
+        "node_id": state.node_id,
+        "ready": reasons.is_empty(),
+        "reasons": reasons,
+        "checks": {
+            "database": database,
+            "schema": {"status": if schema_ok { "ok" } else { "not_ready" }, "detail": schema_message},
+            "key_cache": {"status": if state.health.warmed() { "ok" } else { "warming" }, "entries": state.keys.len()},
+            "feed": {"status": if degraded { "stale" } else { "ok" }, "staleness_seconds": staleness},
+            "in_flight": state.in_flight.count(),
+            "draining": state.health.draining(),
+            "maintenance": state.maintenance().map(|m| m.message),
+        },
+    });
+    let code = if status == "unavailable" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Version, commit, major, and the schema: applied (newest migration in the
+/// database), expected (newest this build embeds) and oldest compatible (the
+/// newest expand migration this build needs).
+async fn version(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let info = obleth_config::version::build_info();
+    let set = MigrationSet::embedded().ok();
+    let expected = set.as_ref().and_then(MigrationSet::latest_version);
+    let oldest_compatible = set.as_ref().and_then(|s| {
+        s.iter()
+            .filter(|m| m.phase == Phase::Expand)
+            .map(|m| m.version)
+            .max()
+    });
+    let applied = *state
+        .schema_applied
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
+    Json(json!({
+        "service": "gateway",
+        "version": info.version,
+        "commit": info.commit,
+        "major": info.major,
+        "schema": {"applied": applied, "expected": expected, "oldest_compatible": oldest_compatible},
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .cache_entries
+        .set(i64::try_from(state.keys.len()).unwrap_or(i64::MAX));
+    if let Some(s) = state.health.feed_staleness_secs() {
+        state.metrics.feed_staleness_seconds.set(s);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,411 @@
+//! The OpenAI-compatible routes: authenticate, apply the key's policy, route the
+//! model to its providers in order (falling back only before anything reached
+//! the client), and relay the answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use obleth_config::model::ApiKey;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::authenticate;
+use crate::error::ApiError;
+use crate::policy;
+use crate::relay::{Completion, RelayBody, Tokens};
+use crate::state::{AppState, InFlightGuard};
+use crate::upstream::UpstreamError;
+
+/// Idle time allowed between two chunks of a stream before it is cut.
+const STREAM_IDLE: Duration = Duration::from_secs(300);
+
+pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+    proxy(state, "chat_completions", "/chat/completions", request).await
+}
+
+pub async fn completions(State(state): State<AppState>, request: Request) -> Response {
+    proxy(state, "completions", "/completions", request).await
+}
+
+pub async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
+    proxy(state, "embeddings", "/embeddings", request).await
+}
+
+/// `GET /v1/models`: the routed models this key may use.
+pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let key = match authenticate(&state, &headers).await {
+        Ok(key) => key,
+        Err(e) => return reject(&state, "models", e),
+    };
+    let catalog = state.catalog.get();
+    let data: Vec<Value> = catalog
+        .models()
+        .into_iter()
+        .filter(|m| policy::model_allowed(&key, m))
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "obleth"}))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// Any other path: OpenAI's 404 shape.
+pub async fn not_found() -> Response {
+    let body = ApiError::body("unknown endpoint", "invalid_request_error", "not_found");
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// A known path with the wrong method.
+pub async fn method_not_allowed() -> Response {
+    let body = ApiError::body(
+        "method not allowed",
+        "invalid_request_error",
+        "method_not_allowed",
+    );
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+/// The part of a request body the gateway reads; everything else passes through.
+#[derive(Deserialize)]
+struct Peek {
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+fn reject(state: &AppState, route: &'static str, error: ApiError) -> Response {
+    state
+        .metrics
+        .rejected
+        .with_label_values(&[error.code()])
+        .inc();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route, error.status().as_str(), "unknown"])
+        .inc();
+    if error.status().is_server_error() {
+        tracing::warn!(route, code = error.code(), "{error}");
+    } else {
+        tracing::debug!(route, code = error.code(), "{error}");
+    }
+    error.into_response()
+}
+
+async fn proxy(
+    state: AppState,
+    route: &'static str,
+    path: &'static str,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let guard = InFlightGuard::enter(&state);
+    if state.health.draining() {
+        return reject(&state, route, ApiError::Draining);
+    }
+    if let Some(m) = state.maintenance() {
+        return reject(
+            &state,
+            route,
+            ApiError::Maintenance {
+                message: m.message,
+                retry_after_secs: m.retry_after_secs,
+            },
+        );
+    }
+    let (parts, body) = request.into_parts();
+    let key = match authenticate(&state, &parts.headers).await {
+        Ok(key) => key,
+        Err(e) => return reject(&state, route, e),
+    };
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !is_json {
+        return reject(&state, route, ApiError::UnsupportedMediaType);
+    }
+    let body = match read_body(&state, &parts.headers, body).await {
+        Ok(body) => body,
+        Err(e) => return reject(&state, route, e),
+    };
+    let peek: Peek = match serde_json::from_slice(&body) {
+        Ok(peek) => peek,
+        Err(e) => {
+            let message = if e.is_data() {
+                format!("invalid request body: {e}")
+            } else {
+                format!("request body is not valid JSON: {e}")
+            };
+            return reject(&state, route, ApiError::BadRequest(message));
+        }
+    };
+    let Some(model) = peek.model.filter(|m| !m.is_empty()) else {
+        return reject(
+            &state,
+            route,
+            ApiError::BadRequest("missing required field `model`".to_owned()),
+        );
+    };
+    let stream = peek.stream.unwrap_or(false);
+    let completion = Completion {
+        state: state.clone(),
+        key: Arc::clone(&key),
+        request_id: Uuid::new_v4(),
+        route,
+        model: model.clone(),
+        provider: None,
+        started,
+        streamed: stream,
+        guard: Some(guard),
+    };
+    match forward(&state, &key, path, model, body, stream, completion).await {
+        Ok(response) => response,
+        Err((error, completion)) => {
+            state
+                .metrics
+                .rejected
+                .with_label_values(&[error.code()])
+                .inc();
+            let status = error.status().as_u16();
+            if let Some(c) = completion {
+                c.finish(status, Tokens::default());
+            }
+            error.into_response()
+        }
+    }
+}
+
+/// Reads the body within the size limit and the body timeout.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.settings.server.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let timeout = Duration::from_secs(state.settings.server.body_timeout_secs);
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+type Failure = (ApiError, Option<Completion>);
+
+/// Policy, routing and the upstream attempts. On failure the completion comes
+/// back so the caller records the request once.
+async fn forward(
+    state: &AppState,
+    key: &ApiKey,
+    path: &'static str,
+    model: String,
+    body: Bytes,
+    stream: bool,
+    mut completion: Completion,
+) -> Result<Response, Failure> {
+    if !policy::model_allowed(key, &model) {
+        return Err((ApiError::ModelNotAllowed(model), Some(completion)));
+    }
+    if let Err(e) = state.budgets.check(key) {
+        return Err((e, Some(completion)));
+    }
+    let rate = match state.limiter.admit(key) {
+        Ok(rate) => rate,
+        Err(e) => return Err((e, Some(completion))),
+    };
+    let catalog = state.catalog.get();
+    let Some(targets) = catalog.route(&model) else {
+        return Err((ApiError::UnknownModel(model), Some(completion)));
+    };
+    let mut last_error =
+        ApiError::UpstreamFailed(format!("no provider is configured for `{model}`"));
+    let mut upstream_wait = Duration::ZERO;
+    for target in targets {
+        let provider = &target.provider;
+        let payload = match &target.upstream_model {
+            Some(upstream_model) => match rewrite_model(&body, upstream_model) {
+                Ok(payload) => payload,
+                Err(e) => return Err((ApiError::BadRequest(e), Some(completion))),
+            },
+            None => body.clone(),
+        };
+        let t0 = Instant::now();
+        let sent = state.upstream.send(provider, path, payload).await;
+        let waited = t0.elapsed();
+        upstream_wait += waited;
+        state
+            .metrics
+            .upstream_seconds
+            .with_label_values(&[&provider.name])
+            .observe(waited.as_secs_f64());
+        let response = match sent {
+            Ok(response) if response.status().is_server_error() => {
+                state
+                    .metrics
+                    .upstream_attempts
+                    .with_label_values(&[&provider.name, "status_5xx"])
+                    .inc();
+                tracing::warn!(provider = %provider.name, status = %response.status(), "Upstream answered with a server error; trying the next provider.");
+                last_error = ApiError::UpstreamFailed(format!(
+                    "provider {} answered {}",
+                    provider.name,
+                    response.status()
+                ));
+                continue;
+            }
+            Ok(response) => response,
+            Err(e) => {
+                let outcome = if matches!(e, UpstreamError::Timeout { .. }) {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                state
+                    .metrics
+                    .upstream_attempts
+                    .with_label_values(&[&provider.name, outcome])
+                    .inc();
+                tracing::warn!(error = %e, "Upstream attempt failed; trying the next provider.");
+                last_error = match e {
+                    UpstreamError::Timeout { .. } => ApiError::UpstreamTimeout,
+                    other => ApiError::UpstreamFailed(other.to_string()),
+                };
+                continue;
+            }
+        };
+        completion.provider = Some(provider.name.clone());
+        let status = response.status();
+        let (parts, upstream_body) = response.into_parts();
+        let is_sse = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut builder = Response::builder().status(status);
+        if let Some(headers) = builder.headers_mut() {
+            for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+                if let Some(v) = parts.headers.get(&name) {
+                    headers.insert(name, v.clone());
+                }
+            }
+            headers.extend(rate.headers.clone());
+            if let Ok(v) = HeaderValue::from_str(&provider.name) {
+                headers.insert("x-obleth-provider", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&completion.request_id.to_string()) {
+                headers.insert("x-request-id", v);
+            }
+        }
+        if stream && is_sse {
+            state
+                .metrics
+                .upstream_attempts
+                .with_label_values(&[&provider.name, "ok"])
+                .inc();
+            state.metrics.overhead_seconds.observe(
+                completion
+                    .started
+                    .elapsed()
+                    .saturating_sub(upstream_wait)
+                    .as_secs_f64(),
+            );
+            let relay = RelayBody::new(
+                upstream_body,
+                status.as_u16(),
+                completion,
+                STREAM_IDLE,
+                state.cut_streams.clone(),
+            );
+            return builder
+                .body(Body::new(relay))
+                .map_err(|_| (ApiError::Internal, None));
+        }
+        // Not streamed: read the whole answer before sending anything, so a
+        // failure while reading can still fall back to the next provider.
+        let t1 = Instant::now();
+        let collected = tokio::time::timeout(provider.timeout, upstream_body.collect()).await;
+        upstream_wait += t1.elapsed();
+        let bytes = match collected {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) => {
+                state
+                    .metrics
+                    .upstream_attempts
+                    .with_label_values(&[&provider.name, "error"])
+                    .inc();
+                last_error = ApiError::UpstreamFailed(format!(
+                    "provider {} broke off its answer: {e}",
+                    provider.name
+                ));
+                continue;
+            }
+            Err(_) => {
+                state
+                    .metrics
+                    .upstream_attempts
+                    .with_label_values(&[&provider.name, "timeout"])
+                    .inc();
+                last_error = ApiError::UpstreamTimeout;
+                continue;
+            }
+        };
+        state
+            .metrics
+            .upstream_attempts
+            .with_label_values(&[&provider.name, "ok"])
+            .inc();
+        let tokens = if status.is_success() {
+            serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| Tokens::from_json(&v))
+                .unwrap_or_default()
+        } else {
+            Tokens::default()
+        };
+        state.metrics.overhead_seconds.observe(
+            completion
+                .started
+                .elapsed()
+                .saturating_sub(upstream_wait)
+                .as_secs_f64(),
+        );
+        completion.finish(status.as_u16(), tokens);
+        return builder
+            .body(Body::from(bytes))
+            .map_err(|_| (ApiError::Internal, None));
+    }
+    Err((last_error, Some(completion)))
+}
+
+/// Replaces the `model` field of a JSON object body.
+fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, String> {
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
+    let object = value
+        .as_object_mut()
+        .ok_or("request body must be a JSON object")?;
+    object.insert("model".to_owned(), Value::String(model.to_owned()));
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,304 @@
+//! The gateway's settings: listeners, drain, cache, usage, and for the embedded
+//! (database-less) mode the keys, providers and routes themselves.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use obleth_config::model::ProviderKind;
+use obleth_config::{DatabaseSettings, LogSettings, SettingsError};
+use serde::Deserialize;
+
+/// Everything `obleth-gateway` reads from its file and `OBLETH_` environment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub cache: CacheSettings,
+    pub usage: UsageSettings,
+    pub log: LogSettings,
+    /// Embedded mode only: upstream providers.
+    pub providers: Vec<ProviderConfig>,
+    /// Embedded mode only: model routes.
+    pub routes: Vec<RouteConfig>,
+    /// Embedded mode only: API keys, as hashes.
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The proxy listener.
+    pub listen: SocketAddr,
+    /// The ops listener: health, readiness, version, metrics.
+    pub ops_listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest time a client may take to send its request body, in seconds.
+    pub body_timeout_secs: u64,
+    /// After SIGTERM: how long to keep serving while load balancers notice the
+    /// node is not ready (equal to the pod's preStop sleep), in seconds.
+    pub drain_delay_secs: u64,
+    /// After the drain delay: how long in-flight requests and streams may take to
+    /// finish before they are ended, in seconds.
+    pub drain_timeout_secs: u64,
+    /// A stable node id for the fleet view; default: hostname plus a random suffix.
+    pub node_id: Option<String>,
+    /// How often the node record is refreshed, in seconds.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            ops_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            max_body_bytes: 4 * 1024 * 1024,
+            body_timeout_secs: 30,
+            drain_delay_secs: 5,
+            drain_timeout_secs: 30,
+            node_id: None,
+            heartbeat_secs: 10,
+        }
+    }
+}
+
+impl ServerSettings {
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_secs(self.drain_delay_secs)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Most keys held in memory.
+    pub max_keys: u64,
+    /// How long an unknown key is remembered as unknown, in seconds.
+    pub negative_ttl_secs: u64,
+    /// Most unknown keys remembered.
+    pub negative_max: u64,
+    /// The safety-net poll of the change log, in seconds.
+    pub poll_interval_secs: u64,
+    /// How often per-key token totals are re-read for budgets, in seconds.
+    pub budget_refresh_secs: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_keys: 2_000_000,
+            negative_ttl_secs: 30,
+            negative_max: 100_000,
+            poll_interval_secs: 30,
+            budget_refresh_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageSettings {
+    /// Capacity of the channel between requests and the writer.
+    pub queue_capacity: usize,
+    /// Most records in one INSERT.
+    pub batch_size: usize,
+    /// Longest a record waits before its batch is written, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Records kept for retry while the database is unreachable; past this,
+    /// the oldest are dropped and counted.
+    pub buffer_max: usize,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        UsageSettings {
+            queue_capacity: 50_000,
+            batch_size: 500,
+            flush_interval_ms: 250,
+            buffer_max: 200_000,
+        }
+    }
+}
+
+/// An upstream provider in the embedded configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// `https://api.openai.com/v1`; unused by the `mock` kind.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Where the credential lives: `env:VAR` or `file:/path`. Never the credential itself.
+    #[serde(default)]
+    pub credential: Option<String>,
+    /// Time allowed until the upstream's response headers, in milliseconds.
+    #[serde(default = "default_provider_timeout_ms")]
+    pub timeout_ms: u64,
+    /// For the `mock` kind: how it answers.
+    #[serde(default)]
+    pub mock: MockSettings,
+}
+
+fn default_provider_timeout_ms() -> u64 {
+    60_000
+}
+
+/// The built-in mock provider's behaviour.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MockSettings {
+    pub latency_ms: u64,
+    pub token_delay_ms: u64,
+    pub tokens: u32,
+}
+
+impl Default for MockSettings {
+    fn default() -> Self {
+        MockSettings {
+            latency_ms: 0,
+            token_delay_ms: 0,
+            tokens: 16,
+        }
+    }
+}
+
+/// A route in the embedded configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub model: String,
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub provider: String,
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+}
+
+/// An API key in the embedded configuration: its public id and the SHA-256 of
+/// its secret, never the secret (`obleth-gateway key` prints both).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    #[serde(default)]
+    pub name: String,
+    pub public_id: String,
+    /// Hex SHA-256 of the secret part of the key.
+    pub secret_sha256: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    #[serde(default)]
+    pub rpm_limit: Option<i32>,
+    #[serde(default)]
+    pub tpm_limit: Option<i32>,
+    #[serde(default)]
+    pub token_budget: Option<i64>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl GatewaySettings {
+    /// Loads and validates the settings; errors name the field.
+    pub fn load(file: Option<&Path>) -> Result<GatewaySettings, SettingsError> {
+        let settings: GatewaySettings = obleth_config::load(file)?;
+        settings.validate().map_err(SettingsError::Invalid)?;
+        Ok(settings)
+    }
+
+    /// Whether keys, providers and routes come from PostgreSQL.
+    pub fn uses_database(&self) -> bool {
+        self.database.url.is_some()
+    }
+
+    /// Checks what serde cannot: cross-references and ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.uses_database()
+            && !(self.keys.is_empty() && self.providers.is_empty() && self.routes.is_empty())
+        {
+            return Err("keys, providers, routes: with database.url set these come from the database; remove them from the file".to_owned());
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err("server.max_body_bytes: must be greater than 0".to_owned());
+        }
+        if self.usage.batch_size == 0 || self.usage.queue_capacity == 0 {
+            return Err(
+                "usage.batch_size, usage.queue_capacity: must be greater than 0".to_owned(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            if !names.insert(p.name.as_str()) {
+                return Err(format!("providers[{i}].name: `{}` is used twice", p.name));
+            }
+            if p.kind == ProviderKind::OpenAi {
+                match &p.base_url {
+                    Some(url) if url.starts_with("http://") || url.starts_with("https://") => {}
+                    Some(url) => {
+                        return Err(format!(
+                            "providers[{i}].base_url: `{url}` must start with http:// or https://"
+                        ))
+                    }
+                    None => {
+                        return Err(format!("providers[{i}].base_url: required for kind openai"))
+                    }
+                }
+            }
+            if let Some(c) = &p.credential {
+                if !(c.starts_with("env:") || c.starts_with("file:")) {
+                    return Err(format!(
+                        "providers[{i}].credential: must be `env:VARIABLE` or `file:/path`, never the credential itself"
+                    ));
+                }
+            }
+        }
+        let mut models = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if !models.insert(r.model.as_str()) {
+                return Err(format!("routes[{i}].model: `{}` is routed twice", r.model));
+            }
+            if r.targets.is_empty() {
+                return Err(format!("routes[{i}].targets: needs at least one provider"));
+            }
+            for (j, t) in r.targets.iter().enumerate() {
+                if !names.contains(t.provider.as_str()) {
+                    return Err(format!(
+                        "routes[{i}].targets[{j}].provider: unknown provider `{}`",
+                        t.provider
+                    ));
+                }
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            if !ids.insert(k.public_id.as_str()) {
+                return Err(format!(
+                    "keys[{i}].public_id: `{}` is used twice",
+                    k.public_id
+                ));
+            }
+            let ok = k.secret_sha256.len() == 64
+                && k.secret_sha256.chars().all(|c| c.is_ascii_hexdigit());
+            if !ok {
+                return Err(format!(
+                    "keys[{i}].secret_sha256: must be 64 hex digits (the SHA-256 of the key's secret; `obleth-gateway key` prints it)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

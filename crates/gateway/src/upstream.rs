@@ -1,0 +1,134 @@
+//! Calls to upstream providers: a pooled hyper client over rustls for
+//! OpenAI-compatible providers, and the built-in mock provider.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use secrecy::ExposeSecret;
+
+use crate::catalog::ProviderRuntime;
+use crate::mock;
+use obleth_config::model::ProviderKind;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A response body from any provider.
+pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why an upstream attempt failed before it produced a response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to provider {provider}: {message}")]
+    Connect { provider: String, message: String },
+    #[error("provider {provider} did not answer within {timeout:?}")]
+    Timeout { provider: String, timeout: Duration },
+    #[error("provider {provider}: {message}")]
+    Other { provider: String, message: String },
+}
+
+/// The shared HTTP client: connection pooling per host, HTTP/1.1 and HTTP/2,
+/// TLS with the webpki roots.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upstream {
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Upstream { client }
+    }
+
+    /// Sends `body` to `provider` at `path` (such as `/chat/completions`) and
+    /// waits for the response headers, at most the provider's timeout.
+    pub async fn send(
+        &self,
+        provider: &ProviderRuntime,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Response<UpBody>, UpstreamError> {
+        if provider.kind == ProviderKind::Mock {
+            return mock::respond(&provider.mock, path, &body)
+                .await
+                .map_err(|message| UpstreamError::Other {
+                    provider: provider.name.clone(),
+                    message,
+                });
+        }
+        let url = format!("{}{path}", provider.base_url.trim_end_matches('/'));
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream");
+        if let Some(credential) = &provider.credential {
+            let mut value = HeaderValue::from_str(&format!(
+                "Bearer {}",
+                credential.expose_secret()
+            ))
+            .map_err(|_| UpstreamError::Other {
+                provider: provider.name.clone(),
+                message: "the credential contains characters not allowed in a header".to_owned(),
+            })?;
+            value.set_sensitive(true);
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| UpstreamError::Other {
+                provider: provider.name.clone(),
+                message: format!("invalid upstream request for {url}: {e}"),
+            })?;
+        match tokio::time::timeout(provider.timeout, self.client.request(request)).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                provider: provider.name.clone(),
+                timeout: provider.timeout,
+            }),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
+                provider: provider.name.clone(),
+                message: source_chain(&e),
+            }),
+            Ok(Err(e)) => Err(UpstreamError::Other {
+                provider: provider.name.clone(),
+                message: source_chain(&e),
+            }),
+            Ok(Ok(response)) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+        }
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,130 @@
+//! Start-up against PostgreSQL: the schema compatibility check, then the warm-up
+//! that loads every active key before the gateway reports ready.
+
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use obleth_config::migrate::{check, read_applied, Compatibility, MigrationSet};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::catalog::Catalog;
+use crate::state::AppState;
+
+/// The schema can never suit this build: the process must exit.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct IncompatibleSchema(pub String);
+
+/// Waits until the schema suits this build. Pending migrations keep the gateway
+/// not ready (saying so in health and the log) and are re-checked; an
+/// incompatible or edited schema is an error naming the migrations.
+pub async fn wait_for_schema(
+    state: &AppState,
+    pool: &PgPool,
+    stop: &CancellationToken,
+) -> Result<(), IncompatibleSchema> {
+    let set = MigrationSet::embedded().map_err(|e| IncompatibleSchema(e.to_string()))?;
+    let mut logged = String::new();
+    loop {
+        let verdict = match pool.acquire().await {
+            Ok(mut conn) => match read_applied(&mut conn).await {
+                Ok(applied) => {
+                    let applied = applied.unwrap_or_default();
+                    *state
+                        .schema_applied
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()) =
+                        applied.iter().map(|m| m.version).max();
+                    state.health.set_database_ok(true);
+                    Some(check(&set, &applied))
+                }
+                Err(e) => {
+                    state
+                        .health
+                        .set_schema(false, format!("cannot read the schema state: {e}"));
+                    None
+                }
+            },
+            Err(e) => {
+                state.health.set_database_ok(false);
+                state
+                    .health
+                    .set_schema(false, format!("database unreachable: {e}"));
+                None
+            }
+        };
+        if let Some(verdict) = verdict {
+            let message = verdict.describe();
+            match verdict {
+                Compatibility::Compatible { .. } => {
+                    info!("{message}");
+                    state.health.set_schema(true, message);
+                    return Ok(());
+                }
+                Compatibility::Incompatible { .. } | Compatibility::Modified { .. } => {
+                    return Err(IncompatibleSchema(message));
+                }
+                Compatibility::NeedsMigration { .. } | Compatibility::Dirty { .. } => {
+                    if logged != message {
+                        warn!("Not ready: {message}");
+                        logged.clone_from(&message);
+                    }
+                    state.health.set_schema(false, message);
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Loads every active key, the catalog and token totals. Answers the change-log
+/// high-water mark read *before* the keys, so replaying from it misses nothing.
+pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let started = Instant::now();
+    let high_water = obleth_config::db::changes::latest_seq(pool).await?;
+    let mut count: i64 = 0;
+    let mut keys = obleth_config::db::keys::active_keys(pool);
+    while let Some(key) = keys.try_next().await? {
+        state.keys.insert(key);
+        count += 1;
+    }
+    drop(keys);
+    let catalog = obleth_config::db::catalog::load_catalog(pool).await?;
+    state.catalog.set(Catalog::from_db(&catalog));
+    let totals = obleth_config::db::usage::tokens_used_by_keys(pool).await?;
+    state.budgets.absorb(&totals);
+    let elapsed = started.elapsed();
+    state.metrics.warmup_seconds.set(elapsed.as_secs_f64());
+    state.metrics.warmup_keys.set(count);
+    info!(
+        keys = count,
+        elapsed_ms = elapsed.as_millis() as u64,
+        high_water,
+        "Key cache warmed."
+    );
+    Ok(high_water)
+}
+
+/// Re-reads per-key token totals so budgets include other replicas' usage.
+pub async fn refresh_budgets(
+    state: AppState,
+    pool: PgPool,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match obleth_config::db::usage::tokens_used_by_keys(&pool).await {
+            Ok(totals) => state.budgets.absorb(&totals),
+            Err(e) => warn!(error = %e, "Could not refresh token budgets."),
+        }
+    }
+}
