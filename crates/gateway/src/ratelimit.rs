@@ -39,7 +39,8 @@ impl Window {
     }
 
     fn estimate(current: i64, previous: i64, into_minute: f64) -> i64 {
-        current + (previous as f64 * (1.0 - into_minute)).floor() as i64
+        // Rounded up: near a minute boundary the estimate errs on the strict side.
+        current + (previous as f64 * (1.0 - into_minute)).ceil() as i64
     }
 }
 
@@ -166,6 +167,7 @@ mod tests {
     fn sliding_estimate_weights_the_previous_minute() {
         assert_eq!(Window::estimate(10, 100, 0.0), 110);
         assert_eq!(Window::estimate(10, 100, 0.5), 60);
+        assert_eq!(Window::estimate(0, 2, 0.001), 2);
         assert_eq!(Window::estimate(10, 100, 1.0), 10);
     }
 

@@ -25,8 +25,9 @@ macro_rules! key_columns {
 /// judges expiry, since a key expires without any write to tell it).
 ///
 /// The stream holds one pooled connection until it ends. To warm a cache
-/// without missing changes, read [`super::changes::latest_seq`] first, then
-/// drain this, then catch up from that seq.
+/// without missing changes: LISTEN first, read [`super::changes::latest_seq`],
+/// drain this stream, then catch up from that seq. Changes made meanwhile are
+/// replayed, which is harmless; reading the seq last could skip them.
 pub fn active_keys(pool: &PgPool) -> impl Stream<Item = Result<ApiKey, sqlx::Error>> + Send + '_ {
     sqlx::query_as::<_, ApiKey>(concat!(
         "SELECT ",

@@ -1,0 +1,204 @@
+//! PostgreSQL mode: warm-up, live revocation across replicas, a database outage.
+
+use std::time::{Duration, Instant};
+
+use obleth_testkit::{fresh_database, PgCluster};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_key_present_before_start_works_as_soon_as_ready_without_database_lookups() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let (_, secret) = db_key(&pool, |_| {}).await;
+    let gw = TestGateway::start(database_settings(&db.url, &pool).await).await;
+    gw.wait_ready().await;
+
+    for _ in 0..20 {
+        let answer = chat(&gw, &secret, "m").await;
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+
+    assert_eq!(
+        metric(&gw, "obleth_key_db_lookups_total").await,
+        0.0,
+        "served from the warmed cache"
+    );
+    assert!(metric(&gw, "obleth_key_cache_hits_total").await >= 20.0);
+    assert_eq!(metric(&gw, "obleth_key_cache_warmup_keys").await, 1.0);
+    let health = get(&gw.ops_url("/api/v1/health")).await.1;
+    assert_eq!(health["status"], "ok", "{health}");
+    let version = get(&gw.ops_url("/api/version")).await.1;
+    assert_eq!(
+        version["schema"]["applied"], version["schema"]["expected"],
+        "{version}"
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_rejected_by_two_running_replicas() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let (key, secret) = db_key(&pool, |_| {}).await;
+    let settings = database_settings(&db.url, &pool).await;
+    let a = TestGateway::start(settings.clone()).await;
+    let b = TestGateway::start(settings).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    assert_eq!(chat(&a, &secret, "m").await.status, 200);
+    assert_eq!(chat(&b, &secret, "m").await.status, 200);
+
+    let revoked_at = Instant::now();
+    obleth_config::db::keys::revoke_key(&pool, key.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut times = Vec::new();
+    for gw in [&a, &b] {
+        wait_until(
+            Duration::from_secs(10),
+            "revocation to reach a replica",
+            || async { chat(gw, &secret, "m").await.status == 403 },
+        )
+        .await;
+        times.push(revoked_at.elapsed());
+    }
+    println!(
+        "revocation reached replica A after {:?} and replica B after {:?}",
+        times[0], times[1]
+    );
+    let refused = chat(&a, &secret, "m").await;
+    assert_eq!(refused.error_code(), "key_revoked");
+
+    // A key created after start works at once on both (negative cache included).
+    let (_, fresh) = db_key(&pool, |_| {}).await;
+    for gw in [&a, &b] {
+        wait_until(Duration::from_secs(10), "new key on a replica", || async {
+            chat(gw, &fresh, "m").await.status == 200
+        })
+        .await;
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn usage_records_reach_the_database() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let (key, secret) = db_key(&pool, |_| {}).await;
+    let gw = TestGateway::start(database_settings(&db.url, &pool).await).await;
+    gw.wait_ready().await;
+    for _ in 0..5 {
+        assert_eq!(chat(&gw, &secret, "m").await.status, 200);
+    }
+    gw.stop().await.unwrap();
+    let rows: Vec<(i16, Option<i32>, bool)> =
+        sqlx::query_as("SELECT status, total_tokens, streamed FROM usage_events WHERE key_id = $1")
+            .bind(key.id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(rows
+        .iter()
+        .all(|(status, tokens, streamed)| *status == 200 && *tokens == Some(18) && !streamed));
+}
+
+#[tokio::test]
+async fn a_database_outage_keeps_cached_keys_working_and_a_revoke_made_meanwhile_applies_after() {
+    let cluster = PgCluster::start().unwrap();
+    let db = cluster.fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let (key, secret) = db_key(&pool, |_| {}).await;
+    let mut settings = database_settings(&db.url, &pool).await;
+    settings.database.acquire_timeout_ms = 500;
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+    assert_eq!(chat(&gw, &secret, "m").await.status, 200);
+    pool.close().await;
+
+    cluster.stop().unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "health to say degraded",
+        || async { get(&gw.ops_url("/api/v1/health")).await.1["status"] == "degraded" },
+    )
+    .await;
+    for _ in 0..10 {
+        let answer = chat(&gw, &secret, "m").await;
+        assert_eq!(
+            answer.status,
+            200,
+            "cached key during the outage: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    assert_eq!(
+        get(&gw.ops_url("/readyz")).await.0,
+        200,
+        "still ready during the outage"
+    );
+    let health = get(&gw.ops_url("/api/v1/health")).await.1;
+    assert_eq!(health["checks"]["database"]["status"], "down", "{health}");
+    assert!(
+        health["checks"]["feed"]["staleness_seconds"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{health}"
+    );
+
+    cluster.start_again().unwrap();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    obleth_config::db::keys::revoke_key(&pool, key.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = wait_until(
+        Duration::from_secs(30),
+        "the revoke to apply after recovery",
+        || async { chat(&gw, &secret, "m").await.status == 403 },
+    )
+    .await;
+    println!("revoke made at recovery applied after {took:?}");
+    wait_until(Duration::from_secs(20), "health back to ok", || async {
+        get(&gw.ops_url("/api/v1/health")).await.1["status"] == "ok"
+    })
+    .await;
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn pending_migrations_keep_the_gateway_not_ready_saying_why() {
+    let db = fresh_database().await.unwrap();
+    let mut settings = obleth_gateway::GatewaySettings::default();
+    settings.database.url = Some(obleth_config::DatabaseUrl::new(db.url.clone()));
+    settings.server.drain_delay_secs = 0;
+    let gw = TestGateway::start(settings).await;
+    let reason = wait_until(Duration::from_secs(10), "not-ready reason", || async {
+        let (status, body) = get(&gw.ops_url("/readyz")).await;
+        status == 503 && body.to_string().contains("obleth-migrator up")
+    })
+    .await;
+    assert!(reason < Duration::from_secs(10));
+    let health = get(&gw.ops_url("/api/v1/health")).await.1;
+    assert_eq!(health["status"], "unavailable");
+    assert!(
+        health["checks"]["schema"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("pending"),
+        "{health}"
+    );
+    // Once migrated, it becomes ready by itself.
+    let _pool = migrated_database(&db.url).await;
+    gw.wait_ready().await;
+    gw.stop().await.unwrap();
+}

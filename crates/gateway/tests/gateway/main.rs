@@ -1,0 +1,9 @@
+//! Gateway tests over real HTTP on loopback: embedded mode, PostgreSQL mode
+//! (real, throwaway database) and the binary as a process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod database;
+mod embedded;
+mod process;
+mod support;

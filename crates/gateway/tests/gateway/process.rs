@@ -1,0 +1,268 @@
+//! The binary as a process: the quickstart, SIGTERM during a stream, and an
+//! incompatible schema refused at start.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use http::Method;
+use http_body_util::BodyExt;
+use obleth_testkit::{fresh_database, MockConfig, MockUpstream};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_obleth-gateway");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(config: &Path, envs: &[(&str, String)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+async fn wait_ready(ops: u16) {
+    wait_until(Duration::from_secs(60), "process ready", || async {
+        let url = format!("http://127.0.0.1:{ops}/readyz");
+        match tokio::time::timeout(Duration::from_secs(1), client().get(url.parse().unwrap())).await
+        {
+            Ok(Ok(r)) => r.status() == 200,
+            _ => false,
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_quickstart_file_serves_the_readme_request() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml");
+    let (port, ops) = (free_port(), free_port());
+    let mut child = spawn(
+        &config,
+        &[
+            ("OBLETH_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+            ("OBLETH_SERVER__OPS_LISTEN", format!("127.0.0.1:{ops}")),
+        ],
+    );
+    wait_ready(ops).await;
+    // The request the README prints, with its demo key.
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap_or_default();
+    let key = "obk_3rel61ft4g40_lQesUp0XR5djATDhL7L7I1qjxing5VZXU3jfJUc3";
+    assert!(
+        readme.is_empty() || readme.contains(key),
+        "README must show the demo key of examples/quickstart.toml"
+    );
+    let answer = request(
+        Method::POST,
+        &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        &[
+            ("authorization", &format!("Bearer {key}")),
+            ("content-type", "application/json"),
+        ],
+        r#"{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}"#,
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.json()["object"], "chat.completion");
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn sigterm_during_a_slow_stream_goes_unready_finishes_the_stream_records_usage_and_exits_0() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let upstream = MockUpstream::start(MockConfig {
+        token_delay: Duration::from_millis(100),
+        completion_tokens: 20,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    obleth_config::db::catalog::create_provider(
+        &pool,
+        &obleth_config::db::catalog::NewProvider {
+            name: "slow".to_owned(),
+            kind: obleth_config::model::ProviderKind::OpenAi,
+            base_url: upstream.base_url(),
+            credential_ref: None,
+            timeout_ms: 5_000,
+        },
+    )
+    .await
+    .unwrap();
+    obleth_config::db::catalog::create_route(
+        &pool,
+        "slow-model",
+        &[obleth_config::model::RouteTarget {
+            provider: "slow".to_owned(),
+            upstream_model: None,
+        }],
+    )
+    .await
+    .unwrap();
+    let (key, secret) = db_key(&pool, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let (port, ops) = (free_port(), free_port());
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\ndrain_delay_secs = 1\ndrain_timeout_secs = 30\n\n[usage]\nflush_interval_ms = 50\n"
+        ),
+    )
+    .unwrap();
+    let mut child = spawn(&config, &[("OBLETH_DATABASE__URL", db.url.clone())]);
+    wait_ready(ops).await;
+
+    let response = send(
+        Method::POST,
+        &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        &[
+            ("authorization", &format!("Bearer {secret}")),
+            ("content-type", "application/json"),
+        ],
+        r#"{"model":"slow-model","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut text = String::new();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    text.push_str(&String::from_utf8_lossy(&first));
+
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until(Duration::from_secs(5), "/readyz to answer 503", || async {
+        let url = format!("http://127.0.0.1:{ops}/readyz");
+        matches!(client().get(url.parse().unwrap()).await, Ok(r) if r.status() == 503)
+    })
+    .await;
+
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame
+            .expect("the stream completes despite SIGTERM")
+            .into_data()
+        {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    let rows: Vec<(i16, bool, Option<i32>)> = sqlx::query_as(
+        "SELECT status, streamed, completion_tokens FROM usage_events WHERE key_id = $1",
+    )
+    .bind(key.id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(200, true, Some(20))]);
+    let stopped: bool = sqlx::query_scalar(
+        "SELECT bool_and(stopped_at IS NOT NULL) FROM nodes WHERE service = 'gateway'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(stopped, "the node record is marked stopped");
+}
+
+#[tokio::test]
+async fn an_unknown_contract_migration_makes_the_gateway_refuse_to_start_naming_it() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    sqlx::raw_sql(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (29991231000009, 'drop something', true, '\\x00', 1); \
+         INSERT INTO obleth_migration_phases (version, phase, requires_release) VALUES (29991231000009, 'contract', '9.0.0');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nops_listen = \"127.0.0.1:{}\"\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let child = spawn(&config, &[("OBLETH_DATABASE__URL", db.url.clone())]);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("29991231000009 (drop something, contract)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_setting_exits_non_zero_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "[server]\nlisten = \"not an address\"\n").unwrap();
+    let output = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.listen"), "{stderr}");
+    std::fs::write(
+        &config,
+        "[[routes]]\nmodel = \"m\"\ntargets = [{ provider = \"nope\" }]\n",
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("routes[0].targets[0].provider"));
+}

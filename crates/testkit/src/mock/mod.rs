@@ -1,0 +1,28 @@
+//! A mock OpenAI-compatible LLM provider: a real HTTP server for tests, Compose and benchmarks.
+//!
+//! [`MockUpstream::start`] serves `POST /v1/chat/completions`,
+//! `POST /v1/completions` (both streaming with `"stream": true`),
+//! `POST /v1/embeddings`, `GET /v1/models` and `GET /health` on a free local
+//! port. Completions are `tok1 tok2 ...`, as many words as the config says;
+//! streams end with a usage chunk and `data: [DONE]`.
+//!
+//! Behaviour comes from a [`MockConfig`], replaceable at run time, and from
+//! per-request headers (`x-mock-latency-ms`, `x-mock-token-delay-ms`,
+//! `x-mock-tokens`, `x-mock-fail-status`), so one server can serve many test
+//! cases. A model named `fail-...` always answers 500, for tests that go
+//! through a gateway that does not forward those headers.
+
+mod config;
+mod embed;
+mod gate;
+mod handlers;
+mod server;
+mod sse;
+mod state;
+mod wire;
+
+pub use config::{
+    MockConfig, FAIL_STATUS_HEADER, LATENCY_HEADER, TOKENS_HEADER, TOKEN_DELAY_HEADER,
+};
+pub use server::MockUpstream;
+pub use state::RecordedRequest;
