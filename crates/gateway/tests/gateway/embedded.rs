@@ -10,6 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
+/// name, headers, body, expected status, expected code.
+type Case = (&'static str, Vec<(&'static str, String)>, Bytes, u16, &'static str);
+
 #[tokio::test]
 async fn every_bad_input_gets_an_openai_error_with_the_right_status() {
     let (key, secret) =
@@ -26,7 +29,7 @@ async fn every_bad_input_gets_an_openai_error_with_the_right_status() {
     let json = "application/json";
     let unknown = obleth_config::apikey::from_parts("aaaaaaaaaaaa", &"B".repeat(40));
     let ok_body = r#"{"model":"m","messages":[]}"#.to_owned();
-    let cases: Vec<(&str, Vec<(&str, String)>, Bytes, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "no key",
             vec![("content-type", json.into())],
