@@ -157,6 +157,23 @@ async fn a_database_outage_keeps_cached_keys_working_and_a_revoke_made_meanwhile
 
     cluster.start_again().unwrap();
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // The 11 answers served (one before, ten during the outage) are all recorded
+    // once the database is back: buffered, retried, none lost.
+    wait_until(
+        Duration::from_secs(30),
+        "usage rows after recovery",
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM usage_events WHERE key_id = $1 AND status = 200",
+            )
+            .bind(key.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+            n == 11
+        },
+    )
+    .await;
     obleth_config::db::keys::revoke_key(&pool, key.id)
         .await
         .unwrap()

@@ -11,7 +11,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::*;
 
 /// name, headers, body, expected status, expected code.
-type Case = (&'static str, Vec<(&'static str, String)>, Bytes, u16, &'static str);
+type Case = (
+    &'static str,
+    Vec<(&'static str, String)>,
+    Bytes,
+    u16,
+    &'static str,
+);
 
 #[tokio::test]
 async fn every_bad_input_gets_an_openai_error_with_the_right_status() {
@@ -584,5 +590,33 @@ async fn embeddings_and_completions_are_routed_too() {
     .await;
     assert_eq!(c.status, 200);
     assert_eq!(c.json()["object"], "text_completion");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_provider_credential_is_read_from_its_file_and_sent_upstream() {
+    let upstream = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("provider-key");
+    std::fs::write(&secret_file, "sk-upstream-secret\n").unwrap();
+    let (key, secret) = file_key(|_| {});
+    let mut settings = embedded_settings(vec![key]);
+    let mut provider = openai_provider("up", &upstream.base_url());
+    provider.credential = Some(format!("file:{}", secret_file.display()));
+    settings.providers = vec![provider];
+    settings.routes = vec![route("m", &["up"])];
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+    assert_eq!(chat(&gw, &secret, "m").await.status, 200);
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer sk-upstream-secret")
+    );
+    assert_ne!(
+        seen.header("authorization"),
+        Some(format!("Bearer {secret}").as_str()),
+        "the client's key never goes upstream"
+    );
     gw.stop().await.unwrap();
 }

@@ -266,3 +266,84 @@ async fn an_invalid_setting_exits_non_zero_naming_the_field() {
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("routes[0].targets[0].provider"));
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_embedded_file_and_a_bad_file_keeps_the_old_one() {
+    let (old_key, old_secret) = file_key(|_| {});
+    let (new_key, new_secret) = file_key(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let (port, ops) = (free_port(), free_port());
+    let file = |key: &obleth_gateway::settings::KeyConfig| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\ndrain_delay_secs = 0\n\n[[providers]]\nname = \"mock\"\nkind = \"mock\"\n\n[[routes]]\nmodel = \"m\"\ntargets = [{{ provider = \"mock\" }}]\n\n[[keys]]\npublic_id = {:?}\nsecret_sha256 = {:?}\n",
+            key.public_id, key.secret_sha256
+        )
+    };
+    std::fs::write(&config, file(&old_key)).unwrap();
+    let mut child = spawn(&config, &[]);
+    wait_ready(ops).await;
+    let call = |secret: String| async move {
+        request(
+            Method::POST,
+            &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            &[
+                ("authorization", &format!("Bearer {secret}")),
+                ("content-type", "application/json"),
+            ],
+            r#"{"model":"m","messages":[]}"#,
+        )
+        .await
+        .status
+    };
+    assert_eq!(call(old_secret.clone()).await, 200);
+    assert_eq!(call(new_secret.clone()).await, 401);
+
+    let pid = child.id().unwrap().to_string();
+    std::fs::write(&config, file(&new_key)).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the new key after SIGHUP", || {
+        call(new_secret.clone()).then_some_200()
+    })
+    .await;
+    assert_eq!(
+        call(old_secret.clone()).await,
+        401,
+        "the removed key is gone"
+    );
+
+    std::fs::write(&config, "[[routes]]\nmodel = 1\n").unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        call(new_secret.clone()).await,
+        200,
+        "a bad file keeps the previous configuration"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Turns a status future into a readiness check for [`wait_until`].
+trait ThenSome200 {
+    fn then_some_200(self) -> impl std::future::Future<Output = bool>;
+}
+
+impl<F: std::future::Future<Output = u16>> ThenSome200 for F {
+    async fn then_some_200(self) -> bool {
+        self.await == 200
+    }
+}
