@@ -121,11 +121,14 @@ impl Compatibility {
     }
 
     /// Whether the database can never become usable by this binary without an
-    /// operator's action beyond `obleth-migrator up`.
+    /// operator's action beyond `obleth-migrator up`: an unknown contract
+    /// migration, an edited one, or one recorded as failed by another tool.
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Compatibility::Incompatible { .. } | Compatibility::Modified { .. }
+            Compatibility::Incompatible { .. }
+                | Compatibility::Modified { .. }
+                | Compatibility::Dirty { .. }
         )
     }
 
@@ -185,7 +188,7 @@ impl Compatibility {
             Compatibility::Dirty { dirty } => {
                 let _ = write!(
                     out,
-                    "schema is dirty: {} failed part-way; run `obleth-migrator up` to re-run it, or repair it by hand if another tool applied it",
+                    "schema is dirty: {} is recorded as failed (success = false in _sqlx_migrations); obleth's runner never records a failure, so another tool applied it: repair the schema by hand, then delete that row so `obleth-migrator up` runs it again",
                     list(dirty)
                 );
             }

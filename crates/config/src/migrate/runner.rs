@@ -123,7 +123,7 @@ pub enum MigrateError {
     LockHeld { waited: Duration, holder: String },
     #[error("{0}")]
     Incompatible(String),
-    #[error("migration {version} ({file}) failed: {message}; it was not recorded, fix it and run `obleth-migrator up` again")]
+    #[error("migration {version} ({file}) failed: {message}; it was not recorded: fix the cause and run the same command again")]
     Failed {
         version: i64,
         file: String,
@@ -344,32 +344,52 @@ impl Runner {
         let started = Instant::now();
         let mut attempts = 0;
         set_timeouts(&mut *conn, &self.opts, false).await?;
-        let result = self.no_tx_statements(conn, def, &mut attempts).await;
+        let result = self.no_tx_attempts(conn, def, &mut attempts).await;
         let reset = conn
             .execute("RESET lock_timeout; RESET statement_timeout")
             .await;
         result?;
         reset?;
-        let statements = split_statements(&def.sql).len().max(1) as u32;
-        Ok(self.step(def, attempts.saturating_sub(statements) + 1, started))
+        Ok(self.step(def, attempts, started))
     }
 
-    async fn no_tx_statements(
+    /// Runs the whole file until it succeeds. A lock timeout restarts it from
+    /// its first statement, not from the one that failed: a timed-out
+    /// `CREATE INDEX CONCURRENTLY` leaves an invalid index that only the file's
+    /// leading `DROP INDEX CONCURRENTLY IF EXISTS` clears.
+    async fn no_tx_attempts(
         &self,
         conn: &mut PgConnection,
         def: &MigrationDef,
         attempts: &mut u32,
     ) -> Result<(), MigrateError> {
         let started = Instant::now();
-        for statement in split_statements(&def.sql) {
-            loop {
-                *attempts += 1;
+        'attempt: loop {
+            *attempts += 1;
+            for statement in split_statements(&def.sql) {
                 let outcome = conn.execute(statement.text.as_str()).await.map(drop);
-                match outcome {
-                    Ok(()) => break,
-                    Err(err) => self.retry_or_fail(def, *attempts, err).await?,
+                if let Err(err) = outcome {
+                    self.retry_or_fail(def, *attempts, err).await?;
+                    continue 'attempt;
                 }
             }
+            break;
+        }
+        // Never record a migration that leaves a half-built index behind.
+        let invalid: Vec<String> = sqlx::query_scalar(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid ORDER BY 1",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        if !invalid.is_empty() {
+            return Err(MigrateError::Failed {
+                version: def.version,
+                file: def.file.clone(),
+                message: format!(
+                    "invalid indexes remain after it ran: {}; drop them with DROP INDEX CONCURRENTLY and make the migration start with DROP INDEX CONCURRENTLY IF EXISTS",
+                    invalid.join(", ")
+                ),
+            });
         }
         let mut tx = conn.begin().await?;
         record(&mut tx, def, started.elapsed()).await?;

@@ -362,7 +362,6 @@ async fn a_no_transaction_migration_builds_an_index_concurrently_and_can_be_reru
         .unwrap();
     assert_eq!(report.applied.len(), 1);
     assert_eq!(applied_versions(&db.url).await, vec![1, 2]);
-    // The session timeouts set for the no-tx statements do not leak.
     assert_eq!(advisory_locks(&db.url).await, 0);
 }
 
@@ -570,4 +569,96 @@ async fn finish_refuses_while_an_older_node_is_alive_and_force_overrides() {
         .unwrap();
     assert_eq!(report.forced_past.len(), 1);
     assert_eq!(report.applied.len(), 1);
+}
+
+#[tokio::test]
+async fn a_concurrent_index_build_that_hits_lock_timeout_restarts_the_file_and_ends_valid() {
+    let db = fresh_database().await.unwrap();
+    let options = PgConnectOptions::from_str(&db.url).unwrap();
+    let table = migration_dir(&[("1_t.sql", "CREATE TABLE t (id int);", Phase::Expand)]);
+    Runner::new(set_of(table.path()), fast_options("setup"))
+        .run(&options, Mode::Up)
+        .await
+        .unwrap();
+    // An open transaction that wrote to the table makes the concurrent build
+    // wait for it after creating the (still invalid) index, and that wait is
+    // subject to lock_timeout: each timed-out attempt leaves an invalid index.
+    let mut old_reader = connect(&db.url).await;
+    sqlx::raw_sql("BEGIN; INSERT INTO t VALUES (1);")
+        .execute(&mut old_reader)
+        .await
+        .unwrap();
+    let index = migration_dir(&[
+        ("1_t.sql", "CREATE TABLE t (id int);", Phase::Expand),
+        (
+            "2_index.sql",
+            "-- no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS t_id;\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_id ON t (id);\n",
+            Phase::Expand,
+        ),
+    ]);
+    let runner = Runner::new(set_of(index.path()), fast_options("index-builder"));
+    let task = tokio::spawn(async move { runner.run(&options, Mode::Up).await });
+
+    let mut observer = connect(&db.url).await;
+    let mut attempts_seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while attempts_seen.len() < 2 {
+        assert!(Instant::now() < deadline, "the build never retried");
+        let waiting: Option<String> = sqlx::query_scalar(
+            "SELECT query_start::text FROM pg_stat_activity \
+             WHERE application_name = 'index-builder' AND wait_event_type = 'Lock'",
+        )
+        .fetch_optional(&mut observer)
+        .await
+        .unwrap();
+        attempts_seen.extend(waiting);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut old_reader)
+        .await
+        .unwrap();
+
+    let report = task
+        .await
+        .unwrap()
+        .expect("the build succeeds once the reader is gone");
+    assert!(report.applied[0].attempts >= 2, "{:?}", report.applied[0]);
+    let valid: bool =
+        sqlx::query_scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 't_id'::regclass")
+            .fetch_one(&mut observer)
+            .await
+            .unwrap();
+    assert!(valid, "the recorded migration left a valid index");
+    assert_eq!(applied_versions(&db.url).await, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_no_transaction_migration_leaving_an_invalid_index_is_not_recorded() {
+    let db = fresh_database().await.unwrap();
+    let options = PgConnectOptions::from_str(&db.url).unwrap();
+    let mut conn = connect(&db.url).await;
+    // A unique index build over duplicate values fails and leaves the index invalid.
+    sqlx::raw_sql("CREATE TABLE d (v int); INSERT INTO d VALUES (1), (1);")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let _ = sqlx::raw_sql("CREATE UNIQUE INDEX CONCURRENTLY d_v ON d (v)")
+        .execute(&mut conn)
+        .await;
+    let dir = migration_dir(&[(
+        "1_other.sql",
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS d_v ON d (v);\n",
+        Phase::Expand,
+    )]);
+    let err = Runner::new(set_of(dir.path()), fast_options("invalid"))
+        .run(&options, Mode::Up)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("invalid indexes remain after it ran: d_v"),
+        "{err}"
+    );
+    assert!(applied_versions(&db.url).await.is_empty());
 }
