@@ -106,7 +106,10 @@ async fn proxy(
 ) -> Response {
     let started = Instant::now();
     let guard = InFlightGuard::enter(&state);
-    if state.health.draining() {
+    // While draining the gateway keeps serving: load balancers may still send
+    // requests until they see /readyz fail. Only past the drain timeout, when
+    // open streams are being ended, is a late request refused (retryable).
+    if state.cut_streams.is_cancelled() {
         return reject(&state, route, ApiError::Draining);
     }
     if let Some(m) = state.maintenance() {

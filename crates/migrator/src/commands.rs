@@ -78,13 +78,13 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
             }
             let report = runner.run(&options, Mode::Up).await?;
             if report.applied.is_empty() {
-                println!("up to date: no pending expand migrations");
+                out!("up to date: no pending expand migrations");
             } else {
-                println!("applied {} migration(s)", report.applied.len());
+                out!("applied {} migration(s)", report.applied.len());
             }
             if *verbose {
                 for step in &report.applied {
-                    println!(
+                    out!(
                         "  {} {:<8} {:>9.1} ms  attempts {}  {}",
                         step.version,
                         step.phase.as_str(),
@@ -95,7 +95,7 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
                 }
             }
             if !report.awaiting_finish.is_empty() {
-                println!(
+                out!(
                     "contract migrations waiting for `obleth-migrator finish`: {}",
                     join(&report.awaiting_finish)
                 );
@@ -121,10 +121,10 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
                 );
             }
             if report.applied.is_empty() {
-                println!("up to date: nothing to finish");
+                out!("up to date: nothing to finish");
             } else {
                 for step in &report.applied {
-                    println!(
+                    out!(
                         "applied {} ({}, {}) in {:.1} ms",
                         step.version,
                         step.description,
@@ -167,18 +167,18 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
             let applied = read_applied(&mut conn).await?;
             let _ = conn.close().await;
             let Some(applied) = applied else {
-                println!("nothing to verify: the database was never migrated");
+                out!("nothing to verify: the database was never migrated");
                 return Ok(exit::NOT_INITIALISED);
             };
             let mut bad = 0;
             for row in &applied {
                 match set.get(row.version) {
                     Some(def) if def.checksum == row.checksum => {
-                        println!("ok        {} {}", row.version, def.file);
+                        out!("ok        {} {}", row.version, def.file);
                     }
                     Some(def) => {
                         bad += 1;
-                        println!(
+                        out!(
                             "MODIFIED  {} {}: applied checksum {}, file checksum {}",
                             row.version,
                             def.file,
@@ -186,9 +186,10 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
                             obleth_config::migrate::compat::hex(&def.checksum)
                         );
                     }
-                    None => println!(
+                    None => out!(
                         "unknown   {} {} (applied by another release; not verified)",
-                        row.version, row.description
+                        row.version,
+                        row.description
                     ),
                 }
             }
@@ -277,18 +278,18 @@ async fn print_dry_run(
 ) -> Result<u8, Failure> {
     let plan = runner.dry_run(options, mode).await?;
     if plan.is_empty() {
-        println!("-- dry run: nothing to apply");
+        out!("-- dry run: nothing to apply");
     }
     for def in plan {
-        println!(
+        out!(
             "-- dry run: would apply {} ({}, {}{})",
             def.version,
             def.file,
             def.phase.as_str(),
             if def.no_tx { ", no transaction" } else { "" }
         );
-        println!("{}", def.sql.trim_end());
-        println!();
+        out!("{}", def.sql.trim_end());
+        out!();
     }
     Ok(exit::OK)
 }
@@ -305,11 +306,11 @@ fn run_lint(set: &MigrationSet) -> u8 {
         };
         for finding in lint(&input) {
             findings += 1;
-            println!("{finding}");
+            out!("{finding}");
         }
     }
     if findings == 0 {
-        println!("lint: {} migration(s), no findings", set.len());
+        out!("lint: {} migration(s), no findings", set.len());
         exit::OK
     } else {
         eprintln!("error: lint found {findings} problem(s); see docs/migrations.md for each rule");

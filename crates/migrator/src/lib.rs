@@ -1,6 +1,15 @@
 //! The obleth migration CLI over obleth-config's runner: `up`, `status`, `plan`,
 //! `finish`, `verify` and `lint`.
 
+/// Prints a line to stdout, ignoring a closed pipe (`obleth-migrator status | head`)
+/// instead of panicking as `println!` does.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod commands;
 mod report;
 

@@ -97,31 +97,38 @@ fn line_for_def(def: &MigrationDef, state: &'static str) -> MigrationLine {
 pub fn print_status(report: &StatusReport, json: bool, database: &str) {
     if json {
         match serde_json::to_string_pretty(report) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => out!("{text}"),
             Err(err) => eprintln!("error: cannot render JSON: {err}"),
         }
         return;
     }
-    println!("database: {database}");
+    out!("database: {database}");
     match &report.verdict {
-        None => println!(
+        None => out!(
             "state:    not initialised: no migration was ever applied; run `obleth-migrator up`"
         ),
-        Some(verdict) => println!("state:    {}", verdict.describe()),
+        Some(verdict) => out!("state:    {}", verdict.describe()),
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<16} {:<9} {:<8} {:<9} DESCRIPTION",
-        "VERSION", "PHASE", "STATE", "CHECKSUM"
+        "VERSION",
+        "PHASE",
+        "STATE",
+        "CHECKSUM"
     );
     for m in &report.migrations {
-        println!(
+        out!(
             "{:<16} {:<9} {:<8} {:<9} {}",
-            m.version, m.phase, m.state, m.checksum, m.description
+            m.version,
+            m.phase,
+            m.state,
+            m.checksum,
+            m.description
         );
         if let (Some(applied), Some(file)) = (&m.applied_checksum, &m.file_checksum) {
-            println!("{:<16} applied {applied}", "");
-            println!("{:<16} file    {file}", "");
+            out!("{:<16} applied {applied}", "");
+            out!("{:<16} file    {file}", "");
         }
     }
 }
@@ -166,28 +173,28 @@ pub fn print_plan(
             finish: finish.iter().map(|d| item(d)).collect(),
         };
         match serde_json::to_string_pretty(&plan) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => out!("{text}"),
             Err(err) => eprintln!("error: cannot render JSON: {err}"),
         }
         return;
     }
-    println!("state: {}", verdict.describe());
+    out!("state: {}", verdict.describe());
     for (title, defs) in [
         ("`obleth-migrator up` would apply", up),
         ("`obleth-migrator finish` would apply", finish),
     ] {
         if defs.is_empty() {
-            println!("{title}: nothing");
+            out!("{title}: nothing");
             continue;
         }
-        println!("{title}:");
+        out!("{title}:");
         for def in defs {
             let requires = def
                 .requires_release
                 .as_ref()
                 .map(|r| format!(", needs every node at {r} or later"))
                 .unwrap_or_default();
-            println!(
+            out!(
                 "  {} {} ({}{requires})",
                 def.version,
                 def.file,

@@ -219,3 +219,88 @@ async fn pending_migrations_keep_the_gateway_not_ready_saying_why() {
     gw.wait_ready().await;
     gw.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stream_still_open_at_the_drain_timeout_is_ended_and_recorded() {
+    use http_body_util::BodyExt;
+    use obleth_testkit::{MockConfig, MockUpstream};
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let upstream = MockUpstream::start(MockConfig {
+        token_delay: Duration::from_millis(200),
+        completion_tokens: 100,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    obleth_config::db::catalog::create_provider(
+        &pool,
+        &obleth_config::db::catalog::NewProvider {
+            name: "endless".to_owned(),
+            kind: obleth_config::model::ProviderKind::OpenAi,
+            base_url: upstream.base_url(),
+            credential_ref: None,
+            timeout_ms: 5_000,
+        },
+    )
+    .await
+    .unwrap();
+    obleth_config::db::catalog::create_route(
+        &pool,
+        "endless",
+        &[obleth_config::model::RouteTarget {
+            provider: "endless".to_owned(),
+            upstream_model: None,
+        }],
+    )
+    .await
+    .unwrap();
+    let (key, secret) = db_key(&pool, |_| {}).await;
+    let mut settings = database_settings(&db.url, &pool).await;
+    settings.server.drain_timeout_secs = 1;
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+    let response = send(
+        http::Method::POST,
+        &gw.url("/v1/chat/completions"),
+        &[
+            ("authorization", &format!("Bearer {secret}")),
+            ("content-type", "application/json"),
+        ],
+        r#"{"model":"endless","stream":true,"messages":[]}"#,
+    )
+    .await;
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut ended_with_error = false;
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                ended_with_error = true;
+                break;
+            }
+        }
+        ended_with_error
+    });
+    let started = Instant::now();
+    gw.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the drain is bounded"
+    );
+    assert!(
+        reader.await.unwrap(),
+        "the cut stream ends with an error, not a clean end"
+    );
+    let rows: Vec<(i16, bool)> =
+        sqlx::query_as("SELECT status, streamed FROM usage_events WHERE key_id = $1")
+            .bind(key.id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![(503, true)],
+        "the cut stream is recorded, with status 503"
+    );
+}

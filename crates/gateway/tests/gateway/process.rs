@@ -137,7 +137,7 @@ async fn sigterm_during_a_slow_stream_goes_unready_finishes_the_stream_records_u
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\ndrain_delay_secs = 1\ndrain_timeout_secs = 30\n\n[usage]\nflush_interval_ms = 50\n"
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\ndrain_delay_secs = 3\ndrain_timeout_secs = 30\n\n[usage]\nflush_interval_ms = 50\n"
         ),
     )
     .unwrap();
@@ -170,6 +170,22 @@ async fn sigterm_during_a_slow_stream_goes_unready_finishes_the_stream_records_u
         matches!(client().get(url.parse().unwrap()).await, Ok(r) if r.status() == 503)
     })
     .await;
+    // Not ready, but still serving during the drain delay: a load balancer that
+    // has not noticed yet loses nothing.
+    let late = request(
+        Method::POST,
+        &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        &[
+            ("authorization", &format!("Bearer {secret}")),
+            ("content-type", "application/json"),
+        ],
+        r#"{"model":"slow-model","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(
+        late.status, 200,
+        "a request during the drain delay is served"
+    );
 
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame
@@ -193,7 +209,15 @@ async fn sigterm_during_a_slow_stream_goes_unready_finishes_the_stream_records_u
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(rows, vec![(200, true, Some(20))]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.contains(&(200, true, Some(20))),
+        "the stream's record: {rows:?}"
+    );
+    assert!(
+        rows.contains(&(200, false, Some(20))),
+        "the late request's record: {rows:?}"
+    );
     let stopped: bool = sqlx::query_scalar(
         "SELECT bool_and(stopped_at IS NOT NULL) FROM nodes WHERE service = 'gateway'",
     )
