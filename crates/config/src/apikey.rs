@@ -98,15 +98,20 @@ pub fn generate() -> GeneratedKey {
     let public_id: String = (0..PUBLIC_ID_LEN)
         .map(|_| char::from(PUBLIC_ID_ALPHABET[rng.random_range(0..PUBLIC_ID_ALPHABET.len())]))
         .collect();
+    generate_for(&public_id)
+}
+
+/// A new secret for the key with `public_id` (rotation keeps the public id).
+pub fn generate_for(public_id: &str) -> GeneratedKey {
     let secret: String = Alphanumeric
-        .sample_iter(&mut rng)
+        .sample_iter(&mut rand::rng())
         .take(SECRET_LEN)
         .map(char::from)
         .collect();
     let secret_hash = hash_secret(&secret);
     GeneratedKey {
-        secret: SecretString::from(from_parts(&public_id, &secret)),
-        public_id,
+        secret: SecretString::from(from_parts(public_id, &secret)),
+        public_id: public_id.to_owned(),
         secret_hash,
     }
 }

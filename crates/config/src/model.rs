@@ -28,9 +28,29 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// After a rotation: SHA-256 of the previous secret, valid until
+    /// `previous_expires_at`.
+    #[serde(
+        default,
+        with = "hex_bytes_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub previous_secret_hash: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_expires_at: Option<DateTime<Utc>>,
 }
 
 impl ApiKey {
+    /// Whether `hash` is this key's previous secret and still within its overlap.
+    pub fn previous_secret_valid(&self, hash: &[u8], now: DateTime<Utc>) -> bool {
+        match (&self.previous_secret_hash, self.previous_expires_at) {
+            (Some(previous), Some(until)) => {
+                now < until && crate::apikey::hashes_equal(previous, hash)
+            }
+            _ => false,
+        }
+    }
+
     /// Usable at `now`: not revoked, and not expired (a key expires at `expires_at`).
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|at| now < at)
@@ -53,6 +73,11 @@ impl fmt::Debug for ApiKey {
             .field("revoked_at", &self.revoked_at)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
+            .field(
+                "previous_secret_hash",
+                &self.previous_secret_hash.as_deref().map(HashPrefix),
+            )
+            .field("previous_expires_at", &self.previous_expires_at)
             .finish()
     }
 }
@@ -223,6 +248,23 @@ mod hex_bytes {
     }
 }
 
+mod hex_bytes_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| hex::decode(text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::Duration;
@@ -245,7 +287,22 @@ mod tests {
             revoked_at: revoked.then_some(now),
             created_at: now,
             updated_at: now,
+            previous_secret_hash: None,
+            previous_expires_at: None,
         }
+    }
+
+    #[test]
+    fn previous_secret_is_valid_only_during_its_overlap() {
+        let now = Utc::now();
+        let previous = crate::apikey::hash_secret("old").to_vec();
+        let mut k = key(None, false);
+        assert!(!k.previous_secret_valid(&previous, now));
+        k.previous_secret_hash = Some(previous.clone());
+        k.previous_expires_at = Some(now + Duration::seconds(10));
+        assert!(k.previous_secret_valid(&previous, now));
+        assert!(!k.previous_secret_valid(&crate::apikey::hash_secret("other"), now));
+        assert!(!k.previous_secret_valid(&previous, now + Duration::seconds(11)));
     }
 
     #[test]

@@ -84,9 +84,12 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<A
             }
         }
     };
-    if key.public_id != parsed.public_id || !apikey::hashes_equal(&key.secret_hash, &hash) {
+    let now = Utc::now();
+    let secret_ok =
+        apikey::hashes_equal(&key.secret_hash, &hash) || key.previous_secret_valid(&hash, now);
+    if key.public_id != parsed.public_id || !secret_ok {
         return Err(ApiError::InvalidKey);
     }
-    policy::check_key(&key, Utc::now())?;
+    policy::check_key(&key, now)?;
     Ok(key)
 }

@@ -33,6 +33,8 @@ pub fn key_from_config(k: &KeyConfig) -> Result<ApiKey, String> {
         revoked_at: k.revoked.then_some(now),
         created_at: now,
         updated_at: now,
+        previous_secret_hash: None,
+        previous_expires_at: None,
     })
 }
 

@@ -124,7 +124,12 @@ async fn apply(state: &AppState, pool: &PgPool, change: &Change) -> Result<(), s
             state.catalog.set(Catalog::from_db(&catalog));
         }
         Entity::Setting => {
-            debug!(id = %change.entity_id, "Setting changed.");
+            if change.entity_id == obleth_config::db::settings::MAINTENANCE {
+                let m = obleth_config::db::settings::get_maintenance(pool).await?;
+                crate::warmup::apply_maintenance(state, &m);
+            } else {
+                debug!(id = %change.entity_id, "Unknown setting changed; ignored.");
+            }
         }
     }
     Ok(())

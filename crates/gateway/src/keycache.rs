@@ -25,7 +25,8 @@ pub enum Lookup {
 #[derive(Debug, Clone)]
 pub struct KeyCache {
     by_hash: Cache<Hash, Arc<ApiKey>>,
-    hash_by_id: Cache<Uuid, Hash>,
+    /// Every hash a key answers to: its secret and, after a rotation, the previous one.
+    hash_by_id: Cache<Uuid, Vec<Hash>>,
     negative: Cache<Hash, ()>,
 }
 
@@ -51,26 +52,42 @@ impl KeyCache {
         Lookup::Miss
     }
 
-    /// Stores or replaces a key, forgetting any negative entry for its hash
-    /// (a key created after a failed lookup must work at once).
+    /// Stores or replaces a key under its secret's hash and, during a
+    /// rotation's overlap, its previous secret's hash. Negative entries for
+    /// those hashes are forgotten (a key created after a failed lookup must
+    /// work at once).
     pub fn insert(&self, key: ApiKey) {
         let Ok(hash) = Hash::try_from(key.secret_hash.as_slice()) else {
             return;
         };
+        let previous = key
+            .previous_secret_hash
+            .as_deref()
+            .and_then(|p| Hash::try_from(p).ok())
+            .filter(|_| {
+                key.previous_expires_at
+                    .is_some_and(|at| at > chrono::Utc::now())
+            });
+        let hashes: Vec<Hash> = std::iter::once(hash).chain(previous).collect();
         if let Some(old) = self.hash_by_id.get(&key.id) {
-            if old != hash {
-                self.by_hash.invalidate(&old);
+            for h in old.iter().filter(|h| !hashes.contains(h)) {
+                self.by_hash.invalidate(h);
             }
         }
-        self.negative.invalidate(&hash);
-        self.hash_by_id.insert(key.id, hash);
-        self.by_hash.insert(hash, Arc::new(key));
+        let key = Arc::new(key);
+        for h in &hashes {
+            self.negative.invalidate(h);
+            self.by_hash.insert(*h, Arc::clone(&key));
+        }
+        self.hash_by_id.insert(key.id, hashes);
     }
 
     /// Forgets a deleted key.
     pub fn remove_id(&self, id: &Uuid) {
-        if let Some(hash) = self.hash_by_id.get(id) {
-            self.by_hash.invalidate(&hash);
+        if let Some(hashes) = self.hash_by_id.get(id) {
+            for h in &hashes {
+                self.by_hash.invalidate(h);
+            }
         }
         self.hash_by_id.invalidate(id);
     }

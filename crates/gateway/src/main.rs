@@ -29,6 +29,9 @@ enum Command {
     },
     /// Check the settings file and exit.
     Check,
+    /// Print, as JSON, the ports, probe paths and drain timings these settings
+    /// give, for deploy manifests and their wiring tests.
+    Wiring,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,9 +48,16 @@ fn main() -> anyhow::Result<()> {
     }
     let settings =
         GatewaySettings::load(cli.config.as_deref()).context("cannot load the settings")?;
-    if let Some(Command::Check) = cli.command {
-        println!("settings are valid");
-        return Ok(());
+    match cli.command {
+        Some(Command::Check) => {
+            println!("settings are valid");
+            return Ok(());
+        }
+        Some(Command::Wiring) => {
+            println!("{}", obleth_gateway::ops::wiring(&settings));
+            return Ok(());
+        }
+        _ => {}
     }
     obleth_config::telemetry::init(settings.log.format, &settings.log.filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()

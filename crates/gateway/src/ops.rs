@@ -20,6 +20,25 @@ pub mod paths {
     pub const METRICS: &str = "/metrics";
 }
 
+/// The facts deploy manifests must agree with: listener ports, probe paths and
+/// drain timings of `settings`.
+pub fn wiring(settings: &crate::settings::GatewaySettings) -> serde_json::Value {
+    json!({
+        "service": "gateway",
+        "proxy_port": settings.server.listen.port(),
+        "ops_port": settings.server.ops_listen.port(),
+        "paths": {
+            "healthz": paths::HEALTHZ,
+            "readyz": paths::READYZ,
+            "health": paths::HEALTH,
+            "version": paths::VERSION,
+            "metrics": paths::METRICS,
+        },
+        "drain_delay_secs": settings.server.drain_delay_secs,
+        "drain_timeout_secs": settings.server.drain_timeout_secs,
+    })
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(paths::HEALTHZ, get(healthz))

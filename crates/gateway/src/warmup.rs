@@ -98,6 +98,8 @@ pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
     state.catalog.set(Catalog::from_db(&catalog));
     let totals = obleth_config::db::usage::tokens_used_by_keys(pool).await?;
     state.budgets.absorb(&totals);
+    let maintenance = obleth_config::db::settings::get_maintenance(pool).await?;
+    apply_maintenance(state, &maintenance);
     let elapsed = started.elapsed();
     state.metrics.warmup_seconds.set(elapsed.as_secs_f64());
     state.metrics.warmup_keys.set(count);
@@ -126,5 +128,25 @@ pub async fn refresh_budgets(
             Ok(totals) => state.budgets.absorb(&totals),
             Err(e) => warn!(error = %e, "Could not refresh token budgets."),
         }
+    }
+}
+
+/// Puts the gateway in or out of maintenance mode.
+pub fn apply_maintenance(state: &AppState, m: &obleth_config::db::settings::Maintenance) {
+    let next = m.enabled.then(|| crate::state::Maintenance {
+        message: if m.message.is_empty() {
+            "the service is under maintenance; retry later".to_owned()
+        } else {
+            m.message.clone()
+        },
+        retry_after_secs: m.retry_after_secs.max(1),
+    });
+    let mut current = state.maintenance.write().unwrap_or_else(|e| e.into_inner());
+    if *current != next {
+        match &next {
+            Some(m) => info!(message = %m.message, "Maintenance mode on."),
+            None => info!("Maintenance mode off."),
+        }
+        *current = next;
     }
 }

@@ -1,4 +1,4 @@
-//! Providers and routes: loading the routing catalog and the minimal write path behind it.
+//! Providers and routes: loading the routing catalog and the write path behind it.
 
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
@@ -182,11 +182,28 @@ pub async fn create_route(
             .bind(model)
             .fetch_one(&mut *tx)
             .await?;
+    insert_targets(&mut tx, id, targets, &provider_ids).await?;
+    record_change(&mut tx, Entity::Route, &id.to_string(), Op::Insert).await?;
+    tx.commit().await?;
+    Ok(Route {
+        id,
+        model: model.to_owned(),
+        targets: targets.to_vec(),
+    })
+}
+
+/// Inserts the targets of route `id` in order; `provider_ids` matches `targets`.
+async fn insert_targets(
+    conn: &mut PgConnection,
+    id: Uuid,
+    targets: &[RouteTarget],
+    provider_ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
     let mut insert: QueryBuilder<'_, Postgres> = QueryBuilder::new(
         "INSERT INTO route_targets (route_id, position, provider_id, upstream_model) ",
     );
     insert.push_values(
-        targets.iter().zip(&provider_ids).enumerate(),
+        targets.iter().zip(provider_ids).enumerate(),
         |mut row, (position, (target, provider_id))| {
             // Routes have a handful of targets; the position always fits.
             let position = i32::try_from(position).unwrap_or(i32::MAX);
@@ -196,14 +213,8 @@ pub async fn create_route(
                 .push_bind(&target.upstream_model);
         },
     );
-    insert.build().execute(&mut *tx).await?;
-    record_change(&mut tx, Entity::Route, &id.to_string(), Op::Insert).await?;
-    tx.commit().await?;
-    Ok(Route {
-        id,
-        model: model.to_owned(),
-        targets: targets.to_vec(),
-    })
+    insert.build().execute(&mut *conn).await?;
+    Ok(())
 }
 
 /// The provider id of each target, in order; the first unknown name is an error.
@@ -246,4 +257,151 @@ pub async fn delete_route(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> 
     }
     tx.commit().await?;
     Ok(deleted)
+}
+
+/// The provider named `name`.
+pub async fn get_provider(pool: &PgPool, name: &str) -> Result<Option<Provider>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, kind, base_url, credential_ref, timeout_ms FROM providers WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A partial provider update: `None` leaves a field alone; `credential_ref`
+/// `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderUpdate {
+    pub name: Option<String>,
+    pub kind: Option<ProviderKind>,
+    pub base_url: Option<String>,
+    pub credential_ref: Option<Option<String>>,
+    pub timeout_ms: Option<i32>,
+}
+
+impl ProviderUpdate {
+    /// True when the update would change nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == ProviderUpdate::default()
+    }
+}
+
+/// Applies `update` to the provider named `name`; `None` when there is none.
+/// An empty update changes nothing and records no change. Routes name their
+/// providers by id, so a rename keeps them pointing at the same provider.
+pub async fn update_provider(
+    pool: &PgPool,
+    name: &str,
+    update: &ProviderUpdate,
+) -> Result<Option<Provider>, sqlx::Error> {
+    if update.is_empty() {
+        return get_provider(pool, name).await;
+    }
+    let mut query: QueryBuilder<'_, Postgres> =
+        QueryBuilder::new("UPDATE providers SET updated_at = now()");
+    if let Some(new_name) = &update.name {
+        query.push(", name = ").push_bind(new_name);
+    }
+    if let Some(kind) = update.kind {
+        query.push(", kind = ").push_bind(kind.as_str());
+    }
+    if let Some(base_url) = &update.base_url {
+        query.push(", base_url = ").push_bind(base_url);
+    }
+    if let Some(credential_ref) = &update.credential_ref {
+        query.push(", credential_ref = ").push_bind(credential_ref);
+    }
+    if let Some(timeout_ms) = update.timeout_ms {
+        query.push(", timeout_ms = ").push_bind(timeout_ms);
+    }
+    query
+        .push(" WHERE name = ")
+        .push_bind(name)
+        .push(" RETURNING id, name, kind, base_url, credential_ref, timeout_ms");
+
+    let mut tx = pool.begin().await?;
+    let provider: Option<Provider> = query.build_query_as().fetch_optional(&mut *tx).await?;
+    if let Some(provider) = &provider {
+        record_change(
+            &mut tx,
+            Entity::Provider,
+            &provider.id.to_string(),
+            Op::Update,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(provider)
+}
+
+/// Route `id` with its targets in position order.
+pub async fn get_route(pool: &PgPool, id: Uuid) -> Result<Option<Route>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    route_by_id(&mut conn, id).await
+}
+
+async fn route_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Route>, sqlx::Error> {
+    let rows: Vec<RouteRow> = sqlx::query_as(
+        "SELECT r.id, r.model, p.name AS provider, t.upstream_model \
+         FROM routes r \
+         LEFT JOIN route_targets t ON t.route_id = r.id \
+         LEFT JOIN providers p ON p.id = t.provider_id \
+         WHERE r.id = $1 ORDER BY t.position",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut rows = rows.into_iter().peekable();
+    let Some(first) = rows.peek() else {
+        return Ok(None);
+    };
+    let mut route = Route {
+        id: first.id,
+        model: first.model.clone(),
+        targets: Vec::new(),
+    };
+    for row in rows {
+        if let Some(provider) = row.provider {
+            route.targets.push(RouteTarget {
+                provider,
+                upstream_model: row.upstream_model,
+            });
+        }
+    }
+    Ok(Some(route))
+}
+
+/// Replaces the targets of route `id` with `targets`, in order; `None` when
+/// there is no such route. Each target names a provider, which must exist.
+pub async fn replace_route_targets(
+    pool: &PgPool,
+    id: Uuid,
+    targets: &[RouteTarget],
+) -> Result<Option<Route>, CatalogError> {
+    let mut tx = pool.begin().await?;
+    let model: Option<String> =
+        sqlx::query_scalar("UPDATE routes SET updated_at = now() WHERE id = $1 RETURNING model")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(model) = model else {
+        return Ok(None);
+    };
+    if targets.is_empty() {
+        return Err(CatalogError::NoTargets(model));
+    }
+    let provider_ids = resolve_providers(&mut tx, targets).await?;
+    sqlx::query("DELETE FROM route_targets WHERE route_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    insert_targets(&mut tx, id, targets, &provider_ids).await?;
+    record_change(&mut tx, Entity::Route, &id.to_string(), Op::Update).await?;
+    tx.commit().await?;
+    Ok(Some(Route {
+        id,
+        model,
+        targets: targets.to_vec(),
+    }))
 }

@@ -17,7 +17,8 @@ use crate::model::{ApiKey, Entity, Op};
 macro_rules! key_columns {
     () => {
         "id, public_id, secret_hash, name, owner, allowed_models, rpm_limit, tpm_limit, \
-         token_budget, expires_at, revoked_at, created_at, updated_at"
+         token_budget, expires_at, revoked_at, created_at, updated_at, \
+         previous_secret_hash, previous_expires_at"
     };
 }
 
@@ -37,13 +38,18 @@ pub fn active_keys(pool: &PgPool) -> impl Stream<Item = Result<ApiKey, sqlx::Err
     .fetch(pool)
 }
 
-/// The key whose secret hashes to `secret_hash`, revoked or not. Callers should
-/// also check that its `public_id` is the one presented.
+/// The key whose current or previous secret hashes to `secret_hash`, revoked
+/// or not. Callers should also check that its `public_id` is the one presented,
+/// and for a previous secret, that its overlap has not ended.
 pub async fn key_by_hash(pool: &PgPool, secret_hash: &[u8]) -> Result<Option<ApiKey>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         key_columns!(),
-        " FROM api_keys WHERE secret_hash = $1"
+        " FROM api_keys WHERE secret_hash = $1 \
+          UNION ALL SELECT ",
+        key_columns!(),
+        " FROM api_keys WHERE previous_secret_hash = $1 AND previous_secret_hash IS NOT NULL \
+          LIMIT 1"
     ))
     .bind(secret_hash)
     .fetch_optional(pool)
@@ -220,4 +226,110 @@ pub async fn delete_key(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     }
     tx.commit().await?;
     Ok(deleted)
+}
+
+/// Which keys [`list_keys`] returns: filters and a keyset page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFilter {
+    pub owner: Option<String>,
+    /// Case-insensitive substring of the name.
+    pub name_contains: Option<String>,
+    /// `Some(true)`: only revoked keys; `Some(false)`: only unrevoked ones.
+    pub revoked: Option<bool>,
+    /// The last id of the previous page.
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
+
+impl Default for KeyFilter {
+    fn default() -> Self {
+        KeyFilter {
+            owner: None,
+            name_contains: None,
+            revoked: None,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+/// Keys matching `filter`, ordered by id.
+pub async fn list_keys(pool: &PgPool, filter: &KeyFilter) -> Result<Vec<ApiKey>, sqlx::Error> {
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM api_keys WHERE TRUE"
+    ));
+    if let Some(owner) = &filter.owner {
+        q.push(" AND owner = ").push_bind(owner.clone());
+    }
+    if let Some(name) = &filter.name_contains {
+        let pattern = format!(
+            "%{}%",
+            name.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        q.push(" AND name ILIKE ").push_bind(pattern);
+    }
+    match filter.revoked {
+        Some(true) => {
+            q.push(" AND revoked_at IS NOT NULL");
+        }
+        Some(false) => {
+            q.push(" AND revoked_at IS NULL");
+        }
+        None => {}
+    }
+    if let Some(after) = filter.after {
+        q.push(" AND id > ").push_bind(after);
+    }
+    q.push(" ORDER BY id LIMIT ").push_bind(filter.limit.max(0));
+    q.build_query_as().fetch_all(pool).await
+}
+
+/// What [`rotate_key`] did.
+#[derive(Debug)]
+pub enum RotateOutcome {
+    /// The key with its new secret; the previous one stays valid for the overlap.
+    Rotated(ApiKey, GeneratedKey),
+    NotFound,
+    /// A revoked key is not rotated.
+    Revoked,
+}
+
+/// Gives key `id` a new secret. The current secret becomes the previous one,
+/// valid until now + `overlap` (a zero overlap ends it at once); a secret
+/// from an earlier rotation is dropped.
+pub async fn rotate_key(
+    pool: &PgPool,
+    id: Uuid,
+    overlap: std::time::Duration,
+) -> Result<RotateOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let current: Option<(String, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT public_id, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let generated = match current {
+        None => return Ok(RotateOutcome::NotFound),
+        Some((_, Some(_))) => return Ok(RotateOutcome::Revoked),
+        Some((public_id, None)) => apikey::generate_for(&public_id),
+    };
+    let key: ApiKey = sqlx::query_as(concat!(
+        "UPDATE api_keys SET previous_secret_hash = secret_hash, \
+             previous_expires_at = now() + make_interval(secs => $3), \
+             secret_hash = $2, updated_at = now() \
+         WHERE id = $1 RETURNING ",
+        key_columns!()
+    ))
+    .bind(id)
+    .bind(generated.secret_hash.to_vec())
+    .bind(overlap.as_secs_f64())
+    .fetch_one(&mut *tx)
+    .await?;
+    record_change(&mut tx, Entity::ApiKey, &id.to_string(), Op::Update).await?;
+    tx.commit().await?;
+    Ok(RotateOutcome::Rotated(key, generated))
 }

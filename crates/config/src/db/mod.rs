@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod changes;
 pub mod keys;
 pub mod nodes;
+pub mod settings;
 pub mod usage;
 
 use std::str::FromStr;

@@ -666,3 +666,138 @@ async fn a_route_naming_an_unknown_provider_or_none_is_refused_and_nothing_is_wr
         .is_empty());
     assert_eq!(changes::latest_seq(&pool).await.unwrap(), before);
 }
+
+#[tokio::test]
+async fn rotation_keeps_the_previous_secret_for_the_overlap_and_the_public_id() {
+    let (_db, pool) = migrated().await;
+    let (key, first) = keys::create_key(&pool, &NewKey::default()).await.unwrap();
+    let outcome = keys::rotate_key(&pool, key.id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let keys::RotateOutcome::Rotated(rotated, second) = outcome else {
+        panic!("expected a rotation, got {outcome:?}");
+    };
+    assert_eq!(rotated.public_id, key.public_id);
+    assert_eq!(second.public_id, key.public_id);
+    assert!(second
+        .secret
+        .expose_secret()
+        .starts_with(&format!("obk_{}_", key.public_id)));
+    assert_eq!(
+        rotated.previous_secret_hash.as_deref(),
+        Some(first.secret_hash.as_slice())
+    );
+    let now = chrono::Utc::now();
+    assert!(rotated.previous_secret_valid(&first.secret_hash, now));
+    // Both secrets find the key on a cache miss.
+    for hash in [first.secret_hash, second.secret_hash] {
+        let found = keys::key_by_hash(&pool, &hash).await.unwrap().unwrap();
+        assert_eq!(found.id, key.id);
+    }
+    // A revoked key is not rotated; an unknown one is not found.
+    keys::revoke_key(&pool, key.id).await.unwrap();
+    let revoked = keys::rotate_key(&pool, key.id, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(matches!(revoked, keys::RotateOutcome::Revoked));
+    let missing = keys::rotate_key(&pool, uuid::Uuid::new_v4(), std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(matches!(missing, keys::RotateOutcome::NotFound));
+}
+
+#[tokio::test]
+async fn list_keys_filters_and_pages_by_id() {
+    let (_db, pool) = migrated().await;
+    for i in 0..5 {
+        let new = NewKey {
+            name: format!("team-{i}"),
+            owner: Some(if i % 2 == 0 { "alice" } else { "bob" }.to_owned()),
+            ..NewKey::default()
+        };
+        keys::create_key(&pool, &new).await.unwrap();
+    }
+    use keys::{list_keys, KeyFilter};
+    let alice = list_keys(
+        &pool,
+        &KeyFilter {
+            owner: Some("alice".to_owned()),
+            ..KeyFilter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(alice.len(), 3);
+    let named = list_keys(
+        &pool,
+        &KeyFilter {
+            name_contains: Some("TEAM-3".to_owned()),
+            ..KeyFilter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(named.len(), 1);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = list_keys(
+            &pool,
+            &KeyFilter {
+                after,
+                limit: 2,
+                ..KeyFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|k| k.id);
+        seen.extend(page.into_iter().map(|k| k.id));
+    }
+    assert_eq!(seen.len(), 5);
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "ordered by id, no repeats"
+    );
+    keys::revoke_key(&pool, seen[0]).await.unwrap();
+    let revoked = list_keys(
+        &pool,
+        &KeyFilter {
+            revoked: Some(true),
+            ..KeyFilter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        revoked.iter().map(|k| k.id).collect::<Vec<_>>(),
+        vec![seen[0]]
+    );
+}
+
+#[tokio::test]
+async fn maintenance_is_stored_with_a_change_row() {
+    let (_db, pool) = migrated().await;
+    use obleth_config::db::settings::{get_maintenance, set_maintenance, Maintenance};
+    assert_eq!(
+        get_maintenance(&pool).await.unwrap(),
+        Maintenance::default()
+    );
+    let before = obleth_config::db::changes::latest_seq(&pool).await.unwrap();
+    let m = Maintenance {
+        enabled: true,
+        message: "upgrading".to_owned(),
+        retry_after_secs: 30,
+    };
+    set_maintenance(&pool, &m).await.unwrap();
+    assert_eq!(get_maintenance(&pool).await.unwrap(), m);
+    let changes = obleth_config::db::changes::changes_since(&pool, before, 10)
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].entity, Entity::Setting);
+    assert_eq!(changes[0].entity_id, "maintenance");
+}

@@ -304,3 +304,80 @@ async fn a_stream_still_open_at_the_drain_timeout_is_ended_and_recorded() {
         "the cut stream is recorded, with status 503"
     );
 }
+
+#[tokio::test]
+async fn a_rotated_key_answers_to_both_secrets_during_the_overlap_then_only_the_new_one() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let (key, old_secret) = db_key(&pool, |_| {}).await;
+    let gw = TestGateway::start(database_settings(&db.url, &pool).await).await;
+    gw.wait_ready().await;
+    assert_eq!(chat(&gw, &old_secret, "m").await.status, 200);
+
+    let outcome = obleth_config::db::keys::rotate_key(&pool, key.id, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let obleth_config::db::keys::RotateOutcome::Rotated(_, generated) = outcome else {
+        panic!("expected a rotation");
+    };
+    let new_secret = secrecy::ExposeSecret::expose_secret(&generated.secret).to_owned();
+    wait_until(Duration::from_secs(5), "the new secret", || async {
+        chat(&gw, &new_secret, "m").await.status == 200
+    })
+    .await;
+    assert_eq!(
+        chat(&gw, &old_secret, "m").await.status,
+        200,
+        "the old secret still works during the overlap"
+    );
+    wait_until(Duration::from_secs(15), "the overlap to end", || async {
+        chat(&gw, &old_secret, "m").await.status == 401
+    })
+    .await;
+    assert_eq!(chat(&gw, &new_secret, "m").await.status, 200);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn maintenance_mode_answers_503_with_retry_after_and_back() {
+    use obleth_config::db::settings::{set_maintenance, Maintenance};
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let (_, secret) = db_key(&pool, |_| {}).await;
+    let gw = TestGateway::start(database_settings(&db.url, &pool).await).await;
+    gw.wait_ready().await;
+    assert_eq!(chat(&gw, &secret, "m").await.status, 200);
+
+    set_maintenance(
+        &pool,
+        &Maintenance {
+            enabled: true,
+            message: "upgrading the database".to_owned(),
+            retry_after_secs: 42,
+        },
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(10), "maintenance on", || async {
+        chat(&gw, &secret, "m").await.status == 503
+    })
+    .await;
+    let answer = chat(&gw, &secret, "m").await;
+    assert_eq!(answer.error_code(), "maintenance");
+    assert_eq!(answer.header("retry-after"), Some("42"));
+    assert_eq!(answer.json()["error"]["message"], "upgrading the database");
+    assert_eq!(
+        get(&gw.ops_url("/readyz")).await.0,
+        200,
+        "maintenance does not make the node unready"
+    );
+
+    set_maintenance(&pool, &Maintenance::default())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "maintenance off", || async {
+        chat(&gw, &secret, "m").await.status == 200
+    })
+    .await;
+    gw.stop().await.unwrap();
+}

@@ -1,0 +1,179 @@
+//! The admin's settings: its listener and drain, the database, startup
+//! migrations, the admin tokens and logging.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use obleth_config::{DatabaseSettings, LogSettings, MigrationSettings, SettingsError};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
+
+/// Everything `obleth-admin` reads from its file and `OBLETH_` environment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub migrations: MigrationSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The one listener: the API under `/api/v1` and the ops routes.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// After SIGTERM: how long to keep serving while load balancers notice the
+    /// node is not ready (equal to the pod's preStop sleep), in seconds.
+    pub drain_delay_secs: u64,
+    /// After the drain delay: how long in-flight requests may take, in seconds.
+    pub drain_timeout_secs: u64,
+    /// A stable node id for the fleet view; default: hostname plus a random suffix.
+    pub node_id: Option<String>,
+    /// How often the node record is refreshed, in seconds.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            max_body_bytes: 1024 * 1024,
+            drain_delay_secs: 5,
+            drain_timeout_secs: 30,
+            node_id: None,
+            heartbeat_secs: 10,
+        }
+    }
+}
+
+impl ServerSettings {
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_secs(self.drain_delay_secs)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+/// Admin bearer tokens: listed here, read from `token_file` (one a line), or both.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// One token or a list. `OBLETH_AUTH__TOKENS=...` sets a single one.
+    #[serde(deserialize_with = "one_or_many")]
+    pub tokens: Vec<SecretString>,
+    /// A file with one token a line; blank lines and `#` comments are skipped.
+    pub token_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(SecretString),
+        Many(Vec<SecretString>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(token) => vec![token],
+        OneOrMany::Many(tokens) => tokens,
+    })
+}
+
+impl AdminSettings {
+    /// Loads and validates the settings; errors name the field.
+    pub fn load(file: Option<&Path>) -> Result<AdminSettings, SettingsError> {
+        let settings = AdminSettings::load_unchecked(file)?;
+        settings.validate().map_err(SettingsError::Invalid)?;
+        Ok(settings)
+    }
+
+    /// Loads without the checks `validate` makes, for `obleth-admin wiring`,
+    /// which needs ports and timings but no database.
+    pub fn load_unchecked(file: Option<&Path>) -> Result<AdminSettings, SettingsError> {
+        obleth_config::load(file)
+    }
+
+    /// Checks what serde cannot. Tokens are checked when they are read
+    /// ([`crate::tokens::AdminTokens::load`]), since the file may change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.database.url.is_none() {
+            return Err(
+                "database.url: required; set it in the settings file or OBLETH_DATABASE__URL"
+                    .to_owned(),
+            );
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err("server.max_body_bytes: must be greater than 0".to_owned());
+        }
+        if self.server.heartbeat_secs == 0 {
+            return Err("server.heartbeat_secs: must be greater than 0".to_owned());
+        }
+        if let Some(id) = &self.server.node_id {
+            if id.trim().is_empty() {
+                return Err("server.node_id: must not be empty when set".to_owned());
+            }
+        }
+        if self.auth.tokens.is_empty() && self.auth.token_file.is_none() {
+            return Err(
+                "auth.tokens, auth.token_file: no admin token configured; set one of them"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_a_token_or_the_database_password() {
+        let mut s = AdminSettings::default();
+        s.auth.tokens = vec![SecretString::from("tok-hunter2-hunter2-hunter2")];
+        s.database.url = Some(obleth_config::DatabaseUrl::new(
+            "postgres://u:pg-hunter2@h/db",
+        ));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("[1 redacted]"), "{shown}");
+    }
+
+    #[test]
+    fn validate_names_the_missing_field() {
+        let mut s = AdminSettings::default();
+        assert!(s.validate().unwrap_err().starts_with("database.url"));
+        s.database.url = Some(obleth_config::DatabaseUrl::new("postgres://h/db"));
+        assert!(s.validate().unwrap_err().contains("auth.tokens"));
+        s.auth.token_file = Some(PathBuf::from("/run/secrets/admin"));
+        s.validate().unwrap();
+        s.server.max_body_bytes = 0;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("server.max_body_bytes"));
+    }
+
+    #[test]
+    fn tokens_accept_one_string_or_a_list() {
+        let one: AuthSettings = serde_json::from_str(r#"{"tokens":"a"}"#).unwrap();
+        let many: AuthSettings = serde_json::from_str(r#"{"tokens":["a","b"]}"#).unwrap();
+        assert_eq!((one.tokens.len(), many.tokens.len()), (1, 2));
+    }
+}
