@@ -53,7 +53,13 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<A
                 state.keys.remember_unknown(hash);
                 return Err(ApiError::InvalidKey);
             };
-            match obleth_config::db::keys::key_by_hash(pool, &hash).await {
+            let lookup = obleth_config::db::keys::key_by_hash(pool, &hash);
+            let found = match tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await
+            {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err("timed out after 2 s".to_owned()),
+            };
+            match found {
                 Ok(Some(key)) => {
                     state
                         .metrics

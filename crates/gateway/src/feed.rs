@@ -78,8 +78,23 @@ async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-/// Applies every change after `seq`, advancing it.
+/// How long one catch-up may take before the database counts as unreachable:
+/// a partitioned network hangs queries instead of failing them.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Applies every change after `seq`, advancing it, within [`CATCH_UP_TIMEOUT`].
 async fn catch_up(state: &AppState, pool: &PgPool, seq: &mut i64) -> Result<(), ()> {
+    match tokio::time::timeout(CATCH_UP_TIMEOUT, catch_up_inner(state, pool, seq)).await {
+        Ok(result) => result,
+        Err(_) => {
+            state.health.set_database_ok(false);
+            warn!("Change feed catch-up timed out; database unreachable?");
+            Err(())
+        }
+    }
+}
+
+async fn catch_up_inner(state: &AppState, pool: &PgPool, seq: &mut i64) -> Result<(), ()> {
     loop {
         let changes = match changes_since(pool, *seq, 1000).await {
             Ok(changes) => changes,

@@ -182,7 +182,14 @@ impl Writer {
         while !self.buffer.is_empty() {
             let n = self.buffer.len().min(self.settings.batch_size);
             let batch: Vec<UsageEvent> = self.buffer.iter().take(n).cloned().collect();
-            match obleth_config::db::usage::insert_usage(pool, &batch).await {
+            // A partitioned network hangs the insert instead of failing it; a
+            // timed-out batch is retried, and request ids keep that idempotent.
+            let insert = obleth_config::db::usage::insert_usage(pool, &batch);
+            let outcome = match tokio::time::timeout(Duration::from_secs(10), insert).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err("timed out after 10 s".to_owned()),
+            };
+            match outcome {
                 Ok(_) => {
                     self.buffer.drain(..n);
                     self.metrics.usage_written.inc_by(n as u64);

@@ -1,0 +1,14 @@
+//! Upgrade and chaos scenarios with real processes: a throwaway PostgreSQL,
+//! three gateways behind HAProxy (routing on /readyz), the mock upstream, and a
+//! fixed-rate load that accounts for every request. Each scenario prints its
+//! counts. They run one at a time: they share two cores.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod scenarios;
+
+use std::sync::LazyLock;
+
+/// Scenarios take this lock so that only one loads the machine at a time.
+pub static ONE_AT_A_TIME: LazyLock<tokio::sync::Mutex<()>> =
+    LazyLock::new(|| tokio::sync::Mutex::new(()));

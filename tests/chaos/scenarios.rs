@@ -1,0 +1,184 @@
+//! The scenarios of the upgrade contract.
+
+use std::time::Duration;
+
+use obleth_e2e::fleet::{Fleet, FleetSpec};
+use obleth_e2e::load::Load;
+use obleth_e2e::procs::{bin, GatewayProc};
+use obleth_testkit::{fresh_database, PgCluster};
+
+use crate::ONE_AT_A_TIME;
+
+/// a. Each gateway in turn gets SIGTERM, exits, is replaced and becomes ready,
+/// under load that includes long streams.
+#[tokio::test]
+async fn rolling_restart_under_load_fails_no_request_and_loses_no_usage() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let db = fresh_database().await.unwrap();
+    let mut fleet = Fleet::start(&db.url, &FleetSpec::default()).await.unwrap();
+    let load = Load::start(fleet.load_spec(40, 8));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..fleet.gateways.len() {
+        fleet.roll(i, None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.finish().await;
+    let stopped = fleet.stop().await.unwrap();
+    let rows = stopped.successful_usage_rows().await.unwrap();
+    report.print("rolling restart");
+    println!("[rolling restart] usage rows with status 200: {rows}");
+    assert!(report.streams_succeeded > 0, "the load included streams");
+    assert_eq!(report.failed_total(), 0, "{:?}", report.failed);
+    assert_eq!(report.sent, report.succeeded, "every request accounted for");
+    assert_eq!(
+        rows, report.succeeded as i64,
+        "one usage row per successful request"
+    );
+}
+
+/// b. The previous release runs on the schema of the current one (which adds
+/// expand migrations it does not know); roll forward, then back.
+#[tokio::test]
+async fn previous_and_current_release_roll_forward_and_back_without_failures() {
+    let previous = tokio::task::spawn_blocking(obleth_e2e::previous::previous_gateway)
+        .await
+        .unwrap()
+        .unwrap();
+    let _one = ONE_AT_A_TIME.lock().await;
+    let db = fresh_database().await.unwrap();
+    let spec = FleetSpec {
+        gateway_binary: previous.clone(),
+        ..FleetSpec::default()
+    };
+    let mut fleet = Fleet::start(&db.url, &spec).await.unwrap();
+    let load = Load::start(fleet.load_spec(30, 10));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..fleet.gateways.len() {
+        fleet.roll(i, Some(bin("obleth-gateway"))).await.unwrap();
+    }
+    let forward = load.in_flight();
+    for i in 0..fleet.gateways.len() {
+        fleet.roll(i, Some(previous.clone())).await.unwrap();
+    }
+    let report = load.finish().await;
+    let stopped = fleet.stop().await.unwrap();
+    let rows = stopped.successful_usage_rows().await.unwrap();
+    report.print("N-1 -> N -> N-1");
+    println!(
+        "[N-1 -> N -> N-1] usage rows with status 200: {rows} (in flight at the turn: {forward})"
+    );
+    assert_eq!(report.failed_total(), 0, "{:?}", report.failed);
+    assert_eq!(rows, report.succeeded as i64);
+}
+
+/// c. A binary facing an unknown contract migration refuses to start, naming
+/// it; the running fleet is unaffected.
+#[tokio::test]
+async fn a_binary_facing_an_unknown_contract_migration_refuses_and_the_fleet_serves_on() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let db = fresh_database().await.unwrap();
+    let fleet = Fleet::start(&db.url, &FleetSpec::default()).await.unwrap();
+    let load = Load::start(fleet.load_spec(30, 0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::raw_sql(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (29991231000001, 'drop legacy columns', true, '\\x00', 1); \
+         INSERT INTO obleth_migration_phases (version, phase, requires_release) \
+         VALUES (29991231000001, 'contract', '9.0.0');",
+    )
+    .execute(&fleet.pool)
+    .await
+    .unwrap();
+    let mut newcomer = GatewayProc::new(
+        fleet.dir.path(),
+        "newcomer",
+        bin("obleth-gateway"),
+        &db.url,
+        1,
+    )
+    .unwrap();
+    newcomer.start().unwrap();
+    let code = newcomer.wait_exit(Duration::from_secs(30)).await.unwrap();
+    let log = newcomer.log();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = load.finish().await;
+    report.print("skew refusal");
+    println!("[skew refusal] newcomer exit code {code:?}");
+    assert_ne!(code, Some(0));
+    assert!(
+        log.contains("29991231000001 (drop legacy columns, contract)"),
+        "{log}"
+    );
+    assert!(log.contains("schema is incompatible"), "{log}");
+    assert_eq!(report.failed_total(), 0, "{:?}", report.failed);
+    sqlx::raw_sql("DELETE FROM obleth_migration_phases WHERE version = 29991231000001; DELETE FROM _sqlx_migrations WHERE version = 29991231000001;")
+        .execute(&fleet.pool)
+        .await
+        .unwrap();
+    fleet.stop().await.unwrap();
+}
+
+/// d. PostgreSQL goes away for about 20 s under load: valid keys keep working,
+/// and the usage of every answered request arrives after recovery.
+#[tokio::test]
+async fn a_database_outage_under_load_fails_no_request_and_loses_no_usage() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = PgCluster::start().unwrap();
+    let db = cluster.fresh_database().await.unwrap();
+    let fleet = Fleet::start(&db.url, &FleetSpec::default()).await.unwrap();
+    let load = Load::start(fleet.load_spec(30, 10));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.stop().unwrap();
+    println!("[database outage] PostgreSQL stopped");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    cluster.start_again().unwrap();
+    println!("[database outage] PostgreSQL back");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = load.finish().await;
+    fleet.pool.close().await;
+    let stopped = fleet.stop().await.unwrap();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events WHERE status = 200")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    drop(stopped);
+    report.print("database outage");
+    println!("[database outage] usage rows with status 200 after recovery: {rows}");
+    assert_eq!(report.failed_total(), 0, "{:?}", report.failed);
+    assert_eq!(rows, report.succeeded as i64, "no usage record lost");
+}
+
+/// e. One gateway is SIGKILLed under load: HAProxy routes around it; failures
+/// are limited to that node's in-flight requests, and counted.
+#[tokio::test]
+async fn sigkill_of_one_gateway_fails_at_most_its_in_flight_requests() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let db = fresh_database().await.unwrap();
+    let mut fleet = Fleet::start(&db.url, &FleetSpec::default()).await.unwrap();
+    let load = Load::start(fleet.load_spec(40, 5));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let in_flight_everywhere = load.in_flight();
+    fleet.gateways[1].sigkill().unwrap();
+    let code = fleet.gateways[1]
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = load.finish().await;
+    report.print("SIGKILL");
+    println!("[SIGKILL] requests in flight on all nodes at the kill: {in_flight_everywhere}; exit code {code:?}");
+    assert!(
+        report.failed_total() <= in_flight_everywhere,
+        "failures {} exceed what was in flight ({in_flight_everywhere}): {:?}",
+        report.failed_total(),
+        report.failed
+    );
+    assert_eq!(
+        report.sent,
+        report.succeeded + report.failed_total(),
+        "every request accounted for"
+    );
+    fleet.gateways.remove(1);
+    fleet.stop().await.unwrap();
+}

@@ -1,0 +1,179 @@
+//! A fleet for a scenario: a migrated database, the mock upstream, a route and a
+//! key, three gateway processes and HAProxy in front of them.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use obleth_config::db::catalog::{create_provider, create_route, NewProvider};
+use obleth_config::db::keys::{create_key, NewKey};
+use obleth_config::migrate::{MigrationSet, Mode, Runner, RunnerOptions};
+use obleth_config::model::{ProviderKind, RouteTarget};
+use obleth_testkit::{MockConfig, MockUpstream};
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tempfile::TempDir;
+
+use crate::haproxy::Haproxy;
+use crate::load::LoadSpec;
+use crate::procs::{bin, GatewayProc};
+
+/// Everything a scenario runs against.
+#[derive(Debug)]
+pub struct Fleet {
+    pub dir: TempDir,
+    pub database_url: String,
+    pub pool: PgPool,
+    pub upstream: MockUpstream,
+    pub gateways: Vec<GatewayProc>,
+    pub haproxy: Haproxy,
+    pub key: String,
+}
+
+/// Settings of a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    pub gateways: usize,
+    pub gateway_binary: PathBuf,
+    pub drain_delay_secs: u64,
+    /// Streams take `stream_tokens` x `token_delay`.
+    pub token_delay: Duration,
+    pub stream_tokens: u32,
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        FleetSpec {
+            gateways: 3,
+            gateway_binary: bin("obleth-gateway"),
+            drain_delay_secs: 1,
+            token_delay: Duration::from_millis(50),
+            stream_tokens: 40,
+        }
+    }
+}
+
+impl Fleet {
+    pub async fn start(database_url: &str, spec: &FleetSpec) -> anyhow::Result<Fleet> {
+        Runner::new(MigrationSet::embedded()?, RunnerOptions::default())
+            .run(&PgConnectOptions::from_str(database_url)?, Mode::Up)
+            .await?;
+        let pool = PgPool::connect(database_url).await?;
+        let upstream = MockUpstream::start(MockConfig {
+            token_delay: spec.token_delay,
+            completion_tokens: spec.stream_tokens,
+            ..MockConfig::default()
+        })
+        .await?;
+        create_provider(
+            &pool,
+            &NewProvider {
+                name: "mock".to_owned(),
+                kind: ProviderKind::OpenAi,
+                base_url: upstream.base_url(),
+                credential_ref: None,
+                timeout_ms: 10_000,
+            },
+        )
+        .await?;
+        create_route(
+            &pool,
+            "m",
+            &[RouteTarget {
+                provider: "mock".to_owned(),
+                upstream_model: None,
+            }],
+        )
+        .await?;
+        let (_, generated) = create_key(
+            &pool,
+            &NewKey {
+                name: "load".to_owned(),
+                ..NewKey::default()
+            },
+        )
+        .await?;
+        let dir = tempfile::tempdir()?;
+        let mut gateways = Vec::new();
+        for i in 0..spec.gateways {
+            let mut g = GatewayProc::new(
+                dir.path(),
+                &format!("gw{}", i + 1),
+                spec.gateway_binary.clone(),
+                database_url,
+                spec.drain_delay_secs,
+            )?;
+            g.start()?;
+            gateways.push(g);
+        }
+        for g in &gateways {
+            g.wait_ready(Duration::from_secs(60)).await?;
+        }
+        let haproxy = Haproxy::start(dir.path(), &gateways).await?;
+        Ok(Fleet {
+            dir,
+            database_url: database_url.to_owned(),
+            pool,
+            upstream,
+            gateways,
+            haproxy,
+            key: generated.secret.expose_secret().to_owned(),
+        })
+    }
+
+    pub fn load_spec(&self, rate: u32, stream_every: u32) -> LoadSpec {
+        LoadSpec {
+            base_url: self.haproxy.url(""),
+            key: self.key.clone(),
+            model: "m".to_owned(),
+            rate,
+            stream_every,
+        }
+    }
+
+    /// Replaces gateway `i` with `binary` (or the same one): SIGTERM, clean
+    /// exit, start, ready, and a pause for HAProxy to see it up again.
+    pub async fn roll(&mut self, i: usize, binary: Option<PathBuf>) -> anyhow::Result<()> {
+        let g = &mut self.gateways[i];
+        g.stop().await?;
+        if let Some(b) = binary {
+            g.binary = b;
+        }
+        g.start()?;
+        g.wait_ready(Duration::from_secs(60)).await?;
+        // HAProxy marks a server up after two passing checks (100 ms apart).
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Ok(())
+    }
+
+    /// Stops every gateway cleanly (flushing usage) and HAProxy.
+    pub async fn stop(mut self) -> anyhow::Result<Stopped> {
+        for g in &mut self.gateways {
+            g.stop().await?;
+        }
+        self.haproxy.stop().await;
+        Ok(Stopped {
+            pool: self.pool,
+            _dir: self.dir,
+        })
+    }
+}
+
+/// What remains after a fleet stopped: its database.
+#[derive(Debug)]
+pub struct Stopped {
+    pub pool: PgPool,
+    _dir: TempDir,
+}
+
+impl Stopped {
+    /// Usage rows with status 200.
+    pub async fn successful_usage_rows(&self) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM usage_events WHERE status = 200")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}
