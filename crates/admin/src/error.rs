@@ -144,10 +144,9 @@ impl IntoResponse for AdminError {
         let mut response = (status, axum::Json(body)).into_response();
         match self {
             AdminError::Unauthorized => {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer"),
-                );
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             AdminError::NotReady(_) => {
                 response

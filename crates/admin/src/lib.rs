@@ -1,2 +1,23 @@
-//! obleth-admin: filled in by its own issue; for now it carries the shared
-//! command line so the binary, its `--help` and its version exist.
+//! obleth-admin: the management API. Keys, providers, routes, usage, the fleet
+//! and maintenance mode over PostgreSQL, with safe startup migrations and an
+//! OpenAPI document generated from the handlers. See ARCHITECTURE.md.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod metrics;
+pub mod node;
+pub mod openapi;
+pub mod ops;
+pub mod router;
+pub mod settings;
+pub mod startup;
+pub mod state;
+pub mod tokens;
+
+pub use app::Admin;
+pub use router::{router, routes, Access, RouteSpec};
+pub use settings::AdminSettings;

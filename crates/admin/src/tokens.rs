@@ -117,7 +117,10 @@ mod tests {
     fn bad_tokens_are_refused_naming_the_place_not_the_token() {
         let cases = [
             (vec!["short-secret"], "auth.tokens[0]"),
-            (vec!["long-enough-token-1", "has a space inside it"], "auth.tokens[1]"),
+            (
+                vec!["long-enough-token-1", "has a space inside it"],
+                "auth.tokens[1]",
+            ),
         ];
         for (tokens, place) in cases {
             let auth = AuthSettings {

@@ -60,8 +60,15 @@ impl From<sqlx::Error> for Failure {
 }
 
 async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
+    if let Command::Probe { timeout_ms, url } = &cli.command {
+        return crate::probe::probe(url, std::time::Duration::from_millis(*timeout_ms))
+            .await
+            .map(|()| exit::OK)
+            .map_err(|message| Failure::new(exit::ERROR, message));
+    }
     let set = migration_set(cli)?;
     match &cli.command {
+        Command::Probe { .. } => Ok(exit::OK),
         Command::Lint { dir } => {
             let set = match dir {
                 Some(dir) => MigrationSet::from_dir(dir)

@@ -11,6 +11,7 @@ macro_rules! out {
 }
 
 mod commands;
+mod probe;
 mod report;
 
 use std::path::PathBuf;
@@ -146,6 +147,15 @@ pub enum Command {
     },
     /// Compare the checksums of applied migrations with this binary's files.
     Verify,
+    /// GET a plain http:// URL and exit 0 on a 2xx answer, 1 otherwise. For
+    /// container healthchecks in images without curl; needs no database.
+    Probe {
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        /// For example http://127.0.0.1:9090/readyz.
+        url: String,
+    },
     /// Check migration files for changes that break the previous release or lock tables.
     Lint {
         /// Lint this directory instead of the built-in migrations.

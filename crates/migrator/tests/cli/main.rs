@@ -161,7 +161,13 @@ async fn up_verbose_prints_each_migration_with_its_timing() {
     let out = migrator(Some(&db.url), &["up", "--verbose"]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("applied 1 migration(s)"), "{text}");
+    let count = obleth_config::migrate::MigrationSet::embedded()
+        .unwrap()
+        .len();
+    assert!(
+        text.contains(&format!("applied {count} migration(s)")),
+        "{text}"
+    );
     assert!(
         text.contains("20261122000001 expand") && text.contains(" ms"),
         "{text}"
@@ -352,5 +358,47 @@ async fn a_held_lock_gives_up_with_its_own_exit_code() {
         stderr(&out).contains("the migration lock is held by backend pid"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn probe_exits_0_on_2xx_and_1_otherwise_without_a_database() {
+    let upstream = obleth_testkit::MockUpstream::start(obleth_testkit::MockConfig::default())
+        .await
+        .unwrap();
+    let ok = migrator(
+        None,
+        &["probe", &format!("http://{}/health", upstream.addr())],
+    )
+    .await;
+    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+    let missing = migrator(
+        None,
+        &["probe", &format!("http://{}/v1/nothing", upstream.addr())],
+    )
+    .await;
+    assert_eq!(code(&missing), 1);
+    assert!(
+        stderr(&missing).contains("answered 404"),
+        "{}",
+        stderr(&missing)
+    );
+    let closed = migrator(
+        None,
+        &["probe", "--timeout-ms", "500", "http://127.0.0.1:1/readyz"],
+    )
+    .await;
+    assert_eq!(code(&closed), 1);
+    assert!(
+        stderr(&closed).contains("cannot connect"),
+        "{}",
+        stderr(&closed)
+    );
+    let wrong = migrator(None, &["probe", "https://example.invalid/"]).await;
+    assert_eq!(code(&wrong), 1);
+    assert!(
+        stderr(&wrong).contains("plain http://"),
+        "{}",
+        stderr(&wrong)
     );
 }

@@ -1,0 +1,209 @@
+//! `/api/v1/keys`: create (the secret shown once), list, get, update, revoke,
+//! rotate with an overlap, delete. Every write goes through
+//! `obleth_config::db::keys`, which records the change and NOTIFYs the gateways
+//! in the same transaction.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use obleth_config::db::keys::{self, KeyFilter, RotateOutcome};
+use secrecy::ExposeSecret;
+use tracing::info;
+
+use super::key_types::{
+    CreateKey, CreatedKey, KeyListParams, KeyPage, KeyView, RotateKey, RotatedKey, UpdateKey,
+};
+use super::{no_store, validate};
+use crate::error::{AdminError, ErrorBody};
+use crate::extract::{JsonBody, Params};
+use crate::state::AppState;
+
+/// Create a key. The answer carries the whole key once; only its hash is stored.
+#[utoipa::path(
+    post, path = "/api/v1/keys", tag = "keys",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "Created; `secret` is shown only here", body = CreatedKey),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn create_key(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateKey>,
+) -> Result<Response, AdminError> {
+    let new = body.into_new_key()?;
+    let (key, generated) = keys::create_key(&state.pool, &new).await?;
+    info!(key_id = %key.id, public_id = %key.public_id, "Key created.");
+    let answer = CreatedKey {
+        key: KeyView::from(&key),
+        secret: generated.secret.expose_secret().to_owned(),
+    };
+    Ok(no_store((StatusCode::CREATED, Json(answer))))
+}
+
+/// List keys, ordered by id, one page at a time. Never shows a secret.
+#[utoipa::path(
+    get, path = "/api/v1/keys", tag = "keys",
+    params(KeyListParams),
+    responses(
+        (status = 200, body = KeyPage),
+        (status = 422, description = "A parameter is invalid", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Params(params): Params<KeyListParams>,
+) -> Result<Json<KeyPage>, AdminError> {
+    let limit = validate::page_limit(params.limit)?;
+    let filter = KeyFilter {
+        owner: params.owner,
+        name_contains: params.name_contains,
+        revoked: params.revoked,
+        after: params.after,
+        limit,
+    };
+    let rows = keys::list_keys(&state.pool, &filter).await?;
+    let next_after = if rows.len() as i64 == limit {
+        rows.last().map(|k| k.id)
+    } else {
+        None
+    };
+    Ok(Json(KeyPage {
+        items: rows.iter().map(KeyView::from).collect(),
+        next_after,
+    }))
+}
+
+/// Get one key. Never shows its secret.
+#[utoipa::path(
+    get, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = uuid::Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn get_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, AdminError> {
+    let id = validate::uuid("id", &id)?;
+    let key = keys::key_by_id(&state.pool, id)
+        .await?
+        .ok_or_else(|| AdminError::not_found("key", id))?;
+    Ok(Json(KeyView::from(&key)))
+}
+
+/// Change a key's name, owner, models, limits, budget or expiry.
+#[utoipa::path(
+    patch, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = uuid::Uuid, Path, description = "The key's id")),
+    request_body = UpdateKey,
+    responses(
+        (status = 200, body = KeyView),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn update_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateKey>,
+) -> Result<Json<KeyView>, AdminError> {
+    let id = validate::uuid("id", &id)?;
+    let update = body.into_update()?;
+    let key = keys::update_key(&state.pool, id, &update)
+        .await?
+        .ok_or_else(|| AdminError::not_found("key", id))?;
+    info!(key_id = %key.id, "Key updated.");
+    Ok(Json(KeyView::from(&key)))
+}
+
+/// Revoke a key. Idempotent: a revoked key keeps its first `revoked_at`.
+#[utoipa::path(
+    post, path = "/api/v1/keys/{id}/revoke", tag = "keys",
+    params(("id" = uuid::Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, AdminError> {
+    let id = validate::uuid("id", &id)?;
+    let key = keys::revoke_key(&state.pool, id)
+        .await?
+        .ok_or_else(|| AdminError::not_found("key", id))?;
+    info!(key_id = %key.id, "Key revoked.");
+    Ok(Json(KeyView::from(&key)))
+}
+
+/// Give a key a new secret. The current secret keeps working for
+/// `overlap_secs`, then stops; the answer carries the new whole key once.
+#[utoipa::path(
+    post, path = "/api/v1/keys/{id}/rotate", tag = "keys",
+    params(("id" = uuid::Uuid, Path, description = "The key's id")),
+    request_body = RotateKey,
+    responses(
+        (status = 200, description = "Rotated; `secret` is shown only here", body = RotatedKey),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The key is revoked", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RotateKey>,
+) -> Result<Response, AdminError> {
+    let id = validate::uuid("id", &id)?;
+    let overlap = body.overlap()?;
+    match keys::rotate_key(&state.pool, id, overlap).await? {
+        RotateOutcome::Rotated(key, generated) => {
+            info!(key_id = %key.id, overlap_secs = overlap.as_secs(), "Key rotated.");
+            let answer = RotatedKey {
+                key: KeyView::from(&key),
+                secret: generated.secret.expose_secret().to_owned(),
+                previous_expires_at: key.previous_expires_at,
+            };
+            Ok(no_store(Json(answer)))
+        }
+        RotateOutcome::NotFound => Err(AdminError::not_found("key", id)),
+        RotateOutcome::Revoked => Err(AdminError::Conflict {
+            code: "key_revoked",
+            field: None,
+            message: format!("key `{id}` is revoked and cannot be rotated"),
+        }),
+    }
+}
+
+/// Delete a key. Its usage records stay.
+#[utoipa::path(
+    delete, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = uuid::Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn delete_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, AdminError> {
+    let id = validate::uuid("id", &id)?;
+    if !keys::delete_key(&state.pool, id).await? {
+        return Err(AdminError::not_found("key", id));
+    }
+    info!(key_id = %id, "Key deleted.");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

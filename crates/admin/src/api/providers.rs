@@ -1,0 +1,377 @@
+//! `/api/v1/providers`: upstream providers by name, validated (URL scheme,
+//! credential reference, timeout, unique name) before they reach the catalog.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use obleth_config::db::catalog::{self, CatalogError, NewProvider, ProviderUpdate};
+use obleth_config::model::{Provider, ProviderKind};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::validate;
+use crate::error::{AdminError, ErrorBody};
+use crate::extract::JsonBody;
+use crate::state::AppState;
+
+/// The default upstream timeout, the schema's.
+pub const DEFAULT_TIMEOUT_MS: i32 = 60_000;
+/// The longest upstream timeout: 10 minutes.
+pub const MAX_TIMEOUT_MS: i32 = 600_000;
+
+/// The protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Kind {
+    /// An OpenAI-compatible HTTP API.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// The gateway's built-in mock; no network.
+    #[serde(rename = "mock")]
+    Mock,
+}
+
+impl From<Kind> for ProviderKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::OpenAi => ProviderKind::OpenAi,
+            Kind::Mock => ProviderKind::Mock,
+        }
+    }
+}
+
+impl From<ProviderKind> for Kind {
+    fn from(k: ProviderKind) -> Self {
+        match k {
+            ProviderKind::OpenAi => Kind::OpenAi,
+            ProviderKind::Mock => Kind::Mock,
+        }
+    }
+}
+
+/// A provider as stored. The credential itself is never stored, only where
+/// the gateway reads it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProviderView {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: Kind,
+    pub base_url: String,
+    /// `env:VARIABLE` or `file:/path`, read by the gateway.
+    pub credential_ref: Option<String>,
+    pub timeout_ms: i32,
+}
+
+impl From<&Provider> for ProviderView {
+    fn from(p: &Provider) -> Self {
+        ProviderView {
+            id: p.id,
+            name: p.name.clone(),
+            kind: p.kind.into(),
+            base_url: p.base_url.clone(),
+            credential_ref: p.credential_ref.clone(),
+            timeout_ms: p.timeout_ms,
+        }
+    }
+}
+
+/// Every provider, by name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderList {
+    pub items: Vec<ProviderView>,
+}
+
+/// A provider to create.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProvider {
+    /// 1 to 64 of `[A-Za-z0-9._-]`; unique.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub name: String,
+    pub kind: Kind,
+    /// `http://` or `https://`; optional for `mock` (default `mock://`).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// `env:VARIABLE` or `file:/path`; never the credential itself.
+    #[serde(default)]
+    pub credential_ref: Option<String>,
+    /// 1 to 600000; default 60000.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 600_000)]
+    pub timeout_ms: Option<i32>,
+}
+
+/// A partial update. A field left out is unchanged; `credential_ref: null` clears it.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProvider {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub kind: Option<Kind>,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<String>)]
+    pub credential_ref: Option<Option<String>>,
+    #[serde(default)]
+    pub timeout_ms: Option<i32>,
+}
+
+/// Checks a whole provider, as it would be stored.
+fn check(
+    name: &str,
+    kind: Kind,
+    base_url: &str,
+    credential_ref: Option<&str>,
+    timeout_ms: i32,
+) -> Result<(), AdminError> {
+    validate::slug("name", name)?;
+    check_base_url(kind, base_url)?;
+    if let Some(c) = credential_ref {
+        let ok = c
+            .strip_prefix("env:")
+            .map(|var| {
+                !var.is_empty() && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })
+            .or_else(|| {
+                c.strip_prefix("file:")
+                    .map(|path| path.starts_with('/') && !path.chars().any(char::is_control))
+            })
+            .unwrap_or(false);
+        if !ok {
+            return Err(AdminError::validation(
+                "credential_ref",
+                "must be `env:VARIABLE` or `file:/absolute/path`, never the credential itself",
+            ));
+        }
+    }
+    if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(AdminError::validation(
+            "timeout_ms",
+            format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_base_url(kind: Kind, url: &str) -> Result<(), AdminError> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
+    let scheme_ok = match kind {
+        Kind::OpenAi => matches!(scheme, "http" | "https"),
+        Kind::Mock => matches!(scheme, "http" | "https" | "mock"),
+    };
+    if !scheme_ok {
+        let allowed = match kind {
+            Kind::OpenAi => "http:// or https://",
+            Kind::Mock => "http://, https:// or mock://",
+        };
+        return Err(AdminError::validation(
+            "base_url",
+            format!("must start with {allowed}"),
+        ));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if scheme != "mock" && host.is_empty() {
+        return Err(AdminError::validation("base_url", "must name a host"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) || url.len() > 2048 {
+        return Err(AdminError::validation(
+            "base_url",
+            "must be a URL of at most 2048 characters without spaces",
+        ));
+    }
+    Ok(())
+}
+
+/// A name from the path that no provider could have is simply not found,
+/// without asking the database (which refuses some such strings outright).
+fn storable(name: &str) -> Result<(), AdminError> {
+    validate::slug("name", name).map_err(|_| AdminError::not_found("provider", name))
+}
+
+/// A name taken by another provider.
+fn name_taken(name: &str) -> AdminError {
+    AdminError::Conflict {
+        code: "already_exists",
+        field: Some("name".to_owned()),
+        message: format!("a provider named `{name}` already exists"),
+    }
+}
+
+/// Create a provider.
+#[utoipa::path(
+    post, path = "/api/v1/providers", tag = "providers",
+    request_body = CreateProvider,
+    responses(
+        (status = 201, body = ProviderView),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn create_provider(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateProvider>,
+) -> Result<Response, AdminError> {
+    let base_url = match (body.kind, body.base_url) {
+        (_, Some(url)) => url,
+        (Kind::Mock, None) => "mock://".to_owned(),
+        (Kind::OpenAi, None) => {
+            return Err(AdminError::validation(
+                "base_url",
+                "required for kind openai",
+            ))
+        }
+    };
+    let timeout_ms = body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    check(
+        &body.name,
+        body.kind,
+        &base_url,
+        body.credential_ref.as_deref(),
+        timeout_ms,
+    )?;
+    let new = NewProvider {
+        name: body.name,
+        kind: body.kind.into(),
+        base_url,
+        credential_ref: body.credential_ref,
+        timeout_ms,
+    };
+    let provider = catalog::create_provider(&state.pool, &new)
+        .await
+        .map_err(|e| {
+            if validate::is_unique_violation(&e, "providers_name_key") {
+                name_taken(&new.name)
+            } else {
+                AdminError::from(e)
+            }
+        })?;
+    info!(provider = %provider.name, "Provider created.");
+    Ok((StatusCode::CREATED, Json(ProviderView::from(&provider))).into_response())
+}
+
+/// List every provider.
+#[utoipa::path(
+    get, path = "/api/v1/providers", tag = "providers",
+    responses((status = 200, body = ProviderList)),
+    security(("admin_token" = []))
+)]
+pub async fn list_providers(
+    State(state): State<AppState>,
+) -> Result<Json<ProviderList>, AdminError> {
+    let catalog = catalog::load_catalog(&state.pool).await?;
+    Ok(Json(ProviderList {
+        items: catalog.providers.iter().map(ProviderView::from).collect(),
+    }))
+}
+
+/// Get one provider.
+#[utoipa::path(
+    get, path = "/api/v1/providers/{name}", tag = "providers",
+    params(("name" = String, Path, description = "The provider's name")),
+    responses((status = 200, body = ProviderView), (status = 404, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn get_provider(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ProviderView>, AdminError> {
+    storable(&name)?;
+    let provider = catalog::get_provider(&state.pool, &name)
+        .await?
+        .ok_or_else(|| AdminError::not_found("provider", &name))?;
+    Ok(Json(ProviderView::from(&provider)))
+}
+
+/// Change a provider. Routes follow a renamed provider.
+#[utoipa::path(
+    patch, path = "/api/v1/providers/{name}", tag = "providers",
+    params(("name" = String, Path, description = "The provider's name")),
+    request_body = UpdateProvider,
+    responses(
+        (status = 200, body = ProviderView),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The new name is taken", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn update_provider(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<UpdateProvider>,
+) -> Result<Json<ProviderView>, AdminError> {
+    storable(&name)?;
+    let current = catalog::get_provider(&state.pool, &name)
+        .await?
+        .ok_or_else(|| AdminError::not_found("provider", &name))?;
+    // Judge the provider as it would be after the update, so a change of kind
+    // is checked against the URL it keeps.
+    let kind = body.kind.unwrap_or(current.kind.into());
+    let credential_ref = body
+        .credential_ref
+        .clone()
+        .unwrap_or(current.credential_ref.clone());
+    check(
+        body.name.as_deref().unwrap_or(&current.name),
+        kind,
+        body.base_url.as_deref().unwrap_or(&current.base_url),
+        credential_ref.as_deref(),
+        body.timeout_ms.unwrap_or(current.timeout_ms),
+    )?;
+    let update = ProviderUpdate {
+        name: body.name,
+        kind: body.kind.map(Into::into),
+        base_url: body.base_url,
+        credential_ref: body.credential_ref,
+        timeout_ms: body.timeout_ms,
+    };
+    let provider = catalog::update_provider(&state.pool, &name, &update)
+        .await
+        .map_err(|e| {
+            if validate::is_unique_violation(&e, "providers_name_key") {
+                name_taken(update.name.as_deref().unwrap_or(&name))
+            } else {
+                AdminError::from(e)
+            }
+        })?
+        .ok_or_else(|| AdminError::not_found("provider", &name))?;
+    info!(provider = %provider.name, "Provider updated.");
+    Ok(Json(ProviderView::from(&provider)))
+}
+
+/// Delete a provider. Refused while a route still uses it.
+#[utoipa::path(
+    delete, path = "/api/v1/providers/{name}", tag = "providers",
+    params(("name" = String, Path, description = "The provider's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Routes still use the provider", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn delete_provider(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, AdminError> {
+    storable(&name)?;
+    match catalog::delete_provider(&state.pool, &name).await {
+        Ok(true) => {
+            info!(provider = %name, "Provider deleted.");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Ok(false) => Err(AdminError::not_found("provider", &name)),
+        Err(e @ CatalogError::ProviderInUse { .. }) => Err(AdminError::Conflict {
+            code: "provider_in_use",
+            field: Some("name".to_owned()),
+            message: e.to_string(),
+        }),
+        Err(CatalogError::Database(e)) => Err(e.into()),
+        Err(e) => Err(AdminError::validation("name", e.to_string())),
+    }
+}

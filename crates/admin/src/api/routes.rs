@@ -1,0 +1,245 @@
+//! `/api/v1/routes`: a public model name and the providers that serve it, in
+//! order. Routes go by id, since model names may contain `/`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use obleth_config::db::catalog::{self, CatalogError};
+use obleth_config::model::{Route, RouteTarget};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::validate;
+use crate::error::{AdminError, ErrorBody};
+use crate::extract::JsonBody;
+use crate::state::AppState;
+
+/// Most providers a route may fall back through.
+pub const MAX_TARGETS: usize = 16;
+
+/// One provider serving a route.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// A provider's name; it must exist.
+    pub provider: String,
+    /// The model name sent upstream; absent keeps the client's.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+}
+
+/// A route as stored.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RouteView {
+    pub id: Uuid,
+    pub model: String,
+    /// Tried in order; the gateway falls back before the first byte reaches the client.
+    pub targets: Vec<Target>,
+}
+
+impl From<&Route> for RouteView {
+    fn from(r: &Route) -> Self {
+        RouteView {
+            id: r.id,
+            model: r.model.clone(),
+            targets: r
+                .targets
+                .iter()
+                .map(|t| Target {
+                    provider: t.provider.clone(),
+                    upstream_model: t.upstream_model.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Every route, by model.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteList {
+    pub items: Vec<RouteView>,
+}
+
+/// A route to create.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoute {
+    /// The model name clients ask for; unique.
+    #[schema(min_length = 1, max_length = 200)]
+    pub model: String,
+    /// 1 to 16 providers, tried in order.
+    #[schema(min_items = 1, max_items = 16)]
+    pub targets: Vec<Target>,
+}
+
+/// New targets for a route, replacing the old ones.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceTargets {
+    /// 1 to 16 providers, tried in order.
+    #[schema(min_items = 1, max_items = 16)]
+    pub targets: Vec<Target>,
+}
+
+fn check_targets(targets: &[Target]) -> Result<Vec<RouteTarget>, AdminError> {
+    if targets.is_empty() || targets.len() > MAX_TARGETS {
+        return Err(AdminError::validation(
+            "targets",
+            format!("must list 1 to {MAX_TARGETS} providers"),
+        ));
+    }
+    for (i, t) in targets.iter().enumerate() {
+        validate::slug(&format!("targets[{i}].provider"), &t.provider)?;
+        if targets[..i]
+            .iter()
+            .any(|earlier| earlier.provider == t.provider)
+        {
+            return Err(AdminError::validation(
+                format!("targets[{i}].provider"),
+                format!("provider `{}` is listed twice", t.provider),
+            ));
+        }
+        if let Some(m) = &t.upstream_model {
+            validate::model_name(&format!("targets[{i}].upstream_model"), m)?;
+        }
+    }
+    Ok(targets
+        .iter()
+        .map(|t| RouteTarget {
+            provider: t.provider.clone(),
+            upstream_model: t.upstream_model.clone(),
+        })
+        .collect())
+}
+
+/// Turns a catalog refusal into an answer naming the field.
+fn catalog_error(e: CatalogError, targets: &[RouteTarget]) -> AdminError {
+    match e {
+        CatalogError::UnknownProvider(name) => {
+            let i = targets.iter().position(|t| t.provider == name).unwrap_or(0);
+            AdminError::validation(
+                format!("targets[{i}].provider"),
+                format!("unknown provider `{name}`"),
+            )
+        }
+        CatalogError::NoTargets(_) => {
+            AdminError::validation("targets", "must list at least one provider")
+        }
+        CatalogError::Database(e) if validate::is_unique_violation(&e, "routes_model_key") => {
+            AdminError::Conflict {
+                code: "already_exists",
+                field: Some("model".to_owned()),
+                message: "a route for this model already exists".to_owned(),
+            }
+        }
+        CatalogError::Database(e) => e.into(),
+        e @ CatalogError::ProviderInUse { .. } => {
+            tracing::error!(error = %e, "Unexpected catalog error for a route write.");
+            AdminError::Internal
+        }
+    }
+}
+
+/// Create a route.
+#[utoipa::path(
+    post, path = "/api/v1/routes", tag = "routes",
+    request_body = CreateRoute,
+    responses(
+        (status = 201, body = RouteView),
+        (status = 409, description = "The model already has a route", body = ErrorBody),
+        (status = 422, description = "Invalid, or names an unknown provider", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn create_route(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateRoute>,
+) -> Result<Response, AdminError> {
+    validate::model_name("model", &body.model)?;
+    let targets = check_targets(&body.targets)?;
+    let route = catalog::create_route(&state.pool, &body.model, &targets)
+        .await
+        .map_err(|e| catalog_error(e, &targets))?;
+    info!(route_id = %route.id, model = %route.model, "Route created.");
+    Ok((StatusCode::CREATED, Json(RouteView::from(&route))).into_response())
+}
+
+/// List every route.
+#[utoipa::path(
+    get, path = "/api/v1/routes", tag = "routes",
+    responses((status = 200, body = RouteList)),
+    security(("admin_token" = []))
+)]
+pub async fn list_routes(State(state): State<AppState>) -> Result<Json<RouteList>, AdminError> {
+    let catalog = catalog::load_catalog(&state.pool).await?;
+    Ok(Json(RouteList {
+        items: catalog.routes.iter().map(RouteView::from).collect(),
+    }))
+}
+
+/// Get one route.
+#[utoipa::path(
+    get, path = "/api/v1/routes/{id}", tag = "routes",
+    params(("id" = uuid::Uuid, Path, description = "The route's id")),
+    responses((status = 200, body = RouteView), (status = 404, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn get_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RouteView>, AdminError> {
+    let id = validate::uuid("id", &id)?;
+    let route = catalog::get_route(&state.pool, id)
+        .await?
+        .ok_or_else(|| AdminError::not_found("route", id))?;
+    Ok(Json(RouteView::from(&route)))
+}
+
+/// Replace a route's targets.
+#[utoipa::path(
+    put, path = "/api/v1/routes/{id}/targets", tag = "routes",
+    params(("id" = uuid::Uuid, Path, description = "The route's id")),
+    request_body = ReplaceTargets,
+    responses(
+        (status = 200, body = RouteView),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "Invalid, or names an unknown provider", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn replace_targets(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReplaceTargets>,
+) -> Result<Json<RouteView>, AdminError> {
+    let id = validate::uuid("id", &id)?;
+    let targets = check_targets(&body.targets)?;
+    let route = catalog::replace_route_targets(&state.pool, id, &targets)
+        .await
+        .map_err(|e| catalog_error(e, &targets))?
+        .ok_or_else(|| AdminError::not_found("route", id))?;
+    info!(route_id = %route.id, model = %route.model, "Route targets replaced.");
+    Ok(Json(RouteView::from(&route)))
+}
+
+/// Delete a route.
+#[utoipa::path(
+    delete, path = "/api/v1/routes/{id}", tag = "routes",
+    params(("id" = uuid::Uuid, Path, description = "The route's id")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn delete_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, AdminError> {
+    let id = validate::uuid("id", &id)?;
+    if !catalog::delete_route(&state.pool, id).await? {
+        return Err(AdminError::not_found("route", id));
+    }
+    info!(route_id = %id, "Route deleted.");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,216 @@
+//! The ops routes, on the API's port and without a token: liveness,
+//! readiness, health detail, version and metrics. None touches the database;
+//! they report what start-up and the heartbeat last saw.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use obleth_config::migrate::{MigrationSet, Phase};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::settings::AdminSettings;
+use crate::state::AppState;
+
+/// Paths of the ops routes, shared with the deploy wiring tests.
+pub mod paths {
+    pub const HEALTHZ: &str = "/healthz";
+    pub const READYZ: &str = "/readyz";
+    pub const HEALTH: &str = "/api/v1/health";
+    pub const VERSION: &str = "/api/version";
+    pub const METRICS: &str = "/metrics";
+}
+
+/// The facts deploy manifests must agree with: the port, probe paths and
+/// drain timings of `settings` (the shape of `obleth-gateway wiring`).
+pub fn wiring(settings: &AdminSettings) -> serde_json::Value {
+    json!({
+        "service": "admin",
+        "port": settings.server.listen.port(),
+        "paths": {
+            "healthz": paths::HEALTHZ,
+            "readyz": paths::READYZ,
+            "health": paths::HEALTH,
+            "version": paths::VERSION,
+            "metrics": paths::METRICS,
+        },
+        "drain_delay_secs": settings.server.drain_delay_secs,
+        "drain_timeout_secs": settings.server.drain_timeout_secs,
+    })
+}
+
+/// Alive: the process answers. Never touches the database.
+#[utoipa::path(
+    get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "The process answers", body = String, content_type = "text/plain"))
+)]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The readiness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Why not, when not ready.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+}
+
+/// Ready: the schema suits this build (migrated or checked) and not draining.
+#[utoipa::path(
+    get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, body = Readiness),
+        (status = 503, description = "Not ready; `reasons` says why", body = Readiness),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let reasons = state.health.not_ready_reasons();
+    let code = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let ready = reasons.is_empty();
+    (code, Json(Readiness { ready, reasons })).into_response()
+}
+
+/// One check of the health report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Check {
+    /// `ok`, or what is wrong (`down`, `not_ready`).
+    pub status: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Checks {
+    pub database: Check,
+    pub schema: Check,
+    pub draining: bool,
+}
+
+/// The health report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthReport {
+    /// `ok`, `degraded` (ready but the database did not answer the last
+    /// heartbeat) or `unavailable` (not ready).
+    pub status: String,
+    pub service: String,
+    pub node_id: String,
+    pub ready: bool,
+    pub reasons: Vec<String>,
+    pub checks: Checks,
+}
+
+/// Detail per check.
+#[utoipa::path(
+    get, path = "/api/v1/health", tag = "ops",
+    responses(
+        (status = 200, description = "`ok` or `degraded`", body = HealthReport),
+        (status = 503, description = "`unavailable`", body = HealthReport),
+    )
+)]
+pub async fn health(State(state): State<AppState>) -> Response {
+    let reasons = state.health.not_ready_reasons();
+    let (schema_ok, schema_message) = state.health.schema();
+    let database_ok = state.health.database_ok();
+    let status = if !reasons.is_empty() {
+        "unavailable"
+    } else if !database_ok {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let report = HealthReport {
+        status: status.to_owned(),
+        service: "admin".to_owned(),
+        node_id: state.node_id.clone(),
+        ready: reasons.is_empty(),
+        reasons,
+        checks: Checks {
+            database: Check {
+                status: if database_ok { "ok" } else { "down" }.to_owned(),
+                detail: (!database_ok)
+                    .then(|| "the database did not answer the last heartbeat".to_owned()),
+            },
+            schema: Check {
+                status: if schema_ok { "ok" } else { "not_ready" }.to_owned(),
+                detail: Some(schema_message),
+            },
+            draining: state.health.draining(),
+        },
+    };
+    let code = if status == "unavailable" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(report)).into_response()
+}
+
+/// The schema facts of `/api/version`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SchemaInfo {
+    /// The newest migration applied in the database, as last seen.
+    pub applied: Option<i64>,
+    /// The newest migration this build embeds.
+    pub expected: Option<i64>,
+    /// The newest expand migration this build needs.
+    pub oldest_compatible: Option<i64>,
+}
+
+/// Build and schema facts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionInfo {
+    pub service: String,
+    pub version: String,
+    pub commit: String,
+    pub major: u64,
+    pub schema: SchemaInfo,
+}
+
+/// Version, commit, major, and the schema: applied, expected, oldest compatible.
+#[utoipa::path(
+    get, path = "/api/version", tag = "ops",
+    responses((status = 200, body = VersionInfo))
+)]
+pub async fn version(State(state): State<AppState>) -> Json<VersionInfo> {
+    let info = obleth_config::version::build_info();
+    let set = MigrationSet::embedded().ok();
+    let expected = set.as_ref().and_then(MigrationSet::latest_version);
+    let oldest_compatible = set.as_ref().and_then(|s| {
+        s.iter()
+            .filter(|m| m.phase == Phase::Expand)
+            .map(|m| m.version)
+            .max()
+    });
+    Json(VersionInfo {
+        service: "admin".to_owned(),
+        version: info.version.to_owned(),
+        commit: info.commit.to_owned(),
+        major: info.major,
+        schema: SchemaInfo {
+            applied: state.health.schema_applied(),
+            expected,
+            oldest_compatible,
+        },
+    })
+}
+
+/// Prometheus metrics in the text format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.ready.set(i64::from(state.health.ready()));
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,42 @@
+//! The shared state every handler and background task holds: handles, not data.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::settings::AdminSettings;
+use crate::tokens::AdminTokens;
+
+/// Cheap to clone; everything inside is shared.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    pub settings: AdminSettings,
+    pub pool: PgPool,
+    pub tokens: AdminTokens,
+    pub health: Health,
+    pub metrics: Metrics,
+    pub node_id: String,
+    /// Wakes the heartbeat early, so the node record follows readiness at once.
+    pub beat: Notify,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,195 @@
+//! Providers and routes through HTTP: create, list, get, update, delete, and
+//! the refusals that name the field (unique names, unknown providers, a
+//! provider still in use).
+
+use http::Method;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn providers_and_routes_are_managed_and_conflicts_name_the_field() {
+    let (admin, _db, pool) = TestAdmin::on_fresh_database().await;
+
+    // Providers.
+    let openai = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            json!({"name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
+                   "credential_ref": "env:OPENAI_API_KEY"}),
+        )
+        .await;
+    assert_eq!(openai.status, 201, "{}", openai.text());
+    assert_eq!(openai.json()["timeout_ms"], 60000);
+    let mock = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            json!({"name": "mock", "kind": "mock"}),
+        )
+        .await;
+    assert_eq!(mock.status, 201);
+    assert_eq!(mock.json()["base_url"], "mock://");
+    let dup = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            json!({"name": "mock", "kind": "mock"}),
+        )
+        .await;
+    assert_eq!(dup.status, 409);
+    assert_eq!(
+        dup.error(),
+        ("already_exists".to_owned(), Some("name".to_owned()))
+    );
+    let list = admin.get("/api/v1/providers").await.json();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mock", "openai"]);
+
+    let patched = admin
+        .call(
+            Method::PATCH,
+            "/api/v1/providers/openai",
+            json!({"timeout_ms": 30000, "credential_ref": null}),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(patched.json()["timeout_ms"], 30000);
+    assert_eq!(patched.json()["credential_ref"], Value::Null);
+    // A change of kind is judged against the URL the provider keeps.
+    let bad_kind = admin
+        .call(
+            Method::PATCH,
+            "/api/v1/providers/mock",
+            json!({"kind": "openai"}),
+        )
+        .await;
+    assert_eq!(bad_kind.status, 422);
+    assert_eq!(bad_kind.error().1.as_deref(), Some("base_url"));
+    let rename_taken = admin
+        .call(
+            Method::PATCH,
+            "/api/v1/providers/mock",
+            json!({"name": "openai"}),
+        )
+        .await;
+    assert_eq!(rename_taken.status, 409);
+    assert_eq!(rename_taken.error().1.as_deref(), Some("name"));
+    assert_eq!(admin.get("/api/v1/providers/nope").await.status, 404);
+    assert_eq!(admin.get("/api/v1/providers/no%00pe").await.status, 404);
+
+    // Routes.
+    let route = admin
+        .call(
+            Method::POST,
+            "/api/v1/routes",
+            json!({"model": "openai/gpt-4o", "targets": [
+                {"provider": "openai", "upstream_model": "gpt-4o"}, {"provider": "mock"}]}),
+        )
+        .await;
+    assert_eq!(route.status, 201, "{}", route.text());
+    let id = route.json()["id"].as_str().unwrap().to_owned();
+    let same_model = admin
+        .call(
+            Method::POST,
+            "/api/v1/routes",
+            json!({"model": "openai/gpt-4o", "targets": [{"provider": "mock"}]}),
+        )
+        .await;
+    assert_eq!(same_model.status, 409);
+    assert_eq!(
+        same_model.error(),
+        ("already_exists".to_owned(), Some("model".to_owned()))
+    );
+    let unknown = admin
+        .call(
+            Method::POST,
+            "/api/v1/routes",
+            json!({"model": "x", "targets": [{"provider": "mock"}, {"provider": "ghost"}]}),
+        )
+        .await;
+    assert_eq!(unknown.status, 422);
+    assert_eq!(
+        unknown.error(),
+        (
+            "validation_failed".to_owned(),
+            Some("targets[1].provider".to_owned())
+        )
+    );
+
+    // The provider in use cannot go; a rename carries its routes along.
+    let in_use = admin
+        .call(Method::DELETE, "/api/v1/providers/openai", Value::Null)
+        .await;
+    assert_eq!(in_use.status, 409);
+    assert_eq!(
+        in_use.error(),
+        ("provider_in_use".to_owned(), Some("name".to_owned()))
+    );
+    assert!(in_use.text().contains("openai/gpt-4o"), "{}", in_use.text());
+    let renamed = admin
+        .call(
+            Method::PATCH,
+            "/api/v1/providers/openai",
+            json!({"name": "openai-eu"}),
+        )
+        .await;
+    assert_eq!(renamed.status, 200);
+    let got = admin.get(&format!("/api/v1/routes/{id}")).await.json();
+    assert_eq!(got["targets"][0]["provider"], "openai-eu");
+    assert_eq!(got["targets"][0]["upstream_model"], "gpt-4o");
+
+    // Replace the targets, then the provider is free to go.
+    let replaced = admin
+        .call(
+            Method::PUT,
+            &format!("/api/v1/routes/{id}/targets"),
+            json!({"targets": [{"provider": "mock"}]}),
+        )
+        .await;
+    assert_eq!(replaced.status, 200, "{}", replaced.text());
+    assert_eq!(
+        replaced.json()["targets"],
+        json!([{"provider": "mock", "upstream_model": null}])
+    );
+    let list = admin.get("/api/v1/routes").await.json();
+    assert_eq!(list["items"][0]["targets"].as_array().unwrap().len(), 1);
+    let freed = admin
+        .call(Method::DELETE, "/api/v1/providers/openai-eu", Value::Null)
+        .await;
+    assert_eq!(freed.status, 204);
+
+    // Every write left a change for the gateways.
+    let changes: Vec<(String, String)> =
+        sqlx::query_as("SELECT entity, op FROM changes ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let expected = [
+        ("provider", "insert"),
+        ("provider", "insert"),
+        ("provider", "update"),
+        ("route", "insert"),
+        ("provider", "update"),
+        ("route", "update"),
+        ("provider", "delete"),
+    ];
+    let got: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|(e, o)| (e.as_str(), o.as_str()))
+        .collect();
+    assert_eq!(got, expected);
+
+    let deleted = admin
+        .call(Method::DELETE, &format!("/api/v1/routes/{id}"), Value::Null)
+        .await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(admin.get(&format!("/api/v1/routes/{id}")).await.status, 404);
+    admin.stop().await.unwrap();
+}

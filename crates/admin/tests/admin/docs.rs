@@ -1,0 +1,82 @@
+//! `docs/admin-api.md` as printed: every `bash` block of the guide runs, in
+//! order, as one script against a running admin, so the examples cannot rot.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::support::*;
+
+/// The guide's `bash` blocks, in order.
+fn examples(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```bash") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), text) => {
+                block.push_str(text);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(current.is_none(), "an unclosed code block in the guide");
+    blocks
+}
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test]
+async fn the_curl_examples_of_the_admin_guide_work_as_printed() {
+    for tool in ["bash", "curl", "jq"] {
+        assert!(
+            have(tool),
+            "the guide's examples need `{tool}`; install it (scripts/test does)"
+        );
+    }
+    let guide = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/admin-api.md");
+    let markdown = std::fs::read_to_string(&guide).unwrap();
+    let blocks = examples(&markdown);
+    assert!(blocks.len() >= 10, "only {} examples", blocks.len());
+    let script = format!("set -euo pipefail\n{}", blocks.join("\n"));
+    assert!(script.matches("curl ").count() >= 20, "{script}");
+
+    let (admin, _db, _pool) = TestAdmin::on_fresh_database().await;
+    let out = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("ADMIN_URL", admin.url(""))
+        .env("ADMIN_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the guide's examples failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    // The outputs the guide shows beside its examples.
+    for shown in [
+        "\"status\": \"active\"",
+        "\"validation_failed\"",
+        "\"uniform\": true",
+        "\"enabled\": true",
+    ] {
+        assert!(stdout.contains(shown), "missing {shown} in:\n{stdout}");
+    }
+    admin.stop().await.unwrap();
+}

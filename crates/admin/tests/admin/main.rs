@@ -1,0 +1,17 @@
+//! Admin API tests over real HTTP on loopback against a real, throwaway
+//! PostgreSQL; gateways run in-process where a test needs the data plane.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod catalog;
+mod docs;
+mod fleet;
+mod keys;
+mod maintenance;
+mod openapi;
+mod process;
+mod startup;
+mod support;
+mod usage;
+mod validation;
