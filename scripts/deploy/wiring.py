@@ -1,0 +1,497 @@
+"""The wiring test: rendered manifests agree with what the binaries serve.
+
+    python wiring.py manifests FILE --label NAME --bin-dir DIR [--helm-hooks]
+    python wiring.py compose FILE --bin-dir DIR
+    python wiring.py equivalent CHART_RENDER KUSTOMIZE_RENDER
+    python wiring.py same-image RENDER_A RENDER_B
+
+For each gateway and admin Deployment it reads the settings file the container
+is given (`--config`, resolved through its volume mounts to the rendered
+ConfigMap), runs `<binary> --config FILE wiring` with the container's
+environment, and checks the manifests against that answer: container ports,
+probe paths and ports, the preStop sleep against `drain_delay_secs`, the grace
+period against the drain budget, `maxUnavailable: 0`, Services, the
+ServiceMonitor, the security context. It checks the migration Job (and the
+Helm hook annotations with --helm-hooks) and every obleth command line against
+the binaries' --help. Nothing here retypes a port, a path or a timing of the
+binaries: those come from `wiring`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import posixpath
+import re
+import sys
+
+import yaml
+
+from cli import Binaries, CheckError
+
+# After the drain timeout the gateway ends open streams (up to 5 s) and
+# flushes usage (up to 10 s), in crates/gateway/src/app.rs. `wiring` does not
+# report these yet; when it prints `stream_cut_secs` / `usage_flush_secs`,
+# those win.
+DEFAULT_STREAM_CUT_SECS = 5
+DEFAULT_USAGE_FLUSH_SECS = 10
+
+
+def after_drain(w: dict) -> tuple[int, int]:
+    """Seconds a service may still take after its drain timeout: the stream
+    cut and the usage flush (the gateway's; the admin has neither)."""
+    gateway = w.get("service") == "gateway"
+    return (w.get("stream_cut_secs", DEFAULT_STREAM_CUT_SECS if gateway else 0),
+            w.get("usage_flush_secs", DEFAULT_USAGE_FLUSH_SECS if gateway else 0))
+
+
+DB_PLACEHOLDER = "postgres://wiring-check:secret@127.0.0.1:5432/obleth"
+
+
+class Report:
+    def __init__(self, label: str):
+        self.label = label
+        self.failures: list[str] = []
+        self.passed = 0
+
+    def ok(self, what: str) -> None:
+        self.passed += 1
+        print(f"  ok    {what}")
+
+    def fail(self, what: str) -> None:
+        self.failures.append(what)
+        print(f"  FAIL  {what}")
+
+    def check(self, cond: bool, what: str, detail: str = "") -> bool:
+        if cond:
+            self.ok(what)
+        else:
+            self.fail(f"{what}: {detail}" if detail else what)
+        return cond
+
+    def done(self) -> int:
+        print(f"{self.label}: {self.passed} passed, {len(self.failures)} failed")
+        return 1 if self.failures else 0
+
+
+def load(path: str) -> list[dict]:
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if isinstance(d, dict) and d.get("kind")]
+
+
+def containers(pod_spec: dict) -> list[dict]:
+    return pod_spec.get("containers") or []
+
+
+def binary_of(container: dict) -> str:
+    cmd = container.get("command") or []
+    return posixpath.basename(cmd[0]) if cmd else ""
+
+
+def find_config(doc: dict, container: dict, docs: list[dict]) -> tuple[str | None, str]:
+    """The settings file text the container reads, and where it came from."""
+    args = list(container.get("args") or [])
+    path = None
+    if "--config" in args:
+        path = args[args.index("--config") + 1]
+    for a in args:
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+    for e in container.get("env") or []:
+        if e.get("name") == "OBLETH_CONFIG" and "value" in e:
+            path = path or e["value"]
+    if path is None:
+        return None, "no --config"
+    pod = doc["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    for m in container.get("volumeMounts") or []:
+        mount = m["mountPath"].rstrip("/")
+        if not path.startswith(mount + "/"):
+            continue
+        rel = path[len(mount) + 1 :]
+        vol = volumes.get(m["name"])
+        if not vol or "configMap" not in vol:
+            raise CheckError(f"{path} is mounted from volume {m['name']}, which is not a ConfigMap")
+        cm_name = vol["configMap"]["name"]
+        key = rel
+        for item in vol["configMap"].get("items") or []:
+            if item["path"] == rel:
+                key = item["key"]
+                break
+        else:
+            if vol["configMap"].get("items"):
+                raise CheckError(f"{path}: ConfigMap volume {m['name']} has no item at {rel}")
+        ns = doc["metadata"].get("namespace")
+        for cm in docs:
+            if cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == cm_name and cm["metadata"].get("namespace") == ns:
+                data = cm.get("data") or {}
+                if key not in data:
+                    raise CheckError(f"ConfigMap {cm_name} has no key {key} for {path}")
+                return data[key], f"ConfigMap {cm_name}/{key}"
+        raise CheckError(f"ConfigMap {cm_name} (for {path}) is not in the manifests")
+    raise CheckError(f"--config {path} is not inside any volume mount of the container")
+
+
+def container_env(container: dict) -> dict[str, str]:
+    env = {}
+    for e in container.get("env") or []:
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+        elif "valueFrom" in e:
+            env[e["name"]] = DB_PLACEHOLDER if e["name"].endswith("DATABASE__URL") else "from-a-secret"
+    return env
+
+
+def port_number(container: dict, port) -> int | None:
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports") or []:
+        if p.get("name") == port:
+            return p["containerPort"]
+    return None
+
+
+def check_probes(r: Report, name: str, c: dict, w: dict, probe_port: int) -> None:
+    paths = w["paths"]
+    expect = {"startupProbe": paths["readyz"], "readinessProbe": paths["readyz"], "livenessProbe": paths["healthz"]}
+    for probe, path in expect.items():
+        p = c.get(probe)
+        if not r.check(p is not None and "httpGet" in p, f"{name}: {probe} is an httpGet probe"):
+            continue
+        got_path = p["httpGet"].get("path")
+        r.check(got_path == path, f"{name}: {probe} path {got_path} == {path} (from wiring)",
+                f"the binary serves {path}")
+        got_port = port_number(c, p["httpGet"].get("port"))
+        r.check(got_port == probe_port, f"{name}: {probe} port {p['httpGet'].get('port')} -> {got_port} == {probe_port} (from wiring)")
+
+
+def check_security(r: Report, name: str, pod: dict, c: dict) -> None:
+    sc = c.get("securityContext") or {}
+    psc = pod.get("securityContext") or {}
+    r.check(sc.get("runAsNonRoot") is True or psc.get("runAsNonRoot") is True, f"{name}: runAsNonRoot")
+    r.check(sc.get("readOnlyRootFilesystem") is True, f"{name}: readOnlyRootFilesystem")
+    r.check(sc.get("allowPrivilegeEscalation") is False, f"{name}: allowPrivilegeEscalation false")
+    r.check("ALL" in ((sc.get("capabilities") or {}).get("drop") or []), f"{name}: capabilities drop ALL")
+    seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+    r.check(seccomp == "RuntimeDefault", f"{name}: seccompProfile RuntimeDefault", f"got {seccomp}")
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_deployment(r: Report, bins: Binaries, doc: dict, docs: list[dict]) -> None:
+    name = f"{doc['metadata']['name']}"
+    pod = doc["spec"]["template"]["spec"]
+    c = next((c for c in containers(pod) if binary_of(c) in ("obleth-gateway", "obleth-admin")), None)
+    binary = binary_of(c)
+    service = "gateway" if binary == "obleth-gateway" else "admin"
+    try:
+        settings, source = find_config(doc, c, docs)
+        w = bins.wiring(binary, settings, container_env(c))
+    except CheckError as e:
+        r.fail(f"{name}: {e}")
+        return
+    r.ok(f"{name}: `{binary} --config <{source}> wiring` with the container's env")
+    r.check(w.get("service") == service, f"{name}: wiring service == {service}", f"got {w.get('service')}")
+    try:
+        r.ok(f"{name}: `{bins.check_invocation(list(c['command']) + list(c.get('args') or []))}` matches the CLI")
+    except CheckError as e:
+        r.fail(f"{name}: {e}")
+
+    ports = {p["containerPort"] for p in c.get("ports") or []}
+    if service == "gateway":
+        probe_port = w["ops_port"]
+        for key in ("proxy_port", "ops_port"):
+            r.check(w[key] in ports, f"{name}: containerPort {w[key]} ({key} from wiring) is declared", f"declared: {sorted(ports)}")
+    else:
+        probe_port = w["port"]
+        r.check(w["port"] in ports, f"{name}: containerPort {w['port']} (port from wiring) is declared", f"declared: {sorted(ports)}")
+    check_probes(r, name, c, w, probe_port)
+
+    # Drain: the preStop sleep equals drain_delay; the grace period covers it all.
+    delay, timeout = w["drain_delay_secs"], w["drain_timeout_secs"]
+    sleep = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds")
+    r.check(sleep == delay, f"{name}: preStop sleep {sleep} == drain_delay_secs {delay} (from wiring)")
+    cut, flush = after_drain(w)
+    budget = (sleep or 0) + delay + timeout + cut + flush
+    grace = pod.get("terminationGracePeriodSeconds")
+    r.check(isinstance(grace, int) and grace > budget,
+            f"{name}: terminationGracePeriodSeconds {grace} > preStop {sleep} + drain_delay {delay} + drain_timeout {timeout} + stream cut {cut} + usage flush {flush} = {budget}")
+
+    strategy = doc["spec"].get("strategy") or {}
+    ru = strategy.get("rollingUpdate") or {}
+    r.check(strategy.get("type") == "RollingUpdate" and ru.get("maxUnavailable") in (0, "0%"),
+            f"{name}: RollingUpdate with maxUnavailable 0", f"got {strategy}")
+    surge = ru.get("maxSurge")
+    r.check(surge not in (None, 0, "0%"), f"{name}: maxSurge {surge} lets the rollout add a pod first")
+    check_security(r, name, pod, c)
+
+    labels = doc["spec"]["template"]["metadata"].get("labels") or {}
+    ns = doc["metadata"].get("namespace")
+    svcs = [s for s in docs if s["kind"] == "Service" and s["metadata"].get("namespace") == ns
+            and selects((s.get("spec") or {}).get("selector") or {}, labels)]
+    if r.check(bool(svcs), f"{name}: a Service selects its pods"):
+        for s in svcs:
+            for p in s["spec"]["ports"]:
+                target = port_number(c, p.get("targetPort", p["port"]))
+                r.check(target in ports, f"{name}: Service {s['metadata']['name']} port {p.get('name')} -> containerPort {target}")
+        wanted = w["proxy_port"] if service == "gateway" else w["port"]
+        r.check(any(port_number(c, p.get("targetPort", p["port"])) == wanted for s in svcs for p in s["spec"]["ports"]),
+                f"{name}: a Service routes to the {'proxy' if service == 'gateway' else 'API'} port {wanted}")
+
+    hpas = [h for h in docs if h["kind"] == "HorizontalPodAutoscaler" and h["metadata"].get("namespace") == ns
+            and h["spec"]["scaleTargetRef"]["name"] == doc["metadata"]["name"]]
+    if hpas:
+        r.check("replicas" not in doc["spec"], f"{name}: no `replicas` beside its HPA, so an apply keeps the scale")
+    for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"].get("namespace") == ns):
+        if selects(pdb["spec"]["selector"].get("matchLabels") or {}, labels):
+            r.check("maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"], f"{name}: PodDisruptionBudget {pdb['metadata']['name']} covers it")
+
+    if service == "gateway":
+        for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+            for ep in sm["spec"]["endpoints"]:
+                r.check(ep.get("path") == w["paths"]["metrics"], f"{name}: ServiceMonitor path {ep.get('path')} == {w['paths']['metrics']} (from wiring)")
+                targets = [port_number(c, p.get("targetPort")) for s in svcs for p in s["spec"]["ports"] if p.get("name") == ep.get("port")]
+                r.check(targets == [w["ops_port"]], f"{name}: ServiceMonitor port {ep.get('port')} -> {targets} == ops port {w['ops_port']}")
+
+
+def migrator_jobs(docs: list[dict]) -> list[tuple[dict, dict]]:
+    out = []
+    for d in docs:
+        if d["kind"] == "Job":
+            for c in containers(d["spec"]["template"]["spec"]):
+                if binary_of(c) == "obleth-migrator":
+                    out.append((d, c))
+    return out
+
+
+def check_jobs(r: Report, bins: Binaries, docs: list[dict], helm_hooks: bool) -> None:
+    jobs = migrator_jobs(docs)
+    ups = [(d, c) for d, c in jobs if (c.get("args") or [None])[0] == "up"]
+    if not r.check(len(ups) == 1, "the migration Job running `obleth-migrator up` exists", f"found {len(ups)}"):
+        return
+    for d, c in jobs:
+        name = d["metadata"]["name"]
+        argv = list(c["command"]) + list(c.get("args") or [])
+        try:
+            r.ok(f"{name}: `{bins.check_invocation(argv)}` matches the migrator's --help")
+        except CheckError as e:
+            r.fail(f"{name}: {e}")
+        r.check("--force" not in argv, f"{name}: never forces")
+        env = {e["name"] for e in c.get("env") or []}
+        r.check("DATABASE_URL" in env or "--database-url" in argv, f"{name}: DATABASE_URL is set")
+        spec = d["spec"]
+        pod = spec["template"]["spec"]
+        r.check(pod.get("restartPolicy") == "Never", f"{name}: restartPolicy Never (the Job's back-off retries)")
+        r.check(isinstance(spec.get("backoffLimit"), int), f"{name}: backoffLimit {spec.get('backoffLimit')}")
+        r.check(isinstance(spec.get("activeDeadlineSeconds"), int), f"{name}: activeDeadlineSeconds {spec.get('activeDeadlineSeconds')}")
+        check_security(r, name, pod, c)
+        ann = d["metadata"].get("annotations") or {}
+        sub = argv[1]
+        if helm_hooks:
+            hooks = set((ann.get("helm.sh/hook") or "").split(","))
+            want = {"pre-install", "pre-upgrade"} if sub == "up" else {"post-upgrade"}
+            r.check(want <= hooks, f"{name}: helm.sh/hook {sorted(hooks)} includes {sorted(want)}")
+            r.check(not (sub == "up" and hooks & {"post-install", "post-upgrade"}),
+                    f"{name}: not a post- hook (helm --wait would wait for pods that need it)")
+            policy = set((ann.get("helm.sh/hook-delete-policy") or "").split(","))
+            r.check("before-hook-creation" in policy, f"{name}: hook-delete-policy {sorted(policy)} replaces the previous Job")
+
+
+def manifests(args) -> int:
+    r = Report(f"wiring [{args.label}]")
+    bins = Binaries(args.bin_dir)
+    docs = load(args.file)
+    deployments = [d for d in docs if d["kind"] == "Deployment"
+                   and any(binary_of(c) in ("obleth-gateway", "obleth-admin") for c in containers(d["spec"]["template"]["spec"]))]
+    kinds = {binary_of(c) for d in deployments for c in containers(d["spec"]["template"]["spec"])}
+    r.check("obleth-gateway" in kinds, "a gateway Deployment exists")
+    r.check("obleth-admin" in kinds, "an admin Deployment exists")
+    for d in deployments:
+        try:
+            check_deployment(r, bins, d, docs)
+        except (CheckError, KeyError, TypeError, IndexError) as e:
+            r.fail(f"{d['metadata']['name']}: {type(e).__name__}: {e}")
+    check_jobs(r, bins, docs, args.helm_hooks)
+    return r.done()
+
+
+def seconds(value) -> float:
+    """A Compose duration ('60s', '1m30s') or nanoseconds (config --format json)."""
+    if isinstance(value, (int, float)):
+        return value / 1e9
+    total, num = 0.0, ""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch.isdigit() or ch == ".":
+            num += ch
+            i += 1
+            continue
+        unit = "ms" if value[i:i + 2] == "ms" else ch
+        total += float(num) * units[unit]
+        num, i = "", i + len(unit)
+    return total
+
+
+def compose(args) -> int:
+    """The Compose file, normalised by `docker-compose config --format json`."""
+    r = Report("wiring [compose]")
+    bins = Binaries(args.bin_dir)
+    with open(args.file) as f:
+        project = json.load(f)
+    services = project["services"]
+
+    def cmd(s):
+        return services[s].get("command") or []
+
+    def probe_url(s):
+        test = (services[s].get("healthcheck") or {}).get("test") or []
+        argv = test[1:] if test and test[0] in ("CMD", "CMD-SHELL") else test
+        try:
+            r.ok(f"{s}: healthcheck `{bins.check_invocation(argv)}` matches the CLI")
+        except CheckError as e:
+            r.fail(f"{s}: healthcheck: {e}")
+        return argv[-1] if argv else ""
+
+    by_binary: dict[str, list[str]] = {}
+    for s in services:
+        by_binary.setdefault(posixpath.basename(cmd(s)[0]) if cmd(s) else "", []).append(s)
+    gateways, admins = by_binary.get("obleth-gateway", []), by_binary.get("obleth-admin", [])
+    migrates = [s for s in by_binary.get("obleth-migrator", []) if cmd(s)[1:2] == ["up"]]
+    r.check(len(gateways) == 2, f"two gateways: {gateways}")
+    r.check(len(admins) == 1, f"one admin: {admins}")
+    r.check(len(migrates) == 1, f"one one-shot `obleth-migrator up`: {migrates}")
+    r.check(bool(by_binary.get("obleth-mock-upstream")), "the mock upstream")
+    pg = [s for s, v in services.items() if "postgres" in (v.get("image") or "")]
+    r.check(len(pg) == 1 and bool(services[pg[0]].get("healthcheck")) and bool(services[pg[0]].get("volumes")),
+            "postgres with a healthcheck and a volume")
+    for s in migrates:
+        try:
+            r.ok(f"{s}: `{bins.check_invocation(cmd(s))}` matches the CLI")
+        except CheckError as e:
+            r.fail(f"{s}: {e}")
+        r.check(services[s].get("restart") in (None, "no"), f"{s}: one-shot (restart no)")
+        r.check((services[s].get("depends_on") or {}).get(pg[0] if pg else "", {}).get("condition") == "service_healthy",
+                f"{s}: waits for postgres to be healthy")
+    for s in admins + gateways:
+        binary = posixpath.basename(cmd(s)[0])
+        env = {k: str(v) for k, v in (services[s].get("environment") or {}).items() if v is not None}
+        try:
+            w = bins.wiring(binary, None, env)
+        except CheckError as e:
+            r.fail(f"{s}: {e}")
+            continue
+        r.ok(f"{s}: `{binary} wiring` with the service's environment")
+        port = w["ops_port"] if binary == "obleth-gateway" else w["port"]
+        url = probe_url(s)
+        want = f"http://127.0.0.1:{port}{w['paths']['readyz']}"
+        r.check(url == want, f"{s}: healthcheck URL {url} == {want} (from wiring)")
+        budget = w["drain_delay_secs"] + w["drain_timeout_secs"] + sum(after_drain(w))
+        grace = seconds(services[s].get("stop_grace_period") or "10s")
+        r.check(grace > budget, f"{s}: stop_grace_period {grace:g}s > drain budget {budget}s")
+        deps = services[s].get("depends_on") or {}
+        if binary == "obleth-admin":
+            r.check(all(deps.get(m, {}).get("condition") == "service_completed_successfully" for m in migrates),
+                    f"{s}: starts after the migration completed")
+        else:
+            r.check(all(deps.get(a, {}).get("condition") == "service_healthy" for a in admins),
+                    f"{s}: starts after the admin is healthy")
+    for s in by_binary.get("obleth-mock-upstream", []):
+        url = probe_url(s)
+        listen = (services[s].get("environment") or {}).get("MOCK_LISTEN", "")
+        r.check(listen.startswith("0.0.0.0:") and url.startswith(f"http://127.0.0.1:{listen.rsplit(':', 1)[-1]}/"),
+                f"{s}: listens on {listen}, healthcheck {url}")
+    return r.done()
+
+
+# Fields that must agree between the chart's default render and the kustomize base.
+def pod_facts(d: dict) -> dict:
+    pod = d["spec"]["template"]["spec"]
+    out = {"grace": pod.get("terminationGracePeriodSeconds"), "podSecurity": pod.get("securityContext"),
+           "restartPolicy": pod.get("restartPolicy"), "automount": pod.get("automountServiceAccountToken")}
+    for c in containers(pod):
+        out[c["name"]] = {k: c.get(k) for k in ("command", "args", "ports", "startupProbe", "readinessProbe",
+                                                 "livenessProbe", "lifecycle", "securityContext", "resources")}
+        out[c["name"]]["env"] = sorted(e["name"] for e in c.get("env") or [])
+        out[c["name"]]["mounts"] = sorted(m["mountPath"] for m in c.get("volumeMounts") or [])
+    if d["kind"] == "Deployment":
+        out["strategy"] = d["spec"].get("strategy")
+    if d["kind"] == "Job":
+        out["job"] = {k: d["spec"].get(k) for k in ("backoffLimit", "activeDeadlineSeconds", "podFailurePolicy")}
+    return out
+
+
+def equivalent(args) -> int:
+    r = Report("equivalence [helm defaults vs deploy/k8s/base]")
+    chart, kust = load(args.chart), load(args.kustomize)
+
+    def by_component(docs):
+        out = {}
+        for d in docs:
+            comp = (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component", "")
+            # kustomize's configMapGenerator appends a content hash to the name.
+            name = re.sub(r"-[a-z0-9]{10}$", "", d["metadata"]["name"]) if d["kind"] == "ConfigMap" else d["metadata"]["name"]
+            out[(d["kind"], comp or name)] = d
+        return out
+
+    a, b = by_component(chart), by_component(kust)
+    r.check(set(a) == set(b), f"same resources: {sorted(set(a))}", f"only in chart: {sorted(set(a) - set(b))}; only in kustomize: {sorted(set(b) - set(a))}")
+    for key in sorted(set(a) & set(b)):
+        kind = key[0]
+        if kind in ("Deployment", "Job"):
+            fa, fb = pod_facts(a[key]), pod_facts(b[key])
+            diff = [k for k in fa if fa.get(k) != fb.get(k)]
+            r.check(not diff, f"{kind} {key[1]}: same pod spec (commands, probes, drain, security, resources)",
+                    "; ".join(f"{k}: chart {json.dumps(fa.get(k))} vs kustomize {json.dumps(fb.get(k))}" for k in diff))
+        elif kind == "Service":
+            r.check(a[key]["spec"]["ports"] == b[key]["spec"]["ports"], f"Service {key[1]}: same ports")
+        elif kind == "ConfigMap":
+            import tomllib
+            da = {k: tomllib.loads(v) for k, v in (a[key].get("data") or {}).items()}
+            db = {k: tomllib.loads(v) for k, v in (b[key].get("data") or {}).items()}
+            r.check(da == db, "ConfigMap settings: same gateway.toml and admin.toml", f"chart {da} vs kustomize {db}")
+        elif kind == "PodDisruptionBudget":
+            r.check(a[key]["spec"].get("maxUnavailable") == b[key]["spec"].get("maxUnavailable"), "PodDisruptionBudget: same maxUnavailable")
+    return r.done()
+
+
+def same_image(args) -> int:
+    """The finish Job must run the release the overlay deploys."""
+    r = Report("same image")
+
+    def images(path):
+        return {c["image"] for d in load(path) if d["kind"] in ("Deployment", "Job")
+                for c in containers(d["spec"]["template"]["spec"]) if binary_of(c).startswith("obleth-")}
+
+    a, b = images(args.a), images(args.b)
+    r.check(len(a) == 1 and a == b, f"{os.path.basename(args.b)} runs {sorted(b)}, as {os.path.basename(args.a)} ({sorted(a)})")
+    return r.done()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("manifests")
+    m.add_argument("file")
+    m.add_argument("--label", required=True)
+    m.add_argument("--bin-dir", required=True)
+    m.add_argument("--helm-hooks", action="store_true")
+    c = sub.add_parser("compose")
+    c.add_argument("file")
+    c.add_argument("--bin-dir", required=True)
+    e = sub.add_parser("equivalent")
+    e.add_argument("chart")
+    e.add_argument("kustomize")
+    i = sub.add_parser("same-image")
+    i.add_argument("a")
+    i.add_argument("b")
+    args = p.parse_args()
+    return {"manifests": manifests, "compose": compose, "equivalent": equivalent, "same-image": same_image}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
