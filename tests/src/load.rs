@@ -108,7 +108,7 @@ async fn run(spec: LoadSpec, stop: CancellationToken, in_flight: Arc<AtomicU64>)
             _ = tick.tick() => {}
         }
         n += 1;
-        let stream = spec.stream_every > 0 && n % u64::from(spec.stream_every) == 0;
+        let stream = spec.stream_every > 0 && n.is_multiple_of(u64::from(spec.stream_every));
         let (client, spec, report, in_flight) = (
             client.clone(),
             spec.clone(),

@@ -25,9 +25,17 @@ use crate::state::{AppState, InFlight, Inner};
 use crate::upstream::Upstream;
 use crate::{embedded, feed, node, ops, proxy, usage, warmup};
 
-/// The proxy routes. Layers: none beyond axum's own; limits and timeouts are
+/// After the drain timeout: how long ended streams get to record themselves.
+pub const STREAM_CUT_GRACE: Duration = Duration::from_secs(5);
+/// At exit: how long the usage writer may retry its final flush.
+pub const USAGE_FINAL_FLUSH: Duration = Duration::from_secs(10);
+
+/// The proxy routes. The one layer marks answers `Connection: close` while
+/// draining, so keep-alive clients reconnect (to a ready node) instead of
+/// sending on a connection that is about to close. Limits and timeouts are
 /// applied in the handler so every refusal has OpenAI's error shape.
 pub fn proxy_router(state: AppState) -> Router {
+    let draining = state.health.clone();
     Router::new()
         .route(
             "/v1/chat/completions",
@@ -46,6 +54,20 @@ pub fn proxy_router(state: AppState) -> Router {
             get(proxy::models).fallback(proxy::method_not_allowed),
         )
         .fallback(proxy::not_found)
+        .layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| {
+                let draining = draining.draining();
+                async move {
+                    if draining {
+                        response.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    response
+                }
+            },
+        ))
         .with_state(state)
 }
 
@@ -77,7 +99,7 @@ impl Gateway {
             &settings.usage,
             metrics.clone(),
             usage_stop.clone(),
-            Duration::from_secs(10),
+            USAGE_FINAL_FLUSH,
         );
         let node_id = settings
             .server
@@ -159,7 +181,14 @@ impl Gateway {
             let stop = accept_stop.clone();
             let router = proxy_router(state.clone());
             tokio::spawn(async move {
-                axum::serve(proxy_listener, router)
+                // TCP_NODELAY: SSE chunks are small; without it each waits for
+                // the client's delayed ACK (about 40 ms per first token).
+                let listener = axum::serve::ListenerExt::tap_io(proxy_listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "Cannot set TCP_NODELAY.");
+                    }
+                });
+                axum::serve(listener, router)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await
             })
@@ -193,7 +222,7 @@ impl Gateway {
                 "Drain timeout passed; ending open streams."
             );
             state.cut_streams.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), state.in_flight.wait_idle()).await;
+            let _ = tokio::time::timeout(STREAM_CUT_GRACE, state.in_flight.wait_idle()).await;
             server.abort();
         }
         background.cancel();
@@ -233,12 +262,22 @@ async fn start_with_database(
         let _ = fatal.send(e.to_string()).await;
         return;
     }
-    let seq = loop {
+    // LISTEN first, then read the change log's high-water mark and the keys:
+    // a change made during the warm-up is both notified and replayed.
+    let (seq, listener) = loop {
         if stop.is_cancelled() {
             return;
         }
+        let listener = match feed::connect(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "Cannot LISTEN for changes; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         match warmup::warm(&state, &pool).await {
-            Ok(seq) => break seq,
+            Ok(seq) => break (seq, listener),
             Err(e) => {
                 warn!(error = %e, "Warm-up failed; retrying.");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -255,5 +294,5 @@ async fn start_with_database(
         stop.clone(),
     ));
     let poll = Duration::from_secs(state.settings.cache.poll_interval_secs);
-    feed::run(state, pool, seq, poll, stop).await;
+    feed::run(state, pool, seq, poll, stop, Some(listener)).await;
 }

@@ -39,7 +39,7 @@ pub fn key_from_config(k: &KeyConfig) -> Result<ApiKey, String> {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -14,17 +14,24 @@ use tracing::{debug, info, warn};
 use crate::catalog::Catalog;
 use crate::state::AppState;
 
-/// Follows the change log from `seq` until `stop`.
+/// Follows the change log from `seq` until `stop`. `listening` is a listener
+/// opened before the warm-up (so the cache never misses a change); later
+/// connections are opened here.
 pub async fn run(
     state: AppState,
     pool: PgPool,
     mut seq: i64,
     poll: Duration,
     stop: CancellationToken,
+    mut listening: Option<PgListener>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let mut listener = match connect(&pool).await {
+        let connected = match listening.take() {
+            Some(l) => Ok(l),
+            None => connect(&pool).await,
+        };
+        let mut listener = match connected {
             Ok(l) => l,
             Err(e) => {
                 state.health.set_database_ok(false);
@@ -39,6 +46,11 @@ pub async fn run(
         };
         // Whatever happened while we were not listening is in the log.
         if catch_up(&state, &pool, &mut seq).await.is_err() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
         backoff = Duration::from_millis(200);
@@ -71,7 +83,7 @@ pub async fn run(
     }
 }
 
-async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+pub async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.ignore_pool_close_event(true);
     listener.listen(CHANNEL).await?;

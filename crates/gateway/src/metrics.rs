@@ -140,7 +140,7 @@ impl Metrics {
             usage_dropped: must(IntCounterVec::new(
                 Opts::new(
                     "obleth_usage_dropped_total",
-                    "Usage records dropped, by reason (queue_full, buffer_full, shutdown).",
+                    "Usage records dropped, by reason (queue_full, buffer_full, shutdown, no_database: embedded mode keeps no usage).",
                 ),
                 &["reason"],
             )),
@@ -151,7 +151,7 @@ impl Metrics {
             rejected: must(IntCounterVec::new(
                 Opts::new(
                     "obleth_rejected_requests_total",
-                    "Requests refused before reaching an upstream, by error code.",
+                    "Requests answered with an error by the gateway (refusals and upstream failures), by error code.",
                 ),
                 &["code"],
             )),

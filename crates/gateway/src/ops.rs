@@ -36,6 +36,8 @@ pub fn wiring(settings: &crate::settings::GatewaySettings) -> serde_json::Value 
         },
         "drain_delay_secs": settings.server.drain_delay_secs,
         "drain_timeout_secs": settings.server.drain_timeout_secs,
+        "stream_cut_secs": crate::app::STREAM_CUT_GRACE.as_secs(),
+        "usage_flush_secs": crate::app::USAGE_FINAL_FLUSH.as_secs(),
     })
 }
 

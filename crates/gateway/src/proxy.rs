@@ -77,6 +77,8 @@ struct Peek {
     model: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<serde::de::IgnoredAny>,
 }
 
 fn reject(state: &AppState, route: &'static str, error: ApiError) -> Response {
@@ -162,6 +164,9 @@ async fn proxy(
         );
     };
     let stream = peek.stream.unwrap_or(false);
+    // A stream reports its token usage only when asked; without it rate limits
+    // and budgets could not count streamed tokens.
+    let ask_usage = stream && peek.stream_options.is_none() && path != "/embeddings";
     let completion = Completion {
         state: state.clone(),
         key: Arc::clone(&key),
@@ -172,6 +177,14 @@ async fn proxy(
         started,
         streamed: stream,
         guard: Some(guard),
+    };
+    let body = if ask_usage {
+        match edit_body(&body, None, true) {
+            Ok(b) => b,
+            Err(e) => return reject(&state, route, ApiError::BadRequest(e)),
+        }
+    } else {
+        body
     };
     match forward(&state, &key, path, model, body, stream, completion).await {
         Ok(response) => response,
@@ -246,7 +259,7 @@ async fn forward(
     for target in targets {
         let provider = &target.provider;
         let payload = match &target.upstream_model {
-            Some(upstream_model) => match rewrite_model(&body, upstream_model) {
+            Some(upstream_model) => match edit_body(&body, Some(upstream_model), false) {
                 Ok(payload) => payload,
                 Err(e) => return Err((ApiError::BadRequest(e), Some(completion))),
             },
@@ -400,14 +413,20 @@ async fn forward(
     Err((last_error, Some(completion)))
 }
 
-/// Replaces the `model` field of a JSON object body.
-fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, String> {
+/// Edits a JSON object body: replaces `model`, and asks a stream to report
+/// its usage (`stream_options.include_usage`).
+fn edit_body(body: &[u8], model: Option<&str>, ask_usage: bool) -> Result<Bytes, String> {
     let mut value: Value =
         serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
     let object = value
         .as_object_mut()
         .ok_or("request body must be a JSON object")?;
-    object.insert("model".to_owned(), Value::String(model.to_owned()));
+    if let Some(model) = model {
+        object.insert("model".to_owned(), Value::String(model.to_owned()));
+    }
+    if ask_usage {
+        object.insert("stream_options".to_owned(), json!({"include_usage": true}));
+    }
     serde_json::to_vec(&value)
         .map(Bytes::from)
         .map_err(|e| e.to_string())

@@ -19,6 +19,9 @@ pub struct GatewaySettings {
     pub cache: CacheSettings,
     pub usage: UsageSettings,
     pub log: LogSettings,
+    /// Not used by the gateway; accepted so that one settings file or
+    /// environment can serve the admin, the migrator and the gateways.
+    pub migrations: obleth_config::MigrationSettings,
     /// Embedded mode only: upstream providers.
     pub providers: Vec<ProviderConfig>,
     /// Embedded mode only: model routes.
@@ -235,10 +238,21 @@ impl GatewaySettings {
         if self.server.max_body_bytes == 0 {
             return Err("server.max_body_bytes: must be greater than 0".to_owned());
         }
-        if self.usage.batch_size == 0 || self.usage.queue_capacity == 0 {
-            return Err(
-                "usage.batch_size, usage.queue_capacity: must be greater than 0".to_owned(),
-            );
+        let positive = [
+            ("usage.batch_size", self.usage.batch_size as u64),
+            ("usage.queue_capacity", self.usage.queue_capacity as u64),
+            ("usage.flush_interval_ms", self.usage.flush_interval_ms),
+            ("server.heartbeat_secs", self.server.heartbeat_secs),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+            ("cache.poll_interval_secs", self.cache.poll_interval_secs),
+            ("cache.budget_refresh_secs", self.cache.budget_refresh_secs),
+            ("cache.max_keys", self.cache.max_keys),
+        ];
+        // A zero interval would make a background loop spin against the database.
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(format!("{field}: must be greater than 0"));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {

@@ -106,8 +106,10 @@ impl Writer {
                 }
             }
         }
-        // Shutdown: everything already queued is taken, then flushed with retries.
-        while let Ok(event) = self.rx.try_recv() {
+        // Shutdown: close the channel first, so a record sent from now on is
+        // refused and counted by the sender, then take everything queued.
+        self.rx.close();
+        while let Some(event) = self.rx.recv().await {
             self.take(event);
         }
         let deadline = tokio::time::Instant::now() + final_flush;

@@ -459,6 +459,11 @@ async fn a_stream_reaches_the_client_chunk_by_chunk_before_the_upstream_finishes
     );
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     assert!(text.contains("\"usage\""));
+    let sent = upstream.last_request().unwrap().body.unwrap();
+    assert_eq!(
+        sent["stream_options"]["include_usage"], true,
+        "the gateway asks the stream for its usage"
+    );
     gw.stop().await.unwrap();
 }
 

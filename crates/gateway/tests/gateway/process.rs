@@ -186,6 +186,11 @@ async fn sigterm_during_a_slow_stream_goes_unready_finishes_the_stream_records_u
         late.status, 200,
         "a request during the drain delay is served"
     );
+    assert_eq!(
+        late.header("connection"),
+        Some("close"),
+        "and tells keep-alive clients to reconnect elsewhere"
+    );
 
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame
@@ -277,18 +282,34 @@ async fn an_invalid_setting_exits_non_zero_naming_the_field() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("server.listen"), "{stderr}");
-    std::fs::write(
-        &config,
-        "[[routes]]\nmodel = \"m\"\ntargets = [{ provider = \"nope\" }]\n",
-    )
-    .unwrap();
-    let output = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
-    assert!(String::from_utf8_lossy(&output.stderr).contains("routes[0].targets[0].provider"));
+    let cases = [
+        ("[[routes]]\nmodel = \"m\"\ntargets = [{ provider = \"nope\" }]\n", "routes[0].targets[0].provider"),
+        ("[cache]\npoll_interval_secs = 0\n", "cache.poll_interval_secs"),
+        ("[usage]\nflush_interval_ms = 0\n", "usage.flush_interval_ms"),
+        ("[server]\nheartbeat_secs = 0\n", "server.heartbeat_secs"),
+        ("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\n", "providers[0].base_url"),
+        ("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"https://x\"\ncredential = \"sk-live-123\"\n", "providers[0].credential"),
+        ("[[keys]]\npublic_id = \"x\"\nsecret_sha256 = \"zz\"\n", "keys[0].secret_sha256"),
+    ];
+    for (text, field) in cases {
+        std::fs::write(&config, text).unwrap();
+        let run = tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| panic!("{field}: the gateway started instead of refusing"))
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{field}");
+        assert!(stderr.contains(field), "{field}: {stderr}");
+        assert!(
+            !stderr.contains("sk-live-123"),
+            "a misplaced credential is never echoed: {stderr}"
+        );
+    }
 }
 
 #[tokio::test]
