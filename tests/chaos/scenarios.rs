@@ -182,3 +182,123 @@ async fn sigkill_of_one_gateway_fails_at_most_its_in_flight_requests() {
     fleet.gateways.remove(1);
     fleet.stop().await.unwrap();
 }
+
+/// f. Admins start all at once while `obleth-migrator up` is applying a slow
+/// migration under load: they wait for the migration lock, apply nothing
+/// twice, and become ready; the fleet serves on.
+#[tokio::test]
+async fn admins_started_while_a_migration_runs_wait_for_it_and_become_ready() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let db = fresh_database().await.unwrap();
+    let fleet = Fleet::start(&db.url, &FleetSpec::default()).await.unwrap();
+    let load = Load::start(fleet.load_spec(30, 10));
+
+    // The next release's migrations: the shipped ones plus a slow expand one.
+    let source = fleet.dir.path().join("next-migrations");
+    std::fs::create_dir_all(&source).unwrap();
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/config/migrations");
+    for entry in std::fs::read_dir(shipped).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), source.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        source.join("29991231000100_slow_expand.sql"),
+        "CREATE TABLE slow_marker (id int);\nSELECT pg_sleep(4);\n",
+    )
+    .unwrap();
+    let manifest = source.join("manifest.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("\n[[migration]]\nversion = 29991231000100\nphase = \"expand\"\n");
+    std::fs::write(&manifest, text).unwrap();
+
+    let mut migrator = tokio::process::Command::new(bin("obleth-migrator"))
+        .args(["up", "--source"])
+        .arg(&source)
+        .env("DATABASE_URL", &db.url)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Start the admins once the migrator holds the lock.
+    let started = std::time::Instant::now();
+    loop {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE l.locktype = 'advisory' AND a.application_name = 'obleth-migrator'",
+        )
+        .fetch_one(&fleet.pool)
+        .await
+        .unwrap();
+        if held > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the migrator never took the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut admins = Vec::new();
+    for i in 0..3 {
+        let port = obleth_e2e::procs::free_port();
+        let config = fleet.dir.path().join(format!("admin{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_delay_secs = 0\nnode_id = \"admin{i}\"\n\n\
+                 [auth]\ntokens = [\"chaos-admin-token-0123456789\"]\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(fleet.dir.path().join(format!("admin{i}.log"))).unwrap();
+        let child = tokio::process::Command::new(bin("obleth-admin"))
+            .arg("--config")
+            .arg(&config)
+            .env("OBLETH_DATABASE__URL", &db.url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        admins.push((port, child));
+    }
+    let migrating_when_admins_started = migrator.try_wait().unwrap().is_none();
+    let code = tokio::time::timeout(Duration::from_secs(60), migrator.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    for (port, _) in &admins {
+        let waited = obleth_e2e::procs::wait_ready(*port, Duration::from_secs(60))
+            .await
+            .unwrap();
+        println!("[admins during a migration] admin on {port} ready after {waited:?}");
+    }
+    let report = load.finish().await;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&fleet.pool)
+        .await
+        .unwrap();
+    let expected = obleth_config::migrate::MigrationSet::embedded()
+        .unwrap()
+        .len() as i64
+        + 1;
+    let locks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            .fetch_one(&fleet.pool)
+            .await
+            .unwrap();
+    report.print("admins during a migration");
+    println!("[admins during a migration] migrator exit {code:?}; migrations recorded {applied} (expected {expected}); advisory locks left {locks}");
+    assert!(
+        migrating_when_admins_started,
+        "the admins started while the migration ran"
+    );
+    assert!(code.success());
+    assert_eq!(applied, expected, "each migration applied exactly once");
+    assert_eq!(locks, 0);
+    assert_eq!(report.failed_total(), 0, "{:?}", report.failed);
+    for (_, mut child) in admins {
+        let _ = child.kill().await;
+    }
+    fleet.stop().await.unwrap();
+}
