@@ -34,7 +34,7 @@ impl Admin {
             .server
             .node_id
             .clone()
-            .unwrap_or_else(node::default_node_id);
+            .unwrap_or_else(|| obleth_config::process::default_node_id("admin"));
         let pool = obleth_config::db::connect_pool(&settings.database, "obleth-admin")
             .await
             .context("cannot set up the database pool")?;

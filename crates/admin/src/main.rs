@@ -66,23 +66,8 @@ fn main() -> anyhow::Result<()> {
             })?;
         tracing::info!(listen = %settings.server.listen, "Listening.");
         let admin = Admin::build(settings).await?;
-        admin.run(listener, shutdown_signal()).await
+        admin
+            .run(listener, obleth_config::process::shutdown_signal())
+            .await
     })
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot listen for SIGTERM.");
-            std::future::pending::<()>().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

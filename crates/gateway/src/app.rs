@@ -105,7 +105,7 @@ impl Gateway {
             .server
             .node_id
             .clone()
-            .unwrap_or_else(node::default_node_id);
+            .unwrap_or_else(|| obleth_config::process::default_node_id("gateway"));
         let state = AppState::new(Inner {
             keys: KeyCache::new(&settings.cache),
             catalog: SharedCatalog::default(),

@@ -73,27 +73,10 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on server.ops_listen {}", settings.server.ops_listen))?;
         tracing::info!(listen = %settings.server.listen, ops = %settings.server.ops_listen, "Listening.");
         let gateway = Gateway::build(settings, cli.config.clone()).await?;
-        gateway.run(proxy, ops, shutdown_signal()).await
+        gateway.run(proxy, ops, obleth_config::process::shutdown_signal()).await
     })
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot listen for SIGTERM.");
-            std::future::pending::<()>().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

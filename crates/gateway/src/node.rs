@@ -10,27 +10,13 @@ use tracing::warn;
 
 use crate::state::AppState;
 
-/// A node id: the host name plus a random suffix, unique per process.
-pub fn default_node_id() -> String {
-    let host = hostname().unwrap_or_else(|| "gateway".to_owned());
-    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-}
-
-fn hostname() -> Option<String> {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-}
-
 fn info(state: &AppState) -> NodeInfo {
     NodeInfo {
         node_id: state.node_id.clone(),
         service: "gateway".to_owned(),
         version: obleth_config::version::VERSION.to_owned(),
         git_commit: Some(obleth_config::version::COMMIT.to_owned()),
-        hostname: hostname(),
+        hostname: obleth_config::process::hostname(),
         schema_version: *state
             .schema_applied
             .read()
