@@ -26,7 +26,9 @@ async fn rolling_restart_under_load_fails_no_request_and_loses_no_usage() {
     let stopped = fleet.stop().await.unwrap();
     let rows = stopped.successful_usage_rows().await.unwrap();
     report.print("rolling restart");
-    println!("[rolling restart] usage rows with status 200: {rows}");
+    obleth_e2e::evidence(&format!(
+        "[rolling restart] usage rows with status 200: {rows}"
+    ));
     assert!(report.streams_succeeded > 0, "the load included streams");
     assert_eq!(report.failed_total(), 0, "{:?}", report.failed);
     assert_eq!(report.sent, report.succeeded, "every request accounted for");
@@ -64,9 +66,9 @@ async fn previous_and_current_release_roll_forward_and_back_without_failures() {
     let stopped = fleet.stop().await.unwrap();
     let rows = stopped.successful_usage_rows().await.unwrap();
     report.print("N-1 -> N -> N-1");
-    println!(
+    obleth_e2e::evidence(&format!(
         "[N-1 -> N -> N-1] usage rows with status 200: {rows} (in flight at the turn: {forward})"
-    );
+    ));
     assert_eq!(report.failed_total(), 0, "{:?}", report.failed);
     assert_eq!(rows, report.succeeded as i64);
 }
@@ -103,7 +105,7 @@ async fn a_binary_facing_an_unknown_contract_migration_refuses_and_the_fleet_ser
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = load.finish().await;
     report.print("skew refusal");
-    println!("[skew refusal] newcomer exit code {code:?}");
+    obleth_e2e::evidence(&format!("[skew refusal] newcomer exit code {code:?}"));
     assert_ne!(code, Some(0));
     assert!(
         log.contains("29991231000001 (drop legacy columns, contract)"),
@@ -129,10 +131,10 @@ async fn a_database_outage_under_load_fails_no_request_and_loses_no_usage() {
     let load = Load::start(fleet.load_spec(30, 10));
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.stop().unwrap();
-    println!("[database outage] PostgreSQL stopped");
+    obleth_e2e::evidence("[database outage] PostgreSQL stopped");
     tokio::time::sleep(Duration::from_secs(20)).await;
     cluster.start_again().unwrap();
-    println!("[database outage] PostgreSQL back");
+    obleth_e2e::evidence("[database outage] PostgreSQL back");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let report = load.finish().await;
     fleet.pool.close().await;
@@ -144,7 +146,9 @@ async fn a_database_outage_under_load_fails_no_request_and_loses_no_usage() {
         .unwrap();
     drop(stopped);
     report.print("database outage");
-    println!("[database outage] usage rows with status 200 after recovery: {rows}");
+    obleth_e2e::evidence(&format!(
+        "[database outage] usage rows with status 200 after recovery: {rows}"
+    ));
     assert_eq!(report.failed_total(), 0, "{:?}", report.failed);
     assert_eq!(rows, report.succeeded as i64, "no usage record lost");
 }
@@ -167,7 +171,7 @@ async fn sigkill_of_one_gateway_fails_at_most_its_in_flight_requests() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let report = load.finish().await;
     report.print("SIGKILL");
-    println!("[SIGKILL] requests in flight on all nodes at the kill: {in_flight_everywhere}; exit code {code:?}");
+    obleth_e2e::evidence(&format!("[SIGKILL] requests in flight on all nodes at the kill: {in_flight_everywhere}; exit code {code:?}"));
     assert!(
         report.failed_total() <= in_flight_everywhere,
         "failures {} exceed what was in flight ({in_flight_everywhere}): {:?}",
@@ -271,7 +275,9 @@ async fn admins_started_while_a_migration_runs_wait_for_it_and_become_ready() {
         let waited = obleth_e2e::procs::wait_ready(*port, Duration::from_secs(60))
             .await
             .unwrap();
-        println!("[admins during a migration] admin on {port} ready after {waited:?}");
+        obleth_e2e::evidence(&format!(
+            "[admins during a migration] admin on {port} ready after {waited:?}"
+        ));
     }
     let report = load.finish().await;
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
@@ -288,7 +294,7 @@ async fn admins_started_while_a_migration_runs_wait_for_it_and_become_ready() {
             .await
             .unwrap();
     report.print("admins during a migration");
-    println!("[admins during a migration] migrator exit {code:?}; migrations recorded {applied} (expected {expected}); advisory locks left {locks}");
+    obleth_e2e::evidence(&format!("[admins during a migration] migrator exit {code:?}; migrations recorded {applied} (expected {expected}); advisory locks left {locks}"));
     assert!(
         migrating_when_admins_started,
         "the admins started while the migration ran"

@@ -6,3 +6,10 @@ pub mod haproxy;
 pub mod load;
 pub mod previous;
 pub mod procs;
+
+/// Writes a line of evidence straight to stderr, past the test harness's
+/// output capture, so CI logs show every scenario's counts even when it passes.
+pub fn evidence(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}

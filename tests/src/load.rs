@@ -51,14 +51,14 @@ impl Report {
 
     /// The evidence, printed for the reader of the test log.
     pub fn print(&self, scenario: &str) {
-        println!(
+        crate::evidence(&format!(
             "[{scenario}] sent {} succeeded {} (streams {}) failed {} {:?}",
             self.sent,
             self.succeeded,
             self.streams_succeeded,
             self.failed_total(),
             self.failed
-        );
+        ));
     }
 }
 

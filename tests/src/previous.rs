@@ -58,10 +58,10 @@ pub fn previous_gateway() -> anyhow::Result<PathBuf> {
             bail!("cannot unpack revision {PREVIOUS_REVISION}");
         }
     }
-    println!(
+    crate::evidence(&format!(
         "building the previous gateway ({PREVIOUS_REVISION}) in {}; once per machine",
         cache.display()
-    );
+    ));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
         .current_dir(&src)
         .args([
