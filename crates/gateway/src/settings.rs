@@ -19,8 +19,8 @@ pub struct GatewaySettings {
     pub cache: CacheSettings,
     pub usage: UsageSettings,
     pub log: LogSettings,
-    /// Not used by the gateway; accepted so that one settings file or
-    /// environment can serve the admin, the migrator and the gateways.
+    /// Not used by the gateway; accepted so that `OBLETH_MIGRATIONS__*`
+    /// variables set for a whole stack do not stop it.
     pub migrations: obleth_config::MigrationSettings,
     /// Embedded mode only: upstream providers.
     pub providers: Vec<ProviderConfig>,
@@ -248,6 +248,12 @@ impl GatewaySettings {
             ("cache.budget_refresh_secs", self.cache.budget_refresh_secs),
             ("cache.max_keys", self.cache.max_keys),
         ];
+        if self.uses_database() && self.database.max_connections < 2 {
+            return Err("database.max_connections: must be at least 2 (the change feed holds one connection)".to_owned());
+        }
+        if self.usage.buffer_max < self.usage.batch_size {
+            return Err("usage.buffer_max: must be at least usage.batch_size".to_owned());
+        }
         // A zero interval would make a background loop spin against the database.
         for (field, value) in positive {
             if value == 0 {

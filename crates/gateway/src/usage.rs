@@ -112,12 +112,16 @@ impl Writer {
         while let Some(event) = self.rx.recv().await {
             self.take(event);
         }
-        let deadline = tokio::time::Instant::now() + final_flush;
-        while !self.buffer.is_empty() && tokio::time::Instant::now() < deadline {
-            if !self.flush().await {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+        // The whole final flush, an insert under way included, ends within
+        // `final_flush`, so the pod's grace period can be computed from it.
+        let _ = tokio::time::timeout(final_flush, async {
+            while !self.buffer.is_empty() {
+                if !self.flush().await {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
-        }
+        })
+        .await;
         if !self.buffer.is_empty() {
             let lost = self.buffer.len() as u64;
             self.metrics
@@ -147,7 +151,10 @@ impl Writer {
                 .usage_dropped
                 .with_label_values(&["buffer_full"])
                 .inc();
-            warn!("Usage buffer full while the database is unreachable; oldest record dropped.");
+            warn!(
+                buffer_max = self.settings.buffer_max,
+                "Usage buffer full; oldest record dropped."
+            );
         }
         self.buffer.push_back(event);
         self.metrics.usage_buffered.set(self.buffer.len() as i64);

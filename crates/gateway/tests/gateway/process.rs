@@ -65,7 +65,7 @@ async fn the_quickstart_file_serves_the_readme_request() {
             .unwrap_or_default();
     let key = "obk_3rel61ft4g40_lQesUp0XR5djATDhL7L7I1qjxing5VZXU3jfJUc3";
     assert!(
-        readme.is_empty() || readme.contains(key),
+        readme.contains(key),
         "README must show the demo key of examples/quickstart.toml"
     );
     let answer = request(
