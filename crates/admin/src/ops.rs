@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use obleth_config::migrate::{MigrationSet, Phase};
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -14,14 +13,7 @@ use utoipa::ToSchema;
 use crate::settings::AdminSettings;
 use crate::state::AppState;
 
-/// Paths of the ops routes, shared with the deploy wiring tests.
-pub mod paths {
-    pub const HEALTHZ: &str = "/healthz";
-    pub const READYZ: &str = "/readyz";
-    pub const HEALTH: &str = "/api/v1/health";
-    pub const VERSION: &str = "/api/version";
-    pub const METRICS: &str = "/metrics";
-}
+pub use obleth_config::ops::paths;
 
 /// The facts deploy manifests must agree with: the port, probe paths and
 /// drain timings of `settings` (the shape of `obleth-gateway wiring`).
@@ -29,13 +21,7 @@ pub fn wiring(settings: &AdminSettings) -> serde_json::Value {
     json!({
         "service": "admin",
         "port": settings.server.listen.port(),
-        "paths": {
-            "healthz": paths::HEALTHZ,
-            "readyz": paths::READYZ,
-            "health": paths::HEALTH,
-            "version": paths::VERSION,
-            "metrics": paths::METRICS,
-        },
+        "paths": obleth_config::ops::paths_json(),
         "drain_delay_secs": settings.server.drain_delay_secs,
         "drain_timeout_secs": settings.server.drain_timeout_secs,
     })
@@ -180,14 +166,10 @@ pub struct VersionInfo {
 )]
 pub async fn version(State(state): State<AppState>) -> Json<VersionInfo> {
     let info = obleth_config::version::build_info();
-    let set = MigrationSet::embedded().ok();
-    let expected = set.as_ref().and_then(MigrationSet::latest_version);
-    let oldest_compatible = set.as_ref().and_then(|s| {
-        s.iter()
-            .filter(|m| m.phase == Phase::Expand)
-            .map(|m| m.version)
-            .max()
-    });
+    let obleth_config::ops::EmbeddedSchema {
+        expected,
+        oldest_compatible,
+    } = obleth_config::ops::embedded_schema();
     Json(VersionInfo {
         service: "admin".to_owned(),
         version: info.version.to_owned(),

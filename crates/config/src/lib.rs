@@ -5,6 +5,7 @@ pub mod apikey;
 pub mod db;
 pub mod migrate;
 pub mod model;
+pub mod ops;
 pub mod process;
 pub mod settings;
 pub mod telemetry;

@@ -6,19 +6,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use obleth_config::migrate::{MigrationSet, Phase};
 use serde_json::json;
 
 use crate::state::AppState;
 
-/// Paths of the ops routes, shared with the deploy wiring tests.
-pub mod paths {
-    pub const HEALTHZ: &str = "/healthz";
-    pub const READYZ: &str = "/readyz";
-    pub const HEALTH: &str = "/api/v1/health";
-    pub const VERSION: &str = "/api/version";
-    pub const METRICS: &str = "/metrics";
-}
+pub use obleth_config::ops::paths;
 
 /// The facts deploy manifests must agree with: listener ports, probe paths and
 /// drain timings of `settings`.
@@ -27,13 +19,7 @@ pub fn wiring(settings: &crate::settings::GatewaySettings) -> serde_json::Value 
         "service": "gateway",
         "proxy_port": settings.server.listen.port(),
         "ops_port": settings.server.ops_listen.port(),
-        "paths": {
-            "healthz": paths::HEALTHZ,
-            "readyz": paths::READYZ,
-            "health": paths::HEALTH,
-            "version": paths::VERSION,
-            "metrics": paths::METRICS,
-        },
+        "paths": obleth_config::ops::paths_json(),
         "drain_delay_secs": settings.server.drain_delay_secs,
         "drain_timeout_secs": settings.server.drain_timeout_secs,
         "stream_cut_secs": crate::app::STREAM_CUT_GRACE.as_secs(),
@@ -137,14 +123,10 @@ async fn health(State(state): State<AppState>) -> Response {
 /// newest expand migration this build needs).
 async fn version(State(state): State<AppState>) -> Json<serde_json::Value> {
     let info = obleth_config::version::build_info();
-    let set = MigrationSet::embedded().ok();
-    let expected = set.as_ref().and_then(MigrationSet::latest_version);
-    let oldest_compatible = set.as_ref().and_then(|s| {
-        s.iter()
-            .filter(|m| m.phase == Phase::Expand)
-            .map(|m| m.version)
-            .max()
-    });
+    let obleth_config::ops::EmbeddedSchema {
+        expected,
+        oldest_compatible,
+    } = obleth_config::ops::embedded_schema();
     let applied = *state
         .schema_applied
         .read()

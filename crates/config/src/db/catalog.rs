@@ -245,18 +245,8 @@ async fn resolve_providers(
 
 /// Deletes route `id` and its targets; false when there was none.
 pub async fn delete_route(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let deleted = sqlx::query("DELETE FROM routes WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        > 0;
-    if deleted {
-        record_change(&mut tx, Entity::Route, &id.to_string(), Op::Delete).await?;
-    }
-    tx.commit().await?;
-    Ok(deleted)
+    super::changes::delete_recorded(pool, "DELETE FROM routes WHERE id = $1", id, Entity::Route)
+        .await
 }
 
 /// The provider named `name`.

@@ -106,6 +106,29 @@ pub fn parse_notification(payload: &str) -> Option<ChangeNotice> {
     serde_json::from_str(payload).ok()
 }
 
+/// Runs `delete` (a `DELETE ... WHERE id = $1`) for `id` and, if it removed a
+/// row, records the deletion of `entity`, in one transaction. Answers whether
+/// a row was removed.
+pub(crate) async fn delete_recorded(
+    pool: &sqlx::PgPool,
+    delete: &'static str,
+    id: uuid::Uuid,
+    entity: Entity,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let deleted = sqlx::query(delete)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        > 0;
+    if deleted {
+        record_change(&mut tx, entity, &id.to_string(), Op::Delete).await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

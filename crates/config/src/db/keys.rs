@@ -214,18 +214,13 @@ pub async fn revoke_key(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, sqlx:
 
 /// Deletes key `id`; false when no such key existed. Its usage rows stay.
 pub async fn delete_key(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let deleted = sqlx::query("DELETE FROM api_keys WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        > 0;
-    if deleted {
-        record_change(&mut tx, Entity::ApiKey, &id.to_string(), Op::Delete).await?;
-    }
-    tx.commit().await?;
-    Ok(deleted)
+    super::changes::delete_recorded(
+        pool,
+        "DELETE FROM api_keys WHERE id = $1",
+        id,
+        Entity::ApiKey,
+    )
+    .await
 }
 
 /// Which keys [`list_keys`] returns: filters and a keyset page.

@@ -160,6 +160,16 @@ impl MigrationSet {
         self.migrations.last().map(|m| m.version)
     }
 
+    /// The newest expand migration: a binary with this set needs the schema
+    /// at least this far.
+    pub fn oldest_compatible(&self) -> Option<i64> {
+        self.migrations
+            .iter()
+            .filter(|m| m.phase == Phase::Expand)
+            .map(|m| m.version)
+            .max()
+    }
+
     pub fn len(&self) -> usize {
         self.migrations.len()
     }
