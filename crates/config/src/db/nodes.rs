@@ -26,13 +26,14 @@ pub struct NodeRow {
     pub stopped_at: Option<DateTime<Utc>>,
 }
 
-/// Records a starting node, not ready yet. A node id seen before (a restarted
-/// process that kept its id) starts afresh.
+/// Records a starting node, not ready yet, with the newest migration the
+/// database has (or `node.schema_version` when it has none). A node id seen
+/// before (a restarted process that kept its id) starts afresh.
 pub async fn register_node(pool: &PgPool, node: &NodeInfo) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO nodes (node_id, service, version, git_commit, hostname, schema_version, \
          ready, started_at, last_seen, stopped_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, FALSE, now(), now(), NULL) \
+         VALUES ($1, $2, $3, $4, $5, COALESCE((SELECT max(version) FROM _sqlx_migrations WHERE success), $6), FALSE, now(), now(), NULL) \
          ON CONFLICT (node_id) DO UPDATE SET \
          service = EXCLUDED.service, version = EXCLUDED.version, \
          git_commit = EXCLUDED.git_commit, hostname = EXCLUDED.hostname, \
@@ -50,26 +51,34 @@ pub async fn register_node(pool: &PgPool, node: &NodeInfo) -> Result<(), sqlx::E
     Ok(())
 }
 
-/// Records that `node_id` is alive, whether it is ready, and the schema it sees
-/// (`None` keeps the one recorded). False when the node is not registered (its
-/// row was removed), so the caller can register again.
-pub async fn heartbeat(
-    pool: &PgPool,
-    node_id: &str,
-    ready: bool,
-    schema_version: Option<i64>,
-) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The row was refreshed; `schema_version` is the newest migration the
+    /// database has, read in the same statement (the one recorded before, if
+    /// the database has none).
+    Recorded { schema_version: Option<i64> },
+    /// No row for this node (it was removed): the caller registers again.
+    NotRegistered,
+}
+
+/// Records that `node_id` is alive and whether it is ready, and refreshes the
+/// schema it sees from `_sqlx_migrations` in the same statement, so the fleet
+/// view follows `obleth-migrator up` within one heartbeat.
+pub async fn heartbeat(pool: &PgPool, node_id: &str, ready: bool) -> Result<Beat, sqlx::Error> {
+    let row: Option<(Option<i64>,)> = sqlx::query_as(
         "UPDATE nodes SET last_seen = now(), ready = $2, \
-         schema_version = COALESCE($3, schema_version) WHERE node_id = $1",
+         schema_version = COALESCE((SELECT max(version) FROM _sqlx_migrations WHERE success), schema_version) \
+         WHERE node_id = $1 RETURNING schema_version",
     )
     .bind(node_id)
     .bind(ready)
-    .bind(schema_version)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(updated > 0)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        Some((schema_version,)) => Beat::Recorded { schema_version },
+        None => Beat::NotRegistered,
+    })
 }
 
 /// Records a clean stop: not ready, stopped now. False when not registered.

@@ -508,11 +508,36 @@ async fn nodes_register_beat_stop_and_only_live_ones_are_listed() {
     assert_eq!(ids, ["adm-1", "gw-1", "gw-2"]);
     assert!(listed.iter().all(|n| !n.ready && n.stopped_at.is_none()));
 
-    assert!(nodes::heartbeat(&pool, "gw-1", true, None).await.unwrap());
-    assert!(nodes::heartbeat(&pool, "gw-2", true, Some(20261201000001))
-        .await
-        .unwrap());
-    assert!(!nodes::heartbeat(&pool, "nobody", true, None).await.unwrap());
+    // Every beat reads the newest applied migration in the same statement.
+    let newest: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(newest.is_some());
+    let beat = nodes::Beat::Recorded {
+        schema_version: newest,
+    };
+    assert_eq!(nodes::heartbeat(&pool, "gw-1", true).await.unwrap(), beat);
+    assert_eq!(nodes::heartbeat(&pool, "gw-2", true).await.unwrap(), beat);
+    assert_eq!(
+        nodes::heartbeat(&pool, "nobody", true).await.unwrap(),
+        nodes::Beat::NotRegistered
+    );
+    // A migration applied since is seen by the next beat.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (20261201000001, 'later', TRUE, '\\x00', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        nodes::heartbeat(&pool, "gw-2", true).await.unwrap(),
+        nodes::Beat::Recorded {
+            schema_version: Some(20261201000001)
+        }
+    );
     assert!(nodes::mark_stopped(&pool, "adm-1").await.unwrap());
     // gw-2 went silent a minute ago.
     sqlx::query("UPDATE nodes SET last_seen = now() - interval '1 minute' WHERE node_id = 'gw-2'")
@@ -525,11 +550,7 @@ async fn nodes_register_beat_stop_and_only_live_ones_are_listed() {
     let gw1 = &listed[0];
     assert_eq!(gw1.node_id, "gw-1");
     assert!(gw1.ready);
-    assert_eq!(
-        gw1.schema_version,
-        Some(20261122000001),
-        "None keeps the recorded"
-    );
+    assert_eq!(gw1.schema_version, newest, "read from _sqlx_migrations");
     let gw2_schema: Option<i64> =
         sqlx::query_scalar("SELECT schema_version FROM nodes WHERE node_id = 'gw-2'")
             .fetch_one(&pool)

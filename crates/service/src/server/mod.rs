@@ -1,0 +1,230 @@
+//! Hardened HTTP/1.1 listeners, in place of `axum::serve`: an accept loop
+//! with a cap on open connections, header and idle keep-alive timeouts, a
+//! body timeout where asked, `ConnectInfo` on every request, `Connection:
+//! close` on early refusals, and a graceful stop. HTTP/2 is not served: a
+//! prior-knowledge HTTP/2 preface gets hyper's HTTP/1.1 error answer.
+
+mod body;
+mod conn;
+mod limits;
+mod ratelog;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use prometheus::IntGauge;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tracing::{info, warn};
+
+pub use body::{BodyTimeout, RequestBodyLayer, RequestBodyService};
+pub use limits::{fit_caps_to_fd_limit, soft_fd_limit, ConnectionLimits, FD_RESERVE};
+pub use ratelog::RateLimitedLog;
+
+use crate::metrics::ConnectionMetrics;
+use conn::{serve_connection, ConnContext};
+
+/// How often, at most, a warning about refused connections or failing
+/// accepts is logged; each line says how many happened since the last.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The answer a connection over the cap gets before it is closed.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+connection: close\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 49\r\n\
+\r\n\
+the server is at its connection limit; try again\n";
+
+/// A listener to serve, with its name (the `listener` label of the
+/// connection metrics: `proxy`, `ops`, `admin`) and limits.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: &'static str,
+    pub listener: TcpListener,
+    pub limits: ConnectionLimits,
+    /// Sets `TCP_NODELAY` on accepted sockets (the gateway's proxy: SSE
+    /// chunks are small, and without it each waits for the client's delayed
+    /// ACK, about 40 ms per first token).
+    pub nodelay: bool,
+    pub metrics: ConnectionMetrics,
+}
+
+/// A running server: stop it accepting, wait for it, or notice it ended.
+#[derive(Debug)]
+pub struct ServerHandle {
+    name: &'static str,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    ended: Option<Result<(), String>>,
+}
+
+impl ServerHandle {
+    /// Stops accepting: the listening socket closes, idle connections close,
+    /// and connections with a request in flight close once it is answered.
+    pub fn stop_accepting(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until every connection has closed after [`Self::stop_accepting`].
+    /// Cancel-safe.
+    pub async fn finished(&mut self) {
+        if self.ended.is_none() {
+            let result = (&mut self.task).await;
+            self.ended = Some(result.map_err(|e| describe(&e)));
+        }
+    }
+
+    /// Resolves when the server ended although nobody stopped it (a panic),
+    /// with a message naming the listener; pending once it has ended.
+    /// Cancel-safe, for `select!` beside the shutdown signal.
+    pub async fn ended_unexpectedly(&mut self) -> String {
+        if self.ended.is_some() {
+            return std::future::pending().await;
+        }
+        self.finished().await;
+        match &self.ended {
+            Some(Err(e)) => format!("the {} server failed: {e}", self.name),
+            _ => format!("the {} server stopped unexpectedly", self.name),
+        }
+    }
+
+    /// Ends the server and every connection at once.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+fn describe(e: &JoinError) -> String {
+    if e.is_panic() {
+        "its task panicked".to_owned()
+    } else {
+        e.to_string()
+    }
+}
+
+/// Serves `router` on `listener` until [`ServerHandle::stop_accepting`], in
+/// a task of its own. Every request passes the [`RequestBodyLayer`] (with the
+/// listener's body timeout) and carries `ConnectInfo<SocketAddr>`.
+pub fn serve(listener: Listener, router: Router) -> ServerHandle {
+    let stop = CancellationToken::new();
+    let name = listener.name;
+    let task = tokio::spawn(accept_loop(listener, router, stop.clone()));
+    ServerHandle {
+        name,
+        stop,
+        task,
+        ended: None,
+    }
+}
+
+/// Counts an open connection until dropped.
+struct OpenGuard {
+    open: Arc<AtomicUsize>,
+    gauge: IntGauge,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+async fn accept_loop(l: Listener, router: Router, stop: CancellationToken) {
+    let Listener {
+        name,
+        listener,
+        limits,
+        nodelay,
+        metrics,
+    } = l;
+    let service = RequestBodyLayer::new(limits.body_timeout).layer(router);
+    let ctx = ConnContext {
+        name,
+        service,
+        limits,
+        stop: stop.clone(),
+        timed_out: metrics.timed_out.clone(),
+    };
+    let open = Arc::new(AtomicUsize::new(0));
+    let open_gauge = metrics.open.with_label_values(&[name]);
+    let refused = metrics.refused.with_label_values(&[name]);
+    let refused_log = RateLimitedLog::new(WARN_EVERY);
+    let error_log = RateLimitedLog::new(WARN_EVERY);
+    let mut backoff = Duration::from_millis(10);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
+            }
+            Err(e) => {
+                // EMFILE and the like: back off (never a busy loop) and say
+                // so, at most once per WARN_EVERY.
+                if let Some(count) = error_log.hit() {
+                    warn!(listener = name, error = %e, count, "Cannot accept connections; backing off.");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if open.load(Ordering::Acquire) >= limits.max_connections {
+            refuse(stream);
+            refused.inc();
+            if let Some(count) = refused_log.hit() {
+                warn!(
+                    listener = name,
+                    max_connections = limits.max_connections,
+                    refused = count,
+                    "At the connection cap; refused new connections since the last warning."
+                );
+            }
+            continue;
+        }
+        if nodelay {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "Cannot set TCP_NODELAY.");
+            }
+        }
+        open.fetch_add(1, Ordering::AcqRel);
+        open_gauge.inc();
+        let guard = OpenGuard {
+            open: open.clone(),
+            gauge: open_gauge.clone(),
+        };
+        let ctx = ctx.clone();
+        connections.spawn(async move {
+            let _guard = guard;
+            serve_connection(stream, peer, ctx).await;
+        });
+    }
+    drop(listener);
+    info!(
+        listener = name,
+        open = open.load(Ordering::Acquire),
+        "Stopped accepting; open connections finish what they are doing."
+    );
+    while connections.join_next().await.is_some() {}
+}
+
+/// Tells a connection over the cap why, if its socket takes the bytes at
+/// once, and closes it. The excess never waits on the server.
+fn refuse(stream: TcpStream) {
+    let _ = stream.try_write(REFUSED);
+    drop(stream);
+}
