@@ -3,20 +3,23 @@
 //! serving for `drain_delay`, stop accepting, let requests finish within
 //! `drain_timeout`, leave the fleet, exit).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use obleth_service::drain::DrainTimings;
+use obleth_service::node::Heartbeat;
+use obleth_service::{Health, Listener};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::settings::AdminSettings;
 use crate::state::{AppState, Inner};
 use crate::tokens::AdminTokens;
-use crate::{node, router, startup};
+use crate::{router, startup};
 
 /// An admin with its state built and nothing started yet.
 #[derive(Debug)]
@@ -45,7 +48,7 @@ impl Admin {
             health: Health::default(),
             metrics: Metrics::new(),
             node_id,
-            beat: tokio::sync::Notify::new(),
+            beat: Arc::new(tokio::sync::Notify::new()),
         });
         Ok(Admin { state })
     }
@@ -60,17 +63,41 @@ impl Admin {
     ) -> anyhow::Result<()> {
         let state = self.state;
         let background = CancellationToken::new();
-        let accept_stop = CancellationToken::new();
-        let mut server = tokio::spawn(
-            axum::serve(listener, router::router(state.clone()))
-                .with_graceful_shutdown(accept_stop.clone().cancelled_owned())
-                .into_future(),
+        let mut limits = state.settings.server.limits();
+        obleth_service::server::fit_caps_to_fd_limit(&mut [(
+            "server.max_connections",
+            &mut limits,
+        )]);
+        let mut server = obleth_service::serve(
+            Listener {
+                name: "admin",
+                listener,
+                limits,
+                nodelay: false,
+                metrics: state.metrics.connections.clone(),
+            },
+            router::router(state.clone()),
         );
-        tokio::spawn(node::heartbeat(
-            state.clone(),
-            Duration::from_secs(state.settings.server.heartbeat_secs),
-            background.clone(),
-        ));
+        // Registration fails until the schema exists; start-up wakes the
+        // heartbeat once the admin is ready, so the fleet sees it at once.
+        let heartbeat = Heartbeat {
+            service: "admin",
+            node_id: state.node_id.clone(),
+            pool: state.pool.clone(),
+            health: state.health.clone(),
+            ready: {
+                let (health, gauge) = (state.health.clone(), state.metrics.ready.clone());
+                Arc::new(move || {
+                    let ready = health.ready();
+                    gauge.set(i64::from(ready));
+                    ready
+                })
+            },
+            every: Duration::from_secs(state.settings.server.heartbeat_secs),
+            wake: Some(state.beat.clone()),
+            tracks_database: true,
+        };
+        tokio::spawn(heartbeat.run(background.clone()));
         let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
         {
             let state = state.clone();
@@ -96,33 +123,32 @@ impl Admin {
         tokio::select! {
             _ = &mut shutdown => info!("Shutdown requested; draining."),
             Some(message) = fatal_rx.recv() => failure = Some(message),
-            ended = &mut server => {
-                failure = Some(match ended {
-                    Ok(Ok(())) => "the server stopped unexpectedly".to_owned(),
-                    Ok(Err(e)) => format!("the server failed: {e}"),
-                    Err(e) => format!("the server task failed: {e}"),
-                });
+            message = server.ended_unexpectedly() => {
+                error!("{message}; draining.");
+                failure = Some(message);
             }
         }
-        // 1. Not ready at once, so load balancers stop sending requests, while
-        //    whatever still arrives is served.
-        state.health.start_draining();
-        if failure.is_none() {
-            tokio::time::sleep(state.settings.server.drain_delay()).await;
-        }
-        // 2. Stop accepting; in-flight requests may finish.
-        accept_stop.cancel();
-        if !server.is_finished()
-            && tokio::time::timeout(state.settings.server.drain_timeout(), &mut server)
-                .await
-                .is_err()
-        {
+        // 1-3. Not ready at once, keep serving through the drain delay, stop
+        //    accepting, and let in-flight requests finish.
+        let timings = DrainTimings {
+            delay: state.settings.server.drain_delay(),
+            timeout: state.settings.server.drain_timeout(),
+        };
+        let drained = obleth_service::drain::drain(
+            &state.health,
+            timings,
+            failure.is_some(),
+            &mut [&mut server],
+            async {},
+        )
+        .await;
+        if !drained {
             warn!("Drain timeout passed; ending open connections.");
             server.abort();
         }
-        // 3. Leave the fleet.
+        // 4. Leave the fleet.
         background.cancel();
-        node::mark_stopped(&state).await;
+        obleth_service::node::mark_stopped(&state.pool, &state.node_id).await;
         state.pool.close().await;
         info!("Admin stopped.");
         match failure {

@@ -6,9 +6,9 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use obleth_service::metrics::{must, register_all, ConnectionMetrics};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 use crate::state::AppState;
@@ -22,15 +22,8 @@ pub struct Metrics {
     pub auth_failures: IntCounter,
     pub ready: IntGauge,
     pub migrations_applied: IntCounter,
-}
-
-fn must<T>(r: prometheus::Result<T>) -> T {
-    // Names and labels are constants of this file; a failure is a programming
-    // error that the unit test below catches.
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("invalid metric definition: {e}"),
-    }
+    /// The listener's connection metrics (`listener="admin"`).
+    pub connections: ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -41,7 +34,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        // Names and labels are constants of this file; `must` panics on a
+        // programming error, which the unit test below catches.
+        let registry = Registry::new();
         let m = Metrics {
+            connections: ConnectionMetrics::register(&registry),
             requests: must(IntCounterVec::new(
                 Opts::new(
                     "obleth_admin_requests_total",
@@ -69,7 +66,7 @@ impl Metrics {
                 "obleth_admin_migrations_applied_total",
                 "Migrations this process applied at start.",
             )),
-            registry: Registry::new(),
+            registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -78,19 +75,13 @@ impl Metrics {
             Box::new(m.ready.clone()),
             Box::new(m.migrations_applied.clone()),
         ];
-        for c in collectors {
-            must(m.registry.register(c));
-        }
+        register_all(&m.registry, collectors);
         m
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "Could not encode metrics.");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        obleth_service::metrics::render(&self.registry)
     }
 }
 

@@ -3,7 +3,6 @@
 //! they report what start-up and the heartbeat last saw.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -14,6 +13,7 @@ use crate::settings::AdminSettings;
 use crate::state::AppState;
 
 pub use obleth_config::ops::paths;
+pub use obleth_service::ops::{Readiness, SchemaInfo, VersionInfo};
 
 /// The facts deploy manifests must agree with: the port, probe paths and
 /// drain timings of `settings` (the shape of `obleth-gateway wiring`).
@@ -33,16 +33,7 @@ pub fn wiring(settings: &AdminSettings) -> serde_json::Value {
     responses((status = 200, description = "The process answers", body = String, content_type = "text/plain"))
 )]
 pub async fn healthz() -> &'static str {
-    "ok"
-}
-
-/// The readiness answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Readiness {
-    pub ready: bool,
-    /// Why not, when not ready.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reasons: Vec<String>,
+    obleth_service::ops::healthz().await
 }
 
 /// Ready: the schema suits this build (migrated or checked) and not draining.
@@ -54,14 +45,7 @@ pub struct Readiness {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let reasons = state.health.not_ready_reasons();
-    let code = if reasons.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let ready = reasons.is_empty();
-    (code, Json(Readiness { ready, reasons })).into_response()
+    obleth_service::ops::readiness(state.health.not_ready_reasons())
 }
 
 /// One check of the health report.
@@ -104,13 +88,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let reasons = state.health.not_ready_reasons();
     let (schema_ok, schema_message) = state.health.schema();
     let database_ok = state.health.database_ok();
-    let status = if !reasons.is_empty() {
-        "unavailable"
-    } else if !database_ok {
-        "degraded"
-    } else {
-        "ok"
-    };
+    let (status, code) = obleth_service::ops::health_status(reasons.is_empty(), !database_ok);
     let report = HealthReport {
         status: status.to_owned(),
         service: "admin".to_owned(),
@@ -130,33 +108,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
             draining: state.health.draining(),
         },
     };
-    let code = if status == "unavailable" {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
     (code, Json(report)).into_response()
-}
-
-/// The schema facts of `/api/version`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SchemaInfo {
-    /// The newest migration applied in the database, as last seen.
-    pub applied: Option<i64>,
-    /// The newest migration this build embeds.
-    pub expected: Option<i64>,
-    /// The newest expand migration this build needs.
-    pub oldest_compatible: Option<i64>,
-}
-
-/// Build and schema facts.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VersionInfo {
-    pub service: String,
-    pub version: String,
-    pub commit: String,
-    pub major: u64,
-    pub schema: SchemaInfo,
 }
 
 /// Version, commit, major, and the schema: applied, expected, oldest compatible.
@@ -165,22 +117,10 @@ pub struct VersionInfo {
     responses((status = 200, body = VersionInfo))
 )]
 pub async fn version(State(state): State<AppState>) -> Json<VersionInfo> {
-    let info = obleth_config::version::build_info();
-    let obleth_config::ops::EmbeddedSchema {
-        expected,
-        oldest_compatible,
-    } = obleth_config::ops::embedded_schema();
-    Json(VersionInfo {
-        service: "admin".to_owned(),
-        version: info.version.to_owned(),
-        commit: info.commit.to_owned(),
-        major: info.major,
-        schema: SchemaInfo {
-            applied: state.health.schema_applied(),
-            expected,
-            oldest_compatible,
-        },
-    })
+    Json(obleth_service::ops::version_info(
+        "admin",
+        state.health.schema_applied(),
+    ))
 }
 
 /// Prometheus metrics in the text format.
@@ -190,9 +130,5 @@ pub async fn version(State(state): State<AppState>) -> Json<VersionInfo> {
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.ready.set(i64::from(state.health.ready()));
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    obleth_service::ops::metrics_response(state.metrics.render())
 }

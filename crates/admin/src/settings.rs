@@ -37,6 +37,19 @@ pub struct ServerSettings {
     pub node_id: Option<String>,
     /// How often the node record is refreshed, in seconds.
     pub heartbeat_secs: u64,
+    /// Longest time a client may take to send a request's headers (from the
+    /// accept for a connection's first request, from its first byte for later
+    /// ones), in seconds; then the connection is closed.
+    pub header_timeout_secs: u64,
+    /// How long a keep-alive connection may wait for its next request, with
+    /// none in flight, in seconds; then it is closed.
+    pub idle_timeout_secs: u64,
+    /// Longest time a client may take to send a whole request body, in
+    /// seconds; then the request fails (400) and the connection is closed.
+    pub body_timeout_secs: u64,
+    /// Most client connections open at once; more are refused (503, closed
+    /// at once) and counted.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -48,11 +61,25 @@ impl Default for ServerSettings {
             drain_timeout_secs: 30,
             node_id: None,
             heartbeat_secs: 10,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            body_timeout_secs: 30,
+            max_connections: 1_000,
         }
     }
 }
 
 impl ServerSettings {
+    /// The listener's limits.
+    pub fn limits(&self) -> obleth_service::ConnectionLimits {
+        obleth_service::ConnectionLimits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            max_connections: self.max_connections,
+            body_timeout: Some(Duration::from_secs(self.body_timeout_secs)),
+        }
+    }
+
     pub fn drain_delay(&self) -> Duration {
         Duration::from_secs(self.drain_delay_secs)
     }
@@ -121,8 +148,20 @@ impl AdminSettings {
         if self.server.max_body_bytes == 0 {
             return Err("server.max_body_bytes: must be greater than 0".to_owned());
         }
-        if self.server.heartbeat_secs == 0 {
-            return Err("server.heartbeat_secs: must be greater than 0".to_owned());
+        let positive = [
+            ("server.heartbeat_secs", self.server.heartbeat_secs),
+            (
+                "server.header_timeout_secs",
+                self.server.header_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+            ("server.max_connections", self.server.max_connections as u64),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(format!("{field}: must be greater than 0"));
+            }
         }
         if let Some(id) = &self.server.node_id {
             if id.trim().is_empty() {
@@ -168,6 +207,27 @@ mod tests {
             .validate()
             .unwrap_err()
             .starts_with("server.max_body_bytes"));
+    }
+
+    #[test]
+    fn zero_connection_limits_are_refused_naming_the_field() {
+        let mut valid = AdminSettings::default();
+        valid.database.url = Some(obleth_config::DatabaseUrl::new("postgres://h/db"));
+        valid.auth.token_file = Some(PathBuf::from("/run/secrets/admin"));
+        valid.validate().unwrap();
+        type Zero = fn(&mut ServerSettings);
+        let cases: [(&str, Zero); 4] = [
+            ("server.header_timeout_secs", |s| s.header_timeout_secs = 0),
+            ("server.idle_timeout_secs", |s| s.idle_timeout_secs = 0),
+            ("server.body_timeout_secs", |s| s.body_timeout_secs = 0),
+            ("server.max_connections", |s| s.max_connections = 0),
+        ];
+        for (field, zero) in cases {
+            let mut s = valid.clone();
+            zero(&mut s.server);
+            let e = s.validate().unwrap_err();
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -3,10 +3,10 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use obleth_service::Health;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::settings::AdminSettings;
 use crate::tokens::AdminTokens;
@@ -24,7 +24,7 @@ pub struct Inner {
     pub metrics: Metrics,
     pub node_id: String,
     /// Wakes the heartbeat early, so the node record follows readiness at once.
-    pub beat: Notify,
+    pub beat: Arc<Notify>,
 }
 
 impl AppState {

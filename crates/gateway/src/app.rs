@@ -5,11 +5,14 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
+use obleth_service::drain::DrainTimings;
+use obleth_service::node::Heartbeat;
+use obleth_service::Listener;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -23,7 +26,7 @@ use crate::ratelimit::RateLimiter;
 use crate::settings::GatewaySettings;
 use crate::state::{AppState, InFlight, Inner};
 use crate::upstream::Upstream;
-use crate::{embedded, feed, node, ops, proxy, usage, warmup};
+use crate::{embedded, feed, ops, proxy, usage, warmup};
 
 /// After the drain timeout: how long ended streams get to record themselves.
 pub const STREAM_CUT_GRACE: Duration = Duration::from_secs(5);
@@ -120,7 +123,6 @@ impl Gateway {
             in_flight: InFlight::default(),
             maintenance: RwLock::new(None),
             cut_streams: CancellationToken::new(),
-            schema_applied: RwLock::new(None),
             settings,
         });
         if state.pool.is_none() {
@@ -137,8 +139,8 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves, then drains. Answers an error when the
-    /// database's schema is incompatible with this build (the process must exit
-    /// non-zero).
+    /// database's schema is incompatible with this build or a listener's
+    /// server ended on its own (the process must exit non-zero).
     pub async fn run(
         self,
         proxy_listener: TcpListener,
@@ -147,16 +149,22 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let background = CancellationToken::new();
-        let ops_stop = CancellationToken::new();
-        let ops_task = {
-            let stop = ops_stop.clone();
-            let router = ops::router(state.clone());
-            tokio::spawn(async move {
-                axum::serve(ops_listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            })
-        };
+        let server = &state.settings.server;
+        let (mut proxy_limits, mut ops_limits) = (server.proxy_limits(), server.ops_limits());
+        obleth_service::server::fit_caps_to_fd_limit(&mut [
+            ("server.max_connections", &mut proxy_limits),
+            ("server.ops_max_connections", &mut ops_limits),
+        ]);
+        let mut ops_server = obleth_service::serve(
+            Listener {
+                name: "ops",
+                listener: ops_listener,
+                limits: ops_limits,
+                nodelay: false,
+                metrics: state.metrics.connections.clone(),
+            },
+            ops::router(state.clone()),
+        );
         let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
         match state.pool.clone() {
             Some(pool) => {
@@ -176,68 +184,72 @@ impl Gateway {
                 ));
             }
         }
-        let accept_stop = CancellationToken::new();
-        let mut server = {
-            let stop = accept_stop.clone();
-            let router = proxy_router(state.clone());
-            tokio::spawn(async move {
-                // TCP_NODELAY: SSE chunks are small; without it each waits for
-                // the client's delayed ACK (about 40 ms per first token).
-                let listener = axum::serve::ListenerExt::tap_io(proxy_listener, |tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "Cannot set TCP_NODELAY.");
-                    }
-                });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            })
-        };
+        // TCP_NODELAY on the proxy: SSE chunks are small; without it each
+        // waits for the client's delayed ACK (about 40 ms per first token).
+        let mut proxy_server = obleth_service::serve(
+            Listener {
+                name: "proxy",
+                listener: proxy_listener,
+                limits: proxy_limits,
+                nodelay: true,
+                metrics: state.metrics.connections.clone(),
+            },
+            proxy_router(state.clone()),
+        );
         info!(node_id = %state.node_id, "Gateway serving.");
 
-        let mut fatal = None;
+        let mut failure = None;
         tokio::pin!(shutdown);
         tokio::select! {
             _ = &mut shutdown => info!("Shutdown requested; draining."),
-            Some(message) = fatal_rx.recv() => fatal = Some(message),
+            Some(message) = fatal_rx.recv() => failure = Some(message),
+            message = proxy_server.ended_unexpectedly() => {
+                error!("{message}; draining.");
+                failure = Some(message);
+            }
+            message = ops_server.ended_unexpectedly() => {
+                error!("{message}; draining.");
+                failure = Some(message);
+            }
         }
-        // 1. Not ready at once, so load balancers stop sending new requests,
-        //    while we keep serving whatever still arrives.
-        state.health.start_draining();
-        if fatal.is_none() {
-            tokio::time::sleep(state.settings.server.drain_delay()).await;
-        }
-        // 2. Stop accepting; in-flight requests and streams may finish.
-        accept_stop.cancel();
-        let drain_timeout = state.settings.server.drain_timeout();
-        let drained = tokio::time::timeout(drain_timeout, async {
-            state.in_flight.wait_idle().await;
-            let _ = (&mut server).await;
-        })
+        // 1-3. Not ready at once, keep serving through the drain delay (the
+        //    proxy marks every answer `Connection: close`), stop accepting,
+        //    and let in-flight requests and streams finish.
+        let timings = DrainTimings {
+            delay: state.settings.server.drain_delay(),
+            timeout: state.settings.server.drain_timeout(),
+        };
+        let drained = obleth_service::drain::drain(
+            state.health.shared(),
+            timings,
+            failure.is_some(),
+            &mut [&mut proxy_server],
+            state.in_flight.wait_idle(),
+        )
         .await;
-        if drained.is_err() {
-            // 3. Past the drain timeout: end open streams; each is recorded and counted.
+        if !drained {
+            // 4. Past the drain timeout: end open streams; each is recorded and counted.
             warn!(
                 in_flight = state.in_flight.count(),
                 "Drain timeout passed; ending open streams."
             );
             state.cut_streams.cancel();
             let _ = tokio::time::timeout(STREAM_CUT_GRACE, state.in_flight.wait_idle()).await;
-            server.abort();
+            proxy_server.abort();
         }
         background.cancel();
-        // 4. Flush usage, then leave the fleet.
+        // 5. Flush usage, then leave the fleet.
         self.usage_stop.cancel();
         if let Err(e) = self.usage_task.await {
             error!(error = %e, "Usage writer task failed.");
         }
         if let Some(pool) = &state.pool {
-            node::mark_stopped(&state, pool).await;
+            obleth_service::node::mark_stopped(pool, &state.node_id).await;
         }
-        ops_stop.cancel();
-        let _ = ops_task.await;
+        ops_server.stop_accepting();
+        ops_server.finished().await;
         info!("Gateway stopped.");
-        match fatal {
+        match failure {
             Some(message) => Err(anyhow::anyhow!(message)),
             None => Ok(()),
         }
@@ -251,12 +263,22 @@ async fn start_with_database(
     stop: CancellationToken,
     fatal: tokio::sync::mpsc::Sender<String>,
 ) {
-    tokio::spawn(node::heartbeat(
-        state.clone(),
-        pool.clone(),
-        Duration::from_secs(state.settings.server.heartbeat_secs),
-        stop.clone(),
-    ));
+    let heartbeat = Heartbeat {
+        service: "gateway",
+        node_id: state.node_id.clone(),
+        pool: pool.clone(),
+        health: state.health.shared().clone(),
+        ready: {
+            let health = state.health.clone();
+            Arc::new(move || health.ready())
+        },
+        every: Duration::from_secs(state.settings.server.heartbeat_secs),
+        wake: None,
+        // The feed says whether the database answers: it knows whether the
+        // key cache is current, which is what `degraded` reports.
+        tracks_database: false,
+    };
+    tokio::spawn(heartbeat.run(stop.clone()));
     if let Err(e) = warmup::wait_for_schema(&state, &pool, &stop).await {
         error!("Refusing to start: {e}");
         let _ = fatal.send(e.to_string()).await;

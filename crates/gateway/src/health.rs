@@ -1,79 +1,66 @@
-//! Readiness and health state shared by the proxy, the feed and the ops routes.
+//! Readiness and health state shared by the proxy, the feed and the ops
+//! routes: the facts every service has (`obleth_service::Health`: schema,
+//! applied version, draining, database) plus the gateway's own, the key
+//! cache's warm-up and when the feed last confirmed it.
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-/// What `/readyz` and `/api/v1/health` report.
+/// What `/readyz` and `/api/v1/health` report. Derefs to the shared facts.
 #[derive(Debug, Clone, Default)]
-pub struct Health(Arc<Inner>);
+pub struct Health {
+    shared: obleth_service::Health,
+    cache: Arc<CacheFacts>,
+}
 
 #[derive(Debug, Default)]
-struct Inner {
-    schema_ok: AtomicBool,
+struct CacheFacts {
     warmed: AtomicBool,
-    draining: AtomicBool,
-    database_ok: AtomicBool,
-    schema_message: RwLock<String>,
     feed_confirmed: RwLock<Option<Instant>>,
 }
 
+impl Deref for Health {
+    type Target = obleth_service::Health;
+
+    fn deref(&self) -> &obleth_service::Health {
+        &self.shared
+    }
+}
+
 impl Health {
+    /// The facts shared with every service, for the heartbeat and the drain.
+    pub fn shared(&self) -> &obleth_service::Health {
+        &self.shared
+    }
+
     /// Ready: schema compatible, cache warmed, not draining.
     pub fn ready(&self) -> bool {
-        self.0.schema_ok.load(Ordering::Acquire)
-            && self.0.warmed.load(Ordering::Acquire)
-            && !self.draining()
+        self.shared.ready() && self.warmed()
     }
 
-    pub fn draining(&self) -> bool {
-        self.0.draining.load(Ordering::Acquire)
-    }
-
-    pub fn start_draining(&self) {
-        self.0.draining.store(true, Ordering::Release);
-    }
-
-    pub fn set_schema(&self, ok: bool, message: impl Into<String>) {
-        *self
-            .0
-            .schema_message
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = message.into();
-        self.0.schema_ok.store(ok, Ordering::Release);
-    }
-
-    pub fn schema(&self) -> (bool, String) {
-        (
-            self.0.schema_ok.load(Ordering::Acquire),
-            self.0
-                .schema_message
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+    /// Why the gateway is not ready; empty when it is.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons = self.shared.not_ready_reasons();
+        if !self.warmed() {
+            reasons.push("key cache not warmed yet".to_owned());
+        }
+        reasons
     }
 
     pub fn set_warmed(&self) {
-        self.0.warmed.store(true, Ordering::Release);
+        self.cache.warmed.store(true, Ordering::Release);
     }
 
     pub fn warmed(&self) -> bool {
-        self.0.warmed.load(Ordering::Acquire)
-    }
-
-    pub fn set_database_ok(&self, ok: bool) {
-        self.0.database_ok.store(ok, Ordering::Release);
-    }
-
-    pub fn database_ok(&self) -> bool {
-        self.0.database_ok.load(Ordering::Acquire)
+        self.cache.warmed.load(Ordering::Acquire)
     }
 
     /// The feed just confirmed the cache is current.
     pub fn feed_confirmed(&self) {
         *self
-            .0
+            .cache
             .feed_confirmed
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -81,10 +68,25 @@ impl Health {
 
     /// Seconds since the feed last confirmed the cache, if it ever did.
     pub fn feed_staleness_secs(&self) -> Option<f64> {
-        self.0
+        self.cache
             .feed_confirmed
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .map(|at| at.elapsed().as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    #[test]
+    fn ready_also_needs_a_warm_cache() {
+        let h = Health::default();
+        h.set_schema(true, "compatible");
+        assert!(!h.ready());
+        assert_eq!(h.not_ready_reasons(), ["key cache not warmed yet"]);
+        h.set_warmed();
+        assert!(h.ready());
     }
 }

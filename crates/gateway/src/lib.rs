@@ -13,7 +13,6 @@ pub mod health;
 pub mod keycache;
 pub mod metrics;
 pub mod mock;
-pub mod node;
 pub mod ops;
 pub mod policy;
 pub mod proxy;

@@ -1,9 +1,10 @@
 //! The gateway's Prometheus metrics, registered in one registry served on the
 //! ops listener.
 
+use obleth_service::metrics::{must, register_all, ConnectionMetrics};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 /// Every metric the gateway exports.
@@ -29,15 +30,8 @@ pub struct Metrics {
     pub usage_dropped: IntCounterVec,
     pub streams_cut: IntCounter,
     pub rejected: IntCounterVec,
-}
-
-fn must<T>(r: prometheus::Result<T>) -> T {
-    // Metric names and labels are constants of this file; a failure here is a
-    // programming error caught by the unit test below.
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("invalid metric definition: {e}"),
-    }
+    /// Both listeners' connection metrics (`listener` is `proxy` or `ops`).
+    pub connections: ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -54,7 +48,10 @@ impl Metrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             30.0, 60.0,
         ];
+        // Metric names and labels are constants of this file; `must` panics on
+        // a programming error, which the unit test below catches.
         let m = Metrics {
+            connections: ConnectionMetrics::register(&registry),
             requests: must(IntCounterVec::new(
                 Opts::new(
                     "obleth_requests_total",
@@ -178,19 +175,13 @@ impl Metrics {
             Box::new(m.streams_cut.clone()),
             Box::new(m.rejected.clone()),
         ];
-        for c in collectors {
-            must(m.registry.register(c));
-        }
+        register_all(&m.registry, collectors);
         m
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "Could not encode metrics.");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        obleth_service::metrics::render(&self.registry)
     }
 }
 

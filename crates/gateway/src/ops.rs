@@ -2,7 +2,6 @@
 //! None of these touch the database; they report what the gateway last saw.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -29,7 +28,7 @@ pub fn wiring(settings: &crate::settings::GatewaySettings) -> serde_json::Value 
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route(paths::HEALTHZ, get(healthz))
+        .route(paths::HEALTHZ, get(obleth_service::ops::healthz))
         .route(paths::READYZ, get(readyz))
         .route(paths::HEALTH, get(health))
         .route(paths::VERSION, get(version))
@@ -37,44 +36,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Alive: the process answers. Never touches the database.
-async fn healthz() -> &'static str {
-    "ok"
-}
-
 /// Ready: schema compatible, key cache warmed, not draining.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let reasons = not_ready_reasons(&state);
-    if reasons.is_empty() {
-        (StatusCode::OK, Json(json!({"ready": true}))).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reasons": reasons})),
-        )
-            .into_response()
-    }
-}
-
-fn not_ready_reasons(state: &AppState) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if state.health.draining() {
-        reasons.push("draining".to_owned());
-    }
-    let (schema_ok, message) = state.health.schema();
-    if !schema_ok {
-        reasons.push(message);
-    }
-    if !state.health.warmed() {
-        reasons.push("key cache not warmed yet".to_owned());
-    }
-    reasons
+    obleth_service::ops::readiness(state.health.not_ready_reasons())
 }
 
 /// Detail per check. `ok` when all is well, `degraded` when serving from the
 /// cache without the database, `unavailable` when not ready.
 async fn health(State(state): State<AppState>) -> Response {
-    let reasons = not_ready_reasons(&state);
+    let reasons = state.health.not_ready_reasons();
     let (schema_ok, schema_message) = state.health.schema();
     let database = match &state.pool {
         None => {
@@ -87,13 +57,7 @@ async fn health(State(state): State<AppState>) -> Response {
     };
     let staleness = state.health.feed_staleness_secs();
     let degraded = state.pool.is_some() && !state.health.database_ok();
-    let status = if !reasons.is_empty() {
-        "unavailable"
-    } else if degraded {
-        "degraded"
-    } else {
-        "ok"
-    };
+    let (status, code) = obleth_service::ops::health_status(reasons.is_empty(), degraded);
     let body = json!({
         "status": status,
         "service": "gateway",
@@ -110,34 +74,17 @@ async fn health(State(state): State<AppState>) -> Response {
             "maintenance": state.maintenance().map(|m| m.message),
         },
     });
-    let code = if status == "unavailable" {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
     (code, Json(body)).into_response()
 }
 
 /// Version, commit, major, and the schema: applied (newest migration in the
-/// database), expected (newest this build embeds) and oldest compatible (the
-/// newest expand migration this build needs).
-async fn version(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let info = obleth_config::version::build_info();
-    let obleth_config::ops::EmbeddedSchema {
-        expected,
-        oldest_compatible,
-    } = obleth_config::ops::embedded_schema();
-    let applied = *state
-        .schema_applied
-        .read()
-        .unwrap_or_else(|e| e.into_inner());
-    Json(json!({
-        "service": "gateway",
-        "version": info.version,
-        "commit": info.commit,
-        "major": info.major,
-        "schema": {"applied": applied, "expected": expected, "oldest_compatible": oldest_compatible},
-    }))
+/// database, refreshed by every heartbeat), expected (newest this build
+/// embeds) and oldest compatible (the newest expand migration this build needs).
+async fn version(State(state): State<AppState>) -> Json<obleth_service::ops::VersionInfo> {
+    Json(obleth_service::ops::version_info(
+        "gateway",
+        state.health.schema_applied(),
+    ))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -148,9 +95,5 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(s) = state.health.feed_staleness_secs() {
         state.metrics.feed_staleness_seconds.set(s);
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    obleth_service::ops::metrics_response(state.metrics.render())
 }

@@ -51,6 +51,18 @@ pub struct ServerSettings {
     pub node_id: Option<String>,
     /// How often the node record is refreshed, in seconds.
     pub heartbeat_secs: u64,
+    /// Both listeners: longest time a client may take to send a request's
+    /// headers (from the accept for a connection's first request, from its
+    /// first byte for later ones), in seconds; then the connection is closed.
+    pub header_timeout_secs: u64,
+    /// Both listeners: how long a keep-alive connection may wait for its next
+    /// request, with none in flight, in seconds; then it is closed.
+    pub idle_timeout_secs: u64,
+    /// Most client connections open at once on the proxy listener; more are
+    /// refused (503, closed at once) and counted.
+    pub max_connections: usize,
+    /// Most connections open at once on the ops listener.
+    pub ops_max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -64,11 +76,35 @@ impl Default for ServerSettings {
             drain_timeout_secs: 30,
             node_id: None,
             heartbeat_secs: 10,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 10_000,
+            ops_max_connections: 1_000,
         }
     }
 }
 
 impl ServerSettings {
+    /// The proxy listener's limits. Its body timeout is applied in the
+    /// handler (`body_timeout_secs`), so refusals keep OpenAI's error shape.
+    pub fn proxy_limits(&self) -> obleth_service::ConnectionLimits {
+        obleth_service::ConnectionLimits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            max_connections: self.max_connections,
+            body_timeout: None,
+        }
+    }
+
+    /// The ops listener's limits: its routes read no body.
+    pub fn ops_limits(&self) -> obleth_service::ConnectionLimits {
+        obleth_service::ConnectionLimits {
+            max_connections: self.ops_max_connections,
+            body_timeout: Some(Duration::from_secs(self.body_timeout_secs)),
+            ..self.proxy_limits()
+        }
+    }
+
     pub fn drain_delay(&self) -> Duration {
         Duration::from_secs(self.drain_delay_secs)
     }
@@ -244,6 +280,16 @@ impl GatewaySettings {
             ("usage.flush_interval_ms", self.usage.flush_interval_ms),
             ("server.heartbeat_secs", self.server.heartbeat_secs),
             ("server.body_timeout_secs", self.server.body_timeout_secs),
+            (
+                "server.header_timeout_secs",
+                self.server.header_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.ops_max_connections",
+                self.server.ops_max_connections as u64,
+            ),
             ("cache.poll_interval_secs", self.cache.poll_interval_secs),
             ("cache.budget_refresh_secs", self.cache.budget_refresh_secs),
             ("cache.max_keys", self.cache.max_keys),

@@ -46,8 +46,6 @@ pub struct Inner {
     pub maintenance: RwLock<Option<Maintenance>>,
     /// Cancelled when the drain timeout passes: open streams end, recorded.
     pub cut_streams: CancellationToken,
-    /// The newest migration the database has, as last seen.
-    pub schema_applied: RwLock<Option<i64>>,
 }
 
 impl AppState {

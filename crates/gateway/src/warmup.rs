@@ -32,11 +32,9 @@ pub async fn wait_for_schema(
             Ok(mut conn) => match read_applied(&mut conn).await {
                 Ok(applied) => {
                     let applied = applied.unwrap_or_default();
-                    *state
-                        .schema_applied
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner()) =
-                        applied.iter().map(|m| m.version).max();
+                    state
+                        .health
+                        .set_schema_applied(applied.iter().map(|m| m.version).max());
                     state.health.set_database_ok(true);
                     Some(check(&set, &applied))
                 }

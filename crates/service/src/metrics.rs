@@ -22,6 +22,20 @@ pub fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: 
     collector
 }
 
+/// Registers every collector of `collectors` in `registry`; see [`register`].
+pub fn register_all(registry: &Registry, collectors: Vec<Box<dyn Collector>>) {
+    for collector in collectors {
+        let name = collector
+            .desc()
+            .first()
+            .map(|d| d.fq_name.clone())
+            .unwrap_or_default();
+        if let Err(e) = registry.register(collector) {
+            panic!("cannot register metric {name}: {e}");
+        }
+    }
+}
+
 /// Unwraps a metric constructor's result; see [`register`] for why a failure
 /// panics.
 pub fn must<T>(result: prometheus::Result<T>) -> T {
