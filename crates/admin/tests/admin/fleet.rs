@@ -1,11 +1,14 @@
 //! The fleet view: a running gateway and the admin with their versions and
 //! the schema they see; a stopped node leaves it.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use obleth_config::migrate::MigrationSet;
+use http::Method;
+use obleth_config::migrate::{MigrationSet, Mode, Runner, RunnerOptions};
 use obleth_config::version::VERSION;
 use serde_json::Value;
+use sqlx::postgres::PgConnectOptions;
 
 use crate::support::*;
 
@@ -67,5 +70,87 @@ async fn the_fleet_lists_a_running_gateway_and_the_admin_with_their_versions() {
         after["summary"]["gateways"], 0,
         "a stopped gateway leaves the fleet: {after}"
     );
+    admin.stop().await.unwrap();
+}
+
+/// The embedded migrations plus one new expand migration, in a directory, as
+/// the next release would ship them.
+fn next_release_migrations() -> (tempfile::TempDir, i64) {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/migrations");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let version = 20991231000001_i64;
+    std::fs::write(
+        dir.path().join(format!("{version}_fleet_probe.sql")),
+        "CREATE TABLE fleet_probe (id bigint PRIMARY KEY);\n",
+    )
+    .unwrap();
+    let manifest = dir.path().join("manifest.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(&format!(
+        "\n[[migration]]\nversion = {version}\nphase = \"expand\"\n"
+    ));
+    std::fs::write(&manifest, text).unwrap();
+    (dir, version)
+}
+
+#[tokio::test]
+async fn the_fleet_and_api_version_show_a_new_schema_within_one_heartbeat_of_a_migration() {
+    let (admin, db, _pool) = TestAdmin::on_fresh_database().await;
+    let gw = TestGateway::start(&db.url).await;
+    let embedded = MigrationSet::embedded().unwrap().latest_version().unwrap();
+    wait_for(
+        Duration::from_secs(15),
+        "both nodes on the embedded schema",
+        || async {
+            let fleet = admin.get("/api/v1/fleet").await.json();
+            let nodes = fleet["nodes"].as_array().cloned().unwrap_or_default();
+            (nodes.len() == 2 && nodes.iter().all(|n| n["schema_version"] == embedded))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // `obleth-migrator up` of the next release: one more expand migration.
+    let (dir, newer) = next_release_migrations();
+    Runner::new(
+        MigrationSet::from_dir(dir.path()).unwrap(),
+        RunnerOptions::default(),
+    )
+    .run(&PgConnectOptions::from_str(&db.url).unwrap(), Mode::Up)
+    .await
+    .unwrap();
+
+    // Both nodes beat every second (the test settings); allow a few beats on
+    // a loaded machine, far less than a restart would take to be noticed.
+    let fleet = wait_for(
+        Duration::from_secs(10),
+        "the fleet shows the new schema",
+        || async {
+            let fleet = admin.get("/api/v1/fleet").await.json();
+            let nodes = fleet["nodes"].as_array().cloned().unwrap_or_default();
+            (nodes.len() == 2 && nodes.iter().all(|n| n["schema_version"] == newer))
+                .then_some(fleet)
+        },
+    )
+    .await;
+    assert_eq!(
+        fleet["summary"]["schema_versions"],
+        serde_json::json!([newer]),
+        "{fleet}"
+    );
+    let version = admin.get("/api/version").await.json();
+    assert_eq!(version["schema"]["applied"], newer, "{version}");
+    assert_eq!(version["schema"]["expected"], embedded, "{version}");
+    let gw_version = request(Method::GET, &gw.ops_url("/api/version"), &[], "")
+        .await
+        .json();
+    assert_eq!(gw_version["schema"]["applied"], newer, "{gw_version}");
+    assert_eq!(gw_version["service"], "gateway");
+
+    gw.stop().await.unwrap();
     admin.stop().await.unwrap();
 }

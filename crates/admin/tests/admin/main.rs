@@ -8,6 +8,7 @@ mod catalog;
 mod docs;
 mod fleet;
 mod keys;
+mod limits;
 mod maintenance;
 mod openapi;
 mod process;

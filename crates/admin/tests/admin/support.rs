@@ -131,6 +131,7 @@ impl TestAdmin {
 /// A gateway in this process, in database mode on `url`.
 pub struct TestGateway {
     pub proxy: SocketAddr,
+    pub ops: SocketAddr,
     pub node_id: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -162,6 +163,7 @@ impl TestGateway {
         }));
         let gw = TestGateway {
             proxy: proxy_addr,
+            ops: ops_addr,
             node_id,
             stop: Some(tx),
             task,
@@ -174,6 +176,10 @@ impl TestGateway {
         })
         .await;
         gw
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ops)
     }
 
     /// A chat request with `key` for model `model`.

@@ -5,5 +5,6 @@
 
 mod database;
 mod embedded;
+mod limits;
 mod process;
 mod support;

@@ -1,0 +1,139 @@
+//! The admin's listener has the same limits as the gateway's: a header
+//! timeout, a connection cap counted in its metrics, and `Connection: close`
+//! when its token check refuses a request before reading the body.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Reads until the server closes the connection; false if `limit` passes first.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// One request on `stream`, answered whole (the admin always sends a length).
+async fn exchange(stream: &mut TcpStream, request: &str) -> String {
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed early: {text}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn the_admin_closes_a_connection_stuck_in_its_headers() {
+    let db = obleth_testkit::fresh_database().await.unwrap();
+    let mut settings = admin_settings(&db.url);
+    settings.server.header_timeout_secs = 1;
+    let admin = TestAdmin::start(settings).await;
+    admin.wait_ready().await;
+    let mut stalled = TcpStream::connect(admin.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /api/v1/keys HTTP/1.1\r\nhost: x\r\nauthori")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (_, closed) = closed_within(&mut stalled, Duration::from_secs(30)).await;
+    assert!(
+        closed,
+        "the admin must close a connection stuck in its headers"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let metrics = admin.get("/metrics").await.text();
+    assert!(
+        metrics
+            .contains("obleth_connections_timed_out_total{listener=\"admin\",reason=\"header\"} 1"),
+        "{metrics}"
+    );
+    admin.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_refuses_connections_over_its_cap_and_counts_them() {
+    let db = obleth_testkit::fresh_database().await.unwrap();
+    let mut settings = admin_settings(&db.url);
+    settings.server.max_connections = 3;
+    let admin = TestAdmin::start(settings).await;
+    admin.wait_ready().await;
+    // The probes of `wait_ready` may still be closing; fill the cap as they go.
+    let mut open = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open.len() < 3 {
+        assert!(Instant::now() < deadline, "cannot open 3 connections");
+        let mut conn = TcpStream::connect(admin.addr).await.unwrap();
+        let answer = exchange(&mut conn, "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        if answer.starts_with("HTTP/1.1 200") {
+            open.push(conn);
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut excess = TcpStream::connect(admin.addr).await.unwrap();
+    let (seen, closed) = closed_within(&mut excess, Duration::from_secs(10)).await;
+    assert!(closed && seen.starts_with("HTTP/1.1 503"), "{seen}");
+    // The open connections keep working; one of them reads the metrics.
+    let metrics = exchange(&mut open[0], "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("obleth_connections_refused_total{listener=\"admin\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refused count: {metrics}"));
+    assert!(refused >= 1.0, "{metrics}");
+    assert!(
+        metrics.contains("obleth_open_connections{listener=\"admin\"} 3"),
+        "{metrics}"
+    );
+    drop(open);
+    admin.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_token_with_an_unread_body_says_connection_close() {
+    let (admin, _db, _pool) = TestAdmin::on_fresh_database().await;
+    let mut conn = TcpStream::connect(admin.addr).await.unwrap();
+    let body = format!("{{\"name\":\"{}\"}}", "x".repeat(32 * 1024));
+    let request = format!(
+        "POST /api/v1/keys HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = exchange(&mut conn, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    admin.stop().await.unwrap();
+}
