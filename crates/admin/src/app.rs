@@ -4,6 +4,7 @@
 //! `drain_timeout`, leave the fleet, exit).
 
 use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,7 +16,12 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::settings::AdminSettings;
 use crate::state::{AppState, Inner};
+use crate::throttle::{AuthThrottle, LogLimiter};
 use crate::tokens::AdminTokens;
+
+/// At most one warning this often about wrong admin tokens, and one about
+/// throttled clients; each says how many were held back.
+const AUTH_LOG_INTERVAL: Duration = Duration::from_secs(10);
 use crate::{node, router, startup};
 
 /// An admin with its state built and nothing started yet.
@@ -39,13 +45,19 @@ impl Admin {
             .await
             .context("cannot set up the database pool")?;
         let state = AppState::new(Inner {
-            settings,
             pool,
+            auth_throttle: AuthThrottle::new(
+                settings.auth.max_failures,
+                settings.auth.failure_window(),
+            ),
+            failure_log: LogLimiter::new(AUTH_LOG_INTERVAL),
+            throttled_log: LogLimiter::new(AUTH_LOG_INTERVAL),
             tokens,
             health: Health::default(),
             metrics: Metrics::new(),
             node_id,
             beat: tokio::sync::Notify::new(),
+            settings,
         });
         Ok(Admin { state })
     }
@@ -62,7 +74,11 @@ impl Admin {
         let background = CancellationToken::new();
         let accept_stop = CancellationToken::new();
         let mut server = tokio::spawn(
-            axum::serve(listener, router::router(state.clone()))
+            axum::serve(
+                listener,
+                // The peer address feeds the per-client throttle on wrong tokens.
+                router::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+            )
                 .with_graceful_shutdown(accept_stop.clone().cancelled_owned())
                 .into_future(),
         );
