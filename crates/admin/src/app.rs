@@ -79,8 +79,8 @@ impl Admin {
                 // The peer address feeds the per-client throttle on wrong tokens.
                 router::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
             )
-                .with_graceful_shutdown(accept_stop.clone().cancelled_owned())
-                .into_future(),
+            .with_graceful_shutdown(accept_stop.clone().cancelled_owned())
+            .into_future(),
         );
         tokio::spawn(node::heartbeat(
             state.clone(),

@@ -38,7 +38,9 @@ pub enum AdminError {
     #[error("not ready: {0}")]
     NotReady(String),
     /// Too many missing or wrong admin tokens from this client lately: 429.
-    #[error("too many failed admin token attempts from this client; retry in {retry_after_secs} s")]
+    #[error(
+        "too many failed admin token attempts from this client; retry in {retry_after_secs} s"
+    )]
     TooManyAuthFailures { retry_after_secs: u64 },
     /// Logged whole where it happens; the client sees an opaque 500.
     #[error("internal error")]

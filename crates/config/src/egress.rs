@@ -60,10 +60,11 @@ impl EgressSettings {
         if prefix.is_empty() {
             return Err("egress.credential_env_prefix: must not be empty".to_owned());
         }
-        if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(
-                "egress.credential_env_prefix: must be letters, digits and `_`".to_owned(),
-            );
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err("egress.credential_env_prefix: must be letters, digits and `_`".to_owned());
         }
         for (i, dir) in self.credential_dirs.iter().enumerate() {
             let plain = dir

@@ -185,3 +185,47 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::MockSettings;
+
+    fn provider(base_url: String) -> ProviderRuntime {
+        ProviderRuntime {
+            name: "p".to_owned(),
+            kind: ProviderKind::OpenAi,
+            base_url,
+            credential: None,
+            timeout: Duration::from_secs(5),
+            mock: MockSettings::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_hosts_and_resolved_addresses_are_refusals_not_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let strict = Upstream::new(&EgressSettings {
+            allow_private_networks: false,
+            ..EgressSettings::default()
+        });
+        for url in [
+            format!("http://127.0.0.1:{port}/v1"),
+            format!("http://localhost:{port}/v1"),
+            "http://169.254.169.254/latest".to_owned(),
+            "http://metadata.google.internal/".to_owned(),
+        ] {
+            let e = strict
+                .send(&provider(url.clone()), "/chat/completions", Bytes::new())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, UpstreamError::Refused { .. }), "{url}: {e}");
+            assert_eq!(e.outcome(), "refused");
+            assert!(e.to_string().contains("egress."), "{e}");
+        }
+        // Nothing was accepted: a connection would be waiting.
+        let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err(), "a refused attempt connected");
+    }
+}

@@ -346,7 +346,9 @@ pub async fn update_provider(
         .await
         .map_err(|e| match e {
             CatalogError::Invalid { field, message } => AdminError::Validation { field, message },
-            CatalogError::Database(e) if validate::is_unique_violation(&e, "providers_name_key") => {
+            CatalogError::Database(e)
+                if validate::is_unique_violation(&e, "providers_name_key") =>
+            {
                 name_taken(update.name.as_deref().unwrap_or(&name))
             }
             CatalogError::Database(e) => AdminError::from(e),

@@ -128,10 +128,19 @@ mod tests {
         assert_eq!(field(slug("name", "")), Some("name".into()));
         assert_eq!(field(model_name("model", "openai/gpt-4o*")), None);
         assert_eq!(field(model_name("model", "gpt 4")), Some("model".into()));
-        assert_eq!(field(text("owner", "team\u{202E}a", 50)), Some("owner".into()));
+        assert_eq!(
+            field(text("owner", "team\u{202E}a", 50)),
+            Some("owner".into())
+        );
         assert_eq!(field(text("name", "a\u{200B}b", 50)), Some("name".into()));
-        assert_eq!(field(model_name("model", "gpt\u{2066}4")), Some("model".into()));
-        assert_eq!(field(model_name("model", "gpt\u{FEFF}")), Some("model".into()));
+        assert_eq!(
+            field(model_name("model", "gpt\u{2066}4")),
+            Some("model".into())
+        );
+        assert_eq!(
+            field(model_name("model", "gpt\u{FEFF}")),
+            Some("model".into())
+        );
         assert_eq!(
             field(positive("rpm_limit", Some(0))),
             Some("rpm_limit".into())

@@ -187,16 +187,14 @@ fn parse_loose_ipv4(host: &str) -> Option<Ipv4Addr> {
     }
     let mut values = Vec::with_capacity(parts.len());
     for part in &parts {
-        let (digits, radix) = if let Some(hex) = part
-            .strip_prefix("0x")
-            .or_else(|| part.strip_prefix("0X"))
-        {
-            (hex, 16)
-        } else if part.len() > 1 && part.starts_with('0') {
-            (&part[1..], 8)
-        } else {
-            (*part, 10)
-        };
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
         if digits.is_empty() && radix != 16 {
             return None;
         }
@@ -305,7 +303,13 @@ mod tests {
             let e = s.check_host(host).unwrap_err();
             assert!(matches!(e, EgressRefusal::Private { .. }), "{host}: {e}");
         }
-        for host in ["8.8.8.8", "172.32.0.1", "100.128.0.1", "[2001:db8::1]", "example.com"] {
+        for host in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "[2001:db8::1]",
+            "example.com",
+        ] {
             s.check_host(host).unwrap();
         }
     }
@@ -316,7 +320,10 @@ mod tests {
             ("https://api.openai.com/v1", Some("api.openai.com")),
             ("http://10.0.0.1:8000/v1", Some("10.0.0.1")),
             ("http://[fe80::1]:80/x", Some("[fe80::1]")),
-            ("http://user:pw@169.254.169.254/latest", Some("169.254.169.254")),
+            (
+                "http://user:pw@169.254.169.254/latest",
+                Some("169.254.169.254"),
+            ),
             ("http://169.254.169.254@example.com/", Some("example.com")),
             ("http://example.com#@169.254.169.254", Some("example.com")),
             ("http:///path", None),
@@ -342,7 +349,11 @@ mod tests {
             ("4294967296", None),
         ];
         for (host, expected) in cases {
-            assert_eq!(parse_loose_ipv4(host), expected.map(Ipv4Addr::from), "{host}");
+            assert_eq!(
+                parse_loose_ipv4(host),
+                expected.map(Ipv4Addr::from),
+                "{host}"
+            );
         }
     }
 }

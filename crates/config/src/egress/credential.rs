@@ -103,7 +103,10 @@ impl CredentialRef {
     }
 
     /// Parses `reference` and checks it against `policy`.
-    pub fn admit(reference: &str, policy: &EgressSettings) -> Result<CredentialRef, CredentialError> {
+    pub fn admit(
+        reference: &str,
+        policy: &EgressSettings,
+    ) -> Result<CredentialRef, CredentialError> {
         let parsed = CredentialRef::parse(reference)?;
         parsed.check(policy)?;
         Ok(parsed)
@@ -134,9 +137,8 @@ impl CredentialRef {
         match self {
             CredentialRef::Env(name) => {
                 check_env(name, policy)?;
-                let value = std::env::var(name).map_err(|_| CredentialError::EnvUnset {
-                    name: name.clone(),
-                })?;
+                let value = std::env::var(name)
+                    .map_err(|_| CredentialError::EnvUnset { name: name.clone() })?;
                 Ok(SecretString::from(value.trim().to_owned()))
             }
             CredentialRef::File(path) => {
@@ -328,9 +330,18 @@ mod tests {
             ("file:/run/secrets/../../etc/passwd", false),
             ("file:/run/secrets/./openai", false),
             ("file:/run/secretsx/openai", false),
-            ("file:/var/run/secrets/kubernetes.io/serviceaccount/token", false),
-            ("file:/run/secrets/kubernetes.io/serviceaccount/token", false),
-            ("file:/run/secrets/eks.amazonaws.com/serviceaccount/token", false),
+            (
+                "file:/var/run/secrets/kubernetes.io/serviceaccount/token",
+                false,
+            ),
+            (
+                "file:/run/secrets/kubernetes.io/serviceaccount/token",
+                false,
+            ),
+            (
+                "file:/run/secrets/eks.amazonaws.com/serviceaccount/token",
+                false,
+            ),
         ];
         for (reference, ok) in cases {
             let got = CredentialRef::admit(reference, &p);
