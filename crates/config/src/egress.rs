@@ -105,7 +105,8 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_name_the_field() {
         EgressSettings::default().validate().unwrap();
-        let cases: &[(fn(&mut EgressSettings), &str)] = &[
+        type Edit = fn(&mut EgressSettings);
+        let cases: &[(Edit, &str)] = &[
             (
                 |s| s.credential_env_prefix.clear(),
                 "egress.credential_env_prefix",
@@ -133,5 +134,31 @@ mod tests {
             let e = s.validate().unwrap_err();
             assert!(e.starts_with(field), "{e}");
         }
+    }
+
+    #[test]
+    fn the_section_loads_from_a_file_and_from_variables() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Sample {
+            egress: EgressSettings,
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("obleth.toml", "[egress]\nallow_link_local = true\n")?;
+            jail.set_env("OBLETH_EGRESS__CREDENTIAL_DIRS", "[/srv/keys,/run/secrets]");
+            jail.set_env("OBLETH_EGRESS__CREDENTIAL_ENV_PREFIX", "LLM_KEY_");
+            // A credential variable has no `__`, so it is never read as a setting.
+            jail.set_env("OBLETH_CREDENTIAL_OPENAI", "sk-not-a-setting");
+            let s: Sample =
+                crate::load(Some(Path::new("obleth.toml"))).map_err(|e| e.to_string())?;
+            assert!(s.egress.allow_link_local);
+            assert!(s.egress.allow_private_networks);
+            assert_eq!(s.egress.credential_env_prefix, "LLM_KEY_");
+            assert_eq!(
+                s.egress.credential_dirs,
+                [PathBuf::from("/srv/keys"), PathBuf::from("/run/secrets")]
+            );
+            Ok(())
+        });
     }
 }
