@@ -137,6 +137,8 @@ mod tests {
     }
 
     #[test]
+    // figment's Jail returns its own (large) error type.
+    #[allow(clippy::result_large_err)]
     fn the_section_loads_from_a_file_and_from_variables() {
         #[derive(Debug, Deserialize)]
         #[serde(deny_unknown_fields)]
