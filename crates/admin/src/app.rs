@@ -18,8 +18,13 @@ use tracing::{error, info, warn};
 use crate::metrics::Metrics;
 use crate::settings::AdminSettings;
 use crate::state::{AppState, Inner};
+use crate::throttle::{AuthThrottle, LogLimiter};
 use crate::tokens::AdminTokens;
 use crate::{router, startup};
+
+/// At most one warning this often about wrong admin tokens, and one about
+/// throttled clients; each says how many were held back.
+const AUTH_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// An admin with its state built and nothing started yet.
 #[derive(Debug)]
@@ -42,13 +47,19 @@ impl Admin {
             .await
             .context("cannot set up the database pool")?;
         let state = AppState::new(Inner {
-            settings,
             pool,
+            auth_throttle: AuthThrottle::new(
+                settings.auth.max_failures,
+                settings.auth.failure_window(),
+            ),
+            failure_log: LogLimiter::new(AUTH_LOG_INTERVAL),
+            throttled_log: LogLimiter::new(AUTH_LOG_INTERVAL),
             tokens,
             health: Health::default(),
             metrics: Metrics::new(),
             node_id,
             beat: Arc::new(tokio::sync::Notify::new()),
+            settings,
         });
         Ok(Admin { state })
     }

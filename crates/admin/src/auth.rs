@@ -1,7 +1,10 @@
 //! The bearer-token check every API route passes, except the public ones the
-//! router lists.
+//! router lists, behind the per-client throttle on wrong tokens.
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use axum::middleware::Next;
@@ -10,24 +13,54 @@ use tracing::warn;
 
 use crate::error::AdminError;
 use crate::state::AppState;
+use crate::throttle;
 
 /// Lets the request through when it carries a valid admin token; otherwise 401
-/// with the same body whatever was wrong.
+/// with the same body whatever was wrong. A client that has sent too many
+/// missing or wrong tokens lately gets 429 with `Retry-After` before its token
+/// is looked at, so guessing cannot go on at full speed (see
+/// [`crate::throttle`]). Warnings are limited to one an interval, each with
+/// the count held back since the last.
 pub async fn require_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let client = throttle::client_key(peer);
+    if let Some(retry_after) = state.auth_throttle.blocked(client) {
+        state.metrics.auth_throttled.inc();
+        if let Some(suppressed) = state.throttled_log.allow(Instant::now()) {
+            warn!(
+                client = ?peer,
+                retry_after_secs = retry_after.as_secs(),
+                suppressed,
+                "Admin client throttled after repeated token failures."
+            );
+        }
+        return AdminError::TooManyAuthFailures {
+            retry_after_secs: retry_after.as_secs(),
+        }
+        .into_response();
+    }
     match bearer(request.headers()) {
         Some(token) if state.tokens.verify(token) => next.run(request).await,
         presented => {
             state.metrics.auth_failures.inc();
-            // Never the token itself: a near miss may be a real one mistyped.
-            warn!(
-                path = request.uri().path(),
-                token_sent = presented.is_some(),
-                "Admin request refused: missing or wrong token."
-            );
+            state.auth_throttle.record_failure(client);
+            if let Some(suppressed) = state.failure_log.allow(Instant::now()) {
+                // Never the token itself: a near miss may be a real one mistyped.
+                warn!(
+                    client = ?peer,
+                    path = request.uri().path(),
+                    token_sent = presented.is_some(),
+                    suppressed,
+                    "Admin request refused: missing or wrong token."
+                );
+            }
             AdminError::Unauthorized.into_response()
         }
     }

@@ -37,6 +37,11 @@ pub enum AdminError {
     PayloadTooLarge { limit: usize },
     #[error("not ready: {0}")]
     NotReady(String),
+    /// Too many missing or wrong admin tokens from this client lately: 429.
+    #[error(
+        "too many failed admin token attempts from this client; retry in {retry_after_secs} s"
+    )]
+    TooManyAuthFailures { retry_after_secs: u64 },
     /// Logged whole where it happens; the client sees an opaque 500.
     #[error("internal error")]
     Internal,
@@ -69,6 +74,7 @@ impl AdminError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,6 +92,7 @@ impl AdminError {
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
             NotReady(_) => "not_ready",
+            TooManyAuthFailures { .. } => "too_many_auth_failures",
             Internal => "internal_error",
         }
     }
@@ -153,6 +160,11 @@ impl IntoResponse for AdminError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             }
+            AdminError::TooManyAuthFailures { retry_after_secs } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
             _ => {}
         }
         response
@@ -175,6 +187,9 @@ mod tests {
             AdminError::UnsupportedMediaType,
             AdminError::PayloadTooLarge { limit: 10 },
             AdminError::NotReady("migrating".to_owned()),
+            AdminError::TooManyAuthFailures {
+                retry_after_secs: 30,
+            },
             AdminError::Internal,
         ];
         for e in errors {

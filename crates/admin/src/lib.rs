@@ -14,6 +14,7 @@ pub mod router;
 pub mod settings;
 pub mod startup;
 pub mod state;
+pub mod throttle;
 pub mod tokens;
 
 pub use app::Admin;

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
     pub auth_failures: IntCounter,
+    pub auth_throttled: IntCounter,
     pub ready: IntGauge,
     pub migrations_applied: IntCounter,
     /// The listener's connection metrics (`listener="admin"`).
@@ -58,6 +59,10 @@ impl Metrics {
                 "obleth_admin_auth_failures_total",
                 "Requests refused for a missing or wrong admin token.",
             )),
+            auth_throttled: must(IntCounter::new(
+                "obleth_admin_auth_throttled_total",
+                "Requests answered 429 because their client sent too many wrong admin tokens.",
+            )),
             ready: must(IntGauge::new(
                 "obleth_admin_ready",
                 "1 while the admin is ready, 0 otherwise.",
@@ -72,6 +77,7 @@ impl Metrics {
             Box::new(m.requests.clone()),
             Box::new(m.request_seconds.clone()),
             Box::new(m.auth_failures.clone()),
+            Box::new(m.auth_throttled.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.migrations_applied.clone()),
         ];

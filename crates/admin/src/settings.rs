@@ -19,6 +19,9 @@ pub struct AdminSettings {
     pub migrations: MigrationSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    /// What providers may reference: credential variables and files, and the
+    /// addresses their URLs may name (shared with the gateway).
+    pub egress: obleth_config::EgressSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,8 +92,9 @@ impl ServerSettings {
     }
 }
 
-/// Admin bearer tokens: listed here, read from `token_file` (one a line), or both.
-#[derive(Clone, Default, Deserialize)]
+/// Admin bearer tokens: listed here, read from `token_file` (one a line), or
+/// both; and the throttle on wrong tokens.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// One token or a list. `OBLETH_AUTH__TOKENS=...` sets a single one.
@@ -98,6 +102,29 @@ pub struct AuthSettings {
     pub tokens: Vec<SecretString>,
     /// A file with one token a line; blank lines and `#` comments are skipped.
     pub token_file: Option<PathBuf>,
+    /// Missing or wrong tokens a client (an IP address; an IPv6 /64) may send
+    /// within `failure_window_secs`; past this it gets 429 until the window ends.
+    pub max_failures: u32,
+    /// The window the failures are counted in, in seconds; it starts at a
+    /// client's first failure.
+    pub failure_window_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            tokens: Vec::new(),
+            token_file: None,
+            max_failures: 20,
+            failure_window_secs: 60,
+        }
+    }
+}
+
+impl AuthSettings {
+    pub fn failure_window(&self) -> Duration {
+        Duration::from_secs(self.failure_window_secs)
+    }
 }
 
 impl fmt::Debug for AuthSettings {
@@ -105,6 +132,8 @@ impl fmt::Debug for AuthSettings {
         f.debug_struct("AuthSettings")
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
             .field("token_file", &self.token_file)
+            .field("max_failures", &self.max_failures)
+            .field("failure_window_secs", &self.failure_window_secs)
             .finish()
     }
 }
@@ -174,7 +203,13 @@ impl AdminSettings {
                     .to_owned(),
             );
         }
-        Ok(())
+        if self.auth.max_failures == 0 {
+            return Err("auth.max_failures: must be greater than 0".to_owned());
+        }
+        if self.auth.failure_window_secs == 0 {
+            return Err("auth.failure_window_secs: must be greater than 0".to_owned());
+        }
+        self.egress.validate()
     }
 }
 
@@ -202,6 +237,15 @@ mod tests {
         assert!(s.validate().unwrap_err().contains("auth.tokens"));
         s.auth.token_file = Some(PathBuf::from("/run/secrets/admin"));
         s.validate().unwrap();
+        s.auth.max_failures = 0;
+        assert!(s.validate().unwrap_err().starts_with("auth.max_failures"));
+        s.auth.max_failures = 20;
+        s.egress.credential_env_prefix.clear();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("egress.credential_env_prefix"));
+        s.egress = obleth_config::EgressSettings::default();
         s.server.max_body_bytes = 0;
         assert!(s
             .validate()

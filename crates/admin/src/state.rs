@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::settings::AdminSettings;
+use crate::throttle::{AuthThrottle, LogLimiter};
 use crate::tokens::AdminTokens;
 
 /// Cheap to clone; everything inside is shared.
@@ -20,6 +21,12 @@ pub struct Inner {
     pub settings: AdminSettings,
     pub pool: PgPool,
     pub tokens: AdminTokens,
+    /// Wrong-token failures per client (`[auth] max_failures`).
+    pub auth_throttle: AuthThrottle,
+    /// One "wrong token" warning an interval.
+    pub failure_log: LogLimiter,
+    /// One "client throttled" warning an interval.
+    pub throttled_log: LogLimiter,
     pub health: Health,
     pub metrics: Metrics,
     pub node_id: String,

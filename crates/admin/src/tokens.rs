@@ -103,6 +103,7 @@ mod tests {
         let auth = AuthSettings {
             tokens: vec![SecretString::from("inline-token-0123456789")],
             token_file: Some(file.path().to_path_buf()),
+            ..AuthSettings::default()
         };
         let tokens = AdminTokens::load(&auth).unwrap();
         assert!(tokens.verify("inline-token-0123456789"));
@@ -126,6 +127,7 @@ mod tests {
             let auth = AuthSettings {
                 tokens: tokens.iter().map(|t| SecretString::from(*t)).collect(),
                 token_file: None,
+                ..AuthSettings::default()
             };
             let msg = AdminTokens::load(&auth).unwrap_err().to_string();
             assert!(msg.contains(place), "{msg}");
@@ -134,6 +136,7 @@ mod tests {
         let missing = AuthSettings {
             tokens: vec![],
             token_file: Some("/nonexistent/admin-tokens".into()),
+            ..AuthSettings::default()
         };
         let msg = AdminTokens::load(&missing).unwrap_err().to_string();
         assert!(msg.contains("auth.token_file"), "{msg}");

@@ -3,14 +3,17 @@
 
 pub mod apikey;
 pub mod db;
+pub mod egress;
 pub mod migrate;
 pub mod model;
 pub mod ops;
 pub mod process;
 pub mod settings;
 pub mod telemetry;
+pub mod text;
 pub mod version;
 
+pub use egress::EgressSettings;
 pub use settings::{
     load, DatabaseSettings, DatabaseUrl, LogSettings, MigrationSettings, SettingsError,
 };

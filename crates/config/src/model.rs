@@ -162,7 +162,7 @@ string_enum!(
 );
 
 /// An upstream provider. The credential itself is never stored: `credential_ref`
-/// says where the gateway reads it (`env:OPENAI_API_KEY`, `file:/run/secrets/openai`).
+/// says where the gateway reads it (`env:OBLETH_CREDENTIAL_OPENAI`, `file:/run/secrets/openai`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Provider {
     pub id: Uuid,

@@ -112,7 +112,7 @@ impl Gateway {
         let state = AppState::new(Inner {
             keys: KeyCache::new(&settings.cache),
             catalog: SharedCatalog::default(),
-            upstream: Upstream::new(),
+            upstream: Upstream::new(&settings.egress),
             limiter: RateLimiter::default(),
             budgets: Budgets::default(),
             usage: sink,

@@ -1,11 +1,14 @@
 //! Providers and routes as the proxy uses them: model name to an ordered list of
-//! providers, with credentials read from where each provider's config points.
+//! providers, with credentials read from where each provider's config points,
+//! when `[egress]` allows it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use obleth_config::egress::{CredentialError, CredentialRef};
 use obleth_config::model::{ProviderKind, Route};
+use obleth_config::EgressSettings;
 use secrecy::SecretString;
 
 use crate::settings::{MockSettings, ProviderConfig, RouteConfig};
@@ -48,17 +51,19 @@ impl Catalog {
         models
     }
 
-    /// Builds the catalog of the embedded configuration. Errors name the provider.
+    /// Builds the catalog of the embedded configuration. Errors name the
+    /// provider; a credential the policy refuses or that cannot be read is one.
     pub fn from_config(
         providers: &[ProviderConfig],
         routes: &[RouteConfig],
+        egress: &EgressSettings,
     ) -> Result<Catalog, String> {
         let mut by_name = HashMap::new();
         for p in providers {
             let credential = match &p.credential {
                 Some(reference) => Some(
-                    read_credential(reference)
-                        .map_err(|e| format!("providers `{}`: {e}", p.name))?,
+                    read_credential(reference, egress)
+                        .map_err(|e| format!("providers `{}`: credential: {e}", p.name))?,
                 ),
                 None => None,
             };
@@ -92,14 +97,24 @@ impl Catalog {
     }
 
     /// Builds the catalog from the database's providers and routes. A provider
-    /// whose credential cannot be read is kept without one and logged, so one
-    /// bad secret does not take every route down.
-    pub fn from_db(catalog: &obleth_config::db::catalog::Catalog) -> Catalog {
+    /// whose credential cannot be read, or whose reference `[egress]` refuses
+    /// (a row written past the admin's checks, or a policy tightened since),
+    /// is kept without a credential and logged: one bad secret does not take
+    /// every route down, and a refused reference is never read, so its value
+    /// can reach neither the provider nor the log.
+    pub fn from_db(
+        catalog: &obleth_config::db::catalog::Catalog,
+        egress: &EgressSettings,
+    ) -> Catalog {
         let mut by_name = HashMap::new();
         for p in &catalog.providers {
             let credential = match &p.credential_ref {
-                Some(reference) => match read_credential(reference) {
+                Some(reference) => match read_credential(reference, egress) {
                     Ok(c) => Some(c),
+                    Err(e) if e.is_refusal() => {
+                        tracing::error!(provider = %p.name, error = %e, "Provider credential refused by the egress policy; the provider is used without one.");
+                        None
+                    }
                     Err(e) => {
                         tracing::error!(provider = %p.name, error = %e, "Provider credential unavailable.");
                         None
@@ -136,20 +151,14 @@ impl Catalog {
     }
 }
 
-/// Reads a credential from `env:VARIABLE` or `file:/path`. The error names the
-/// variable or file, never a value.
-pub fn read_credential(reference: &str) -> Result<SecretString, String> {
-    if let Some(var) = reference.strip_prefix("env:") {
-        let value =
-            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
-        return Ok(SecretString::from(value.trim().to_owned()));
-    }
-    if let Some(path) = reference.strip_prefix("file:") {
-        let value = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read credential file {path}: {e}"))?;
-        return Ok(SecretString::from(value.trim().to_owned()));
-    }
-    Err("a credential reference must be `env:VARIABLE` or `file:/path`".to_owned())
+/// Reads a credential from `env:VARIABLE` or `file:/path` once `egress`
+/// allows the reference (a file is judged where its links lead). The error
+/// names the variable or file and the rule, never a value.
+pub fn read_credential(
+    reference: &str,
+    egress: &EgressSettings,
+) -> Result<SecretString, CredentialError> {
+    CredentialRef::parse(reference)?.resolve(egress)
 }
 
 /// The catalog in use, swapped whole on reload.

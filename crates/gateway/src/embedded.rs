@@ -50,7 +50,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 
 /// Loads keys and the catalog of `settings` into the state.
 pub fn load(state: &AppState, settings: &GatewaySettings) -> Result<(), String> {
-    let catalog = Catalog::from_config(&settings.providers, &settings.routes)?;
+    let catalog = Catalog::from_config(&settings.providers, &settings.routes, &settings.egress)?;
     let keys = settings
         .keys
         .iter()

@@ -148,7 +148,9 @@ async fn apply(state: &AppState, pool: &PgPool, change: &Change) -> Result<(), s
         }
         Entity::Provider | Entity::Route => {
             let catalog = obleth_config::db::catalog::load_catalog(pool).await?;
-            state.catalog.set(Catalog::from_db(&catalog));
+            state
+                .catalog
+                .set(Catalog::from_db(&catalog, &state.settings.egress));
         }
         Entity::Setting => {
             if change.entity_id == obleth_config::db::settings::MAINTENANCE {

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod relay;
+pub mod resolve;
 pub mod settings;
 pub mod state;
 pub mod upstream;

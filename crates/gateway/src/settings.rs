@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use obleth_config::egress::{url_host, CredentialRef};
 use obleth_config::model::ProviderKind;
 use obleth_config::{DatabaseSettings, LogSettings, SettingsError};
 use serde::Deserialize;
@@ -22,6 +23,9 @@ pub struct GatewaySettings {
     /// Not used by the gateway; accepted so that `OBLETH_MIGRATIONS__*`
     /// variables set for a whole stack do not stop it.
     pub migrations: obleth_config::MigrationSettings,
+    /// What providers may reference and reach: credential variables and
+    /// files, and the addresses their URLs may name.
+    pub egress: obleth_config::EgressSettings,
     /// Embedded mode only: upstream providers.
     pub providers: Vec<ProviderConfig>,
     /// Embedded mode only: model routes.
@@ -175,7 +179,9 @@ pub struct ProviderConfig {
     /// `https://api.openai.com/v1`; unused by the `mock` kind.
     #[serde(default)]
     pub base_url: Option<String>,
-    /// Where the credential lives: `env:VAR` or `file:/path`. Never the credential itself.
+    /// Where the credential lives: `env:VAR` (the variable must start with
+    /// `egress.credential_env_prefix`) or `file:/path` (inside
+    /// `egress.credential_dirs`). Never the credential itself.
     #[serde(default)]
     pub credential: Option<String>,
     /// Time allowed until the upstream's response headers, in milliseconds.
@@ -306,14 +312,23 @@ impl GatewaySettings {
                 return Err(format!("{field}: must be greater than 0"));
             }
         }
+        self.egress.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
+            visible(&format!("providers[{i}].name"), &p.name)?;
             if !names.insert(p.name.as_str()) {
                 return Err(format!("providers[{i}].name: `{}` is used twice", p.name));
             }
             if p.kind == ProviderKind::OpenAi {
                 match &p.base_url {
-                    Some(url) if url.starts_with("http://") || url.starts_with("https://") => {}
+                    Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                        let host = url_host(url).ok_or_else(|| {
+                            format!("providers[{i}].base_url: `{url}` must name a host")
+                        })?;
+                        self.egress
+                            .check_host(host)
+                            .map_err(|e| format!("providers[{i}].base_url: {e}"))?;
+                    }
                     Some(url) => {
                         return Err(format!(
                             "providers[{i}].base_url: `{url}` must start with http:// or https://"
@@ -325,15 +340,13 @@ impl GatewaySettings {
                 }
             }
             if let Some(c) = &p.credential {
-                if !(c.starts_with("env:") || c.starts_with("file:")) {
-                    return Err(format!(
-                        "providers[{i}].credential: must be `env:VARIABLE` or `file:/path`, never the credential itself"
-                    ));
-                }
+                CredentialRef::admit(c, &self.egress)
+                    .map_err(|e| format!("providers[{i}].credential: {e}"))?;
             }
         }
         let mut models = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
+            visible(&format!("routes[{i}].model"), &r.model)?;
             if !models.insert(r.model.as_str()) {
                 return Err(format!("routes[{i}].model: `{}` is routed twice", r.model));
             }
@@ -347,10 +360,20 @@ impl GatewaySettings {
                         t.provider
                     ));
                 }
+                if let Some(m) = &t.upstream_model {
+                    visible(&format!("routes[{i}].targets[{j}].upstream_model"), m)?;
+                }
             }
         }
         let mut ids = std::collections::HashSet::new();
         for (i, k) in self.keys.iter().enumerate() {
+            visible(&format!("keys[{i}].name"), &k.name)?;
+            if let Some(owner) = &k.owner {
+                visible(&format!("keys[{i}].owner"), owner)?;
+            }
+            for (j, m) in k.allowed_models.iter().enumerate() {
+                visible(&format!("keys[{i}].allowed_models[{j}]"), m)?;
+            }
             if !ids.insert(k.public_id.as_str()) {
                 return Err(format!(
                     "keys[{i}].public_id: `{}` is used twice",
@@ -367,4 +390,10 @@ impl GatewaySettings {
         }
         Ok(())
     }
+}
+
+/// Refuses control and invisible characters in a name, naming the field; the
+/// admin API applies the same check.
+fn visible(field: &str, value: &str) -> Result<(), String> {
+    obleth_config::text::check_visible(value).map_err(|e| format!("{field}: {e}"))
 }

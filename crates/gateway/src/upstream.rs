@@ -1,6 +1,8 @@
 //! Calls to upstream providers: a pooled hyper client over rustls for
-//! OpenAI-compatible providers, and the built-in mock provider.
+//! OpenAI-compatible providers, and the built-in mock provider. Every
+//! connection goes through the `[egress]` address policy.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +17,10 @@ use secrecy::ExposeSecret;
 
 use crate::catalog::ProviderRuntime;
 use crate::mock;
+use crate::resolve::EgressResolver;
+use obleth_config::egress::{url_host, EgressRefusal};
 use obleth_config::model::ProviderKind;
+use obleth_config::EgressSettings;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A response body from any provider.
@@ -28,26 +33,48 @@ pub enum UpstreamError {
     Connect { provider: String, message: String },
     #[error("provider {provider} did not answer within {timeout:?}")]
     Timeout { provider: String, timeout: Duration },
+    /// The `[egress]` policy refused the provider's host or every address it
+    /// resolved to; no connection was made.
+    #[error("provider {provider} refused by the egress policy: {reason}")]
+    Refused {
+        provider: String,
+        reason: EgressRefusal,
+    },
     #[error("provider {provider}: {message}")]
     Other { provider: String, message: String },
 }
 
+impl UpstreamError {
+    /// The `outcome` label of `obleth_upstream_attempts_total` for this failure.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Refused { .. } => "refused",
+            UpstreamError::Connect { .. } | UpstreamError::Other { .. } => "error",
+        }
+    }
+}
+
 /// The shared HTTP client: connection pooling per host, HTTP/1.1 and HTTP/2,
-/// TLS with the webpki roots.
+/// TLS with the webpki roots, names resolved through the egress policy.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector<EgressResolver>>, Full<Bytes>>,
+    egress: Arc<EgressSettings>,
 }
 
 impl Default for Upstream {
     fn default() -> Self {
-        Self::new()
+        Self::new(&EgressSettings::default())
     }
 }
 
 impl Upstream {
-    pub fn new() -> Self {
-        let mut http = HttpConnector::new();
+    pub fn new(egress: &EgressSettings) -> Self {
+        let egress = Arc::new(egress.clone());
+        // The connector asks the resolver only for names; IP literals are
+        // judged in `send` before a request is made.
+        let mut http = HttpConnector::new_with_resolver(EgressResolver::new(Arc::clone(&egress)));
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -61,7 +88,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(https);
-        Upstream { client }
+        Upstream { client, egress }
     }
 
     /// Sends `body` to `provider` at `path` (such as `/chat/completions`) and
@@ -81,6 +108,14 @@ impl Upstream {
                 });
         }
         let url = format!("{}{path}", provider.base_url.trim_end_matches('/'));
+        if let Some(host) = url_host(&url) {
+            self.egress
+                .check_host(host)
+                .map_err(|reason| UpstreamError::Refused {
+                    provider: provider.name.clone(),
+                    reason,
+                })?;
+        }
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(&url)
@@ -109,9 +144,15 @@ impl Upstream {
                 provider: provider.name.clone(),
                 timeout: provider.timeout,
             }),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
-                provider: provider.name.clone(),
-                message: source_chain(&e),
+            Ok(Err(e)) if e.is_connect() => Err(match refusal(&e) {
+                Some(reason) => UpstreamError::Refused {
+                    provider: provider.name.clone(),
+                    reason,
+                },
+                None => UpstreamError::Connect {
+                    provider: provider.name.clone(),
+                    message: source_chain(&e),
+                },
             }),
             Ok(Err(e)) => Err(UpstreamError::Other {
                 provider: provider.name.clone(),
@@ -120,6 +161,18 @@ impl Upstream {
             Ok(Ok(response)) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
         }
     }
+}
+
+/// The resolver's refusal somewhere in a connect error's chain of causes.
+fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<EgressRefusal> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(r) = err.downcast_ref::<EgressRefusal>() {
+            return Some(r.clone());
+        }
+        current = err.source();
+    }
+    None
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -131,4 +184,48 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::MockSettings;
+
+    fn provider(base_url: String) -> ProviderRuntime {
+        ProviderRuntime {
+            name: "p".to_owned(),
+            kind: ProviderKind::OpenAi,
+            base_url,
+            credential: None,
+            timeout: Duration::from_secs(5),
+            mock: MockSettings::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_hosts_and_resolved_addresses_are_refusals_not_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let strict = Upstream::new(&EgressSettings {
+            allow_private_networks: false,
+            ..EgressSettings::default()
+        });
+        for url in [
+            format!("http://127.0.0.1:{port}/v1"),
+            format!("http://localhost:{port}/v1"),
+            "http://169.254.169.254/latest".to_owned(),
+            "http://metadata.google.internal/".to_owned(),
+        ] {
+            let e = strict
+                .send(&provider(url.clone()), "/chat/completions", Bytes::new())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, UpstreamError::Refused { .. }), "{url}: {e}");
+            assert_eq!(e.outcome(), "refused");
+            assert!(e.to_string().contains("egress."), "{e}");
+        }
+        // Nothing was accepted: a connection would be waiting.
+        let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err(), "a refused attempt connected");
+    }
 }

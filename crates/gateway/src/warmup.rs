@@ -93,7 +93,9 @@ pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
     }
     drop(keys);
     let catalog = obleth_config::db::catalog::load_catalog(pool).await?;
-    state.catalog.set(Catalog::from_db(&catalog));
+    state
+        .catalog
+        .set(Catalog::from_db(&catalog, &state.settings.egress));
     let totals = obleth_config::db::usage::tokens_used_by_keys(pool).await?;
     state.budgets.absorb(&totals);
     let maintenance = obleth_config::db::settings::get_maintenance(pool).await?;

@@ -6,7 +6,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use obleth_config::db::catalog::{self, CatalogError, NewProvider, ProviderUpdate};
+use obleth_config::egress::{url_host, CredentialRef};
 use obleth_config::model::{Provider, ProviderKind};
+use obleth_config::EgressSettings;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use utoipa::ToSchema;
@@ -92,9 +94,14 @@ pub struct CreateProvider {
     pub name: String,
     pub kind: Kind,
     /// `http://` or `https://`; optional for `mock` (default `mock://`).
+    /// Link-local and cloud metadata hosts are refused unless
+    /// `egress.allow_link_local`; private ones when `egress.allow_private_networks`
+    /// is false.
     #[serde(default)]
     pub base_url: Option<String>,
-    /// `env:VARIABLE` or `file:/path`; never the credential itself.
+    /// `env:VARIABLE` (the variable must start with `egress.credential_env_prefix`,
+    /// `OBLETH_CREDENTIAL_` by default) or `file:/path` (inside
+    /// `egress.credential_dirs`); never the credential itself.
     #[serde(default)]
     pub credential_ref: Option<String>,
     /// 1 to 600000; default 60000.
@@ -120,8 +127,10 @@ pub struct UpdateProvider {
     pub timeout_ms: Option<i32>,
 }
 
-/// Checks a whole provider, as it would be stored.
+/// Checks a whole provider, as it would be stored, against the syntax rules
+/// and the operator's `[egress]` policy.
 fn check(
+    egress: &EgressSettings,
     name: &str,
     kind: Kind,
     base_url: &str,
@@ -129,24 +138,13 @@ fn check(
     timeout_ms: i32,
 ) -> Result<(), AdminError> {
     validate::slug("name", name)?;
-    check_base_url(kind, base_url)?;
+    check_base_url(egress, kind, base_url)?;
     if let Some(c) = credential_ref {
-        let ok = c
-            .strip_prefix("env:")
-            .map(|var| {
-                !var.is_empty() && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            })
-            .or_else(|| {
-                c.strip_prefix("file:")
-                    .map(|path| path.starts_with('/') && !path.chars().any(char::is_control))
-            })
-            .unwrap_or(false);
-        if !ok {
-            return Err(AdminError::validation(
-                "credential_ref",
-                "must be `env:VARIABLE` or `file:/absolute/path`, never the credential itself",
-            ));
-        }
+        // The admin rarely sees the gateway's files: a file that exists here
+        // is judged by where its links lead, others by their path, and the
+        // gateway judges every reference again before it reads one.
+        CredentialRef::admit(c, egress)
+            .map_err(|e| AdminError::validation("credential_ref", e.to_string()))?;
     }
     if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
         return Err(AdminError::validation(
@@ -157,7 +155,7 @@ fn check(
     Ok(())
 }
 
-fn check_base_url(kind: Kind, url: &str) -> Result<(), AdminError> {
+fn check_base_url(egress: &EgressSettings, kind: Kind, url: &str) -> Result<(), AdminError> {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
     let scheme_ok = match kind {
         Kind::OpenAi => matches!(scheme, "http" | "https"),
@@ -182,6 +180,15 @@ fn check_base_url(kind: Kind, url: &str) -> Result<(), AdminError> {
             "base_url",
             "must be a URL of at most 2048 characters without spaces",
         ));
+    }
+    // IP literals and metadata names are judged here; other names by the
+    // addresses they resolve to, at the gateway, when it connects.
+    if scheme != "mock" {
+        if let Some(host) = url_host(url) {
+            egress
+                .check_host(host)
+                .map_err(|e| AdminError::validation("base_url", e.to_string()))?;
+        }
     }
     Ok(())
 }
@@ -228,6 +235,7 @@ pub async fn create_provider(
     };
     let timeout_ms = body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     check(
+        &state.settings.egress,
         &body.name,
         body.kind,
         &base_url,
@@ -306,23 +314,6 @@ pub async fn update_provider(
     JsonBody(body): JsonBody<UpdateProvider>,
 ) -> Result<Json<ProviderView>, AdminError> {
     storable(&name)?;
-    let current = catalog::get_provider(&state.pool, &name)
-        .await?
-        .ok_or_else(|| AdminError::not_found("provider", &name))?;
-    // Judge the provider as it would be after the update, so a change of kind
-    // is checked against the URL it keeps.
-    let kind = body.kind.unwrap_or(current.kind.into());
-    let credential_ref = body
-        .credential_ref
-        .clone()
-        .unwrap_or(current.credential_ref.clone());
-    check(
-        body.name.as_deref().unwrap_or(&current.name),
-        kind,
-        body.base_url.as_deref().unwrap_or(&current.base_url),
-        credential_ref.as_deref(),
-        body.timeout_ms.unwrap_or(current.timeout_ms),
-    )?;
     let update = ProviderUpdate {
         name: body.name,
         kind: body.kind.map(Into::into),
@@ -330,14 +321,38 @@ pub async fn update_provider(
         credential_ref: body.credential_ref,
         timeout_ms: body.timeout_ms,
     };
-    let provider = catalog::update_provider(&state.pool, &name, &update)
+    // Judge the provider as it would be after the update, inside the
+    // transaction that writes it, so a change of kind is checked against the
+    // URL it keeps even when another update changed that URL meanwhile.
+    let egress = &state.settings.egress;
+    let judge = |merged: &Provider| {
+        check(
+            egress,
+            &merged.name,
+            merged.kind.into(),
+            &merged.base_url,
+            merged.credential_ref.as_deref(),
+            merged.timeout_ms,
+        )
+        .map_err(|e| match e {
+            AdminError::Validation { field, message } => CatalogError::Invalid { field, message },
+            other => CatalogError::Invalid {
+                field: String::new(),
+                message: other.to_string(),
+            },
+        })
+    };
+    let provider = catalog::update_provider(&state.pool, &name, &update, judge)
         .await
-        .map_err(|e| {
-            if validate::is_unique_violation(&e, "providers_name_key") {
+        .map_err(|e| match e {
+            CatalogError::Invalid { field, message } => AdminError::Validation { field, message },
+            CatalogError::Database(e)
+                if validate::is_unique_violation(&e, "providers_name_key") =>
+            {
                 name_taken(update.name.as_deref().unwrap_or(&name))
-            } else {
-                AdminError::from(e)
             }
+            CatalogError::Database(e) => AdminError::from(e),
+            other => AdminError::validation("name", other.to_string()),
         })?
         .ok_or_else(|| AdminError::not_found("provider", &name))?;
     info!(provider = %provider.name, "Provider updated.");

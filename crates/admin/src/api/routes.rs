@@ -136,6 +136,7 @@ fn catalog_error(e: CatalogError, targets: &[RouteTarget]) -> AdminError {
             }
         }
         CatalogError::Database(e) => e.into(),
+        CatalogError::Invalid { field, message } => AdminError::Validation { field, message },
         e @ CatalogError::ProviderInUse { .. } => {
             tracing::error!(error = %e, "Unexpected catalog error for a route write.");
             AdminError::Internal

@@ -10,7 +10,8 @@ pub const DEFAULT_PAGE: i64 = 100;
 /// The largest page a list request may ask for.
 pub const MAX_PAGE: i64 = 1000;
 
-/// A free-text value: not blank, at most `max` characters, no control characters.
+/// A free-text value: not blank, at most `max` characters, no control or
+/// invisible characters ([`obleth_config::text::check_visible`]).
 pub fn text(field: &str, value: &str, max: usize) -> Result<(), AdminError> {
     if value.trim().is_empty() {
         return Err(AdminError::validation(field, "must not be empty"));
@@ -21,13 +22,14 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), AdminError> {
             format!("must be at most {max} characters"),
         ));
     }
-    if value.chars().any(char::is_control) {
-        return Err(AdminError::validation(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
+    visible(field, value)
+}
+
+/// No control or invisible characters (bidi overrides, zero-width, format,
+/// line separators): the one check the gateway's settings use too.
+pub fn visible(field: &str, value: &str) -> Result<(), AdminError> {
+    obleth_config::text::check_visible(value)
+        .map_err(|e| AdminError::validation(field, e.to_string()))
 }
 
 /// A name that appears in URLs and config: 1 to 64 of `[A-Za-z0-9._-]`.
@@ -47,19 +49,19 @@ pub fn slug(field: &str, value: &str) -> Result<(), AdminError> {
     }
 }
 
-/// A model name or glob: 1 to 200 characters without spaces or control characters.
+/// A model name or glob: 1 to 200 characters without spaces, control or
+/// invisible characters.
 pub fn model_name(field: &str, value: &str) -> Result<(), AdminError> {
     let ok = !value.is_empty()
         && value.chars().count() <= 200
-        && !value.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(AdminError::validation(
+        && !value.chars().any(char::is_whitespace);
+    if !ok {
+        return Err(AdminError::validation(
             field,
             "must be 1 to 200 characters without spaces",
-        ))
+        ));
     }
+    visible(field, value)
 }
 
 /// A per-minute limit, when set, is at least 1.
@@ -126,6 +128,19 @@ mod tests {
         assert_eq!(field(slug("name", "")), Some("name".into()));
         assert_eq!(field(model_name("model", "openai/gpt-4o*")), None);
         assert_eq!(field(model_name("model", "gpt 4")), Some("model".into()));
+        assert_eq!(
+            field(text("owner", "team\u{202E}a", 50)),
+            Some("owner".into())
+        );
+        assert_eq!(field(text("name", "a\u{200B}b", 50)), Some("name".into()));
+        assert_eq!(
+            field(model_name("model", "gpt\u{2066}4")),
+            Some("model".into())
+        );
+        assert_eq!(
+            field(model_name("model", "gpt\u{FEFF}")),
+            Some("model".into())
+        );
         assert_eq!(
             field(positive("rpm_limit", Some(0))),
             Some("rpm_limit".into())

@@ -23,6 +23,8 @@ async fn every_token_route_refuses_a_missing_or_wrong_token_the_same_way() {
     writeln!(file, "# second admin token\nfile-admin-token-0123456789").unwrap();
     let mut settings = admin_settings(&db.url);
     settings.auth.token_file = Some(file.path().to_path_buf());
+    // Every refusal here is a 401; the throttle has its own test below.
+    settings.auth.max_failures = 10_000;
     let admin = TestAdmin::start(settings).await;
     admin.wait_ready().await;
 
@@ -81,6 +83,61 @@ async fn every_token_route_refuses_a_missing_or_wrong_token_the_same_way() {
         .text();
     assert!(
         metrics.contains("obleth_admin_auth_failures_total"),
+        "{metrics}"
+    );
+    admin.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_sending_wrong_tokens_is_throttled_before_its_token_is_checked() {
+    let db = obleth_testkit::fresh_database().await.unwrap();
+    let mut settings = admin_settings(&db.url);
+    settings.auth.max_failures = 5;
+    settings.auth.failure_window_secs = 600;
+    let admin = TestAdmin::start(settings).await;
+    admin.wait_ready().await;
+    let guesser: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let other: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let url = admin.url("/api/v1/providers");
+    let wrong = [("authorization", "Bearer wrong-token-0123456789")];
+    let right_header = format!("Bearer {TOKEN}");
+    let right = [("authorization", right_header.as_str())];
+
+    for i in 0..5 {
+        let a = request_from(guesser, Method::GET, &url, &wrong).await;
+        assert_eq!(a.status, 401, "attempt {i}");
+    }
+    // Past the budget every request of that client is refused unread, even
+    // with the right token, and says when to come back.
+    for headers in [&wrong[..], &right[..], &[]] {
+        for _ in 0..50 {
+            let a = request_from(guesser, Method::GET, &url, headers).await;
+            assert_eq!(a.status, 429, "{}", a.text());
+            assert_eq!(a.error(), ("too_many_auth_failures".to_owned(), None));
+            let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+            assert!((1..=600).contains(&retry), "{retry}");
+        }
+    }
+    // Another client is not affected.
+    let a = request_from(other, Method::GET, &url, &right).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        request_from(other, Method::GET, &url, &wrong).await.status,
+        401
+    );
+
+    let metrics = request(Method::GET, &admin.url("/metrics"), &[], "")
+        .await
+        .text();
+    // Only the six tokens actually checked count as failures.
+    assert_eq!(
+        counter(&metrics, "obleth_admin_auth_failures_total"),
+        6.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(&metrics, "obleth_admin_auth_throttled_total"),
+        150.0,
         "{metrics}"
     );
     admin.stop().await.unwrap();

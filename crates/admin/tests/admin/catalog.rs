@@ -17,7 +17,7 @@ async fn providers_and_routes_are_managed_and_conflicts_name_the_field() {
             Method::POST,
             "/api/v1/providers",
             json!({"name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
-                   "credential_ref": "env:OPENAI_API_KEY"}),
+                   "credential_ref": "env:OBLETH_CREDENTIAL_OPENAI"}),
         )
         .await;
     assert_eq!(openai.status, 201, "{}", openai.text());

@@ -6,6 +6,7 @@
 mod auth;
 mod catalog;
 mod docs;
+mod egress;
 mod fleet;
 mod keys;
 mod limits;

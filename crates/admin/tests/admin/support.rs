@@ -332,3 +332,45 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Like [`request`], from the local address `from` (any of 127.0.0.0/8 on
+/// loopback), so tests can play several clients.
+pub async fn request_from(
+    from: std::net::IpAddr,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(from));
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+    let mut builder = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = client
+        .request(builder.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The value of an unlabelled counter in a `/metrics` text; 0 when absent.
+pub fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}

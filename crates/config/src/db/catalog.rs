@@ -26,6 +26,9 @@ pub enum CatalogError {
         provider: String,
         routes: Vec<String>,
     },
+    /// A provider as it would be stored that the caller's check refused.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -277,52 +280,80 @@ impl ProviderUpdate {
     }
 }
 
+impl ProviderUpdate {
+    /// `current` with this update applied.
+    pub fn apply(&self, current: &Provider) -> Provider {
+        Provider {
+            id: current.id,
+            name: self.name.clone().unwrap_or_else(|| current.name.clone()),
+            kind: self.kind.unwrap_or(current.kind),
+            base_url: self
+                .base_url
+                .clone()
+                .unwrap_or_else(|| current.base_url.clone()),
+            credential_ref: self
+                .credential_ref
+                .clone()
+                .unwrap_or_else(|| current.credential_ref.clone()),
+            timeout_ms: self.timeout_ms.unwrap_or(current.timeout_ms),
+        }
+    }
+}
+
 /// Applies `update` to the provider named `name`; `None` when there is none.
 /// An empty update changes nothing and records no change. Routes name their
 /// providers by id, so a rename keeps them pointing at the same provider.
+///
+/// The stored row is read `FOR UPDATE`, merged with `update` and handed to
+/// `check` before it is written, all in one transaction: two concurrent
+/// updates, each acceptable alone, are judged one after the other, so the
+/// second is judged against what the first stored and a combination `check`
+/// refuses is never written. `check`'s error is returned as it is.
 pub async fn update_provider(
     pool: &PgPool,
     name: &str,
     update: &ProviderUpdate,
-) -> Result<Option<Provider>, sqlx::Error> {
-    if update.is_empty() {
-        return get_provider(pool, name).await;
-    }
-    let mut query: QueryBuilder<'_, Postgres> =
-        QueryBuilder::new("UPDATE providers SET updated_at = now()");
-    if let Some(new_name) = &update.name {
-        query.push(", name = ").push_bind(new_name);
-    }
-    if let Some(kind) = update.kind {
-        query.push(", kind = ").push_bind(kind.as_str());
-    }
-    if let Some(base_url) = &update.base_url {
-        query.push(", base_url = ").push_bind(base_url);
-    }
-    if let Some(credential_ref) = &update.credential_ref {
-        query.push(", credential_ref = ").push_bind(credential_ref);
-    }
-    if let Some(timeout_ms) = update.timeout_ms {
-        query.push(", timeout_ms = ").push_bind(timeout_ms);
-    }
-    query
-        .push(" WHERE name = ")
-        .push_bind(name)
-        .push(" RETURNING id, name, kind, base_url, credential_ref, timeout_ms");
-
+    check: impl FnOnce(&Provider) -> Result<(), CatalogError>,
+) -> Result<Option<Provider>, CatalogError> {
     let mut tx = pool.begin().await?;
-    let provider: Option<Provider> = query.build_query_as().fetch_optional(&mut *tx).await?;
-    if let Some(provider) = &provider {
-        record_change(
-            &mut tx,
-            Entity::Provider,
-            &provider.id.to_string(),
-            Op::Update,
-        )
-        .await?;
+    let current: Option<Provider> = sqlx::query_as(
+        "SELECT id, name, kind, base_url, credential_ref, timeout_ms FROM providers \
+         WHERE name = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(current) = current else {
+        return Ok(None);
+    };
+    if update.is_empty() {
+        tx.commit().await?;
+        return Ok(Some(current));
     }
+    let merged = update.apply(&current);
+    check(&merged)?;
+    let provider: Provider = sqlx::query_as(
+        "UPDATE providers SET updated_at = now(), name = $2, kind = $3, base_url = $4, \
+         credential_ref = $5, timeout_ms = $6 WHERE id = $1 \
+         RETURNING id, name, kind, base_url, credential_ref, timeout_ms",
+    )
+    .bind(current.id)
+    .bind(&merged.name)
+    .bind(merged.kind.as_str())
+    .bind(&merged.base_url)
+    .bind(&merged.credential_ref)
+    .bind(merged.timeout_ms)
+    .fetch_one(&mut *tx)
+    .await?;
+    record_change(
+        &mut tx,
+        Entity::Provider,
+        &provider.id.to_string(),
+        Op::Update,
+    )
+    .await?;
     tx.commit().await?;
-    Ok(provider)
+    Ok(Some(provider))
 }
 
 /// Route `id` with its targets in position order.

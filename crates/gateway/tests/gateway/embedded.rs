@@ -606,6 +606,7 @@ async fn the_provider_credential_is_read_from_its_file_and_sent_upstream() {
     std::fs::write(&secret_file, "sk-upstream-secret\n").unwrap();
     let (key, secret) = file_key(|_| {});
     let mut settings = embedded_settings(vec![key]);
+    settings.egress.credential_dirs = vec![dir.path().to_path_buf()];
     let mut provider = openai_provider("up", &upstream.base_url());
     provider.credential = Some(format!("file:{}", secret_file.display()));
     settings.providers = vec![provider];
