@@ -7,3 +7,4 @@ mod database;
 mod embedded;
 mod process;
 mod support;
+mod usage;
