@@ -5,6 +5,7 @@
 
 mod database;
 mod embedded;
+mod hardening;
 mod process;
 mod support;
 mod usage;
