@@ -1,17 +1,92 @@
-//! Who is calling: the key from `Authorization: Bearer` or `x-api-key`, checked
-//! against the cache (and on a miss, once, against the database).
+//! Who is calling: the `AuthorizedKey` extractor every proxy route takes. It
+//! refuses late requests past the drain timeout, then requests in maintenance
+//! mode, then resolves the key from `Authorization: Bearer` or `x-api-key`
+//! against the key store. While the store is complete (warmed and the change
+//! feed live) a key it does not hold is unknown and costs no query; otherwise
+//! a miss is looked up in the database, coalesced and rate-limited.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use axum::extract::{FromRequestParts, MatchedPath};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use axum::response::Response;
 use chrono::Utc;
 use obleth_config::apikey;
 use obleth_config::model::ApiKey;
+use sqlx::PgPool;
 
 use crate::error::ApiError;
 use crate::keycache::{Hash, Lookup};
+use crate::misses::Outcome;
 use crate::policy;
-use crate::state::AppState;
+use crate::proxy::reject;
+use crate::state::{AppState, InFlightGuard};
+
+/// Longest a database lookup of one key may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A request past the drain and maintenance checks with a valid, active key.
+/// It holds the request's in-flight guard from the moment it arrived.
+#[derive(Debug)]
+pub struct AuthorizedKey {
+    pub key: Arc<ApiKey>,
+    pub started: Instant,
+    pub guard: InFlightGuard,
+}
+
+/// The fixed `route` label of a proxy path.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "chat_completions",
+        "/v1/completions" => "completions",
+        "/v1/embeddings" => "embeddings",
+        "/v1/models" => "models",
+        _ => "other",
+    }
+}
+
+impl FromRequestParts<AppState> for AuthorizedKey {
+    /// The refusal, already counted and in OpenAI's error shape.
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let started = Instant::now();
+        let guard = InFlightGuard::enter(state);
+        let route = route_label(
+            parts
+                .extensions
+                .get::<MatchedPath>()
+                .map_or(parts.uri.path(), MatchedPath::as_str),
+        );
+        // While draining the gateway keeps serving: load balancers may still
+        // send requests until they see /readyz fail. Only past the drain
+        // timeout, when open streams are being ended, is a late request
+        // refused (retryable).
+        if state.cut_streams.is_cancelled() {
+            return Err(reject(state, route, ApiError::Draining));
+        }
+        if let Some(m) = state.maintenance() {
+            return Err(reject(
+                state,
+                route,
+                ApiError::Maintenance {
+                    message: m.message,
+                    retry_after_secs: m.retry_after_secs,
+                },
+            ));
+        }
+        match authenticate(state, &parts.headers).await {
+            Ok(key) => Ok(AuthorizedKey {
+                key,
+                started,
+                guard,
+            }),
+            Err(e) => Err(reject(state, route, e)),
+        }
+    }
+}
 
 /// The presented key, as sent.
 fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -49,45 +124,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<A
         }
         Lookup::Miss => {
             state.metrics.cache_misses.inc();
-            let Some(pool) = &state.pool else {
-                state.keys.remember_unknown(hash);
-                return Err(ApiError::InvalidKey);
-            };
-            let lookup = obleth_config::db::keys::key_by_hash(pool, &hash);
-            let found = match tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await
-            {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(_) => Err("timed out after 2 s".to_owned()),
-            };
-            match found {
-                Ok(Some(key)) => {
-                    state
-                        .metrics
-                        .key_db_lookups
-                        .with_label_values(&["found"])
-                        .inc();
-                    state.keys.insert(key.clone());
-                    Arc::new(key)
-                }
-                Ok(None) => {
-                    state
-                        .metrics
-                        .key_db_lookups
-                        .with_label_values(&["unknown"])
-                        .inc();
-                    state.keys.remember_unknown(hash);
-                    return Err(ApiError::InvalidKey);
-                }
-                Err(e) => {
-                    state
-                        .metrics
-                        .key_db_lookups
-                        .with_label_values(&["error"])
-                        .inc();
-                    tracing::warn!(error = %e, "Key lookup failed; database unreachable?");
-                    return Err(ApiError::KeyStoreUnavailable);
-                }
-            }
+            resolve_miss(state, hash).await?
         }
     };
     let now = Utc::now();
@@ -98,4 +135,60 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<A
     }
     policy::check_key(&key, now)?;
     Ok(key)
+}
+
+/// A key the store does not hold. In embedded mode, or while the store is
+/// complete, it is unknown: no query. Otherwise one database lookup per hash
+/// at a time, within the global rate; past the rate the answer is 503
+/// `key_store_unavailable` (retryable), not 401, since the key may be valid.
+async fn resolve_miss(state: &AppState, hash: Hash) -> Result<Arc<ApiKey>, ApiError> {
+    let Some(pool) = &state.pool else {
+        return Err(ApiError::InvalidKey);
+    };
+    if state.keys.is_complete() {
+        return Err(ApiError::InvalidKey);
+    }
+    let outcome = state
+        .keys
+        .misses()
+        .lookup(hash, || lookup(state, pool, hash))
+        .await;
+    match outcome {
+        Ok(Outcome::Found(key)) => Ok(key),
+        Ok(Outcome::Unknown) => Err(ApiError::InvalidKey),
+        Ok(Outcome::Failed) => Err(ApiError::KeyStoreUnavailable),
+        Err(_) => {
+            state.metrics.key_lookups_throttled.inc();
+            Err(ApiError::KeyStoreUnavailable)
+        }
+    }
+}
+
+/// One database lookup; a found key is stored, an unknown hash remembered.
+async fn lookup(state: &AppState, pool: &PgPool, hash: Hash) -> Outcome {
+    let query = obleth_config::db::keys::key_by_hash(pool, &hash);
+    let found = match tokio::time::timeout(LOOKUP_TIMEOUT, query).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("timed out after {} s", LOOKUP_TIMEOUT.as_secs())),
+    };
+    let (result, outcome) = match found {
+        Ok(Some(key)) => {
+            state.keys.insert(key.clone());
+            ("found", Outcome::Found(Arc::new(key)))
+        }
+        Ok(None) => {
+            state.keys.remember_unknown(hash);
+            ("unknown", Outcome::Unknown)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Key lookup failed; database unreachable?");
+            ("error", Outcome::Failed)
+        }
+    };
+    state
+        .metrics
+        .key_db_lookups
+        .with_label_values(&[result])
+        .inc();
+    outcome
 }

@@ -39,10 +39,15 @@ pub enum ApiError {
     BadRequest(String),
     #[error("content-type must be application/json")]
     UnsupportedMediaType,
-    #[error("upstream provider failed: {0}")]
-    UpstreamFailed(String),
-    #[error("upstream provider timed out")]
+    /// Connection errors, 5xx answers and broken answers alike: the body
+    /// names no provider and no network detail (the log has them), so it is
+    /// no oracle for what the gateway can reach.
+    #[error("the upstream provider could not be reached or failed to answer")]
+    UpstreamFailed,
+    #[error("the upstream provider did not answer in time")]
     UpstreamTimeout,
+    #[error("the upstream provider's answer is larger than this gateway accepts")]
+    UpstreamResponseTooLarge,
     #[error("the gateway is shutting down; retry on another instance")]
     Draining,
     #[error("{message}")]
@@ -68,7 +73,7 @@ impl ApiError {
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            UpstreamFailed | UpstreamResponseTooLarge => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Draining | Maintenance { .. } | KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,7 +93,7 @@ impl ApiError {
             | UnsupportedMediaType => "invalid_request_error",
             RateLimited { .. } => "rate_limit_error",
             BudgetExhausted { .. } => "insufficient_quota",
-            UpstreamFailed(_) | UpstreamTimeout => "upstream_error",
+            UpstreamFailed | UpstreamTimeout | UpstreamResponseTooLarge => "upstream_error",
             Draining | Maintenance { .. } | KeyStoreUnavailable => "service_unavailable",
             Internal => "server_error",
         }
@@ -110,7 +115,8 @@ impl ApiError {
             BodyTimeout => "request_timeout",
             BadRequest(_) => "invalid_request",
             UnsupportedMediaType => "unsupported_media_type",
-            UpstreamFailed(_) => "upstream_failed",
+            UpstreamFailed => "upstream_failed",
+            UpstreamResponseTooLarge => "upstream_response_too_large",
             UpstreamTimeout => "upstream_timeout",
             Draining => "draining",
             Maintenance { .. } => "maintenance",

@@ -34,7 +34,7 @@ pub async fn run(
         let mut listener = match connected {
             Ok(l) => l,
             Err(e) => {
-                state.health.set_database_ok(false);
+                set_live(&state, false);
                 warn!(error = %e, "Change feed cannot listen; serving from the cache.");
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -68,7 +68,7 @@ pub async fn run(
                     Ok(None) | Err(_) => {
                         // The connection was lost; notifications may be missed
                         // until we listen again, so reconnect and catch up.
-                        state.health.set_database_ok(false);
+                        set_live(&state, false);
                         warn!("Change feed lost its connection; reconnecting.");
                         break;
                     }
@@ -99,7 +99,7 @@ async fn catch_up(state: &AppState, pool: &PgPool, seq: &mut i64) -> Result<(), 
     match tokio::time::timeout(CATCH_UP_TIMEOUT, catch_up_inner(state, pool, seq)).await {
         Ok(result) => result,
         Err(_) => {
-            state.health.set_database_ok(false);
+            set_live(state, false);
             warn!("Change feed catch-up timed out; database unreachable?");
             Err(())
         }
@@ -111,7 +111,7 @@ async fn catch_up_inner(state: &AppState, pool: &PgPool, seq: &mut i64) -> Resul
         let changes = match changes_since(pool, *seq, 1000).await {
             Ok(changes) => changes,
             Err(e) => {
-                state.health.set_database_ok(false);
+                set_live(state, false);
                 warn!(error = %e, "Change feed cannot read the change log.");
                 return Err(());
             }
@@ -119,7 +119,7 @@ async fn catch_up_inner(state: &AppState, pool: &PgPool, seq: &mut i64) -> Resul
         let n = changes.len();
         for change in changes {
             if apply(state, pool, &change).await.is_err() {
-                state.health.set_database_ok(false);
+                set_live(state, false);
                 return Err(());
             }
             *seq = change.seq;
@@ -129,9 +129,16 @@ async fn catch_up_inner(state: &AppState, pool: &PgPool, seq: &mut i64) -> Resul
             break;
         }
     }
-    state.health.set_database_ok(true);
+    set_live(state, true);
     state.health.feed_confirmed();
     Ok(())
+}
+
+/// The feed is caught up and listening, or not. While it is, the key store
+/// is complete and unknown keys cost no query.
+fn set_live(state: &AppState, live: bool) {
+    state.health.set_database_ok(live);
+    state.keys.set_live(live);
 }
 
 async fn apply(state: &AppState, pool: &PgPool, change: &Change) -> Result<(), sqlx::Error> {

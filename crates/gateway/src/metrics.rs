@@ -1,11 +1,17 @@
 //! The gateway's Prometheus metrics, registered in one registry served on the
-//! ops listener.
+//! ops listener. Label values come from fixed sets or from the operator's
+//! configuration, never from what a client sends: a model the catalog does not
+//! route is counted as `other`, a status outside the standard ones by its class.
+
+use std::borrow::Cow;
 
 use obleth_service::metrics::{must, register_all, ConnectionMetrics};
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry,
 };
+
+use crate::catalog::Catalog;
 
 /// Every metric the gateway exports.
 #[derive(Debug, Clone)]
@@ -20,6 +26,7 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub key_db_lookups: IntCounterVec,
+    pub key_lookups_throttled: IntCounter,
     pub warmup_seconds: Gauge,
     pub warmup_keys: IntGauge,
     pub feed_staleness_seconds: Gauge,
@@ -106,6 +113,10 @@ impl Metrics {
                 ),
                 &["result"],
             )),
+            key_lookups_throttled: must(IntCounter::new(
+                "obleth_key_lookups_throttled_total",
+                "Unknown keys answered 503 without a database lookup because the lookup rate (cache.miss_lookups_per_sec) or concurrency bound was reached.",
+            )),
             warmup_seconds: must(Gauge::new(
                 "obleth_key_cache_warmup_seconds",
                 "How long the last warm-up of the key cache took.",
@@ -164,6 +175,7 @@ impl Metrics {
             Box::new(m.cache_hits.clone()),
             Box::new(m.cache_misses.clone()),
             Box::new(m.key_db_lookups.clone()),
+            Box::new(m.key_lookups_throttled.clone()),
             Box::new(m.warmup_seconds.clone()),
             Box::new(m.warmup_keys.clone()),
             Box::new(m.feed_staleness_seconds.clone()),
@@ -185,6 +197,41 @@ impl Metrics {
     }
 }
 
+/// The `model` label of a request whose model is not routed by the catalog
+/// (including names a client made up).
+pub const OTHER_MODEL: &str = "other";
+/// The `model` label of a request refused before its body was read.
+pub const NO_MODEL: &str = "unknown";
+
+/// The `model` label for `model`: itself when the current catalog routes it,
+/// else [`OTHER_MODEL`].
+pub fn model_label<'a>(catalog: &Catalog, model: &'a str) -> &'a str {
+    if catalog.route(model).is_some() {
+        model
+    } else {
+        OTHER_MODEL
+    }
+}
+
+/// The `status` label: a standard status as its number, any other by its
+/// class (`5xx`), so an upstream cannot create series with odd statuses. 499
+/// (the client went away) is the gateway's own and kept.
+pub fn status_label(status: u16) -> Cow<'static, str> {
+    match http::StatusCode::from_u16(status) {
+        Ok(code) if code.canonical_reason().is_some() || status == 499 => {
+            Cow::Owned(status.to_string())
+        }
+        _ => match status / 100 {
+            1 => Cow::Borrowed("1xx"),
+            2 => Cow::Borrowed("2xx"),
+            3 => Cow::Borrowed("3xx"),
+            4 => Cow::Borrowed("4xx"),
+            5 => Cow::Borrowed("5xx"),
+            _ => Cow::Borrowed("other"),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -194,5 +241,15 @@ mod tests {
         let text = m.render();
         assert!(text.contains("obleth_requests_total"));
         assert!(text.contains("obleth_in_flight_requests"));
+    }
+
+    #[test]
+    fn status_labels_come_from_a_fixed_set() {
+        assert_eq!(super::status_label(200), "200");
+        assert_eq!(super::status_label(499), "499");
+        assert_eq!(super::status_label(498), "4xx");
+        assert_eq!(super::status_label(599), "5xx");
+        assert_eq!(super::status_label(999), "other");
+        assert_eq!(super::status_label(0), "other");
     }
 }

@@ -10,48 +10,70 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use obleth_config::model::ApiKey;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::auth::authenticate;
+use crate::auth::AuthorizedKey;
 use crate::error::ApiError;
+use crate::metrics;
+use crate::peek::peek;
 use crate::policy;
 use crate::relay::{Completion, RelayBody, Tokens};
-use crate::state::{AppState, InFlightGuard};
-use crate::upstream::UpstreamError;
+use crate::state::AppState;
+use crate::upstream::{BoxError, UpBody, UpstreamError};
 
 /// Idle time allowed between two chunks of a stream before it is cut.
 const STREAM_IDLE: Duration = Duration::from_secs(300);
 
-pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
-    proxy(state, "chat_completions", "/chat/completions", request).await
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    auth: AuthorizedKey,
+    request: Request,
+) -> Response {
+    proxy(
+        state,
+        auth,
+        "chat_completions",
+        "/chat/completions",
+        request,
+    )
+    .await
 }
 
-pub async fn completions(State(state): State<AppState>, request: Request) -> Response {
-    proxy(state, "completions", "/completions", request).await
+pub async fn completions(
+    State(state): State<AppState>,
+    auth: AuthorizedKey,
+    request: Request,
+) -> Response {
+    proxy(state, auth, "completions", "/completions", request).await
 }
 
-pub async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
-    proxy(state, "embeddings", "/embeddings", request).await
+pub async fn embeddings(
+    State(state): State<AppState>,
+    auth: AuthorizedKey,
+    request: Request,
+) -> Response {
+    proxy(state, auth, "embeddings", "/embeddings", request).await
 }
 
 /// `GET /v1/models`: the routed models this key may use.
-pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let key = match authenticate(&state, &headers).await {
-        Ok(key) => key,
-        Err(e) => return reject(&state, "models", e),
-    };
+pub async fn models(State(state): State<AppState>, auth: AuthorizedKey) -> Response {
     let catalog = state.catalog.get();
     let data: Vec<Value> = catalog
         .models()
         .into_iter()
-        .filter(|m| policy::model_allowed(&key, m))
+        .filter(|m| policy::model_allowed(&auth.key, m))
         .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "obleth"}))
         .collect();
+    state
+        .metrics
+        .requests
+        .with_label_values(&["models", "200", metrics::NO_MODEL])
+        .inc();
+    drop(auth);
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
@@ -71,17 +93,9 @@ pub async fn method_not_allowed() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
-/// The part of a request body the gateway reads; everything else passes through.
-#[derive(Deserialize)]
-struct Peek {
-    model: Option<String>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<serde::de::IgnoredAny>,
-}
-
-fn reject(state: &AppState, route: &'static str, error: ApiError) -> Response {
+/// Refuses a request before it has a `Completion`: counts it once (refusal
+/// and request, the model unknown), logs it and answers the error.
+pub fn reject(state: &AppState, route: &'static str, error: ApiError) -> Response {
     state
         .metrics
         .rejected
@@ -90,7 +104,7 @@ fn reject(state: &AppState, route: &'static str, error: ApiError) -> Response {
     state
         .metrics
         .requests
-        .with_label_values(&[route, error.status().as_str(), "unknown"])
+        .with_label_values(&[route, error.status().as_str(), metrics::NO_MODEL])
         .inc();
     if error.status().is_server_error() {
         tracing::warn!(route, code = error.code(), "{error}");
@@ -102,33 +116,17 @@ fn reject(state: &AppState, route: &'static str, error: ApiError) -> Response {
 
 async fn proxy(
     state: AppState,
+    auth: AuthorizedKey,
     route: &'static str,
     path: &'static str,
     request: Request,
 ) -> Response {
-    let started = Instant::now();
-    let guard = InFlightGuard::enter(&state);
-    // While draining the gateway keeps serving: load balancers may still send
-    // requests until they see /readyz fail. Only past the drain timeout, when
-    // open streams are being ended, is a late request refused (retryable).
-    if state.cut_streams.is_cancelled() {
-        return reject(&state, route, ApiError::Draining);
-    }
-    if let Some(m) = state.maintenance() {
-        return reject(
-            &state,
-            route,
-            ApiError::Maintenance {
-                message: m.message,
-                retry_after_secs: m.retry_after_secs,
-            },
-        );
-    }
+    let AuthorizedKey {
+        key,
+        started,
+        guard,
+    } = auth;
     let (parts, body) = request.into_parts();
-    let key = match authenticate(&state, &parts.headers).await {
-        Ok(key) => key,
-        Err(e) => return reject(&state, route, e),
-    };
     let is_json = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -145,28 +143,23 @@ async fn proxy(
         Ok(body) => body,
         Err(e) => return reject(&state, route, e),
     };
-    let peek: Peek = match serde_json::from_slice(&body) {
-        Ok(peek) => peek,
-        Err(e) => {
-            let message = if e.is_data() {
-                format!("invalid request body: {e}")
-            } else {
-                format!("request body is not valid JSON: {e}")
-            };
-            return reject(&state, route, ApiError::BadRequest(message));
-        }
+    let (model, stream, stream_options) = match peek(&body) {
+        Ok(p) => (p.model.into_owned(), p.stream, p.stream_options),
+        Err(e) => return reject(&state, route, ApiError::BadRequest(e.to_string())),
     };
-    let Some(model) = peek.model.filter(|m| !m.is_empty()) else {
-        return reject(
-            &state,
-            route,
-            ApiError::BadRequest("missing required field `model`".to_owned()),
-        );
-    };
-    let stream = peek.stream.unwrap_or(false);
     // A stream reports its token usage only when asked; without it rate limits
     // and budgets could not count streamed tokens.
-    let ask_usage = stream && peek.stream_options.is_none() && path != "/embeddings";
+    let ask_usage = stream && !stream_options && path != "/embeddings";
+    let body = if ask_usage {
+        match edit_body(&body, None, true) {
+            Ok(b) => b,
+            Err(e) => return reject(&state, route, ApiError::BadRequest(e)),
+        }
+    } else {
+        body
+    };
+    // Every check of the request itself has passed: from here on the request
+    // is recorded exactly once, by its completion.
     let completion = Completion {
         state: state.clone(),
         key: Arc::clone(&key),
@@ -177,14 +170,6 @@ async fn proxy(
         started,
         streamed: stream,
         guard: Some(guard),
-    };
-    let body = if ask_usage {
-        match edit_body(&body, None, true) {
-            Ok(b) => b,
-            Err(e) => return reject(&state, route, ApiError::BadRequest(e)),
-        }
-    } else {
-        body
     };
     match forward(&state, &key, path, model, body, stream, completion).await {
         Ok(response) => response,
@@ -253,8 +238,7 @@ async fn forward(
     let Some(targets) = catalog.route(&model) else {
         return Err((ApiError::UnknownModel(model), Some(completion)));
     };
-    let mut last_error =
-        ApiError::UpstreamFailed(format!("no provider is configured for `{model}`"));
+    let mut last_error = ApiError::UpstreamFailed;
     let mut upstream_wait = Duration::ZERO;
     for target in targets {
         let provider = &target.provider;
@@ -282,11 +266,7 @@ async fn forward(
                     .with_label_values(&[&provider.name, "status_5xx"])
                     .inc();
                 tracing::warn!(provider = %provider.name, status = %response.status(), "Upstream answered with a server error; trying the next provider.");
-                last_error = ApiError::UpstreamFailed(format!(
-                    "provider {} answered {}",
-                    provider.name,
-                    response.status()
-                ));
+                last_error = ApiError::UpstreamFailed;
                 continue;
             }
             Ok(response) => response,
@@ -301,10 +281,11 @@ async fn forward(
                     .upstream_attempts
                     .with_label_values(&[&provider.name, outcome])
                     .inc();
+                // The detail (refused, DNS, TLS...) goes to the log only.
                 tracing::warn!(error = %e, "Upstream attempt failed; trying the next provider.");
                 last_error = match e {
                     UpstreamError::Timeout { .. } => ApiError::UpstreamTimeout,
-                    other => ApiError::UpstreamFailed(other.to_string()),
+                    _ => ApiError::UpstreamFailed,
                 };
                 continue;
             }
@@ -357,22 +338,37 @@ async fn forward(
                 .map_err(|_| (ApiError::Internal, None));
         }
         // Not streamed: read the whole answer before sending anything, so a
-        // failure while reading can still fall back to the next provider.
+        // failure while reading can still fall back to the next provider. The
+        // answer is held in memory, so its size is capped.
         let t1 = Instant::now();
-        let collected = tokio::time::timeout(provider.timeout, upstream_body.collect()).await;
+        let limit = state.settings.server.max_response_bytes;
+        let collected =
+            tokio::time::timeout(provider.timeout, read_answer(upstream_body, limit)).await;
         upstream_wait += t1.elapsed();
         let bytes = match collected {
-            Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(e)) => {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(AnswerError::TooLarge)) => {
+                state
+                    .metrics
+                    .upstream_attempts
+                    .with_label_values(&[&provider.name, "too_large"])
+                    .inc();
+                tracing::warn!(
+                    provider = %provider.name,
+                    limit,
+                    "Upstream answer larger than server.max_response_bytes; trying the next provider."
+                );
+                last_error = ApiError::UpstreamResponseTooLarge;
+                continue;
+            }
+            Ok(Err(AnswerError::Broken(e))) => {
                 state
                     .metrics
                     .upstream_attempts
                     .with_label_values(&[&provider.name, "error"])
                     .inc();
-                last_error = ApiError::UpstreamFailed(format!(
-                    "provider {} broke off its answer: {e}",
-                    provider.name
-                ));
+                tracing::warn!(provider = %provider.name, error = %e, "Upstream broke off its answer; trying the next provider.");
+                last_error = ApiError::UpstreamFailed;
                 continue;
             }
             Err(_) => {
@@ -411,6 +407,36 @@ async fn forward(
             .map_err(|_| (ApiError::Internal, None));
     }
     Err((last_error, Some(completion)))
+}
+
+/// Why a non-streamed answer could not be read whole.
+enum AnswerError {
+    TooLarge,
+    Broken(BoxError),
+}
+
+/// Reads a non-streamed upstream answer whole, within `limit` bytes: the
+/// answer is held in memory before it is sent, so an upstream must not be able
+/// to make the gateway hold more. A declared length past the limit is refused
+/// before reading.
+async fn read_answer(mut body: UpBody, limit: usize) -> Result<Bytes, AnswerError> {
+    if hyper::body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(AnswerError::TooLarge);
+    }
+    let mut answer = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(AnswerError::Broken)?;
+        if let Ok(data) = frame.into_data() {
+            if answer.len() + data.len() > limit {
+                return Err(AnswerError::TooLarge);
+            }
+            answer.extend_from_slice(&data);
+        }
+    }
+    Ok(answer.freeze())
 }
 
 /// Edits a JSON object body: replaces `model`, and asks a stream to report

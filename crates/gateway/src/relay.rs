@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
+use crate::metrics;
 use crate::state::{AppState, InFlightGuard};
 use crate::upstream::{BoxError, UpBody};
 
@@ -85,10 +86,17 @@ impl Completion {
         let total = tokens.total_or_zero();
         state.limiter.add_tokens(self.key.id, total);
         state.budgets.add(self.key.id, total);
+        // Label values only from the operator's catalog and fixed sets: a
+        // client naming random models must not create series.
+        let catalog = state.catalog.get();
         state
             .metrics
             .requests
-            .with_label_values(&[self.route, &status.to_string(), &self.model])
+            .with_label_values(&[
+                self.route,
+                &metrics::status_label(status),
+                metrics::model_label(&catalog, &self.model),
+            ])
             .inc();
         state.usage.record(UsageEvent {
             request_id: self.request_id,

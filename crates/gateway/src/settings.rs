@@ -67,6 +67,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Most connections open at once on the ops listener.
     pub ops_max_connections: usize,
+    /// Largest non-streamed upstream answer the gateway reads, in bytes; past
+    /// it the client gets 502 `upstream_response_too_large`.
+    pub max_response_bytes: usize,
 }
 
 impl Default for ServerSettings {
@@ -84,6 +87,7 @@ impl Default for ServerSettings {
             idle_timeout_secs: 60,
             max_connections: 10_000,
             ops_max_connections: 1_000,
+            max_response_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -121,12 +125,18 @@ impl ServerSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSettings {
-    /// Most keys held in memory.
+    /// Most keys held in memory. Past it the store is incomplete: keys it
+    /// does not hold are looked up in the database, rate-limited.
     pub max_keys: u64,
-    /// How long an unknown key is remembered as unknown, in seconds.
+    /// How long an unknown key looked up in the database is remembered as
+    /// unknown, in seconds.
     pub negative_ttl_secs: u64,
     /// Most unknown keys remembered.
     pub negative_max: u64,
+    /// While the key store is incomplete (warming, change feed not live):
+    /// most database lookups of unknown keys per second, for the whole
+    /// gateway. Past it a miss is answered 503 `key_store_unavailable`.
+    pub miss_lookups_per_sec: u32,
     /// The safety-net poll of the change log, in seconds.
     pub poll_interval_secs: u64,
     /// How often per-key token totals are re-read for budgets, in seconds.
@@ -139,6 +149,7 @@ impl Default for CacheSettings {
             max_keys: 2_000_000,
             negative_ttl_secs: 30,
             negative_max: 100_000,
+            miss_lookups_per_sec: 50,
             poll_interval_secs: 30,
             budget_refresh_secs: 30,
         }
@@ -387,6 +398,9 @@ impl GatewaySettings {
                     "keys[{i}].secret_sha256: must be 64 hex digits (the SHA-256 of the key's secret; `obleth-gateway key` prints it)"
                 ));
             }
+        }
+        if self.server.max_response_bytes == 0 {
+            return Err("server.max_response_bytes: must be greater than 0".to_owned());
         }
         Ok(())
     }

@@ -2,19 +2,34 @@
 //! writer task batches them into PostgreSQL, keeps a bounded buffer while the
 //! database is away, and flushes everything it can at shutdown. A record that
 //! cannot be kept is counted in `obleth_usage_dropped_total` and logged.
+//!
+//! Intake never waits on the database: at most one write is in flight, as a
+//! future polled in the same `select!` as the channel, so records keep moving
+//! from the channel into the buffer while a write runs or backs off.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use obleth_config::model::UsageEvent;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::settings::UsageSettings;
+
+/// Longest one INSERT may take: a partitioned network hangs a query instead of
+/// failing it. A timed-out batch is retried; request ids keep that idempotent.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between two attempts while the database is away.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// At most one "buffer full" warning in this interval, with the count since the last.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The sending side, cloned into every request.
 #[derive(Debug, Clone)]
@@ -60,50 +75,91 @@ pub fn start(
         tx,
         metrics: metrics.clone(),
     };
+    let interval = Duration::from_millis(settings.flush_interval_ms);
     let writer = Writer {
         pool,
         rx,
         buffer: VecDeque::new(),
+        in_flight: 0,
         settings: settings.clone(),
         metrics,
+        interval,
+        backoff: interval,
+        retry_at: Instant::now(),
+        due_at: None,
+        drops_unlogged: 0,
+        drop_logged_at: None,
     };
     let handle = tokio::spawn(writer.run(stop, final_flush));
     (sink, handle)
 }
 
+/// One batch being written, and how it went. The batch comes back so that a
+/// failed write can put it back at the front of the buffer.
+struct Written {
+    batch: Vec<UsageEvent>,
+    result: Result<(), String>,
+}
+
+type Write = Pin<Box<dyn Future<Output = Written> + Send>>;
+
 struct Writer {
     pool: Option<PgPool>,
     rx: mpsc::Receiver<UsageEvent>,
+    /// Records waiting for a write, oldest first.
     buffer: VecDeque<UsageEvent>,
+    /// Records in the write under way; with `buffer`, at most `buffer_max`.
+    in_flight: usize,
     settings: UsageSettings,
     metrics: Metrics,
+    interval: Duration,
+    /// The wait after the next failed write.
+    backoff: Duration,
+    /// No write starts before this (after a failure).
+    retry_at: Instant,
+    /// When the oldest buffered record has waited `flush_interval_ms`.
+    due_at: Option<Instant>,
+    drops_unlogged: u64,
+    drop_logged_at: Option<Instant>,
+}
+
+/// Polls the write under way, or never resolves when there is none.
+async fn written(write: &mut Option<Write>) -> Written {
+    match write {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Writer {
     async fn run(mut self, stop: CancellationToken, final_flush: Duration) {
-        let interval = Duration::from_millis(self.settings.flush_interval_ms);
-        let mut backoff = interval;
+        let mut write: Option<Write> = None;
         loop {
+            if write.is_none() && self.ready(Instant::now()) {
+                write = self.start_write();
+            }
+            let wake = self.wake_at(write.is_some());
             tokio::select! {
                 _ = stop.cancelled() => break,
                 received = self.rx.recv() => match received {
-                    Some(event) => self.take(event),
+                    Some(event) => {
+                        self.take(event);
+                        // Take what else is queued, a batch at most, so a burst
+                        // costs one pass of this loop rather than one per record.
+                        for _ in 1..self.settings.batch_size {
+                            match self.rx.try_recv() {
+                                Ok(event) => self.take(event),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
-                _ = tokio::time::sleep(backoff), if !self.buffer.is_empty() => {}
-            }
-            while self.buffer.len() < self.settings.batch_size {
-                match self.rx.try_recv() {
-                    Ok(event) => self.take(event),
-                    Err(_) => break,
+                outcome = written(&mut write) => {
+                    write = None;
+                    self.finished(outcome);
                 }
-            }
-            if self.buffer.len() >= self.settings.batch_size || self.due(interval).await {
-                if self.flush().await {
-                    backoff = interval;
-                } else {
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
             }
         }
         // Shutdown: close the channel first, so a record sent from now on is
@@ -112,18 +168,28 @@ impl Writer {
         while let Some(event) = self.rx.recv().await {
             self.take(event);
         }
-        // The whole final flush, an insert under way included, ends within
+        // The whole final flush, a write under way included, ends within
         // `final_flush`, so the pod's grace period can be computed from it.
         let _ = tokio::time::timeout(final_flush, async {
-            while !self.buffer.is_empty() {
-                if !self.flush().await {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            loop {
+                if let Some(w) = write.take() {
+                    let outcome = w.await;
+                    if !self.finished(outcome) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                if self.buffer.is_empty() {
+                    break;
+                }
+                write = self.start_write();
+                if write.is_none() {
+                    break;
                 }
             }
         })
         .await;
-        if !self.buffer.is_empty() {
-            let lost = self.buffer.len() as u64;
+        let lost = (self.buffer.len() + self.in_flight) as u64;
+        if lost > 0 {
             self.metrics
                 .usage_dropped
                 .with_label_values(&["shutdown"])
@@ -136,6 +202,9 @@ impl Writer {
         info!("Usage writer stopped.");
     }
 
+    /// Moves a record from the channel into the buffer. Past `buffer_max`
+    /// (buffer and the write under way together) the oldest buffered record
+    /// is dropped, counted.
     fn take(&mut self, event: UsageEvent) {
         self.metrics.usage_queue_depth.dec();
         if self.pool.is_none() {
@@ -145,71 +214,132 @@ impl Writer {
                 .inc();
             return;
         }
-        if self.buffer.len() >= self.settings.buffer_max {
-            self.buffer.pop_front();
+        let mut event = Some(event);
+        if self.buffer.len() + self.in_flight >= self.settings.buffer_max {
+            // Everything held may be in the write under way (when `buffer_max`
+            // equals `batch_size`); then the new record is the one dropped.
+            if self.buffer.pop_front().is_none() {
+                event = None;
+            }
             self.metrics
                 .usage_dropped
                 .with_label_values(&["buffer_full"])
                 .inc();
+            self.log_drop();
+        }
+        if let Some(event) = event {
+            if self.buffer.is_empty() && self.due_at.is_none() {
+                self.due_at = Some(Instant::now() + self.interval);
+            }
+            self.buffer.push_back(event);
+        }
+        self.set_buffered_gauge();
+    }
+
+    fn log_drop(&mut self) {
+        self.drops_unlogged += 1;
+        let now = Instant::now();
+        if self
+            .drop_logged_at
+            .is_none_or(|at| now.duration_since(at) >= DROP_LOG_EVERY)
+        {
             warn!(
                 buffer_max = self.settings.buffer_max,
-                "Usage buffer full; oldest record dropped."
+                dropped = self.drops_unlogged,
+                "Usage buffer full; oldest records dropped."
             );
+            self.drops_unlogged = 0;
+            self.drop_logged_at = Some(now);
         }
-        self.buffer.push_back(event);
-        self.metrics.usage_buffered.set(self.buffer.len() as i64);
     }
 
-    /// Waits out the flush interval unless more records arrive to fill a batch.
-    async fn due(&mut self, interval: Duration) -> bool {
+    fn set_buffered_gauge(&self) {
+        let held = self.buffer.len() + self.in_flight;
+        self.metrics
+            .usage_buffered
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// A write may start: records wait, any back-off has passed, and either a
+    /// batch is full or the oldest record has waited the flush interval.
+    fn ready(&self, now: Instant) -> bool {
+        !self.buffer.is_empty()
+            && now >= self.retry_at
+            && (self.buffer.len() >= self.settings.batch_size
+                || self.due_at.is_some_and(|due| now >= due))
+    }
+
+    /// When the loop must wake to start a write, if no record arrives first.
+    fn wake_at(&self, writing: bool) -> Option<Instant> {
+        if writing || self.buffer.is_empty() {
+            return None;
+        }
+        if self.buffer.len() >= self.settings.batch_size {
+            return Some(self.retry_at);
+        }
+        self.due_at.map(|due| due.max(self.retry_at))
+    }
+
+    /// Moves the oldest batch out of the buffer into a write.
+    fn start_write(&mut self) -> Option<Write> {
+        let pool = self.pool.clone()?;
+        let n = self.buffer.len().min(self.settings.batch_size);
+        if n == 0 {
+            return None;
+        }
+        let batch: Vec<UsageEvent> = self.buffer.drain(..n).collect();
+        self.in_flight = n;
         if self.buffer.is_empty() {
-            return false;
+            self.due_at = None;
         }
-        let sleep = tokio::time::sleep(interval);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => return true,
-                received = self.rx.recv() => match received {
-                    Some(event) => {
-                        self.take(event);
-                        if self.buffer.len() >= self.settings.batch_size {
-                            return true;
-                        }
-                    }
-                    None => return true,
-                },
-            }
-        }
+        Some(Box::pin(async move {
+            let insert = obleth_config::db::usage::insert_usage(&pool, &batch);
+            let result = match tokio::time::timeout(WRITE_TIMEOUT, insert).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("timed out after {} s", WRITE_TIMEOUT.as_secs())),
+            };
+            Written { batch, result }
+        }))
     }
 
-    /// Writes the buffer in batches; answers whether everything was written.
-    async fn flush(&mut self) -> bool {
-        let Some(pool) = &self.pool else {
-            return true;
-        };
-        while !self.buffer.is_empty() {
-            let n = self.buffer.len().min(self.settings.batch_size);
-            let batch: Vec<UsageEvent> = self.buffer.iter().take(n).cloned().collect();
-            // A partitioned network hangs the insert instead of failing it; a
-            // timed-out batch is retried, and request ids keep that idempotent.
-            let insert = obleth_config::db::usage::insert_usage(pool, &batch);
-            let outcome = match tokio::time::timeout(Duration::from_secs(10), insert).await {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(_) => Err("timed out after 10 s".to_owned()),
-            };
-            match outcome {
-                Ok(_) => {
-                    self.buffer.drain(..n);
-                    self.metrics.usage_written.inc_by(n as u64);
-                    self.metrics.usage_buffered.set(self.buffer.len() as i64);
-                }
-                Err(e) => {
-                    warn!(error = %e, buffered = self.buffer.len(), "Usage write failed; will retry.");
-                    return false;
-                }
+    /// Books a finished write; answers whether it succeeded. A failed batch
+    /// goes back to the front of the buffer and the next attempt waits out
+    /// the back-off.
+    fn finished(&mut self, outcome: Written) -> bool {
+        self.in_flight = 0;
+        let ok = match outcome.result {
+            Ok(()) => {
+                self.metrics
+                    .usage_written
+                    .inc_by(outcome.batch.len() as u64);
+                self.backoff = self.interval;
+                self.retry_at = Instant::now();
+                true
             }
-        }
-        true
+            Err(e) => {
+                let n = outcome.batch.len();
+                for event in outcome.batch.into_iter().rev() {
+                    self.buffer.push_front(event);
+                }
+                self.due_at = Some(Instant::now());
+                self.retry_at = Instant::now() + self.backoff;
+                warn!(
+                    error = %e,
+                    batch = n,
+                    buffered = self.buffer.len(),
+                    retry_in_ms = self.backoff.as_millis() as u64,
+                    "Usage write failed; will retry."
+                );
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                false
+            }
+        };
+        self.set_buffered_gauge();
+        ok
     }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
 }

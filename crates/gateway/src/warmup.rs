@@ -92,6 +92,7 @@ pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
         count += 1;
     }
     drop(keys);
+    state.keys.set_warmed();
     let catalog = obleth_config::db::catalog::load_catalog(pool).await?;
     state
         .catalog

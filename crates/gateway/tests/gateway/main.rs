@@ -6,6 +6,8 @@
 mod database;
 mod egress;
 mod embedded;
+mod hardening;
 mod limits;
 mod process;
 mod support;
+mod usage;

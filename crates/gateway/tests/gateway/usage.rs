@@ -1,0 +1,189 @@
+//! The usage writer under a database outage, driven directly through
+//! `usage::start`: intake never waits on the database, and every record is
+//! either written or counted as dropped.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use obleth_config::model::UsageEvent;
+use obleth_config::{DatabaseSettings, DatabaseUrl};
+use obleth_gateway::metrics::Metrics;
+use obleth_gateway::settings::UsageSettings;
+use obleth_gateway::usage;
+use obleth_testkit::PgCluster;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+fn event() -> UsageEvent {
+    UsageEvent {
+        request_id: uuid::Uuid::new_v4(),
+        key_id: None,
+        model: "m".to_owned(),
+        provider: Some("mock".to_owned()),
+        prompt_tokens: Some(1),
+        completion_tokens: Some(2),
+        total_tokens: Some(3),
+        status: 200,
+        latency_ms: 1,
+        streamed: false,
+        node_id: Some("usage-test".to_owned()),
+        created_at: Utc::now(),
+    }
+}
+
+fn dropped(metrics: &Metrics) -> u64 {
+    ["queue_full", "buffer_full", "shutdown", "no_database"]
+        .iter()
+        .map(|r| metrics.usage_dropped.with_label_values(&[r]).get())
+        .sum()
+}
+
+async fn rows(url: &str) -> i64 {
+    let Ok(pool) = PgPool::connect(url).await else {
+        return -1;
+    };
+    let n = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(-1);
+    pool.close().await;
+    n
+}
+
+/// The writer's pool, built the way the gateway builds it (lazy, default
+/// acquire timeout).
+async fn writer_pool(url: &str) -> PgPool {
+    let settings = DatabaseSettings {
+        url: Some(DatabaseUrl::new(url)),
+        ..DatabaseSettings::default()
+    };
+    obleth_config::db::connect_pool(&settings, "usage-test")
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_60_second_outage_at_1000_records_a_second_with_default_settings_drops_nothing() {
+    let cluster = PgCluster::start().unwrap();
+    let db = cluster.fresh_database().await.unwrap();
+    migrated_database(&db.url).await.close().await;
+    let settings = UsageSettings::default();
+    let metrics = Metrics::new();
+    let stop = CancellationToken::new();
+    let (sink, writer) = usage::start(
+        Some(writer_pool(&db.url).await),
+        &settings,
+        metrics.clone(),
+        stop.clone(),
+        Duration::from_secs(10),
+    );
+    // The writer works before the outage.
+    for _ in 0..10 {
+        sink.record(event());
+    }
+    wait_until(Duration::from_secs(30), "first records written", || async {
+        rows(&db.url).await == 10
+    })
+    .await;
+
+    cluster.stop().unwrap();
+    let total: u64 = 60_000;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0;
+    while sent < total {
+        tick.tick().await;
+        for _ in 0..10 {
+            sink.record(event());
+        }
+        sent += 10;
+    }
+    let held_at_end = metrics.usage_buffered.get() + metrics.usage_queue_depth.get();
+    let dropped_during = dropped(&metrics);
+    cluster.start_again().unwrap();
+
+    let expected = 10 + total as i64;
+    wait_until(
+        Duration::from_secs(120),
+        "every record written after recovery",
+        || async { rows(&db.url).await == expected },
+    )
+    .await;
+    let written = rows(&db.url).await;
+    stop.cancel();
+    writer.await.unwrap();
+    eprintln!(
+        "usage outage: sent {total} during 60 s without the database; held at the end of the outage {held_at_end}; \
+         dropped during the outage {dropped_during}; rows after recovery {written} (10 before the outage); \
+         dropped in total {}",
+        dropped(&metrics)
+    );
+    assert_eq!(written, expected);
+    assert_eq!(dropped(&metrics), 0, "nothing dropped");
+}
+
+#[tokio::test]
+async fn records_past_buffer_max_are_dropped_and_counted_not_lost_silently() {
+    let cluster = PgCluster::start().unwrap();
+    let db = cluster.fresh_database().await.unwrap();
+    migrated_database(&db.url).await.close().await;
+    cluster.stop().unwrap();
+    let settings = UsageSettings {
+        queue_capacity: 1_000,
+        batch_size: 5,
+        flush_interval_ms: 10,
+        buffer_max: 20,
+    };
+    let metrics = Metrics::new();
+    let stop = CancellationToken::new();
+    let (sink, writer) = usage::start(
+        Some(writer_pool(&db.url).await),
+        &settings,
+        metrics.clone(),
+        stop.clone(),
+        Duration::from_secs(10),
+    );
+    let sent: u64 = 500;
+    for _ in 0..sent {
+        sink.record(event());
+    }
+    // Intake goes on while writes fail: the queue empties into the buffer,
+    // which holds `buffer_max` and counts what it cannot hold.
+    wait_until(Duration::from_secs(30), "the queue taken in", || async {
+        metrics.usage_queue_depth.get() == 0
+    })
+    .await;
+    let buffer_full = metrics
+        .usage_dropped
+        .with_label_values(&["buffer_full"])
+        .get();
+    assert_eq!(metrics.usage_buffered.get(), 20, "the buffer is full");
+    assert_eq!(
+        buffer_full,
+        sent - 20,
+        "every record past buffer_max counted"
+    );
+    assert_eq!(
+        metrics
+            .usage_dropped
+            .with_label_values(&["queue_full"])
+            .get(),
+        0
+    );
+
+    cluster.start_again().unwrap();
+    wait_until(Duration::from_secs(60), "the buffer written", || async {
+        rows(&db.url).await == 20
+    })
+    .await;
+    stop.cancel();
+    writer.await.unwrap();
+    let written = rows(&db.url).await as u64;
+    eprintln!(
+        "tiny buffer: sent {sent}, written {written}, dropped {}",
+        dropped(&metrics)
+    );
+    assert_eq!(written + dropped(&metrics), sent, "written or counted");
+}
