@@ -271,15 +271,10 @@ async fn forward(
             }
             Ok(response) => response,
             Err(e) => {
-                let outcome = if matches!(e, UpstreamError::Timeout { .. }) {
-                    "timeout"
-                } else {
-                    "error"
-                };
                 state
                     .metrics
                     .upstream_attempts
-                    .with_label_values(&[&provider.name, outcome])
+                    .with_label_values(&[&provider.name, e.outcome()])
                     .inc();
                 // The detail (refused, DNS, TLS...) goes to the log only.
                 tracing::warn!(error = %e, "Upstream attempt failed; trying the next provider.");
