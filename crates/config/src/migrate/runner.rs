@@ -624,7 +624,9 @@ type LockHolderRow = (
     Option<chrono::DateTime<chrono::Utc>>,
 );
 
-/// Who holds the advisory lock `key`, as `pid N (application, client) since T`.
+/// Who holds the advisory lock `key` in this database (advisory locks are per
+/// database; another database on the same server may hold the same key), as
+/// `pid N (application, client) since T`.
 async fn lock_holder(conn: &mut PgConnection, key: i64) -> Result<Option<String>, sqlx::Error> {
     let high = (key >> 32) & 0xffff_ffff;
     let low = key & 0xffff_ffff;
@@ -632,6 +634,7 @@ async fn lock_holder(conn: &mut PgConnection, key: i64) -> Result<Option<String>
         "SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start \
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.locktype = 'advisory' AND l.granted \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 1 \
              LIMIT 1",
     )
