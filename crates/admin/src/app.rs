@@ -7,16 +7,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use obleth_config::db::DbError;
+use obleth_config::{InvalidSetting, SettingsError};
 use obleth_service::drain::DrainTimings;
 use obleth_service::node::Heartbeat;
-use obleth_service::{Health, Listener};
+use obleth_service::{Health, Listener, ServerEnded};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::settings::AdminSettings;
+use crate::startup::Fatal;
 use crate::state::{AppState, Inner};
 use crate::throttle::{AuthThrottle, LogLimiter};
 use crate::tokens::AdminTokens;
@@ -25,6 +27,33 @@ use crate::{router, startup};
 /// At most one warning this often about wrong admin tokens, and one about
 /// throttled clients; each says how many were held back.
 const AUTH_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why an admin could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting failed [`AdminSettings::validate`].
+    #[error(transparent)]
+    Settings(#[from] InvalidSetting),
+    /// `auth.tokens` or `auth.token_file` holds no usable token (named by
+    /// place, never by value).
+    #[error(transparent)]
+    Tokens(#[from] SettingsError),
+    /// The pool could not be set up from `[database]` (never the password).
+    #[error("cannot set up the database pool")]
+    Pool(#[source] DbError),
+}
+
+/// Why a running admin stopped with an error, after its drain: the process
+/// must exit non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The schema can never suit this build, or a start-up migration failed.
+    #[error(transparent)]
+    Startup(#[from] Fatal),
+    /// The listener's server ended on its own.
+    #[error(transparent)]
+    Server(#[from] ServerEnded),
+}
 
 /// An admin with its state built and nothing started yet.
 #[derive(Debug)]
@@ -35,8 +64,8 @@ pub struct Admin {
 impl Admin {
     /// Checks the settings, reads the tokens and builds the (lazy) pool;
     /// nothing is contacted yet.
-    pub async fn build(settings: AdminSettings) -> anyhow::Result<Admin> {
-        settings.validate().map_err(anyhow::Error::msg)?;
+    pub async fn build(settings: AdminSettings) -> Result<Admin, StartError> {
+        settings.validate()?;
         let tokens = AdminTokens::load(&settings.auth)?;
         let node_id = settings
             .server
@@ -45,7 +74,7 @@ impl Admin {
             .unwrap_or_else(|| obleth_config::process::default_node_id("admin"));
         let pool = obleth_config::db::connect_pool(&settings.database, "obleth-admin")
             .await
-            .context("cannot set up the database pool")?;
+            .map_err(StartError::Pool)?;
         let state = AppState::new(Inner {
             pool,
             auth_throttle: AuthThrottle::new(
@@ -71,7 +100,7 @@ impl Admin {
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RunError> {
         let state = self.state;
         let background = CancellationToken::new();
         let mut limits = state.settings.server.limits();
@@ -109,7 +138,7 @@ impl Admin {
             tracks_database: true,
         };
         tokio::spawn(heartbeat.run(background.clone()));
-        let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
+        let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<Fatal>(1);
         {
             let state = state.clone();
             let stop = background.clone();
@@ -122,7 +151,7 @@ impl Admin {
                     Ok(()) => {}
                     Err(e) => {
                         error!("Refusing to start: {e}");
-                        let _ = fatal_tx.send(e.to_string()).await;
+                        let _ = fatal_tx.send(e).await;
                     }
                 }
             });
@@ -133,10 +162,10 @@ impl Admin {
         tokio::pin!(shutdown);
         tokio::select! {
             _ = &mut shutdown => info!("Shutdown requested; draining."),
-            Some(message) = fatal_rx.recv() => failure = Some(message),
-            message = server.ended_unexpectedly() => {
-                error!("{message}; draining.");
-                failure = Some(message);
+            Some(e) = fatal_rx.recv() => failure = Some(RunError::Startup(e)),
+            ended = server.ended_unexpectedly() => {
+                error!("{ended}; draining.");
+                failure = Some(ended.into());
             }
         }
         // 1-3. Not ready at once, keep serving through the drain delay, stop
@@ -163,7 +192,7 @@ impl Admin {
         state.pool.close().await;
         info!("Admin stopped.");
         match failure {
-            Some(message) => Err(anyhow::anyhow!(message)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }

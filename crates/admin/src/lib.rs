@@ -17,6 +17,6 @@ pub mod state;
 pub mod throttle;
 pub mod tokens;
 
-pub use app::Admin;
+pub use app::{Admin, RunError, StartError};
 pub use router::{router, routes, Access, RouteSpec};
 pub use settings::AdminSettings;

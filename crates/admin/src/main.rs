@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         let admin = Admin::build(settings).await?;
         admin
             .run(listener, obleth_config::process::shutdown_signal())
-            .await
+            .await?;
+        Ok(())
     })
 }

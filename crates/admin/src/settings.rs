@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use obleth_config::{DatabaseSettings, LogSettings, MigrationSettings, SettingsError};
+use obleth_config::{
+    DatabaseSettings, InvalidSetting, LogSettings, MigrationSettings, SettingsError,
+};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
@@ -155,7 +157,7 @@ impl AdminSettings {
     /// Loads and validates the settings; errors name the field.
     pub fn load(file: Option<&Path>) -> Result<AdminSettings, SettingsError> {
         let settings = AdminSettings::load_unchecked(file)?;
-        settings.validate().map_err(SettingsError::Invalid)?;
+        settings.validate()?;
         Ok(settings)
     }
 
@@ -167,15 +169,20 @@ impl AdminSettings {
 
     /// Checks what serde cannot. Tokens are checked when they are read
     /// ([`crate::tokens::AdminTokens::load`]), since the file may change.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The error names the first setting at fault; docs/configuration.md
+    /// lists the messages.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.database.url.is_none() {
-            return Err(
-                "database.url: required; set it in the settings file or OBLETH_DATABASE__URL"
-                    .to_owned(),
-            );
+            return Err(InvalidSetting::new(
+                "database.url",
+                "required; set it in the settings file or OBLETH_DATABASE__URL",
+            ));
         }
         if self.server.max_body_bytes == 0 {
-            return Err("server.max_body_bytes: must be greater than 0".to_owned());
+            return Err(InvalidSetting::new(
+                "server.max_body_bytes",
+                "must be greater than 0",
+            ));
         }
         let positive = [
             ("server.heartbeat_secs", self.server.heartbeat_secs),
@@ -189,25 +196,34 @@ impl AdminSettings {
         ];
         for (field, value) in positive {
             if value == 0 {
-                return Err(format!("{field}: must be greater than 0"));
+                return Err(InvalidSetting::new(field, "must be greater than 0"));
             }
         }
         if let Some(id) = &self.server.node_id {
             if id.trim().is_empty() {
-                return Err("server.node_id: must not be empty when set".to_owned());
+                return Err(InvalidSetting::new(
+                    "server.node_id",
+                    "must not be empty when set",
+                ));
             }
         }
         if self.auth.tokens.is_empty() && self.auth.token_file.is_none() {
-            return Err(
-                "auth.tokens, auth.token_file: no admin token configured; set one of them"
-                    .to_owned(),
-            );
+            return Err(InvalidSetting::new(
+                "auth.tokens, auth.token_file",
+                "no admin token configured; set one of them",
+            ));
         }
         if self.auth.max_failures == 0 {
-            return Err("auth.max_failures: must be greater than 0".to_owned());
+            return Err(InvalidSetting::new(
+                "auth.max_failures",
+                "must be greater than 0",
+            ));
         }
         if self.auth.failure_window_secs == 0 {
-            return Err("auth.failure_window_secs: must be greater than 0".to_owned());
+            return Err(InvalidSetting::new(
+                "auth.failure_window_secs",
+                "must be greater than 0",
+            ));
         }
         self.egress.validate()
     }
@@ -232,25 +248,28 @@ mod tests {
     #[test]
     fn validate_names_the_missing_field() {
         let mut s = AdminSettings::default();
-        assert!(s.validate().unwrap_err().starts_with("database.url"));
+        assert_eq!(s.validate().unwrap_err().field, "database.url");
         s.database.url = Some(obleth_config::DatabaseUrl::new("postgres://h/db"));
-        assert!(s.validate().unwrap_err().contains("auth.tokens"));
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "auth.tokens, auth.token_file: no admin token configured; set one of them"
+        );
         s.auth.token_file = Some(PathBuf::from("/run/secrets/admin"));
         s.validate().unwrap();
         s.auth.max_failures = 0;
-        assert!(s.validate().unwrap_err().starts_with("auth.max_failures"));
+        assert_eq!(s.validate().unwrap_err().field, "auth.max_failures");
         s.auth.max_failures = 20;
         s.egress.credential_env_prefix.clear();
-        assert!(s
-            .validate()
-            .unwrap_err()
-            .starts_with("egress.credential_env_prefix"));
+        assert_eq!(
+            s.validate().unwrap_err().field,
+            "egress.credential_env_prefix"
+        );
         s.egress = obleth_config::EgressSettings::default();
         s.server.max_body_bytes = 0;
-        assert!(s
-            .validate()
-            .unwrap_err()
-            .starts_with("server.max_body_bytes"));
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "server.max_body_bytes: must be greater than 0"
+        );
     }
 
     #[test]
@@ -270,8 +289,27 @@ mod tests {
             let mut s = valid.clone();
             zero(&mut s.server);
             let e = s.validate().unwrap_err();
-            assert!(e.starts_with(field), "{field}: {e}");
+            assert_eq!(e.field, field, "{e}");
+            assert_eq!(e.to_string(), format!("{field}: must be greater than 0"));
         }
+    }
+
+    #[test]
+    fn load_refuses_a_failed_check_as_a_typed_error_with_the_same_message() {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "[database]\nurl = \"postgres://u:pg-hunter2@h/db\"").unwrap();
+        let e = AdminSettings::load(Some(file.path())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid settings: auth.tokens, auth.token_file: no admin token configured; set one of them"
+        );
+        match &e {
+            SettingsError::Check(check) => assert_eq!(check.field, "auth.tokens, auth.token_file"),
+            other => panic!("{other:?}"),
+        }
+        assert!(std::error::Error::source(&e).is_none());
+        assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use obleth_config::apikey::{hash_secret, hashes_equal};
-use obleth_config::SettingsError;
+use obleth_config::{InvalidSetting, SettingsError};
 use secrecy::ExposeSecret;
 
 use crate::settings::AuthSettings;
@@ -33,10 +33,10 @@ impl AdminTokens {
         }
         if let Some(path) = &auth.token_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                SettingsError::Invalid(format!(
-                    "auth.token_file: cannot read {}: {e}",
-                    path.display()
-                ))
+                InvalidSetting::new(
+                    "auth.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
             })?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
@@ -48,10 +48,11 @@ impl AdminTokens {
             }
         }
         if hashes.is_empty() {
-            return Err(SettingsError::Invalid(
-                "auth.tokens, auth.token_file: no admin token configured; set one of them"
-                    .to_owned(),
-            ));
+            return Err(InvalidSetting::new(
+                "auth.tokens, auth.token_file",
+                "no admin token configured; set one of them",
+            )
+            .into());
         }
         Ok(AdminTokens { hashes })
     }
@@ -74,16 +75,20 @@ impl AdminTokens {
     }
 }
 
-fn check(token: &str, place: &str) -> Result<[u8; 32], SettingsError> {
+/// Checks one token; the error names its place (`auth.tokens[i]`, or the
+/// file and line), never the token.
+fn check(token: &str, place: &str) -> Result<[u8; 32], InvalidSetting> {
     if token.chars().count() < MIN_TOKEN_LEN {
-        return Err(SettingsError::Invalid(format!(
-            "{place}: an admin token must be at least {MIN_TOKEN_LEN} characters"
-        )));
+        return Err(InvalidSetting::new(
+            place,
+            format!("an admin token must be at least {MIN_TOKEN_LEN} characters"),
+        ));
     }
     if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(SettingsError::Invalid(format!(
-            "{place}: an admin token must not contain spaces or control characters"
-        )));
+        return Err(InvalidSetting::new(
+            place,
+            "an admin token must not contain spaces or control characters",
+        ));
     }
     Ok(hash_secret(token))
 }

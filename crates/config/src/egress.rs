@@ -15,6 +15,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::settings::InvalidSetting;
+
 pub use address::{url_host, EgressRefusal, METADATA_NAMES};
 pub use credential::{CredentialError, CredentialRef, MAX_CREDENTIAL_BYTES};
 
@@ -55,30 +57,40 @@ impl Default for EgressSettings {
 
 impl EgressSettings {
     /// Checks what serde cannot; the error names the field as `egress.field`.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         let prefix = &self.credential_env_prefix;
         if prefix.is_empty() {
-            return Err("egress.credential_env_prefix: must not be empty".to_owned());
+            return Err(InvalidSetting::new(
+                "egress.credential_env_prefix",
+                "must not be empty",
+            ));
         }
         if !prefix
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
-            return Err("egress.credential_env_prefix: must be letters, digits and `_`".to_owned());
+            return Err(InvalidSetting::new(
+                "egress.credential_env_prefix",
+                "must be letters, digits and `_`",
+            ));
         }
         for (i, dir) in self.credential_dirs.iter().enumerate() {
             let plain = dir
                 .components()
                 .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
             if !dir.is_absolute() || !plain || dir.to_string_lossy().contains("/./") {
-                return Err(format!(
-                    "egress.credential_dirs[{i}]: `{}` must be an absolute path without `.` or `..`",
-                    dir.display()
+                return Err(InvalidSetting::new(
+                    format!("egress.credential_dirs[{i}]"),
+                    format!(
+                        "`{}` must be an absolute path without `.` or `..`",
+                        dir.display()
+                    ),
                 ));
             }
             if dir == Path::new("/") {
-                return Err(format!(
-                    "egress.credential_dirs[{i}]: `/` would allow every file; name a directory that holds only credentials"
+                return Err(InvalidSetting::new(
+                    format!("egress.credential_dirs[{i}]"),
+                    "`/` would allow every file; name a directory that holds only credentials",
                 ));
             }
         }
@@ -132,7 +144,8 @@ mod tests {
             let mut s = EgressSettings::default();
             change(&mut s);
             let e = s.validate().unwrap_err();
-            assert!(e.starts_with(field), "{e}");
+            assert_eq!(e.field, *field, "{e}");
+            assert!(e.to_string().starts_with(&format!("{field}: ")), "{e}");
         }
     }
 

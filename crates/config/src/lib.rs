@@ -15,5 +15,6 @@ pub mod version;
 
 pub use egress::EgressSettings;
 pub use settings::{
-    load, DatabaseSettings, DatabaseUrl, LogSettings, MigrationSettings, SettingsError,
+    load, DatabaseSettings, DatabaseUrl, InvalidSetting, LogSettings, MigrationSettings,
+    SettingsError,
 };

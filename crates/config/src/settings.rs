@@ -19,8 +19,42 @@ pub const CONFIG_ENV: &str = "OBLETH_CONFIG";
 pub enum SettingsError {
     #[error("settings file {} does not exist", path.display())]
     MissingFile { path: PathBuf },
+    /// The file or environment could not be read into the settings type
+    /// (each problem as `field: problem (from source)`, joined by `; `).
     #[error("invalid settings: {0}")]
     Invalid(String),
+    /// A check serde cannot make refused one setting. Its text is part of this
+    /// message, so it is not also this error's `source()` (a report would
+    /// print it twice).
+    #[error("invalid settings: {0}")]
+    Check(InvalidSetting),
+}
+
+impl From<InvalidSetting> for SettingsError {
+    fn from(e: InvalidSetting) -> Self {
+        SettingsError::Check(e)
+    }
+}
+
+/// One setting refused by a check serde cannot make (a range, a cross
+/// reference, a policy). Displays as `field: message`. `field` names the
+/// setting as `section.field` (or `providers[i].name` and the like; a few
+/// checks name several fields, `auth.tokens, auth.token_file`). Neither part
+/// ever holds the value of a credential, a token or a URL's password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidSetting {
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidSetting {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        InvalidSetting {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
 }
 
 /// Loads settings of type `T`: serde defaults, then the TOML file (if any), then
@@ -214,6 +248,22 @@ impl Default for LogSettings {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_setting_reads_field_then_message_and_is_its_own_cause() {
+        let check = InvalidSetting::new("server.max_body_bytes", "must be greater than 0");
+        assert_eq!(
+            check.to_string(),
+            "server.max_body_bytes: must be greater than 0"
+        );
+        let e = SettingsError::from(check.clone());
+        assert_eq!(
+            e.to_string(),
+            "invalid settings: server.max_body_bytes: must be greater than 0"
+        );
+        assert!(matches!(&e, SettingsError::Check(c) if *c == check));
+        assert!(std::error::Error::source(&e).is_none());
+    }
 
     #[derive(Debug, Deserialize, Default)]
     #[serde(default, deny_unknown_fields)]

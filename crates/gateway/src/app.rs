@@ -10,15 +10,17 @@ use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
+use obleth_config::db::DbError;
 use obleth_service::drain::DrainTimings;
 use obleth_service::node::Heartbeat;
-use obleth_service::Listener;
+use obleth_service::{Listener, ServerEnded};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::budget::Budgets;
 use crate::catalog::SharedCatalog;
+use crate::embedded::EmbeddedError;
 use crate::health::Health;
 use crate::keycache::KeyCache;
 use crate::metrics::Metrics;
@@ -26,6 +28,7 @@ use crate::ratelimit::RateLimiter;
 use crate::settings::GatewaySettings;
 use crate::state::{AppState, InFlight, Inner};
 use crate::upstream::Upstream;
+use crate::warmup::IncompatibleSchema;
 use crate::{embedded, feed, ops, proxy, usage, warmup};
 
 /// After the drain timeout: how long ended streams get to record themselves.
@@ -74,6 +77,29 @@ pub fn proxy_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The pool could not be set up from `[database]` (never the password).
+    #[error(transparent)]
+    Pool(#[from] DbError),
+    /// Embedded mode: the file's keys, providers or routes.
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+}
+
+/// Why a running gateway stopped with an error, after its drain: the
+/// process must exit non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The database's schema can never suit this build.
+    #[error(transparent)]
+    Schema(#[from] IncompatibleSchema),
+    /// A listener's server ended on its own.
+    #[error(transparent)]
+    Server(#[from] ServerEnded),
+}
+
 /// A gateway with its state built and its background work not yet started.
 #[derive(Debug)]
 pub struct Gateway {
@@ -89,7 +115,7 @@ impl Gateway {
     pub async fn build(
         settings: GatewaySettings,
         config_file: Option<PathBuf>,
-    ) -> anyhow::Result<Gateway> {
+    ) -> Result<Gateway, StartError> {
         let metrics = Metrics::new();
         let pool = if settings.uses_database() {
             Some(obleth_config::db::connect_pool(&settings.database, "obleth-gateway").await?)
@@ -126,7 +152,7 @@ impl Gateway {
             settings,
         });
         if state.pool.is_none() {
-            embedded::load(&state, &state.settings).map_err(anyhow::Error::msg)?;
+            embedded::load(&state, &state.settings)?;
             state.health.set_schema(true, "embedded mode: no schema");
             state.health.set_warmed();
         }
@@ -146,7 +172,7 @@ impl Gateway {
         proxy_listener: TcpListener,
         ops_listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RunError> {
         let state = self.state.clone();
         let background = CancellationToken::new();
         let server = &state.settings.server;
@@ -165,7 +191,7 @@ impl Gateway {
             },
             ops::router(state.clone()),
         );
-        let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
+        let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<IncompatibleSchema>(1);
         match state.pool.clone() {
             Some(pool) => {
                 tokio::spawn(start_with_database(
@@ -202,14 +228,14 @@ impl Gateway {
         tokio::pin!(shutdown);
         tokio::select! {
             _ = &mut shutdown => info!("Shutdown requested; draining."),
-            Some(message) = fatal_rx.recv() => failure = Some(message),
-            message = proxy_server.ended_unexpectedly() => {
-                error!("{message}; draining.");
-                failure = Some(message);
+            Some(e) = fatal_rx.recv() => failure = Some(RunError::Schema(e)),
+            ended = proxy_server.ended_unexpectedly() => {
+                error!("{ended}; draining.");
+                failure = Some(ended.into());
             }
-            message = ops_server.ended_unexpectedly() => {
-                error!("{message}; draining.");
-                failure = Some(message);
+            ended = ops_server.ended_unexpectedly() => {
+                error!("{ended}; draining.");
+                failure = Some(ended.into());
             }
         }
         // 1-3. Not ready at once, keep serving through the drain delay (the
@@ -250,7 +276,7 @@ impl Gateway {
         ops_server.finished().await;
         info!("Gateway stopped.");
         match failure {
-            Some(message) => Err(anyhow::anyhow!(message)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -261,7 +287,7 @@ async fn start_with_database(
     state: AppState,
     pool: sqlx::PgPool,
     stop: CancellationToken,
-    fatal: tokio::sync::mpsc::Sender<String>,
+    fatal: tokio::sync::mpsc::Sender<IncompatibleSchema>,
 ) {
     let heartbeat = Heartbeat {
         service: "gateway",
@@ -281,7 +307,7 @@ async fn start_with_database(
     tokio::spawn(heartbeat.run(stop.clone()));
     if let Err(e) = warmup::wait_for_schema(&state, &pool, &stop).await {
         error!("Refusing to start: {e}");
-        let _ = fatal.send(e.to_string()).await;
+        let _ = fatal.send(e).await;
         return;
     }
     // LISTEN first, then read the change log's high-water mark and the keys:

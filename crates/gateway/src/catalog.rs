@@ -33,6 +33,20 @@ pub struct Target {
     pub upstream_model: Option<String>,
 }
 
+/// Why the embedded configuration's providers and routes cannot be built.
+/// The credential's error is part of the message (it names the variable or
+/// file and the rule, never a value), so it is not also the `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogLoadError {
+    #[error("providers `{provider}`: credential: {error}")]
+    Credential {
+        provider: String,
+        error: CredentialError,
+    },
+    #[error("routes `{model}`: unknown provider `{provider}`")]
+    UnknownProvider { model: String, provider: String },
+}
+
 /// Routes by public model name.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -57,14 +71,16 @@ impl Catalog {
         providers: &[ProviderConfig],
         routes: &[RouteConfig],
         egress: &EgressSettings,
-    ) -> Result<Catalog, String> {
+    ) -> Result<Catalog, CatalogLoadError> {
         let mut by_name = HashMap::new();
         for p in providers {
             let credential = match &p.credential {
-                Some(reference) => Some(
-                    read_credential(reference, egress)
-                        .map_err(|e| format!("providers `{}`: credential: {e}", p.name))?,
-                ),
+                Some(reference) => Some(read_credential(reference, egress).map_err(|error| {
+                    CatalogLoadError::Credential {
+                        provider: p.name.clone(),
+                        error,
+                    }
+                })?),
                 None => None,
             };
             by_name.insert(
@@ -83,9 +99,13 @@ impl Catalog {
         for r in routes {
             let mut targets = Vec::new();
             for t in &r.targets {
-                let provider = by_name.get(&t.provider).ok_or_else(|| {
-                    format!("routes `{}`: unknown provider `{}`", r.model, t.provider)
-                })?;
+                let provider =
+                    by_name
+                        .get(&t.provider)
+                        .ok_or_else(|| CatalogLoadError::UnknownProvider {
+                            model: r.model.clone(),
+                            provider: t.provider.clone(),
+                        })?;
                 targets.push(Target {
                     provider: Arc::clone(provider),
                     upstream_model: t.upstream_model.clone(),

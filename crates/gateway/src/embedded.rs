@@ -1,21 +1,44 @@
 //! The embedded (database-less) mode: keys, providers and routes from the
 //! settings file, through the same cache, policy and proxy code; SIGHUP reloads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use obleth_config::model::ApiKey;
+use obleth_config::SettingsError;
 use tracing::{error, info};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogLoadError};
 use crate::settings::{GatewaySettings, KeyConfig};
 use crate::state::AppState;
 
+/// Why the file's keys, providers and routes cannot be loaded. Messages name
+/// the key's public id or the provider, never a hash or a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("keys `{public_id}`: secret_sha256 is not hex")]
+    KeyHash { public_id: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogLoadError),
+}
+
+/// Why a SIGHUP reload left the previous configuration in force.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("database.url appeared in the file; restart to switch modes")]
+    ModeSwitch,
+    #[error(transparent)]
+    Load(#[from] EmbeddedError),
+}
+
 /// The key record of a configured key. Its id is derived from its hash, so it
 /// is stable across reloads.
-pub fn key_from_config(k: &KeyConfig) -> Result<ApiKey, String> {
-    let hash = decode_hex(&k.secret_sha256)
-        .ok_or_else(|| format!("keys `{}`: secret_sha256 is not hex", k.public_id))?;
+pub fn key_from_config(k: &KeyConfig) -> Result<ApiKey, EmbeddedError> {
+    let hash = decode_hex(&k.secret_sha256).ok_or_else(|| EmbeddedError::KeyHash {
+        public_id: k.public_id.clone(),
+    })?;
     let mut id = [0u8; 16];
     id.copy_from_slice(&hash[..16]);
     let now = Utc::now();
@@ -49,7 +72,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Loads keys and the catalog of `settings` into the state.
-pub fn load(state: &AppState, settings: &GatewaySettings) -> Result<(), String> {
+pub fn load(state: &AppState, settings: &GatewaySettings) -> Result<(), EmbeddedError> {
     let catalog = Catalog::from_config(&settings.providers, &settings.routes, &settings.egress)?;
     let keys = settings
         .keys
@@ -83,17 +106,17 @@ pub async fn reload_on_sighup(
             _ = stop.cancelled() => return,
             received = hup.recv() => if received.is_none() { return },
         }
-        match GatewaySettings::load(file.as_deref())
-            .map_err(|e| e.to_string())
-            .and_then(|s| {
-                if s.uses_database() {
-                    Err("database.url appeared in the file; restart to switch modes".to_owned())
-                } else {
-                    load(&state, &s)
-                }
-            }) {
+        match reload(&state, file.as_deref()) {
             Ok(()) => info!("Configuration reloaded on SIGHUP."),
             Err(e) => error!(error = %e, "Reload failed; keeping the previous configuration."),
         }
     }
+}
+
+fn reload(state: &AppState, file: Option<&Path>) -> Result<(), ReloadError> {
+    let settings = GatewaySettings::load(file)?;
+    if settings.uses_database() {
+        return Err(ReloadError::ModeSwitch);
+    }
+    Ok(load(state, &settings)?)
 }

@@ -27,5 +27,5 @@ pub mod upstream;
 pub mod usage;
 pub mod warmup;
 
-pub use app::{proxy_router, Gateway};
+pub use app::{proxy_router, Gateway, RunError, StartError};
 pub use settings::GatewaySettings;

@@ -73,7 +73,8 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on server.ops_listen {}", settings.server.ops_listen))?;
         tracing::info!(listen = %settings.server.listen, ops = %settings.server.ops_listen, "Listening.");
         let gateway = Gateway::build(settings, cli.config.clone()).await?;
-        gateway.run(proxy, ops, obleth_config::process::shutdown_signal()).await
+        gateway.run(proxy, ops, obleth_config::process::shutdown_signal()).await?;
+        Ok(())
     })
 }
 

@@ -153,7 +153,7 @@ async fn proxy(
     let body = if ask_usage {
         match edit_body(&body, None, true) {
             Ok(b) => b,
-            Err(e) => return reject(&state, route, ApiError::BadRequest(e)),
+            Err(e) => return reject(&state, route, e.into()),
         }
     } else {
         body
@@ -245,7 +245,7 @@ async fn forward(
         let payload = match &target.upstream_model {
             Some(upstream_model) => match edit_body(&body, Some(upstream_model), false) {
                 Ok(payload) => payload,
-                Err(e) => return Err((ApiError::BadRequest(e), Some(completion))),
+                Err(e) => return Err((e.into(), Some(completion))),
             },
             None => body.clone(),
         };
@@ -434,14 +434,28 @@ async fn read_answer(mut body: UpBody, limit: usize) -> Result<Bytes, AnswerErro
     Ok(answer.freeze())
 }
 
+/// Why a request body could not be edited; the client gets it as a 400.
+#[derive(Debug, thiserror::Error)]
+enum BodyEditError {
+    #[error("request body is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("request body must be a JSON object")]
+    NotObject,
+    #[error("{0}")]
+    Serialize(serde_json::Error),
+}
+
+impl From<BodyEditError> for ApiError {
+    fn from(e: BodyEditError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
 /// Edits a JSON object body: replaces `model`, and asks a stream to report
 /// its usage (`stream_options.include_usage`).
-fn edit_body(body: &[u8], model: Option<&str>, ask_usage: bool) -> Result<Bytes, String> {
-    let mut value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
-    let object = value
-        .as_object_mut()
-        .ok_or("request body must be a JSON object")?;
+fn edit_body(body: &[u8], model: Option<&str>, ask_usage: bool) -> Result<Bytes, BodyEditError> {
+    let mut value: Value = serde_json::from_slice(body).map_err(BodyEditError::NotJson)?;
+    let object = value.as_object_mut().ok_or(BodyEditError::NotObject)?;
     if let Some(model) = model {
         object.insert("model".to_owned(), Value::String(model.to_owned()));
     }
@@ -450,5 +464,32 @@ fn edit_body(body: &[u8], model: Option<&str>, ask_usage: bool) -> Result<Bytes,
     }
     serde_json::to_vec(&value)
         .map(Bytes::from)
-        .map_err(|e| e.to_string())
+        .map_err(BodyEditError::Serialize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_body_refuses_with_typed_errors_and_keeps_the_client_messages() {
+        let e = edit_body(b"[\"model\"]", Some("up"), false).unwrap_err();
+        assert!(matches!(e, BodyEditError::NotObject), "{e:?}");
+        assert_eq!(e.to_string(), "request body must be a JSON object");
+        let e = edit_body(b"{\"model\":", None, true).unwrap_err();
+        assert!(matches!(e, BodyEditError::NotJson(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("request body is not valid JSON: "),
+            "{e}"
+        );
+        match ApiError::from(e) {
+            ApiError::BadRequest(m) => assert!(m.starts_with("request body is not valid JSON")),
+            other => panic!("{other:?}"),
+        }
+        let edited = edit_body(br#"{"model":"m","stream":true}"#, Some("up"), true).unwrap();
+        let value: Value = serde_json::from_slice(&edited).unwrap();
+        assert_eq!(value["model"], "up");
+        assert_eq!(value["stream_options"]["include_usage"], true);
+    }
 }

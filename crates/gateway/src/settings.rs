@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use obleth_config::egress::{url_host, CredentialRef};
 use obleth_config::model::ProviderKind;
-use obleth_config::{DatabaseSettings, LogSettings, SettingsError};
+use obleth_config::{DatabaseSettings, InvalidSetting, LogSettings, SettingsError};
 use serde::Deserialize;
 
 /// Everything `obleth-gateway` reads from its file and `OBLETH_` environment.
@@ -272,7 +272,7 @@ impl GatewaySettings {
     /// Loads and validates the settings; errors name the field.
     pub fn load(file: Option<&Path>) -> Result<GatewaySettings, SettingsError> {
         let settings: GatewaySettings = obleth_config::load(file)?;
-        settings.validate().map_err(SettingsError::Invalid)?;
+        settings.validate()?;
         Ok(settings)
     }
 
@@ -281,15 +281,22 @@ impl GatewaySettings {
         self.database.url.is_some()
     }
 
-    /// Checks what serde cannot: cross-references and ranges.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what serde cannot: cross-references and ranges. The error names
+    /// the first setting at fault; docs/configuration.md lists the messages.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.uses_database()
             && !(self.keys.is_empty() && self.providers.is_empty() && self.routes.is_empty())
         {
-            return Err("keys, providers, routes: with database.url set these come from the database; remove them from the file".to_owned());
+            return Err(InvalidSetting::new(
+                "keys, providers, routes",
+                "with database.url set these come from the database; remove them from the file",
+            ));
         }
         if self.server.max_body_bytes == 0 {
-            return Err("server.max_body_bytes: must be greater than 0".to_owned());
+            return Err(InvalidSetting::new(
+                "server.max_body_bytes",
+                "must be greater than 0",
+            ));
         }
         let positive = [
             ("usage.batch_size", self.usage.batch_size as u64),
@@ -312,95 +319,115 @@ impl GatewaySettings {
             ("cache.max_keys", self.cache.max_keys),
         ];
         if self.uses_database() && self.database.max_connections < 2 {
-            return Err("database.max_connections: must be at least 2 (the change feed holds one connection)".to_owned());
+            return Err(InvalidSetting::new(
+                "database.max_connections",
+                "must be at least 2 (the change feed holds one connection)",
+            ));
         }
         if self.usage.buffer_max < self.usage.batch_size {
-            return Err("usage.buffer_max: must be at least usage.batch_size".to_owned());
+            return Err(InvalidSetting::new(
+                "usage.buffer_max",
+                "must be at least usage.batch_size",
+            ));
         }
         // A zero interval would make a background loop spin against the database.
         for (field, value) in positive {
             if value == 0 {
-                return Err(format!("{field}: must be greater than 0"));
+                return Err(InvalidSetting::new(field, "must be greater than 0"));
             }
         }
         self.egress.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
-            visible(&format!("providers[{i}].name"), &p.name)?;
+            visible(format!("providers[{i}].name"), &p.name)?;
             if !names.insert(p.name.as_str()) {
-                return Err(format!("providers[{i}].name: `{}` is used twice", p.name));
+                return Err(InvalidSetting::new(
+                    format!("providers[{i}].name"),
+                    format!("`{}` is used twice", p.name),
+                ));
             }
             if p.kind == ProviderKind::OpenAi {
+                let field = || format!("providers[{i}].base_url");
                 match &p.base_url {
                     Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                         let host = url_host(url).ok_or_else(|| {
-                            format!("providers[{i}].base_url: `{url}` must name a host")
+                            InvalidSetting::new(field(), format!("`{url}` must name a host"))
                         })?;
                         self.egress
                             .check_host(host)
-                            .map_err(|e| format!("providers[{i}].base_url: {e}"))?;
+                            .map_err(|e| InvalidSetting::new(field(), e.to_string()))?;
                     }
                     Some(url) => {
-                        return Err(format!(
-                            "providers[{i}].base_url: `{url}` must start with http:// or https://"
+                        return Err(InvalidSetting::new(
+                            field(),
+                            format!("`{url}` must start with http:// or https://"),
                         ))
                     }
-                    None => {
-                        return Err(format!("providers[{i}].base_url: required for kind openai"))
-                    }
+                    None => return Err(InvalidSetting::new(field(), "required for kind openai")),
                 }
             }
             if let Some(c) = &p.credential {
-                CredentialRef::admit(c, &self.egress)
-                    .map_err(|e| format!("providers[{i}].credential: {e}"))?;
+                CredentialRef::admit(c, &self.egress).map_err(|e| {
+                    InvalidSetting::new(format!("providers[{i}].credential"), e.to_string())
+                })?;
             }
         }
         let mut models = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
-            visible(&format!("routes[{i}].model"), &r.model)?;
+            visible(format!("routes[{i}].model"), &r.model)?;
             if !models.insert(r.model.as_str()) {
-                return Err(format!("routes[{i}].model: `{}` is routed twice", r.model));
+                return Err(InvalidSetting::new(
+                    format!("routes[{i}].model"),
+                    format!("`{}` is routed twice", r.model),
+                ));
             }
             if r.targets.is_empty() {
-                return Err(format!("routes[{i}].targets: needs at least one provider"));
+                return Err(InvalidSetting::new(
+                    format!("routes[{i}].targets"),
+                    "needs at least one provider",
+                ));
             }
             for (j, t) in r.targets.iter().enumerate() {
                 if !names.contains(t.provider.as_str()) {
-                    return Err(format!(
-                        "routes[{i}].targets[{j}].provider: unknown provider `{}`",
-                        t.provider
+                    return Err(InvalidSetting::new(
+                        format!("routes[{i}].targets[{j}].provider"),
+                        format!("unknown provider `{}`", t.provider),
                     ));
                 }
                 if let Some(m) = &t.upstream_model {
-                    visible(&format!("routes[{i}].targets[{j}].upstream_model"), m)?;
+                    visible(format!("routes[{i}].targets[{j}].upstream_model"), m)?;
                 }
             }
         }
         let mut ids = std::collections::HashSet::new();
         for (i, k) in self.keys.iter().enumerate() {
-            visible(&format!("keys[{i}].name"), &k.name)?;
+            visible(format!("keys[{i}].name"), &k.name)?;
             if let Some(owner) = &k.owner {
-                visible(&format!("keys[{i}].owner"), owner)?;
+                visible(format!("keys[{i}].owner"), owner)?;
             }
             for (j, m) in k.allowed_models.iter().enumerate() {
-                visible(&format!("keys[{i}].allowed_models[{j}]"), m)?;
+                visible(format!("keys[{i}].allowed_models[{j}]"), m)?;
             }
             if !ids.insert(k.public_id.as_str()) {
-                return Err(format!(
-                    "keys[{i}].public_id: `{}` is used twice",
-                    k.public_id
+                return Err(InvalidSetting::new(
+                    format!("keys[{i}].public_id"),
+                    format!("`{}` is used twice", k.public_id),
                 ));
             }
             let ok = k.secret_sha256.len() == 64
                 && k.secret_sha256.chars().all(|c| c.is_ascii_hexdigit());
             if !ok {
-                return Err(format!(
-                    "keys[{i}].secret_sha256: must be 64 hex digits (the SHA-256 of the key's secret; `obleth-gateway key` prints it)"
+                return Err(InvalidSetting::new(
+                    format!("keys[{i}].secret_sha256"),
+                    "must be 64 hex digits (the SHA-256 of the key's secret; `obleth-gateway key` prints it)",
                 ));
             }
         }
         if self.server.max_response_bytes == 0 {
-            return Err("server.max_response_bytes: must be greater than 0".to_owned());
+            return Err(InvalidSetting::new(
+                "server.max_response_bytes",
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }
@@ -408,6 +435,51 @@ impl GatewaySettings {
 
 /// Refuses control and invisible characters in a name, naming the field; the
 /// admin API applies the same check.
-fn visible(field: &str, value: &str) -> Result<(), String> {
-    obleth_config::text::check_visible(value).map_err(|e| format!("{field}: {e}"))
+fn visible(field: String, value: &str) -> Result<(), InvalidSetting> {
+    obleth_config::text::check_visible(value).map_err(|e| InvalidSetting::new(field, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn load_refuses_a_failed_check_as_a_typed_error_with_the_same_message() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "[server]\nmax_body_bytes = 0").unwrap();
+        let e = GatewaySettings::load(Some(file.path())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid settings: server.max_body_bytes: must be greater than 0"
+        );
+        match &e {
+            SettingsError::Check(InvalidSetting { field, message }) => {
+                assert_eq!(field, "server.max_body_bytes");
+                assert_eq!(message, "must be greater than 0");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The check's text is in the message, so a report prints it once.
+        assert!(std::error::Error::source(&e).is_none());
+    }
+
+    #[test]
+    fn a_refused_credential_reference_is_named_by_field_and_never_echoed() {
+        let mut s = GatewaySettings::default();
+        let mut p: ProviderConfig = toml::from_str(
+            "name = \"up\"\nkind = \"openai\"\nbase_url = \"https://api.example.com\"\n",
+        )
+        .unwrap();
+        p.credential = Some("sk-live-pasted-by-mistake".into());
+        s.providers = vec![p];
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.field, "providers[0].credential");
+        assert_eq!(
+            e.message,
+            "must be `env:VARIABLE` or `file:/absolute/path`, never the credential itself"
+        );
+        assert!(!format!("{e} {e:?}").contains("sk-live"), "{e:?}");
+    }
 }

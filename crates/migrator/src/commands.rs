@@ -64,7 +64,7 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
         return crate::probe::probe(url, std::time::Duration::from_millis(*timeout_ms))
             .await
             .map(|()| exit::OK)
-            .map_err(|message| Failure::new(exit::ERROR, message));
+            .map_err(|e| Failure::new(exit::ERROR, e.to_string()));
     }
     let set = migration_set(cli)?;
     match &cli.command {

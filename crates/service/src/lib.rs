@@ -11,4 +11,4 @@ pub mod ops;
 pub mod server;
 
 pub use health::Health;
-pub use server::{serve, ConnectionLimits, Listener, ServerHandle};
+pub use server::{serve, ConnectionLimits, Listener, ServerEnded, ServerHandle};

@@ -109,11 +109,15 @@ async fn an_incompatible_schema_makes_the_admin_exit_with_an_error_naming_the_mi
         let mut settings = admin_settings(&db.url);
         settings.migrations.migrate_on_startup = migrate_on_startup;
         let admin = TestAdmin::start(settings).await;
-        let err = admin
-            .exited(Duration::from_secs(30))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = admin.exited(Duration::from_secs(30)).await.unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<obleth_admin::RunError>(),
+                Some(obleth_admin::RunError::Startup(_))
+            ),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(
             err.contains("29991231000009") && err.contains("incompatible"),
             "migrate_on_startup = {migrate_on_startup}: {err}"
@@ -154,4 +158,34 @@ async fn a_stopped_admin_marks_itself_stopped_in_the_nodes_table() {
             .await
             .unwrap();
     assert_eq!((service.as_str(), stopped), ("admin", true));
+}
+
+#[tokio::test]
+async fn build_refuses_bad_settings_and_tokens_with_typed_errors_before_any_connection() {
+    use obleth_admin::{Admin, StartError};
+    // Port 1: nothing listens, and build must not try.
+    let url = "postgres://u:pg-hunter2@127.0.0.1:1/db";
+    let mut zero = admin_settings(url);
+    zero.auth.max_failures = 0;
+    let e = Admin::build(zero).await.unwrap_err();
+    assert_eq!(e.to_string(), "auth.max_failures: must be greater than 0");
+    assert!(matches!(&e, StartError::Settings(s) if s.field == "auth.max_failures"));
+
+    let mut short = admin_settings(url);
+    short.auth.tokens = vec![secrecy::SecretString::from("short-tok")];
+    let e = Admin::build(short).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid settings: auth.tokens[0]: an admin token must be at least 16 characters"
+    );
+    assert!(
+        matches!(&e, StartError::Tokens(obleth_config::SettingsError::Check(c)) if c.field == "auth.tokens[0]"),
+        "{e:?}"
+    );
+    for shown in [e.to_string(), format!("{e:?}")] {
+        assert!(
+            !shown.contains("short-tok") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
 }

@@ -48,7 +48,7 @@ pub struct TestAdmin {
     pub addr: SocketAddr,
     pub node_id: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), obleth_admin::RunError>>,
 }
 
 impl TestAdmin {
@@ -117,14 +117,14 @@ impl TestAdmin {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        self.task.await?
+        Ok(self.task.await??)
     }
 
     /// Waits for the run to end by itself (a fatal start-up error).
     pub async fn exited(self, limit: Duration) -> anyhow::Result<()> {
-        tokio::time::timeout(limit, self.task)
+        Ok(tokio::time::timeout(limit, self.task)
             .await
-            .expect("the admin should have exited")?
+            .expect("the admin should have exited")??)
     }
 }
 
@@ -134,7 +134,7 @@ pub struct TestGateway {
     pub ops: SocketAddr,
     pub node_id: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), obleth_gateway::RunError>>,
 }
 
 impl TestGateway {
@@ -202,7 +202,7 @@ impl TestGateway {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        self.task.await?
+        Ok(self.task.await??)
     }
 }
 

@@ -626,3 +626,65 @@ async fn the_provider_credential_is_read_from_its_file_and_sent_upstream() {
     );
     gw.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_bad_embedded_file_is_refused_at_build_with_a_typed_error_naming_the_entry() {
+    use obleth_config::egress::CredentialError;
+    use obleth_gateway::catalog::CatalogLoadError;
+    use obleth_gateway::embedded::EmbeddedError;
+    use obleth_gateway::{Gateway, StartError};
+
+    // A credential variable the policy allows but nobody set.
+    let (key, _) = file_key(|_| {});
+    let mut unset = embedded_settings(vec![key]);
+    let mut provider = openai_provider("up", "https://api.example.com/v1");
+    provider.credential = Some("env:OBLETH_CREDENTIAL_ERRORS_TEST_NEVER_SET".into());
+    unset.providers = vec![provider];
+    unset.routes = vec![route("m", &["up"])];
+    let e = Gateway::build(unset, None).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "providers `up`: credential: environment variable OBLETH_CREDENTIAL_ERRORS_TEST_NEVER_SET is not set"
+    );
+    match &e {
+        StartError::Embedded(EmbeddedError::Catalog(CatalogLoadError::Credential {
+            provider,
+            error: CredentialError::EnvUnset { name },
+        })) => assert_eq!(
+            (provider.as_str(), name.as_str()),
+            ("up", "OBLETH_CREDENTIAL_ERRORS_TEST_NEVER_SET")
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The cause is in the message, so a report does not print it twice.
+    assert!(std::error::Error::source(&e).is_none());
+
+    // A route to a provider the file does not define.
+    let (key, _) = file_key(|_| {});
+    let mut dangling = embedded_settings(vec![key]);
+    dangling.routes = vec![route("m", &["nowhere"])];
+    let e = Gateway::build(dangling, None).await.unwrap_err();
+    assert_eq!(e.to_string(), "routes `m`: unknown provider `nowhere`");
+    assert!(matches!(
+        e,
+        StartError::Embedded(EmbeddedError::Catalog(
+            CatalogLoadError::UnknownProvider { .. }
+        ))
+    ));
+
+    // A key hash that is not hex: named by public id, the hash never shown.
+    let (key, _) = file_key(|k| k.secret_sha256 = "zq".repeat(32));
+    let public_id = key.public_id.clone();
+    let e = Gateway::build(embedded_settings(vec![key]), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("keys `{public_id}`: secret_sha256 is not hex")
+    );
+    assert!(!e.to_string().contains("zqzq"), "{e}");
+    assert!(matches!(
+        e,
+        StartError::Embedded(EmbeddedError::KeyHash { public_id: ref id }) if *id == public_id
+    ));
+}

@@ -36,7 +36,7 @@ pub struct TestGateway {
     pub proxy: SocketAddr,
     pub ops: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), obleth_gateway::RunError>>,
 }
 
 impl TestGateway {
@@ -83,7 +83,7 @@ impl TestGateway {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        self.task.await?
+        Ok(self.task.await??)
     }
 }
 

@@ -54,6 +54,20 @@ pub struct Listener {
     pub metrics: ConnectionMetrics,
 }
 
+/// A server that ended although nobody stopped it: the process must drain
+/// and exit non-zero. Messages name the listener (`proxy`, `ops`, `admin`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerEnded {
+    /// Its task failed (`reason` says how: `its task panicked`).
+    #[error("the {listener} server failed: {reason}")]
+    Failed {
+        listener: &'static str,
+        reason: String,
+    },
+    #[error("the {listener} server stopped unexpectedly")]
+    Stopped { listener: &'static str },
+}
+
 /// A running server: stop it accepting, wait for it, or notice it ended.
 #[derive(Debug)]
 pub struct ServerHandle {
@@ -80,16 +94,20 @@ impl ServerHandle {
     }
 
     /// Resolves when the server ended although nobody stopped it (a panic),
-    /// with a message naming the listener; pending once it has ended.
+    /// saying how, with the listener's name; pending once it has ended.
     /// Cancel-safe, for `select!` beside the shutdown signal.
-    pub async fn ended_unexpectedly(&mut self) -> String {
+    pub async fn ended_unexpectedly(&mut self) -> ServerEnded {
         if self.ended.is_some() {
             return std::future::pending().await;
         }
         self.finished().await;
+        let listener = self.name;
         match &self.ended {
-            Some(Err(e)) => format!("the {} server failed: {e}", self.name),
-            _ => format!("the {} server stopped unexpectedly", self.name),
+            Some(Err(reason)) => ServerEnded::Failed {
+                listener,
+                reason: reason.clone(),
+            },
+            _ => ServerEnded::Stopped { listener },
         }
     }
 

@@ -424,3 +424,31 @@ async fn stopping_closes_idle_connections_and_lets_a_request_in_flight_finish() 
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn a_server_that_ends_says_how_as_a_typed_error_naming_the_listener() {
+    use obleth_service::ServerEnded;
+    let mut stopped = start(limits()).await;
+    stopped.handle.stop_accepting();
+    let ended = tokio::time::timeout(Duration::from_secs(10), stopped.handle.ended_unexpectedly())
+        .await
+        .expect("the server should have ended");
+    assert_eq!(ended, ServerEnded::Stopped { listener: "test" });
+    assert_eq!(ended.to_string(), "the test server stopped unexpectedly");
+
+    let mut aborted = start(limits()).await;
+    aborted.handle.abort();
+    let ended = tokio::time::timeout(Duration::from_secs(10), aborted.handle.ended_unexpectedly())
+        .await
+        .expect("the server should have ended");
+    match &ended {
+        ServerEnded::Failed { listener, reason } => {
+            assert_eq!(*listener, "test");
+            assert_eq!(
+                ended.to_string(),
+                format!("the test server failed: {reason}")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
