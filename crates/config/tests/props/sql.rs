@@ -24,8 +24,7 @@ fn piece() -> impl Strategy<Value = String> {
         "\\$[1-9]",
         // A dollar-quoted body, tagged or not; the body has no `$`, so it
         // cannot hold the closing delimiter early.
-        ("(fn|a_1)?", "[a-z ;'\"()\n-]*")
-            .prop_map(|(tag, body)| format!("${tag}${body}${tag}$")),
+        ("(fn|a_1)?", "[a-z ;'\"()\n-]*").prop_map(|(tag, body)| format!("${tag}${body}${tag}$")),
     ];
     leaf.prop_recursive(2, 12, 4, |inner| {
         // Parentheses: a `;` inside them does not end the statement.

@@ -6,4 +6,5 @@
 mod database;
 mod embedded;
 mod process;
+mod props;
 mod support;
