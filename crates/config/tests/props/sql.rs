@@ -116,15 +116,9 @@ fn file() -> impl Strategy<Value = (String, Vec<String>, Vec<usize>)> {
 const SQL_ISH: &str = "[a-zA-Z0-9_ \n\t;'\"$()/*\\-eEuUxX&\\\\.,\u{a0}é]{0,160}";
 
 /// Whether `gap`, text outside every statement, holds nothing but whitespace,
-/// `;` and comments. `str::trim` (which makes statement texts) also strips
-/// non-ASCII white space that the lexer reads as an identifier character;
-/// those characters count as white space here.
+/// `;` and comments.
 fn is_trivia(gap: &str) -> bool {
-    let normalised: String = gap
-        .chars()
-        .map(|c| if c.is_whitespace() { ' ' } else { c })
-        .collect();
-    split_statements(&normalised).is_empty()
+    split_statements(gap).is_empty()
 }
 
 /// Finds each statement's text in `sql`, in order and without overlap, such
@@ -182,5 +176,27 @@ proptest! {
             prop_assert!(statement.line >= 1 && statement.line <= 1 + sql.matches('\n').count());
         }
         prop_assert!(account_for(&sql, &statements, 0), "{:?} split into {:?}", sql, statements);
+        for statement in &statements {
+            // A `;` kept inside a statement stays inside it on its own.
+            prop_assert!(split_statements(&statement.text).len() <= 1, "{:?}", statement.text);
+        }
     }
+}
+
+/// Found by the `sql_split` fuzz target: `str::trim` stripped the leading
+/// U+00A0 that the lexer had read as part of the word `\u{a0}$$`, so the text
+/// began with a dollar quote the splitter never saw, and split again in two.
+#[test]
+fn non_ascii_white_space_is_part_of_a_word_and_kept_in_the_text() {
+    let sql = "\u{a0}$$\u{1}$$;5";
+    let statements = split_statements(sql);
+    let texts: Vec<&str> = statements.iter().map(|s| s.text.as_str()).collect();
+    assert_eq!(texts, [sql]);
+    assert_eq!(split_statements(&statements[0].text), statements);
+
+    let texts: Vec<String> = split_statements("SELECT 1\u{a0};\u{2003}SELECT 2")
+        .into_iter()
+        .map(|s| s.text)
+        .collect();
+    assert_eq!(texts, ["SELECT 1\u{a0}", "\u{2003}SELECT 2"]);
 }
