@@ -133,6 +133,11 @@ pub struct SseUsage {
 }
 
 impl SseUsage {
+    /// How many bytes of an unfinished line are held between chunks.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut rest = chunk;
         while let Some(pos) = rest.iter().position(|b| *b == b'\n') {

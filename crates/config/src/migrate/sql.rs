@@ -289,7 +289,9 @@ impl Pending {
         }
         let text = sql.get(pending.start..pending.end).unwrap_or_default();
         Some(Statement {
-            text: text.trim().to_owned(),
+            // Only the white space the lexer skips: `str::trim` would also
+            // strip U+00A0 and the like, which are identifier characters.
+            text: text.trim_matches(is_space).to_owned(),
             line: pending.line,
             tokens: pending.tokens,
         })
@@ -384,7 +386,7 @@ impl<'a> Lexer<'a> {
     fn skip_trivia(&mut self) {
         loop {
             match (self.peek(0), self.peek(1)) {
-                (Some(b), _) if b.is_ascii_whitespace() || b == 0x0b => self.pos += 1,
+                (Some(b), _) if is_space(char::from(b)) => self.pos += 1,
                 (Some(b'-'), Some(b'-')) => {
                     while self.peek(0).is_some_and(|b| b != b'\n') {
                         self.pos += 1;
@@ -528,6 +530,11 @@ impl<'a> Lexer<'a> {
             _ => Token::Word(word),
         }
     }
+}
+
+/// White space between tokens, as PostgreSQL's lexer has it.
+fn is_space(c: char) -> bool {
+    c.is_ascii_whitespace() || c == '\x0b'
 }
 
 fn is_ident_start(b: u8) -> bool {

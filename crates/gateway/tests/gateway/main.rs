@@ -9,5 +9,6 @@ mod embedded;
 mod hardening;
 mod limits;
 mod process;
+mod props;
 mod support;
 mod usage;
