@@ -19,7 +19,6 @@ use crate::procs::GatewayProc;
 #[derive(Debug)]
 pub struct Fleet {
     pub dir: TempDir,
-    pub database_url: String,
     pub pool: PgPool,
     pub upstream: MockUpstream,
     pub gateways: Vec<GatewayProc>,
@@ -84,7 +83,6 @@ impl Fleet {
         let haproxy = Haproxy::start(dir.path(), &gateways).await?;
         Ok(Fleet {
             dir,
-            database_url: database_url.to_owned(),
             pool,
             upstream,
             gateways,

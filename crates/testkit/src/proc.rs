@@ -8,21 +8,16 @@ use std::process::Stdio;
 
 use anyhow::{bail, Context as _};
 
-/// The directory holding the workspace's built binaries: a test binary runs
-/// from `target/<profile>/deps`, the binaries sit one level up.
-pub fn bin_dir() -> PathBuf {
+/// The path of a workspace binary such as `obleth-gateway`: a test binary
+/// runs from `target/<profile>/deps`, the binaries sit one level up. A test
+/// of the crate that builds it should prefer `env!("CARGO_BIN_EXE_<name>")`,
+/// which also makes cargo build it.
+pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     exe.parent()
         .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-/// The path of a workspace binary such as `obleth-gateway`. A test of the
-/// crate that builds it should prefer `env!("CARGO_BIN_EXE_<name>")`, which
-/// also makes cargo build it.
-pub fn bin(name: &str) -> PathBuf {
-    bin_dir().join(name)
+        .map(|dir| dir.join(name))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// A loopback port that was free a moment ago (bound and released), for a

@@ -155,20 +155,7 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly_and_never_logs_a_sec
     assert_eq!(refused.status, 401);
 
     let pool = PgPool::connect(&db.url).await.unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the process in the nodes table, ready",
-        || async {
-            let ready: Option<bool> =
-                sqlx::query_scalar("SELECT ready FROM nodes WHERE node_id = $1")
-                    .bind(&node_id)
-                    .fetch_optional(&pool)
-                    .await
-                    .unwrap();
-            ready == Some(true)
-        },
-    )
-    .await;
+    wait_node_ready(&pool, &node_id).await;
 
     proc::signal(&child, proc::Signal::Term).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())

@@ -119,20 +119,7 @@ async fn an_incompatible_schema_makes_the_admin_exit_with_an_error_naming_the_mi
 async fn a_stopped_admin_marks_itself_stopped_in_the_nodes_table() {
     let (admin, _db, pool) = TestAdmin::on_fresh_database().await;
     let node_id = admin.node_id.clone();
-    wait_until(
-        Duration::from_secs(10),
-        "the admin registered and ready",
-        || async {
-            let ready: Option<bool> =
-                sqlx::query_scalar("SELECT ready FROM nodes WHERE node_id = $1")
-                    .bind(&node_id)
-                    .fetch_optional(&pool)
-                    .await
-                    .unwrap();
-            ready == Some(true)
-        },
-    )
-    .await;
+    wait_node_ready(&pool, &node_id).await;
     let app: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = current_database()",
     )

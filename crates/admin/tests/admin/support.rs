@@ -224,3 +224,21 @@ pub async fn migrate(url: &str) {
         .close()
         .await;
 }
+
+/// Waits until node `node_id` is registered and ready in the `nodes` table.
+pub async fn wait_node_ready(pool: &PgPool, node_id: &str) {
+    wait_until(
+        Duration::from_secs(10),
+        "the node registered and ready",
+        || async {
+            let ready: Option<bool> =
+                sqlx::query_scalar("SELECT ready FROM nodes WHERE node_id = $1")
+                    .bind(node_id)
+                    .fetch_optional(pool)
+                    .await
+                    .unwrap();
+            ready == Some(true)
+        },
+    )
+    .await;
+}
