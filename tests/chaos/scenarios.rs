@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use obleth_e2e::fleet::{Fleet, FleetSpec};
 use obleth_e2e::load::Load;
-use obleth_e2e::procs::{bin, GatewayProc};
-use obleth_testkit::{fresh_database, PgCluster};
+use obleth_e2e::procs::GatewayProc;
+use obleth_testkit::poll::{wait_ready, wait_until};
+use obleth_testkit::proc::{bin, command, free_port};
+use obleth_testkit::{db, fresh_database, PgCluster};
 
 use crate::ONE_AT_A_TIME;
 
@@ -199,53 +201,38 @@ async fn admins_started_while_a_migration_runs_wait_for_it_and_become_ready() {
     let load = Load::start(fleet.load_spec(30, 10));
 
     // The next release's migrations: the shipped ones plus a slow expand one.
-    let source = fleet.dir.path().join("next-migrations");
-    std::fs::create_dir_all(&source).unwrap();
-    let shipped =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/config/migrations");
-    for entry in std::fs::read_dir(shipped).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), source.join(entry.file_name())).unwrap();
-    }
-    std::fs::write(
-        source.join("29991231000100_slow_expand.sql"),
+    let source = db::migrations_with(&[(
+        "29991231000100_slow_expand.sql",
         "CREATE TABLE slow_marker (id int);\nSELECT pg_sleep(4);\n",
-    )
+        "\n[[migration]]\nversion = 29991231000100\nphase = \"expand\"\n",
+    )])
     .unwrap();
-    let manifest = source.join("manifest.toml");
-    let mut text = std::fs::read_to_string(&manifest).unwrap();
-    text.push_str("\n[[migration]]\nversion = 29991231000100\nphase = \"expand\"\n");
-    std::fs::write(&manifest, text).unwrap();
 
-    let mut migrator = tokio::process::Command::new(bin("obleth-migrator"))
+    let mut migrator = command(bin("obleth-migrator"))
         .args(["up", "--source"])
-        .arg(&source)
+        .arg(source.path())
         .env("DATABASE_URL", &db.url)
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     // Start the admins once the migrator holds the lock.
-    let started = std::time::Instant::now();
-    loop {
-        let held: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-             WHERE l.locktype = 'advisory' AND a.application_name = 'obleth-migrator'",
-        )
-        .fetch_one(&fleet.pool)
-        .await
-        .unwrap();
-        if held > 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the migrator never took the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        Duration::from_secs(30),
+        "the migrator to take the lock",
+        || async {
+            let held: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'advisory' AND a.application_name = 'obleth-migrator'",
+            )
+            .fetch_one(&fleet.pool)
+            .await
+            .unwrap();
+            held > 0
+        },
+    )
+    .await;
     let mut admins = Vec::new();
     for i in 0..3 {
-        let port = obleth_e2e::procs::free_port();
+        let port = free_port();
         let config = fleet.dir.path().join(format!("admin{i}.toml"));
         std::fs::write(
             &config,
@@ -256,13 +243,12 @@ async fn admins_started_while_a_migration_runs_wait_for_it_and_become_ready() {
         )
         .unwrap();
         let log = std::fs::File::create(fleet.dir.path().join(format!("admin{i}.log"))).unwrap();
-        let child = tokio::process::Command::new(bin("obleth-admin"))
+        let child = command(bin("obleth-admin"))
             .arg("--config")
             .arg(&config)
             .env("OBLETH_DATABASE__URL", &db.url)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::from(log))
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         admins.push((port, child));
@@ -273,9 +259,8 @@ async fn admins_started_while_a_migration_runs_wait_for_it_and_become_ready() {
         .unwrap()
         .unwrap();
     for (port, _) in &admins {
-        let waited = obleth_e2e::procs::wait_ready(*port, Duration::from_secs(60))
-            .await
-            .unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
+        let waited = wait_ready(addr, Duration::from_secs(60)).await.unwrap();
         obleth_e2e::evidence(&format!(
             "[admins during a migration] admin on {port} ready after {waited:?}"
         ));

@@ -2,28 +2,23 @@
 //! key, three gateway processes and HAProxy in front of them.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-use obleth_config::db::catalog::{create_provider, create_route, NewProvider};
-use obleth_config::db::keys::{create_key, NewKey};
-use obleth_config::migrate::{MigrationSet, Mode, Runner, RunnerOptions};
-use obleth_config::model::{ProviderKind, RouteTarget};
-use obleth_testkit::{MockConfig, MockUpstream};
-use secrecy::ExposeSecret;
-use sqlx::postgres::PgConnectOptions;
+use obleth_config::db::catalog::NewProvider;
+use obleth_config::model::ProviderKind;
+use obleth_testkit::proc::bin;
+use obleth_testkit::{db, MockConfig, MockUpstream};
 use sqlx::PgPool;
 use tempfile::TempDir;
 
 use crate::haproxy::Haproxy;
 use crate::load::LoadSpec;
-use crate::procs::{bin, GatewayProc};
+use crate::procs::GatewayProc;
 
 /// Everything a scenario runs against.
 #[derive(Debug)]
 pub struct Fleet {
     pub dir: TempDir,
-    pub database_url: String,
     pub pool: PgPool,
     pub upstream: MockUpstream,
     pub gateways: Vec<GatewayProc>,
@@ -56,44 +51,19 @@ impl Default for FleetSpec {
 
 impl Fleet {
     pub async fn start(database_url: &str, spec: &FleetSpec) -> anyhow::Result<Fleet> {
-        Runner::new(MigrationSet::embedded()?, RunnerOptions::default())
-            .run(&PgConnectOptions::from_str(database_url)?, Mode::Up)
-            .await?;
-        let pool = PgPool::connect(database_url).await?;
+        let pool = db::migrate(database_url).await?;
         let upstream = MockUpstream::start(MockConfig {
             token_delay: spec.token_delay,
             completion_tokens: spec.stream_tokens,
             ..MockConfig::default()
         })
         .await?;
-        create_provider(
-            &pool,
-            &NewProvider {
-                name: "mock".to_owned(),
-                kind: ProviderKind::OpenAi,
-                base_url: upstream.base_url(),
-                credential_ref: None,
-                timeout_ms: 10_000,
-            },
-        )
-        .await?;
-        create_route(
-            &pool,
-            "m",
-            &[RouteTarget {
-                provider: "mock".to_owned(),
-                upstream_model: None,
-            }],
-        )
-        .await?;
-        let (_, generated) = create_key(
-            &pool,
-            &NewKey {
-                name: "load".to_owned(),
-                ..NewKey::default()
-            },
-        )
-        .await?;
+        let provider = NewProvider {
+            timeout_ms: 10_000,
+            ..db::provider("mock", ProviderKind::OpenAi, &upstream.base_url())
+        };
+        db::provider_and_route(&pool, &provider, "m").await?;
+        let (_, key) = db::key(&pool, |k| k.name = "load".to_owned()).await?;
         let dir = tempfile::tempdir()?;
         let mut gateways = Vec::new();
         for i in 0..spec.gateways {
@@ -113,12 +83,11 @@ impl Fleet {
         let haproxy = Haproxy::start(dir.path(), &gateways).await?;
         Ok(Fleet {
             dir,
-            database_url: database_url.to_owned(),
             pool,
             upstream,
             gateways,
             haproxy,
-            key: generated.secret.expose_secret().to_owned(),
+            key,
         })
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::procs::{free_port, GatewayProc};
+use obleth_testkit::proc::{command, free_port};
+
+use crate::procs::GatewayProc;
 
 /// A running HAProxy.
 #[derive(Debug)]
@@ -54,12 +56,11 @@ impl Haproxy {
                 String::from_utf8_lossy(&check.stderr)
             );
         }
-        let child = tokio::process::Command::new(&binary)
+        let child = command(&binary)
             .args(["-db", "-f"])
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()?;
         let proxy = Haproxy { port, child };
         // Ready once it routes to at least one ready gateway.

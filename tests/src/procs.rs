@@ -1,33 +1,13 @@
 //! obleth binaries as real processes: start with a settings file, wait until
 //! ready, SIGTERM or SIGKILL, and keep their logs for a failing test to show.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-
-/// The directory holding the workspace's built binaries (next to `deps/`).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-/// The path of a workspace binary such as `obleth-gateway`.
-pub fn bin(name: &str) -> PathBuf {
-    bin_dir().join(name)
-}
-
-/// A free loopback port (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
+use obleth_testkit::proc::{command, free_port, signal, Signal};
 
 /// A gateway process with fixed ports, restartable on the same ports.
 #[derive(Debug)]
@@ -79,14 +59,13 @@ impl GatewayProc {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = tokio::process::Command::new(&self.binary)
+        let child = command(&self.binary)
             .arg("--config")
             .arg(&self.config)
             .env("OBLETH_DATABASE__URL", &self.database_url)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
-            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {}", self.binary.display()))?;
         self.child = Some(child);
@@ -94,32 +73,21 @@ impl GatewayProc {
     }
 
     pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<Duration> {
-        wait_ready(self.ops, limit)
+        obleth_testkit::poll::wait_ready(SocketAddr::from(([127, 0, 0, 1], self.ops)), limit)
             .await
             .with_context(|| format!("{} not ready; log:\n{}", self.name, self.log_tail()))
     }
 
-    fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let pid = self
-            .child
-            .as_ref()
-            .and_then(|c| c.id())
-            .context("not running")?;
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill {sig} {pid} failed");
-        }
-        Ok(())
+    fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        signal(self.child.as_ref().context("not running")?, sig)
     }
 
     pub fn sigterm(&self) -> anyhow::Result<()> {
-        self.signal("-TERM")
+        self.signal(Signal::Term)
     }
 
     pub fn sigkill(&self) -> anyhow::Result<()> {
-        self.signal("-KILL")
+        self.signal(Signal::Kill)
     }
 
     /// Waits for the process to exit; answers its exit code.
@@ -158,25 +126,5 @@ impl GatewayProc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-/// Polls `http://127.0.0.1:{ops}/readyz` until 200.
-pub async fn wait_ready(ops: u16, limit: Duration) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let client = crate::load::client();
-    let uri: hyper::Uri = format!("http://127.0.0.1:{ops}/readyz").parse()?;
-    loop {
-        let req =
-            http::Request::get(uri.clone()).body(http_body_util::Full::new(bytes::Bytes::new()))?;
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), client.request(req)).await {
-            if r.status() == 200 {
-                return Ok(started.elapsed());
-            }
-        }
-        if started.elapsed() > limit {
-            bail!("not ready after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

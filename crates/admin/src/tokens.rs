@@ -57,13 +57,6 @@ impl AdminTokens {
         Ok(AdminTokens { hashes })
     }
 
-    /// Tokens from plain strings, for tests and tools.
-    pub fn from_plain<S: AsRef<str>>(tokens: &[S]) -> AdminTokens {
-        AdminTokens {
-            hashes: tokens.iter().map(|t| hash_secret(t.as_ref())).collect(),
-        }
-    }
-
     /// Whether `presented` is one of the tokens. Every stored hash is compared,
     /// each in constant time, so the time taken says nothing about which token
     /// is close or how many there are before it.

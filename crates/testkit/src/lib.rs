@@ -1,4 +1,6 @@
-//! Test support for obleth: a throwaway PostgreSQL server and a mock upstream LLM provider.
+//! Test support for obleth, written once for every crate's tests: a
+//! throwaway PostgreSQL server, a mock upstream LLM provider, and the helpers
+//! every test binary needs.
 //!
 //! Tests call [`fresh_database`] to get an empty database of their own. The
 //! server behind it is `DATABASE_URL` when that is set, otherwise one private
@@ -9,9 +11,23 @@
 //! [`MockUpstream`] is an OpenAI-compatible provider on a local port, with
 //! latency, streaming pace and failures under the test's control; the
 //! `obleth-mock-upstream` binary serves the same for Compose and benchmarks.
+//!
+//! The helpers, by concern: [`db`] (the schema applied, migrations of a next
+//! release, providers, routes and keys written as the admin writes them),
+//! [`http`] (a loopback HTTP/1.1 client, whole or raw over TCP), [`metrics`]
+//! (samples from Prometheus text by name and labels), [`poll`] (waiting with a
+//! deadline, `/readyz` included) and [`proc`] (built binaries, free ports,
+//! child processes and signals). This crate depends on `obleth-config` only:
+//! the gateway and the admin dev-depend on it, so helpers that need them live
+//! in their own test support.
 
+pub mod db;
+pub mod http;
+pub mod metrics;
 pub mod mock;
 mod pg;
+pub mod poll;
+pub mod proc;
 
 pub use mock::{MockConfig, MockUpstream, RecordedRequest};
 pub use pg::{fresh_database, PgCluster, TestDb};

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use http::Method;
 use obleth_admin::{routes, Access};
+use obleth_testkit::metrics::sum;
 
 use crate::support::*;
 
@@ -47,7 +48,11 @@ async fn every_token_route_refuses_a_missing_or_wrong_token_the_same_way() {
             headers.push(("content-type", "application/json"));
             let a = request(route.method.clone(), &url, &headers, "{}").await;
             assert_eq!(a.status, 401, "{route:?} with {headers:?}: {}", a.text());
-            assert_eq!(a.error(), ("unauthorized".to_owned(), None), "{route:?}");
+            assert_eq!(
+                a.admin_error(),
+                ("unauthorized".to_owned(), None),
+                "{route:?}"
+            );
             assert_eq!(a.header("www-authenticate"), Some("Bearer"));
             // The same body whatever was wrong: no hint about which tokens exist.
             let body = a.text();
@@ -78,9 +83,7 @@ async fn every_token_route_refuses_a_missing_or_wrong_token_the_same_way() {
         let a = request(route.method.clone(), &admin.url(route.path), &[], "").await;
         assert_eq!(a.status, 200, "{route:?} without a token: {}", a.text());
     }
-    let metrics = request(Method::GET, &admin.url("/metrics"), &[], "")
-        .await
-        .text();
+    let metrics = admin.metrics().await;
     assert!(
         metrics.contains("obleth_admin_auth_failures_total"),
         "{metrics}"
@@ -113,7 +116,7 @@ async fn a_client_sending_wrong_tokens_is_throttled_before_its_token_is_checked(
         for _ in 0..50 {
             let a = request_from(guesser, Method::GET, &url, headers).await;
             assert_eq!(a.status, 429, "{}", a.text());
-            assert_eq!(a.error(), ("too_many_auth_failures".to_owned(), None));
+            assert_eq!(a.admin_error(), ("too_many_auth_failures".to_owned(), None));
             let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
             assert!((1..=600).contains(&retry), "{retry}");
         }
@@ -126,17 +129,15 @@ async fn a_client_sending_wrong_tokens_is_throttled_before_its_token_is_checked(
         401
     );
 
-    let metrics = request(Method::GET, &admin.url("/metrics"), &[], "")
-        .await
-        .text();
+    let metrics = admin.metrics().await;
     // Only the six tokens actually checked count as failures.
     assert_eq!(
-        counter(&metrics, "obleth_admin_auth_failures_total"),
+        sum(&metrics, "obleth_admin_auth_failures_total", &[]),
         6.0,
         "{metrics}"
     );
     assert_eq!(
-        counter(&metrics, "obleth_admin_auth_throttled_total"),
+        sum(&metrics, "obleth_admin_auth_throttled_total", &[]),
         150.0,
         "{metrics}"
     );

@@ -40,7 +40,7 @@ async fn providers_and_routes_are_managed_and_conflicts_name_the_field() {
         .await;
     assert_eq!(dup.status, 409);
     assert_eq!(
-        dup.error(),
+        dup.admin_error(),
         ("already_exists".to_owned(), Some("name".to_owned()))
     );
     let list = admin.get("/api/v1/providers").await.json();
@@ -71,7 +71,7 @@ async fn providers_and_routes_are_managed_and_conflicts_name_the_field() {
         )
         .await;
     assert_eq!(bad_kind.status, 422);
-    assert_eq!(bad_kind.error().1.as_deref(), Some("base_url"));
+    assert_eq!(bad_kind.admin_error().1.as_deref(), Some("base_url"));
     let rename_taken = admin
         .call(
             Method::PATCH,
@@ -80,7 +80,7 @@ async fn providers_and_routes_are_managed_and_conflicts_name_the_field() {
         )
         .await;
     assert_eq!(rename_taken.status, 409);
-    assert_eq!(rename_taken.error().1.as_deref(), Some("name"));
+    assert_eq!(rename_taken.admin_error().1.as_deref(), Some("name"));
     assert_eq!(admin.get("/api/v1/providers/nope").await.status, 404);
     assert_eq!(admin.get("/api/v1/providers/no%00pe").await.status, 404);
 
@@ -104,7 +104,7 @@ async fn providers_and_routes_are_managed_and_conflicts_name_the_field() {
         .await;
     assert_eq!(same_model.status, 409);
     assert_eq!(
-        same_model.error(),
+        same_model.admin_error(),
         ("already_exists".to_owned(), Some("model".to_owned()))
     );
     let unknown = admin
@@ -116,7 +116,7 @@ async fn providers_and_routes_are_managed_and_conflicts_name_the_field() {
         .await;
     assert_eq!(unknown.status, 422);
     assert_eq!(
-        unknown.error(),
+        unknown.admin_error(),
         (
             "validation_failed".to_owned(),
             Some("targets[1].provider".to_owned())
@@ -129,7 +129,7 @@ async fn providers_and_routes_are_managed_and_conflicts_name_the_field() {
         .await;
     assert_eq!(in_use.status, 409);
     assert_eq!(
-        in_use.error(),
+        in_use.admin_error(),
         ("provider_in_use".to_owned(), Some("name".to_owned()))
     );
     assert!(in_use.text().contains("openai/gpt-4o"), "{}", in_use.text());

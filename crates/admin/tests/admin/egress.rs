@@ -46,7 +46,7 @@ async fn credential_references_outside_the_policy_are_refused_naming_credential_
             .await;
         assert_eq!(a.status, 422, "{reference}: {}", a.text());
         assert_eq!(
-            a.error(),
+            a.admin_error(),
             (
                 "validation_failed".to_owned(),
                 Some("credential_ref".to_owned())
@@ -83,7 +83,7 @@ async fn credential_references_outside_the_policy_are_refused_naming_credential_
         )
         .await;
     assert_eq!(patch.status, 422, "{}", patch.text());
-    assert_eq!(patch.error().1.as_deref(), Some("credential_ref"));
+    assert_eq!(patch.admin_error().1.as_deref(), Some("credential_ref"));
     let stored = admin.get("/api/v1/providers/env-ok").await.json();
     assert_eq!(stored["credential_ref"], "env:OBLETH_CREDENTIAL_OPENAI");
     admin.stop().await.unwrap();
@@ -113,7 +113,7 @@ async fn metadata_and_link_local_urls_are_refused_and_private_ones_by_choice() {
             )
             .await;
         assert_eq!(a.status, 422, "{url}: {}", a.text());
-        assert_eq!(a.error().1.as_deref(), Some("base_url"), "{url}");
+        assert_eq!(a.admin_error().1.as_deref(), Some("base_url"), "{url}");
     }
     // Private networks are allowed by default (in-cluster model servers).
     for (i, url) in [
@@ -141,7 +141,7 @@ async fn metadata_and_link_local_urls_are_refused_and_private_ones_by_choice() {
         )
         .await;
     assert_eq!(moved.status, 422);
-    assert_eq!(moved.error().1.as_deref(), Some("base_url"));
+    assert_eq!(moved.admin_error().1.as_deref(), Some("base_url"));
     admin.stop().await.unwrap();
 
     let db = obleth_testkit::fresh_database().await.unwrap();
@@ -162,7 +162,7 @@ async fn metadata_and_link_local_urls_are_refused_and_private_ones_by_choice() {
             )
             .await;
         assert_eq!(a.status, 422, "{url}: {}", a.text());
-        assert_eq!(a.error().1.as_deref(), Some("base_url"), "{url}");
+        assert_eq!(a.admin_error().1.as_deref(), Some("base_url"), "{url}");
     }
     admin.stop().await.unwrap();
 }
@@ -230,7 +230,7 @@ async fn bidi_zero_width_and_control_characters_are_refused_in_names() {
     for (method, path, body, field) in cases {
         let a = admin.call(method, path, body.clone()).await;
         assert_eq!(a.status, 422, "{body}: {}", a.text());
-        assert_eq!(a.error().1.as_deref(), Some(field), "{body}");
+        assert_eq!(a.admin_error().1.as_deref(), Some(field), "{body}");
     }
     // Visible Unicode is fine.
     let ok = admin

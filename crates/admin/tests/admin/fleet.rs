@@ -1,14 +1,12 @@
 //! The fleet view: a running gateway and the admin with their versions and
 //! the schema they see; a stopped node leaves it.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use http::Method;
-use obleth_config::migrate::{MigrationSet, Mode, Runner, RunnerOptions};
+use obleth_config::migrate::MigrationSet;
 use obleth_config::version::VERSION;
 use serde_json::Value;
-use sqlx::postgres::PgConnectOptions;
 
 use crate::support::*;
 
@@ -76,24 +74,13 @@ async fn the_fleet_lists_a_running_gateway_and_the_admin_with_their_versions() {
 /// The embedded migrations plus one new expand migration, in a directory, as
 /// the next release would ship them.
 fn next_release_migrations() -> (tempfile::TempDir, i64) {
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/migrations");
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&shipped).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
     let version = 20991231000001_i64;
-    std::fs::write(
-        dir.path().join(format!("{version}_fleet_probe.sql")),
+    let dir = obleth_testkit::db::migrations_with(&[(
+        &format!("{version}_fleet_probe.sql"),
         "CREATE TABLE fleet_probe (id bigint PRIMARY KEY);\n",
-    )
+        &format!("\n[[migration]]\nversion = {version}\nphase = \"expand\"\n"),
+    )])
     .unwrap();
-    let manifest = dir.path().join("manifest.toml");
-    let mut text = std::fs::read_to_string(&manifest).unwrap();
-    text.push_str(&format!(
-        "\n[[migration]]\nversion = {version}\nphase = \"expand\"\n"
-    ));
-    std::fs::write(&manifest, text).unwrap();
     (dir, version)
 }
 
@@ -116,13 +103,11 @@ async fn the_fleet_and_api_version_show_a_new_schema_within_one_heartbeat_of_a_m
 
     // `obleth-migrator up` of the next release: one more expand migration.
     let (dir, newer) = next_release_migrations();
-    Runner::new(
-        MigrationSet::from_dir(dir.path()).unwrap(),
-        RunnerOptions::default(),
-    )
-    .run(&PgConnectOptions::from_str(&db.url).unwrap(), Mode::Up)
-    .await
-    .unwrap();
+    obleth_testkit::db::migrate_from(MigrationSet::from_dir(dir.path()).unwrap(), &db.url)
+        .await
+        .unwrap()
+        .close()
+        .await;
 
     // Both nodes beat every second (the test settings); allow a few beats on
     // a loaded machine, far less than a restart would take to be noticed.

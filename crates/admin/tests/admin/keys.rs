@@ -134,7 +134,7 @@ async fn a_key_lives_its_whole_life_through_http_and_the_database_never_holds_th
         )
         .await;
     assert_eq!(rotate.status, 409);
-    assert_eq!(rotate.error().0, "key_revoked");
+    assert_eq!(rotate.admin_error().0, "key_revoked");
 
     // The database holds the hash, and nowhere the key or its secret part.
     let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_hash FROM api_keys")
@@ -158,7 +158,7 @@ async fn a_key_lives_its_whole_life_through_http_and_the_database_never_holds_th
     assert_eq!(deleted.status, 204);
     let gone = admin.get(&format!("/api/v1/keys/{id}")).await;
     assert_eq!(gone.status, 404);
-    assert_eq!(gone.error(), ("not_found".to_owned(), None));
+    assert_eq!(gone.admin_error(), ("not_found".to_owned(), None));
     admin.stop().await.unwrap();
 }
 

@@ -4,53 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use obleth_testkit::http::{exchange, read_until_closed};
+use obleth_testkit::metrics::value;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::*;
-
-/// Reads until the server closes the connection; false if `limit` passes first.
-async fn closed_within(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
-            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// One request on `stream`, answered whole (the admin always sends a length).
-async fn exchange(stream: &mut TcpStream, request: &str) -> String {
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let text = String::from_utf8_lossy(&seen).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if seen.len() >= end + 4 + length {
-                return text;
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap();
-        assert!(n > 0, "closed early: {text}");
-        seen.extend_from_slice(&buf[..n]);
-    }
-}
 
 #[tokio::test]
 async fn the_admin_closes_a_connection_stuck_in_its_headers() {
@@ -65,16 +24,20 @@ async fn the_admin_closes_a_connection_stuck_in_its_headers() {
         .await
         .unwrap();
     let started = Instant::now();
-    let (_, closed) = closed_within(&mut stalled, Duration::from_secs(30)).await;
+    let (_, closed) = read_until_closed(&mut stalled, Duration::from_secs(30)).await;
     assert!(
         closed,
         "the admin must close a connection stuck in its headers"
     );
     assert!(started.elapsed() >= Duration::from_millis(900));
-    let metrics = admin.get("/metrics").await.text();
-    assert!(
-        metrics
-            .contains("obleth_connections_timed_out_total{listener=\"admin\",reason=\"header\"} 1"),
+    let metrics = admin.metrics().await;
+    assert_eq!(
+        value(
+            &metrics,
+            "obleth_connections_timed_out_total",
+            &[("listener", "admin"), ("reason", "header")]
+        ),
+        Some(1.0),
         "{metrics}"
     );
     admin.stop().await.unwrap();
@@ -102,18 +65,25 @@ async fn the_admin_refuses_connections_over_its_cap_and_counts_them() {
         }
     }
     let mut excess = TcpStream::connect(admin.addr).await.unwrap();
-    let (seen, closed) = closed_within(&mut excess, Duration::from_secs(10)).await;
+    let (seen, closed) = read_until_closed(&mut excess, Duration::from_secs(10)).await;
+    let seen = String::from_utf8_lossy(&seen);
     assert!(closed && seen.starts_with("HTTP/1.1 503"), "{seen}");
     // The open connections keep working; one of them reads the metrics.
     let metrics = exchange(&mut open[0], "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    let refused: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("obleth_connections_refused_total{listener=\"admin\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no refused count: {metrics}"));
+    let refused = value(
+        &metrics,
+        "obleth_connections_refused_total",
+        &[("listener", "admin")],
+    )
+    .unwrap_or_else(|| panic!("no refused count: {metrics}"));
     assert!(refused >= 1.0, "{metrics}");
-    assert!(
-        metrics.contains("obleth_open_connections{listener=\"admin\"} 3"),
+    assert_eq!(
+        value(
+            &metrics,
+            "obleth_open_connections",
+            &[("listener", "admin")]
+        ),
+        Some(3.0),
         "{metrics}"
     );
     drop(open);

@@ -99,7 +99,7 @@ async fn every_route_in_the_table_answers_on_its_method_and_the_document_is_serv
         // 404 is fine for a missing resource, but then with our error body.
         assert_ne!(a.status, 405, "{route:?}");
         if a.status == 404 {
-            assert_eq!(a.error().0, "not_found", "{route:?}");
+            assert_eq!(a.admin_error().0, "not_found", "{route:?}");
             assert!(
                 a.text().contains("`"),
                 "{route:?} is not routed: {}",
@@ -112,7 +112,7 @@ async fn every_route_in_the_table_answers_on_its_method_and_the_document_is_serv
     assert_eq!(served.json(), serde_json::to_value(document()).unwrap());
     let unknown = admin.get("/api/v1/nothing-here").await;
     assert_eq!(
-        (unknown.status, unknown.error().0.as_str()),
+        (unknown.status, unknown.admin_error().0.as_str()),
         (404, "not_found")
     );
     let wrong_method = admin

@@ -5,6 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use http::Method;
+use obleth_testkit::proc;
 use sqlx::PgPool;
 use tokio::io::AsyncReadExt;
 
@@ -13,28 +14,18 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_obleth-admin");
 
 fn command(args: &[&str], envs: &[(&str, String)]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(BIN);
+    let mut cmd = proc::command(BIN);
     cmd.args(args)
         .env_remove("OBLETH_CONFIG")
         .env_remove("RUST_BACKTRACE")
         .env_remove("RUST_LIB_BACKTRACE")
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }
     cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
@@ -114,7 +105,7 @@ async fn invalid_settings_exit_non_zero_naming_the_field() {
 #[tokio::test]
 async fn the_binary_serves_until_sigterm_then_exits_cleanly_and_never_logs_a_secret() {
     let db = obleth_testkit::fresh_database().await.unwrap();
-    let port = free_port();
+    let port = proc::free_port();
     let node_id = format!("admin-process-{port}");
     let mut child = command(
         &[],
@@ -137,18 +128,10 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly_and_never_logs_a_sec
         text
     });
     let base = format!("http://127.0.0.1:{port}");
-    wait_until(
-        Duration::from_secs(60),
-        "the admin process ready",
-        || async {
-            let url: http::Uri = format!("{base}/readyz").parse().unwrap();
-            matches!(
-                tokio::time::timeout(Duration::from_secs(1), client().get(url)).await,
-                Ok(Ok(r)) if r.status() == 200
-            )
-        },
-    )
-    .await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    obleth_testkit::poll::wait_ready(addr, Duration::from_secs(60))
+        .await
+        .expect("the admin process ready");
     let auth = format!("Bearer {TOKEN}");
     let created = request(
         Method::POST,
@@ -172,26 +155,9 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly_and_never_logs_a_sec
     assert_eq!(refused.status, 401);
 
     let pool = PgPool::connect(&db.url).await.unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the process in the nodes table, ready",
-        || async {
-            let ready: Option<bool> =
-                sqlx::query_scalar("SELECT ready FROM nodes WHERE node_id = $1")
-                    .bind(&node_id)
-                    .fetch_optional(&pool)
-                    .await
-                    .unwrap();
-            ready == Some(true)
-        },
-    )
-    .await;
+    wait_node_ready(&pool, &node_id).await;
 
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    proc::signal(&child, proc::Signal::Term).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .expect("the admin exits after SIGTERM")

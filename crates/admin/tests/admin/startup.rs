@@ -5,20 +5,10 @@ use std::time::Duration;
 
 use http::Method;
 use obleth_config::migrate::MigrationSet;
+use obleth_testkit::metrics::sum;
 use sqlx::PgPool;
 
 use crate::support::*;
-
-/// The sum of a metric's samples in an admin's `/metrics`.
-async fn metric(admin: &TestAdmin, name: &str) -> f64 {
-    let text = request(Method::GET, &admin.url("/metrics"), &[], "")
-        .await
-        .text();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 #[tokio::test]
 async fn four_admins_started_at_once_on_an_empty_database_all_become_ready_and_migrate_once() {
@@ -42,7 +32,11 @@ async fn four_admins_started_at_once_on_an_empty_database_all_become_ready_and_m
     assert_eq!(rows, embedded);
     let mut applied = 0.0;
     for admin in &admins {
-        applied += metric(admin, "obleth_admin_migrations_applied_total").await;
+        applied += sum(
+            &admin.metrics().await,
+            "obleth_admin_migrations_applied_total",
+            &[],
+        );
     }
     assert_eq!(
         applied, embedded as f64,
@@ -78,7 +72,7 @@ async fn an_admin_not_migrating_on_startup_stays_unready_until_the_migrator_ran(
     assert!(reasons.contains("pending"), "{reasons}");
     let refused = admin.get("/api/v1/keys").await;
     assert_eq!(
-        (refused.status, refused.error().0.as_str()),
+        (refused.status, refused.admin_error().0.as_str()),
         (503, "not_ready")
     );
     let health = request(Method::GET, &admin.url("/api/v1/health"), &[], "").await;
@@ -129,20 +123,7 @@ async fn an_incompatible_schema_makes_the_admin_exit_with_an_error_naming_the_mi
 async fn a_stopped_admin_marks_itself_stopped_in_the_nodes_table() {
     let (admin, _db, pool) = TestAdmin::on_fresh_database().await;
     let node_id = admin.node_id.clone();
-    wait_until(
-        Duration::from_secs(10),
-        "the admin registered and ready",
-        || async {
-            let ready: Option<bool> =
-                sqlx::query_scalar("SELECT ready FROM nodes WHERE node_id = $1")
-                    .bind(&node_id)
-                    .fetch_optional(&pool)
-                    .await
-                    .unwrap();
-            ready == Some(true)
-        },
-    )
-    .await;
+    wait_node_ready(&pool, &node_id).await;
     let app: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = current_database()",
     )

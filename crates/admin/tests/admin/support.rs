@@ -1,34 +1,25 @@
-//! Test support: an admin (and, where a test needs one, a gateway) in-process
-//! on loopback ports against a fresh database, and a tiny HTTP client.
+//! Admin test support: an admin (and, where a test needs one, a gateway)
+//! in-process on loopback ports against a fresh database. The HTTP client,
+//! polling, metrics parsing and database fixtures are `obleth-testkit`'s,
+//! re-exported here so each test imports one module.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use http::Method;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use obleth_admin::{Admin, AdminSettings};
-use obleth_config::migrate::{MigrationSet, Mode, Runner, RunnerOptions};
 use obleth_config::DatabaseUrl;
 use obleth_gateway::{Gateway, GatewaySettings};
 use secrecy::SecretString;
 use serde_json::Value;
-use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
+pub use obleth_testkit::http::{request, request_from, Answer};
+pub use obleth_testkit::poll::{wait_for, wait_until};
+
 /// The admin token every test admin accepts.
 pub const TOKEN: &str = "test-admin-token-0123456789";
-
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-pub fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
 
 /// Admin settings on `url`: one token, no drain delay, a fast heartbeat.
 pub fn admin_settings(url: &str) -> AdminSettings {
@@ -86,13 +77,16 @@ impl TestAdmin {
 
     /// Polls `/readyz` until it answers 200 (bounded).
     pub async fn wait_ready(&self) {
-        wait_until(Duration::from_secs(60), "admin ready", || async {
-            request(Method::GET, &self.url("/readyz"), &[], "")
-                .await
-                .status
-                == 200
-        })
-        .await;
+        obleth_testkit::poll::wait_ready(self.addr, Duration::from_secs(60))
+            .await
+            .expect("admin ready");
+    }
+
+    /// The admin's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        request(Method::GET, &self.url("/metrics"), &[], "")
+            .await
+            .text()
     }
 
     /// Calls the API with the test token; a non-empty `body` is sent as JSON.
@@ -168,13 +162,9 @@ impl TestGateway {
             stop: Some(tx),
             task,
         };
-        wait_until(Duration::from_secs(30), "gateway ready", || async {
-            request(Method::GET, &format!("http://{ops_addr}/readyz"), &[], "")
-                .await
-                .status
-                == 200
-        })
-        .await;
+        obleth_testkit::poll::wait_ready(ops_addr, Duration::from_secs(30))
+            .await
+            .expect("gateway ready");
         gw
     }
 
@@ -228,149 +218,27 @@ pub async fn mock_route(admin: &TestAdmin) {
 
 /// Applies the embedded migrations, as `obleth-migrator up` would.
 pub async fn migrate(url: &str) {
-    Runner::new(MigrationSet::embedded().unwrap(), RunnerOptions::default())
-        .run(&PgConnectOptions::from_str(url).unwrap(), Mode::Up)
+    obleth_testkit::db::migrate(url)
         .await
-        .unwrap();
+        .unwrap()
+        .close()
+        .await;
 }
 
-/// Polls `check` every 20 ms until it holds; panics naming `what` after `limit`.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A response read whole.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-}
-
-impl Answer {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// Asserts the admin's error shape and answers `(code, field)`.
-    pub fn error(&self) -> (String, Option<String>) {
-        let v = self.json();
-        let e = v.get("error").unwrap_or_else(|| panic!("no error: {v}"));
-        assert!(e["message"].is_string(), "{v}");
-        assert!(e.get("field").is_some(), "{v}");
-        (
-            e["code"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{v}"))
-                .to_owned(),
-            e["field"].as_str().map(str::to_owned),
-        )
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-pub async fn request(
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Answer {
-    let mut builder = http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    let response = client()
-        .request(builder.body(Full::new(body.into())).unwrap())
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// Polls `check` every 20 ms until it answers `Some`; panics naming `what` after `limit`.
-pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Like [`request`], from the local address `from` (any of 127.0.0.0/8 on
-/// loopback), so tests can play several clients.
-pub async fn request_from(
-    from: std::net::IpAddr,
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> Answer {
-    let mut connector = HttpConnector::new();
-    connector.set_local_address(Some(from));
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
-    let mut builder = http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    let response = client
-        .request(builder.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// The value of an unlabelled counter in a `/metrics` text; 0 when absent.
-pub fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+/// Waits until node `node_id` is registered and ready in the `nodes` table.
+pub async fn wait_node_ready(pool: &PgPool, node_id: &str) {
+    wait_until(
+        Duration::from_secs(10),
+        "the node registered and ready",
+        || async {
+            let ready: Option<bool> =
+                sqlx::query_scalar("SELECT ready FROM nodes WHERE node_id = $1")
+                    .bind(node_id)
+                    .fetch_optional(pool)
+                    .await
+                    .unwrap();
+            ready == Some(true)
+        },
+    )
+    .await;
 }

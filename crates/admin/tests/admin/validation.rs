@@ -287,7 +287,7 @@ async fn invalid_input_is_refused_with_422_naming_the_field_and_changes_nothing(
     for c in &cases {
         let a = admin.call(c.method.clone(), &c.path, c.body.clone()).await;
         let got = if a.status == 422 {
-            a.error()
+            a.admin_error()
         } else {
             (format!("status {}", a.status), None)
         };
@@ -362,7 +362,7 @@ async fn bodies_that_are_not_acceptable_json_get_400_413_or_415() {
         )
         .await;
         assert_eq!(
-            (a.status, a.error().0.as_str()),
+            (a.status, a.admin_error().0.as_str()),
             (status, code),
             "{}",
             a.text()

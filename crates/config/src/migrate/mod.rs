@@ -16,11 +16,6 @@ pub use phase::Phase;
 pub use runner::{Mode, RunReport, Runner, RunnerOptions};
 pub use set::{MigrationDef, MigrationSet};
 
-/// The table sqlx and standard tooling use for applied migrations.
-pub const SQLX_TABLE: &str = "_sqlx_migrations";
-/// The table beside it that records each applied migration's phase.
-pub const PHASES_TABLE: &str = "obleth_migration_phases";
-
 /// A migration set that cannot be built: the files and the manifest disagree,
 /// or a file cannot be read.
 #[derive(Debug, thiserror::Error)]

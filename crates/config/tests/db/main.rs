@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -13,24 +12,17 @@ use obleth_config::db::catalog::{self, CatalogError, NewProvider};
 use obleth_config::db::changes::{self, CHANNEL};
 use obleth_config::db::keys::{self, KeyUpdate, NewKey};
 use obleth_config::db::{connect_pool, nodes, usage};
-use obleth_config::migrate::{MigrationSet, Mode, Runner, RunnerOptions};
 use obleth_config::model::{Entity, NodeInfo, Op, ProviderKind, RouteTarget, UsageEvent};
 use obleth_config::{DatabaseSettings, DatabaseUrl};
 use obleth_testkit::{fresh_database, TestDb};
 use secrecy::ExposeSecret;
-use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 /// A fresh database with the embedded schema applied, and a pool on it.
 async fn migrated() -> (TestDb, PgPool) {
-    let db = fresh_database().await.unwrap();
-    Runner::new(MigrationSet::embedded().unwrap(), RunnerOptions::default())
-        .run(&PgConnectOptions::from_str(&db.url).unwrap(), Mode::Up)
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&db.url).await.unwrap();
-    (db, pool)
+    obleth_testkit::db::migrated().await.unwrap()
 }
 
 fn named(name: &str) -> NewKey {

@@ -25,15 +25,15 @@ async fn a_key_present_before_start_works_as_soon_as_ready_without_database_look
     }
 
     assert_eq!(
-        metric(&gw, "obleth_key_db_lookups_total").await,
+        metric(&gw, "obleth_key_db_lookups_total", &[]).await,
         0.0,
         "served from the warmed cache"
     );
-    assert!(metric(&gw, "obleth_key_cache_hits_total").await >= 20.0);
-    assert_eq!(metric(&gw, "obleth_key_cache_warmup_keys").await, 1.0);
-    let health = get(&gw.ops_url("/api/v1/health")).await.1;
+    assert!(metric(&gw, "obleth_key_cache_hits_total", &[]).await >= 20.0);
+    assert_eq!(metric(&gw, "obleth_key_cache_warmup_keys", &[]).await, 1.0);
+    let health = get_json(&gw.ops_url("/api/v1/health")).await.1;
     assert_eq!(health["status"], "ok", "{health}");
-    let version = get(&gw.ops_url("/api/version")).await.1;
+    let version = get_json(&gw.ops_url("/api/version")).await.1;
     assert_eq!(
         version["schema"]["applied"], version["schema"]["expected"],
         "{version}"
@@ -128,7 +128,7 @@ async fn a_database_outage_keeps_cached_keys_working_and_a_revoke_made_meanwhile
     wait_until(
         Duration::from_secs(20),
         "health to say degraded",
-        || async { get(&gw.ops_url("/api/v1/health")).await.1["status"] == "degraded" },
+        || async { get_json(&gw.ops_url("/api/v1/health")).await.1["status"] == "degraded" },
     )
     .await;
     for _ in 0..10 {
@@ -141,11 +141,11 @@ async fn a_database_outage_keeps_cached_keys_working_and_a_revoke_made_meanwhile
         );
     }
     assert_eq!(
-        get(&gw.ops_url("/readyz")).await.0,
+        get_json(&gw.ops_url("/readyz")).await.0,
         200,
         "still ready during the outage"
     );
-    let health = get(&gw.ops_url("/api/v1/health")).await.1;
+    let health = get_json(&gw.ops_url("/api/v1/health")).await.1;
     assert_eq!(health["checks"]["database"]["status"], "down", "{health}");
     assert!(
         health["checks"]["feed"]["staleness_seconds"]
@@ -186,7 +186,7 @@ async fn a_database_outage_keeps_cached_keys_working_and_a_revoke_made_meanwhile
     .await;
     println!("revoke made at recovery applied after {took:?}");
     wait_until(Duration::from_secs(20), "health back to ok", || async {
-        get(&gw.ops_url("/api/v1/health")).await.1["status"] == "ok"
+        get_json(&gw.ops_url("/api/v1/health")).await.1["status"] == "ok"
     })
     .await;
     gw.stop().await.unwrap();
@@ -200,12 +200,12 @@ async fn pending_migrations_keep_the_gateway_not_ready_saying_why() {
     settings.server.drain_delay_secs = 0;
     let gw = TestGateway::start(settings).await;
     let reason = wait_until(Duration::from_secs(10), "not-ready reason", || async {
-        let (status, body) = get(&gw.ops_url("/readyz")).await;
+        let (status, body) = get_json(&gw.ops_url("/readyz")).await;
         status == 503 && body.to_string().contains("obleth-migrator up")
     })
     .await;
     assert!(reason < Duration::from_secs(10));
-    let health = get(&gw.ops_url("/api/v1/health")).await.1;
+    let health = get_json(&gw.ops_url("/api/v1/health")).await.1;
     assert_eq!(health["status"], "unavailable");
     assert!(
         health["checks"]["schema"]["detail"]
@@ -233,28 +233,14 @@ async fn a_stream_still_open_at_the_drain_timeout_is_ended_and_recorded() {
     })
     .await
     .unwrap();
-    obleth_config::db::catalog::create_provider(
-        &pool,
-        &obleth_config::db::catalog::NewProvider {
-            name: "endless".to_owned(),
-            kind: obleth_config::model::ProviderKind::OpenAi,
-            base_url: upstream.base_url(),
-            credential_ref: None,
-            timeout_ms: 5_000,
-        },
-    )
-    .await
-    .unwrap();
-    obleth_config::db::catalog::create_route(
-        &pool,
+    let endless = obleth_testkit::db::provider(
         "endless",
-        &[obleth_config::model::RouteTarget {
-            provider: "endless".to_owned(),
-            upstream_model: None,
-        }],
-    )
-    .await
-    .unwrap();
+        obleth_config::model::ProviderKind::OpenAi,
+        &upstream.base_url(),
+    );
+    obleth_testkit::db::provider_and_route(&pool, &endless, "endless")
+        .await
+        .unwrap();
     let (key, secret) = db_key(&pool, |_| {}).await;
     let mut settings = database_settings(&db.url, &pool).await;
     settings.server.drain_timeout_secs = 1;
@@ -367,7 +353,7 @@ async fn maintenance_mode_answers_503_with_retry_after_and_back() {
     assert_eq!(answer.header("retry-after"), Some("42"));
     assert_eq!(answer.json()["error"]["message"], "upgrading the database");
     assert_eq!(
-        get(&gw.ops_url("/readyz")).await.0,
+        get_json(&gw.ops_url("/readyz")).await.0,
         200,
         "maintenance does not make the node unready"
     );

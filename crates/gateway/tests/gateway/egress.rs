@@ -3,37 +3,20 @@
 //! secret it was not meant to send nor reach an address the operator refused;
 //! embedded settings are refused naming the field.
 
-use obleth_config::db::catalog::{create_provider, create_route, NewProvider};
-use obleth_config::model::{ProviderKind, RouteTarget};
-use obleth_testkit::{fresh_database, MockConfig, MockUpstream};
+use obleth_config::db::catalog::NewProvider;
+use obleth_config::model::ProviderKind;
+use obleth_testkit::{db, fresh_database, MockConfig, MockUpstream};
 use sqlx::PgPool;
 
 use crate::support::*;
 
 /// A provider row and a route of the same name to it, written directly.
 async fn provider_row(pool: &PgPool, name: &str, base_url: &str, credential_ref: Option<String>) {
-    create_provider(
-        pool,
-        &NewProvider {
-            name: name.to_owned(),
-            kind: ProviderKind::OpenAi,
-            base_url: base_url.to_owned(),
-            credential_ref,
-            timeout_ms: 5_000,
-        },
-    )
-    .await
-    .unwrap();
-    create_route(
-        pool,
-        name,
-        &[RouteTarget {
-            provider: name.to_owned(),
-            upstream_model: None,
-        }],
-    )
-    .await
-    .unwrap();
+    let row = NewProvider {
+        credential_ref,
+        ..db::provider(name, ProviderKind::OpenAi, base_url)
+    };
+    db::provider_and_route(pool, &row, name).await.unwrap();
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Method;
 use http_body_util::BodyExt;
+use obleth_testkit::http::read_until_closed;
 use obleth_testkit::{MockConfig, MockUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -221,10 +222,7 @@ async fn a_body_that_trickles_in_too_slowly_times_out_with_408() {
         "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {secret}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\""
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .ok();
+    let (response, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
@@ -242,8 +240,7 @@ async fn huge_headers_are_refused_without_a_crash() {
         "a".repeat(512 * 1024)
     );
     let _ = stream.write_all(head.as_bytes()).await;
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let (response, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&response);
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 431"),
@@ -324,7 +321,8 @@ async fn falls_back_to_the_next_provider_when_the_first_refuses_connections() {
     assert!(
         metric(
             &gw,
-            "obleth_upstream_attempts_total{outcome=\"error\",provider=\"down\"}"
+            "obleth_upstream_attempts_total",
+            &[("outcome", "error"), ("provider", "down")]
         )
         .await
             >= 1.0

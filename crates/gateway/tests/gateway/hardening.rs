@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use obleth_testkit::metrics::{series, value};
 use obleth_testkit::{fresh_database, MockConfig, MockUpstream, PgCluster};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
@@ -164,7 +165,7 @@ async fn a_spray_of_50000_unknown_keys_with_the_feed_live_makes_no_key_queries()
     let revoked_after = revocation.await.unwrap();
     done.store(true, Ordering::SeqCst);
     let valid = valid.await.unwrap();
-    let lookups = metric(&gw, "obleth_key_db_lookups_total").await + 0.0;
+    let lookups = metric(&gw, "obleth_key_db_lookups_total", &[]).await + 0.0;
     gw.stop().await.unwrap();
     pool.close().await;
     let scans = api_keys_scans(&db.url).await - scans_before;
@@ -199,14 +200,14 @@ async fn with_the_feed_down_a_spray_makes_at_most_the_allowed_rate_of_lookups() 
     gw.wait_ready().await;
     cluster.stop().unwrap();
     wait_until(Duration::from_secs(20), "the feed to go down", || async {
-        get(&gw.ops_url("/api/v1/health")).await.1["checks"]["database"]["status"] == "down"
+        get_json(&gw.ops_url("/api/v1/health")).await.1["checks"]["database"]["status"] == "down"
     })
     .await;
 
     let started = Instant::now();
     let statuses = spray(&gw, 3_000, 16, Arc::new(AtomicU64::new(0))).await;
     let took = started.elapsed();
-    let lookups = metric(&gw, "obleth_key_db_lookups_total").await + 0.0;
+    let lookups = metric(&gw, "obleth_key_db_lookups_total", &[]).await + 0.0;
     let served_status = chat(&gw, &served, "m").await.status;
     eprintln!(
         "spray with the feed down: 3000 unknown keys in {took:?}, statuses {statuses:?}, \
@@ -226,19 +227,10 @@ async fn ten_thousand_random_model_names_add_no_metric_series() {
     let gw = TestGateway::start(embedded_settings(vec![key])).await;
     gw.wait_ready().await;
     let scrape = || async {
-        let a = request(
-            http::Method::GET,
-            &gw.ops_url("/metrics"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
-        let text = String::from_utf8_lossy(&a.body).into_owned();
-        let series = text
-            .lines()
-            .filter(|l| l.starts_with("obleth_requests_total{"))
-            .count();
-        (series, text.len())
+        let text = request(http::Method::GET, &gw.ops_url("/metrics"), &[], "")
+            .await
+            .text();
+        (series(&text, "obleth_requests_total"), text.len())
     };
     let send_random = |n: usize| {
         let (url, secret) = (gw.url("/v1/chat/completions"), secret.clone());
@@ -317,12 +309,12 @@ async fn a_body_that_is_not_an_object_is_refused_before_anything_is_recorded() {
     }
     assert_eq!(upstream.requests(), 0, "nothing forwarded upstream");
     assert_eq!(
-        metric(&gw, "obleth_requests_total").await,
+        metric(&gw, "obleth_requests_total", &[]).await,
         3.0,
         "each counted once"
     );
     // Embedded mode counts every usage record it is given as dropped: none was made.
-    assert_eq!(metric(&gw, "obleth_usage_dropped_total").await, 0.0);
+    assert_eq!(metric(&gw, "obleth_usage_dropped_total", &[]).await, 0.0);
     gw.stop().await.unwrap();
 }
 
@@ -359,20 +351,25 @@ async fn a_non_streamed_answer_past_max_response_bytes_is_refused_with_502() {
         200,
         "small answers pass"
     );
-    let text = request(
-        http::Method::GET,
-        &gw.ops_url("/metrics"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&text.body).into_owned();
-    assert!(
-        text.contains(r#"obleth_rejected_requests_total{code="upstream_response_too_large"} 1"#),
+    let text = request(http::Method::GET, &gw.ops_url("/metrics"), &[], "")
+        .await
+        .text();
+    assert_eq!(
+        value(
+            &text,
+            "obleth_rejected_requests_total",
+            &[("code", "upstream_response_too_large")]
+        ),
+        Some(1.0),
         "counted"
     );
-    assert!(
-        text.contains(r#"obleth_upstream_attempts_total{outcome="too_large",provider="big"} 1"#)
+    assert_eq!(
+        value(
+            &text,
+            "obleth_upstream_attempts_total",
+            &[("outcome", "too_large"), ("provider", "big")]
+        ),
+        Some(1.0)
     );
     gw.stop().await.unwrap();
 }

@@ -5,41 +5,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use obleth_testkit::http::{exchange, read_until_closed};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::*;
 
 const STALLED: usize = 1_000;
-
-/// One request on `stream`, answered whole (the gateway sends a length).
-async fn exchange(stream: &mut TcpStream, request: &str) -> String {
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let text = String::from_utf8_lossy(&seen).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if seen.len() >= end + 4 + length {
-                return text;
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap();
-        assert!(n > 0, "closed early: {text}");
-        seen.extend_from_slice(&buf[..n]);
-    }
-}
 
 #[tokio::test]
 async fn a_slowloris_of_a_thousand_connections_does_not_stop_a_normal_client() {
@@ -87,29 +59,26 @@ async fn a_slowloris_of_a_thousand_connections_does_not_stop_a_normal_client() {
     );
 
     // After the header timeout the server closes every stalled connection.
-    let closes = stalled.into_iter().map(|mut conn| async move {
-        let mut buf = [0u8; 1024];
-        loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    });
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        futures_util::future::join_all(closes),
-    )
-    .await
-    .expect("every stalled connection is closed by the server after the header timeout");
+    let closes = stalled
+        .iter_mut()
+        .map(|conn| read_until_closed(conn, Duration::from_secs(60)));
+    let closed = futures_util::future::join_all(closes).await;
+    assert!(
+        closed.iter().all(|(_, closed)| *closed),
+        "every stalled connection is closed by the server after the header timeout"
+    );
     assert!(opened.elapsed() >= Duration::from_millis(2_900));
     let timed_out = metric(
         &gw,
-        "obleth_connections_timed_out_total{listener=\"proxy\",reason=\"header\"}",
+        "obleth_connections_timed_out_total",
+        &[("listener", "proxy"), ("reason", "header")],
     )
     .await;
     assert!(timed_out >= STALLED as f64, "counted {timed_out}");
-    assert_eq!(metric(&gw, "obleth_connections_refused_total").await, 0.0);
+    assert_eq!(
+        metric(&gw, "obleth_connections_refused_total", &[]).await,
+        0.0
+    );
     gw.stop().await.unwrap();
 }
 
@@ -168,11 +137,8 @@ async fn both_listeners_give_an_http2_preface_no_http2_answer() {
         conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
             .await
             .unwrap();
-        let mut seen = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut seen))
-            .await
-            .expect("the connection is closed")
-            .ok();
+        let (seen, closed) = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+        assert!(closed, "{addr} closes the connection");
         // An HTTP/2 server would answer with its own SETTINGS frame.
         assert!(
             seen.is_empty() || seen.starts_with(b"HTTP/1.1 "),

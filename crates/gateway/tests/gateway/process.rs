@@ -7,44 +7,33 @@ use std::time::Duration;
 
 use http::Method;
 use http_body_util::BodyExt;
-use obleth_testkit::{fresh_database, MockConfig, MockUpstream};
+use obleth_config::model::ProviderKind;
+use obleth_testkit::proc::{command, free_port, signal, Signal};
+use obleth_testkit::{db, fresh_database, MockConfig, MockUpstream};
 
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_obleth-gateway");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(config: &Path, envs: &[(&str, String)]) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(BIN);
+    let mut cmd = command(BIN);
     cmd.arg("--config")
         .arg(config)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }
     cmd.spawn().unwrap()
 }
 
+/// Waits for the process's ops listener to report ready.
 async fn wait_ready(ops: u16) {
-    wait_until(Duration::from_secs(60), "process ready", || async {
-        let url = format!("http://127.0.0.1:{ops}/readyz");
-        match tokio::time::timeout(Duration::from_secs(1), client().get(url.parse().unwrap())).await
-        {
-            Ok(Ok(r)) => r.status() == 200,
-            _ => false,
-        }
-    })
-    .await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ops));
+    obleth_testkit::poll::wait_ready(addr, Duration::from_secs(60))
+        .await
+        .expect("process ready");
 }
 
 #[tokio::test]
@@ -85,11 +74,7 @@ async fn the_quickstart_file_serves_the_readme_request() {
         String::from_utf8_lossy(&answer.body)
     );
     assert_eq!(answer.json()["object"], "chat.completion");
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    signal(&child, Signal::Term).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .unwrap()
@@ -108,28 +93,10 @@ async fn sigterm_during_a_slow_stream_goes_unready_finishes_the_stream_records_u
     })
     .await
     .unwrap();
-    obleth_config::db::catalog::create_provider(
-        &pool,
-        &obleth_config::db::catalog::NewProvider {
-            name: "slow".to_owned(),
-            kind: obleth_config::model::ProviderKind::OpenAi,
-            base_url: upstream.base_url(),
-            credential_ref: None,
-            timeout_ms: 5_000,
-        },
-    )
-    .await
-    .unwrap();
-    obleth_config::db::catalog::create_route(
-        &pool,
-        "slow-model",
-        &[obleth_config::model::RouteTarget {
-            provider: "slow".to_owned(),
-            upstream_model: None,
-        }],
-    )
-    .await
-    .unwrap();
+    let slow = db::provider("slow", ProviderKind::OpenAi, &upstream.base_url());
+    db::provider_and_route(&pool, &slow, "slow-model")
+        .await
+        .unwrap();
     let (key, secret) = db_key(&pool, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
@@ -160,11 +127,7 @@ async fn sigterm_during_a_slow_stream_goes_unready_finishes_the_stream_records_u
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     text.push_str(&String::from_utf8_lossy(&first));
 
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    signal(&child, Signal::Term).unwrap();
     wait_until(Duration::from_secs(5), "/readyz to answer 503", || async {
         let url = format!("http://127.0.0.1:{ops}/readyz");
         matches!(client().get(url.parse().unwrap()).await, Ok(r) if r.status() == 503)
@@ -273,7 +236,7 @@ async fn an_invalid_setting_exits_non_zero_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
     std::fs::write(&config, "[server]\nlisten = \"not an address\"\n").unwrap();
-    let output = tokio::process::Command::new(BIN)
+    let output = command(BIN)
         .arg("--config")
         .arg(&config)
         .output()
@@ -293,11 +256,7 @@ async fn an_invalid_setting_exits_non_zero_naming_the_field() {
     ];
     for (text, field) in cases {
         std::fs::write(&config, text).unwrap();
-        let run = tokio::process::Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .kill_on_drop(true)
-            .output();
+        let run = command(BIN).arg("--config").arg(&config).output();
         let output = tokio::time::timeout(Duration::from_secs(30), run)
             .await
             .unwrap_or_else(|_| panic!("{field}: the gateway started instead of refusing"))
@@ -344,14 +303,11 @@ async fn sighup_reloads_the_embedded_file_and_a_bad_file_keeps_the_old_one() {
     assert_eq!(call(old_secret.clone()).await, 200);
     assert_eq!(call(new_secret.clone()).await, 401);
 
-    let pid = child.id().unwrap().to_string();
     std::fs::write(&config, file(&new_key)).unwrap();
-    std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
+    signal(&child, Signal::Hup).unwrap();
     wait_until(Duration::from_secs(10), "the new key after SIGHUP", || {
-        call(new_secret.clone()).then_some_200()
+        let status = call(new_secret.clone());
+        async move { status.await == 200 }
     })
     .await;
     assert_eq!(
@@ -361,34 +317,17 @@ async fn sighup_reloads_the_embedded_file_and_a_bad_file_keeps_the_old_one() {
     );
 
     std::fs::write(&config, "[[routes]]\nmodel = 1\n").unwrap();
-    std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
+    signal(&child, Signal::Hup).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         call(new_secret.clone()).await,
         200,
         "a bad file keeps the previous configuration"
     );
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    signal(&child, Signal::Term).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .unwrap()
         .unwrap();
     assert!(status.success());
-}
-
-/// Turns a status future into a readiness check for [`wait_until`].
-trait ThenSome200 {
-    fn then_some_200(self) -> impl std::future::Future<Output = bool>;
-}
-
-impl<F: std::future::Future<Output = u16>> ThenSome200 for F {
-    async fn then_some_200(self) -> bool {
-        self.await == 200
-    }
 }

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use obleth_testkit::fresh_database;
@@ -34,25 +34,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn shipped_migrations() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/migrations")
-}
-
 /// The shipped migrations plus extra ones, as a `--source` directory.
 fn source_with(extra: &[(&str, &str, &str)]) -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(shipped_migrations()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
-    let manifest = dir.path().join("manifest.toml");
-    let mut text = std::fs::read_to_string(&manifest).unwrap();
-    for (name, sql, manifest_entry) in extra {
-        std::fs::write(dir.path().join(name), sql).unwrap();
-        text.push_str(manifest_entry);
-    }
-    std::fs::write(manifest, text).unwrap();
-    dir
+    obleth_testkit::db::migrations_with(extra).unwrap()
 }
 
 async fn execute(url: &str, sql: &str) {

@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use obleth_service::metrics::ConnectionMetrics;
 use obleth_service::{serve, ConnectionLimits, Listener, ServerHandle};
+use obleth_testkit::http::{client, read_response, read_until_closed, request};
+use obleth_testkit::poll::wait_until;
 use prometheus::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -84,75 +84,18 @@ async fn start(limits: ConnectionLimits) -> TestServer {
 }
 
 impl TestServer {
-    fn metric(&self, name: &str) -> f64 {
+    /// The sum of metric `name`'s samples whose labels include `labels`.
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = obleth_service::metrics::render(&self.registry);
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        obleth_testkit::metrics::sum(&text, name, labels)
     }
 }
 
-/// Reads until the peer closes the connection or `limit` passes; answers
-/// what was read and whether it closed.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return (seen, false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (seen, true),
-            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// Reads one whole HTTP/1.1 response (with a content-length) off `stream`.
-async fn read_response(stream: &mut TcpStream) -> String {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&seen).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if seen.len() >= end + 4 + length {
-                return text;
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("a response within 10 s")
-            .unwrap();
-        assert!(n > 0, "closed before a whole response: {text}");
-        seen.extend_from_slice(&buf[..n]);
-    }
-}
-
+/// `GET /` on a new client: must answer 200; answers the body.
 async fn get_ok(addr: SocketAddr) -> String {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let response = client
-        .get(format!("http://{addr}/").parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
+    let answer = request(Method::GET, &format!("http://{addr}/"), &[], "").await;
+    assert_eq!(answer.status, 200);
+    answer.text()
 }
 
 #[tokio::test]
@@ -175,7 +118,10 @@ async fn a_connection_that_sends_half_its_headers_is_closed_after_the_header_tim
         started.elapsed()
     );
     assert_eq!(
-        server.metric("obleth_connections_timed_out_total{listener=\"test\",reason=\"header\"}"),
+        server.metric(
+            "obleth_connections_timed_out_total",
+            &[("listener", "test"), ("reason", "header")]
+        ),
         1.0
     );
     // A connection that never sends a byte is closed the same way.
@@ -207,7 +153,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert!(closed, "an idle keep-alive connection must be closed");
     assert!(idle_from.elapsed() >= Duration::from_millis(1900));
     assert_eq!(
-        server.metric("obleth_connections_timed_out_total{listener=\"test\",reason=\"idle\"}"),
+        server.metric(
+            "obleth_connections_timed_out_total",
+            &[("listener", "test"), ("reason", "idle")]
+        ),
         1.0
     );
 }
@@ -256,11 +205,11 @@ async fn connections_over_the_cap_are_refused_and_counted_while_open_ones_keep_w
         assert!(text.contains("connection: close"), "{text}");
     }
     assert_eq!(
-        server.metric("obleth_connections_refused_total{listener=\"test\"}"),
+        server.metric("obleth_connections_refused_total", &[("listener", "test")]),
         2.0
     );
     assert_eq!(
-        server.metric("obleth_open_connections{listener=\"test\"}"),
+        server.metric("obleth_open_connections", &[("listener", "test")]),
         3.0
     );
     // The open connections keep being served.
@@ -272,14 +221,12 @@ async fn connections_over_the_cap_are_refused_and_counted_while_open_ones_keep_w
     }
     // Once one closes, a new connection is served again.
     drop(open.pop());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.metric("obleth_open_connections{listener=\"test\"}") > 2.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the closed connection is not counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the closed connection to be counted",
+        || async { server.metric("obleth_open_connections", &[("listener", "test")]) <= 2.0 },
+    )
+    .await;
     assert_eq!(get_ok(server.addr).await, "ok");
 }
 
@@ -343,7 +290,7 @@ async fn a_refusal_before_the_body_is_read_says_connection_close() {
 #[tokio::test]
 async fn a_pooled_client_survives_an_early_refusal_on_its_keep_alive_connection() {
     let server = start(limits()).await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = client();
     let body = Bytes::from("x".repeat(256 * 1024));
     for round in 0..3 {
         let refused = client
