@@ -5,7 +5,6 @@
 //! Checks: no panic; an accepted body is a JSON object whose fields, read by
 //! `serde_json::Value`, agree with what the peek found; a refusal's message
 //! names only the gateway's own field names, never the body's content.
-//! Listed in `fuzz/Cargo.toml` once `crates/gateway/src/peek.rs` is in the tree.
 
 #![no_main]
 
@@ -16,7 +15,15 @@ use serde_json::Value;
 fuzz_target!(|data: &[u8]| {
     match peek(data) {
         Ok(found) => {
-            let value: Value = serde_json::from_slice(data).expect("an accepted body is JSON");
+            // An accepted body is JSON by the grammar, read whole and skipped.
+            serde_json::from_slice::<serde::de::IgnoredAny>(data)
+                .expect("an accepted body is JSON");
+            // serde_json's `Value` refuses some grammatical JSON while
+            // decoding it (a lone surrogate escape, a number past f64's
+            // range) in fields the peek skips; compare where it reads it.
+            let Ok(value) = serde_json::from_slice::<Value>(data) else {
+                return;
+            };
             let object = value.as_object().expect("an accepted body is an object");
             assert_eq!(
                 object.get("model").and_then(Value::as_str),

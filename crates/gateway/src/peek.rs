@@ -32,6 +32,8 @@ pub struct Peek<'a> {
 pub enum PeekError {
     #[error("request body is not valid JSON (line {line}, column {column})")]
     NotJson { line: usize, column: usize },
+    #[error("request body is not valid UTF-8, which JSON requires")]
+    NotUtf8,
     #[error("request body must be a JSON object")]
     NotAnObject,
     #[error("missing required field `model`")]
@@ -98,16 +100,21 @@ impl<'de> Deserialize<'de> for StreamOptions {
 /// Reads the fields the gateway needs from `body`, borrowing the model name
 /// from it when it has no escapes. Never panics, whatever the input.
 pub fn peek(body: &[u8]) -> Result<Peek<'_>, PeekError> {
+    // JSON is UTF-8 (RFC 8259). serde_json skips the fields it ignores without
+    // checking their bytes, so a body with invalid UTF-8 in a field the
+    // gateway does not read would pass and be forwarded: check it whole.
+    let body = std::str::from_utf8(body).map_err(|_| PeekError::NotUtf8)?;
     // serde's derived structs also accept a JSON array (fields by position),
     // so the object is checked for here: `["m"]` must not pass as a model.
     let first = body
+        .as_bytes()
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     match first {
         Some(b'{') => {}
         Some(b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
             // Valid JSON of another kind, or not JSON at all: say which.
-            return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+            return Err(match serde_json::from_str::<IgnoredAny>(body) {
                 Ok(_) => PeekError::NotAnObject,
                 Err(e) => PeekError::NotJson {
                     line: e.line(),
@@ -118,7 +125,7 @@ pub fn peek(body: &[u8]) -> Result<Peek<'_>, PeekError> {
         Some(_) => return Err(PeekError::NotJson { line: 1, column: 1 }),
         None => return Err(PeekError::NotJson { line: 1, column: 0 }),
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let mut deserializer = serde_json::Deserializer::from_str(body);
     let raw: Raw<'_> = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -172,6 +179,13 @@ mod tests {
         });
         let expected = expected.map(|(m, s, o, i, t)| (m.to_owned(), s, o, i, t));
         assert_eq!(got, expected, "{body}");
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_is_refused_even_in_a_field_not_read() {
+        let body = b"{\"model\":\"m\",\"messages\":[{\"con\xffent\":\"hi\"}]}";
+        assert_eq!(peek(body), Err(PeekError::NotUtf8));
+        assert_eq!(peek(b"{\"model\":\"\xc3\"}"), Err(PeekError::NotUtf8));
     }
 
     #[test]

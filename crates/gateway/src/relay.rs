@@ -35,16 +35,19 @@ impl Tokens {
         if usage.is_null() {
             return None;
         }
+        // An upstream's counts are untrusted: a negative count would give
+        // tokens back to a rate limit or budget, so only counts from 0 to
+        // i32::MAX are read, and a missing total is their saturating sum.
         let field = |name: &str| {
             usage
                 .get(name)
-                .and_then(Value::as_i64)
+                .and_then(Value::as_u64)
                 .and_then(|n| i32::try_from(n).ok())
         };
         let prompt = field("prompt_tokens");
         let completion = field("completion_tokens");
-        let total =
-            field("total_tokens").or_else(|| Some(prompt.unwrap_or(0) + completion.unwrap_or(0)));
+        let total = field("total_tokens")
+            .or_else(|| Some(prompt.unwrap_or(0).saturating_add(completion.unwrap_or(0))));
         Some(Tokens {
             prompt,
             completion,
@@ -314,6 +317,23 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn counts_an_upstream_reports_never_overflow_or_go_negative() {
+        let mut scanner = SseUsage::default();
+        scanner.feed(b"data: {\"usage\":{\"prompt_tokens\":2147483647,\"completion_tokens\":1}}\n");
+        assert_eq!(scanner.tokens.and_then(|t| t.total), Some(i32::MAX));
+        let mut scanner = SseUsage::default();
+        scanner.feed(b"data: {\"usage\":{\"prompt_tokens\":-5,\"completion_tokens\":3,\"total_tokens\":-2}}\n");
+        assert_eq!(
+            scanner.tokens,
+            Some(Tokens {
+                prompt: None,
+                completion: Some(3),
+                total: Some(3)
+            })
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Line {
             } => Some(Tokens {
                 prompt: Some(prompt),
                 completion: Some(completion),
-                total: total.or(Some(prompt + completion)),
+                total: total.or(Some(prompt.saturating_add(completion))),
             }),
             _ => None,
         }
@@ -73,9 +73,9 @@ impl Line {
 }
 
 fn line() -> impl Strategy<Value = Line> {
-    // Counts stay below 2^30 so that a missing total, summed by the scanner,
-    // fits an i32.
-    let count = 0..(1i32 << 30);
+    // Every count an i32 holds, so a missing total summed by the scanner
+    // can reach and pass i32::MAX (it saturates).
+    let count = 0..=i32::MAX;
     prop_oneof![
         4 => any::<String>().prop_map(Line::Content),
         1 => Just(Line::NullUsage),
