@@ -20,9 +20,10 @@ use crate::metrics::Metrics;
 use crate::settings::AdminSettings;
 use crate::startup::Fatal;
 use crate::state::{AppState, Inner};
-use crate::throttle::{AuthThrottle, LogLimiter};
+use crate::throttle::AuthThrottle;
 use crate::tokens::AdminTokens;
 use crate::{router, startup};
+use obleth_service::ratelog::RateLimitedLog;
 
 /// At most one warning this often about wrong admin tokens, and one about
 /// throttled clients; each says how many were held back.
@@ -81,8 +82,8 @@ impl Admin {
                 settings.auth.max_failures,
                 settings.auth.failure_window(),
             ),
-            failure_log: LogLimiter::new(AUTH_LOG_INTERVAL),
-            throttled_log: LogLimiter::new(AUTH_LOG_INTERVAL),
+            failure_log: RateLimitedLog::new(AUTH_LOG_INTERVAL),
+            throttled_log: RateLimitedLog::new(AUTH_LOG_INTERVAL),
             tokens,
             health: Health::default(),
             metrics: Metrics::new(),

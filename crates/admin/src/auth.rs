@@ -2,7 +2,6 @@
 //! router lists, behind the per-client throttle on wrong tokens.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -33,11 +32,11 @@ pub async fn require_token(
     let client = throttle::client_key(peer);
     if let Some(retry_after) = state.auth_throttle.blocked(client) {
         state.metrics.auth_throttled.inc();
-        if let Some(suppressed) = state.throttled_log.allow(Instant::now()) {
+        if let Some(seen) = state.throttled_log.hit() {
             warn!(
                 client = ?peer,
                 retry_after_secs = retry_after.as_secs(),
-                suppressed,
+                suppressed = seen - 1,
                 "Admin client throttled after repeated token failures."
             );
         }
@@ -51,13 +50,13 @@ pub async fn require_token(
         presented => {
             state.metrics.auth_failures.inc();
             state.auth_throttle.record_failure(client);
-            if let Some(suppressed) = state.failure_log.allow(Instant::now()) {
+            if let Some(seen) = state.failure_log.hit() {
                 // Never the token itself: a near miss may be a real one mistyped.
                 warn!(
                     client = ?peer,
                     path = request.uri().path(),
                     token_sent = presented.is_some(),
-                    suppressed,
+                    suppressed = seen - 1,
                     "Admin request refused: missing or wrong token."
                 );
             }

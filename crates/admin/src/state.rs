@@ -9,8 +9,9 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::settings::AdminSettings;
-use crate::throttle::{AuthThrottle, LogLimiter};
+use crate::throttle::AuthThrottle;
 use crate::tokens::AdminTokens;
+use obleth_service::ratelog::RateLimitedLog;
 
 /// Cheap to clone; everything inside is shared.
 #[derive(Debug, Clone)]
@@ -24,9 +25,9 @@ pub struct Inner {
     /// Wrong-token failures per client (`[auth] max_failures`).
     pub auth_throttle: AuthThrottle,
     /// One "wrong token" warning an interval.
-    pub failure_log: LogLimiter,
+    pub failure_log: RateLimitedLog,
     /// One "client throttled" warning an interval.
-    pub throttled_log: LogLimiter,
+    pub throttled_log: RateLimitedLog,
     pub health: Health,
     pub metrics: Metrics,
     pub node_id: String,

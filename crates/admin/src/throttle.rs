@@ -1,5 +1,5 @@
 //! The brake on admin token guessing: failures counted per client in a fixed
-//! window, and the warnings they cause limited to one an interval.
+//! window. Its warnings are limited with `obleth_service::ratelog`.
 //!
 //! A client is its IP address (an IPv6 client its /64, which one host usually
 //! holds whole). A client past `auth.max_failures` failures within
@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
@@ -91,44 +91,6 @@ impl AuthThrottle {
     }
 }
 
-/// Lets one log line through an interval and counts the ones held back.
-#[derive(Debug)]
-pub struct LogLimiter {
-    interval: Duration,
-    state: Mutex<LogState>,
-}
-
-#[derive(Debug, Default)]
-struct LogState {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    pub fn new(interval: Duration) -> LogLimiter {
-        LogLimiter {
-            interval,
-            state: Mutex::new(LogState::default()),
-        }
-    }
-
-    /// `Some(n)` when a line may be logged now, `n` being how many were held
-    /// back since the last one; `None` when this one is held back.
-    pub fn allow(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match state.last {
-            Some(last) if now.saturating_duration_since(last) < self.interval => {
-                state.suppressed += 1;
-                None
-            }
-            _ => {
-                state.last = Some(now);
-                Some(std::mem::take(&mut state.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,18 +132,5 @@ mod tests {
             client_key(Some("::ffff:10.0.0.1".parse().unwrap())),
             client_key(Some("10.0.0.1".parse().unwrap()))
         );
-    }
-
-    #[test]
-    fn the_log_limiter_lets_one_line_an_interval_through_with_the_count_held_back() {
-        let limiter = LogLimiter::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(limiter.allow(t0), Some(0));
-        let passed = (1..=13_822u64)
-            .filter(|i| limiter.allow(t0 + Duration::from_micros(*i)).is_some())
-            .count();
-        assert_eq!(passed, 0);
-        assert_eq!(limiter.allow(t0 + Duration::from_secs(10)), Some(13_822));
-        assert_eq!(limiter.allow(t0 + Duration::from_secs(11)), None);
     }
 }

@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::settings::UsageSettings;
+use obleth_service::ratelog::RateLimitedLog;
 
 /// Longest one INSERT may take: a partitioned network hangs a query instead of
 /// failing it. A timed-out batch is retried; request ids keep that idempotent.
@@ -87,8 +88,7 @@ pub fn start(
         backoff: interval,
         retry_at: Instant::now(),
         due_at: None,
-        drops_unlogged: 0,
-        drop_logged_at: None,
+        drop_log: RateLimitedLog::new(DROP_LOG_EVERY),
     };
     let handle = tokio::spawn(writer.run(stop, final_flush));
     (sink, handle)
@@ -119,8 +119,7 @@ struct Writer {
     retry_at: Instant,
     /// When the oldest buffered record has waited `flush_interval_ms`.
     due_at: Option<Instant>,
-    drops_unlogged: u64,
-    drop_logged_at: Option<Instant>,
+    drop_log: RateLimitedLog,
 }
 
 /// Polls the write under way, or never resolves when there is none.
@@ -237,19 +236,11 @@ impl Writer {
     }
 
     fn log_drop(&mut self) {
-        self.drops_unlogged += 1;
-        let now = Instant::now();
-        if self
-            .drop_logged_at
-            .is_none_or(|at| now.duration_since(at) >= DROP_LOG_EVERY)
-        {
+        if let Some(dropped) = self.drop_log.hit() {
             warn!(
                 buffer_max = self.settings.buffer_max,
-                dropped = self.drops_unlogged,
-                "Usage buffer full; oldest records dropped."
+                dropped, "Usage buffer full; oldest records dropped."
             );
-            self.drops_unlogged = 0;
-            self.drop_logged_at = Some(now);
         }
     }
 

@@ -8,6 +8,7 @@ pub mod health;
 pub mod metrics;
 pub mod node;
 pub mod ops;
+pub mod ratelog;
 pub mod server;
 
 pub use health::Health;

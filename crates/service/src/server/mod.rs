@@ -7,7 +7,6 @@
 mod body;
 mod conn;
 mod limits;
-mod ratelog;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tower::Layer;
 use tracing::{info, warn};
 
+use crate::ratelog::RateLimitedLog;
 pub use body::{BodyTimeout, RequestBodyLayer, RequestBodyService};
 pub use limits::{fit_caps_to_fd_limit, soft_fd_limit, ConnectionLimits, FD_RESERVE};
-pub use ratelog::RateLimitedLog;
 
 use crate::metrics::ConnectionMetrics;
 use conn::{serve_connection, ConnContext};
