@@ -35,6 +35,9 @@ pub enum AdminError {
     UnsupportedMediaType,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The body did not arrive within `server.body_timeout_secs`: 408.
+    #[error("request body was not received within {secs} s")]
+    BodyTimeout { secs: u64 },
     #[error("not ready: {0}")]
     NotReady(String),
     /// Too many missing or wrong admin tokens from this client lately: 429.
@@ -73,6 +76,7 @@ impl AdminError {
             InvalidJson(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -91,6 +95,7 @@ impl AdminError {
             InvalidJson(_) => "invalid_json",
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
+            BodyTimeout { .. } => "body_timeout",
             NotReady(_) => "not_ready",
             TooManyAuthFailures { .. } => "too_many_auth_failures",
             Internal => "internal_error",

@@ -1,11 +1,13 @@
 //! Request extractors whose refusals are [`AdminError`]s naming the field at
 //! fault: a JSON body and query parameters.
 
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use bytes::Bytes;
+use obleth_service::server::BodyTimeout;
 use serde::de::DeserializeOwned;
 
 use crate::error::AdminError;
@@ -37,12 +39,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 AdminError::PayloadTooLarge { limit }
+            } else if let Some(BodyTimeout(after)) = body_timeout(&rejection) {
+                AdminError::BodyTimeout {
+                    secs: after.as_secs(),
+                }
             } else {
                 AdminError::InvalidJson(rejection.body_text())
             }
         })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// The listener's body timeout, when it is what ended the body: it travels
+/// as the source of the read error.
+fn body_timeout(rejection: &BytesRejection) -> Option<&BodyTimeout> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if let Some(timeout) = e.downcast_ref::<BodyTimeout>() {
+            return Some(timeout);
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// The body limit in force, put in the request's extensions by the router so

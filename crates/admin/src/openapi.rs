@@ -87,7 +87,7 @@ impl Modify for BearerToken {
 
 /// Adds the answers every operation of a kind can give, so the annotations
 /// list only what is particular to each: 401 and 503 on token routes; 400,
-/// 413 and 415 where there is a body; 422 where there are parameters or a body.
+/// 408, 413 and 415 where there is a body; 422 where there are parameters or a body.
 struct CommonErrors;
 
 impl Modify for CommonErrors {
@@ -132,6 +132,10 @@ fn add_common_errors(op: &mut Operation) {
     }
     if has_body {
         add("400", "The body is not JSON (`invalid_json`)");
+        add(
+            "408",
+            "The body did not arrive within `server.body_timeout_secs` (`body_timeout`)",
+        );
         add(
             "413",
             "The body is over `server.max_body_bytes` (`payload_too_large`)",

@@ -13,14 +13,24 @@ use serde_json::{json, Value};
 use crate::settings::MockSettings;
 use crate::upstream::{BoxError, UpBody};
 
+/// Why the mock provider could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    #[error("mock: invalid JSON: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    #[error("mock: no such endpoint {0}")]
+    NoSuchEndpoint(String),
+    #[error("mock: cannot build the answer: {0}")]
+    Answer(#[source] http::Error),
+}
+
 /// Answers a request for `path` as an OpenAI provider would.
 pub async fn respond(
     settings: &MockSettings,
     path: &str,
     body: &[u8],
-) -> Result<Response<UpBody>, String> {
-    let request: Value =
-        serde_json::from_slice(body).map_err(|e| format!("mock: invalid JSON: {e}"))?;
+) -> Result<Response<UpBody>, MockError> {
+    let request: Value = serde_json::from_slice(body).map_err(MockError::InvalidJson)?;
     let model = request
         .get("model")
         .and_then(Value::as_str)
@@ -111,13 +121,13 @@ pub async fn respond(
                 .header(header::CONTENT_TYPE, "text/event-stream")
                 .header(header::CACHE_CONTROL, "no-cache")
                 .body(StreamBody::new(frames).boxed_unsync())
-                .map_err(|e| e.to_string())
+                .map_err(MockError::Answer)
         }
-        other => Err(format!("mock: no such endpoint {other}")),
+        other => Err(MockError::NoSuchEndpoint(other.to_owned())),
     }
 }
 
-fn json_response(value: Value) -> Result<Response<UpBody>, String> {
+fn json_response(value: Value) -> Result<Response<UpBody>, MockError> {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
@@ -126,7 +136,7 @@ fn json_response(value: Value) -> Result<Response<UpBody>, String> {
                 .map_err(|e| match e {})
                 .boxed_unsync(),
         )
-        .map_err(|e| e.to_string())
+        .map_err(MockError::Answer)
 }
 
 fn words(n: u32) -> String {
@@ -162,4 +172,27 @@ fn prompt_tokens(request: &Value) -> u64 {
         }
     }
     (text.split_whitespace().count() as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refusals_are_typed_and_name_what_is_wrong() {
+        let settings = MockSettings::default();
+        let err = respond(&settings, "/chat/completions", b"not json")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MockError::InvalidJson(_)), "{err:?}");
+        assert!(err.to_string().starts_with("mock: invalid JSON"), "{err}");
+        let err = respond(&settings, "/audio", br#"{"model":"m"}"#)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, MockError::NoSuchEndpoint(p) if p == "/audio"),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "mock: no such endpoint /audio");
+    }
 }

@@ -102,9 +102,9 @@ impl Upstream {
         if provider.kind == ProviderKind::Mock {
             return mock::respond(&provider.mock, path, &body)
                 .await
-                .map_err(|message| UpstreamError::Other {
+                .map_err(|e| UpstreamError::Other {
                     provider: provider.name.clone(),
-                    message,
+                    message: e.to_string(),
                 });
         }
         let url = format!("{}{path}", provider.base_url.trim_end_matches('/'));

@@ -107,3 +107,24 @@ async fn a_refused_token_with_an_unread_body_says_connection_close() {
     );
     admin.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_body_slower_than_the_body_timeout_gets_408_body_timeout() {
+    let db = obleth_testkit::fresh_database().await.unwrap();
+    let mut settings = admin_settings(&db.url);
+    settings.server.body_timeout_secs = 1;
+    let admin = TestAdmin::start(settings).await;
+    admin.wait_ready().await;
+    let mut conn = TcpStream::connect(admin.addr).await.unwrap();
+    // A valid token and a body that stops half way.
+    let request = format!(
+        "POST /api/v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"name\":"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let (seen, _) = read_until_closed(&mut conn, Duration::from_secs(30)).await;
+    let answer = String::from_utf8_lossy(&seen);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"body_timeout\""), "{answer}");
+    admin.stop().await.unwrap();
+}
