@@ -38,6 +38,16 @@ pub struct ApiKey {
     pub previous_secret_hash: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_expires_at: Option<DateTime<Utc>>,
+    /// The team whose limits and budgets this key shares, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<Uuid>,
+    /// Spend budget in micro-dollars (1 USD = 1 000 000) per `budget_period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd_micros: Option<i64>,
+    /// The period both budgets (`token_budget`, `budget_usd_micros`) reset on.
+    #[serde(default)]
+    #[sqlx(try_from = "String")]
+    pub budget_period: BudgetPeriod,
 }
 
 impl ApiKey {
@@ -78,6 +88,9 @@ impl fmt::Debug for ApiKey {
                 &self.previous_secret_hash.as_deref().map(HashPrefix),
             )
             .field("previous_expires_at", &self.previous_expires_at)
+            .field("team_id", &self.team_id)
+            .field("budget_usd_micros", &self.budget_usd_micros)
+            .field("budget_period", &self.budget_period)
             .finish()
     }
 }
@@ -153,6 +166,56 @@ string_enum!(
 );
 
 string_enum!(
+    /// The period a budget resets on, at UTC boundaries: the day, the ISO week
+    /// (from Monday), the month, or never (`total`).
+    BudgetPeriod, "budget period", {
+        Day => "day",
+        Week => "week",
+        Month => "month",
+        Total => "total",
+    }
+);
+
+impl Default for BudgetPeriod {
+    /// `total`: what a token budget meant before periods existed.
+    fn default() -> Self {
+        BudgetPeriod::Total
+    }
+}
+
+impl BudgetPeriod {
+    /// The start of the period that contains `at` (UTC); the epoch for `total`.
+    /// The same rule as the `obleth_period_start` SQL function.
+    pub fn start(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        use chrono::{Datelike, TimeZone};
+        let date = at.date_naive();
+        let day = match self {
+            BudgetPeriod::Total => return DateTime::<Utc>::UNIX_EPOCH,
+            BudgetPeriod::Day => date,
+            BudgetPeriod::Week => {
+                date - chrono::Days::new(u64::from(date.weekday().num_days_from_monday()))
+            }
+            BudgetPeriod::Month => date.with_day(1).unwrap_or(date),
+        };
+        Utc.from_utc_datetime(&day.and_time(chrono::NaiveTime::MIN))
+    }
+
+    /// The start of the next period after the one containing `at`; `None`
+    /// for `total`, which never resets.
+    pub fn next_start(self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        use chrono::TimeZone;
+        let start = self.start(at).date_naive();
+        let next = match self {
+            BudgetPeriod::Total => return None,
+            BudgetPeriod::Day => start + chrono::Days::new(1),
+            BudgetPeriod::Week => start + chrono::Days::new(7),
+            BudgetPeriod::Month => start + chrono::Months::new(1),
+        };
+        Some(Utc.from_utc_datetime(&next.and_time(chrono::NaiveTime::MIN)))
+    }
+}
+
+string_enum!(
     /// What happened to the entity (the `changes_op_known` constraint).
     Op, "op", {
         Insert => "insert",
@@ -190,6 +253,43 @@ pub struct Route {
     pub targets: Vec<RouteTarget>,
 }
 
+/// A team: limits and budgets shared by every key that names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Team {
+    pub id: Uuid,
+    pub name: String,
+    pub rpm_limit: Option<i32>,
+    pub tpm_limit: Option<i32>,
+    pub token_budget: Option<i64>,
+    /// Spend budget in micro-dollars per `budget_period`.
+    pub budget_usd_micros: Option<i64>,
+    #[sqlx(try_from = "String")]
+    pub budget_period: BudgetPeriod,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The price of a model (an exact name or a glob with `*` and `?`), in
+/// micro-dollars per million tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Price {
+    pub id: Uuid,
+    pub model: String,
+    pub input_micros_per_mtok: i64,
+    pub output_micros_per_mtok: i64,
+}
+
+impl Price {
+    /// The cost in micro-dollars of `prompt` input and `completion` output
+    /// tokens, rounded up to a whole micro-dollar, saturating.
+    pub fn cost_micros(&self, prompt: i64, completion: i64) -> i64 {
+        let raw = i128::from(prompt.max(0)) * i128::from(self.input_micros_per_mtok)
+            + i128::from(completion.max(0)) * i128::from(self.output_micros_per_mtok);
+        let micros = (raw + 999_999) / 1_000_000;
+        i64::try_from(micros).unwrap_or(i64::MAX)
+    }
+}
+
 /// One row of the change log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Change {
@@ -219,6 +319,18 @@ pub struct UsageEvent {
     pub streamed: bool,
     pub node_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// What the request cost in micro-dollars; `None` when its model has no price.
+    #[serde(default)]
+    #[sqlx(default)]
+    pub cost_micros: Option<i64>,
+    /// The tokens were estimated because the upstream reported none.
+    #[serde(default)]
+    #[sqlx(default)]
+    pub estimated: bool,
+    /// The key's team when the request was served.
+    #[serde(default)]
+    #[sqlx(default)]
+    pub team_id: Option<Uuid>,
 }
 
 /// What a running gateway, admin or migrator says about itself when it registers.
@@ -289,7 +401,57 @@ mod tests {
             updated_at: now,
             previous_secret_hash: None,
             previous_expires_at: None,
+            team_id: None,
+            budget_usd_micros: None,
+            budget_period: BudgetPeriod::Total,
         }
+    }
+
+    #[test]
+    fn budget_periods_start_at_utc_boundaries() {
+        let at = "2026-11-28T17:45:12Z".parse::<DateTime<Utc>>().unwrap();
+        let start = |p: BudgetPeriod| p.start(at).to_rfc3339();
+        assert_eq!(start(BudgetPeriod::Day), "2026-11-28T00:00:00+00:00");
+        // 2026-11-28 is a Saturday; its ISO week began on Monday the 23rd.
+        assert_eq!(start(BudgetPeriod::Week), "2026-11-23T00:00:00+00:00");
+        assert_eq!(start(BudgetPeriod::Month), "2026-11-01T00:00:00+00:00");
+        assert_eq!(start(BudgetPeriod::Total), "1970-01-01T00:00:00+00:00");
+        let next = |p: BudgetPeriod| p.next_start(at).map(|t| t.to_rfc3339());
+        assert_eq!(
+            next(BudgetPeriod::Day).unwrap(),
+            "2026-11-29T00:00:00+00:00"
+        );
+        assert_eq!(
+            next(BudgetPeriod::Week).unwrap(),
+            "2026-11-30T00:00:00+00:00"
+        );
+        assert_eq!(
+            next(BudgetPeriod::Month).unwrap(),
+            "2026-12-01T00:00:00+00:00"
+        );
+        assert_eq!(next(BudgetPeriod::Total), None);
+        let midnight = "2026-11-29T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(BudgetPeriod::Day.start(midnight), midnight);
+    }
+
+    #[test]
+    fn cost_is_rounded_up_to_a_micro_dollar_and_saturates() {
+        let price = Price {
+            id: Uuid::nil(),
+            model: "m".to_owned(),
+            input_micros_per_mtok: 2_500_000,
+            output_micros_per_mtok: 10_000_000,
+        };
+        assert_eq!(price.cost_micros(1_000_000, 0), 2_500_000);
+        assert_eq!(price.cost_micros(100, 50), 750);
+        assert_eq!(price.cost_micros(1, 0), 3);
+        assert_eq!(price.cost_micros(0, 0), 0);
+        assert_eq!(price.cost_micros(-5, -5), 0);
+        let dear = Price {
+            input_micros_per_mtok: i64::MAX,
+            ..price
+        };
+        assert_eq!(dear.cost_micros(i64::MAX, 0), i64::MAX);
     }
 
     #[test]

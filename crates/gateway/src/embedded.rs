@@ -58,6 +58,9 @@ pub fn key_from_config(k: &KeyConfig) -> Result<ApiKey, EmbeddedError> {
         updated_at: now,
         previous_secret_hash: None,
         previous_expires_at: None,
+        team_id: None,
+        budget_usd_micros: None,
+        budget_period: Default::default(),
     })
 }
 

@@ -235,6 +235,9 @@ mod tests {
             updated_at: now,
             previous_secret_hash: None,
             previous_expires_at: None,
+            team_id: None,
+            budget_usd_micros: None,
+            budget_period: Default::default(),
         }
     }
 

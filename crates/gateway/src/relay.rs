@@ -114,6 +114,9 @@ impl Completion {
             streamed: self.streamed,
             node_id: Some(state.node_id.clone()),
             created_at: Utc::now(),
+            cost_micros: None,
+            estimated: false,
+            team_id: None,
         });
         drop(guard);
     }

@@ -317,6 +317,9 @@ mod tests {
             updated_at: Utc::now(),
             previous_secret_hash: None,
             previous_expires_at: None,
+            team_id: None,
+            budget_usd_micros: None,
+            budget_period: Default::default(),
         };
         let secret = "obk_abc123def456_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcd".to_owned();
         let created = CreatedKey {

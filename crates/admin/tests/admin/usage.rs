@@ -30,6 +30,9 @@ fn event(
         streamed: false,
         node_id: Some("gw-1".to_owned()),
         created_at: Utc::now() - Duration::hours(ago_hours),
+        cost_micros: None,
+        estimated: false,
+        team_id: None,
     }
 }
 

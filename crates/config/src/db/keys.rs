@@ -18,7 +18,7 @@ macro_rules! key_columns {
     () => {
         "id, public_id, secret_hash, name, owner, allowed_models, rpm_limit, tpm_limit, \
          token_budget, expires_at, revoked_at, created_at, updated_at, \
-         previous_secret_hash, previous_expires_at"
+         previous_secret_hash, previous_expires_at, team_id, budget_usd_micros, budget_period"
     };
 }
 

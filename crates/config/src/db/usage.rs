@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::model::UsageEvent;
 
-/// Rows per INSERT statement: 12 binds a row keeps it far below PostgreSQL's
+/// Rows per INSERT statement: 15 binds a row keeps it far below PostgreSQL's
 /// 65 535 bind parameters.
 pub const CHUNK_ROWS: usize = 1000;
 
@@ -28,7 +28,8 @@ pub async fn insert_usage(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, s
     for chunk in events.chunks(CHUNK_ROWS) {
         let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
             "INSERT INTO usage_events (request_id, key_id, model, provider, prompt_tokens, \
-             completion_tokens, total_tokens, status, latency_ms, streamed, node_id, created_at) ",
+             completion_tokens, total_tokens, status, latency_ms, streamed, node_id, created_at, \
+             cost_micros, estimated, team_id) ",
         );
         query.push_values(chunk, |mut row, e| {
             row.push_bind(e.request_id)
@@ -42,7 +43,10 @@ pub async fn insert_usage(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, s
                 .push_bind(e.latency_ms)
                 .push_bind(e.streamed)
                 .push_bind(&e.node_id)
-                .push_bind(e.created_at);
+                .push_bind(e.created_at)
+                .push_bind(e.cost_micros)
+                .push_bind(e.estimated)
+                .push_bind(e.team_id);
         });
         query.push(" ON CONFLICT (request_id) DO NOTHING");
         inserted += query.build().execute(&mut *tx).await?.rows_affected();

@@ -378,6 +378,9 @@ fn usage_event(key_id: Option<Uuid>, total: Option<i32>) -> UsageEvent {
         streamed: false,
         node_id: Some("gw-1".to_owned()),
         created_at: Utc::now(),
+        cost_micros: None,
+        estimated: false,
+        team_id: None,
     }
 }
 

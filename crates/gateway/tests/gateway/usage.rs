@@ -30,6 +30,9 @@ fn event() -> UsageEvent {
         streamed: false,
         node_id: Some("usage-test".to_owned()),
         created_at: Utc::now(),
+        cost_micros: None,
+        estimated: false,
+        team_id: None,
     }
 }
 
