@@ -8,7 +8,9 @@ pub mod catalog;
 pub mod changes;
 pub mod keys;
 pub mod nodes;
+pub mod prices;
 pub mod settings;
+pub mod teams;
 pub mod usage;
 
 use std::str::FromStr;
