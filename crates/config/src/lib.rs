@@ -4,9 +4,11 @@
 pub mod apikey;
 pub mod db;
 pub mod egress;
+pub mod glob;
 pub mod migrate;
 pub mod model;
 pub mod ops;
+pub mod pricing;
 pub mod process;
 pub mod settings;
 pub mod telemetry;
