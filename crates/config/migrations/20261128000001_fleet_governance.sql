@@ -139,3 +139,69 @@ FROM usage_events u
 CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) AS p (period)
 WHERE u.key_id IS NOT NULL
 GROUP BY 1, 2, 3;
+
+-- Leases quota for a batch of counters in one call, in key order (so
+-- concurrent callers never deadlock). For counter i it first adds
+-- charges[i] (a gateway's debt; negative to hand quota back), then grants
+-- up to wants[i] more while the counter stays at or below its ceiling:
+-- limits[i], less, for the minute dimensions, the previous minute's use
+-- weighted by how much of it still overlaps the last 60 s (a sliding
+-- window, on the database's clock). A budget counter starts from the
+-- period's usage_totals, so usage recorded before counters existed counts.
+-- Answers, per input position, the counter's new use, the grant and the
+-- ceiling it was judged against.
+CREATE FUNCTION obleth_quota_lease(
+    subjects UUID[], dimensions TEXT[], windows TIMESTAMPTZ[], periods TEXT[],
+    charges BIGINT[], wants BIGINT[], limits BIGINT[]
+) RETURNS TABLE (idx INTEGER, new_used BIGINT, granted BIGINT, ceiling BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i INTEGER;
+    cur BIGINT;
+    prev BIGINT;
+    overlap DOUBLE PRECISION;
+    ceil_ BIGINT;
+    grant_ BIGINT;
+BEGIN
+    FOR i IN
+        SELECT u.ord FROM unnest(subjects, dimensions, windows) WITH ORDINALITY AS u (s, d, w, ord)
+        ORDER BY u.s, u.d, u.w
+    LOOP
+        INSERT INTO quota_counters (subject_id, dimension, window_start, used)
+        VALUES (subjects[i], dimensions[i], windows[i],
+            CASE dimensions[i]
+                WHEN 'budget_tokens' THEN COALESCE((SELECT t.tokens FROM usage_totals t
+                    WHERE t.subject_id = subjects[i] AND t.period = periods[i]
+                      AND t.period_start = windows[i]), 0)
+                WHEN 'budget_micros' THEN COALESCE((SELECT t.cost_micros FROM usage_totals t
+                    WHERE t.subject_id = subjects[i] AND t.period = periods[i]
+                      AND t.period_start = windows[i]), 0)
+                ELSE 0
+            END)
+        ON CONFLICT ON CONSTRAINT quota_counters_pkey DO NOTHING;
+        SELECT q.used INTO cur FROM quota_counters q
+        WHERE q.subject_id = subjects[i] AND q.dimension = dimensions[i]
+          AND q.window_start = windows[i]
+        FOR UPDATE;
+        ceil_ := limits[i];
+        IF dimensions[i] IN ('requests', 'tokens') THEN
+            SELECT q.used INTO prev FROM quota_counters q
+            WHERE q.subject_id = subjects[i] AND q.dimension = dimensions[i]
+              AND q.window_start = windows[i] - interval '60 seconds';
+            overlap := 1.0 - LEAST(1.0, GREATEST(0.0,
+                EXTRACT(EPOCH FROM (clock_timestamp() - windows[i]))::DOUBLE PRECISION / 60.0));
+            ceil_ := ceil_ - CEIL(COALESCE(prev, 0) * overlap)::BIGINT;
+        END IF;
+        grant_ := LEAST(wants[i], GREATEST(0, ceil_ - cur - charges[i]));
+        UPDATE quota_counters q
+        SET used = GREATEST(0, cur + charges[i] + grant_), updated_at = now()
+        WHERE q.subject_id = subjects[i] AND q.dimension = dimensions[i]
+          AND q.window_start = windows[i];
+        idx := i;
+        new_used := GREATEST(0, cur + charges[i] + grant_);
+        granted := grant_;
+        ceiling := ceil_;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;

@@ -18,13 +18,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::budget::Budgets;
 use crate::catalog::SharedCatalog;
 use crate::embedded::EmbeddedError;
 use crate::health::Health;
 use crate::keycache::KeyCache;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
+use crate::quota::Quota;
 use crate::settings::GatewaySettings;
 use crate::state::{AppState, InFlight, Inner};
 use crate::upstream::Upstream;
@@ -139,8 +138,7 @@ impl Gateway {
             keys: KeyCache::new(&settings.cache),
             catalog: SharedCatalog::default(),
             upstream: Upstream::new(&settings.egress),
-            limiter: RateLimiter::default(),
-            budgets: Budgets::default(),
+            quota: Quota::new(settings.limits.enabled, pool.is_some()),
             usage: sink,
             metrics,
             health: Health::default(),
@@ -203,6 +201,10 @@ impl Gateway {
             }
             None => {
                 drop(fatal_tx);
+                tokio::spawn(crate::quota::sync::housekeep_local(
+                    state.quota.clone(),
+                    background.clone(),
+                ));
                 tokio::spawn(embedded::reload_on_sighup(
                     state.clone(),
                     self.config_file.clone(),
@@ -282,7 +284,7 @@ impl Gateway {
     }
 }
 
-/// Schema check, warm-up, then the feed, heartbeat and budget refresh.
+/// Schema check, warm-up, then the feed, heartbeat and quota sync.
 async fn start_with_database(
     state: AppState,
     pool: sqlx::PgPool,
@@ -334,11 +336,11 @@ async fn start_with_database(
     };
     state.health.set_warmed();
     state.health.feed_confirmed();
-    let every = Duration::from_secs(state.settings.cache.budget_refresh_secs);
-    tokio::spawn(warmup::refresh_budgets(
-        state.clone(),
+    tokio::spawn(crate::quota::sync::run(
+        state.quota.clone(),
         pool.clone(),
-        every,
+        state.health.clone(),
+        state.settings.limits.sync_interval(),
         stop.clone(),
     ));
     let poll = Duration::from_secs(state.settings.cache.poll_interval_secs);

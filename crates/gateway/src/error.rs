@@ -21,16 +21,28 @@ pub enum ApiError {
     #[error("the model `{0}` does not exist or is not routed by this gateway")]
     UnknownModel(String),
     #[error(
-        "rate limit reached for {what}: limit {limit} per minute; retry after {retry_after_secs} s"
+        "rate limit reached for {what} of this {owner}: limit {limit} per minute; retry after {retry_after_secs} s"
     )]
     RateLimited {
+        /// `requests` or `tokens`.
         what: &'static str,
+        /// `API key` or `team`.
+        owner: &'static str,
         limit: i64,
         retry_after_secs: u64,
         headers: Box<HeaderMap>,
     },
-    #[error("token budget of this API key is exhausted: {used} of {budget} tokens used")]
-    BudgetExhausted { used: i64, budget: i64 },
+    #[error("the {what} budget of this {owner} is spent ({period})")]
+    BudgetExhausted {
+        /// `token` or `spend`.
+        what: &'static str,
+        /// `API key` or `team`.
+        owner: &'static str,
+        /// The period it resets on, as `day`... or `total`.
+        period: &'static str,
+        /// Seconds until the period resets; `None` for `total`.
+        retry_after_secs: Option<u64>,
+    },
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("request body took too long to arrive")]
@@ -148,6 +160,12 @@ impl IntoResponse for ApiError {
                     HeaderName::from_static("retry-after"),
                     retry_after_secs.into(),
                 );
+            }
+            ApiError::BudgetExhausted {
+                retry_after_secs: Some(secs),
+                ..
+            } => {
+                headers.insert(HeaderName::from_static("retry-after"), secs.into());
             }
             ApiError::Maintenance {
                 retry_after_secs, ..

@@ -163,6 +163,11 @@ async fn apply(state: &AppState, pool: &PgPool, change: &Change) -> Result<(), s
             if change.entity_id == obleth_config::db::settings::MAINTENANCE {
                 let m = obleth_config::db::settings::get_maintenance(pool).await?;
                 crate::warmup::apply_maintenance(state, &m);
+            } else if let Some(id) = obleth_config::db::teams::parse_change_id(&change.entity_id) {
+                match obleth_config::db::teams::team_by_id(pool, id).await? {
+                    Some(team) => state.keys.set_team(team),
+                    None => state.keys.remove_team(id),
+                }
             } else {
                 debug!(id = %change.entity_id, "Unknown setting changed; ignored.");
             }

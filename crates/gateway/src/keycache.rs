@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use moka::sync::Cache;
-use obleth_config::model::ApiKey;
+use obleth_config::model::{ApiKey, Team};
 use uuid::Uuid;
 
 use crate::misses::MissGate;
@@ -44,6 +44,8 @@ struct Inner {
     overflowed: AtomicBool,
     /// Database lookups of misses while the store is incomplete.
     misses: MissGate,
+    /// Every team, by id: the limits its keys share.
+    teams: RwLock<HashMap<Uuid, Arc<Team>>>,
 }
 
 /// A read-mostly set: written by the warm-up, the feed and reloads, read by
@@ -103,6 +105,7 @@ impl KeyCache {
             live: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
             misses: MissGate::new(settings.miss_lookups_per_sec),
+            teams: RwLock::default(),
         }))
     }
 
@@ -210,6 +213,39 @@ impl KeyCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The team with id `id`, if this gateway knows it.
+    pub fn team(&self, id: Uuid) -> Option<Arc<Team>> {
+        self.0
+            .teams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Stores a team read after a change.
+    pub fn set_team(&self, team: Team) {
+        self.0
+            .teams
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(team.id, Arc::new(team));
+    }
+
+    pub fn remove_team(&self, id: Uuid) {
+        self.0
+            .teams
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Replaces every team (the warm-up).
+    pub fn replace_teams(&self, teams: Vec<Team>) {
+        let teams = teams.into_iter().map(|t| (t.id, Arc::new(t))).collect();
+        *self.0.teams.write().unwrap_or_else(|e| e.into_inner()) = teams;
     }
 }
 

@@ -4,7 +4,6 @@
 
 pub mod app;
 pub mod auth;
-pub mod budget;
 pub mod catalog;
 pub mod embedded;
 pub mod error;
@@ -18,7 +17,7 @@ pub mod ops;
 pub mod peek;
 pub mod policy;
 pub mod proxy;
-pub mod ratelimit;
+pub mod quota;
 pub mod relay;
 pub mod resolve;
 pub mod settings;

@@ -56,7 +56,18 @@ async fn health(State(state): State<AppState>) -> Response {
         }
     };
     let staleness = state.health.feed_staleness_secs();
-    let degraded = state.pool.is_some() && !state.health.database_ok();
+    let limits_fallback = state.health.limits_fallback();
+    let limits = if !state.quota.enabled() {
+        json!({"status": "disabled", "detail": "limits.enabled is false: no rate limit or budget is enforced"})
+    } else if state.pool.is_none() {
+        json!({"status": "local", "detail": "embedded mode: limits count this gateway's requests only"})
+    } else if let Some(reason) = &limits_fallback {
+        json!({"status": "fallback", "detail": reason, "live_gateways": state.quota.live_gateways()})
+    } else {
+        json!({"status": "shared", "live_gateways": state.quota.live_gateways()})
+    };
+    let degraded =
+        state.pool.is_some() && (!state.health.database_ok() || limits_fallback.is_some());
     let (status, code) = obleth_service::ops::health_status(reasons.is_empty(), degraded);
     let body = json!({
         "status": status,
@@ -68,7 +79,8 @@ async fn health(State(state): State<AppState>) -> Response {
             "database": database,
             "schema": {"status": if schema_ok { "ok" } else { "not_ready" }, "detail": schema_message},
             "key_cache": {"status": if state.health.warmed() { "ok" } else { "warming" }, "entries": state.keys.len()},
-            "feed": {"status": if degraded { "stale" } else { "ok" }, "staleness_seconds": staleness},
+            "feed": {"status": if state.pool.is_some() && !state.health.database_ok() { "stale" } else { "ok" }, "staleness_seconds": staleness},
+            "limits": limits,
             "in_flight": state.in_flight.count(),
             "draining": state.health.draining(),
             "maintenance": state.maintenance().map(|m| m.message),

@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::metrics;
 use crate::peek::peek;
 use crate::policy;
+use crate::quota::Demand;
 use crate::relay::{Completion, RelayBody, Tokens};
 use crate::state::AppState;
 use crate::upstream::{BoxError, UpBody, UpstreamError};
@@ -143,8 +144,13 @@ async fn proxy(
         Ok(body) => body,
         Err(e) => return reject(&state, route, e),
     };
-    let (model, stream, stream_options) = match peek(&body) {
-        Ok(p) => (p.model.into_owned(), p.stream, p.stream_options),
+    let (model, stream, stream_options, max_tokens) = match peek(&body) {
+        Ok(p) => (
+            p.model.into_owned(),
+            p.stream,
+            p.stream_options,
+            p.max_tokens,
+        ),
         Err(e) => return reject(&state, route, ApiError::BadRequest(e.to_string())),
     };
     // A stream reports its token usage only when asked; without it rate limits
@@ -160,7 +166,13 @@ async fn proxy(
     };
     // Every check of the request itself has passed: from here on the request
     // is recorded exactly once, by its completion.
+    let reserve = crate::quota::reserve_tokens(
+        body.len(),
+        max_tokens,
+        state.settings.limits.default_completion_tokens,
+    );
     let completion = Completion {
+        admission: None,
         state: state.clone(),
         key: Arc::clone(&key),
         request_id: Uuid::new_v4(),
@@ -171,7 +183,7 @@ async fn proxy(
         streamed: stream,
         guard: Some(guard),
     };
-    match forward(&state, &key, path, model, body, stream, completion).await {
+    match forward(&state, &key, path, model, body, stream, reserve, completion).await {
         Ok(response) => response,
         Err((error, completion)) => {
             state
@@ -222,16 +234,23 @@ async fn forward(
     model: String,
     body: Bytes,
     stream: bool,
+    reserve_tokens: i64,
     mut completion: Completion,
 ) -> Result<Response, Failure> {
     if !policy::model_allowed(key, &model) {
         return Err((ApiError::ModelNotAllowed(model), Some(completion)));
     }
-    if let Err(e) = state.budgets.check(key) {
-        return Err((e, Some(completion)));
-    }
-    let rate = match state.limiter.admit(key) {
-        Ok(rate) => rate,
+    let team = key.team_id.and_then(|id| state.keys.team(id));
+    let demand = Demand {
+        tokens: reserve_tokens,
+        micros: 0,
+    };
+    let rate_headers = match state.quota.admit(key, team.as_deref(), demand) {
+        Ok(admission) => {
+            let headers = admission.headers.clone();
+            completion.admission = Some(admission);
+            headers
+        }
         Err(e) => return Err((e, Some(completion))),
     };
     let catalog = state.catalog.get();
@@ -300,7 +319,7 @@ async fn forward(
                     headers.insert(name, v.clone());
                 }
             }
-            headers.extend(rate.headers.clone());
+            headers.extend(rate_headers.clone());
             if let Ok(v) = HeaderValue::from_str(&provider.name) {
                 headers.insert("x-obleth-provider", v);
             }

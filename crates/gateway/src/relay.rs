@@ -17,6 +17,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
 use crate::metrics;
+use crate::quota::Admission;
 use crate::state::{AppState, InFlightGuard};
 use crate::upstream::{BoxError, UpBody};
 
@@ -63,6 +64,8 @@ impl Tokens {
 /// Everything needed to write the usage record once the answer is complete.
 #[derive(Debug)]
 pub struct Completion {
+    /// The quota reservations, settled with the tokens used.
+    pub admission: Option<Admission>,
     pub state: AppState,
     pub key: Arc<ApiKey>,
     pub request_id: Uuid,
@@ -87,8 +90,9 @@ impl Completion {
         let latency = self.started.elapsed();
         let state = &self.state;
         let total = tokens.total_or_zero();
-        state.limiter.add_tokens(self.key.id, total);
-        state.budgets.add(self.key.id, total);
+        if let Some(admission) = self.admission.take() {
+            admission.settle(total, 0);
+        }
         // Label values only from the operator's catalog and fixed sets: a
         // client naming random models must not create series.
         let catalog = state.catalog.get();

@@ -19,6 +19,8 @@ pub struct GatewaySettings {
     pub database: DatabaseSettings,
     pub cache: CacheSettings,
     pub usage: UsageSettings,
+    /// Rate limits and budgets shared by the fleet.
+    pub limits: LimitsSettings,
     pub log: LogSettings,
     /// Not used by the gateway; accepted so that `OBLETH_MIGRATIONS__*`
     /// variables set for a whole stack do not stop it.
@@ -119,6 +121,38 @@ impl ServerSettings {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+/// `[limits]`: how rate limits and budgets are shared by the gateways on one
+/// database (see docs/gateway.md, "Limits and budgets across the fleet").
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// `false` turns every rate limit and budget check off (benchmarks).
+    pub enabled: bool,
+    /// The longest a lease refill, debt or hand-back waits before it is sent
+    /// to the database, in milliseconds; a refill below the low-water mark
+    /// goes at once.
+    pub sync_interval_ms: u64,
+    /// The completion tokens a request is assumed to use when it names no
+    /// `max_tokens` or `max_completion_tokens`, for its reservation.
+    pub default_completion_tokens: u32,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        LimitsSettings {
+            enabled: true,
+            sync_interval_ms: 50,
+            default_completion_tokens: 1024,
+        }
+    }
+}
+
+impl LimitsSettings {
+    pub fn sync_interval(&self) -> Duration {
+        Duration::from_millis(self.sync_interval_ms)
     }
 }
 
@@ -316,6 +350,7 @@ impl GatewaySettings {
             ),
             ("cache.poll_interval_secs", self.cache.poll_interval_secs),
             ("cache.budget_refresh_secs", self.cache.budget_refresh_secs),
+            ("limits.sync_interval_ms", self.limits.sync_interval_ms),
             ("cache.max_keys", self.cache.max_keys),
         ];
         if self.uses_database() && self.database.max_connections < 2 {
@@ -335,6 +370,12 @@ impl GatewaySettings {
             if value == 0 {
                 return Err(InvalidSetting::new(field, "must be greater than 0"));
             }
+        }
+        if self.limits.sync_interval_ms > 1000 {
+            return Err(InvalidSetting::new(
+                "limits.sync_interval_ms",
+                "must be at most 1000 (the fleet's counters would fall behind)",
+            ));
         }
         self.egress.validate()?;
         let mut names = std::collections::HashSet::new();

@@ -8,12 +8,11 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::Budgets;
 use crate::catalog::SharedCatalog;
 use crate::health::Health;
 use crate::keycache::KeyCache;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
+use crate::quota::Quota;
 use crate::settings::GatewaySettings;
 use crate::upstream::Upstream;
 use crate::usage::UsageSink;
@@ -35,8 +34,8 @@ pub struct Inner {
     pub keys: KeyCache,
     pub catalog: SharedCatalog,
     pub upstream: Upstream,
-    pub limiter: RateLimiter,
-    pub budgets: Budgets,
+    /// Rate limits and budgets, shared by the fleet.
+    pub quota: Quota,
     pub usage: UsageSink,
     pub metrics: Metrics,
     pub health: Health,

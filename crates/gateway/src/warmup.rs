@@ -80,7 +80,7 @@ pub async fn wait_for_schema(
     }
 }
 
-/// Loads every active key, the catalog and token totals. Answers the change-log
+/// Loads every active key, the teams and the catalog. Answers the change-log
 /// high-water mark read *before* the keys, so replaying from it misses nothing.
 pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
     let started = Instant::now();
@@ -97,8 +97,9 @@ pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
     state
         .catalog
         .set(Catalog::from_db(&catalog, &state.settings.egress));
-    let totals = obleth_config::db::usage::tokens_used_by_keys(pool).await?;
-    state.budgets.absorb(&totals);
+    state
+        .keys
+        .replace_teams(obleth_config::db::teams::list_teams(pool).await?);
     let maintenance = obleth_config::db::settings::get_maintenance(pool).await?;
     apply_maintenance(state, &maintenance);
     let elapsed = started.elapsed();
@@ -111,25 +112,6 @@ pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
         "Key cache warmed."
     );
     Ok(high_water)
-}
-
-/// Re-reads per-key token totals so budgets include other replicas' usage.
-pub async fn refresh_budgets(
-    state: AppState,
-    pool: PgPool,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        match obleth_config::db::usage::tokens_used_by_keys(&pool).await {
-            Ok(totals) => state.budgets.absorb(&totals),
-            Err(e) => warn!(error = %e, "Could not refresh token budgets."),
-        }
-    }
 }
 
 /// Puts the gateway in or out of maintenance mode.

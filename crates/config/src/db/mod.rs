@@ -9,6 +9,7 @@ pub mod changes;
 pub mod keys;
 pub mod nodes;
 pub mod prices;
+pub mod quota;
 pub mod settings;
 pub mod teams;
 pub mod usage;

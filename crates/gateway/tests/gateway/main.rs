@@ -10,5 +10,6 @@ mod hardening;
 mod limits;
 mod process;
 mod props;
+mod quota;
 mod support;
 mod usage;

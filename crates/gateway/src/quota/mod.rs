@@ -1,0 +1,706 @@
+//! Rate limits and budgets, shared by every gateway on one database.
+//!
+//! Each limit of a key or team is a counter per window: requests and tokens
+//! per clock minute (with the previous minute weighted by its overlap, a
+//! sliding window), tokens and micro-dollars per budget period. The fleet's
+//! count of each lives in `quota_counters`; a gateway admits from a lease it
+//! borrowed from that row, so the request path never waits on PostgreSQL.
+//! The background sync ([`sync`]) refills a lease when it runs low, charges
+//! what was admitted beyond it, and hands unused budget leases back. A
+//! request may overdraw an empty lease by a little (two requests, or one
+//! request's reservation) while the fleet's counter is not known to be
+//! spent: that overdraft is the whole of the overshoot, so the fleet admits
+//! at most `limit + live gateways × overdraft`. Token and spend amounts are
+//! reserved at admission (an estimate) and settled when the request ends.
+//! Without a database a gateway counts alone ([`counter::Admit::Local`]);
+//! while the database is away, each gateway admits its share, the limit
+//! divided by the live gateways.
+
+mod counter;
+pub mod sync;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use chrono::{DateTime, Utc};
+use obleth_config::db::quota::Dimension;
+use obleth_config::model::{ApiKey, BudgetPeriod, Team};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use counter::{Admit, Counter};
+
+/// Requests a gateway may admit beyond its lease while the fleet's counter is
+/// not known to be spent (per counter); tokens and spend may overdraw one
+/// request's reservation.
+pub const REQUEST_OVERDRAFT: i64 = 2;
+
+/// The tokens reserved for a request at admission: a quarter of its body's
+/// bytes for the prompt (a generous estimate: JSON and English run about four
+/// bytes a token) plus `max_tokens` (or `max_completion_tokens`), else
+/// `default_completion`.
+pub fn reserve_tokens(body_len: usize, max_tokens: Option<u64>, default_completion: u32) -> i64 {
+    let prompt = i64::try_from(body_len.div_ceil(4)).unwrap_or(i64::MAX);
+    let completion = max_tokens.map_or(i64::from(default_completion), |n| {
+        i64::try_from(n).unwrap_or(i64::MAX)
+    });
+    prompt.saturating_add(completion)
+}
+
+/// What a request is expected to use, reserved at admission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub tokens: i64,
+    pub micros: i64,
+}
+
+/// One counter: a subject (key or team), what it counts, and its window
+/// (the minute's or the period's start, in Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CounterId {
+    pub subject: Uuid,
+    pub dimension: Dimension,
+    pub window: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    counter: Arc<Mutex<Counter>>,
+    period: Option<BudgetPeriod>,
+}
+
+/// The quota state of this gateway; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Quota(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    enabled: bool,
+    /// Counters are shared through the database (database mode).
+    database: bool,
+    /// The database is away: admit this gateway's share.
+    fallback: AtomicBool,
+    /// Live gateways (this one included), from `nodes`.
+    live: AtomicI64,
+    counters: Mutex<HashMap<CounterId, Slot>>,
+    pending: Mutex<HashSet<CounterId>>,
+    wake: Notify,
+}
+
+/// One limit a request is judged against.
+struct Check {
+    subject: Uuid,
+    owner: &'static str,
+    dimension: Dimension,
+    limit: i64,
+    period: Option<BudgetPeriod>,
+    amount: i64,
+}
+
+struct Take {
+    counter: Arc<Mutex<Counter>>,
+    id: CounterId,
+    dimension: Dimension,
+    amount: i64,
+}
+
+/// The reservations of an admitted request. Settle it with what the request
+/// used; dropping it unsettled settles it as having used nothing.
+#[derive(Default)]
+pub struct Admission {
+    quota: Option<Quota>,
+    takes: Vec<Take>,
+    /// The `x-ratelimit-*` headers for the answer.
+    pub headers: HeaderMap,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("counters", &self.takes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix(at: DateTime<Utc>) -> i64 {
+    at.timestamp()
+}
+
+fn minute_start(at: DateTime<Utc>) -> i64 {
+    unix(at).div_euclid(60) * 60
+}
+
+impl Quota {
+    /// `database`: counters are shared through PostgreSQL; otherwise this
+    /// gateway counts alone.
+    pub fn new(enabled: bool, database: bool) -> Quota {
+        Quota(Arc::new(Shared {
+            enabled,
+            database,
+            fallback: AtomicBool::new(false),
+            live: AtomicI64::new(1),
+            counters: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+        }))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.0.enabled
+    }
+
+    /// Whether the gateway is admitting its share because the database is away.
+    pub fn in_fallback(&self) -> bool {
+        self.0.fallback.load(Ordering::Acquire)
+    }
+
+    pub fn live_gateways(&self) -> i64 {
+        self.0.live.load(Ordering::Acquire).max(1)
+    }
+
+    /// Admits a request of `key` (and its `team`) expecting `demand`, or
+    /// refuses it: budgets first, then rate limits, all or nothing.
+    pub fn admit(
+        &self,
+        key: &ApiKey,
+        team: Option<&Team>,
+        demand: Demand,
+    ) -> Result<Admission, ApiError> {
+        self.admit_at(key, team, demand, Utc::now())
+    }
+
+    pub fn admit_at(
+        &self,
+        key: &ApiKey,
+        team: Option<&Team>,
+        demand: Demand,
+        now_utc: DateTime<Utc>,
+    ) -> Result<Admission, ApiError> {
+        if !self.0.enabled {
+            return Ok(Admission::default());
+        }
+        let checks = checks(key, team, demand);
+        if checks.is_empty() {
+            return Ok(Admission::default());
+        }
+        let now = Instant::now();
+        let mut admission = Admission {
+            quota: Some(self.clone()),
+            takes: Vec::with_capacity(checks.len()),
+            headers: HeaderMap::new(),
+        };
+        let mut urgent = false;
+        let mut refusal = None;
+        for check in &checks {
+            let window = match check.period {
+                Some(period) => unix(period.start(now_utc)),
+                None => minute_start(now_utc),
+            };
+            let id = CounterId {
+                subject: check.subject,
+                dimension: check.dimension,
+                window,
+            };
+            let counter = self.counter(id, check.limit, check.period, now);
+            let how = self.admit_mode(&id, check, now_utc);
+            let mut c = counter.lock().unwrap_or_else(|e| e.into_inner());
+            c.limit = check.limit;
+            let taken = c.take(check.amount, how, now);
+            let queue = c.wants_sync;
+            urgent |= taken && queue && !c.exhausted;
+            drop(c);
+            if queue && self.0.database {
+                self.queue(id);
+            }
+            if !taken {
+                refusal = Some((check, how));
+                break;
+            }
+            admission.takes.push(Take {
+                counter,
+                id,
+                dimension: check.dimension,
+                amount: check.amount,
+            });
+        }
+        if urgent && self.0.database {
+            self.0.wake.notify_one();
+        }
+        admission.headers = self.headers(&checks, now_utc);
+        if let Some((check, _)) = refusal {
+            admission.roll_back();
+            return Err(refusal_error(check, now_utc, admission.headers.clone()));
+        }
+        Ok(admission)
+    }
+
+    fn counter(
+        &self,
+        id: CounterId,
+        limit: i64,
+        period: Option<BudgetPeriod>,
+        now: Instant,
+    ) -> Arc<Mutex<Counter>> {
+        let mut counters = self.0.counters.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            &counters
+                .entry(id)
+                .or_insert_with(|| Slot {
+                    counter: Arc::new(Mutex::new(Counter::new(limit, now))),
+                    period,
+                })
+                .counter,
+        )
+    }
+
+    fn peek(&self, id: &CounterId) -> Option<Arc<Mutex<Counter>>> {
+        let counters = self.0.counters.lock().unwrap_or_else(|e| e.into_inner());
+        counters.get(id).map(|s| Arc::clone(&s.counter))
+    }
+
+    /// How `check` is admitted now: alone (embedded), by this gateway's
+    /// share (database away), or from the lease.
+    fn admit_mode(&self, id: &CounterId, check: &Check, now_utc: DateTime<Utc>) -> Admit {
+        let per_minute = check.dimension.per_minute();
+        if !self.0.database {
+            let carry = if per_minute {
+                self.carry(id, now_utc)
+            } else {
+                0
+            };
+            return Admit::Local {
+                allowance: check.limit - carry,
+            };
+        }
+        if !self.in_fallback() {
+            let overdraft = if check.dimension == Dimension::Requests {
+                REQUEST_OVERDRAFT
+            } else {
+                check.amount
+            };
+            return Admit::Shared { overdraft };
+        }
+        let live = self.live_gateways();
+        let Some(counter) = self.peek(id) else {
+            return Admit::Local { allowance: 0 };
+        };
+        let c = counter.lock().unwrap_or_else(|e| e.into_inner());
+        let allowance = if per_minute {
+            // This window's share, less what was admitted here before the
+            // database went away.
+            div_ceil(check.limit, live) - (c.admitted_here - c.offline_taken)
+        } else {
+            div_ceil((c.ceiling - c.fleet_used).max(0), live)
+        };
+        Admit::Local { allowance }
+    }
+
+    /// Embedded mode's sliding window: the previous minute's admissions
+    /// weighted by how much of it still overlaps the last 60 seconds.
+    fn carry(&self, id: &CounterId, now_utc: DateTime<Utc>) -> i64 {
+        let previous = CounterId {
+            window: id.window - 60,
+            ..*id
+        };
+        let Some(counter) = self.peek(&previous) else {
+            return 0;
+        };
+        let admitted = counter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admitted_here
+            .max(0);
+        let into = (now_utc.timestamp_millis() - id.window * 1000) as f64 / 60_000.0;
+        (admitted as f64 * (1.0 - into.clamp(0.0, 1.0))).ceil() as i64
+    }
+
+    fn queue(&self, id: CounterId) {
+        self.0
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+    }
+
+    /// The `x-ratelimit-*` headers: for requests and tokens, the limit and
+    /// what remains of the stricter of the key's and the team's counters.
+    fn headers(&self, checks: &[Check], now_utc: DateTime<Utc>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let reset = 60 - now_utc.timestamp().rem_euclid(60);
+        for (dimension, suffix) in [
+            (Dimension::Requests, "requests"),
+            (Dimension::Tokens, "tokens"),
+        ] {
+            let mut strictest: Option<(i64, i64)> = None;
+            for check in checks.iter().filter(|c| c.dimension == dimension) {
+                let id = CounterId {
+                    subject: check.subject,
+                    dimension,
+                    window: minute_start(now_utc),
+                };
+                let remaining = match self.peek(&id) {
+                    Some(counter) => {
+                        let how = self.admit_mode(&id, check, now_utc);
+                        counter
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remaining(how)
+                            .min(check.limit)
+                    }
+                    None => check.limit,
+                };
+                if strictest.is_none_or(|(_, r)| remaining < r) {
+                    strictest = Some((check.limit, remaining));
+                }
+            }
+            if let Some((limit, remaining)) = strictest {
+                put(
+                    &mut headers,
+                    &format!("x-ratelimit-limit-{suffix}"),
+                    limit.to_string(),
+                );
+                put(
+                    &mut headers,
+                    &format!("x-ratelimit-remaining-{suffix}"),
+                    remaining.max(0).to_string(),
+                );
+                put(
+                    &mut headers,
+                    &format!("x-ratelimit-reset-{suffix}"),
+                    format!("{reset}s"),
+                );
+            }
+        }
+        headers
+    }
+}
+
+fn div_ceil(a: i64, b: i64) -> i64 {
+    let b = b.max(1);
+    (a + b - 1).div_euclid(b)
+}
+
+fn put(headers: &mut HeaderMap, name: &str, value: String) {
+    if let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(&value),
+    ) {
+        headers.insert(name, value);
+    }
+}
+
+/// The limits that apply to a request: the key's and its team's budgets,
+/// then their rate limits. Where both set one, both are checked, so the
+/// stricter holds.
+fn checks(key: &ApiKey, team: Option<&Team>, demand: Demand) -> Vec<Check> {
+    // An unpriced request reserves one micro-dollar, so a spent spend
+    // budget refuses it too; the settlement gives it back.
+    let micros = demand.micros.max(1);
+    let tokens = demand.tokens.max(1);
+    let mut checks = Vec::new();
+    let mut subject = |id: Uuid,
+                       owner: &'static str,
+                       token_budget: Option<i64>,
+                       budget_usd_micros: Option<i64>,
+                       period: BudgetPeriod| {
+        if let Some(limit) = token_budget {
+            checks.push(Check {
+                subject: id,
+                owner,
+                dimension: Dimension::BudgetTokens,
+                limit,
+                period: Some(period),
+                amount: tokens,
+            });
+        }
+        if let Some(limit) = budget_usd_micros {
+            checks.push(Check {
+                subject: id,
+                owner,
+                dimension: Dimension::BudgetMicros,
+                limit,
+                period: Some(period),
+                amount: micros,
+            });
+        }
+    };
+    subject(
+        key.id,
+        "API key",
+        key.token_budget,
+        key.budget_usd_micros,
+        key.budget_period,
+    );
+    if let Some(team) = team {
+        subject(
+            team.id,
+            "team",
+            team.token_budget,
+            team.budget_usd_micros,
+            team.budget_period,
+        );
+    }
+    let mut rate = |id: Uuid, owner: &'static str, rpm: Option<i32>, tpm: Option<i32>| {
+        if let Some(limit) = rpm {
+            checks.push(Check {
+                subject: id,
+                owner,
+                dimension: Dimension::Requests,
+                limit: i64::from(limit),
+                period: None,
+                amount: 1,
+            });
+        }
+        if let Some(limit) = tpm {
+            checks.push(Check {
+                subject: id,
+                owner,
+                dimension: Dimension::Tokens,
+                limit: i64::from(limit),
+                period: None,
+                amount: tokens,
+            });
+        }
+    };
+    rate(key.id, "API key", key.rpm_limit, key.tpm_limit);
+    if let Some(team) = team {
+        rate(team.id, "team", team.rpm_limit, team.tpm_limit);
+    }
+    checks
+}
+
+fn refusal_error(check: &Check, now_utc: DateTime<Utc>, headers: HeaderMap) -> ApiError {
+    match check.dimension {
+        Dimension::Requests | Dimension::Tokens => ApiError::RateLimited {
+            what: if check.dimension == Dimension::Requests {
+                "requests"
+            } else {
+                "tokens"
+            },
+            owner: check.owner,
+            limit: check.limit,
+            retry_after_secs: u64::try_from(60 - now_utc.timestamp().rem_euclid(60)).unwrap_or(60),
+            headers: Box::new(headers),
+        },
+        Dimension::BudgetTokens | Dimension::BudgetMicros => {
+            let period = check.period.unwrap_or_default();
+            ApiError::BudgetExhausted {
+                what: if check.dimension == Dimension::BudgetTokens {
+                    "token"
+                } else {
+                    "spend"
+                },
+                owner: check.owner,
+                period: period.as_str(),
+                retry_after_secs: period
+                    .next_start(now_utc)
+                    .map(|at| u64::try_from((at - now_utc).num_seconds().max(1)).unwrap_or(1)),
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// Settles the reservations against what the request used: tokens
+    /// (reported or estimated) and its cost in micro-dollars.
+    pub fn settle(mut self, tokens: i64, micros: i64) {
+        self.settle_with(tokens, micros);
+    }
+
+    fn settle_with(&mut self, tokens: i64, micros: i64) {
+        let Some(quota) = self.quota.take() else {
+            return;
+        };
+        for take in self.takes.drain(..) {
+            let used = match take.dimension {
+                Dimension::Requests => continue,
+                Dimension::Tokens | Dimension::BudgetTokens => tokens.max(0),
+                Dimension::BudgetMicros => micros.max(0),
+            };
+            let delta = take.amount - used;
+            if delta == 0 {
+                continue;
+            }
+            let mut c = take.counter.lock().unwrap_or_else(|e| e.into_inner());
+            c.adjust(delta);
+            let queue = c.wants_sync;
+            drop(c);
+            if queue && quota.0.database {
+                quota.queue(take.id);
+            }
+        }
+    }
+
+    /// Gives every reservation back: the request was refused by a later check.
+    fn roll_back(&mut self) {
+        for take in self.takes.drain(..) {
+            take.counter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .adjust(take.amount);
+        }
+        self.quota = None;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.settle_with(0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(rpm: Option<i32>) -> ApiKey {
+        let now = Utc::now();
+        ApiKey {
+            id: Uuid::new_v4(),
+            public_id: "abc123def456".to_owned(),
+            secret_hash: vec![0; 32],
+            name: String::new(),
+            owner: None,
+            allowed_models: vec![],
+            rpm_limit: rpm,
+            tpm_limit: None,
+            token_budget: None,
+            expires_at: None,
+            revoked_at: None,
+            created_at: now,
+            updated_at: now,
+            previous_secret_hash: None,
+            previous_expires_at: None,
+            team_id: None,
+            budget_usd_micros: None,
+            budget_period: BudgetPeriod::Total,
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn embedded_rpm_holds_and_answers_headers() {
+        let quota = Quota::new(true, false);
+        let k = key(Some(3));
+        let t = at("2026-11-28T10:00:10Z");
+        for left in [2, 1, 0] {
+            let a = quota.admit_at(&k, None, Demand::default(), t).unwrap();
+            assert_eq!(
+                a.headers["x-ratelimit-remaining-requests"],
+                left.to_string().as_str()
+            );
+            assert_eq!(a.headers["x-ratelimit-limit-requests"], "3");
+        }
+        match quota.admit_at(&k, None, Demand::default(), t) {
+            Err(ApiError::RateLimited {
+                retry_after_secs,
+                owner,
+                ..
+            }) => assert_eq!((retry_after_secs, owner), (50, "API key")),
+            other => panic!("{other:?}"),
+        }
+        // Half of the next minute later, half of the previous minute counts.
+        let later = at("2026-11-28T10:01:30Z");
+        assert!(quota.admit_at(&k, None, Demand::default(), later).is_ok());
+        assert!(quota.admit_at(&k, None, Demand::default(), later).is_err());
+    }
+
+    #[test]
+    fn the_stricter_of_key_and_team_holds_and_a_refusal_rolls_back() {
+        let quota = Quota::new(true, false);
+        let k = key(Some(10));
+        let now = Utc::now();
+        let team = Team {
+            id: Uuid::new_v4(),
+            name: "t".to_owned(),
+            rpm_limit: Some(2),
+            tpm_limit: None,
+            token_budget: None,
+            budget_usd_micros: None,
+            budget_period: BudgetPeriod::Total,
+            created_at: now,
+            updated_at: now,
+        };
+        let t = at("2026-11-28T10:00:00Z");
+        assert!(quota
+            .admit_at(&k, Some(&team), Demand::default(), t)
+            .is_ok());
+        assert!(quota
+            .admit_at(&k, Some(&team), Demand::default(), t)
+            .is_ok());
+        match quota.admit_at(&k, Some(&team), Demand::default(), t) {
+            Err(ApiError::RateLimited { owner, .. }) => assert_eq!(owner, "team"),
+            other => panic!("{other:?}"),
+        }
+        // The key's own counter was given back on the team's refusal.
+        let id = CounterId {
+            subject: k.id,
+            dimension: Dimension::Requests,
+            window: minute_start(t),
+        };
+        let admitted = quota.peek(&id).unwrap().lock().unwrap().admitted_here;
+        assert_eq!(admitted, 2);
+    }
+
+    #[test]
+    fn budgets_reserve_settle_and_reset_with_their_period() {
+        let quota = Quota::new(true, false);
+        let mut k = key(None);
+        k.budget_usd_micros = Some(1000);
+        k.budget_period = BudgetPeriod::Day;
+        let t = at("2026-11-28T23:59:00Z");
+        let demand = Demand {
+            tokens: 10,
+            micros: 600,
+        };
+        let a = quota.admit_at(&k, None, demand, t).unwrap();
+        // A second reservation of 600 does not fit beside the first.
+        assert!(quota.admit_at(&k, None, demand, t).is_err());
+        a.settle(10, 100);
+        let b = quota.admit_at(&k, None, demand, t).unwrap();
+        b.settle(10, 850);
+        match quota.admit_at(&k, None, demand, t) {
+            Err(ApiError::BudgetExhausted {
+                what,
+                period,
+                retry_after_secs,
+                ..
+            }) => assert_eq!((what, period, retry_after_secs), ("spend", "day", Some(60))),
+            other => panic!("{other:?}"),
+        }
+        // Past midnight UTC the day's budget is whole again.
+        assert!(quota
+            .admit_at(&k, None, demand, at("2026-11-29T00:00:01Z"))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_dropped_admission_gives_its_reservation_back() {
+        let quota = Quota::new(true, false);
+        let mut k = key(None);
+        k.token_budget = Some(100);
+        let t = Utc::now();
+        let demand = Demand {
+            tokens: 80,
+            micros: 0,
+        };
+        drop(quota.admit_at(&k, None, demand, t).unwrap());
+        assert!(quota.admit_at(&k, None, demand, t).is_ok());
+    }
+
+    #[test]
+    fn disabled_limits_admit_everything() {
+        let quota = Quota::new(false, false);
+        let k = key(Some(1));
+        for _ in 0..5 {
+            assert!(quota.admit(&k, None, Demand::default()).is_ok());
+        }
+    }
+}
