@@ -3,7 +3,8 @@
 --
 -- Every change is additive. The previous release never reads the new tables
 -- or columns, its inserts into api_keys and usage_events get the defaults,
--- and its usage rows still reach the running totals through the trigger.
+-- and its usage rows still reach their key's running totals through the
+-- trigger.
 
 -- Teams: limits and budgets shared by every key of the team.
 CREATE TABLE teams (
@@ -101,18 +102,18 @@ CREATE FUNCTION obleth_period_start(period TEXT, at TIMESTAMPTZ) RETURNS TIMESTA
 $$;
 
 -- Adds a statement's new usage rows to the running totals of their key and
--- of the key's team (the row's team, else the key's current one, so rows
--- from a release that writes no team_id count too). Rows skipped by ON
--- CONFLICT DO NOTHING are not in new_rows, so a retried batch never counts
--- twice. Rows are upserted in key order, so concurrent batches do not deadlock.
+-- of their team. Rows skipped by ON CONFLICT DO NOTHING are not in
+-- new_rows, so a retried batch never counts twice. Rows are upserted in key
+-- order, so concurrent batches do not deadlock. The team is the row's own
+-- (api_keys is not read, so usage batches cost no key lookups): rows written
+-- by a release that knows no teams count for their key only.
 CREATE FUNCTION obleth_add_usage_totals() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO usage_totals AS t (subject_id, period, period_start, requests, tokens, cost_micros)
     SELECT s.subject_id, p.period, obleth_period_start(p.period, n.created_at),
            count(*), COALESCE(sum(n.total_tokens), 0), COALESCE(sum(n.cost_micros), 0)
     FROM new_rows n
-    LEFT JOIN api_keys k ON k.id = n.key_id
-    CROSS JOIN LATERAL (VALUES (n.key_id), (COALESCE(n.team_id, k.team_id))) AS s (subject_id)
+    CROSS JOIN LATERAL (VALUES (n.key_id), (n.team_id)) AS s (subject_id)
     CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) AS p (period)
     WHERE s.subject_id IS NOT NULL
     GROUP BY 1, 2, 3

@@ -23,9 +23,10 @@ pub enum Admit {
     /// From its lease, with an overdraft of at most `overdraft`, unless the
     /// fleet's counter is known to be spent.
     Shared { overdraft: i64 },
-    /// On its own, up to `allowance` in this window: embedded mode (the
+    /// On its own, up to `allowance` in this window, overdrawn by at most
+    /// `overdraft` while some of the allowance is left: embedded mode (the
     /// whole limit) or the database is away (this gateway's share).
-    Local { allowance: i64 },
+    Local { allowance: i64, overdraft: i64 },
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +81,14 @@ impl Counter {
         self.last_activity = now;
         self.demand = amount.max(1);
         let ok = match how {
-            Admit::Local { allowance } => self.offline_taken + amount <= allowance,
+            Admit::Local {
+                allowance,
+                overdraft,
+            } => {
+                self.offline_taken + amount <= allowance
+                    || (self.offline_taken < allowance
+                        && self.offline_taken + amount - allowance <= overdraft)
+            }
             Admit::Shared { overdraft } => {
                 // A debt a sync is charging right now is still owed: it
                 // counts against the overdraft until the database took it.
@@ -189,7 +197,7 @@ impl Counter {
     /// unleased headroom plus this gateway's own lease.
     pub fn remaining(&self, how: Admit) -> i64 {
         match how {
-            Admit::Local { allowance } => (allowance - self.offline_taken).max(0),
+            Admit::Local { allowance, .. } => (allowance - self.offline_taken).max(0),
             Admit::Shared { .. } => ((self.ceiling - self.fleet_used).max(0) + self.balance).max(0),
         }
     }
@@ -321,10 +329,25 @@ mod tests {
     fn local_admission_stays_within_its_allowance() {
         let now = Instant::now();
         let mut c = Counter::new(30, now);
-        let local = Admit::Local { allowance: 10 };
+        let local = Admit::Local {
+            allowance: 10,
+            overdraft: 0,
+        };
         let admitted = (0..30).filter(|_| c.take(1, local, now)).count();
         assert_eq!(admitted, 10);
         assert_eq!(c.balance, -10, "what was admitted offline is owed");
         assert_eq!(c.remaining(local), 0);
+        // A reservation larger than what is left fits once, as overdraft.
+        let mut t = Counter::new(20, now);
+        let tokens = Admit::Local {
+            allowance: 20,
+            overdraft: 1000,
+        };
+        assert!(t.take(1000, tokens, now));
+        assert!(!t.take(1000, tokens, now), "nothing left to overdraw from");
+        t.adjust(1000 - 18);
+        assert!(t.take(1000, tokens, now), "18 of 20 used");
+        t.adjust(1000 - 18);
+        assert!(!t.take(1000, tokens, now), "36 of 20 used");
     }
 }

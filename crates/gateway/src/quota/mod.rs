@@ -266,6 +266,14 @@ impl Quota {
     /// share (database away), or from the lease.
     fn admit_mode(&self, id: &CounterId, check: &Check, now_utc: DateTime<Utc>) -> Admit {
         let per_minute = check.dimension.per_minute();
+        // Requests are counted exactly when counting alone; a token or spend
+        // reservation may overdraw what is left once, so that a request
+        // without max_tokens can still spend the last of a budget.
+        let (local_overdraft, shared_overdraft) = if check.dimension == Dimension::Requests {
+            (0, REQUEST_OVERDRAFT)
+        } else {
+            (check.amount, check.amount)
+        };
         if !self.0.database {
             let carry = if per_minute {
                 self.carry(id, now_utc)
@@ -274,19 +282,20 @@ impl Quota {
             };
             return Admit::Local {
                 allowance: check.limit - carry,
+                overdraft: local_overdraft,
             };
         }
         if !self.in_fallback() {
-            let overdraft = if check.dimension == Dimension::Requests {
-                REQUEST_OVERDRAFT
-            } else {
-                check.amount
+            return Admit::Shared {
+                overdraft: shared_overdraft,
             };
-            return Admit::Shared { overdraft };
         }
         let live = self.live_gateways();
         let Some(counter) = self.peek(id) else {
-            return Admit::Local { allowance: 0 };
+            return Admit::Local {
+                allowance: 0,
+                overdraft: 0,
+            };
         };
         let c = counter.lock().unwrap_or_else(|e| e.into_inner());
         let allowance = if per_minute {
@@ -296,7 +305,10 @@ impl Quota {
         } else {
             div_ceil((c.ceiling - c.fleet_used).max(0), live)
         };
-        Admit::Local { allowance }
+        Admit::Local {
+            allowance,
+            overdraft: local_overdraft,
+        }
     }
 
     /// Embedded mode's sliding window: the previous minute's admissions
@@ -661,11 +673,14 @@ mod tests {
             micros: 600,
         };
         let a = quota.admit_at(&k, None, demand, t).unwrap();
-        // A second reservation of 600 does not fit beside the first.
+        // A second reservation overdraws what is left once; a third finds
+        // nothing left.
+        let b = quota.admit_at(&k, None, demand, t).unwrap();
         assert!(quota.admit_at(&k, None, demand, t).is_err());
         a.settle(10, 100);
-        let b = quota.admit_at(&k, None, demand, t).unwrap();
         b.settle(10, 850);
+        // 950 of 1000 spent: one more request may spend the rest.
+        let c = quota.admit_at(&k, None, demand, t).unwrap();
         match quota.admit_at(&k, None, demand, t) {
             Err(ApiError::BudgetExhausted {
                 what,
@@ -675,6 +690,7 @@ mod tests {
             }) => assert_eq!((what, period, retry_after_secs), ("spend", "day", Some(60))),
             other => panic!("{other:?}"),
         }
+        c.settle(10, 40);
         // Past midnight UTC the day's budget is whole again.
         assert!(quota
             .admit_at(&k, None, demand, at("2026-11-29T00:00:01Z"))
