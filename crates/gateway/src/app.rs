@@ -138,6 +138,7 @@ impl Gateway {
         let state = AppState::new(Inner {
             keys: KeyCache::new(&settings.cache),
             catalog: SharedCatalog::default(),
+            prices: Default::default(),
             upstream: Upstream::new(&settings.egress),
             limiter: RateLimiter::default(),
             budgets: Budgets::default(),

@@ -163,6 +163,8 @@ async fn apply(state: &AppState, pool: &PgPool, change: &Change) -> Result<(), s
             if change.entity_id == obleth_config::db::settings::MAINTENANCE {
                 let m = obleth_config::db::settings::get_maintenance(pool).await?;
                 crate::warmup::apply_maintenance(state, &m);
+            } else if change.entity_id == obleth_config::db::prices::CHANGE_ID {
+                state.prices.load_from_db(pool).await?;
             } else {
                 debug!(id = %change.entity_id, "Unknown setting changed; ignored.");
             }

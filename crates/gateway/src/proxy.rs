@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthorizedKey;
 use crate::error::ApiError;
+use crate::estimate;
 use crate::metrics;
 use crate::peek::peek;
 use crate::policy;
@@ -143,13 +144,16 @@ async fn proxy(
         Ok(body) => body,
         Err(e) => return reject(&state, route, e),
     };
-    let (model, stream, stream_options) = match peek(&body) {
-        Ok(p) => (p.model.into_owned(), p.stream, p.stream_options),
+    let (model, stream, include_usage) = match peek(&body) {
+        Ok(p) => (p.model.into_owned(), p.stream, p.include_usage),
         Err(e) => return reject(&state, route, ApiError::BadRequest(e.to_string())),
     };
-    // A stream reports its token usage only when asked; without it rate limits
-    // and budgets could not count streamed tokens.
-    let ask_usage = stream && !stream_options && path != "/embeddings";
+    // A stream reports its token usage only when asked, and rate limits,
+    // budgets and spend count tokens: every streamed completion asks for it,
+    // whatever the client sent. A client that did not ask itself does not get
+    // the usage chunk (the relay removes it), as OpenAI would not send it.
+    let ask_usage = stream && path != "/embeddings" && include_usage != Some(true);
+    let request_bytes = body.len();
     let body = if ask_usage {
         match edit_body(&body, None, true) {
             Ok(b) => b,
@@ -169,6 +173,8 @@ async fn proxy(
         provider: None,
         started,
         streamed: stream,
+        request_bytes,
+        client_usage: !ask_usage,
         guard: Some(guard),
     };
     match forward(&state, &key, path, model, body, stream, completion).await {
@@ -382,10 +388,13 @@ async fn forward(
             .with_label_values(&[&provider.name, "ok"])
             .inc();
         let tokens = if status.is_success() {
+            // An answer without usage is charged an estimate.
             serde_json::from_slice::<Value>(&bytes)
                 .ok()
                 .and_then(|v| Tokens::from_json(&v))
-                .unwrap_or_default()
+                .unwrap_or_else(|| {
+                    estimate::usage(completion.request_bytes, estimate::text_bytes(&bytes))
+                })
         } else {
             Tokens::default()
         };
@@ -452,7 +461,8 @@ impl From<BodyEditError> for ApiError {
 }
 
 /// Edits a JSON object body: replaces `model`, and asks a stream to report
-/// its usage (`stream_options.include_usage`).
+/// its usage (`stream_options.include_usage: true`, keeping the client's
+/// other `stream_options`).
 fn edit_body(body: &[u8], model: Option<&str>, ask_usage: bool) -> Result<Bytes, BodyEditError> {
     let mut value: Value = serde_json::from_slice(body).map_err(BodyEditError::NotJson)?;
     let object = value.as_object_mut().ok_or(BodyEditError::NotObject)?;
@@ -460,7 +470,14 @@ fn edit_body(body: &[u8], model: Option<&str>, ask_usage: bool) -> Result<Bytes,
         object.insert("model".to_owned(), Value::String(model.to_owned()));
     }
     if ask_usage {
-        object.insert("stream_options".to_owned(), json!({"include_usage": true}));
+        match object.get_mut("stream_options") {
+            Some(Value::Object(options)) => {
+                options.insert("include_usage".to_owned(), Value::Bool(true));
+            }
+            _ => {
+                object.insert("stream_options".to_owned(), json!({"include_usage": true}));
+            }
+        }
     }
     serde_json::to_vec(&value)
         .map(Bytes::from)
@@ -491,5 +508,28 @@ mod tests {
         let value: Value = serde_json::from_slice(&edited).unwrap();
         assert_eq!(value["model"], "up");
         assert_eq!(value["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn asking_for_usage_overrides_include_usage_and_keeps_other_stream_options() {
+        let edited = edit_body(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+            None,
+            true,
+        )
+        .unwrap();
+        let value: Value = serde_json::from_slice(&edited).unwrap();
+        assert_eq!(
+            value["stream_options"],
+            json!({"include_usage": true, "x": 1})
+        );
+        let edited = edit_body(
+            br#"{"model":"m","stream":true,"stream_options":null}"#,
+            None,
+            true,
+        )
+        .unwrap();
+        let value: Value = serde_json::from_slice(&edited).unwrap();
+        assert_eq!(value["stream_options"], json!({"include_usage": true}));
     }
 }

@@ -13,6 +13,7 @@ use crate::catalog::SharedCatalog;
 use crate::health::Health;
 use crate::keycache::KeyCache;
 use crate::metrics::Metrics;
+use crate::pricing::SharedPrices;
 use crate::ratelimit::RateLimiter;
 use crate::settings::GatewaySettings;
 use crate::upstream::Upstream;
@@ -34,6 +35,8 @@ pub struct Inner {
     pub settings: GatewaySettings,
     pub keys: KeyCache,
     pub catalog: SharedCatalog,
+    /// Model prices, for the cost of usage.
+    pub prices: SharedPrices,
     pub upstream: Upstream,
     pub limiter: RateLimiter,
     pub budgets: Budgets,

@@ -97,6 +97,7 @@ pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
     state
         .catalog
         .set(Catalog::from_db(&catalog, &state.settings.egress));
+    state.prices.load_from_db(pool).await?;
     let totals = obleth_config::db::usage::tokens_used_by_keys(pool).await?;
     state.budgets.absorb(&totals);
     let maintenance = obleth_config::db::settings::get_maintenance(pool).await?;
