@@ -10,5 +10,6 @@ mod hardening;
 mod limits;
 mod process;
 mod props;
+mod streams;
 mod support;
 mod usage;

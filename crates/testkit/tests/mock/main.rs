@@ -584,7 +584,9 @@ async fn usage_is_reported_as_the_config_says() {
         .collect();
     let (last, others) = chunks.split_last().unwrap();
     assert_eq!(last["usage"]["total_tokens"], 7, "{last}");
-    assert!(others.iter().all(|c| c["usage"].is_null() && c.get("usage").is_some()));
+    assert!(others
+        .iter()
+        .all(|c| c["usage"].is_null() && c.get("usage").is_some()));
     let (_, events, _) = stream(&api, "/chat/completions", chat_body("m", true)).await;
     assert!(events.iter().all(|e| !e.data.contains("usage")));
     assert_eq!(events.last().unwrap().data, "[DONE]");
