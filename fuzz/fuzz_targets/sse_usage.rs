@@ -6,8 +6,8 @@
 //! stream feeds that stream in one chunk.
 //!
 //! Checks: no panic; the usage found is the same one-shot and chunked; the
-//! scanner holds exactly the bytes after the last newline, and never more
-//! than its 1 MiB cap.
+//! scanner holds exactly the bytes after the last line end (LF or CR), and
+//! never more than its 1 MiB cap.
 
 #![no_main]
 
@@ -47,9 +47,10 @@ fuzz_target!(|data: &[u8]| {
     );
 });
 
-/// The scanner, having been fed `seen`, holds its unfinished last line.
+/// The scanner, having been fed `seen`, holds its unfinished last line
+/// (lines end with LF, CR or CRLF).
 fn check_held(scanner: &SseUsage, seen: &[u8]) {
-    let unfinished = match seen.iter().rposition(|b| *b == b'\n') {
+    let unfinished = match seen.iter().rposition(|b| matches!(b, b'\n' | b'\r')) {
         Some(newline) => seen.len() - newline - 1,
         None => seen.len(),
     };

@@ -137,6 +137,7 @@ impl Gateway {
         let state = AppState::new(Inner {
             keys: KeyCache::new(&settings.cache),
             catalog: SharedCatalog::default(),
+            prices: Default::default(),
             upstream: Upstream::new(&settings.egress),
             quota: Quota::new(settings.limits.enabled, pool.is_some()),
             usage: sink,

@@ -1,11 +1,12 @@
-//! The embedded (database-less) mode: keys, providers and routes from the
-//! settings file, through the same cache, policy and proxy code; SIGHUP reloads.
+//! The embedded (database-less) mode: keys, providers, routes and prices from
+//! the settings file, through the same cache, policy and proxy code; SIGHUP
+//! reloads.
 
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use obleth_config::model::ApiKey;
-use obleth_config::SettingsError;
+use obleth_config::{InvalidSetting, SettingsError};
 use tracing::{error, info};
 
 use crate::catalog::{Catalog, CatalogLoadError};
@@ -20,6 +21,9 @@ pub enum EmbeddedError {
     KeyHash { public_id: String },
     #[error(transparent)]
     Catalog(#[from] CatalogLoadError),
+    /// A `[[prices]]` entry (names the field, as `prices[1].model`).
+    #[error(transparent)]
+    Prices(#[from] InvalidSetting),
 }
 
 /// Why a SIGHUP reload left the previous configuration in force.
@@ -77,6 +81,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 /// Loads keys and the catalog of `settings` into the state.
 pub fn load(state: &AppState, settings: &GatewaySettings) -> Result<(), EmbeddedError> {
     let catalog = Catalog::from_config(&settings.providers, &settings.routes, &settings.egress)?;
+    let prices = crate::pricing::table_from_settings(&settings.prices)?;
     let keys = settings
         .keys
         .iter()
@@ -85,9 +90,11 @@ pub fn load(state: &AppState, settings: &GatewaySettings) -> Result<(), Embedded
     let count = keys.len();
     state.keys.replace_all(keys);
     state.catalog.set(catalog);
+    state.prices.set(prices);
     info!(
         keys = count,
         routes = settings.routes.len(),
+        prices = settings.prices.len(),
         "Embedded configuration loaded."
     );
     Ok(())

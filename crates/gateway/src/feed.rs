@@ -168,6 +168,8 @@ async fn apply(state: &AppState, pool: &PgPool, change: &Change) -> Result<(), s
                     Some(team) => state.keys.set_team(team),
                     None => state.keys.remove_team(id),
                 }
+            } else if change.entity_id == obleth_config::db::prices::CHANGE_ID {
+                state.prices.load_from_db(pool).await?;
             } else {
                 debug!(id = %change.entity_id, "Unknown setting changed; ignored.");
             }

@@ -1,5 +1,6 @@
 //! The part of a request body the gateway reads: `model`, `stream`,
-//! `stream_options` and its `include_usage`, and `max_tokens`, read with
+//! `stream_options` and its `include_usage`, `max_tokens` and
+//! `max_completion_tokens`, read with
 //! borrowed deserialisation; everything else is skipped unread and forwarded
 //! as sent. A body that is not a JSON object, lacks a model or has one of
 //! these fields of the wrong type is refused with a message safe to show the
@@ -24,6 +25,20 @@ pub struct Peek<'a> {
     pub include_usage: Option<bool>,
     /// `max_tokens`, when set.
     pub max_tokens: Option<u64>,
+    /// `max_completion_tokens` (OpenAI's newer name for `max_tokens`), when set.
+    pub max_completion_tokens: Option<u64>,
+}
+
+impl Peek<'_> {
+    /// The most tokens the request lets the model generate:
+    /// `max_completion_tokens`, else `max_tokens` (saturated to `u32`), for
+    /// the reservation it is admitted against
+    /// ([`estimate::reservation`](crate::estimate::reservation)).
+    pub fn max_output_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens
+            .or(self.max_tokens)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    }
 }
 
 /// Why a body was refused. Messages name only the gateway's own field names,
@@ -54,6 +69,8 @@ struct Raw<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
 }
 
 /// A string borrowed from the body when it has no escapes: serde borrows a
@@ -157,6 +174,7 @@ pub fn peek(body: &[u8]) -> Result<Peek<'_>, PeekError> {
         stream_options: raw.stream_options.is_some(),
         include_usage: raw.stream_options.and_then(|o| o.include_usage),
         max_tokens: raw.max_tokens,
+        max_completion_tokens: raw.max_completion_tokens,
     })
 }
 
@@ -206,6 +224,28 @@ mod tests {
         check(
             r#"{"model":"a\"b"}"#,
             Ok(("a\"b", false, false, None, None)),
+        );
+    }
+
+    #[test]
+    fn the_output_limit_is_max_completion_tokens_else_max_tokens() {
+        let limit = |body: &str| peek(body.as_bytes()).unwrap().max_output_tokens();
+        assert_eq!(limit(r#"{"model":"m"}"#), None);
+        assert_eq!(limit(r#"{"model":"m","max_tokens":7}"#), Some(7));
+        assert_eq!(limit(r#"{"model":"m","max_completion_tokens":9}"#), Some(9));
+        assert_eq!(
+            limit(r#"{"model":"m","max_tokens":7,"max_completion_tokens":9}"#),
+            Some(9)
+        );
+        assert_eq!(
+            limit(r#"{"model":"m","max_completion_tokens":99999999999}"#),
+            Some(u32::MAX)
+        );
+        assert_eq!(
+            peek(br#"{"model":"m","max_completion_tokens":"many"}"#),
+            Err(PeekError::WrongType {
+                field: "max_completion_tokens".to_owned()
+            })
         );
     }
 

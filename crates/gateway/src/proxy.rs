@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthorizedKey;
 use crate::error::ApiError;
+use crate::estimate;
 use crate::metrics;
 use crate::peek::peek;
 use crate::policy;
@@ -144,18 +145,21 @@ async fn proxy(
         Ok(body) => body,
         Err(e) => return reject(&state, route, e),
     };
-    let (model, stream, stream_options, max_tokens) = match peek(&body) {
+    let (model, stream, include_usage, max_output_tokens) = match peek(&body) {
         Ok(p) => (
-            p.model.into_owned(),
+            p.model.clone().into_owned(),
             p.stream,
-            p.stream_options,
-            p.max_tokens,
+            p.include_usage,
+            p.max_output_tokens(),
         ),
         Err(e) => return reject(&state, route, ApiError::BadRequest(e.to_string())),
     };
-    // A stream reports its token usage only when asked; without it rate limits
-    // and budgets could not count streamed tokens.
-    let ask_usage = stream && !stream_options && path != "/embeddings";
+    // A stream reports its token usage only when asked, and rate limits,
+    // budgets and spend count tokens: every streamed completion asks for it,
+    // whatever the client sent. A client that did not ask itself does not get
+    // the usage chunk (the relay removes it), as OpenAI would not send it.
+    let ask_usage = stream && path != "/embeddings" && include_usage != Some(true);
+    let request_bytes = body.len();
     let body = if ask_usage {
         match edit_body(&body, None, true) {
             Ok(b) => b,
@@ -166,11 +170,7 @@ async fn proxy(
     };
     // Every check of the request itself has passed: from here on the request
     // is recorded exactly once, by its completion.
-    let reserve = crate::quota::reserve_tokens(
-        body.len(),
-        max_tokens,
-        state.settings.limits.default_completion_tokens,
-    );
+    let demand = demand(&state, &model, request_bytes, max_output_tokens);
     let completion = Completion {
         admission: None,
         state: state.clone(),
@@ -181,9 +181,18 @@ async fn proxy(
         provider: None,
         started,
         streamed: stream,
+        request_bytes,
+        client_usage: !ask_usage,
         guard: Some(guard),
     };
-    match forward(&state, &key, path, model, body, stream, reserve, completion).await {
+    let call = Call {
+        path,
+        model,
+        body,
+        stream,
+        demand,
+    };
+    match forward(&state, &key, call, completion).await {
         Ok(response) => response,
         Err((error, completion)) => {
             state
@@ -225,26 +234,49 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
 
 type Failure = (ApiError, Option<Completion>);
 
+/// What `forward` sends: the upstream path, the public model, the body as it
+/// goes upstream, whether it streams, and what it is expected to use.
+struct Call {
+    path: &'static str,
+    model: String,
+    body: Bytes,
+    stream: bool,
+    demand: Demand,
+}
+
+/// What a request reserves at admission (see `estimate::reservation`): its
+/// tokens, and their cost at the model's price (none when unpriced).
+fn demand(state: &AppState, model: &str, request_bytes: usize, max_output: Option<u32>) -> Demand {
+    let default_completion = state.settings.limits.default_completion_tokens;
+    let tokens = estimate::reservation(request_bytes, max_output, default_completion);
+    let micros = state.prices.get().price_for(model).map_or(0, |price| {
+        price.cost_micros(
+            estimate::tokens_for_bytes(request_bytes as u64),
+            i64::from(max_output.unwrap_or(default_completion)),
+        )
+    });
+    Demand { tokens, micros }
+}
+
 /// Policy, routing and the upstream attempts. On failure the completion comes
 /// back so the caller records the request once.
 async fn forward(
     state: &AppState,
     key: &ApiKey,
-    path: &'static str,
-    model: String,
-    body: Bytes,
-    stream: bool,
-    reserve_tokens: i64,
+    call: Call,
     mut completion: Completion,
 ) -> Result<Response, Failure> {
+    let Call {
+        path,
+        model,
+        body,
+        stream,
+        demand,
+    } = call;
     if !policy::model_allowed(key, &model) {
         return Err((ApiError::ModelNotAllowed(model), Some(completion)));
     }
     let team = key.team_id.and_then(|id| state.keys.team(id));
-    let demand = Demand {
-        tokens: reserve_tokens,
-        micros: 0,
-    };
     let rate_headers = match state.quota.admit(key, team.as_deref(), demand) {
         Ok(admission) => {
             let headers = admission.headers.clone();
@@ -401,10 +433,13 @@ async fn forward(
             .with_label_values(&[&provider.name, "ok"])
             .inc();
         let tokens = if status.is_success() {
+            // An answer without usage is charged an estimate.
             serde_json::from_slice::<Value>(&bytes)
                 .ok()
                 .and_then(|v| Tokens::from_json(&v))
-                .unwrap_or_default()
+                .unwrap_or_else(|| {
+                    estimate::usage(completion.request_bytes, estimate::text_bytes(&bytes))
+                })
         } else {
             Tokens::default()
         };
@@ -471,7 +506,8 @@ impl From<BodyEditError> for ApiError {
 }
 
 /// Edits a JSON object body: replaces `model`, and asks a stream to report
-/// its usage (`stream_options.include_usage`).
+/// its usage (`stream_options.include_usage: true`, keeping the client's
+/// other `stream_options`).
 fn edit_body(body: &[u8], model: Option<&str>, ask_usage: bool) -> Result<Bytes, BodyEditError> {
     let mut value: Value = serde_json::from_slice(body).map_err(BodyEditError::NotJson)?;
     let object = value.as_object_mut().ok_or(BodyEditError::NotObject)?;
@@ -479,7 +515,14 @@ fn edit_body(body: &[u8], model: Option<&str>, ask_usage: bool) -> Result<Bytes,
         object.insert("model".to_owned(), Value::String(model.to_owned()));
     }
     if ask_usage {
-        object.insert("stream_options".to_owned(), json!({"include_usage": true}));
+        match object.get_mut("stream_options") {
+            Some(Value::Object(options)) => {
+                options.insert("include_usage".to_owned(), Value::Bool(true));
+            }
+            _ => {
+                object.insert("stream_options".to_owned(), json!({"include_usage": true}));
+            }
+        }
     }
     serde_json::to_vec(&value)
         .map(Bytes::from)
@@ -510,5 +553,28 @@ mod tests {
         let value: Value = serde_json::from_slice(&edited).unwrap();
         assert_eq!(value["model"], "up");
         assert_eq!(value["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn asking_for_usage_overrides_include_usage_and_keeps_other_stream_options() {
+        let edited = edit_body(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+            None,
+            true,
+        )
+        .unwrap();
+        let value: Value = serde_json::from_slice(&edited).unwrap();
+        assert_eq!(
+            value["stream_options"],
+            json!({"include_usage": true, "x": 1})
+        );
+        let edited = edit_body(
+            br#"{"model":"m","stream":true,"stream_options":null}"#,
+            None,
+            true,
+        )
+        .unwrap();
+        let value: Value = serde_json::from_slice(&edited).unwrap();
+        assert_eq!(value["stream_options"], json!({"include_usage": true}));
     }
 }

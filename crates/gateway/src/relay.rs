@@ -1,5 +1,6 @@
 //! Relaying an upstream answer to the client: a body wrapper that forwards each
-//! frame as it arrives, reads token usage from the SSE stream, and records the
+//! frame as it arrives, reads token usage from the SSE stream (removing the
+//! usage chunk for a client that did not ask for it), and records the
 //! request's usage exactly once when the stream ends, fails or is dropped.
 
 use std::future::Future;
@@ -16,17 +17,22 @@ use serde_json::Value;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
+use crate::estimate;
 use crate::metrics;
 use crate::quota::Admission;
+pub use crate::sse::SseUsage;
+use crate::sse::UsageStrip;
 use crate::state::{AppState, InFlightGuard};
 use crate::upstream::{BoxError, UpBody};
 
-/// Token counts an upstream reported.
+/// Token counts an upstream reported, or the gateway estimated when it
+/// reported none (`estimated`, see [`estimate`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tokens {
     pub prompt: Option<i32>,
     pub completion: Option<i32>,
     pub total: Option<i32>,
+    pub estimated: bool,
 }
 
 impl Tokens {
@@ -53,6 +59,7 @@ impl Tokens {
             prompt,
             completion,
             total,
+            estimated: false,
         })
     }
 
@@ -74,6 +81,11 @@ pub struct Completion {
     pub provider: Option<String>,
     pub started: Instant,
     pub streamed: bool,
+    /// The size of the body the client sent, for an estimate of its prompt.
+    pub request_bytes: usize,
+    /// Whether the client asked for the stream's usage chunk
+    /// (`stream_options.include_usage: true`); the upstream is always asked.
+    pub client_usage: bool,
     pub guard: Option<InFlightGuard>,
 }
 
@@ -89,9 +101,13 @@ impl Completion {
         };
         let latency = self.started.elapsed();
         let state = &self.state;
+        // What the request is charged: its tokens (reported or estimated)
+        // and their cost at the price of the model the client asked for.
+        // Computed once, here, and handed to the counters below.
         let total = tokens.total_or_zero();
+        let cost_micros = crate::pricing::cost_micros(&state.prices.get(), &self.model, &tokens);
         if let Some(admission) = self.admission.take() {
-            admission.settle(total, 0);
+            admission.settle(total, cost_micros.unwrap_or(0));
         }
         // Label values only from the operator's catalog and fixed sets: a
         // client naming random models must not create series.
@@ -118,9 +134,9 @@ impl Completion {
             streamed: self.streamed,
             node_id: Some(state.node_id.clone()),
             created_at: Utc::now(),
-            cost_micros: None,
-            estimated: false,
-            team_id: None,
+            cost_micros,
+            estimated: tokens.estimated,
+            team_id: self.key.team_id,
         });
         drop(guard);
     }
@@ -134,62 +150,15 @@ impl Drop for Completion {
     }
 }
 
-/// Finds `data:` lines with a `usage` object in an SSE byte stream, keeping
-/// only the current unfinished line between chunks.
-#[derive(Debug, Default)]
-pub struct SseUsage {
-    partial: Vec<u8>,
-    pub tokens: Option<Tokens>,
-}
-
-impl SseUsage {
-    /// How many bytes of an unfinished line are held between chunks.
-    pub fn buffered(&self) -> usize {
-        self.partial.len()
-    }
-
-    pub fn feed(&mut self, chunk: &[u8]) {
-        let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
-            let (line, tail) = rest.split_at(pos);
-            rest = &tail[1..];
-            if self.partial.is_empty() {
-                self.line(line);
-            } else {
-                let mut whole = std::mem::take(&mut self.partial);
-                whole.extend_from_slice(line);
-                self.line(&whole);
-            }
-        }
-        // Guard against an upstream that never ends a line.
-        if self.partial.len() + rest.len() <= 1 << 20 {
-            self.partial.extend_from_slice(rest);
-        }
-    }
-
-    fn line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        if !contains(data, b"\"usage\"") {
-            return;
-        }
-        if let Ok(value) = serde_json::from_slice::<Value>(data) {
-            if let Some(tokens) = Tokens::from_json(&value) {
-                self.tokens = Some(tokens);
-            }
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 /// The streaming body handed to the client.
 pub struct RelayBody {
     inner: UpBody,
     usage: SseUsage,
+    /// Set when the client did not ask for usage: the usage chunk the
+    /// gateway asked for on its own is removed from what the client gets.
+    strip: Option<UsageStrip>,
+    /// The upstream's body has ended (and what was held was passed on).
+    done: bool,
     status: u16,
     completion: Option<Completion>,
     idle_timeout: Duration,
@@ -201,12 +170,14 @@ impl std::fmt::Debug for RelayBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayBody")
             .field("status", &self.status)
+            .field("strip", &self.strip.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl RelayBody {
     /// Relays `inner`; `cut` ends the stream when the drain timeout passes.
+    /// The usage chunk is removed unless the completion's client asked for it.
     pub fn new(
         inner: UpBody,
         status: u16,
@@ -217,6 +188,8 @@ impl RelayBody {
         RelayBody {
             inner,
             usage: SseUsage::default(),
+            strip: (!completion.client_usage).then(UsageStrip::default),
+            done: false,
             status,
             completion: Some(completion),
             idle_timeout,
@@ -225,9 +198,19 @@ impl RelayBody {
         }
     }
 
+    /// Records the request with the usage the stream reported or, when an
+    /// upstream that answered 2xx reported none, the estimate: however the
+    /// stream ended, what it generated is charged.
     fn complete(&mut self, status: u16) {
         if let Some(c) = self.completion.take() {
-            c.finish(status, self.usage.tokens.unwrap_or_default());
+            let tokens = match self.usage.tokens {
+                Some(tokens) => tokens,
+                None if (200..300).contains(&self.status) => {
+                    estimate::usage(c.request_bytes, self.usage.generated_bytes())
+                }
+                None => Tokens::default(),
+            };
+            c.finish(status, tokens);
         }
     }
 }
@@ -241,6 +224,9 @@ impl Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
         if this.completion.is_some() && this.cut.as_mut().poll(cx).is_ready() {
             if let Some(c) = &this.completion {
                 c.state.metrics.streams_cut.inc();
@@ -253,45 +239,75 @@ impl Body for RelayBody {
         if this.completion.is_none() && this.cut.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.idle = None;
-                if let Some(data) = frame.data_ref() {
-                    this.usage.feed(data);
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.idle = None;
+                    let frame = match frame.into_data() {
+                        Ok(data) => match &mut this.strip {
+                            Some(strip) => {
+                                let out = strip.filter(&mut this.usage, data);
+                                if out.is_empty() {
+                                    // All of it held (an unfinished event)
+                                    // or removed: read on.
+                                    continue;
+                                }
+                                Frame::data(out)
+                            }
+                            None => {
+                                this.usage.feed(&data);
+                                Frame::data(data)
+                            }
+                        },
+                        Err(other) => other,
+                    };
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(error = %e, "Upstream stream failed part-way.");
-                this.complete(502);
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                let status = this.status;
-                this.complete(status);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                // An upstream that goes silent mid-stream is cut after the idle timeout.
-                let timeout = this.idle_timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if idle.as_mut().poll(cx).is_ready() {
-                    this.complete(504);
-                    return Poll::Ready(Some(Err("upstream stream idle for too long".into())));
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "Upstream stream failed part-way.");
+                    this.complete(502);
+                    return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Pending
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let rest = match &mut this.strip {
+                        Some(strip) => strip.finish(&mut this.usage),
+                        None => Bytes::new(),
+                    };
+                    let status = this.status;
+                    this.complete(status);
+                    if rest.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+                Poll::Pending => {
+                    // An upstream that goes silent mid-stream is cut after the idle timeout.
+                    let timeout = this.idle_timeout;
+                    let idle = this
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if idle.as_mut().poll(cx).is_ready() {
+                        this.complete(504);
+                        return Poll::Ready(Some(Err("upstream stream idle for too long".into())));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done
+            || (self.inner.is_end_stream() && self.strip.as_ref().is_none_or(|s| s.buffered() == 0))
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        // Removing the usage chunk changes the length.
+        match self.strip {
+            Some(_) => SizeHint::default(),
+            None => self.inner.size_hint(),
+        }
     }
 }
 
@@ -300,53 +316,5 @@ impl Drop for RelayBody {
         // Dropped before the end: the client went away. The record is still
         // written, with status 499.
         self.complete(499);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sse_usage_is_found_across_chunk_boundaries() {
-        let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5,\"total_tokens\":8}}\n\ndata: [DONE]\n\n";
-        for split in 1..stream.len() {
-            let mut scanner = SseUsage::default();
-            scanner.feed(&stream[..split]);
-            scanner.feed(&stream[split..]);
-            assert_eq!(
-                scanner.tokens,
-                Some(Tokens {
-                    prompt: Some(3),
-                    completion: Some(5),
-                    total: Some(8)
-                }),
-                "split at {split}"
-            );
-        }
-    }
-
-    #[test]
-    fn counts_an_upstream_reports_never_overflow_or_go_negative() {
-        let mut scanner = SseUsage::default();
-        scanner.feed(b"data: {\"usage\":{\"prompt_tokens\":2147483647,\"completion_tokens\":1}}\n");
-        assert_eq!(scanner.tokens.and_then(|t| t.total), Some(i32::MAX));
-        let mut scanner = SseUsage::default();
-        scanner.feed(b"data: {\"usage\":{\"prompt_tokens\":-5,\"completion_tokens\":3,\"total_tokens\":-2}}\n");
-        assert_eq!(
-            scanner.tokens,
-            Some(Tokens {
-                prompt: None,
-                completion: Some(3),
-                total: Some(3)
-            })
-        );
-    }
-
-    #[test]
-    fn null_usage_is_ignored() {
-        let mut scanner = SseUsage::default();
-        scanner.feed(b"data: {\"usage\":null,\"choices\":[]}\n");
-        assert_eq!(scanner.tokens, None);
     }
 }

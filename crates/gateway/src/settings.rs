@@ -1,5 +1,5 @@
 //! The gateway's settings: listeners, drain, cache, usage, and for the embedded
-//! (database-less) mode the keys, providers and routes themselves.
+//! (database-less) mode the keys, providers, routes and prices themselves.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -34,6 +34,8 @@ pub struct GatewaySettings {
     pub routes: Vec<RouteConfig>,
     /// Embedded mode only: API keys, as hashes.
     pub keys: Vec<KeyConfig>,
+    /// Embedded mode only: model prices.
+    pub prices: Vec<PriceConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +304,17 @@ pub struct KeyConfig {
     pub revoked: bool,
 }
 
+/// A model's price in the embedded configuration, in US dollars per million
+/// tokens (at most 6 decimal places: a micro-dollar).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// An exact public model name or a glob (`*`, `?`).
+    pub model: String,
+    pub input_per_mtok_usd: f64,
+    pub output_per_mtok_usd: f64,
+}
+
 impl GatewaySettings {
     /// Loads and validates the settings; errors name the field.
     pub fn load(file: Option<&Path>) -> Result<GatewaySettings, SettingsError> {
@@ -319,10 +332,13 @@ impl GatewaySettings {
     /// the first setting at fault; docs/configuration.md lists the messages.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.uses_database()
-            && !(self.keys.is_empty() && self.providers.is_empty() && self.routes.is_empty())
+            && !(self.keys.is_empty()
+                && self.providers.is_empty()
+                && self.routes.is_empty()
+                && self.prices.is_empty())
         {
             return Err(InvalidSetting::new(
-                "keys, providers, routes",
+                "keys, providers, routes, prices",
                 "with database.url set these come from the database; remove them from the file",
             ));
         }
@@ -470,6 +486,7 @@ impl GatewaySettings {
                 "must be greater than 0",
             ));
         }
+        crate::pricing::table_from_settings(&self.prices)?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use crate::catalog::SharedCatalog;
 use crate::health::Health;
 use crate::keycache::KeyCache;
 use crate::metrics::Metrics;
+use crate::pricing::SharedPrices;
 use crate::quota::Quota;
 use crate::settings::GatewaySettings;
 use crate::upstream::Upstream;
@@ -33,6 +34,8 @@ pub struct Inner {
     pub settings: GatewaySettings,
     pub keys: KeyCache,
     pub catalog: SharedCatalog,
+    /// Model prices, for the cost of usage.
+    pub prices: SharedPrices,
     pub upstream: Upstream,
     /// Rate limits and budgets, shared by the fleet.
     pub quota: Quota,

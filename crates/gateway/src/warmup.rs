@@ -100,6 +100,7 @@ pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
     state
         .keys
         .replace_teams(obleth_config::db::teams::list_teams(pool).await?);
+    state.prices.load_from_db(pool).await?;
     let maintenance = obleth_config::db::settings::get_maintenance(pool).await?;
     apply_maintenance(state, &maintenance);
     let elapsed = started.elapsed();

@@ -29,5 +29,5 @@ mod pg;
 pub mod poll;
 pub mod proc;
 
-pub use mock::{MockConfig, MockUpstream, RecordedRequest};
+pub use mock::{MockConfig, MockUpstream, MockUsage, RecordedRequest};
 pub use pg::{fresh_database, PgCluster, TestDb};

@@ -39,18 +39,6 @@ use counter::{Admit, Counter};
 /// request's reservation.
 pub const REQUEST_OVERDRAFT: i64 = 2;
 
-/// The tokens reserved for a request at admission: a quarter of its body's
-/// bytes for the prompt (a generous estimate: JSON and English run about four
-/// bytes a token) plus `max_tokens` (or `max_completion_tokens`), else
-/// `default_completion`.
-pub fn reserve_tokens(body_len: usize, max_tokens: Option<u64>, default_completion: u32) -> i64 {
-    let prompt = i64::try_from(body_len.div_ceil(4)).unwrap_or(i64::MAX);
-    let completion = max_tokens.map_or(i64::from(default_completion), |n| {
-        i64::try_from(n).unwrap_or(i64::MAX)
-    });
-    prompt.saturating_add(completion)
-}
-
 /// What a request is expected to use, reserved at admission.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Demand {

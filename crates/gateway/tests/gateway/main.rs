@@ -11,5 +11,6 @@ mod limits;
 mod process;
 mod props;
 mod quota;
+mod streams;
 mod support;
 mod usage;

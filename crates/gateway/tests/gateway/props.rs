@@ -1,6 +1,9 @@
 //! Properties of the SSE usage scanner (`relay::SseUsage`): the usage it finds
 //! does not depend on how the byte stream is cut into chunks, no input makes it
-//! panic, and it holds no more than the current unfinished line.
+//! panic, and it holds no more than the current unfinished line (lines end
+//! with LF, CR or CRLF). And of the usage stripping (`sse::UsageStrip`): the
+//! client gets every byte but the usage-only events, however the stream is
+//! chunked.
 
 use obleth_gateway::relay::{SseUsage, Tokens};
 use proptest::prelude::*;
@@ -66,6 +69,7 @@ impl Line {
                 prompt: Some(prompt),
                 completion: Some(completion),
                 total: total.or(Some(prompt.saturating_add(completion))),
+                estimated: false,
             }),
             _ => None,
         }
@@ -102,8 +106,8 @@ fn stream() -> impl Strategy<Value = (Vec<u8>, Option<Tokens>)> {
                 bytes.extend(line.render(*crlf));
                 expected = line.tokens().or(expected);
             }
-            // Bytes after the last newline are an unfinished line, never read.
-            bytes.extend(tail.into_iter().filter(|b| *b != b'\n'));
+            // Bytes after the last line end are an unfinished line, never read.
+            bytes.extend(tail.into_iter().filter(|b| !matches!(b, b'\n' | b'\r')));
             (bytes, expected)
         })
 }
@@ -134,7 +138,7 @@ fn scan(chunks: &[&[u8]]) -> Result<Option<Tokens>, TestCaseError> {
     let mut unfinished = 0usize;
     for chunk in chunks {
         scanner.feed(chunk);
-        unfinished = match chunk.iter().rposition(|b| *b == b'\n') {
+        unfinished = match chunk.iter().rposition(|b| matches!(b, b'\n' | b'\r')) {
             Some(newline) => chunk.len() - newline - 1,
             None => unfinished + chunk.len(),
         };
@@ -196,7 +200,100 @@ fn a_line_that_never_ends_is_held_only_up_to_the_cap() {
         Some(Tokens {
             prompt: Some(1),
             completion: Some(2),
-            total: Some(3)
+            total: Some(3),
+            estimated: false,
         })
     );
+}
+
+/// One event of a stream for the stripping properties, and whether the
+/// client that did not ask for usage must not get it.
+fn event() -> impl Strategy<Value = (String, bool)> {
+    prop_oneof![
+        4 => any::<String>().prop_map(|s| (
+            format!("data: {}", json!({"choices": [{"delta": {"content": s}}], "usage": null})),
+            false
+        )),
+        1 => (0..1000i32, 0..1000i32).prop_map(|(p, c)| (
+            format!(
+                "data: {}",
+                json!({"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c}})
+            ),
+            true
+        )),
+        // Usage riding on a content chunk: kept whole, content is never lost.
+        1 => (0..1000i32).prop_map(|p| (
+            format!(
+                "data:{}",
+                json!({"choices": [{"delta": {"content": "x"}}], "usage": {"prompt_tokens": p}})
+            ),
+            false
+        )),
+        1 => Just((": keep-alive".to_owned(), false)),
+        1 => Just(("event: message\nid: 7\ndata: {}".to_owned(), false)),
+        1 => Just(("data: [DONE]".to_owned(), false)),
+    ]
+}
+
+/// A stream of events with mixed line ends, and what a client that did not
+/// ask for usage must receive.
+fn events() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    prop::collection::vec((event(), 0..3usize), 0..16).prop_map(|events| {
+        let (mut whole, mut expected) = (Vec::new(), Vec::new());
+        for ((text, usage_only), end) in events {
+            let end = ["\n", "\r\n", "\r"][end];
+            let bytes = format!("{}{end}{end}", text.replace('\n', end)).into_bytes();
+            whole.extend_from_slice(&bytes);
+            if !usage_only {
+                expected.extend_from_slice(&bytes);
+            }
+        }
+        (whole, expected)
+    })
+}
+
+/// What a client gets of `chunks` through the stripping relay, checking that
+/// only the current unfinished event is ever held.
+fn stripped(chunks: &[&[u8]]) -> Result<Vec<u8>, TestCaseError> {
+    use obleth_gateway::sse::UsageStrip;
+    let mut scanner = SseUsage::default();
+    let mut strip = UsageStrip::default();
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    for chunk in chunks {
+        out.extend_from_slice(&strip.filter(&mut scanner, bytes::Bytes::copy_from_slice(chunk)));
+        seen += chunk.len();
+        // Passed on or removed, everything but the event under way.
+        prop_assert!(strip.buffered() <= seen);
+    }
+    out.extend_from_slice(&strip.finish(&mut scanner));
+    prop_assert_eq!(strip.buffered(), 0);
+    Ok(out)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn only_usage_events_are_removed_however_the_stream_is_chunked(
+        (bytes, expected) in events(),
+        cuts in cuts(),
+    ) {
+        prop_assert_eq!(stripped(&[&bytes])?, expected.clone());
+        prop_assert_eq!(stripped(&chunks(&bytes, &cuts))?, expected.clone());
+        let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+        prop_assert_eq!(stripped(&bytewise)?, expected);
+    }
+
+    #[test]
+    fn stripping_arbitrary_bytes_never_panics_or_depends_on_chunking(
+        bytes in prop::collection::vec(
+            prop::sample::select(b"data: {}[]\"usage\"choices:,0123\n\r".to_vec()),
+            0..400,
+        ),
+        cuts in cuts(),
+    ) {
+        let whole = stripped(&[&bytes])?;
+        prop_assert_eq!(stripped(&chunks(&bytes, &cuts))?, whole);
+    }
 }

@@ -38,6 +38,23 @@ pub struct MockConfig {
     /// Fraction of requests answered 500, spread evenly by arrival order so
     /// that a run of benchmarks sees the same failures each time.
     pub fail_rate: f64,
+    /// When completions report their token usage.
+    pub usage: MockUsage,
+}
+
+/// When the mock reports token usage in completions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MockUsage {
+    /// Every answer: a stream always ends with a usage chunk.
+    #[default]
+    Always,
+    /// As OpenAI does: a non-streamed answer always, a stream only when the
+    /// request sets `stream_options.include_usage: true`, and then every
+    /// other chunk carries `"usage": null`.
+    WhenAsked,
+    /// Never: no usage chunk, no `usage` in an answer, as an upstream that
+    /// ignores the option or counts nothing.
+    Never,
 }
 
 impl Default for MockConfig {
@@ -49,6 +66,7 @@ impl Default for MockConfig {
             fail_status: None,
             fail_first: 0,
             fail_rate: 0.0,
+            usage: MockUsage::Always,
         }
     }
 }
@@ -61,6 +79,7 @@ pub(crate) struct Plan {
     pub completion_tokens: u32,
     /// A status forced by the `x-mock-fail-status` header.
     pub fail_status: Option<u16>,
+    pub usage: MockUsage,
 }
 
 impl Plan {
@@ -89,6 +108,7 @@ impl Plan {
                 None => config.completion_tokens,
             },
             fail_status,
+            usage: config.usage,
         })
     }
 }

@@ -42,7 +42,8 @@ pub(crate) async fn chat_completions(
     }
     let prompt_tokens = wire::count_message_words(messages);
     let (tokens, finish_reason) = request.completion_len(plan.completion_tokens);
-    let usage = wire::usage(prompt_tokens, tokens);
+    let (usage, null_usage) =
+        request.reported_usage(plan.usage, wire::usage(prompt_tokens, tokens));
     if request.stream() {
         return Ok(sse::response(sse::Completion {
             kind: Kind::Chat,
@@ -50,26 +51,29 @@ pub(crate) async fn chat_completions(
             tokens,
             finish_reason,
             usage,
+            null_usage,
             token_delay: plan.token_delay,
         }));
     }
-    Ok(wire::ok(json!({
-        "id": wire::new_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": wire::now(),
-        "model": request.model,
-        "choices": [{
-            "index": 0,
-            "message": {
-                "role": "assistant",
-                "content": wire::completion_text(tokens),
-                "refusal": null,
-            },
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
-        "usage": usage,
-    })))
+    Ok(wire::ok(with_usage(
+        usage,
+        json!({
+            "id": wire::new_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": wire::now(),
+            "model": request.model,
+            "choices": [{
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": wire::completion_text(tokens),
+                    "refusal": null,
+                },
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }],
+        }),
+    )))
 }
 
 pub(crate) async fn completions(
@@ -82,7 +86,8 @@ pub(crate) async fn completions(
     }
     let prompt_tokens = request.body.get("prompt").map_or(1, wire::count_words);
     let (tokens, finish_reason) = request.completion_len(plan.completion_tokens);
-    let usage = wire::usage(prompt_tokens, tokens);
+    let (usage, null_usage) =
+        request.reported_usage(plan.usage, wire::usage(prompt_tokens, tokens));
     if request.stream() {
         return Ok(sse::response(sse::Completion {
             kind: Kind::Text,
@@ -90,22 +95,33 @@ pub(crate) async fn completions(
             tokens,
             finish_reason,
             usage,
+            null_usage,
             token_delay: plan.token_delay,
         }));
     }
-    Ok(wire::ok(json!({
-        "id": wire::new_id("cmpl"),
-        "object": "text_completion",
-        "created": wire::now(),
-        "model": request.model,
-        "choices": [{
-            "index": 0,
-            "text": wire::completion_text(tokens),
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
-        "usage": usage,
-    })))
+    Ok(wire::ok(with_usage(
+        usage,
+        json!({
+            "id": wire::new_id("cmpl"),
+            "object": "text_completion",
+            "created": wire::now(),
+            "model": request.model,
+            "choices": [{
+                "index": 0,
+                "text": wire::completion_text(tokens),
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }],
+        }),
+    )))
+}
+
+/// Adds `usage` to a non-streamed answer, when there is one to report.
+fn with_usage(usage: Option<Value>, mut answer: Value) -> Value {
+    if let Some(usage) = usage {
+        answer["usage"] = usage;
+    }
+    answer
 }
 
 pub(crate) async fn embeddings(body: Bytes) -> Result<Response, Invalid> {

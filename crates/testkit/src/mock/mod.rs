@@ -4,7 +4,8 @@
 //! `POST /v1/completions` (both streaming with `"stream": true`),
 //! `POST /v1/embeddings`, `GET /v1/models` and `GET /health` on a free local
 //! port. Completions are `tok1 tok2 ...`, as many words as the config says;
-//! streams end with a usage chunk and `data: [DONE]`.
+//! streams end with a usage chunk and `data: [DONE]` (unless
+//! [`MockConfig::usage`] says otherwise).
 //!
 //! Behaviour comes from a [`MockConfig`], replaceable at run time, and from
 //! per-request headers (`x-mock-latency-ms`, `x-mock-token-delay-ms`,
@@ -22,7 +23,7 @@ mod state;
 mod wire;
 
 pub use config::{
-    MockConfig, FAIL_STATUS_HEADER, LATENCY_HEADER, TOKENS_HEADER, TOKEN_DELAY_HEADER,
+    MockConfig, MockUsage, FAIL_STATUS_HEADER, LATENCY_HEADER, TOKENS_HEADER, TOKEN_DELAY_HEADER,
 };
 pub use server::MockUpstream;
 pub use state::RecordedRequest;

@@ -27,7 +27,11 @@ pub(crate) struct Completion {
     pub model: String,
     pub tokens: u32,
     pub finish_reason: &'static str,
-    pub usage: Value,
+    /// The usage chunk's `usage`; `None` sends no usage chunk.
+    pub usage: Option<Value>,
+    /// Every chunk but the usage chunk carries `"usage": null`, as OpenAI's
+    /// do when the request asks for usage.
+    pub null_usage: bool,
     pub token_delay: Duration,
 }
 
@@ -40,7 +44,7 @@ enum Step {
     Token(u32),
     Finish,
     /// Empty `choices` and the `usage`; OpenAI sends it when asked through
-    /// `stream_options.include_usage`, the mock always does.
+    /// `stream_options.include_usage`, the mock as its config says.
     Usage,
     Done,
 }
@@ -87,7 +91,8 @@ impl Completion {
         match step {
             Step::Role => Some(self.after_token(0)),
             Step::Token(i) => Some(self.after_token(i)),
-            Step::Finish => Some(Step::Usage),
+            Step::Finish if self.usage.is_some() => Some(Step::Usage),
+            Step::Finish => Some(Step::Done),
             Step::Usage => Some(Step::Done),
             Step::Done => None,
         }
@@ -129,7 +134,9 @@ impl Completion {
             "choices": choices,
         });
         if step == Step::Usage {
-            chunk["usage"] = self.usage.clone();
+            chunk["usage"] = self.usage.clone().unwrap_or(Value::Null);
+        } else if self.null_usage {
+            chunk["usage"] = Value::Null;
         }
         format!("data: {chunk}\n\n")
     }

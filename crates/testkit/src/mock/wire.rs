@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
+use super::config::MockUsage;
+
 /// An OpenAI error response: `{"error": {"message", "type", "param", "code"}}`.
 pub(crate) fn error(status: StatusCode, message: &str, param: Option<&str>) -> Response {
     let (kind, code) = match status.as_u16() {
@@ -119,6 +121,27 @@ impl ApiRequest {
 
     pub fn stream(&self) -> bool {
         self.body.get("stream").and_then(Value::as_bool) == Some(true)
+    }
+
+    /// Whether the request sets `stream_options.include_usage: true`.
+    pub fn include_usage(&self) -> bool {
+        self.body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true)
+    }
+
+    /// The usage to report and whether other chunks carry `"usage": null`,
+    /// as `mode` says: for a stream, `None` sends no usage chunk; for an
+    /// answer, no `usage` field.
+    pub fn reported_usage(&self, mode: MockUsage, usage: Value) -> (Option<Value>, bool) {
+        match mode {
+            MockUsage::Always => (Some(usage), false),
+            MockUsage::WhenAsked if !self.stream() => (Some(usage), false),
+            MockUsage::WhenAsked if self.include_usage() => (Some(usage), true),
+            MockUsage::WhenAsked | MockUsage::Never => (None, false),
+        }
     }
 
     /// How many tokens to generate and why generation stops: `max_tokens` (or

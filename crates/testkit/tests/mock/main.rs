@@ -9,7 +9,9 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use obleth_testkit::mock::{MockConfig, MockUpstream, FAIL_STATUS_HEADER, TOKENS_HEADER};
+use obleth_testkit::mock::{
+    MockConfig, MockUpstream, MockUsage, FAIL_STATUS_HEADER, TOKENS_HEADER,
+};
 use serde_json::{json, Value};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -563,4 +565,43 @@ async fn shutdown_stops_serving() {
     mock.shutdown().await;
 
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn usage_is_reported_as_the_config_says() {
+    let (_mock, api) = start(MockConfig {
+        completion_tokens: 2,
+        usage: MockUsage::WhenAsked,
+        ..MockConfig::default()
+    })
+    .await;
+    let mut asked = chat_body("m", true);
+    asked["stream_options"] = json!({"include_usage": true});
+    let (_, events, _) = stream(&api, "/chat/completions", asked).await;
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let (last, others) = chunks.split_last().unwrap();
+    assert_eq!(last["usage"]["total_tokens"], 7, "{last}");
+    assert!(others
+        .iter()
+        .all(|c| c["usage"].is_null() && c.get("usage").is_some()));
+    let (_, events, _) = stream(&api, "/chat/completions", chat_body("m", true)).await;
+    assert!(events.iter().all(|e| !e.data.contains("usage")));
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert_eq!(api.chat(&[]).await.body["usage"]["total_tokens"], 7);
+
+    let (_mock, api) = start(MockConfig {
+        usage: MockUsage::Never,
+        ..MockConfig::default()
+    })
+    .await;
+    let mut asked = chat_body("m", true);
+    asked["stream_options"] = json!({"include_usage": true});
+    let (_, events, _) = stream(&api, "/chat/completions", asked).await;
+    assert!(events.iter().all(|e| !e.data.contains("usage")));
+    let answer = api.chat(&[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.body.get("usage").is_none(), "{}", answer.body);
 }
