@@ -78,6 +78,7 @@ async fn a_created_key_is_found_by_hash_and_its_secret_is_stored_nowhere() {
         tpm_limit: Some(10_000),
         token_budget: Some(1_000_000),
         expires_at: Some(Utc::now() + chrono::Duration::days(30)),
+        ..NewKey::default()
     };
 
     let (key, generated) = keys::create_key(&pool, &new).await.unwrap();
