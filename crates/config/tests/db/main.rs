@@ -1,6 +1,11 @@
-//! Query tests against a real, throwaway PostgreSQL: keys, the change log and its NOTIFY, usage, nodes and the catalog.
+//! Query tests against a real, throwaway PostgreSQL: keys, the change log and its NOTIFY, usage, nodes and the catalog;
+//! teams, prices and the running usage totals in their own modules.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod prices;
+mod teams;
+mod totals;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
