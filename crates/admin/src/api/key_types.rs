@@ -125,7 +125,7 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(minimum = 1)]
     pub tpm_limit: Option<i32>,
-    /// Total tokens, not negative.
+    /// Tokens per `budget_period` (all time with `total`), not negative.
     #[serde(default)]
     #[schema(minimum = 0)]
     pub token_budget: Option<i64>,
