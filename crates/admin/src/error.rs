@@ -136,7 +136,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable: `unauthorized`, `not_found`, `validation_failed`, `already_exists`,
-    /// `provider_in_use`, `key_revoked`, `invalid_json`, `payload_too_large`, ...
+    /// `provider_in_use`, `team_in_use`, `key_revoked`, `invalid_json`,
+    /// `payload_too_large`, ...
     pub code: String,
     pub message: String,
     /// The request field at fault (`targets[0].provider`), when there is one.

@@ -88,6 +88,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
         let inner = e.into_inner();
         if inner.is_data() {
             data_error("body", &path, &inner.to_string())
+        } else if inner.to_string().starts_with("number out of range") {
+            // Valid JSON whose number no double holds (`1e400`): the value is
+            // at fault, not the syntax, so name its field.
+            let field = if path == "." { "body" } else { &path };
+            AdminError::validation(field, "must be a finite number")
         } else {
             AdminError::InvalidJson(inner.to_string())
         }
@@ -209,6 +214,16 @@ mod tests {
             ),
             (
                 r#"{"model":"m","targets":[],"limit":1e99}"#,
+                422,
+                Some("limit"),
+            ),
+            (
+                r#"{"model":"m","targets":[],"limit":1e400}"#,
+                422,
+                Some("limit"),
+            ),
+            (
+                r#"{"model":"m","targets":[],"limit":-1e400}"#,
                 422,
                 Some("limit"),
             ),

@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{fleet, keys, maintenance, providers, routes, usage};
+use crate::api::{fleet, keys, maintenance, prices, providers, routes, teams, usage};
 use crate::ops;
 
 /// The security scheme every protected operation names.
@@ -20,7 +20,7 @@ pub const SECURITY_SCHEME: &str = "admin_token";
 #[openapi(
     info(
         title = "obleth admin API",
-        description = "Keys, providers, routes, usage, the fleet and maintenance mode of an obleth deployment. \
+        description = "Keys, teams, prices, providers, routes, usage, the fleet and maintenance mode of an obleth deployment. \
                        Every route under /api/v1 except health and this document needs `Authorization: Bearer <admin token>`. \
                        Errors answer {\"error\":{\"code\",\"message\",\"field\"}}."
     ),
@@ -38,6 +38,17 @@ pub const SECURITY_SCHEME: &str = "admin_token";
         keys::revoke_key,
         keys::rotate_key,
         keys::delete_key,
+        teams::create_team,
+        teams::list_teams,
+        teams::get_team,
+        teams::update_team,
+        teams::delete_team,
+        prices::create_price,
+        prices::list_prices,
+        prices::unpriced,
+        prices::get_price,
+        prices::update_price,
+        prices::delete_price,
         providers::create_provider,
         providers::list_providers,
         providers::get_provider,
@@ -57,6 +68,8 @@ pub const SECURITY_SCHEME: &str = "admin_token";
     modifiers(&BearerToken, &CommonErrors),
     tags(
         (name = "keys", description = "API keys: the secret is shown once, at create and rotate"),
+        (name = "teams", description = "Teams: limits and budgets their keys share"),
+        (name = "prices", description = "Prices per model, in US dollars per million tokens"),
         (name = "providers", description = "Upstream providers"),
         (name = "routes", description = "Model routes and their providers"),
         (name = "usage", description = "Usage totals and records"),

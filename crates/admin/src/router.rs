@@ -14,7 +14,7 @@ use axum::{Extension, Router};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::{Level, Span};
 
-use crate::api::{fleet, keys, maintenance, providers, routes as route_api, usage};
+use crate::api::{fleet, keys, maintenance, prices, providers, routes as route_api, teams, usage};
 use crate::error::AdminError;
 use crate::extract::BodyLimit;
 use crate::ops::{self, paths};
@@ -103,6 +103,42 @@ pub fn routes() -> Vec<RouteSpec> {
             "/api/v1/keys/{id}/rotate",
             Token,
             keys::rotate_key,
+        ),
+        spec(post.clone(), "/api/v1/teams", Token, teams::create_team),
+        spec(get.clone(), "/api/v1/teams", Token, teams::list_teams),
+        spec(get.clone(), "/api/v1/teams/{id}", Token, teams::get_team),
+        spec(
+            patch.clone(),
+            "/api/v1/teams/{id}",
+            Token,
+            teams::update_team,
+        ),
+        spec(
+            delete.clone(),
+            "/api/v1/teams/{id}",
+            Token,
+            teams::delete_team,
+        ),
+        spec(post.clone(), "/api/v1/prices", Token, prices::create_price),
+        spec(get.clone(), "/api/v1/prices", Token, prices::list_prices),
+        spec(
+            get.clone(),
+            "/api/v1/prices/unpriced",
+            Token,
+            prices::unpriced,
+        ),
+        spec(get.clone(), "/api/v1/prices/{id}", Token, prices::get_price),
+        spec(
+            patch.clone(),
+            "/api/v1/prices/{id}",
+            Token,
+            prices::update_price,
+        ),
+        spec(
+            delete.clone(),
+            "/api/v1/prices/{id}",
+            Token,
+            prices::delete_price,
         ),
         spec(
             post.clone(),

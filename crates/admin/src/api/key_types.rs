@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::budget::{self, Period, Spend};
 use super::validate;
 use crate::error::AdminError;
 
@@ -48,10 +49,22 @@ pub struct KeyView {
     pub status: KeyStatus,
     /// After a rotation: when the previous secret stops working.
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// The team whose limits and budgets this key also answers to.
+    pub team_id: Option<Uuid>,
+    /// Spend budget per `budget_period`, in US dollars.
+    pub budget_usd: Option<f64>,
+    /// The same budget in micro-dollars, as stored.
+    pub budget_usd_micros: Option<i64>,
+    /// The period `token_budget` and `budget_usd` reset on.
+    pub budget_period: Period,
+    /// This key's use in its current period.
+    #[serde(flatten)]
+    pub spend: Spend,
 }
 
-impl From<&ApiKey> for KeyView {
-    fn from(k: &ApiKey) -> Self {
+impl KeyView {
+    /// The view of `k`, which has used `spend` in its current period.
+    pub fn new(k: &ApiKey, spend: Spend) -> KeyView {
         let now = Utc::now();
         let status = if k.revoked_at.is_some() {
             KeyStatus::Revoked
@@ -80,7 +93,17 @@ impl From<&ApiKey> for KeyView {
                 .as_ref()
                 .and(k.previous_expires_at)
                 .filter(|at| *at > now),
+            team_id: k.team_id,
+            budget_usd: k.budget_usd_micros.map(budget::usd),
+            budget_usd_micros: k.budget_usd_micros,
+            budget_period: k.budget_period.into(),
+            spend,
         }
+    }
+
+    /// The view of `k` with nothing spent, as when it was just created.
+    pub fn fresh(k: &ApiKey) -> KeyView {
+        KeyView::new(k, Spend::none(k.budget_period, Utc::now()))
     }
 }
 
@@ -102,13 +125,25 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(minimum = 1)]
     pub tpm_limit: Option<i32>,
-    /// Total tokens, not negative.
+    /// Tokens per `budget_period` (all time with `total`), not negative.
     #[serde(default)]
     #[schema(minimum = 0)]
     pub token_budget: Option<i64>,
     /// Must be in the future.
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// A team the key joins; it must exist. The stricter of the key's and
+    /// the team's limits and budgets applies.
+    #[serde(default)]
+    pub team_id: Option<Uuid>,
+    /// Spend budget per `budget_period` in US dollars: not negative, at most
+    /// 6 decimal places.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub budget_usd: Option<f64>,
+    /// `day`, `week`, `month` or `total` (default: never resets).
+    #[serde(default)]
+    pub budget_period: Option<Period>,
 }
 
 impl CreateKey {
@@ -118,7 +153,7 @@ impl CreateKey {
             validate::text("owner", owner, 200)?;
         }
         check_models(&self.allowed_models)?;
-        check_limits(self.rpm_limit, self.tpm_limit, self.token_budget)?;
+        validate::limits(self.rpm_limit, self.tpm_limit, self.token_budget)?;
         if let Some(at) = self.expires_at {
             if at <= Utc::now() {
                 return Err(AdminError::validation(
@@ -135,6 +170,9 @@ impl CreateKey {
             tpm_limit: self.tpm_limit,
             token_budget: self.token_budget,
             expires_at: self.expires_at,
+            team_id: self.team_id,
+            budget_usd_micros: budget::opt_usd_micros("budget_usd", self.budget_usd)?,
+            budget_period: self.budget_period.unwrap_or_default().into(),
         })
     }
 }
@@ -170,6 +208,16 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "super::double_option")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// A team to join; `null` takes the key out of its team.
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<Uuid>)]
+    pub team_id: Option<Option<Uuid>>,
+    /// US dollars per period; `null` removes the spend budget.
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
+    pub budget_usd: Option<Option<f64>>,
+    #[serde(default)]
+    pub budget_period: Option<Period>,
 }
 
 impl UpdateKey {
@@ -183,7 +231,7 @@ impl UpdateKey {
         if let Some(models) = &self.allowed_models {
             check_models(models)?;
         }
-        check_limits(
+        validate::limits(
             self.rpm_limit.flatten(),
             self.tpm_limit.flatten(),
             self.token_budget.flatten(),
@@ -196,6 +244,9 @@ impl UpdateKey {
             tpm_limit: self.tpm_limit,
             token_budget: self.token_budget,
             expires_at: self.expires_at,
+            team_id: self.team_id,
+            budget_usd_micros: budget::patch_usd_micros("budget_usd", self.budget_usd)?,
+            budget_period: self.budget_period.map(Into::into),
         })
     }
 }
@@ -211,12 +262,6 @@ fn check_models(models: &[String]) -> Result<(), AdminError> {
         validate::model_name(&format!("allowed_models[{i}]"), model)?;
     }
     Ok(())
-}
-
-fn check_limits(rpm: Option<i32>, tpm: Option<i32>, budget: Option<i64>) -> Result<(), AdminError> {
-    validate::positive("rpm_limit", rpm.map(i64::from))?;
-    validate::positive("tpm_limit", tpm.map(i64::from))?;
-    validate::not_negative("token_budget", budget)
 }
 
 /// A rotation: a new secret now; the current one keeps working for the overlap.
@@ -288,6 +333,8 @@ pub struct KeyListParams {
     pub name_contains: Option<String>,
     /// `true`: only revoked keys; `false`: only keys not revoked.
     pub revoked: Option<bool>,
+    /// Only the keys of this team.
+    pub team_id: Option<Uuid>,
     /// The `next_after` of the previous page.
     pub after: Option<Uuid>,
     /// Page size, 1 to 1000; default 100.
@@ -323,11 +370,11 @@ mod tests {
         };
         let secret = "obk_abc123def456_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcd".to_owned();
         let created = CreatedKey {
-            key: KeyView::from(&key),
+            key: KeyView::fresh(&key),
             secret: secret.clone(),
         };
         let rotated = RotatedKey {
-            key: KeyView::from(&key),
+            key: KeyView::fresh(&key),
             secret: secret.clone(),
             previous_expires_at: None,
         };
@@ -337,7 +384,7 @@ mod tests {
                 "{shown}"
             );
         }
-        let view = serde_json::to_string(&KeyView::from(&key)).unwrap();
+        let view = serde_json::to_string(&KeyView::fresh(&key)).unwrap();
         assert!(
             !view.contains("hash") && !view.contains("secret\""),
             "{view}"

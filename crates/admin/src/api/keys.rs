@@ -1,16 +1,21 @@
 //! `/api/v1/keys`: create (the secret shown once), list, get, update, revoke,
 //! rotate with an overlap, delete. Every write goes through
 //! `obleth_config::db::keys`, which records the change and NOTIFYs the gateways
-//! in the same transaction.
+//! in the same transaction. Answers carry the key's spend in its current
+//! budget period, read from the running totals (one query per page).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use obleth_config::db::keys::{self, KeyFilter, RotateOutcome};
+use chrono::Utc;
+use obleth_config::db::keys::{self, KeyError, KeyFilter, RotateOutcome};
+use obleth_config::db::usage;
+use obleth_config::model::ApiKey;
 use secrecy::ExposeSecret;
 use tracing::info;
 
+use super::budget::Spend;
 use super::key_types::{
     CreateKey, CreatedKey, KeyListParams, KeyPage, KeyView, RotateKey, RotatedKey, UpdateKey,
 };
@@ -25,7 +30,7 @@ use crate::state::AppState;
     request_body = CreateKey,
     responses(
         (status = 201, description = "Created; `secret` is shown only here", body = CreatedKey),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 422, description = "A field is invalid, or `team_id` names no team", body = ErrorBody),
     ),
     security(("admin_token" = []))
 )]
@@ -37,7 +42,7 @@ pub async fn create_key(
     let (key, generated) = keys::create_key(&state.pool, &new).await?;
     info!(key_id = %key.id, public_id = %key.public_id, "Key created.");
     let answer = CreatedKey {
-        key: KeyView::from(&key),
+        key: KeyView::fresh(&key),
         secret: generated.secret.expose_secret().to_owned(),
     };
     Ok(no_store((StatusCode::CREATED, Json(answer))))
@@ -62,6 +67,7 @@ pub async fn list_keys(
         owner: params.owner,
         name_contains: params.name_contains,
         revoked: params.revoked,
+        team_id: params.team_id,
         after: params.after,
         limit,
     };
@@ -71,10 +77,15 @@ pub async fn list_keys(
     } else {
         None
     };
-    Ok(Json(KeyPage {
-        items: rows.iter().map(KeyView::from).collect(),
-        next_after,
-    }))
+    let now = Utc::now();
+    let subjects: Vec<_> = rows.iter().map(|k| (k.id, k.budget_period)).collect();
+    let totals = usage::periods_totals(&state.pool, &subjects, now).await?;
+    let items = rows
+        .iter()
+        .zip(&totals)
+        .map(|(k, t)| KeyView::new(k, Spend::new(k.budget_period, t, now)))
+        .collect();
+    Ok(Json(KeyPage { items, next_after }))
 }
 
 /// Get one key. Never shows its secret.
@@ -95,10 +106,10 @@ pub async fn get_key(
     let key = keys::key_by_id(&state.pool, id)
         .await?
         .ok_or_else(|| AdminError::not_found("key", id))?;
-    Ok(Json(KeyView::from(&key)))
+    Ok(Json(view(&state, &key).await?))
 }
 
-/// Change a key's name, owner, models, limits, budget or expiry.
+/// Change a key's name, owner, models, limits, budgets, period, team or expiry.
 #[utoipa::path(
     patch, path = "/api/v1/keys/{id}", tag = "keys",
     params(("id" = uuid::Uuid, Path, description = "The key's id")),
@@ -106,7 +117,7 @@ pub async fn get_key(
     responses(
         (status = 200, body = KeyView),
         (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody),
+        (status = 422, description = "A field is invalid, or `team_id` names no team", body = ErrorBody),
     ),
     security(("admin_token" = []))
 )]
@@ -121,7 +132,7 @@ pub async fn update_key(
         .await?
         .ok_or_else(|| AdminError::not_found("key", id))?;
     info!(key_id = %key.id, "Key updated.");
-    Ok(Json(KeyView::from(&key)))
+    Ok(Json(view(&state, &key).await?))
 }
 
 /// Revoke a key. Idempotent: a revoked key keeps its first `revoked_at`.
@@ -143,7 +154,7 @@ pub async fn revoke_key(
         .await?
         .ok_or_else(|| AdminError::not_found("key", id))?;
     info!(key_id = %key.id, "Key revoked.");
-    Ok(Json(KeyView::from(&key)))
+    Ok(Json(view(&state, &key).await?))
 }
 
 /// Give a key a new secret. The current secret keeps working for
@@ -171,7 +182,7 @@ pub async fn rotate_key(
         RotateOutcome::Rotated(key, generated) => {
             info!(key_id = %key.id, overlap_secs = overlap.as_secs(), "Key rotated.");
             let answer = RotatedKey {
-                key: KeyView::from(&key),
+                key: view(&state, &key).await?,
                 secret: generated.secret.expose_secret().to_owned(),
                 previous_expires_at: key.previous_expires_at,
             };
@@ -206,4 +217,26 @@ pub async fn delete_key(
     }
     info!(key_id = %id, "Key deleted.");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The view of `key` with its spend in the current period.
+async fn view(state: &AppState, key: &ApiKey) -> Result<KeyView, AdminError> {
+    let now = Utc::now();
+    let totals = usage::period_totals(&state.pool, key.id, key.budget_period, now).await?;
+    Ok(KeyView::new(
+        key,
+        Spend::new(key.budget_period, &totals, now),
+    ))
+}
+
+/// A team that does not exist is the caller's mistake: 422 on `team_id`.
+impl From<KeyError> for AdminError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::UnknownTeam(id) => {
+                AdminError::validation("team_id", format!("no team `{id}`"))
+            }
+            KeyError::Database(e) => e.into(),
+        }
+    }
 }

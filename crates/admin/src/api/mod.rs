@@ -1,13 +1,18 @@
-//! The `/api/v1` resources, one module each: keys, providers, routes, usage,
-//! fleet and maintenance. Request and response types live beside their
-//! handlers; shared checks in [`validate`].
+//! The `/api/v1` resources, one module each: keys, teams, prices, providers,
+//! routes, usage, fleet and maintenance. Request and response types live
+//! beside their handlers (or in `*_types`); shared checks in [`validate`],
+//! dollar amounts, budget periods and spend in [`budget`].
 
+pub mod budget;
 pub mod fleet;
 pub mod key_types;
 pub mod keys;
 pub mod maintenance;
+pub mod prices;
 pub mod providers;
 pub mod routes;
+pub mod team_types;
+pub mod teams;
 pub mod usage;
 pub mod validate;
 

@@ -1,5 +1,5 @@
-//! `/api/v1/usage`: token totals per key, model or provider over a time range,
-//! and the raw records one page at a time.
+//! `/api/v1/usage`: token and cost totals per key, model, provider or team
+//! over a time range, and the raw records one page at a time.
 
 use axum::extract::State;
 use axum::Json;
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::validate;
+use super::{budget, validate};
 use crate::error::{AdminError, ErrorBody};
 use crate::extract::Params;
 use crate::state::AppState;
@@ -22,6 +22,9 @@ pub enum GroupBy {
     Key,
     Model,
     Provider,
+    /// The team recorded with each request; requests of keys in no team
+    /// group as null.
+    Team,
 }
 
 impl From<GroupBy> for UsageGroup {
@@ -30,6 +33,7 @@ impl From<GroupBy> for UsageGroup {
             GroupBy::Key => UsageGroup::Key,
             GroupBy::Model => UsageGroup::Model,
             GroupBy::Provider => UsageGroup::Provider,
+            GroupBy::Team => UsageGroup::Team,
         }
     }
 }
@@ -48,6 +52,8 @@ pub struct TotalsParams {
     pub key_id: Option<Uuid>,
     pub model: Option<String>,
     pub provider: Option<String>,
+    /// Only requests recorded with this team.
+    pub team_id: Option<Uuid>,
 }
 
 /// Filters and paging of the raw records.
@@ -62,6 +68,8 @@ pub struct RecordParams {
     pub key_id: Option<Uuid>,
     pub model: Option<String>,
     pub provider: Option<String>,
+    /// Only requests recorded with this team.
+    pub team_id: Option<Uuid>,
     /// The `next_after` of the previous page.
     pub after: Option<i64>,
     /// Page size, 1 to 1000; default 100.
@@ -75,6 +83,7 @@ fn filter(
     key_id: Option<Uuid>,
     model: Option<String>,
     provider: Option<String>,
+    team_id: Option<Uuid>,
 ) -> Result<UsageFilter, AdminError> {
     let to = to.unwrap_or_else(Utc::now);
     let from = from.unwrap_or(to - Duration::hours(24));
@@ -87,14 +96,15 @@ fn filter(
         key_id,
         model,
         provider,
+        team_id,
     })
 }
 
 /// Totals of one group.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TotalView {
-    /// The key id, model or provider; null for requests without one (refused
-    /// before the key or provider was known).
+    /// The key id, model, provider or team id; null for requests without one
+    /// (refused before the key or provider was known, a key in no team).
     pub group: Option<String>,
     pub requests: i64,
     /// Requests answered with a status of 400 or more.
@@ -102,6 +112,10 @@ pub struct TotalView {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub total_tokens: i64,
+    /// What the priced requests cost, in US dollars; unpriced models add nothing.
+    pub cost_usd: f64,
+    /// The same cost in micro-dollars.
+    pub cost_micros: i64,
 }
 
 impl From<UsageTotal> for TotalView {
@@ -113,6 +127,8 @@ impl From<UsageTotal> for TotalView {
             prompt_tokens: t.prompt_tokens,
             completion_tokens: t.completion_tokens,
             total_tokens: t.total_tokens,
+            cost_usd: budget::usd(t.cost_micros),
+            cost_micros: t.cost_micros,
         }
     }
 }
@@ -144,6 +160,14 @@ pub struct RecordView {
     pub streamed: bool,
     pub node_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// What the request cost in US dollars; null when its model had no price.
+    pub cost_usd: Option<f64>,
+    /// The same cost in micro-dollars.
+    pub cost_micros: Option<i64>,
+    /// The tokens were estimated because the upstream reported none.
+    pub estimated: bool,
+    /// The key's team when the request was served.
+    pub team_id: Option<Uuid>,
 }
 
 impl From<UsageRecord> for RecordView {
@@ -163,6 +187,10 @@ impl From<UsageRecord> for RecordView {
             streamed: e.streamed,
             node_id: e.node_id,
             created_at: e.created_at,
+            cost_usd: e.cost_micros.map(budget::usd),
+            cost_micros: e.cost_micros,
+            estimated: e.estimated,
+            team_id: e.team_id,
         }
     }
 }
@@ -175,7 +203,7 @@ pub struct RecordPage {
     pub next_after: Option<i64>,
 }
 
-/// Token totals per key, model or provider over a time range.
+/// Token and cost totals per key, model, provider or team over a time range.
 #[utoipa::path(
     get, path = "/api/v1/usage/totals", tag = "usage",
     params(TotalsParams),
@@ -187,7 +215,7 @@ pub async fn totals(
     Params(p): Params<TotalsParams>,
 ) -> Result<Json<Totals>, AdminError> {
     let group_by = p.group_by.unwrap_or_default();
-    let f = filter(p.from, p.to, p.key_id, p.model, p.provider)?;
+    let f = filter(p.from, p.to, p.key_id, p.model, p.provider, p.team_id)?;
     let rows = usage::usage_totals(&state.pool, group_by.into(), &f).await?;
     Ok(Json(Totals {
         group_by,
@@ -209,7 +237,7 @@ pub async fn records(
     Params(p): Params<RecordParams>,
 ) -> Result<Json<RecordPage>, AdminError> {
     let limit = validate::page_limit(p.limit)?;
-    let f = filter(p.from, p.to, p.key_id, p.model, p.provider)?;
+    let f = filter(p.from, p.to, p.key_id, p.model, p.provider, p.team_id)?;
     let rows = usage::list_usage(&state.pool, &f, p.after, limit).await?;
     let next_after = if rows.len() as i64 == limit {
         rows.last().map(|r| r.id)

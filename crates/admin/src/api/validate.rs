@@ -80,6 +80,14 @@ pub fn not_negative(field: &str, value: Option<i64>) -> Result<(), AdminError> {
     }
 }
 
+/// A key's or team's `rpm_limit` and `tpm_limit` (at least 1) and
+/// `token_budget` (not negative), when set.
+pub fn limits(rpm: Option<i32>, tpm: Option<i32>, budget: Option<i64>) -> Result<(), AdminError> {
+    positive("rpm_limit", rpm.map(i64::from))?;
+    positive("tpm_limit", tpm.map(i64::from))?;
+    not_negative("token_budget", budget)
+}
+
 /// The page size asked for, within `1..=MAX_PAGE`; [`DEFAULT_PAGE`] when unset.
 pub fn page_limit(limit: Option<i64>) -> Result<i64, AdminError> {
     match limit {

@@ -75,6 +75,9 @@ async fn the_curl_examples_of_the_admin_guide_work_as_printed() {
         "\"validation_failed\"",
         "\"uniform\": true",
         "\"enabled\": true",
+        "\"budget_period\": \"day\"",
+        "\"team_in_use\"",
+        "\"output_micros_per_mtok\": 550000",
     ] {
         assert!(stdout.contains(shown), "missing {shown} in:\n{stdout}");
     }

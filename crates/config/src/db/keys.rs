@@ -11,7 +11,31 @@ use uuid::Uuid;
 
 use super::changes::record_change;
 use crate::apikey::{self, GeneratedKey};
-use crate::model::{ApiKey, Entity, Op};
+use crate::model::{ApiKey, BudgetPeriod, Entity, Op};
+
+/// The foreign key from a key to its team.
+pub(crate) const TEAM_FKEY: &str = "api_keys_team_id_fkey";
+
+/// A key write that the stored data does not allow.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key names a team that does not exist (or was deleted meanwhile).
+    #[error("no team `{0}`")]
+    UnknownTeam(Uuid),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// `e` as a [`KeyError`]: a foreign key violation on the team is
+/// [`KeyError::UnknownTeam`]. The database checks it inside the writing
+/// transaction, so a team deleted concurrently cannot slip through.
+fn key_error(e: sqlx::Error, team: Option<Uuid>) -> KeyError {
+    let fk = super::teams::violates(&e, "23503", TEAM_FKEY);
+    match team {
+        Some(team) if fk => KeyError::UnknownTeam(team),
+        _ => KeyError::Database(e),
+    }
+}
 
 /// The `api_keys` columns in [`ApiKey`]'s order, as a literal for `concat!`.
 macro_rules! key_columns {
@@ -79,20 +103,25 @@ pub struct NewKey {
     pub tpm_limit: Option<i32>,
     pub token_budget: Option<i64>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The team whose limits and budgets the key shares; it must exist.
+    pub team_id: Option<Uuid>,
+    /// Spend budget in micro-dollars per `budget_period`.
+    pub budget_usd_micros: Option<i64>,
+    /// The period both budgets reset on; `total` never resets.
+    pub budget_period: BudgetPeriod,
 }
 
 /// Creates a key with a fresh secret. The returned [`GeneratedKey`] holds the
-/// only copy of the secret; the database keeps its hash.
-pub async fn create_key(
-    pool: &PgPool,
-    new: &NewKey,
-) -> Result<(ApiKey, GeneratedKey), sqlx::Error> {
+/// only copy of the secret; the database keeps its hash. A `team_id` naming
+/// no team is [`KeyError::UnknownTeam`].
+pub async fn create_key(pool: &PgPool, new: &NewKey) -> Result<(ApiKey, GeneratedKey), KeyError> {
     let generated = apikey::generate();
     let mut tx = pool.begin().await?;
     let key: ApiKey = sqlx::query_as(concat!(
         "INSERT INTO api_keys (id, public_id, secret_hash, name, owner, allowed_models, \
-             rpm_limit, tpm_limit, token_budget, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
+             rpm_limit, tpm_limit, token_budget, expires_at, team_id, budget_usd_micros, \
+             budget_period) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING ",
         key_columns!()
     ))
     .bind(Uuid::new_v4())
@@ -105,8 +134,12 @@ pub async fn create_key(
     .bind(new.tpm_limit)
     .bind(new.token_budget)
     .bind(new.expires_at)
+    .bind(new.team_id)
+    .bind(new.budget_usd_micros)
+    .bind(new.budget_period.as_str())
     .fetch_one(&mut *tx)
-    .await?;
+    .await
+    .map_err(|e| key_error(e, new.team_id))?;
     record_change(&mut tx, Entity::ApiKey, &key.id.to_string(), Op::Insert).await?;
     tx.commit().await?;
     Ok((key, generated))
@@ -123,6 +156,10 @@ pub struct KeyUpdate {
     pub tpm_limit: Option<Option<i32>>,
     pub token_budget: Option<Option<i64>>,
     pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// `Some(None)` takes the key out of its team.
+    pub team_id: Option<Option<Uuid>>,
+    pub budget_usd_micros: Option<Option<i64>>,
+    pub budget_period: Option<BudgetPeriod>,
 }
 
 impl KeyUpdate {
@@ -133,14 +170,15 @@ impl KeyUpdate {
 }
 
 /// Applies `update` to key `id`; `None` when no such key exists. An empty
-/// update changes nothing and records no change.
+/// update changes nothing and records no change. A `team_id` naming no team
+/// is [`KeyError::UnknownTeam`].
 pub async fn update_key(
     pool: &PgPool,
     id: Uuid,
     update: &KeyUpdate,
-) -> Result<Option<ApiKey>, sqlx::Error> {
+) -> Result<Option<ApiKey>, KeyError> {
     if update.is_empty() {
-        return key_by_id(pool, id).await;
+        return Ok(key_by_id(pool, id).await?);
     }
     let mut query: QueryBuilder<'_, Postgres> =
         QueryBuilder::new("UPDATE api_keys SET updated_at = now()");
@@ -165,6 +203,15 @@ pub async fn update_key(
     if let Some(expires_at) = update.expires_at {
         query.push(", expires_at = ").push_bind(expires_at);
     }
+    if let Some(team_id) = update.team_id {
+        query.push(", team_id = ").push_bind(team_id);
+    }
+    if let Some(budget) = update.budget_usd_micros {
+        query.push(", budget_usd_micros = ").push_bind(budget);
+    }
+    if let Some(period) = update.budget_period {
+        query.push(", budget_period = ").push_bind(period.as_str());
+    }
     query
         .push(" WHERE id = ")
         .push_bind(id)
@@ -172,7 +219,11 @@ pub async fn update_key(
         .push(key_columns!());
 
     let mut tx = pool.begin().await?;
-    let key: Option<ApiKey> = query.build_query_as().fetch_optional(&mut *tx).await?;
+    let key: Option<ApiKey> = query
+        .build_query_as()
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| key_error(e, update.team_id.flatten()))?;
     if let Some(key) = &key {
         record_change(&mut tx, Entity::ApiKey, &key.id.to_string(), Op::Update).await?;
     }
@@ -231,6 +282,8 @@ pub struct KeyFilter {
     pub name_contains: Option<String>,
     /// `Some(true)`: only revoked keys; `Some(false)`: only unrevoked ones.
     pub revoked: Option<bool>,
+    /// Only the keys of this team.
+    pub team_id: Option<Uuid>,
     /// The last id of the previous page.
     pub after: Option<Uuid>,
     pub limit: i64,
@@ -242,6 +295,7 @@ impl Default for KeyFilter {
             owner: None,
             name_contains: None,
             revoked: None,
+            team_id: None,
             after: None,
             limit: 100,
         }
@@ -275,6 +329,9 @@ pub async fn list_keys(pool: &PgPool, filter: &KeyFilter) -> Result<Vec<ApiKey>,
             q.push(" AND revoked_at IS NULL");
         }
         None => {}
+    }
+    if let Some(team_id) = filter.team_id {
+        q.push(" AND team_id = ").push_bind(team_id);
     }
     if let Some(after) = filter.after {
         q.push(" AND id > ").push_bind(after);

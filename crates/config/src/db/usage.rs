@@ -1,4 +1,5 @@
-//! Usage events: the gateway's idempotent batch insert, the token totals behind budgets, and the admin's reports.
+//! Usage events: the gateway's idempotent batch insert, the token totals behind budgets, and the admin's reports
+//! (totals with their cost, records, the current period's running totals, models without a price).
 
 use std::collections::HashMap;
 
@@ -7,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::model::UsageEvent;
+use crate::model::{BudgetPeriod, UsageEvent};
+use crate::pricing::PriceTable;
 
 /// Rows per INSERT statement: 15 binds a row keeps it far below PostgreSQL's
 /// 65 535 bind parameters.
@@ -86,6 +88,9 @@ pub enum UsageGroup {
     Key,
     Model,
     Provider,
+    /// The team recorded with each event (`usage_events.team_id`); events
+    /// without one (a key in no team, or a release before teams) group as `None`.
+    Team,
 }
 
 impl UsageGroup {
@@ -95,6 +100,7 @@ impl UsageGroup {
             UsageGroup::Key => "key_id::text",
             UsageGroup::Model => "model",
             UsageGroup::Provider => "provider",
+            UsageGroup::Team => "team_id::text",
         }
     }
 }
@@ -108,6 +114,8 @@ pub struct UsageFilter {
     pub key_id: Option<Uuid>,
     pub model: Option<String>,
     pub provider: Option<String>,
+    /// Events recorded with this team.
+    pub team_id: Option<Uuid>,
 }
 
 impl UsageFilter {
@@ -126,11 +134,15 @@ impl UsageFilter {
         if let Some(provider) = &self.provider {
             query.push(" AND provider = ").push_bind(provider);
         }
+        if let Some(team_id) = self.team_id {
+            query.push(" AND team_id = ").push_bind(team_id);
+        }
     }
 }
 
-/// The totals of one group. `group` is the key id, model or provider; `None`
-/// for events without one (a request refused before its key or provider was known).
+/// The totals of one group. `group` is the key id, model, provider or team;
+/// `None` for events without one (a request refused before its key or
+/// provider was known, a key in no team).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct UsageTotal {
     pub group: Option<String>,
@@ -140,9 +152,12 @@ pub struct UsageTotal {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub total_tokens: i64,
+    /// What the group's priced events cost, in micro-dollars; unpriced
+    /// events (`cost_micros` NULL) add nothing.
+    pub cost_micros: i64,
 }
 
-/// Totals per key, model or provider of the events `filter` selects, ordered
+/// Totals per key, model, provider or team of the events `filter` selects, ordered
 /// by group (`None` last).
 pub async fn usage_totals(
     pool: &PgPool,
@@ -155,7 +170,8 @@ pub async fn usage_totals(
          count(*) FILTER (WHERE status >= 400)::bigint AS errors, \
          COALESCE(sum(prompt_tokens), 0)::bigint AS prompt_tokens, \
          COALESCE(sum(completion_tokens), 0)::bigint AS completion_tokens, \
-         COALESCE(sum(total_tokens), 0)::bigint AS total_tokens \
+         COALESCE(sum(total_tokens), 0)::bigint AS total_tokens, \
+         COALESCE(sum(cost_micros), 0)::bigint AS cost_micros \
          FROM usage_events",
     );
     filter.push_where(&mut query);
@@ -182,7 +198,8 @@ pub async fn list_usage(
 ) -> Result<Vec<UsageRecord>, sqlx::Error> {
     let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
         "SELECT id, request_id, key_id, model, provider, prompt_tokens, completion_tokens, \
-         total_tokens, status, latency_ms, streamed, node_id, created_at FROM usage_events",
+         total_tokens, status, latency_ms, streamed, node_id, created_at, cost_micros, estimated, \
+         team_id FROM usage_events",
     );
     filter.push_where(&mut query);
     if let Some(after) = after {
@@ -190,4 +207,104 @@ pub async fn list_usage(
     }
     query.push(" ORDER BY id LIMIT ").push_bind(limit.max(0));
     query.build_query_as().fetch_all(pool).await
+}
+
+/// A subject's running totals for one period, from `usage_totals`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodTotals {
+    /// The UTC start of the period these totals cover (the epoch for `total`).
+    pub period_start: DateTime<Utc>,
+    pub requests: i64,
+    pub tokens: i64,
+    pub cost_micros: i64,
+}
+
+/// The running totals of key or team `subject_id` for the `period` that
+/// contains `at`; zeros when nothing was recorded in it. Read from the
+/// totals the usage trigger keeps, never by summing usage events.
+pub async fn period_totals(
+    pool: &PgPool,
+    subject_id: Uuid,
+    period: BudgetPeriod,
+    at: DateTime<Utc>,
+) -> Result<PeriodTotals, sqlx::Error> {
+    let all = periods_totals(pool, &[(subject_id, period)], at).await?;
+    Ok(all.into_iter().next().unwrap_or(PeriodTotals {
+        period_start: period.start(at),
+        requests: 0,
+        tokens: 0,
+        cost_micros: 0,
+    }))
+}
+
+/// [`period_totals`] for many subjects in one query, answered in the order
+/// of `subjects`.
+pub async fn periods_totals(
+    pool: &PgPool,
+    subjects: &[(Uuid, BudgetPeriod)],
+    at: DateTime<Utc>,
+) -> Result<Vec<PeriodTotals>, sqlx::Error> {
+    if subjects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = subjects.iter().map(|(id, _)| *id).collect();
+    let periods: Vec<&str> = subjects.iter().map(|(_, p)| p.as_str()).collect();
+    let starts: Vec<DateTime<Utc>> = subjects.iter().map(|(_, p)| p.start(at)).collect();
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT COALESCE(t.requests, 0), COALESCE(t.tokens, 0), COALESCE(t.cost_micros, 0) \
+         FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) WITH ORDINALITY \
+              AS w (subject_id, period, period_start, i) \
+         LEFT JOIN usage_totals t ON t.subject_id = w.subject_id AND t.period = w.period \
+              AND t.period_start = w.period_start \
+         ORDER BY w.i",
+    )
+    .bind(&ids)
+    .bind(&periods)
+    .bind(&starts)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .zip(starts)
+        .map(
+            |((requests, tokens, cost_micros), period_start)| PeriodTotals {
+                period_start,
+                requests,
+                tokens,
+                cost_micros,
+            },
+        )
+        .collect())
+}
+
+/// A model seen in usage that no price applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct UnpricedModel {
+    pub model: String,
+    pub requests: i64,
+    pub total_tokens: i64,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// The models recorded in usage with `from <= created_at < to` that the
+/// current price table leaves unpriced, judged by [`PriceTable`] (the
+/// gateway's rule: exact name, then the most specific glob), by model.
+pub async fn unpriced_models(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<UnpricedModel>, sqlx::Error> {
+    let prices = PriceTable::new(super::prices::list_prices(pool).await?);
+    let mut seen: Vec<UnpricedModel> = sqlx::query_as(
+        "SELECT model, count(*)::bigint AS requests, \
+         COALESCE(sum(total_tokens), 0)::bigint AS total_tokens, max(created_at) AS last_seen \
+         FROM usage_events WHERE created_at >= $1 AND created_at < $2 \
+         GROUP BY model ORDER BY model",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?;
+    seen.retain(|m| prices.price_for(&m.model).is_none());
+    Ok(seen)
 }

@@ -1,6 +1,11 @@
-//! Query tests against a real, throwaway PostgreSQL: keys, the change log and its NOTIFY, usage, nodes and the catalog.
+//! Query tests against a real, throwaway PostgreSQL: keys, the change log and its NOTIFY, usage, nodes and the catalog;
+//! teams, prices and the running usage totals in their own modules.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod prices;
+mod teams;
+mod totals;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -78,6 +83,7 @@ async fn a_created_key_is_found_by_hash_and_its_secret_is_stored_nowhere() {
         tpm_limit: Some(10_000),
         token_budget: Some(1_000_000),
         expires_at: Some(Utc::now() + chrono::Duration::days(30)),
+        ..NewKey::default()
     };
 
     let (key, generated) = keys::create_key(&pool, &new).await.unwrap();
