@@ -7,6 +7,7 @@ pub mod egress;
 pub mod glob;
 pub mod migrate;
 pub mod model;
+pub mod money;
 pub mod ops;
 pub mod pricing;
 pub mod process;

@@ -14,12 +14,6 @@ use uuid::Uuid;
 use crate::relay::Tokens;
 use crate::settings::PriceConfig;
 
-/// Micro-dollars in a dollar.
-const MICROS: f64 = 1_000_000.0;
-/// The largest price accepted, in dollars per million tokens: its
-/// micro-dollars must fit the database's `bigint` with room to spare.
-const MAX_USD: f64 = 1e12;
-
 /// The price table in use, swapped whole on reload.
 #[derive(Debug, Default, Clone)]
 pub struct SharedPrices(Arc<RwLock<Arc<PriceTable>>>);
@@ -94,29 +88,10 @@ pub fn table_from_settings(prices: &[PriceConfig]) -> Result<PriceTable, Invalid
     Ok(PriceTable::new(table))
 }
 
-/// Dollars to micro-dollars: finite, not negative, at most 6 decimal places
-/// (as the number is written: its shortest form that reads back the same).
+/// A price from the settings as micro-dollars
+/// ([`obleth_config::money::usd_to_micros`]), refused naming `field`.
 pub fn usd_to_micros(field: &str, usd: f64) -> Result<i64, InvalidSetting> {
-    if !usd.is_finite() {
-        return Err(InvalidSetting::new(field, "must be a finite number"));
-    }
-    if usd < 0.0 {
-        return Err(InvalidSetting::new(field, "must not be negative"));
-    }
-    if usd > MAX_USD {
-        return Err(InvalidSetting::new(field, "must be at most 1000000000000"));
-    }
-    let written = usd.to_string();
-    let decimals = written.split_once('.').map_or(0, |(_, d)| d.len());
-    if decimals > 6 {
-        return Err(InvalidSetting::new(
-            field,
-            "must have at most 6 decimal places (a micro-dollar)",
-        ));
-    }
-    // In range and with at most 6 decimals, the product is a whole number
-    // up to float rounding, which `round` removes.
-    Ok((usd * MICROS).round() as i64)
+    obleth_config::money::usd_to_micros(usd).map_err(|e| InvalidSetting::new(field, e.to_string()))
 }
 
 #[cfg(test)]
@@ -139,7 +114,7 @@ mod tests {
         assert_eq!(ok(0.0), 0);
         assert_eq!(ok(0.15), 150_000);
         assert_eq!(ok(3.0), 3_000_000);
-        assert_eq!(ok(1e12), 1_000_000_000_000_000_000);
+        assert_eq!(ok(1e9), 1_000_000_000_000_000);
         for (usd, message) in [
             (-0.5, "must not be negative"),
             (f64::NAN, "must be a finite number"),
@@ -152,7 +127,7 @@ mod tests {
                 1.2345678,
                 "must have at most 6 decimal places (a micro-dollar)",
             ),
-            (2e12, "must be at most 1000000000000"),
+            (2e9, "must be at most 1000000000 (US dollars)"),
         ] {
             let e = usd_to_micros("prices[0].input_per_mtok_usd", usd).unwrap_err();
             assert_eq!(e.field, "prices[0].input_per_mtok_usd", "{usd}");

@@ -9,45 +9,11 @@ use utoipa::ToSchema;
 
 use crate::error::AdminError;
 
-/// Micro-dollars in a dollar.
-pub const MICROS_PER_USD: i64 = 1_000_000;
-/// The largest dollar amount accepted: a billion, which keeps every amount
-/// with six decimal places within 15 significant digits, so the JSON number
-/// sent is read exactly.
-pub const MAX_USD: f64 = 1_000_000_000.0;
-
-/// A dollar amount from a request as micro-dollars. Refused with a 422
-/// naming `field`: a value that is not finite, negative, above [`MAX_USD`],
-/// or with more than 6 decimal places.
-///
-/// The decimal places are those of the shortest text that reads back as the
-/// same `f64` (Rust's `Display`), which is the text the client sent for every
-/// amount within the limits, so `0.29` is 290000 micro-dollars, not 289999.
+/// A dollar amount from a request as micro-dollars
+/// ([`obleth_config::money::usd_to_micros`]), refused with a 422 naming `field`.
 pub fn usd_micros(field: &str, usd: f64) -> Result<i64, AdminError> {
-    if !usd.is_finite() {
-        return Err(AdminError::validation(field, "must be a finite number"));
-    }
-    if usd < 0.0 {
-        return Err(AdminError::validation(field, "must not be negative"));
-    }
-    if usd > MAX_USD {
-        return Err(AdminError::validation(
-            field,
-            format!("must be at most {MAX_USD} (US dollars)"),
-        ));
-    }
-    let text = format!("{}", usd.abs());
-    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
-    if fraction.len() > 6 {
-        return Err(AdminError::validation(
-            field,
-            "must have at most 6 decimal places (a micro-dollar)",
-        ));
-    }
-    let digits = format!("{whole}{fraction:0<6}");
-    digits
-        .parse::<i64>()
-        .map_err(|_| AdminError::validation(field, "must be a number of US dollars"))
+    obleth_config::money::usd_to_micros(usd)
+        .map_err(|e| AdminError::validation(field, e.to_string()))
 }
 
 /// An optional amount: `None` stays `None`.
@@ -63,11 +29,9 @@ pub fn patch_usd_micros(
     usd.map(|v| opt_usd_micros(field, v)).transpose()
 }
 
-/// Micro-dollars as dollars, for answers. Exact for every amount below 2^53
-/// micro-dollars (about 9 billion dollars): the division rounds once, to the
-/// double nearest the decimal.
+/// Micro-dollars as dollars, for answers.
 pub fn usd(micros: i64) -> f64 {
-    micros as f64 / MICROS_PER_USD as f64
+    obleth_config::money::micros_to_usd(micros)
 }
 
 /// The period a budget resets on, at UTC boundaries.
@@ -153,44 +117,18 @@ impl Spend {
 mod tests {
     use super::*;
 
-    fn micros(v: f64) -> Result<i64, String> {
-        usd_micros("budget_usd", v).map_err(|e| {
-            assert_eq!(e.field(), Some("budget_usd"));
-            e.to_string()
-        })
-    }
-
     #[test]
-    fn dollar_amounts_become_exact_micro_dollars_or_are_refused() {
-        assert_eq!(micros(0.0), Ok(0));
-        assert_eq!(micros(-0.0), Ok(0));
-        assert_eq!(micros(12.5), Ok(12_500_000));
-        assert_eq!(micros(0.29), Ok(290_000));
-        assert_eq!(micros(0.000001), Ok(1));
-        assert_eq!(micros(2.5), Ok(2_500_000));
-        assert_eq!(micros(123.456789), Ok(123_456_789));
-        assert_eq!(micros(999_999_999.999999), Ok(999_999_999_999_999));
-        assert_eq!(micros(MAX_USD), Ok(1_000_000_000_000_000));
-        for bad in [
-            -0.01,
-            0.0000001,
-            1.1234567,
-            f64::NAN,
-            f64::INFINITY,
-            MAX_USD + 1.0,
+    fn a_refused_amount_names_its_field() {
+        assert_eq!(usd_micros("budget_usd", 0.29).unwrap(), 290_000);
+        for (bad, says) in [
+            (-1.0, "negative"),
+            (f64::NAN, "finite"),
+            (0.1234567, "6 decimal places"),
         ] {
-            assert!(micros(bad).is_err(), "{bad}");
+            let e = usd_micros("budget_usd", bad).unwrap_err();
+            assert_eq!(e.field(), Some("budget_usd"));
+            assert!(e.to_string().contains(says), "{e}");
         }
-        assert!(micros(f64::NAN).unwrap_err().contains("finite"));
-        assert!(micros(-1.0).unwrap_err().contains("negative"));
-        assert!(micros(0.1234567).unwrap_err().contains("6 decimal places"));
-    }
-
-    #[test]
-    fn micro_dollars_answer_as_the_decimal_dollars() {
-        assert_eq!(usd(12_500_000).to_string(), "12.5");
         assert_eq!(usd(290_000).to_string(), "0.29");
-        assert_eq!(usd(1).to_string(), "0.000001");
-        assert_eq!(usd(123_456_789).to_string(), "123.456789");
     }
 }
