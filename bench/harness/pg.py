@@ -61,7 +61,9 @@ class Cluster:
         except OSError:
             return ""
 
-    def start(self):
+    def start(self, extra_conf=""):
+        """initdb and start; `extra_conf` is appended to postgresql.conf (for
+        `shared_preload_libraries`, say)."""
         socket_dir = os.path.join(self.dir, "socket")
         os.mkdir(socket_dir)
         if self.as_postgres:
@@ -74,6 +76,7 @@ class Cluster:
             f"unix_socket_directories = '{socket_dir}'\n"
             "max_connections = 300\n"
             "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            + extra_conf
         )
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write(conf)

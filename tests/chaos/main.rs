@@ -7,8 +7,5 @@
 
 mod scenarios;
 
-use std::sync::LazyLock;
-
 /// Scenarios take this lock so that only one loads the machine at a time.
-pub static ONE_AT_A_TIME: LazyLock<tokio::sync::Mutex<()>> =
-    LazyLock::new(|| tokio::sync::Mutex::new(()));
+pub use obleth_e2e::ONE_AT_A_TIME;

@@ -1,5 +1,7 @@
 //! A fleet for a scenario: a migrated database, the mock upstream, a route and a
-//! key, three gateway processes and HAProxy in front of them.
+//! key, three gateway processes and HAProxy in front of them. [`Prepared`] is
+//! the first half, for a scenario that writes its own rows (keys, teams,
+//! prices) before any gateway starts, so that every gateway warms up with them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,7 +36,10 @@ pub struct FleetSpec {
     pub drain_delay_secs: u64,
     /// Streams take `stream_tokens` x `token_delay`.
     pub token_delay: Duration,
+    /// Completion tokens of every answer of the mock, streamed or not.
     pub stream_tokens: u32,
+    /// Appended to every gateway's settings file (whole sections).
+    pub extra_settings: String,
 }
 
 impl Default for FleetSpec {
@@ -45,12 +50,26 @@ impl Default for FleetSpec {
             drain_delay_secs: 1,
             token_delay: Duration::from_millis(50),
             stream_tokens: 40,
+            extra_settings: String::new(),
         }
     }
 }
 
-impl Fleet {
-    pub async fn start(database_url: &str, spec: &FleetSpec) -> anyhow::Result<Fleet> {
+/// The database and the upstream of a fleet whose gateways have not started.
+#[derive(Debug)]
+pub struct Prepared {
+    pub dir: TempDir,
+    pub pool: PgPool,
+    pub upstream: MockUpstream,
+    /// The whole key of the key named `load`.
+    pub key: String,
+    database_url: String,
+}
+
+impl Prepared {
+    /// Migrates the database, starts the mock upstream, and writes provider
+    /// `mock`, route `m` and key `load`.
+    pub async fn new(database_url: &str, spec: &FleetSpec) -> anyhow::Result<Prepared> {
         let pool = db::migrate(database_url).await?;
         let upstream = MockUpstream::start(MockConfig {
             token_delay: spec.token_delay,
@@ -64,15 +83,33 @@ impl Fleet {
         };
         db::provider_and_route(&pool, &provider, "m").await?;
         let (_, key) = db::key(&pool, |k| k.name = "load".to_owned()).await?;
-        let dir = tempfile::tempdir()?;
+        Ok(Prepared {
+            dir: tempfile::tempdir()?,
+            pool,
+            upstream,
+            key,
+            database_url: database_url.to_owned(),
+        })
+    }
+
+    /// Starts the gateways, waits until each is ready, and puts HAProxy in front.
+    pub async fn launch(self, spec: &FleetSpec) -> anyhow::Result<Fleet> {
+        let Prepared {
+            dir,
+            pool,
+            upstream,
+            key,
+            database_url,
+        } = self;
         let mut gateways = Vec::new();
         for i in 0..spec.gateways {
-            let mut g = GatewayProc::new(
+            let mut g = GatewayProc::with_settings(
                 dir.path(),
                 &format!("gw{}", i + 1),
                 spec.gateway_binary.clone(),
-                database_url,
+                &database_url,
                 spec.drain_delay_secs,
+                &spec.extra_settings,
             )?;
             g.start()?;
             gateways.push(g);
@@ -89,6 +126,12 @@ impl Fleet {
             haproxy,
             key,
         })
+    }
+}
+
+impl Fleet {
+    pub async fn start(database_url: &str, spec: &FleetSpec) -> anyhow::Result<Fleet> {
+        Prepared::new(database_url, spec).await?.launch(spec).await
     }
 
     pub fn load_spec(&self, rate: u32, stream_every: u32) -> LoadSpec {

@@ -1,11 +1,22 @@
-//! Support for the end-to-end and chaos tests: obleth processes, HAProxy in
-//! front of them, and a fixed-rate load generator that accounts for every request.
+//! Support for the end-to-end, chaos and governance tests: obleth processes,
+//! HAProxy in front of them, a fixed-rate load generator that accounts for
+//! every request, bursts that keep every answer, and the governance rows.
 
+pub mod burst;
+pub mod clock;
 pub mod fleet;
+pub mod governance;
 pub mod haproxy;
 pub mod load;
 pub mod previous;
 pub mod procs;
+
+use std::sync::LazyLock;
+
+/// Scenarios that load the machine take this lock so that only one of a test
+/// binary's scenarios runs at a time: they share two cores.
+pub static ONE_AT_A_TIME: LazyLock<tokio::sync::Mutex<()>> =
+    LazyLock::new(|| tokio::sync::Mutex::new(()));
 
 /// Writes a line of evidence straight to stderr, past the test harness's
 /// output capture, so CI logs show every scenario's counts even when it passes.

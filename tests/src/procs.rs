@@ -31,6 +31,19 @@ impl GatewayProc {
         database_url: &str,
         drain_delay_secs: u64,
     ) -> anyhow::Result<Self> {
+        Self::with_settings(dir, name, binary, database_url, drain_delay_secs, "")
+    }
+
+    /// Like [`GatewayProc::new`], with `extra` (whole sections) appended to
+    /// the settings file.
+    pub fn with_settings(
+        dir: &Path,
+        name: &str,
+        binary: PathBuf,
+        database_url: &str,
+        drain_delay_secs: u64,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let (port, ops) = (free_port(), free_port());
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -39,7 +52,7 @@ impl GatewayProc {
                 "[server]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\n\
                  drain_delay_secs = {drain_delay_secs}\ndrain_timeout_secs = 30\nnode_id = \"{name}\"\nheartbeat_secs = 1\n\n\
                  [cache]\npoll_interval_secs = 2\n\n[usage]\nflush_interval_ms = 100\n\n\
-                 [database]\nmax_connections = 5\nacquire_timeout_ms = 1000\n"
+                 [database]\nmax_connections = 5\nacquire_timeout_ms = 1000\n\n{extra}"
             ),
         )?;
         Ok(GatewayProc {
@@ -76,6 +89,21 @@ impl GatewayProc {
         obleth_testkit::poll::wait_ready(SocketAddr::from(([127, 0, 0, 1], self.ops)), limit)
             .await
             .with_context(|| format!("{} not ready; log:\n{}", self.name, self.log_tail()))
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the proxy listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The ops listener's health detail (`/api/v1/health`): status and body.
+    pub async fn health(&self) -> (u16, serde_json::Value) {
+        obleth_testkit::http::get_json(&format!(
+            "http://127.0.0.1:{}{}",
+            self.ops,
+            obleth_config::ops::paths::HEALTH
+        ))
+        .await
     }
 
     fn signal(&self, sig: Signal) -> anyhow::Result<()> {
