@@ -20,10 +20,13 @@ const OUTAGE_RPM_LIMIT: i32 = 30;
 const OUTAGE_SENT: usize = 60;
 const OUTAGE_ADMITTED: std::ops::RangeInclusive<usize> = 8..=14;
 
-/// Whether a health body names the limits (or the quota) among its reasons.
+/// Whether a health body says the limits fell back to this gateway's share.
 fn names_the_limits(body: &Value) -> bool {
-    let text = body.to_string().to_lowercase();
-    text.contains("limit") || text.contains("quota")
+    let limits = &body["checks"]["limits"];
+    limits["status"] == "fallback"
+        && limits["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("live gateways"))
 }
 
 /// Polls `g`'s health until `done` holds for it or `deadline` passes; answers
