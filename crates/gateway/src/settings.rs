@@ -175,7 +175,8 @@ pub struct CacheSettings {
     pub miss_lookups_per_sec: u32,
     /// The safety-net poll of the change log, in seconds.
     pub poll_interval_secs: u64,
-    /// How often per-key token totals are re-read for budgets, in seconds.
+    /// Ignored: budgets are kept by the shared quota counters (`[limits]`),
+    /// not re-read. Accepted so that existing settings files still load.
     pub budget_refresh_secs: u64,
 }
 

@@ -1,7 +1,5 @@
-//! Usage events: the gateway's idempotent batch insert, the token totals behind budgets, and the admin's reports
+//! Usage events: the gateway's idempotent batch insert and the admin's reports
 //! (totals with their cost, records, the current period's running totals, models without a price).
-
-use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -55,30 +53,6 @@ pub async fn insert_usage(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, s
     }
     tx.commit().await?;
     Ok(inserted)
-}
-
-/// Tokens used so far by each key that has a token budget, all time. Keys with
-/// a budget and no usage are absent (they have used 0).
-pub async fn tokens_used_by_keys(pool: &PgPool) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT u.key_id, COALESCE(sum(u.total_tokens), 0)::bigint \
-         FROM usage_events u JOIN api_keys k ON k.id = u.key_id \
-         WHERE k.token_budget IS NOT NULL \
-         GROUP BY u.key_id",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().collect())
-}
-
-/// Tokens used so far by key `key_id`, all time; 0 when it has no usage.
-pub async fn tokens_used_by_key(pool: &PgPool, key_id: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT COALESCE(sum(total_tokens), 0)::bigint FROM usage_events WHERE key_id = $1",
-    )
-    .bind(key_id)
-    .fetch_one(pool)
-    .await
 }
 
 /// What usage totals are grouped by.

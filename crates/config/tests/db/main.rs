@@ -442,43 +442,6 @@ async fn a_usage_batch_larger_than_one_chunk_is_stored_whole() {
     assert_eq!(usage_rows(&pool).await, 2500);
 }
 
-#[tokio::test]
-async fn tokens_used_are_summed_for_keys_with_a_budget() {
-    let (_db, pool) = migrated().await;
-    let budgeted = NewKey {
-        token_budget: Some(1000),
-        ..named("budgeted")
-    };
-    let (a, _) = keys::create_key(&pool, &budgeted).await.unwrap();
-    let (b, _) = keys::create_key(&pool, &budgeted).await.unwrap();
-    let (unbudgeted, _) = keys::create_key(&pool, &named("free")).await.unwrap();
-    let (idle, _) = keys::create_key(&pool, &budgeted).await.unwrap();
-    let events = vec![
-        usage_event(Some(a.id), Some(100)),
-        usage_event(Some(a.id), Some(23)),
-        usage_event(Some(a.id), None),
-        usage_event(Some(b.id), Some(7)),
-        usage_event(Some(unbudgeted.id), Some(50)),
-        usage_event(None, Some(999)),
-        usage_event(Some(Uuid::new_v4()), Some(5)),
-    ];
-    usage::insert_usage(&pool, &events).await.unwrap();
-
-    let used = usage::tokens_used_by_keys(&pool).await.unwrap();
-
-    assert_eq!(used.len(), 2, "{used:?}");
-    assert_eq!(used[&a.id], 123);
-    assert_eq!(used[&b.id], 7);
-    assert_eq!(usage::tokens_used_by_key(&pool, a.id).await.unwrap(), 123);
-    assert_eq!(
-        usage::tokens_used_by_key(&pool, unbudgeted.id)
-            .await
-            .unwrap(),
-        50
-    );
-    assert_eq!(usage::tokens_used_by_key(&pool, idle.id).await.unwrap(), 0);
-}
-
 fn node(id: &str, service: &str, version: &str) -> NodeInfo {
     NodeInfo {
         node_id: id.to_owned(),
