@@ -6,10 +6,11 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-/// The release before the current one: the last revision without the key
-/// rotation migrations (2 and 3), so the current schema has expand migrations
-/// this gateway does not know.
-pub const PREVIOUS_REVISION: &str = "3d218db";
+/// The release before the current one: the last revision without the fleet
+/// governance migration (teams, prices, usage totals, quota counters), so
+/// the current schema has an expand migration this gateway does not know,
+/// and a trigger on the usage table it writes.
+pub const PREVIOUS_REVISION: &str = "395f34c";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
