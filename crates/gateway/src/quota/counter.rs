@@ -9,13 +9,17 @@
 //! sync ([`Counter::begin_sync`], [`Counter::finish_sync`]) trades debts for
 //! fresh leases.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use obleth_config::db::quota::LeaseGrant;
 
-/// A lease is never more than this many times one request's amount, so
-/// one gateway cannot hold quota another needs for long.
+/// A lease is at most this many times one request's amount, or what this
+/// gateway takes in [`LEASE_HORIZON`] at its recent rate if that is more,
+/// so one gateway cannot hold quota another needs for long.
 const MAX_LEASE_REQUESTS: i64 = 16;
+/// How much of a busy counter's own traffic a lease may cover: long enough
+/// that a refill round trip under load never leaves it empty.
+const LEASE_HORIZON: Duration = Duration::from_millis(500);
 
 /// How a counter admits right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,11 @@ pub struct Counter {
     /// The charge a sync under way has taken from the balance.
     pub in_flight: Option<i64>,
     pub last_activity: Instant,
+    /// Taken since `rate_since`, to size leases by this gateway's rate.
+    taken_recently: i64,
+    rate_since: Instant,
+    /// Taken per second here, as of the last sync.
+    rate_per_sec: f64,
 }
 
 impl Counter {
@@ -71,7 +80,18 @@ impl Counter {
             wants_sync: false,
             in_flight: None,
             last_activity: now,
+            taken_recently: 0,
+            rate_since: now,
+            rate_per_sec: 0.0,
         }
+    }
+
+    /// Carries the previous window's pace over to this one: the rate and
+    /// request size that size the first lease.
+    pub fn follow(&mut self, previous: &Counter) {
+        self.rate_per_sec = previous.rate_per_sec;
+        self.demand = previous.demand;
+        self.last_grant = previous.last_grant;
     }
 
     /// Takes `amount` or refuses. A refusal in shared mode asks the sync to
@@ -103,6 +123,7 @@ impl Counter {
         }
         self.balance -= amount;
         self.admitted_here += amount;
+        self.taken_recently += amount;
         if matches!(how, Admit::Local { .. }) {
             self.offline_taken += amount;
         }
@@ -133,12 +154,26 @@ impl Counter {
 
     /// How much lease to ask for: a share of the headroom the fleet last
     /// reported, split over twice the live gateways so that one gateway never
-    /// holds most of what is left, between one and [`MAX_LEASE_REQUESTS`]
-    /// requests' worth.
+    /// holds most of what is left, between one request's worth and the more
+    /// of [`MAX_LEASE_REQUESTS`] requests' worth and what this gateway took
+    /// in [`LEASE_HORIZON`] at its recent rate.
     pub fn lease_size(&self, live_gateways: i64) -> i64 {
         let headroom = (self.ceiling - self.fleet_used).max(0);
         let share = headroom / (2 * live_gateways.max(1));
-        share.clamp(self.demand, self.demand * MAX_LEASE_REQUESTS)
+        let by_rate = (self.rate_per_sec * LEASE_HORIZON.as_secs_f64()).ceil() as i64;
+        let most = (self.demand.saturating_mul(MAX_LEASE_REQUESTS)).max(by_rate);
+        share.clamp(self.demand, most.max(self.demand))
+    }
+
+    /// Updates the rate this gateway takes at, from what it took since the
+    /// last update.
+    fn measure_rate(&mut self, now: Instant) {
+        let elapsed = now.duration_since(self.rate_since).as_secs_f64();
+        if elapsed >= 0.01 {
+            self.rate_per_sec = self.taken_recently.max(0) as f64 / elapsed;
+            self.taken_recently = 0;
+            self.rate_since = now;
+        }
     }
 
     /// Starts a sync of this counter: answers the charge (its debt, or with
@@ -150,6 +185,7 @@ impl Counter {
             return None;
         }
         let wants_more = std::mem::take(&mut self.wants_sync);
+        self.measure_rate(Instant::now());
         let (charge, want) = if hand_back && self.balance > 0 {
             (-self.balance, 0)
         } else {
@@ -323,6 +359,13 @@ mod tests {
         c.ceiling = 1_000_000;
         c.fleet_used = 0;
         assert_eq!(c.lease_size(3), 8000);
+        // A busy counter leases half a second of its own traffic.
+        c.demand = 1;
+        c.ceiling = 1_000_000;
+        c.rate_per_sec = 3000.0;
+        assert_eq!(c.lease_size(3), 1500);
+        c.ceiling = 600;
+        assert_eq!(c.lease_size(3), 100, "never more than the share");
     }
 
     #[test]

@@ -34,10 +34,32 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use counter::{Admit, Counter};
 
-/// Requests a gateway may admit beyond its lease while the fleet's counter is
-/// not known to be spent (per counter); tokens and spend may overdraw one
-/// request's reservation.
+/// Requests a gateway may always admit beyond its lease while the fleet's
+/// counter is not known to be spent (per counter); tokens and spend may
+/// always overdraw one request's reservation.
 pub const REQUEST_OVERDRAFT: i64 = 2;
+
+/// A larger limit allows a larger overdraft, so that a key's first requests
+/// on a gateway (before its first lease arrives) are not refused: up to this
+/// many requests or reservations...
+const OVERDRAFT_MAX_REQUESTS: i64 = 16;
+/// ...as long as the whole fleet's overdraft stays within this share of
+/// the limit.
+const OVERDRAFT_SHARE_OF_LIMIT: i64 = 10;
+
+/// What a gateway may admit beyond its lease on a counter of `limit` for
+/// requests of `amount`: the base (two requests, or one reservation), or,
+/// when more, up to 16 requests' worth as long as the live gateways together
+/// stay within a tenth of the limit.
+pub fn overdraft(dimension: Dimension, limit: i64, amount: i64, live_gateways: i64) -> i64 {
+    let base = if dimension == Dimension::Requests {
+        REQUEST_OVERDRAFT
+    } else {
+        amount
+    };
+    let share = limit / (OVERDRAFT_SHARE_OF_LIMIT * live_gateways.max(1));
+    base.max(share.min(amount.saturating_mul(OVERDRAFT_MAX_REQUESTS)))
+}
 
 /// What a request is expected to use, reserved at admission.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -234,15 +256,30 @@ impl Quota {
         now: Instant,
     ) -> Arc<Mutex<Counter>> {
         let mut counters = self.0.counters.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(
-            &counters
-                .entry(id)
-                .or_insert_with(|| Slot {
-                    counter: Arc::new(Mutex::new(Counter::new(limit, now))),
-                    period,
-                })
-                .counter,
-        )
+        if let Some(slot) = counters.get(&id) {
+            return Arc::clone(&slot.counter);
+        }
+        // A new minute starts from the previous minute's pace here, so its
+        // first lease is sized for the traffic it will see.
+        let mut counter = Counter::new(limit, now);
+        if period.is_none() {
+            let previous = CounterId {
+                window: id.window - 60,
+                ..id
+            };
+            if let Some(slot) = counters.get(&previous) {
+                counter.follow(&slot.counter.lock().unwrap_or_else(|e| e.into_inner()));
+            }
+        }
+        let counter = Arc::new(Mutex::new(counter));
+        counters.insert(
+            id,
+            Slot {
+                counter: Arc::clone(&counter),
+                period,
+            },
+        );
+        counter
     }
 
     fn peek(&self, id: &CounterId) -> Option<Arc<Mutex<Counter>>> {
@@ -275,7 +312,12 @@ impl Quota {
         }
         if !self.in_fallback() {
             return Admit::Shared {
-                overdraft: shared_overdraft,
+                overdraft: shared_overdraft.max(overdraft(
+                    check.dimension,
+                    check.limit,
+                    check.amount,
+                    self.live_gateways(),
+                )),
             };
         }
         let live = self.live_gateways();
@@ -697,6 +739,19 @@ mod tests {
         };
         drop(quota.admit_at(&k, None, demand, t).unwrap());
         assert!(quota.admit_at(&k, None, demand, t).is_ok());
+    }
+
+    #[test]
+    fn the_overdraft_grows_with_the_limit_up_to_a_tenth_of_it() {
+        use Dimension::*;
+        assert_eq!(overdraft(Requests, 60, 1, 3), 2);
+        assert_eq!(overdraft(Requests, 30, 1, 2), 2);
+        assert_eq!(overdraft(Requests, 600, 1, 3), 20.min(16));
+        assert_eq!(overdraft(Requests, 300, 1, 3), 10);
+        assert_eq!(overdraft(Requests, 1_000_000, 1, 3), 16);
+        assert_eq!(overdraft(Tokens, 1_000, 500, 3), 500, "one reservation");
+        assert_eq!(overdraft(Tokens, 1_000_000, 1_000, 2), 16_000);
+        assert_eq!(overdraft(BudgetMicros, 90_000, 1_000, 3), 3_000);
     }
 
     #[test]
