@@ -341,6 +341,7 @@ async fn start_with_database(
         state.quota.clone(),
         pool.clone(),
         state.health.clone(),
+        state.metrics.clone(),
         state.settings.limits.sync_interval(),
         stop.clone(),
     ));

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub usage_dropped: IntCounterVec,
     pub streams_cut: IntCounter,
     pub rejected: IntCounterVec,
+    /// Quota lease calls by outcome (`ok`, `error`).
+    pub quota_lease_calls: IntCounterVec,
+    /// 1 while limits fall back to this gateway's share.
+    pub quota_fallback: IntGauge,
     /// Both listeners' connection metrics (`listener` is `proxy` or `ops`).
     pub connections: ConnectionMetrics,
 }
@@ -163,6 +167,17 @@ impl Metrics {
                 ),
                 &["code"],
             )),
+            quota_lease_calls: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_quota_lease_calls_total",
+                    "Batched calls to the shared quota counters, by outcome (ok, error).",
+                ),
+                &["outcome"],
+            )),
+            quota_fallback: must(IntGauge::new(
+                "obleth_quota_fallback",
+                "1 while the quota database is unreachable and each limit falls back to this gateway's share.",
+            )),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -186,6 +201,8 @@ impl Metrics {
             Box::new(m.usage_dropped.clone()),
             Box::new(m.streams_cut.clone()),
             Box::new(m.rejected.clone()),
+            Box::new(m.quota_lease_calls.clone()),
+            Box::new(m.quota_fallback.clone()),
         ];
         register_all(&m.registry, collectors);
         m

@@ -746,7 +746,7 @@ mod tests {
         use Dimension::*;
         assert_eq!(overdraft(Requests, 60, 1, 3), 2);
         assert_eq!(overdraft(Requests, 30, 1, 2), 2);
-        assert_eq!(overdraft(Requests, 600, 1, 3), 20.min(16));
+        assert_eq!(overdraft(Requests, 600, 1, 3), 16, "20 capped at 16");
         assert_eq!(overdraft(Requests, 300, 1, 3), 10);
         assert_eq!(overdraft(Requests, 1_000_000, 1, 3), 16);
         assert_eq!(overdraft(Tokens, 1_000, 500, 3), 500, "one reservation");

@@ -137,6 +137,7 @@ async fn an_rpm_limit_holds_across_two_gateways_and_one_gateway_gets_all_of_it()
     .await
     .unwrap();
     assert!(used > 0, "the fleet's counters live in the database");
+    assert!(metric(&a, "obleth_quota_lease_calls_total", &[("outcome", "ok")]).await >= 1.0);
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
@@ -274,6 +275,7 @@ async fn with_the_database_down_each_gateway_admits_its_share_and_health_says_wh
     let health = get_json(&a.ops_url("/api/v1/health")).await.1;
     let detail = health["checks"]["limits"]["detail"].as_str().unwrap();
     assert!(detail.contains("2 live gateways"), "{detail}");
+    assert_eq!(metric(&a, "obleth_quota_fallback", &[]).await, 1.0);
 
     within_one_minute(15).await;
     let n = admitted(&burst(&[&a], &[&secret], 40, 4).await);
@@ -285,6 +287,21 @@ async fn with_the_database_down_each_gateway_admits_its_share_and_health_says_wh
         health["checks"]["limits"]["status"] == "shared"
     })
     .await;
+    assert_eq!(metric(&a, "obleth_quota_fallback", &[]).await, 0.0);
+    // What was admitted while the database was away is charged to the
+    // fleet's counter once it is back.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    wait_until(Duration::from_secs(10), "the outage's admissions charged", || async {
+        let used: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(sum(used), 0)::bigint FROM quota_counters WHERE dimension = 'requests'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        used >= 10
+    })
+    .await;
+    assert!(metric(&a, "obleth_quota_lease_calls_total", &[("outcome", "ok")]).await >= 1.0);
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
