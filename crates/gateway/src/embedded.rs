@@ -56,6 +56,11 @@ pub fn key_from_config(k: &KeyConfig) -> Result<ApiKey, EmbeddedError> {
         rpm_limit: k.rpm_limit,
         tpm_limit: k.tpm_limit,
         token_budget: k.token_budget,
+        // Checked by `GatewaySettings::validate`, which every load runs.
+        budget_usd_micros: k
+            .budget_usd
+            .and_then(|usd| obleth_config::money::usd_to_micros(usd).ok()),
+        budget_period: k.budget_period,
         expires_at: k.expires_at,
         revoked_at: k.revoked.then_some(now),
         created_at: now,
@@ -63,8 +68,6 @@ pub fn key_from_config(k: &KeyConfig) -> Result<ApiKey, EmbeddedError> {
         previous_secret_hash: None,
         previous_expires_at: None,
         team_id: None,
-        budget_usd_micros: None,
-        budget_period: Default::default(),
     })
 }
 

@@ -281,7 +281,7 @@ pub struct TargetConfig {
 
 /// An API key in the embedded configuration: its public id and the SHA-256 of
 /// its secret, never the secret (`obleth-gateway key` prints both).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     #[serde(default)]
@@ -299,6 +299,13 @@ pub struct KeyConfig {
     pub tpm_limit: Option<i32>,
     #[serde(default)]
     pub token_budget: Option<i64>,
+    /// Spend budget in US dollars (at most 6 decimal places), priced with
+    /// `[[prices]]`.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// The period both budgets reset on: `day`, `week`, `month` or `total`.
+    #[serde(default)]
+    pub budget_period: obleth_config::model::BudgetPeriod,
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -460,6 +467,9 @@ impl GatewaySettings {
         let mut ids = std::collections::HashSet::new();
         for (i, k) in self.keys.iter().enumerate() {
             visible(format!("keys[{i}].name"), &k.name)?;
+            if let Some(usd) = k.budget_usd {
+                crate::pricing::usd_to_micros(&format!("keys[{i}].budget_usd"), usd)?;
+            }
             if let Some(owner) = &k.owner {
                 visible(format!("keys[{i}].owner"), owner)?;
             }

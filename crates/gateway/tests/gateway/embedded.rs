@@ -688,3 +688,55 @@ async fn a_bad_embedded_file_is_refused_at_build_with_a_typed_error_naming_the_e
         StartError::Embedded(EmbeddedError::KeyHash { public_id: ref id }) if *id == public_id
     ));
 }
+
+#[tokio::test]
+async fn an_embedded_spend_budget_is_priced_and_refused_until_its_day_ends() {
+    // $1 per million tokens both ways; the mock answers 2 + 16 tokens, so a
+    // request costs 18 micro-dollars against a budget of 100.
+    let (key, secret) = file_key(|k| {
+        k.budget_usd = Some(0.0001);
+        k.budget_period = obleth_config::model::BudgetPeriod::Day;
+    });
+    let mut settings = embedded_settings(vec![key]);
+    settings.prices = vec![obleth_gateway::settings::PriceConfig {
+        model: "m".to_owned(),
+        input_per_mtok_usd: 1.0,
+        output_per_mtok_usd: 1.0,
+    }];
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+    let mut admitted = 0;
+    let refused = loop {
+        let answer = chat(&gw, &secret, "m").await;
+        if answer.status != 200 {
+            break answer;
+        }
+        admitted += 1;
+        assert!(admitted < 20, "the budget never ran out");
+    };
+    // 18 micro-dollars a request: the sixth starts at 90 of 100 and spends
+    // past it (a reservation may overdraw what is left once), the seventh is
+    // refused.
+    assert_eq!(admitted, 6);
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.error_code(), "budget_exceeded");
+    assert!(
+        refused.text().contains("spend budget"),
+        "{}",
+        refused.text()
+    );
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=86_400).contains(&retry),
+        "retry-after {retry} is the rest of the day"
+    );
+    gw.stop().await.unwrap();
+}
+
+#[test]
+fn an_embedded_spend_budget_is_checked_naming_the_field() {
+    let (key, _) = file_key(|k| k.budget_usd = Some(-1.0));
+    let error = embedded_settings(vec![key]).validate().unwrap_err();
+    assert_eq!(error.field, "keys[0].budget_usd");
+    assert_eq!(error.message, "must not be negative");
+}

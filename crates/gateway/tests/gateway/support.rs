@@ -143,6 +143,8 @@ pub fn file_key(edit: impl FnOnce(&mut KeyConfig)) -> (KeyConfig, String) {
         rpm_limit: None,
         tpm_limit: None,
         token_budget: None,
+        budget_usd: None,
+        budget_period: Default::default(),
         expires_at: None,
         revoked: false,
     };
