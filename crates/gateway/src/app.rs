@@ -340,7 +340,6 @@ async fn start_with_database(
     tokio::spawn(crate::quota::sync::run(
         state.quota.clone(),
         pool.clone(),
-        state.health.clone(),
         state.metrics.clone(),
         state.settings.limits.sync_interval(),
         stop.clone(),

@@ -19,8 +19,6 @@ pub struct Health {
 struct CacheFacts {
     warmed: AtomicBool,
     feed_confirmed: RwLock<Option<Instant>>,
-    /// Why limits fall back to this gateway's share, while they do.
-    limits_fallback: RwLock<Option<String>>,
 }
 
 impl Deref for Health {
@@ -66,24 +64,6 @@ impl Health {
             .feed_confirmed
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-    }
-
-    /// Limits fall back to this gateway's share (`Some(reason)`) or are
-    /// shared by the fleet again (`None`).
-    pub fn set_limits_fallback(&self, reason: Option<String>) {
-        *self
-            .cache
-            .limits_fallback
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = reason;
-    }
-
-    pub fn limits_fallback(&self) -> Option<String> {
-        self.cache
-            .limits_fallback
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// Seconds since the feed last confirmed the cache, if it ever did.

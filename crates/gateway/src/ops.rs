@@ -56,7 +56,7 @@ async fn health(State(state): State<AppState>) -> Response {
         }
     };
     let staleness = state.health.feed_staleness_secs();
-    let limits_fallback = state.health.limits_fallback();
+    let limits_fallback = state.quota.fallback_reason();
     let limits = if !state.quota.enabled() {
         json!({"status": "disabled", "detail": "limits.enabled is false: no rate limit or budget is enforced"})
     } else if state.pool.is_none() {
@@ -104,6 +104,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .cache_entries
         .set(i64::try_from(state.keys.len()).unwrap_or(i64::MAX));
+    state
+        .metrics
+        .quota_fallback
+        .set(i64::from(state.quota.in_fallback()));
     if let Some(s) = state.health.feed_staleness_secs() {
         state.metrics.feed_staleness_seconds.set(s);
     }

@@ -168,6 +168,16 @@ impl Quota {
         self.0.fallback.load(Ordering::Acquire)
     }
 
+    /// Why limits fall back to this gateway's share, while they do.
+    pub fn fallback_reason(&self) -> Option<String> {
+        self.in_fallback().then(|| {
+            format!(
+                "quota database unreachable: each limit falls back to this gateway's share (limit / {} live gateways)",
+                self.live_gateways()
+            )
+        })
+    }
+
     pub fn live_gateways(&self) -> i64 {
         self.0.live.load(Ordering::Acquire).max(1)
     }
@@ -205,21 +215,26 @@ impl Quota {
         };
         let mut urgent = false;
         let mut refusal = None;
-        for check in &checks {
-            let window = match check.period {
-                Some(period) => unix(period.start(now_utc)),
-                None => minute_start(now_utc),
-            };
-            let id = CounterId {
-                subject: check.subject,
-                dimension: check.dimension,
-                window,
-            };
+        // What is left of each rate limit, as the counter stood once this
+        // request was judged, for the `x-ratelimit-*` headers.
+        let mut left: Vec<(Dimension, i64, i64)> = Vec::new();
+        for (i, check) in checks.iter().enumerate() {
+            let id = self.counter_id(check, now_utc);
             let counter = self.counter(id, check.limit, check.period, now);
-            let how = self.admit_mode(&id, check, now_utc);
+            // Read before the counter is locked: the previous minute's
+            // counter is another lock.
+            let carry = if !self.0.database && check.dimension.per_minute() {
+                self.carry(&id, now_utc)
+            } else {
+                0
+            };
             let mut c = counter.lock().unwrap_or_else(|e| e.into_inner());
+            let how = self.admit_mode(check, &c, carry);
             c.limit = check.limit;
             let taken = c.take(check.amount, how, now);
+            if check.dimension.per_minute() {
+                left.push((check.dimension, check.limit, c.remaining(how)));
+            }
             let queue = c.wants_sync;
             urgent |= taken && queue && !c.exhausted;
             drop(c);
@@ -227,7 +242,7 @@ impl Quota {
                 self.queue(id);
             }
             if !taken {
-                refusal = Some((check, how));
+                refusal = Some((check, i));
                 break;
             }
             admission.takes.push(Take {
@@ -240,12 +255,45 @@ impl Quota {
         if urgent && self.0.database {
             self.0.wake.notify_one();
         }
-        admission.headers = self.headers(&checks, now_utc);
-        if let Some((check, _)) = refusal {
+        if let Some((check, i)) = refusal {
+            // The rate limits after the refusing one were not judged; their
+            // headers say where they stand.
+            for later in checks[i + 1..].iter().filter(|c| c.dimension.per_minute()) {
+                left.push((later.dimension, later.limit, self.remaining(later, now_utc)));
+            }
             admission.roll_back();
-            return Err(refusal_error(check, now_utc, admission.headers.clone()));
+            return Err(refusal_error(check, now_utc, headers(&left, now_utc)));
         }
+        admission.headers = headers(&left, now_utc);
         Ok(admission)
+    }
+
+    fn counter_id(&self, check: &Check, now_utc: DateTime<Utc>) -> CounterId {
+        let window = match check.period {
+            Some(period) => unix(period.start(now_utc)),
+            None => minute_start(now_utc),
+        };
+        CounterId {
+            subject: check.subject,
+            dimension: check.dimension,
+            window,
+        }
+    }
+
+    /// What is left of a rate limit this request did not judge: the whole
+    /// limit when this gateway holds no counter for it yet.
+    fn remaining(&self, check: &Check, now_utc: DateTime<Utc>) -> i64 {
+        let id = self.counter_id(check, now_utc);
+        let Some(counter) = self.peek(&id) else {
+            return check.limit;
+        };
+        let carry = if self.0.database {
+            0
+        } else {
+            self.carry(&id, now_utc)
+        };
+        let c = counter.lock().unwrap_or_else(|e| e.into_inner());
+        c.remaining(self.admit_mode(check, &c, carry))
     }
 
     fn counter(
@@ -289,45 +337,29 @@ impl Quota {
 
     /// How `check` is admitted now: alone (embedded), by this gateway's
     /// share (database away), or from the lease.
-    fn admit_mode(&self, id: &CounterId, check: &Check, now_utc: DateTime<Utc>) -> Admit {
+    /// `carry`: in embedded mode, the previous minute's weighted admissions.
+    fn admit_mode(&self, check: &Check, c: &Counter, carry: i64) -> Admit {
         let per_minute = check.dimension.per_minute();
         // Requests are counted exactly when counting alone; a token or spend
         // reservation may overdraw what is left once, so that a request
         // without max_tokens can still spend the last of a budget.
-        let (local_overdraft, shared_overdraft) = if check.dimension == Dimension::Requests {
-            (0, REQUEST_OVERDRAFT)
+        let local_overdraft = if check.dimension == Dimension::Requests {
+            0
         } else {
-            (check.amount, check.amount)
+            check.amount
         };
         if !self.0.database {
-            let carry = if per_minute {
-                self.carry(id, now_utc)
-            } else {
-                0
-            };
             return Admit::Local {
                 allowance: check.limit - carry,
                 overdraft: local_overdraft,
             };
         }
+        let live = self.live_gateways();
         if !self.in_fallback() {
             return Admit::Shared {
-                overdraft: shared_overdraft.max(overdraft(
-                    check.dimension,
-                    check.limit,
-                    check.amount,
-                    self.live_gateways(),
-                )),
+                overdraft: overdraft(check.dimension, check.limit, check.amount, live),
             };
         }
-        let live = self.live_gateways();
-        let Some(counter) = self.peek(id) else {
-            return Admit::Local {
-                allowance: 0,
-                overdraft: 0,
-            };
-        };
-        let c = counter.lock().unwrap_or_else(|e| e.into_inner());
         let allowance = if per_minute {
             // This window's share, less what was admitted here before the
             // database went away.
@@ -367,58 +399,42 @@ impl Quota {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id);
     }
+}
 
-    /// The `x-ratelimit-*` headers: for requests and tokens, the limit and
-    /// what remains of the stricter of the key's and the team's counters.
-    fn headers(&self, checks: &[Check], now_utc: DateTime<Utc>) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        let reset = 60 - now_utc.timestamp().rem_euclid(60);
-        for (dimension, suffix) in [
-            (Dimension::Requests, "requests"),
-            (Dimension::Tokens, "tokens"),
-        ] {
-            let mut strictest: Option<(i64, i64)> = None;
-            for check in checks.iter().filter(|c| c.dimension == dimension) {
-                let id = CounterId {
-                    subject: check.subject,
-                    dimension,
-                    window: minute_start(now_utc),
-                };
-                let remaining = match self.peek(&id) {
-                    Some(counter) => {
-                        let how = self.admit_mode(&id, check, now_utc);
-                        counter
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remaining(how)
-                            .min(check.limit)
-                    }
-                    None => check.limit,
-                };
-                if strictest.is_none_or(|(_, r)| remaining < r) {
-                    strictest = Some((check.limit, remaining));
-                }
-            }
-            if let Some((limit, remaining)) = strictest {
-                put(
-                    &mut headers,
-                    &format!("x-ratelimit-limit-{suffix}"),
-                    limit.to_string(),
-                );
-                put(
-                    &mut headers,
-                    &format!("x-ratelimit-remaining-{suffix}"),
-                    remaining.max(0).to_string(),
-                );
-                put(
-                    &mut headers,
-                    &format!("x-ratelimit-reset-{suffix}"),
-                    format!("{reset}s"),
-                );
-            }
+/// The `x-ratelimit-*` headers from what is `left` of each rate limit: for
+/// requests and tokens, the limit and what remains of the stricter of the
+/// key's and the team's.
+fn headers(left: &[(Dimension, i64, i64)], now_utc: DateTime<Utc>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let reset = 60 - now_utc.timestamp().rem_euclid(60);
+    for (dimension, suffix) in [
+        (Dimension::Requests, "requests"),
+        (Dimension::Tokens, "tokens"),
+    ] {
+        let strictest = left
+            .iter()
+            .filter(|(d, _, _)| *d == dimension)
+            .map(|(_, limit, remaining)| (*limit, (*remaining).min(*limit).max(0)))
+            .min_by_key(|(_, remaining)| *remaining);
+        if let Some((limit, remaining)) = strictest {
+            put(
+                &mut headers,
+                &format!("x-ratelimit-limit-{suffix}"),
+                limit.to_string(),
+            );
+            put(
+                &mut headers,
+                &format!("x-ratelimit-remaining-{suffix}"),
+                remaining.to_string(),
+            );
+            put(
+                &mut headers,
+                &format!("x-ratelimit-reset-{suffix}"),
+                format!("{reset}s"),
+            );
         }
-        headers
     }
+    headers
 }
 
 fn div_ceil(a: i64, b: i64) -> i64 {

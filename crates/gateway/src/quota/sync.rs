@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{CounterId, Quota};
-use crate::health::Health;
 use crate::metrics::Metrics;
 
 /// A database call that takes longer has failed.
@@ -35,15 +34,10 @@ const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 pub async fn run(
     quota: Quota,
     pool: PgPool,
-    health: Health,
     metrics: Metrics,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let watch = Watch {
-        health: &health,
-        metrics: &metrics,
-    };
     let mut last_housekeeping: Option<Instant> = None;
     let mut last_cleanup = Instant::now();
     loop {
@@ -54,7 +48,7 @@ pub async fn run(
         }
         if last_housekeeping.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY) {
             last_housekeeping = Some(Instant::now());
-            housekeeping(&quota, &pool, &watch).await;
+            housekeeping(&quota, &pool).await;
         }
         if last_cleanup.elapsed() >= CLEANUP_EVERY {
             last_cleanup = Instant::now();
@@ -64,18 +58,18 @@ pub async fn run(
                 _ => {}
             }
         }
-        sync_once(&quota, &pool, &watch, false).await;
+        sync_once(&quota, &pool, &metrics, false).await;
     }
     // Budget leases this gateway holds go back to the fleet.
     quota.queue_budget_leases(None);
-    sync_once(&quota, &pool, &watch, true).await;
+    sync_once(&quota, &pool, &metrics, true).await;
 }
 
 /// Sends every queued counter; answers whether the database answered.
 pub async fn sync_once(
     quota: &Quota,
     pool: &PgPool,
-    watch: &Watch<'_>,
+    metrics: &Metrics,
     hand_back_all: bool,
 ) -> bool {
     let ids: Vec<CounterId> = quota
@@ -128,23 +122,18 @@ pub async fn sync_once(
     let answer = tokio::time::timeout(CALL_TIMEOUT, db::lease(pool, &requests)).await;
     match answer {
         Ok(Ok(grants)) => {
-            watch
-                .metrics
-                .quota_lease_calls
-                .with_label_values(&["ok"])
-                .inc();
+            metrics.quota_lease_calls.with_label_values(&["ok"]).inc();
             for ((_, counter, want, _), grant) in batch.into_iter().zip(grants) {
                 counter
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .finish_sync(want, grant);
             }
-            reachable(quota, watch);
+            reachable(quota);
             true
         }
         failed => {
-            watch
-                .metrics
+            metrics
                 .quota_lease_calls
                 .with_label_values(&["error"])
                 .inc();
@@ -159,35 +148,21 @@ pub async fn sync_once(
                     .fail_sync();
                 quota.queue(id);
             }
-            unreachable(quota, watch, &detail);
+            unreachable(quota, &detail);
             false
         }
     }
 }
 
-/// Where the sync reports: health (the fallback's reason) and metrics.
-#[derive(Debug)]
-pub struct Watch<'a> {
-    pub health: &'a Health,
-    pub metrics: &'a Metrics,
-}
-
-fn reachable(quota: &Quota, watch: &Watch<'_>) {
+fn reachable(quota: &Quota) {
     if quota.0.fallback.swap(false, Ordering::AcqRel) {
-        watch.health.set_limits_fallback(None);
-        watch.metrics.quota_fallback.set(0);
         warn!("Quota database reachable again; limits are shared by the fleet again.");
     }
 }
 
-fn unreachable(quota: &Quota, watch: &Watch<'_>, detail: &str) {
+fn unreachable(quota: &Quota, detail: &str) {
     if !quota.0.fallback.swap(true, Ordering::AcqRel) {
-        watch.metrics.quota_fallback.set(1);
-        let live = quota.live_gateways();
-        warn!(error = %detail, live_gateways = live, "Quota database unreachable; each limit falls back to this gateway's share.");
-        watch.health.set_limits_fallback(Some(format!(
-            "quota database unreachable: each limit falls back to this gateway's share (limit / {live} live gateways)"
-        )));
+        warn!(error = %detail, live_gateways = quota.live_gateways(), "Quota database unreachable; each limit falls back to this gateway's share.");
     }
 }
 
@@ -203,14 +178,14 @@ pub async fn housekeep_local(quota: Quota, stop: CancellationToken) {
 
 /// Once a second: the live gateways (a failure is an unreachable
 /// database too), idle budget leases, ended windows.
-async fn housekeeping(quota: &Quota, pool: &PgPool, watch: &Watch<'_>) {
+async fn housekeeping(quota: &Quota, pool: &PgPool) {
     match tokio::time::timeout(CALL_TIMEOUT, db::live_gateways(pool, LIVE_WITHIN)).await {
         Ok(Ok(n)) => {
             quota.0.live.store(n.max(1), Ordering::Release);
-            reachable(quota, watch);
+            reachable(quota);
         }
-        Ok(Err(e)) => unreachable(quota, watch, &e.to_string()),
-        Err(_) => unreachable(quota, watch, "timed out"),
+        Ok(Err(e)) => unreachable(quota, &e.to_string()),
+        Err(_) => unreachable(quota, "timed out"),
     }
     quota.queue_budget_leases(Some(IDLE_HAND_BACK));
     quota.forget_ended(Utc::now().timestamp());
