@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use http::HeaderValue;
 use obleth_config::egress::{CredentialError, CredentialRef};
 use obleth_config::model::{ProviderKind, Route};
 use obleth_config::EgressSettings;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::settings::{MockSettings, ProviderConfig, RouteConfig};
 
@@ -19,10 +20,55 @@ pub struct ProviderRuntime {
     pub name: String,
     pub kind: ProviderKind,
     pub base_url: String,
-    /// Read from the environment or a file at load time; never logged.
-    pub credential: Option<SecretString>,
     pub timeout: Duration,
     pub mock: MockSettings,
+    /// `x-obleth-provider` on answers, made once.
+    pub name_header: Option<HeaderValue>,
+    /// The `Authorization` header sent upstream, made once from the
+    /// credential (marked sensitive: never printed by `Debug`).
+    pub authorization: Authorization,
+}
+
+/// The upstream `Authorization` header of a provider.
+#[derive(Debug, Clone)]
+pub enum Authorization {
+    None,
+    Bearer(HeaderValue),
+    /// The credential has characters a header cannot carry: every call fails.
+    Invalid,
+}
+
+impl ProviderRuntime {
+    /// The credential (read from the environment or a file at load time,
+    /// never logged) is kept only as the header it becomes.
+    pub fn new(
+        name: String,
+        kind: ProviderKind,
+        base_url: String,
+        credential: Option<SecretString>,
+        timeout: Duration,
+        mock: MockSettings,
+    ) -> Self {
+        let authorization = match &credential {
+            None => Authorization::None,
+            Some(c) => match HeaderValue::from_str(&format!("Bearer {}", c.expose_secret())) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    Authorization::Bearer(value)
+                }
+                Err(_) => Authorization::Invalid,
+            },
+        };
+        ProviderRuntime {
+            name_header: HeaderValue::from_str(&name).ok(),
+            name,
+            kind,
+            base_url,
+            timeout,
+            mock,
+            authorization,
+        }
+    }
 }
 
 /// One step of a route.
@@ -85,14 +131,14 @@ impl Catalog {
             };
             by_name.insert(
                 p.name.clone(),
-                Arc::new(ProviderRuntime {
-                    name: p.name.clone(),
-                    kind: p.kind,
-                    base_url: p.base_url.clone().unwrap_or_default(),
+                Arc::new(ProviderRuntime::new(
+                    p.name.clone(),
+                    p.kind,
+                    p.base_url.clone().unwrap_or_default(),
                     credential,
-                    timeout: Duration::from_millis(p.timeout_ms),
-                    mock: p.mock.clone(),
-                }),
+                    Duration::from_millis(p.timeout_ms),
+                    p.mock.clone(),
+                )),
             );
         }
         let mut table = HashMap::new();
@@ -144,14 +190,14 @@ impl Catalog {
             };
             by_name.insert(
                 p.name.clone(),
-                Arc::new(ProviderRuntime {
-                    name: p.name.clone(),
-                    kind: p.kind,
-                    base_url: p.base_url.clone(),
+                Arc::new(ProviderRuntime::new(
+                    p.name.clone(),
+                    p.kind,
+                    p.base_url.clone(),
                     credential,
-                    timeout: Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(60_000)),
-                    mock: MockSettings::default(),
-                }),
+                    Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(60_000)),
+                    MockSettings::default(),
+                )),
             );
         }
         let mut table = HashMap::new();

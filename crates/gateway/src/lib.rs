@@ -2,6 +2,7 @@
 //! cache, live revocation, per-key policy, routing with fallback, usage records,
 //! ops endpoints and a graceful drain. See ARCHITECTURE.md for the map.
 
+pub mod answer;
 pub mod app;
 pub mod auth;
 pub mod catalog;
@@ -21,6 +22,7 @@ pub mod pricing;
 pub mod proxy;
 pub mod quota;
 pub mod relay;
+pub mod request_id;
 pub mod resolve;
 pub mod settings;
 pub mod sse;

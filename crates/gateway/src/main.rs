@@ -1,6 +1,11 @@
 //! `obleth-gateway`: parses the command line, starts tracing, loads settings and
 //! runs the gateway until SIGTERM or SIGINT.
 
+/// The allocator: mimalloc unless built without the `mimalloc` feature.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::Context;

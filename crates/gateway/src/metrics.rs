@@ -234,6 +234,25 @@ pub fn model_label<'a>(catalog: &Catalog, model: &'a str) -> &'a str {
 /// class (`5xx`), so an upstream cannot create series with odd statuses. 499
 /// (the client went away) is the gateway's own and kept.
 pub fn status_label(status: u16) -> Cow<'static, str> {
+    // The statuses a gateway answers most, without an allocation each.
+    let common = match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        499 => "499",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => "",
+    };
+    if !common.is_empty() {
+        return Cow::Borrowed(common);
+    }
     match http::StatusCode::from_u16(status) {
         Ok(code) if code.canonical_reason().is_some() || status == 499 => {
             Cow::Owned(status.to_string())

@@ -14,9 +14,10 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use obleth_config::model::ApiKey;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
+use crate::answer;
 use crate::auth::AuthorizedKey;
+use crate::catalog::ProviderRuntime;
 use crate::error::ApiError;
 use crate::estimate;
 use crate::metrics;
@@ -24,6 +25,7 @@ use crate::peek::peek;
 use crate::policy;
 use crate::quota::Demand;
 use crate::relay::{Completion, RelayBody, Tokens};
+use crate::request_id;
 use crate::state::AppState;
 use crate::upstream::{BoxError, UpBody, UpstreamError};
 
@@ -129,16 +131,7 @@ async fn proxy(
         guard,
     } = auth;
     let (parts, body) = request.into_parts();
-    let is_json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
+    if !is_json(&parts.headers) {
         return reject(&state, route, ApiError::UnsupportedMediaType);
     }
     let body = match read_body(&state, &parts.headers, body).await {
@@ -175,7 +168,7 @@ async fn proxy(
         admission: None,
         state: state.clone(),
         key: Arc::clone(&key),
-        request_id: Uuid::new_v4(),
+        request_id: request_id::next(),
         route,
         model: model.clone(),
         provider: None,
@@ -277,14 +270,10 @@ async fn forward(
         return Err((ApiError::ModelNotAllowed(model), Some(completion)));
     }
     let team = key.team_id.and_then(|id| state.keys.team(id));
-    let rate_headers = match state.quota.admit(key, team.as_deref(), demand) {
-        Ok(admission) => {
-            let headers = admission.headers.clone();
-            completion.admission = Some(admission);
-            headers
-        }
+    match state.quota.admit(key, team.as_deref(), demand) {
+        Ok(admission) => completion.admission = Some(admission),
         Err(e) => return Err((e, Some(completion))),
-    };
+    }
     let catalog = state.catalog.get();
     let Some(targets) = catalog.route(&model) else {
         return Err((ApiError::UnknownModel(model), Some(completion)));
@@ -300,163 +289,201 @@ async fn forward(
             },
             None => body.clone(),
         };
-        let t0 = Instant::now();
-        let sent = state.upstream.send(provider, path, payload).await;
-        let waited = t0.elapsed();
-        upstream_wait += waited;
-        state
-            .metrics
-            .upstream_seconds
-            .with_label_values(&[&provider.name])
-            .observe(waited.as_secs_f64());
-        let response = match sent {
-            Ok(response) if response.status().is_server_error() => {
-                state
-                    .metrics
-                    .upstream_attempts
-                    .with_label_values(&[&provider.name, "status_5xx"])
-                    .inc();
-                tracing::warn!(provider = %provider.name, status = %response.status(), "Upstream answered with a server error; trying the next provider.");
-                last_error = ApiError::UpstreamFailed;
-                continue;
-            }
+        let response = match attempt(state, provider, path, payload, &mut upstream_wait).await {
             Ok(response) => response,
             Err(e) => {
-                state
-                    .metrics
-                    .upstream_attempts
-                    .with_label_values(&[&provider.name, e.outcome()])
-                    .inc();
-                // The detail (refused, DNS, TLS...) goes to the log only.
-                tracing::warn!(error = %e, "Upstream attempt failed; trying the next provider.");
-                last_error = match e {
-                    UpstreamError::Timeout { .. } => ApiError::UpstreamTimeout,
-                    _ => ApiError::UpstreamFailed,
-                };
+                last_error = e;
                 continue;
             }
         };
         completion.provider = Some(provider.name.clone());
-        let status = response.status();
         let (parts, upstream_body) = response.into_parts();
-        let is_sse = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let mut builder = Response::builder().status(status);
-        if let Some(headers) = builder.headers_mut() {
-            for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
-                if let Some(v) = parts.headers.get(&name) {
-                    headers.insert(name, v.clone());
-                }
-            }
-            headers.extend(rate_headers.clone());
-            if let Ok(v) = HeaderValue::from_str(&provider.name) {
-                headers.insert("x-obleth-provider", v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&completion.request_id.to_string()) {
-                headers.insert("x-request-id", v);
-            }
-        }
-        if stream && is_sse {
-            state
-                .metrics
-                .upstream_attempts
-                .with_label_values(&[&provider.name, "ok"])
-                .inc();
-            state.metrics.overhead_seconds.observe(
-                completion
-                    .started
-                    .elapsed()
-                    .saturating_sub(upstream_wait)
-                    .as_secs_f64(),
-            );
+        if stream && is_sse(&parts.headers) {
+            count_attempt(state, provider, "ok");
+            observe_overhead(state, &completion, upstream_wait);
+            let status = parts.status.as_u16();
+            let head = head(parts, provider, &mut completion);
             let relay = RelayBody::new(
                 upstream_body,
-                status.as_u16(),
+                status,
                 completion,
                 STREAM_IDLE,
                 state.cut_streams.clone(),
             );
-            return builder
+            return head
                 .body(Body::new(relay))
                 .map_err(|_| (ApiError::Internal, None));
         }
         // Not streamed: read the whole answer before sending anything, so a
-        // failure while reading can still fall back to the next provider. The
-        // answer is held in memory, so its size is capped.
-        let t1 = Instant::now();
-        let limit = state.settings.server.max_response_bytes;
-        let collected =
-            tokio::time::timeout(provider.timeout, read_answer(upstream_body, limit)).await;
-        upstream_wait += t1.elapsed();
-        let bytes = match collected {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(AnswerError::TooLarge)) => {
-                state
-                    .metrics
-                    .upstream_attempts
-                    .with_label_values(&[&provider.name, "too_large"])
-                    .inc();
-                tracing::warn!(
-                    provider = %provider.name,
-                    limit,
-                    "Upstream answer larger than server.max_response_bytes; trying the next provider."
-                );
-                last_error = ApiError::UpstreamResponseTooLarge;
-                continue;
-            }
-            Ok(Err(AnswerError::Broken(e))) => {
-                state
-                    .metrics
-                    .upstream_attempts
-                    .with_label_values(&[&provider.name, "error"])
-                    .inc();
-                tracing::warn!(provider = %provider.name, error = %e, "Upstream broke off its answer; trying the next provider.");
-                last_error = ApiError::UpstreamFailed;
-                continue;
-            }
-            Err(_) => {
-                state
-                    .metrics
-                    .upstream_attempts
-                    .with_label_values(&[&provider.name, "timeout"])
-                    .inc();
-                last_error = ApiError::UpstreamTimeout;
+        // failure while reading can still fall back to the next provider.
+        let bytes = match read_whole(state, provider, upstream_body, &mut upstream_wait).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                last_error = e;
                 continue;
             }
         };
-        state
-            .metrics
-            .upstream_attempts
-            .with_label_values(&[&provider.name, "ok"])
-            .inc();
+        count_attempt(state, provider, "ok");
+        let status = parts.status;
         let tokens = if status.is_success() {
             // An answer without usage is charged an estimate.
-            serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| Tokens::from_json(&v))
-                .unwrap_or_else(|| {
-                    estimate::usage(completion.request_bytes, estimate::text_bytes(&bytes))
-                })
+            answer::tokens(&bytes).unwrap_or_else(|| {
+                estimate::usage(completion.request_bytes, estimate::text_bytes(&bytes))
+            })
         } else {
             Tokens::default()
         };
-        state.metrics.overhead_seconds.observe(
-            completion
-                .started
-                .elapsed()
-                .saturating_sub(upstream_wait)
-                .as_secs_f64(),
-        );
+        observe_overhead(state, &completion, upstream_wait);
+        let head = head(parts, provider, &mut completion);
         completion.finish(status.as_u16(), tokens);
-        return builder
+        return head
             .body(Body::from(bytes))
             .map_err(|_| (ApiError::Internal, None));
     }
     Err((last_error, Some(completion)))
 }
+
+/// Whether the request declares a JSON body (`application/json`, any case,
+/// parameters allowed), without allocating.
+fn is_json(headers: &HeaderMap) -> bool {
+    const JSON: &[u8] = b"application/json";
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes().trim_ascii_start();
+        v.len() >= JSON.len() && v[..JSON.len()].eq_ignore_ascii_case(JSON)
+    })
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+fn count_attempt(state: &AppState, provider: &ProviderRuntime, outcome: &str) {
+    state
+        .metrics
+        .upstream_attempts
+        .with_label_values(&[&provider.name, outcome])
+        .inc();
+}
+
+/// The time the request spent in the gateway itself, not waiting upstream.
+fn observe_overhead(state: &AppState, completion: &Completion, upstream_wait: Duration) {
+    state.metrics.overhead_seconds.observe(
+        completion
+            .started
+            .elapsed()
+            .saturating_sub(upstream_wait)
+            .as_secs_f64(),
+    );
+}
+
+/// Sends one attempt and waits for its response head. A 5xx or a failure to
+/// get one is the error the client would get if no later provider answers.
+async fn attempt(
+    state: &AppState,
+    provider: &ProviderRuntime,
+    path: &'static str,
+    payload: Bytes,
+    upstream_wait: &mut Duration,
+) -> Result<http::Response<UpBody>, ApiError> {
+    let t0 = Instant::now();
+    let sent = state.upstream.send(provider, path, payload).await;
+    let waited = t0.elapsed();
+    *upstream_wait += waited;
+    state
+        .metrics
+        .upstream_seconds
+        .with_label_values(&[&provider.name])
+        .observe(waited.as_secs_f64());
+    match sent {
+        Ok(response) if response.status().is_server_error() => {
+            count_attempt(state, provider, "status_5xx");
+            tracing::warn!(provider = %provider.name, status = %response.status(), "Upstream answered with a server error; trying the next provider.");
+            Err(ApiError::UpstreamFailed)
+        }
+        Ok(response) => Ok(response),
+        Err(e) => {
+            count_attempt(state, provider, e.outcome());
+            // The detail (refused, DNS, TLS...) goes to the log only.
+            tracing::warn!(error = %e, "Upstream attempt failed; trying the next provider.");
+            Err(match e {
+                UpstreamError::Timeout { .. } => ApiError::UpstreamTimeout,
+                _ => ApiError::UpstreamFailed,
+            })
+        }
+    }
+}
+
+/// Reads a non-streamed answer whole, within `server.max_response_bytes`
+/// and the provider's timeout; the answer is held in memory, so its size is
+/// capped.
+async fn read_whole(
+    state: &AppState,
+    provider: &ProviderRuntime,
+    body: UpBody,
+    upstream_wait: &mut Duration,
+) -> Result<Bytes, ApiError> {
+    let t1 = Instant::now();
+    let limit = state.settings.server.max_response_bytes;
+    let collected = tokio::time::timeout(provider.timeout, read_answer(body, limit)).await;
+    *upstream_wait += t1.elapsed();
+    match collected {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(AnswerError::TooLarge)) => {
+            count_attempt(state, provider, "too_large");
+            tracing::warn!(
+                provider = %provider.name,
+                limit,
+                "Upstream answer larger than server.max_response_bytes; trying the next provider."
+            );
+            Err(ApiError::UpstreamResponseTooLarge)
+        }
+        Ok(Err(AnswerError::Broken(e))) => {
+            count_attempt(state, provider, "error");
+            tracing::warn!(provider = %provider.name, error = %e, "Upstream broke off its answer; trying the next provider.");
+            Err(ApiError::UpstreamFailed)
+        }
+        Err(_) => {
+            count_attempt(state, provider, "timeout");
+            Err(ApiError::UpstreamTimeout)
+        }
+    }
+}
+
+/// The client's response head: the upstream's status, content type and
+/// cache control, the rate-limit headers of the admission, the provider and
+/// the request id.
+fn head(
+    parts: http::response::Parts,
+    provider: &ProviderRuntime,
+    completion: &mut Completion,
+) -> http::response::Builder {
+    let mut builder = Response::builder().status(parts.status);
+    if let Some(headers) = builder.headers_mut() {
+        let mut upstream = parts.headers;
+        for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+            if let Some(v) = upstream.remove(&name) {
+                headers.insert(name, v);
+            }
+        }
+        if let Some(admission) = &mut completion.admission {
+            headers.extend(std::mem::take(&mut admission.headers));
+        }
+        if let Some(v) = &provider.name_header {
+            headers.insert(X_OBLETH_PROVIDER, v.clone());
+        }
+        let mut id = uuid::Uuid::encode_buffer();
+        let id = completion.request_id.hyphenated().encode_lower(&mut id);
+        if let Ok(v) = HeaderValue::from_str(id) {
+            headers.insert(X_REQUEST_ID, v);
+        }
+    }
+    builder
+}
+
+const X_OBLETH_PROVIDER: header::HeaderName = header::HeaderName::from_static("x-obleth-provider");
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Why a non-streamed answer could not be read whole.
 enum AnswerError {
@@ -553,6 +580,20 @@ mod tests {
         let value: Value = serde_json::from_slice(&edited).unwrap();
         assert_eq!(value["model"], "up");
         assert_eq!(value["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn a_json_content_type_is_recognised_in_any_case_with_parameters() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("  Application/JSON; charset=utf-8"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/js"));
+        assert!(!is_json(&HeaderMap::new()));
     }
 
     #[test]

@@ -117,11 +117,11 @@ impl Completion {
             .requests
             .with_label_values(&[
                 self.route,
-                &metrics::status_label(status),
+                metrics::status_label(status).as_ref(),
                 metrics::model_label(&catalog, &self.model),
             ])
             .inc();
-        state.usage.record(UsageEvent {
+        state.usage.record_with(|| UsageEvent {
             request_id: self.request_id,
             key_id: Some(self.key.id),
             model: self.model.clone(),

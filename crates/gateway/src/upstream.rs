@@ -6,16 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{header, Method, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use secrecy::ExposeSecret;
 
-use crate::catalog::ProviderRuntime;
+use crate::catalog::{Authorization, ProviderRuntime};
 use crate::mock;
 use crate::resolve::EgressResolver;
 use obleth_config::egress::{url_host, EgressRefusal};
@@ -121,17 +120,18 @@ impl Upstream {
             .uri(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream");
-        if let Some(credential) = &provider.credential {
-            let mut value = HeaderValue::from_str(&format!(
-                "Bearer {}",
-                credential.expose_secret()
-            ))
-            .map_err(|_| UpstreamError::Other {
-                provider: provider.name.clone(),
-                message: "the credential contains characters not allowed in a header".to_owned(),
-            })?;
-            value.set_sensitive(true);
-            builder = builder.header(header::AUTHORIZATION, value);
+        match &provider.authorization {
+            Authorization::None => {}
+            Authorization::Bearer(value) => {
+                builder = builder.header(header::AUTHORIZATION, value.clone());
+            }
+            Authorization::Invalid => {
+                return Err(UpstreamError::Other {
+                    provider: provider.name.clone(),
+                    message: "the credential contains characters not allowed in a header"
+                        .to_owned(),
+                })
+            }
         }
         let request = builder
             .body(Full::new(body))
@@ -192,14 +192,14 @@ mod tests {
     use crate::settings::MockSettings;
 
     fn provider(base_url: String) -> ProviderRuntime {
-        ProviderRuntime {
-            name: "p".to_owned(),
-            kind: ProviderKind::OpenAi,
+        ProviderRuntime::new(
+            "p".to_owned(),
+            ProviderKind::OpenAi,
             base_url,
-            credential: None,
-            timeout: Duration::from_secs(5),
-            mock: MockSettings::default(),
-        }
+            None,
+            Duration::from_secs(5),
+            MockSettings::default(),
+        )
     }
 
     #[tokio::test]

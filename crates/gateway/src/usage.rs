@@ -37,9 +37,22 @@ const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct UsageSink {
     tx: mpsc::Sender<UsageEvent>,
     metrics: Metrics,
+    /// `obleth_usage_dropped_total{reason="no_database"}` when there is no
+    /// database to write to (embedded mode); `None` with a database.
+    no_database: Option<prometheus::IntCounter>,
 }
 
 impl UsageSink {
+    /// Queues the record `build` makes, or, with no database to write it
+    /// to, counts it dropped without building it: in embedded mode a
+    /// request costs no record.
+    pub fn record_with(&self, build: impl FnOnce() -> UsageEvent) {
+        match &self.no_database {
+            Some(dropped) => dropped.inc(),
+            None => self.record(build()),
+        }
+    }
+
     /// Queues a record without waiting; a full queue drops it, counted.
     pub fn record(&self, event: UsageEvent) {
         match self.tx.try_send(event) {
@@ -74,6 +87,9 @@ pub fn start(
     let (tx, rx) = mpsc::channel(settings.queue_capacity);
     let sink = UsageSink {
         tx,
+        no_database: pool
+            .is_none()
+            .then(|| metrics.usage_dropped.with_label_values(&["no_database"])),
         metrics: metrics.clone(),
     };
     let interval = Duration::from_millis(settings.flush_interval_ms);

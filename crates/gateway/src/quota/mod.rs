@@ -407,9 +407,23 @@ impl Quota {
 fn headers(left: &[(Dimension, i64, i64)], now_utc: DateTime<Utc>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let reset = 60 - now_utc.timestamp().rem_euclid(60);
-    for (dimension, suffix) in [
-        (Dimension::Requests, "requests"),
-        (Dimension::Tokens, "tokens"),
+    for (dimension, [limit_name, remaining_name, reset_name]) in [
+        (
+            Dimension::Requests,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+        ),
+        (
+            Dimension::Tokens,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ),
     ] {
         let strictest = left
             .iter()
@@ -417,38 +431,32 @@ fn headers(left: &[(Dimension, i64, i64)], now_utc: DateTime<Utc>) -> HeaderMap 
             .map(|(_, limit, remaining)| (*limit, (*remaining).min(*limit).max(0)))
             .min_by_key(|(_, remaining)| *remaining);
         if let Some((limit, remaining)) = strictest {
-            put(
-                &mut headers,
-                &format!("x-ratelimit-limit-{suffix}"),
-                limit.to_string(),
+            headers.insert(
+                HeaderName::from_static(limit_name),
+                HeaderValue::from(limit),
             );
-            put(
-                &mut headers,
-                &format!("x-ratelimit-remaining-{suffix}"),
-                remaining.to_string(),
+            headers.insert(
+                HeaderName::from_static(remaining_name),
+                HeaderValue::from(remaining),
             );
-            put(
-                &mut headers,
-                &format!("x-ratelimit-reset-{suffix}"),
-                format!("{reset}s"),
-            );
+            headers.insert(HeaderName::from_static(reset_name), reset_value(reset));
         }
     }
     headers
 }
 
+/// `Ns` for the seconds until the window resets (1 to 60).
+fn reset_value(seconds: i64) -> HeaderValue {
+    let mut buf = [0u8; 24];
+    let mut out = &mut buf[..];
+    let _ = std::io::Write::write_fmt(&mut out, format_args!("{seconds}s"));
+    let used = 24 - out.len();
+    HeaderValue::from_bytes(&buf[..used]).unwrap_or_else(|_| HeaderValue::from_static("60s"))
+}
+
 fn div_ceil(a: i64, b: i64) -> i64 {
     let b = b.max(1);
     (a + b - 1).div_euclid(b)
-}
-
-fn put(headers: &mut HeaderMap, name: &str, value: String) {
-    if let (Ok(name), Ok(value)) = (
-        HeaderName::from_bytes(name.as_bytes()),
-        HeaderValue::from_str(&value),
-    ) {
-        headers.insert(name, value);
-    }
 }
 
 /// The limits that apply to a request: the key's and its team's budgets,

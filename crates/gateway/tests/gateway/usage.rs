@@ -190,3 +190,59 @@ async fn records_past_buffer_max_are_dropped_and_counted_not_lost_silently() {
     );
     assert_eq!(written + dropped(&metrics), sent, "written or counted");
 }
+
+/// Embedded mode (no database): a request's record is counted dropped
+/// (`no_database`) without being built, and a database-backed sink builds
+/// and queues it.
+#[tokio::test]
+async fn without_a_database_a_record_is_counted_dropped_and_never_built() {
+    let metrics = Metrics::new();
+    let stop = CancellationToken::new();
+    let (sink, writer) = usage::start(
+        None,
+        &UsageSettings::default(),
+        metrics.clone(),
+        stop.clone(),
+        Duration::from_secs(1),
+    );
+    let built = std::sync::atomic::AtomicUsize::new(0);
+    for _ in 0..3 {
+        sink.record_with(|| {
+            built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            event()
+        });
+    }
+    assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        metrics
+            .usage_dropped
+            .with_label_values(&["no_database"])
+            .get(),
+        3
+    );
+    stop.cancel();
+    writer.await.unwrap();
+
+    // With a database the record is built and queued.
+    let cluster = PgCluster::start().unwrap();
+    let db = cluster.fresh_database().await.unwrap();
+    migrated_database(&db.url).await.close().await;
+    let metrics = Metrics::new();
+    let stop = CancellationToken::new();
+    let (sink, writer) = usage::start(
+        Some(writer_pool(&db.url).await),
+        &UsageSettings::default(),
+        metrics.clone(),
+        stop.clone(),
+        Duration::from_secs(5),
+    );
+    sink.record_with(|| {
+        built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        event()
+    });
+    assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 1);
+    stop.cancel();
+    writer.await.unwrap();
+    assert_eq!(rows(&db.url).await, 1);
+    assert_eq!(dropped(&metrics), 0);
+}
