@@ -39,7 +39,7 @@ pub fn next() -> Uuid {
     let n = ids.next.fetch_add(1, Ordering::Relaxed);
     // The builder sets the version and the variant; the permuted counter
     // sits below the variant's two bits, so no two counters give the same id.
-    Builder::from_u64_pair(ids.prefix, permute(n, ids.mask))
+    Builder::from_bytes(Uuid::from_u64_pair(ids.prefix, permute(n, ids.mask)).into_bytes())
         .with_version(Version::Custom)
         .with_variant(Variant::RFC4122)
         .into_uuid()
