@@ -17,9 +17,10 @@
 //! divided by the live gateways.
 
 mod counter;
+mod shards;
 pub mod sync;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -96,7 +97,7 @@ struct Shared {
     fallback: AtomicBool,
     /// Live gateways (this one included), from `nodes`.
     live: AtomicI64,
-    counters: Mutex<HashMap<CounterId, Slot>>,
+    counters: shards::Shards,
     pending: Mutex<HashSet<CounterId>>,
     wake: Notify,
 }
@@ -153,7 +154,7 @@ impl Quota {
             database,
             fallback: AtomicBool::new(false),
             live: AtomicI64::new(1),
-            counters: Mutex::new(HashMap::new()),
+            counters: shards::Shards::default(),
             pending: Mutex::new(HashSet::new()),
             wake: Notify::new(),
         }))
@@ -303,7 +304,7 @@ impl Quota {
         period: Option<BudgetPeriod>,
         now: Instant,
     ) -> Arc<Mutex<Counter>> {
-        let mut counters = self.0.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counters = self.0.counters.lock(&id);
         if let Some(slot) = counters.get(&id) {
             return Arc::clone(&slot.counter);
         }
@@ -331,8 +332,11 @@ impl Quota {
     }
 
     fn peek(&self, id: &CounterId) -> Option<Arc<Mutex<Counter>>> {
-        let counters = self.0.counters.lock().unwrap_or_else(|e| e.into_inner());
-        counters.get(id).map(|s| Arc::clone(&s.counter))
+        self.0
+            .counters
+            .lock(id)
+            .get(id)
+            .map(|s| Arc::clone(&s.counter))
     }
 
     /// How `check` is admitted now: alone (embedded), by this gateway's

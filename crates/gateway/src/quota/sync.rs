@@ -199,27 +199,31 @@ impl Quota {
         Arc<std::sync::Mutex<super::Counter>>,
         Option<obleth_config::model::BudgetPeriod>,
     )> {
-        let counters = self.0.counters.lock().unwrap_or_else(|e| e.into_inner());
-        counters.get(id).map(|s| (Arc::clone(&s.counter), s.period))
+        self.0
+            .counters
+            .lock(id)
+            .get(id)
+            .map(|s| (Arc::clone(&s.counter), s.period))
     }
 
     /// Queues budget counters holding an unused lease, idle for at least
     /// `idle` (all of them with `None`), so the sync hands it back.
     fn queue_budget_leases(&self, idle: Option<Duration>) {
         let now = Instant::now();
-        let ids: Vec<CounterId> = {
-            let counters = self.0.counters.lock().unwrap_or_else(|e| e.into_inner());
-            counters
-                .iter()
-                .filter(|(id, _)| !id.dimension.per_minute())
-                .filter(|(_, slot)| {
-                    let c = slot.counter.lock().unwrap_or_else(|e| e.into_inner());
-                    c.balance > 0
-                        && idle.is_none_or(|idle| now.duration_since(c.last_activity) >= idle)
-                })
-                .map(|(id, _)| *id)
-                .collect()
-        };
+        let mut ids: Vec<CounterId> = Vec::new();
+        self.0.counters.each(|counters| {
+            ids.extend(
+                counters
+                    .iter()
+                    .filter(|(id, _)| !id.dimension.per_minute())
+                    .filter(|(_, slot)| {
+                        let c = slot.counter.lock().unwrap_or_else(|e| e.into_inner());
+                        c.balance > 0
+                            && idle.is_none_or(|idle| now.duration_since(c.last_activity) >= idle)
+                    })
+                    .map(|(id, _)| *id),
+            )
+        });
         for id in ids {
             self.queue(id);
         }
@@ -229,18 +233,19 @@ impl Quota {
     /// windows two minutes old (the sliding window reads one back), budget
     /// periods that are over.
     fn forget_ended(&self, now: i64) {
-        let mut counters = self.0.counters.lock().unwrap_or_else(|e| e.into_inner());
-        counters.retain(|id, slot| {
-            let c = slot.counter.lock().unwrap_or_else(|e| e.into_inner());
-            if self.0.database && (c.balance < 0 || c.in_flight.is_some()) {
-                return true;
-            }
-            match slot.period {
-                None => id.window + 180 > now,
-                Some(period) => chrono::DateTime::from_timestamp(id.window, 0)
-                    .and_then(|start| period.next_start(start))
-                    .is_none_or(|end| end.timestamp() > now),
-            }
+        self.0.counters.each(|counters| {
+            counters.retain(|id, slot| {
+                let c = slot.counter.lock().unwrap_or_else(|e| e.into_inner());
+                if self.0.database && (c.balance < 0 || c.in_flight.is_some()) {
+                    return true;
+                }
+                match slot.period {
+                    None => id.window + 180 > now,
+                    Some(period) => chrono::DateTime::from_timestamp(id.window, 0)
+                        .and_then(|start| period.next_start(start))
+                        .is_none_or(|end| end.timestamp() > now),
+                }
+            })
         });
     }
 }
