@@ -39,6 +39,7 @@ use super::limits::ConnectionLimits;
 struct Tracker {
     state: Mutex<TrackState>,
     changed: Notify,
+    limits: ConnectionLimits,
 }
 
 #[derive(Debug)]
@@ -51,6 +52,29 @@ struct TrackState {
     idle_since: Instant,
     /// The first byte read since then, if any: a next request has begun.
     first_byte: Option<Instant>,
+    /// The deadline the watchdog's timer is set to, if it is set. A change
+    /// wakes the watchdog only when it brings the deadline before this: a
+    /// later deadline is found when the timer fires and re-checks, so a busy
+    /// connection costs the watchdog no wake-up and no timer a request.
+    armed: Option<Instant>,
+}
+
+impl TrackState {
+    /// When the connection must be closed if nothing changes, and why.
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Expiry)> {
+        if self.in_flight > 0 {
+            return None;
+        }
+        Some(if self.served == 0 {
+            // The first request's headers are timed from the accept, so a
+            // client cannot stretch them by waiting before its first byte.
+            (self.idle_since + limits.header_timeout, Expiry::Header)
+        } else if let Some(first) = self.first_byte {
+            (first + limits.header_timeout, Expiry::Header)
+        } else {
+            (self.idle_since + limits.idle_timeout, Expiry::Idle)
+        })
+    }
 }
 
 /// Why the watchdog closed a connection, as the metric's label says it.
@@ -70,13 +94,15 @@ impl Expiry {
 }
 
 impl Tracker {
-    fn new() -> Self {
+    fn new(limits: ConnectionLimits) -> Self {
         Tracker {
+            limits,
             state: Mutex::new(TrackState {
                 in_flight: 0,
                 served: 0,
                 idle_since: Instant::now(),
                 first_byte: None,
+                armed: None,
             }),
             changed: Notify::new(),
         }
@@ -90,14 +116,14 @@ impl Tracker {
         let mut state = self.lock();
         if state.in_flight == 0 && state.first_byte.is_none() {
             state.first_byte = Some(Instant::now());
-            drop(state);
-            self.changed.notify_one();
+            self.wake_if_sooner(state);
         }
     }
 
     fn request_started(self: &Arc<Self>) -> RequestGuard {
+        // In flight there is no deadline: nothing the watchdog must act on
+        // sooner, so it is not woken (its timer re-checks when it fires).
         self.lock().in_flight += 1;
-        self.changed.notify_one();
         RequestGuard(self.clone())
     }
 
@@ -109,25 +135,42 @@ impl Tracker {
             state.idle_since = Instant::now();
             state.first_byte = None;
         }
+        self.wake_if_sooner(state);
+    }
+
+    /// Wakes the watchdog when the deadline is now before its timer (or its
+    /// timer is not set).
+    fn wake_if_sooner(&self, state: std::sync::MutexGuard<'_, TrackState>) {
+        let sooner = match (state.deadline(&self.limits).map(|(at, _)| at), state.armed) {
+            (Some(at), Some(armed)) => at < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         drop(state);
-        self.changed.notify_one();
+        if sooner {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Sets the timer to `at` when that is before what it is set to (or it
+    /// is not set); answers whether it changed.
+    fn arm(&self, at: Instant) -> bool {
+        let mut state = self.lock();
+        if state.armed.is_some_and(|armed| armed <= at) {
+            return false;
+        }
+        state.armed = Some(at);
+        true
+    }
+
+    /// The timer fired (or was dropped): it is no longer set.
+    fn disarm(&self) {
+        self.lock().armed = None;
     }
 
     /// When the connection must be closed if nothing changes, and why.
-    fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Expiry)> {
-        let state = self.lock();
-        if state.in_flight > 0 {
-            return None;
-        }
-        Some(if state.served == 0 {
-            // The first request's headers are timed from the accept, so a
-            // client cannot stretch them by waiting before its first byte.
-            (state.idle_since + limits.header_timeout, Expiry::Header)
-        } else if let Some(first) = state.first_byte {
-            (first + limits.header_timeout, Expiry::Header)
-        } else {
-            (state.idle_since + limits.idle_timeout, Expiry::Idle)
-        })
+    fn deadline(&self) -> Option<(Instant, Expiry)> {
+        self.lock().deadline(&self.limits)
     }
 
     /// Nothing in flight and no request begun: closing loses nothing.
@@ -251,7 +294,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let tracker = Arc::new(Tracker::new());
+    let tracker = Arc::new(Tracker::new(ctx.limits));
     let io = TokioIo::new(TrackedStream {
         inner: stream,
         tracker: tracker.clone(),
@@ -282,17 +325,18 @@ where
         .serve_connection(io, service);
     tokio::pin!(connection);
     let mut stopping = false;
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed = false;
     loop {
-        let deadline = tracker.deadline(&ctx.limits);
-        let expiry = async {
-            match deadline {
-                Some((at, why)) => {
-                    tokio::time::sleep_until(at).await;
-                    why
-                }
-                None => std::future::pending().await,
+        // Set the timer only when the deadline comes sooner than it is set
+        // for; a later deadline is found when it fires and re-checks.
+        if let Some((at, _)) = tracker.deadline() {
+            if tracker.arm(at) {
+                timer.as_mut().reset(at);
+                armed = true;
             }
-        };
+        }
         tokio::select! {
             ended = connection.as_mut() => {
                 if let Err(e) = ended {
@@ -307,12 +351,16 @@ where
                     return;
                 }
             }
-            why = expiry => {
-                // Re-check: a request may have begun as the timer fired.
-                if tracker.deadline(&ctx.limits).is_some_and(|(at, _)| at <= Instant::now()) {
-                    ctx.timed_out.with_label_values(&[ctx.name, why.label()]).inc();
-                    debug!(listener = ctx.name, %peer, reason = why.label(), "Closing a connection: timeout.");
-                    return;
+            () = timer.as_mut(), if armed => {
+                armed = false;
+                tracker.disarm();
+                // Re-check: the deadline may have moved since the timer was set.
+                if let Some((at, why)) = tracker.deadline() {
+                    if at <= Instant::now() {
+                        ctx.timed_out.with_label_values(&[ctx.name, why.label()]).inc();
+                        debug!(listener = ctx.name, %peer, reason = why.label(), "Closing a connection: timeout.");
+                        return;
+                    }
                 }
             }
             _ = tracker.changed.notified() => {}
@@ -337,30 +385,69 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deadlines_follow_the_connection_state() {
-        let t = Arc::new(Tracker::new());
+        let t = Arc::new(Tracker::new(limits()));
         let accepted = Instant::now();
         let header = |at: Instant| Some((at + Duration::from_secs(10), Expiry::Header));
         // First request: timed from the accept, bytes or not.
-        assert_eq!(t.deadline(&limits()), header(accepted));
+        assert_eq!(t.deadline(), header(accepted));
         tokio::time::advance(Duration::from_secs(3)).await;
         t.read_some();
-        assert_eq!(t.deadline(&limits()), header(accepted));
+        assert_eq!(t.deadline(), header(accepted));
         // In flight: no deadline.
         let guard = t.request_started();
-        assert_eq!(t.deadline(&limits()), None);
+        assert_eq!(t.deadline(), None);
         tokio::time::advance(Duration::from_secs(100)).await;
         drop(guard);
         // Idle after a response: the idle timeout.
         let idle = Instant::now();
         assert_eq!(
-            t.deadline(&limits()),
+            t.deadline(),
             Some((idle + Duration::from_secs(60), Expiry::Idle))
         );
         assert!(t.quiet());
         // A next request begins: its headers are timed from its first byte.
         tokio::time::advance(Duration::from_secs(5)).await;
         t.read_some();
-        assert_eq!(t.deadline(&limits()), header(Instant::now()));
+        assert_eq!(t.deadline(), header(Instant::now()));
         assert!(!t.quiet());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_wakes_the_watchdog_only_for_a_sooner_deadline() {
+        let t = Arc::new(Tracker::new(limits()));
+        let woken = |t: &Arc<Tracker>| {
+            let t = t.clone();
+            async move {
+                tokio::time::timeout(Duration::ZERO, t.changed.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        // The watchdog sets its timer for the first request's headers.
+        let (at, _) = t.deadline().unwrap();
+        assert!(t.arm(at));
+        assert!(
+            !t.arm(at + Duration::from_secs(1)),
+            "a later deadline is not set"
+        );
+        // Requests one after another: every deadline they make is later
+        // than the timer, so the watchdog sleeps on.
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            t.read_some();
+            let guard = t.request_started();
+            drop(guard);
+        }
+        assert!(!woken(&t).await);
+        // The timer fired and was set again for the idle deadline, 60 s
+        // out: a request's first byte brings a header deadline 10 s out,
+        // sooner, and that wakes it.
+        t.disarm();
+        let (idle, why) = t.deadline().unwrap();
+        assert_eq!(why, Expiry::Idle);
+        assert!(t.arm(idle));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        t.read_some();
+        assert!(woken(&t).await);
     }
 }
