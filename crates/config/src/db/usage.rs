@@ -9,50 +9,88 @@ use uuid::Uuid;
 use crate::model::{BudgetPeriod, UsageEvent};
 use crate::pricing::PriceTable;
 
-/// Rows per INSERT statement: 15 binds a row keeps it far below PostgreSQL's
-/// 65 535 bind parameters.
-pub const CHUNK_ROWS: usize = 1000;
+/// Rows per INSERT statement. The rows travel as 15 array parameters, so no
+/// bind limit applies; this only bounds one statement's message (about
+/// 150 bytes a row) and the arrays built for it. The gateway's batches
+/// (`usage.batch_size`, 500 by default) fit in one.
+pub const CHUNK_ROWS: usize = 5000;
+
+/// The one statement every batch uses, whatever its size: each column is
+/// one array parameter and `UNNEST` turns them back into rows, in order.
+/// Its text never changes, so each connection prepares it once; the
+/// `usage_events_add_totals` statement trigger sees the new rows of the
+/// whole chunk at once.
+const INSERT_USAGE: &str = "INSERT INTO usage_events (request_id, key_id, model, provider, \
+     prompt_tokens, completion_tokens, total_tokens, status, latency_ms, streamed, node_id, \
+     created_at, cost_micros, estimated, team_id) \
+     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], \
+     $6::int4[], $7::int4[], $8::int2[], $9::int4[], $10::bool[], $11::text[], \
+     $12::timestamptz[], $13::int8[], $14::bool[], $15::uuid[]) \
+     ON CONFLICT (request_id) DO NOTHING";
 
 /// Inserts `events` and returns how many rows were new.
 ///
 /// Events whose `request_id` is already stored are skipped, so a batch retried
 /// after a lost reply (or a timeout that did commit) never counts twice; the
-/// same holds for duplicates within one batch. The batch is one transaction,
-/// one multi-row INSERT per [`CHUNK_ROWS`] events: it is stored whole or not at all.
+/// same holds for duplicates within one batch. The batch is stored whole or
+/// not at all: one statement when it fits in [`CHUNK_ROWS`], else one
+/// transaction of one statement per chunk.
 pub async fn insert_usage(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
     if events.is_empty() {
         return Ok(0);
     }
+    if events.len() <= CHUNK_ROWS {
+        // A single statement is atomic on its own: no BEGIN and COMMIT to pay.
+        return insert_chunk(pool, events).await;
+    }
     let mut tx = pool.begin().await?;
     let mut inserted = 0;
     for chunk in events.chunks(CHUNK_ROWS) {
-        let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
-            "INSERT INTO usage_events (request_id, key_id, model, provider, prompt_tokens, \
-             completion_tokens, total_tokens, status, latency_ms, streamed, node_id, created_at, \
-             cost_micros, estimated, team_id) ",
-        );
-        query.push_values(chunk, |mut row, e| {
-            row.push_bind(e.request_id)
-                .push_bind(e.key_id)
-                .push_bind(&e.model)
-                .push_bind(&e.provider)
-                .push_bind(e.prompt_tokens)
-                .push_bind(e.completion_tokens)
-                .push_bind(e.total_tokens)
-                .push_bind(e.status)
-                .push_bind(e.latency_ms)
-                .push_bind(e.streamed)
-                .push_bind(&e.node_id)
-                .push_bind(e.created_at)
-                .push_bind(e.cost_micros)
-                .push_bind(e.estimated)
-                .push_bind(e.team_id);
-        });
-        query.push(" ON CONFLICT (request_id) DO NOTHING");
-        inserted += query.build().execute(&mut *tx).await?.rows_affected();
+        inserted += insert_chunk(&mut *tx, chunk).await?;
     }
     tx.commit().await?;
     Ok(inserted)
+}
+
+/// Runs [`INSERT_USAGE`] for `chunk`, one array per column.
+async fn insert_chunk<'e, E>(executor: E, chunk: &[UsageEvent]) -> Result<u64, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let request_ids: Vec<Uuid> = chunk.iter().map(|e| e.request_id).collect();
+    let key_ids: Vec<Option<Uuid>> = chunk.iter().map(|e| e.key_id).collect();
+    let models: Vec<&str> = chunk.iter().map(|e| e.model.as_str()).collect();
+    let providers: Vec<Option<&str>> = chunk.iter().map(|e| e.provider.as_deref()).collect();
+    let prompt: Vec<Option<i32>> = chunk.iter().map(|e| e.prompt_tokens).collect();
+    let completion: Vec<Option<i32>> = chunk.iter().map(|e| e.completion_tokens).collect();
+    let total: Vec<Option<i32>> = chunk.iter().map(|e| e.total_tokens).collect();
+    let statuses: Vec<i16> = chunk.iter().map(|e| e.status).collect();
+    let latencies: Vec<i32> = chunk.iter().map(|e| e.latency_ms).collect();
+    let streamed: Vec<bool> = chunk.iter().map(|e| e.streamed).collect();
+    let node_ids: Vec<Option<&str>> = chunk.iter().map(|e| e.node_id.as_deref()).collect();
+    let created: Vec<DateTime<Utc>> = chunk.iter().map(|e| e.created_at).collect();
+    let costs: Vec<Option<i64>> = chunk.iter().map(|e| e.cost_micros).collect();
+    let estimated: Vec<bool> = chunk.iter().map(|e| e.estimated).collect();
+    let team_ids: Vec<Option<Uuid>> = chunk.iter().map(|e| e.team_id).collect();
+    let done = sqlx::query(INSERT_USAGE)
+        .bind(request_ids)
+        .bind(key_ids)
+        .bind(models)
+        .bind(providers)
+        .bind(prompt)
+        .bind(completion)
+        .bind(total)
+        .bind(statuses)
+        .bind(latencies)
+        .bind(streamed)
+        .bind(node_ids)
+        .bind(created)
+        .bind(costs)
+        .bind(estimated)
+        .bind(team_ids)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 /// What usage totals are grouped by.

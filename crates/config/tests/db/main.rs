@@ -1,8 +1,9 @@
 //! Query tests against a real, throwaway PostgreSQL: keys, the change log and its NOTIFY, usage, nodes and the catalog;
-//! teams, prices and the running usage totals in their own modules.
+//! teams, prices, the running usage totals and the usage batch insert in their own modules.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod insert;
 mod prices;
 mod quota;
 mod teams;
@@ -435,12 +436,16 @@ async fn a_retried_usage_batch_is_counted_once() {
 #[tokio::test]
 async fn a_usage_batch_larger_than_one_chunk_is_stored_whole() {
     let (_db, pool) = migrated().await;
-    let batch: Vec<UsageEvent> = (0..2500).map(|_| usage_event(None, Some(1))).collect();
+    let rows = 2 * usage::CHUNK_ROWS + 500;
+    let batch: Vec<UsageEvent> = (0..rows).map(|_| usage_event(None, Some(1))).collect();
 
-    assert_eq!(usage::insert_usage(&pool, &batch).await.unwrap(), 2500);
+    assert_eq!(
+        usage::insert_usage(&pool, &batch).await.unwrap(),
+        rows as u64
+    );
     assert_eq!(usage::insert_usage(&pool, &batch).await.unwrap(), 0);
 
-    assert_eq!(usage_rows(&pool).await, 2500);
+    assert_eq!(usage_rows(&pool).await, rows as i64);
 }
 
 fn node(id: &str, service: &str, version: &str) -> NodeInfo {

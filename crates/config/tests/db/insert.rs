@@ -1,0 +1,215 @@
+//! The usage batch insert: one prepared statement for every batch size, rows
+//! stored field by field as sent, a retried batch counted once (totals too),
+//! and a batch stored whole or not at all.
+
+use chrono::{DateTime, TimeZone, Utc};
+use obleth_config::db::usage::{self, UsageFilter, CHUNK_ROWS};
+use obleth_config::model::UsageEvent;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{migrated, usage_event, usage_rows};
+
+/// A whole number of microseconds, as PostgreSQL stores it, so a stored event
+/// compares equal to the one sent.
+fn micros(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).unwrap()
+}
+
+/// Events with every nullable field both set and unset, and model names
+/// outside ASCII.
+fn mixed_batch() -> Vec<UsageEvent> {
+    let key = Uuid::new_v4();
+    let team = Uuid::new_v4();
+    let base = 1_795_000_000_000_000 + 123_457;
+    vec![
+        UsageEvent {
+            request_id: Uuid::new_v4(),
+            key_id: Some(key),
+            model: "gpt-4o-mini".to_owned(),
+            provider: Some("openai".to_owned()),
+            prompt_tokens: Some(11),
+            completion_tokens: Some(22),
+            total_tokens: Some(33),
+            status: 200,
+            latency_ms: 41,
+            streamed: true,
+            node_id: Some("gw-ü".to_owned()),
+            created_at: micros(base),
+            cost_micros: Some(1_234_567_890_123),
+            estimated: false,
+            team_id: Some(team),
+        },
+        UsageEvent {
+            request_id: Uuid::new_v4(),
+            key_id: None,
+            model: "模型-😀-ünïcödé".to_owned(),
+            provider: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            total_tokens: None,
+            status: 401,
+            latency_ms: 0,
+            streamed: false,
+            node_id: None,
+            created_at: micros(base + 1),
+            cost_micros: None,
+            estimated: false,
+            team_id: None,
+        },
+        UsageEvent {
+            request_id: Uuid::new_v4(),
+            key_id: Some(key),
+            model: "llama-3 «70b»".to_owned(),
+            provider: Some("ollama".to_owned()),
+            prompt_tokens: Some(i32::MAX),
+            completion_tokens: None,
+            total_tokens: Some(0),
+            status: i16::MAX,
+            latency_ms: i32::MAX,
+            streamed: false,
+            node_id: Some(String::new()),
+            created_at: micros(base - 86_400_000_000),
+            cost_micros: Some(0),
+            estimated: true,
+            team_id: None,
+        },
+        UsageEvent {
+            request_id: Uuid::new_v4(),
+            key_id: None,
+            model: String::new(),
+            provider: Some("Ωmega".to_owned()),
+            prompt_tokens: None,
+            completion_tokens: Some(-1),
+            total_tokens: None,
+            status: -1,
+            latency_ms: -5,
+            streamed: true,
+            node_id: Some("gw-2".to_owned()),
+            created_at: micros(0),
+            cost_micros: Some(-7),
+            estimated: true,
+            team_id: Some(team),
+        },
+    ]
+}
+
+/// Every stored event, oldest row first.
+async fn stored(pool: &PgPool) -> Vec<UsageEvent> {
+    let all = UsageFilter {
+        from: Utc.with_ymd_and_hms(1900, 1, 1, 0, 0, 0).unwrap(),
+        to: Utc.with_ymd_and_hms(2200, 1, 1, 0, 0, 0).unwrap(),
+        key_id: None,
+        model: None,
+        provider: None,
+        team_id: None,
+    };
+    usage::list_usage(pool, &all, None, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event)
+        .collect()
+}
+
+/// Every `usage_totals` row, in key order.
+async fn totals(pool: &PgPool) -> Vec<(Uuid, String, DateTime<Utc>, i64, i64, i64)> {
+    sqlx::query_as(
+        "SELECT subject_id, period, period_start, requests, tokens, cost_micros \
+         FROM usage_totals ORDER BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_mixed_batch_is_stored_field_by_field_as_sent() {
+    let (_db, pool) = migrated().await;
+    let batch = mixed_batch();
+
+    assert_eq!(usage::insert_usage(&pool, &batch).await.unwrap(), 4);
+
+    assert_eq!(
+        stored(&pool).await,
+        batch,
+        "rows in batch order, every field"
+    );
+}
+
+#[tokio::test]
+async fn a_reinserted_batch_inserts_nothing_and_leaves_the_totals_alone() {
+    let (_db, pool) = migrated().await;
+    let batch = mixed_batch();
+    assert_eq!(usage::insert_usage(&pool, &batch).await.unwrap(), 4);
+    let before = totals(&pool).await;
+    // The key's and the team's four periods each, for the two days seen
+    // (the epoch event counts for the team only: its key is unset).
+    let key = batch[0].key_id.unwrap();
+    let key_total = before
+        .iter()
+        .find(|t| t.0 == key && t.1 == "total")
+        .unwrap();
+    assert_eq!(
+        (key_total.3, key_total.4, key_total.5),
+        (2, 33, 1_234_567_890_123)
+    );
+
+    assert_eq!(usage::insert_usage(&pool, &batch).await.unwrap(), 0);
+    assert_eq!(usage::insert_usage(&pool, &batch[1..3]).await.unwrap(), 0);
+
+    assert_eq!(totals(&pool).await, before);
+    assert_eq!(stored(&pool).await, batch);
+}
+
+#[tokio::test]
+async fn batches_of_every_size_use_one_prepared_statement() {
+    let (db, _pool) = migrated().await;
+    // One connection, so every insert runs on the session whose prepared
+    // statements are listed.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    for size in [1, 7, 500, 1] {
+        let batch: Vec<UsageEvent> = (0..size).map(|_| usage_event(None, Some(3))).collect();
+        assert_eq!(
+            usage::insert_usage(&pool, &batch).await.unwrap(),
+            size as u64
+        );
+    }
+
+    let prepared: Vec<String> = sqlx::query_scalar(
+        "SELECT statement FROM pg_prepared_statements \
+         WHERE statement LIKE 'INSERT INTO usage_events %'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        prepared.len(),
+        1,
+        "one statement for 1, 7 and 500 rows: {prepared:?}"
+    );
+    assert_eq!(usage_rows(&pool).await, 509);
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_part_way_stores_nothing() {
+    let (_db, pool) = migrated().await;
+    // PostgreSQL text refuses a NUL byte; the bad event is the last one, in
+    // the last chunk, so earlier chunks must be rolled back.
+    let mut one: Vec<UsageEvent> = (0..3).map(|_| usage_event(None, Some(1))).collect();
+    one[2].model = "bad\0model".to_owned();
+    let mut chunks: Vec<UsageEvent> = (0..CHUNK_ROWS + 3)
+        .map(|_| usage_event(None, Some(1)))
+        .collect();
+    chunks.last_mut().unwrap().model = "bad\0model".to_owned();
+
+    assert!(usage::insert_usage(&pool, &one).await.is_err());
+    assert!(usage::insert_usage(&pool, &chunks).await.is_err());
+
+    assert_eq!(usage_rows(&pool).await, 0);
+}
