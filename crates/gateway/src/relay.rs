@@ -124,8 +124,9 @@ impl Completion {
         state.usage.record_with(|| UsageEvent {
             request_id: self.request_id,
             key_id: Some(self.key.id),
-            model: self.model.clone(),
-            provider: self.provider.clone(),
+            // Recorded once (the guard is taken): moved, not copied.
+            model: std::mem::take(&mut self.model),
+            provider: self.provider.take(),
             prompt_tokens: tokens.prompt,
             completion_tokens: tokens.completion,
             total_tokens: tokens.total,
