@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
-use obleth_config::db::key_store::{self, IdRange, KeyColumns};
+use obleth_config::db::key_store::{self, BlockRange, KeyColumns};
 use obleth_config::migrate::{check, read_applied, Compatibility, MigrationSet};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -92,8 +92,8 @@ const WARMUP_BATCH: usize = 4096;
 ///
 /// `active` is the count of active keys read before (the memory check's):
 /// the store reserves room for that many at once. The keys are read by
-/// [`WARMUP_SCANS`] concurrent scans of key id ranges, each on its own pooled
-/// connection, decoding only the columns the store keeps.
+/// [`WARMUP_SCANS`] concurrent scans of block ranges of the table, each on
+/// its own pooled connection, decoding only the columns the store keeps.
 pub async fn warm(state: &AppState, pool: &PgPool, active: u64) -> Result<i64, sqlx::Error> {
     let started = Instant::now();
     let high_water = obleth_config::db::changes::latest_seq(pool).await?;
@@ -101,8 +101,9 @@ pub async fn warm(state: &AppState, pool: &PgPool, active: u64) -> Result<i64, s
         .keys
         .reserve(usize::try_from(active).unwrap_or(usize::MAX));
     let scans = WARMUP_SCANS.min(state.settings.database.max_connections.max(1));
+    let blocks = key_store::key_table_blocks(pool).await?;
     let mut tasks = tokio::task::JoinSet::new();
-    for range in IdRange::split(scans) {
+    for range in BlockRange::split(scans, blocks) {
         tasks.spawn(scan(state.clone(), pool.clone(), range));
     }
     let mut count: i64 = 0;
@@ -143,9 +144,9 @@ pub async fn warm(state: &AppState, pool: &PgPool, active: u64) -> Result<i64, s
     Ok(high_water)
 }
 
-/// Reads the active keys whose ids are in `range` into the store, in
-/// batches; answers how many it read.
-async fn scan(state: AppState, pool: PgPool, range: IdRange) -> Result<i64, sqlx::Error> {
+/// Reads the active keys in `range` into the store, in batches; answers how
+/// many it read.
+async fn scan(state: AppState, pool: PgPool, range: BlockRange) -> Result<i64, sqlx::Error> {
     let mut rows = key_store::active_key_rows(&pool, range);
     let mut batch = Vec::with_capacity(WARMUP_BATCH);
     let mut count = 0;

@@ -29,24 +29,41 @@ pub async fn count_active_keys(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
-/// A half-open range of key ids, `start` included; no `end`: to the last id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdRange {
-    pub start: Uuid,
-    pub end: Option<Uuid>,
+/// The size of the keys table in blocks (pages), as it stands now.
+pub async fn key_table_blocks(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT pg_relation_size('api_keys') / current_setting('block_size')::bigint",
+    )
+    .fetch_one(pool)
+    .await
 }
 
-impl IdRange {
-    /// `n` ranges (at least one) that split the UUID space into equal parts
-    /// and together cover it. Keys' ids are random (v4), so each range holds
-    /// about as many keys as the others.
-    pub fn split(n: u32) -> Vec<IdRange> {
-        let n = u128::from(n.max(1));
-        let step = u128::MAX / n;
+/// A half-open range of the keys table's blocks, `start` included; no `end`:
+/// to the last block, including blocks added since the size was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRange {
+    pub start: i64,
+    pub end: Option<i64>,
+}
+
+impl BlockRange {
+    /// `n` ranges (at least one) that split a table of `blocks` blocks into
+    /// about equal parts and together cover all of it and anything beyond.
+    /// Each is a TID range scan (PostgreSQL 14 and later): several read the
+    /// table at once without reading any page twice, whatever the key ids.
+    pub fn split(n: u32, blocks: i64) -> Vec<BlockRange> {
+        let n = i64::from(n.max(1));
+        let step = (blocks.max(0) + n - 1) / n;
+        if step == 0 {
+            return vec![BlockRange {
+                start: 0,
+                end: None,
+            }];
+        }
         (0..n)
-            .map(|i| IdRange {
-                start: Uuid::from_u128(i * step),
-                end: (i + 1 < n).then(|| Uuid::from_u128((i + 1) * step)),
+            .map(|i| BlockRange {
+                start: i * step,
+                end: (i + 1 < n).then_some((i + 1) * step),
             })
             .collect()
     }
@@ -55,22 +72,29 @@ impl IdRange {
 /// Streams the rows of the keys in `range` that are not revoked, in no
 /// particular order; decode each with [`KeyColumns::from_row`]. The stream
 /// holds one pooled connection until it ends.
+///
+/// Each range is read in its own snapshot, so a key updated while the ranges
+/// are read may be missed or read twice: a warm-up replays the change log
+/// from a mark read before, which applies every such update again.
 pub fn active_key_rows(
     pool: &PgPool,
-    range: IdRange,
+    range: BlockRange,
 ) -> impl Stream<Item = Result<PgRow, sqlx::Error>> + Send + '_ {
     let query = match range.end {
         Some(end) => sqlx::query(concat!(
             "SELECT ",
             store_columns!(),
-            " FROM api_keys WHERE revoked_at IS NULL AND id >= $1 AND id < $2"
+            " FROM api_keys WHERE revoked_at IS NULL \
+              AND ctid >= format('(%s,0)', $1::bigint)::tid \
+              AND ctid < format('(%s,0)', $2::bigint)::tid"
         ))
         .bind(range.start)
         .bind(end),
         None => sqlx::query(concat!(
             "SELECT ",
             store_columns!(),
-            " FROM api_keys WHERE revoked_at IS NULL AND id >= $1"
+            " FROM api_keys WHERE revoked_at IS NULL \
+              AND ctid >= format('(%s,0)', $1::bigint)::tid"
         ))
         .bind(range.start),
     };
@@ -158,11 +182,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_ranges_cover_the_id_space_without_gaps() {
-        for n in [0, 1, 2, 4, 7] {
-            let ranges = IdRange::split(n);
-            assert_eq!(ranges.len(), n.max(1) as usize);
-            assert_eq!(ranges[0].start, Uuid::nil());
+    fn block_ranges_cover_the_table_and_beyond_without_gaps() {
+        for (n, blocks) in [(0, 10), (1, 10), (4, 0), (4, 3), (4, 25_000), (7, 100)] {
+            let ranges = BlockRange::split(n, blocks);
+            assert!(!ranges.is_empty() && ranges.len() <= n.max(1) as usize);
+            assert_eq!(ranges[0].start, 0);
             assert_eq!(ranges.last().map(|r| r.end), Some(None));
             for pair in ranges.windows(2) {
                 assert_eq!(pair[0].end, Some(pair[1].start));

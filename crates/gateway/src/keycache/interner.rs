@@ -76,7 +76,10 @@ mod tests {
         assert_eq!(interner.len(), 2);
         assert!(interner.intern(&[]).is_none());
         // The slice's hash is the stored list's.
-        assert_eq!(interner.hasher.hash_one(&*a), interner.hash(&list(&["gpt-4o*", "text-embedding-*"])));
+        assert_eq!(
+            interner.hasher.hash_one(&*a),
+            interner.hash(&list(&["gpt-4o*", "text-embedding-*"]))
+        );
     }
 
     #[test]
@@ -86,6 +89,9 @@ mod tests {
         drop(interner.intern(&list(&["b"])));
         interner.sweep();
         assert_eq!(interner.len(), 1);
-        assert!(Arc::ptr_eq(&kept.unwrap(), &interner.intern(&list(&["a"])).unwrap()));
+        assert!(Arc::ptr_eq(
+            &kept.unwrap(),
+            &interner.intern(&list(&["a"])).unwrap()
+        ));
     }
 }

@@ -121,13 +121,16 @@ impl KeyCache {
         }
         let now = record::micros(Utc::now());
         let mut table = self.write();
-        if !table.contains_id(&entry.id()) && table.len() >= self.0.max_keys {
-            let record = table.record_of(entry);
-            drop(table);
-            self.overflow();
-            return Some(record);
-        }
-        Some(table.upsert(entry, now))
+        let record = match table.upsert(entry, now, self.0.max_keys) {
+            Ok(record) => record.clone(),
+            Err(entry) => {
+                let record = table.record_of(*entry);
+                drop(table);
+                self.overflow();
+                return Some(record);
+            }
+        };
+        Some(record)
     }
 
     /// Stores a warm-up's batch of keys, emptying it. Negative entries are
@@ -137,11 +140,7 @@ impl KeyCache {
         let mut table = self.write();
         let mut full = false;
         for entry in batch.drain(..) {
-            if !table.contains_id(&entry.id()) && table.len() >= self.0.max_keys {
-                full = true;
-                continue;
-            }
-            table.upsert(entry, now);
+            full |= table.upsert(entry, now, self.0.max_keys).is_err();
         }
         drop(table);
         if full {
@@ -176,12 +175,12 @@ impl KeyCache {
     /// is then complete.
     pub fn replace_all(&self, keys: Vec<ApiKey>) {
         let mut fresh = Table::default();
-        let overflowed = keys.len() > self.0.max_keys;
         let now = record::micros(Utc::now());
         fresh.reserve(keys.len().min(self.0.max_keys));
-        for key in keys.into_iter().take(self.0.max_keys) {
-            if let Some(entry) = Entry::new(KeyColumns::of_key(&key)) {
-                fresh.upsert(entry, now);
+        let mut overflowed = false;
+        for key in &keys {
+            if let Some(entry) = Entry::new(KeyColumns::of_key(key)) {
+                overflowed |= fresh.upsert(entry, now, self.0.max_keys).is_err();
             }
         }
         *self.write() = fresh;
@@ -348,7 +347,10 @@ mod tests {
             assert!(matches!(cache.get_at(&hash, now), Lookup::Hit(r) if r.id == id));
         }
         let later = now + chrono::Duration::seconds(60);
-        assert!(matches!(cache.get_at(&[1; 32], later), Lookup::KnownUnknown));
+        assert!(matches!(
+            cache.get_at(&[1; 32], later),
+            Lookup::KnownUnknown
+        ));
         assert!(matches!(cache.get_at(&[2; 32], later), Lookup::Hit(_)));
         assert_eq!(cache.len(), 1);
         cache.remove_id(&id);
@@ -363,7 +365,10 @@ mod tests {
         cache.replace_all(vec![key(2), key(3)]);
         assert!(matches!(cache.get(&[1; 32]), Lookup::Miss));
         assert!(matches!(cache.get(&[2; 32]), Lookup::Hit(_)));
-        assert!(matches!(cache.get(&[3; 32]), Lookup::Hit(_)), "the negative entry is gone");
+        assert!(
+            matches!(cache.get(&[3; 32]), Lookup::Hit(_)),
+            "the negative entry is gone"
+        );
         assert_eq!(cache.len(), 2);
         assert!(cache.is_complete());
     }

@@ -216,6 +216,9 @@ pub(crate) mod tests {
         assert!(k.allows_model("anything"));
         let plain = KeyRecord::new(&columns(Uuid::new_v4(), "x", &[1; 32]), None);
         assert!(!plain.is_expired(Utc::now()) && plain.team_id().is_none());
-        assert!(!plain.public_id_is("x"), "a public id of another length never matches");
+        assert!(
+            !plain.public_id_is("x"),
+            "a public id of another length never matches"
+        );
     }
 }

@@ -139,6 +139,7 @@ impl Table {
         self.slots.len()
     }
 
+    #[cfg(test)]
     pub fn contains_id(&self, id: &Uuid) -> bool {
         self.slot_of_id(id).is_some()
     }
@@ -170,9 +171,21 @@ impl Table {
         })
     }
 
-    /// Stores or replaces the entry's key and answers its record. The
-    /// previous secret is kept only if its overlap lasts past `now` (µs).
-    pub fn upsert(&mut self, entry: Entry, now: i64) -> KeyRecord {
+    /// Stores or replaces the entry's key and answers its record; a new key
+    /// when the table already holds `max_keys` is not stored and its entry
+    /// is given back. The previous secret is kept only if its overlap lasts
+    /// past `now` (µs).
+    pub fn upsert(
+        &mut self,
+        entry: Entry,
+        now: i64,
+        max_keys: usize,
+    ) -> Result<&KeyRecord, Box<Entry>> {
+        let id = entry.key.id;
+        let mut held = self.slot_of_id(&id);
+        if held.is_none() && self.slots.len() >= max_keys {
+            return Err(Box::new(entry));
+        }
         let Entry {
             hash,
             previous,
@@ -180,17 +193,16 @@ impl Table {
             models,
         } = entry;
         key.set_models(self.models.intern(&models));
-        let id = key.id;
         // Another key under this hash gives way (only a file listing one
         // secret twice can do that: the database keeps hashes unique).
         if let Some(i) = self.slot_of_hash(&hash) {
             let other = self.slots[i].key.id;
             if other != id {
                 self.remove_id(&other);
+                held = self.slot_of_id(&id);
             }
         }
-        let record = key.clone();
-        match self.slot_of_id(&id) {
+        let i = match held {
             Some(i) => {
                 let old = self.slots[i].hash;
                 if old != hash {
@@ -202,24 +214,28 @@ impl Table {
                         });
                 }
                 self.slots[i] = Slot { hash, key };
+                i
             }
             None => {
-                let i = position(self.slots.len());
+                let i = self.slots.len();
                 self.slots.push(Slot { hash, key });
                 let slots = &self.slots;
-                self.by_hash.insert_unique(hash_key(&hash), i, |&j| {
-                    hash_key(&slots[j as usize].hash)
+                self.by_hash
+                    .insert_unique(hash_key(&hash), position(i), |&j| {
+                        hash_key(&slots[j as usize].hash)
+                    });
+                self.by_id.insert_unique(id_key(&id), position(i), |&j| {
+                    id_key(&slots[j as usize].key.id)
                 });
-                self.by_id
-                    .insert_unique(id_key(&id), i, |&j| id_key(&slots[j as usize].key.id));
+                i
             }
-        }
+        };
         self.forget_previous(&id);
         if let Some((previous, until)) = previous.filter(|&(p, until)| until > now && p != hash) {
             self.previous.insert(previous, Previous { id, until });
             self.previous_of.insert(id, previous);
         }
-        record
+        Ok(&self.slots[i].key)
     }
 
     /// The record of `entry`, its models interned, without storing it.
@@ -248,6 +264,9 @@ impl Table {
     }
 
     fn forget_previous(&mut self, id: &Uuid) {
+        if self.previous_of.is_empty() {
+            return;
+        }
         if let Some(p) = self.previous_of.remove(id) {
             if self.previous.get(&p).is_some_and(|x| x.id == *id) {
                 self.previous.remove(&p);
@@ -289,7 +308,7 @@ mod tests {
         let mut table = Table::default();
         let ids: Vec<Uuid> = (0..200u8).map(|_| Uuid::new_v4()).collect();
         for (n, id) in ids.iter().enumerate() {
-            table.upsert(entry(*id, n as u8), 0);
+            table.upsert(entry(*id, n as u8), 0, usize::MAX).unwrap();
         }
         // Remove from the front, the middle and the end; the slab moves
         // its last slot into each hole.
@@ -309,8 +328,11 @@ mod tests {
     fn replacing_a_key_moves_it_to_its_new_hash() {
         let mut table = Table::default();
         let id = Uuid::new_v4();
-        table.upsert(entry(id, 1), 0);
-        table.upsert(entry(id, 2), 0);
+        table.upsert(entry(id, 1), 0, 1).unwrap();
+        table
+            .upsert(entry(id, 2), 0, 1)
+            .expect("a held key is replaced when the table is full");
+        assert!(table.upsert(entry(Uuid::new_v4(), 3), 0, 1).is_err());
         assert_eq!((found(&table, 1), found(&table, 2)), (None, Some(id)));
         assert_eq!(table.len(), 1);
     }
@@ -322,17 +344,17 @@ mod tests {
         let mut c = columns(id, "abc123def456", &[2; 32]);
         c.previous_secret_hash = Some(&[1; 32]);
         c.previous_expires_at = Some(chrono::DateTime::from_timestamp_micros(1_000).unwrap());
-        table.upsert(Entry::new(c).unwrap(), 0);
+        table.upsert(Entry::new(c).unwrap(), 0, 1).unwrap();
         assert!(matches!(table.get(&[1; 32], 999), Some(Found::Key(k)) if k.id == id));
         assert!(matches!(table.get(&[1; 32], 1_000), Some(Found::Expired)));
         // The next version of the key, without a previous secret, drops it.
-        table.upsert(entry(id, 2), 0);
+        table.upsert(entry(id, 2), 0, 1).unwrap();
         assert!(table.get(&[1; 32], 0).is_none());
         // An overlap already over when the key is stored is not kept.
         let mut c = columns(id, "abc123def456", &[2; 32]);
         c.previous_secret_hash = Some(&[1; 32]);
         c.previous_expires_at = Some(chrono::DateTime::from_timestamp_micros(1_000).unwrap());
-        table.upsert(Entry::new(c).unwrap(), 1_000);
+        table.upsert(Entry::new(c).unwrap(), 1_000, 1).unwrap();
         assert!(table.get(&[1; 32], 0).is_none());
     }
 
@@ -343,9 +365,12 @@ mod tests {
         for n in 0..3u8 {
             let mut c = columns(Uuid::new_v4(), "abc123def456", &[n; 32]);
             c.allowed_models = vec!["gpt-4o*".to_owned()];
-            records.push(table.upsert(Entry::new(c).unwrap(), 0));
+            records.push(table.upsert(Entry::new(c).unwrap(), 0, 9).unwrap().clone());
         }
-        let plain = table.upsert(entry(Uuid::new_v4(), 9), 0);
+        let plain = table
+            .upsert(entry(Uuid::new_v4(), 9), 0, 9)
+            .unwrap()
+            .clone();
         let (a, b) = (records[0].models().unwrap(), records[2].models().unwrap());
         assert!(Arc::ptr_eq(a, b));
         assert!(plain.models().is_none());

@@ -658,7 +658,9 @@ mod tests {
         let k = key(Some(3));
         let t = at("2026-11-28T10:00:10Z");
         for left in [2, 1, 0] {
-            let a = quota.admit_at(&record(&k), None, Demand::default(), t).unwrap();
+            let a = quota
+                .admit_at(&record(&k), None, Demand::default(), t)
+                .unwrap();
             assert_eq!(
                 a.headers["x-ratelimit-remaining-requests"],
                 left.to_string().as_str()
@@ -675,8 +677,12 @@ mod tests {
         }
         // Half of the next minute later, half of the previous minute counts.
         let later = at("2026-11-28T10:01:30Z");
-        assert!(quota.admit_at(&record(&k), None, Demand::default(), later).is_ok());
-        assert!(quota.admit_at(&record(&k), None, Demand::default(), later).is_err());
+        assert!(quota
+            .admit_at(&record(&k), None, Demand::default(), later)
+            .is_ok());
+        assert!(quota
+            .admit_at(&record(&k), None, Demand::default(), later)
+            .is_err());
     }
 
     #[test]

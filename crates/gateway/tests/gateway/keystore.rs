@@ -1,11 +1,10 @@
 //! The key store at start: the parallel warm-up loads every active key of
-//! every id range, and a store that would not fit the cgroup memory limit
+//! every block range, and a store that would not fit the cgroup memory limit
 //! stops the process before its warm-up.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use obleth_config::db::key_store::IdRange;
 use obleth_gateway::memcheck;
 use obleth_testkit::fresh_database;
 use obleth_testkit::proc::{command, free_port, signal, Signal};
@@ -35,46 +34,47 @@ async fn key_with_id(pool: &PgPool, id: Uuid, models: &[&str]) -> String {
 }
 
 #[tokio::test]
-async fn a_parallel_warm_up_loads_every_active_key_of_every_id_range() {
+async fn a_parallel_warm_up_loads_every_active_key_of_every_block_range() {
     let db = fresh_database().await.unwrap();
     let pool = migrated_database(&db.url).await;
-    // Keys on both sides of every boundary between the warm-up's scans, at
-    // both ends of the id space, and many random ones sharing a models list.
-    let mut ids = vec![Uuid::nil(), Uuid::from_u128(u128::MAX)];
-    for range in IdRange::split(8) {
-        ids.push(range.start);
-        if range.start != Uuid::nil() {
-            ids.push(Uuid::from_u128(range.start.as_u128() - 1));
-        }
-    }
-    ids.sort();
-    ids.dedup();
+    // Keys the test can present, between runs of others, so that they sit
+    // in every part of the table the warm-up's scans split it into; ids at
+    // both ends of the id space; one list of models for all.
     let mut secrets = Vec::new();
-    for id in &ids {
-        secrets.push(key_with_id(&pool, *id, &["m"]).await);
+    let ids = [Uuid::nil(), Uuid::from_u128(u128::MAX)];
+    for i in 0..10 {
+        let id = ids.get(i).copied().unwrap_or_else(Uuid::new_v4);
+        secrets.push(key_with_id(&pool, id, &["m"]).await);
+        sqlx::query(
+            "INSERT INTO api_keys (id, public_id, secret_hash, allowed_models) \
+             SELECT gen_random_uuid(), 'bulk' || $1 || lpad(i::text, 6, '0'), \
+                    sha256(convert_to($1 || '-' || i, 'UTF8')), ARRAY['m'] \
+             FROM generate_series(1, 300) AS i",
+        )
+        .bind(i.to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
     }
-    sqlx::query(
-        "INSERT INTO api_keys (id, public_id, secret_hash, allowed_models) \
-         SELECT gen_random_uuid(), 'bulk' || lpad(i::text, 8, '0'), \
-                sha256(convert_to('s' || i, 'UTF8')), ARRAY['m'] \
-         FROM generate_series(1, 2000) AS i",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
     let revoked = key_with_id(&pool, Uuid::new_v4(), &[]).await;
     sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE allowed_models = '{}'")
         .execute(&pool)
         .await
         .unwrap();
+    let blocks = obleth_config::db::key_store::key_table_blocks(&pool)
+        .await
+        .unwrap();
+    assert!(
+        blocks >= 8,
+        "the table spans several ranges ({blocks} blocks)"
+    );
 
     let gw = TestGateway::start(database_settings(&db.url, &pool).await).await;
     gw.wait_ready().await;
 
-    let loaded = (ids.len() + 2000) as f64;
     assert_eq!(
         metric(&gw, "obleth_key_cache_warmup_keys", &[]).await,
-        loaded
+        (10 + 10 * 300) as f64
     );
     for secret in &secrets {
         let answer = chat(&gw, secret, "m").await;
