@@ -22,6 +22,7 @@ use crate::catalog::SharedCatalog;
 use crate::embedded::EmbeddedError;
 use crate::health::Health;
 use crate::keycache::KeyCache;
+use crate::memcheck::{self, WouldNotFit};
 use crate::metrics::Metrics;
 use crate::quota::Quota;
 use crate::settings::GatewaySettings;
@@ -94,6 +95,9 @@ pub enum RunError {
     /// The database's schema can never suit this build.
     #[error(transparent)]
     Schema(#[from] IncompatibleSchema),
+    /// The key store would not fit the cgroup's memory limit.
+    #[error(transparent)]
+    Memory(#[from] WouldNotFit),
     /// A listener's server ended on its own.
     #[error(transparent)]
     Server(#[from] ServerEnded),
@@ -116,6 +120,7 @@ impl Gateway {
         config_file: Option<PathBuf>,
     ) -> Result<Gateway, StartError> {
         let metrics = Metrics::new();
+        memcheck::warn_if_max_keys_exceeds(settings.cache.max_keys, memcheck::limit());
         let pool = if settings.uses_database() {
             Some(obleth_config::db::connect_pool(&settings.database, "obleth-gateway").await?)
         } else {
@@ -190,7 +195,7 @@ impl Gateway {
             },
             ops::router(state.clone()),
         );
-        let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<IncompatibleSchema>(1);
+        let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<RunError>(1);
         match state.pool.clone() {
             Some(pool) => {
                 tokio::spawn(start_with_database(
@@ -231,7 +236,7 @@ impl Gateway {
         tokio::pin!(shutdown);
         tokio::select! {
             _ = &mut shutdown => info!("Shutdown requested; draining."),
-            Some(e) = fatal_rx.recv() => failure = Some(RunError::Schema(e)),
+            Some(e) = fatal_rx.recv() => failure = Some(e),
             ended = proxy_server.ended_unexpectedly() => {
                 error!("{ended}; draining.");
                 failure = Some(ended.into());
@@ -285,12 +290,13 @@ impl Gateway {
     }
 }
 
-/// Schema check, warm-up, then the feed, heartbeat and quota sync.
+/// Schema check, memory check, warm-up, then the feed, heartbeat and quota
+/// sync.
 async fn start_with_database(
     state: AppState,
     pool: sqlx::PgPool,
     stop: CancellationToken,
-    fatal: tokio::sync::mpsc::Sender<IncompatibleSchema>,
+    fatal: tokio::sync::mpsc::Sender<RunError>,
 ) {
     let heartbeat = Heartbeat {
         service: "gateway",
@@ -310,9 +316,10 @@ async fn start_with_database(
     tokio::spawn(heartbeat.run(stop.clone()));
     if let Err(e) = warmup::wait_for_schema(&state, &pool, &stop).await {
         error!("Refusing to start: {e}");
-        let _ = fatal.send(e).await;
+        let _ = fatal.send(e.into()).await;
         return;
     }
+    let memory_limit = memcheck::limit();
     // LISTEN first, then read the change log's high-water mark and the keys:
     // a change made during the warm-up is both notified and replayed.
     let (seq, listener) = loop {
@@ -327,7 +334,23 @@ async fn start_with_database(
                 continue;
             }
         };
-        match warmup::warm(&state, &pool).await {
+        // Before any key is loaded: keys that would not fit the memory limit
+        // stop the gateway here, with the figures, rather than get it killed
+        // half-way through the warm-up.
+        let active = match obleth_config::db::key_store::count_active_keys(&pool).await {
+            Ok(n) => u64::try_from(n).unwrap_or(0),
+            Err(e) => {
+                warn!(error = %e, "Cannot count the active keys; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = memcheck::check(active, state.settings.cache.max_keys, memory_limit) {
+            error!("Refusing to start: {e}");
+            let _ = fatal.send(e.into()).await;
+            return;
+        }
+        match warmup::warm(&state, &pool, active).await {
             Ok(seq) => break (seq, listener),
             Err(e) => {
                 warn!(error = %e, "Warm-up failed; retrying.");

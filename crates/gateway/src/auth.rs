@@ -5,7 +5,6 @@
 //! feed live) a key it does not hold is unknown and costs no query; otherwise
 //! a miss is looked up in the database, coalesced and rate-limited.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, MatchedPath};
@@ -14,11 +13,10 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::Utc;
 use obleth_config::apikey;
-use obleth_config::model::ApiKey;
 use sqlx::PgPool;
 
 use crate::error::ApiError;
-use crate::keycache::{Hash, Lookup};
+use crate::keycache::{Hash, KeyRecord, Lookup};
 use crate::misses::Outcome;
 use crate::policy;
 use crate::proxy::reject;
@@ -31,7 +29,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// It holds the request's in-flight guard from the moment it arrived.
 #[derive(Debug)]
 pub struct AuthorizedKey {
-    pub key: Arc<ApiKey>,
+    pub key: KeyRecord,
     pub started: Instant,
     pub guard: InFlightGuard,
 }
@@ -109,11 +107,14 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
 
 /// Resolves and checks the caller's key: unknown keys are 401, revoked or
 /// expired ones 403.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<ApiKey>, ApiError> {
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
     let presented = presented_key(headers)?;
     let parsed = apikey::parse(presented).map_err(|_| ApiError::InvalidKey)?;
     let hash: Hash = apikey::hash_secret(parsed.secret);
-    let key = match state.keys.get(&hash) {
+    let now = Utc::now();
+    // A hit is the key this hash authenticates at `now` (the store matched
+    // the whole hash, and a previous secret only within its overlap).
+    let key = match state.keys.get_at(&hash, now) {
         Lookup::Hit(key) => {
             state.metrics.cache_hits.inc();
             key
@@ -127,10 +128,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<A
             resolve_miss(state, hash).await?
         }
     };
-    let now = Utc::now();
-    let secret_ok =
-        apikey::hashes_equal(&key.secret_hash, &hash) || key.previous_secret_valid(&hash, now);
-    if key.public_id != parsed.public_id || !secret_ok {
+    if !key.public_id_is(parsed.public_id) {
         return Err(ApiError::InvalidKey);
     }
     policy::check_key(&key, now)?;
@@ -141,7 +139,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<A
 /// complete, it is unknown: no query. Otherwise one database lookup per hash
 /// at a time, within the global rate; past the rate the answer is 503
 /// `key_store_unavailable` (retryable), not 401, since the key may be valid.
-async fn resolve_miss(state: &AppState, hash: Hash) -> Result<Arc<ApiKey>, ApiError> {
+async fn resolve_miss(state: &AppState, hash: Hash) -> Result<KeyRecord, ApiError> {
     let Some(pool) = &state.pool else {
         return Err(ApiError::InvalidKey);
     };
@@ -165,6 +163,8 @@ async fn resolve_miss(state: &AppState, hash: Hash) -> Result<Arc<ApiKey>, ApiEr
 }
 
 /// One database lookup; a found key is stored, an unknown hash remembered.
+/// A key found by a previous secret whose overlap has ended is stored but
+/// does not authenticate.
 async fn lookup(state: &AppState, pool: &PgPool, hash: Hash) -> Outcome {
     let query = obleth_config::db::keys::key_by_hash(pool, &hash);
     let found = match tokio::time::timeout(LOOKUP_TIMEOUT, query).await {
@@ -173,8 +173,13 @@ async fn lookup(state: &AppState, pool: &PgPool, hash: Hash) -> Outcome {
     };
     let (result, outcome) = match found {
         Ok(Some(key)) => {
-            state.keys.insert(key.clone());
-            ("found", Outcome::Found(Arc::new(key)))
+            let now = Utc::now();
+            let authenticates = apikey::hashes_equal(&key.secret_hash, &hash)
+                || key.previous_secret_valid(&hash, now);
+            match state.keys.store(key) {
+                Some(record) if authenticates => ("found", Outcome::Found(record)),
+                _ => ("found", Outcome::Unknown),
+            }
         }
         Ok(None) => {
             state.keys.remember_unknown(hash);

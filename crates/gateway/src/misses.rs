@@ -8,10 +8,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use obleth_config::model::ApiKey;
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::keycache::Hash;
+use crate::keycache::{Hash, KeyRecord};
 
 /// Most miss lookups running at once, across all hashes.
 pub const MISS_LOOKUP_CONCURRENCY: usize = 4;
@@ -19,7 +18,7 @@ pub const MISS_LOOKUP_CONCURRENCY: usize = 4;
 /// What one database lookup found.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Found(Arc<ApiKey>),
+    Found(KeyRecord),
     Unknown,
     /// The query failed or timed out; nothing is remembered.
     Failed,

@@ -2,7 +2,6 @@
 //! model to its providers in order (falling back only before anything reached
 //! the client), and relay the answer.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -12,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use obleth_config::model::ApiKey;
 use serde_json::{json, Value};
 
 use crate::answer;
@@ -20,6 +18,7 @@ use crate::auth::AuthorizedKey;
 use crate::catalog::ProviderRuntime;
 use crate::error::ApiError;
 use crate::estimate;
+use crate::keycache::KeyRecord;
 use crate::metrics;
 use crate::peek::peek;
 use crate::policy;
@@ -167,7 +166,7 @@ async fn proxy(
     let completion = Completion {
         admission: None,
         state: state.clone(),
-        key: Arc::clone(&key),
+        key: key.clone(),
         request_id: request_id::next(),
         route,
         model: model.clone(),
@@ -255,7 +254,7 @@ fn demand(state: &AppState, model: &str, request_bytes: usize, max_output: Optio
 /// back so the caller records the request once.
 async fn forward(
     state: &AppState,
-    key: &ApiKey,
+    key: &KeyRecord,
     call: Call,
     mut completion: Completion,
 ) -> Result<Response, Failure> {
@@ -269,7 +268,7 @@ async fn forward(
     if !policy::model_allowed(key, &model) {
         return Err((ApiError::ModelNotAllowed(model), Some(completion)));
     }
-    let team = key.team_id.and_then(|id| state.keys.team(id));
+    let team = key.team_id().and_then(|id| state.keys.team(id));
     match state.quota.admit(key, team.as_deref(), demand) {
         Ok(admission) => completion.admission = Some(admission),
         Err(e) => return Err((e, Some(completion))),

@@ -5,19 +5,19 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
 use hyper::body::{Body, Frame, SizeHint};
-use obleth_config::model::{ApiKey, UsageEvent};
+use obleth_config::model::UsageEvent;
 use serde_json::Value;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
 use crate::estimate;
+use crate::keycache::KeyRecord;
 use crate::metrics;
 use crate::quota::Admission;
 pub use crate::sse::SseUsage;
@@ -74,7 +74,7 @@ pub struct Completion {
     /// The quota reservations, settled with the tokens used.
     pub admission: Option<Admission>,
     pub state: AppState,
-    pub key: Arc<ApiKey>,
+    pub key: KeyRecord,
     pub request_id: Uuid,
     pub route: &'static str,
     pub model: String,
@@ -137,7 +137,7 @@ impl Completion {
             created_at: Utc::now(),
             cost_micros,
             estimated: tokens.estimated,
-            team_id: self.key.team_id,
+            team_id: self.key.team_id(),
         });
         drop(guard);
     }

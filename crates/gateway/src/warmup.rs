@@ -4,12 +4,14 @@
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
+use obleth_config::db::key_store::{self, BlockRange, KeyColumns};
 use obleth_config::migrate::{check, read_applied, Compatibility, MigrationSet};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::catalog::Catalog;
+use crate::keycache::Entry;
 use crate::state::AppState;
 
 /// The schema can never suit this build: the process must exit.
@@ -80,19 +82,44 @@ pub async fn wait_for_schema(
     }
 }
 
+/// Concurrent scans of the key table in a warm-up.
+const WARMUP_SCANS: u32 = 4;
+/// Keys decoded before they are stored under one write lock.
+const WARMUP_BATCH: usize = 4096;
+
 /// Loads every active key, the teams and the catalog. Answers the change-log
 /// high-water mark read *before* the keys, so replaying from it misses nothing.
-pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
+///
+/// `active` is the count of active keys read before (the memory check's):
+/// the store reserves room for that many at once. The keys are read by
+/// [`WARMUP_SCANS`] concurrent scans of block ranges of the table, each on
+/// its own pooled connection, decoding only the columns the store keeps.
+pub async fn warm(state: &AppState, pool: &PgPool, active: u64) -> Result<i64, sqlx::Error> {
     let started = Instant::now();
     let high_water = obleth_config::db::changes::latest_seq(pool).await?;
-    let mut count: i64 = 0;
-    let mut keys = obleth_config::db::keys::active_keys(pool);
-    while let Some(key) = keys.try_next().await? {
-        state.keys.insert(key);
-        count += 1;
+    state
+        .keys
+        .reserve(usize::try_from(active).unwrap_or(usize::MAX));
+    let scans = WARMUP_SCANS.min(state.settings.database.max_connections.max(1));
+    let blocks = key_store::key_table_blocks(pool).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for range in BlockRange::split(scans, blocks) {
+        tasks.spawn(scan(state.clone(), pool.clone(), range));
     }
-    drop(keys);
-    state.keys.set_warmed();
+    let mut count: i64 = 0;
+    let mut failure = None;
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(n)) => count += n,
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(sqlx::Error::Io(std::io::Error::other(e))),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    state.keys.warmed_up();
+    let keys_loaded = started.elapsed();
     let catalog = obleth_config::db::catalog::load_catalog(pool).await?;
     state
         .catalog
@@ -108,11 +135,32 @@ pub async fn warm(state: &AppState, pool: &PgPool) -> Result<i64, sqlx::Error> {
     state.metrics.warmup_keys.set(count);
     info!(
         keys = count,
+        model_lists = state.keys.model_lists(),
         elapsed_ms = elapsed.as_millis() as u64,
+        keys_ms = keys_loaded.as_millis() as u64,
         high_water,
         "Key cache warmed."
     );
     Ok(high_water)
+}
+
+/// Reads the active keys in `range` into the store, in batches; answers how
+/// many it read.
+async fn scan(state: AppState, pool: PgPool, range: BlockRange) -> Result<i64, sqlx::Error> {
+    let mut rows = key_store::active_key_rows(&pool, range);
+    let mut batch = Vec::with_capacity(WARMUP_BATCH);
+    let mut count = 0;
+    while let Some(row) = rows.try_next().await? {
+        count += 1;
+        if let Some(entry) = Entry::new(KeyColumns::from_row(&row)?) {
+            batch.push(entry);
+        }
+        if batch.len() == WARMUP_BATCH {
+            state.keys.load(&mut batch);
+        }
+    }
+    state.keys.load(&mut batch);
+    Ok(count)
 }
 
 /// Puts the gateway in or out of maintenance mode.

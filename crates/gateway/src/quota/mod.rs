@@ -28,11 +28,12 @@ use std::time::Instant;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, Utc};
 use obleth_config::db::quota::Dimension;
-use obleth_config::model::{ApiKey, BudgetPeriod, Team};
+use obleth_config::model::{BudgetPeriod, Team};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::keycache::KeyRecord;
 use counter::{Admit, Counter};
 
 /// Requests a gateway may always admit beyond its lease while the fleet's
@@ -187,7 +188,7 @@ impl Quota {
     /// refuses it: budgets first, then rate limits, all or nothing.
     pub fn admit(
         &self,
-        key: &ApiKey,
+        key: &KeyRecord,
         team: Option<&Team>,
         demand: Demand,
     ) -> Result<Admission, ApiError> {
@@ -196,7 +197,7 @@ impl Quota {
 
     pub fn admit_at(
         &self,
-        key: &ApiKey,
+        key: &KeyRecord,
         team: Option<&Team>,
         demand: Demand,
         now_utc: DateTime<Utc>,
@@ -466,7 +467,7 @@ fn div_ceil(a: i64, b: i64) -> i64 {
 /// The limits that apply to a request: the key's and its team's budgets,
 /// then their rate limits. Where both set one, both are checked, so the
 /// stricter holds.
-fn checks(key: &ApiKey, team: Option<&Team>, demand: Demand) -> Vec<Check> {
+fn checks(key: &KeyRecord, team: Option<&Team>, demand: Demand) -> Vec<Check> {
     // An unpriced request reserves one micro-dollar, so a spent spend
     // budget refuses it too; the settlement gives it back.
     let micros = demand.micros.max(1);
@@ -501,8 +502,8 @@ fn checks(key: &ApiKey, team: Option<&Team>, demand: Demand) -> Vec<Check> {
     subject(
         key.id,
         "API key",
-        key.token_budget,
-        key.budget_usd_micros,
+        key.token_budget(),
+        key.budget_usd_micros(),
         key.budget_period,
     );
     if let Some(team) = team {
@@ -536,7 +537,7 @@ fn checks(key: &ApiKey, team: Option<&Team>, demand: Demand) -> Vec<Check> {
             });
         }
     };
-    rate(key.id, "API key", key.rpm_limit, key.tpm_limit);
+    rate(key.id, "API key", key.rpm_limit(), key.tpm_limit());
     if let Some(team) = team {
         rate(team.id, "team", team.rpm_limit, team.tpm_limit);
     }
@@ -627,6 +628,14 @@ impl Drop for Admission {
 mod tests {
     use super::*;
 
+    use obleth_config::db::key_store::KeyColumns;
+    use obleth_config::model::ApiKey;
+
+    /// The record of `key`, as the key store keeps it.
+    fn record(key: &ApiKey) -> KeyRecord {
+        KeyRecord::new(&KeyColumns::of_key(key), None)
+    }
+
     fn key(rpm: Option<i32>) -> ApiKey {
         let now = Utc::now();
         ApiKey {
@@ -661,14 +670,16 @@ mod tests {
         let k = key(Some(3));
         let t = at("2026-11-28T10:00:10Z");
         for left in [2, 1, 0] {
-            let a = quota.admit_at(&k, None, Demand::default(), t).unwrap();
+            let a = quota
+                .admit_at(&record(&k), None, Demand::default(), t)
+                .unwrap();
             assert_eq!(
                 a.headers["x-ratelimit-remaining-requests"],
                 left.to_string().as_str()
             );
             assert_eq!(a.headers["x-ratelimit-limit-requests"], "3");
         }
-        match quota.admit_at(&k, None, Demand::default(), t) {
+        match quota.admit_at(&record(&k), None, Demand::default(), t) {
             Err(ApiError::RateLimited {
                 retry_after_secs,
                 owner,
@@ -678,8 +689,12 @@ mod tests {
         }
         // Half of the next minute later, half of the previous minute counts.
         let later = at("2026-11-28T10:01:30Z");
-        assert!(quota.admit_at(&k, None, Demand::default(), later).is_ok());
-        assert!(quota.admit_at(&k, None, Demand::default(), later).is_err());
+        assert!(quota
+            .admit_at(&record(&k), None, Demand::default(), later)
+            .is_ok());
+        assert!(quota
+            .admit_at(&record(&k), None, Demand::default(), later)
+            .is_err());
     }
 
     #[test]
@@ -700,12 +715,12 @@ mod tests {
         };
         let t = at("2026-11-28T10:00:00Z");
         assert!(quota
-            .admit_at(&k, Some(&team), Demand::default(), t)
+            .admit_at(&record(&k), Some(&team), Demand::default(), t)
             .is_ok());
         assert!(quota
-            .admit_at(&k, Some(&team), Demand::default(), t)
+            .admit_at(&record(&k), Some(&team), Demand::default(), t)
             .is_ok());
-        match quota.admit_at(&k, Some(&team), Demand::default(), t) {
+        match quota.admit_at(&record(&k), Some(&team), Demand::default(), t) {
             Err(ApiError::RateLimited { owner, .. }) => assert_eq!(owner, "team"),
             other => panic!("{other:?}"),
         }
@@ -730,16 +745,16 @@ mod tests {
             tokens: 10,
             micros: 600,
         };
-        let a = quota.admit_at(&k, None, demand, t).unwrap();
+        let a = quota.admit_at(&record(&k), None, demand, t).unwrap();
         // A second reservation overdraws what is left once; a third finds
         // nothing left.
-        let b = quota.admit_at(&k, None, demand, t).unwrap();
-        assert!(quota.admit_at(&k, None, demand, t).is_err());
+        let b = quota.admit_at(&record(&k), None, demand, t).unwrap();
+        assert!(quota.admit_at(&record(&k), None, demand, t).is_err());
         a.settle(10, 100);
         b.settle(10, 850);
         // 950 of 1000 spent: one more request may spend the rest.
-        let c = quota.admit_at(&k, None, demand, t).unwrap();
-        match quota.admit_at(&k, None, demand, t) {
+        let c = quota.admit_at(&record(&k), None, demand, t).unwrap();
+        match quota.admit_at(&record(&k), None, demand, t) {
             Err(ApiError::BudgetExhausted {
                 what,
                 period,
@@ -751,7 +766,7 @@ mod tests {
         c.settle(10, 40);
         // Past midnight UTC the day's budget is whole again.
         assert!(quota
-            .admit_at(&k, None, demand, at("2026-11-29T00:00:01Z"))
+            .admit_at(&record(&k), None, demand, at("2026-11-29T00:00:01Z"))
             .is_ok());
     }
 
@@ -765,8 +780,8 @@ mod tests {
             tokens: 80,
             micros: 0,
         };
-        drop(quota.admit_at(&k, None, demand, t).unwrap());
-        assert!(quota.admit_at(&k, None, demand, t).is_ok());
+        drop(quota.admit_at(&record(&k), None, demand, t).unwrap());
+        assert!(quota.admit_at(&record(&k), None, demand, t).is_ok());
     }
 
     #[test]
@@ -787,7 +802,7 @@ mod tests {
         let quota = Quota::new(false, false);
         let k = key(Some(1));
         for _ in 0..5 {
-            assert!(quota.admit(&k, None, Demand::default()).is_ok());
+            assert!(quota.admit(&record(&k), None, Demand::default()).is_ok());
         }
     }
 }

@@ -7,6 +7,7 @@ mod database;
 mod egress;
 mod embedded;
 mod hardening;
+mod keystore;
 mod limits;
 mod process;
 mod props;

@@ -1,27 +1,39 @@
-//! The in-memory key store: SHA-256 of a key's secret to its record, key id to
-//! its hashes for invalidation, and a short-lived negative cache. It holds
-//! every active key without eviction, so that while it is complete (warmed and
-//! the change feed live) an unknown key is refused without a query.
+//! The in-memory key store: every active key's compact record (see
+//! `record`) in one table found by its secret's hash or its id, and a
+//! short-lived negative cache. It holds every active key without eviction,
+//! so that while it is complete (warmed and the change feed live) an unknown
+//! key is refused without a query.
+
+mod interner;
+mod record;
+mod table;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use moka::sync::Cache;
+use obleth_config::db::key_store::KeyColumns;
 use obleth_config::model::{ApiKey, Team};
 use uuid::Uuid;
 
+pub use record::{KeyRecord, ModelList};
+pub use table::{Entry, Hash};
+
 use crate::misses::MissGate;
 use crate::settings::CacheSettings;
-
-pub type Hash = [u8; 32];
+use table::{Found, Table};
 
 /// What the store knows about a presented hash.
 #[derive(Debug)]
 pub enum Lookup {
-    Hit(Arc<ApiKey>),
-    /// Recently looked up and not found; answer 401 without a query.
+    /// The key, which the hash authenticates: its current secret's, or its
+    /// previous secret's within the rotation overlap.
+    Hit(KeyRecord),
+    /// Recently looked up and not found, or a previous secret past its
+    /// overlap; answer 401 without a query.
     KnownUnknown,
     Miss,
 }
@@ -32,7 +44,8 @@ pub struct KeyCache(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    maps: RwLock<Maps>,
+    /// Read by every request; written by the warm-up, the feed and reloads.
+    table: RwLock<Table>,
     max_keys: usize,
     /// Unknown hashes looked up while the store was incomplete.
     negative: Cache<Hash, ()>,
@@ -48,54 +61,10 @@ struct Inner {
     teams: RwLock<HashMap<Uuid, Arc<Team>>>,
 }
 
-/// A read-mostly set: written by the warm-up, the feed and reloads, read by
-/// every request.
-#[derive(Debug, Default)]
-struct Maps {
-    by_hash: HashMap<Hash, Arc<ApiKey>>,
-    /// Every hash a key answers to: its secret and, after a rotation, the previous one.
-    hashes_by_id: HashMap<Uuid, Vec<Hash>>,
-}
-
-impl Maps {
-    fn insert(&mut self, key: ApiKey) {
-        let Ok(hash) = Hash::try_from(key.secret_hash.as_slice()) else {
-            return;
-        };
-        let previous = key
-            .previous_secret_hash
-            .as_deref()
-            .and_then(|p| Hash::try_from(p).ok())
-            .filter(|_| {
-                key.previous_expires_at
-                    .is_some_and(|at| at > chrono::Utc::now())
-            });
-        let hashes: Vec<Hash> = std::iter::once(hash).chain(previous).collect();
-        if let Some(old) = self.hashes_by_id.get(&key.id) {
-            for h in old.iter().filter(|h| !hashes.contains(h)) {
-                self.by_hash.remove(h);
-            }
-        }
-        let key = Arc::new(key);
-        for h in &hashes {
-            self.by_hash.insert(*h, Arc::clone(&key));
-        }
-        self.hashes_by_id.insert(key.id, hashes);
-    }
-
-    fn remove_id(&mut self, id: &Uuid) {
-        if let Some(hashes) = self.hashes_by_id.remove(id) {
-            for h in &hashes {
-                self.by_hash.remove(h);
-            }
-        }
-    }
-}
-
 impl KeyCache {
     pub fn new(settings: &CacheSettings) -> Self {
         KeyCache(Arc::new(Inner {
-            maps: RwLock::new(Maps::default()),
+            table: RwLock::new(Table::default()),
             max_keys: usize::try_from(settings.max_keys).unwrap_or(usize::MAX),
             negative: Cache::builder()
                 .max_capacity(settings.negative_max)
@@ -109,17 +78,24 @@ impl KeyCache {
         }))
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
-        self.0.maps.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.0.table.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Maps> {
-        self.0.maps.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.0.table.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn get(&self, hash: &Hash) -> Lookup {
-        if let Some(key) = self.read().by_hash.get(hash) {
-            return Lookup::Hit(Arc::clone(key));
+        self.get_at(hash, Utc::now())
+    }
+
+    /// What `hash` finds at `now`.
+    pub fn get_at(&self, hash: &Hash, now: DateTime<Utc>) -> Lookup {
+        match self.read().get(hash, record::micros(now)) {
+            Some(Found::Key(key)) => return Lookup::Hit(key.clone()),
+            Some(Found::Expired) => return Lookup::KnownUnknown,
+            None => {}
         }
         if self.0.negative.contains_key(hash) {
             return Lookup::KnownUnknown;
@@ -133,29 +109,57 @@ impl KeyCache {
     /// work at once). A new key past `max_keys` is not stored, and the store
     /// is marked incomplete from then on.
     pub fn insert(&self, key: ApiKey) {
-        for h in [
-            Some(key.secret_hash.as_slice()),
-            key.previous_secret_hash.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if let Ok(h) = Hash::try_from(h) {
-                self.0.negative.invalidate(&h);
-            }
+        self.store(key);
+    }
+
+    /// [`KeyCache::insert`], answering the key's record (also when it was
+    /// not stored for `max_keys`); none for a hash that is not 32 bytes.
+    pub fn store(&self, key: ApiKey) -> Option<KeyRecord> {
+        let entry = Entry::new(KeyColumns::of_key(&key))?;
+        for h in entry.hashes() {
+            self.0.negative.invalidate(h);
         }
-        let mut maps = self.write();
-        if !maps.hashes_by_id.contains_key(&key.id) && maps.hashes_by_id.len() >= self.0.max_keys {
-            drop(maps);
-            if !self.0.overflowed.swap(true, Ordering::AcqRel) {
-                tracing::warn!(
-                    max_keys = self.0.max_keys,
-                    "Key store full (cache.max_keys); keys past it are looked up in the database, rate-limited."
-                );
+        let now = record::micros(Utc::now());
+        let mut table = self.write();
+        let record = match table.upsert(entry, now, self.0.max_keys) {
+            Ok(record) => record.clone(),
+            Err(entry) => {
+                let record = table.record_of(*entry);
+                drop(table);
+                self.overflow();
+                return Some(record);
             }
-            return;
+        };
+        Some(record)
+    }
+
+    /// Stores a warm-up's batch of keys, emptying it. Negative entries are
+    /// not looked at: the warm-up ends with [`KeyCache::warmed_up`].
+    pub fn load(&self, batch: &mut Vec<Entry>) {
+        let now = record::micros(Utc::now());
+        let mut table = self.write();
+        let mut full = false;
+        for entry in batch.drain(..) {
+            full |= table.upsert(entry, now, self.0.max_keys).is_err();
         }
-        maps.insert(key);
+        drop(table);
+        if full {
+            self.overflow();
+        }
+    }
+
+    /// Room for `additional` more keys, so that a warm-up grows nothing.
+    pub fn reserve(&self, additional: usize) {
+        self.write().reserve(additional.min(self.0.max_keys));
+    }
+
+    fn overflow(&self) {
+        if !self.0.overflowed.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                max_keys = self.0.max_keys,
+                "Key store full (cache.max_keys); keys past it are looked up in the database, rate-limited."
+            );
+        }
     }
 
     /// Forgets a deleted key.
@@ -170,16 +174,28 @@ impl KeyCache {
     /// Makes the store hold exactly `keys` (embedded mode reload); the store
     /// is then complete.
     pub fn replace_all(&self, keys: Vec<ApiKey>) {
-        let mut fresh = Maps::default();
-        let overflowed = keys.len() > self.0.max_keys;
-        for key in keys.into_iter().take(self.0.max_keys) {
-            fresh.insert(key);
+        let mut fresh = Table::default();
+        let now = record::micros(Utc::now());
+        fresh.reserve(keys.len().min(self.0.max_keys));
+        let mut overflowed = false;
+        for key in &keys {
+            if let Some(entry) = Entry::new(KeyColumns::of_key(key)) {
+                overflowed |= fresh.upsert(entry, now, self.0.max_keys).is_err();
+            }
         }
         *self.write() = fresh;
         self.0.negative.invalidate_all();
         self.0.overflowed.store(overflowed, Ordering::Release);
         self.set_warmed();
         self.set_live(true);
+    }
+
+    /// The warm-up has loaded every active key: the negative entries made
+    /// meanwhile are forgotten (the batches did not look at them), and the
+    /// store is warmed.
+    pub fn warmed_up(&self) {
+        self.0.negative.invalidate_all();
+        self.set_warmed();
     }
 
     /// The warm-up has loaded every active key.
@@ -208,7 +224,12 @@ impl KeyCache {
 
     /// Keys held.
     pub fn len(&self) -> u64 {
-        self.read().hashes_by_id.len() as u64
+        self.read().len() as u64
+    }
+
+    /// Distinct allowed-models lists the stored keys share.
+    pub fn model_lists(&self) -> usize {
+        self.read().model_lists()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -311,5 +332,65 @@ mod tests {
         cache.remove_id(&id);
         assert!(matches!(cache.get(&[9; 32]), Lookup::Miss));
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_rotated_key_answers_to_both_secrets_until_the_overlap_ends() {
+        let cache = KeyCache::new(&CacheSettings::default());
+        let now = chrono::Utc::now();
+        let mut k = key(2);
+        k.previous_secret_hash = Some(vec![1; 32]);
+        k.previous_expires_at = Some(now + chrono::Duration::seconds(60));
+        let id = k.id;
+        cache.insert(k);
+        for hash in [[1; 32], [2; 32]] {
+            assert!(matches!(cache.get_at(&hash, now), Lookup::Hit(r) if r.id == id));
+        }
+        let later = now + chrono::Duration::seconds(60);
+        assert!(matches!(
+            cache.get_at(&[1; 32], later),
+            Lookup::KnownUnknown
+        ));
+        assert!(matches!(cache.get_at(&[2; 32], later), Lookup::Hit(_)));
+        assert_eq!(cache.len(), 1);
+        cache.remove_id(&id);
+        assert!(matches!(cache.get_at(&[1; 32], now), Lookup::Miss));
+    }
+
+    #[test]
+    fn replace_all_holds_exactly_the_given_keys() {
+        let cache = KeyCache::new(&CacheSettings::default());
+        cache.insert(key(1));
+        cache.remember_unknown([3; 32]);
+        cache.replace_all(vec![key(2), key(3)]);
+        assert!(matches!(cache.get(&[1; 32]), Lookup::Miss));
+        assert!(matches!(cache.get(&[2; 32]), Lookup::Hit(_)));
+        assert!(
+            matches!(cache.get(&[3; 32]), Lookup::Hit(_)),
+            "the negative entry is gone"
+        );
+        assert_eq!(cache.len(), 2);
+        assert!(cache.is_complete());
+    }
+
+    #[test]
+    fn a_warm_up_batch_past_max_keys_makes_the_store_incomplete() {
+        let settings = CacheSettings {
+            max_keys: 2,
+            ..CacheSettings::default()
+        };
+        let cache = KeyCache::new(&settings);
+        cache.reserve(10);
+        let keys: Vec<ApiKey> = (1..=3).map(key).collect();
+        let mut batch: Vec<Entry> = keys
+            .iter()
+            .filter_map(|k| Entry::new(KeyColumns::of_key(k)))
+            .collect();
+        cache.load(&mut batch);
+        assert!(batch.is_empty());
+        cache.warmed_up();
+        cache.set_live(true);
+        assert_eq!(cache.len(), 2);
+        assert!(!cache.is_complete());
     }
 }
