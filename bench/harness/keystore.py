@@ -17,7 +17,11 @@ import obleth_db
 import targets
 from keys import metrics
 from pg import Cluster
-from procs import Group, http_status, vm_kib
+from procs import Group, cpu_secs, http_status, tree, vm_kib
+
+# cache.max_keys of every run: at least the gateway's default, and never below
+# the keys in the table (past it the store would be incomplete).
+DEFAULT_MAX_KEYS = 2_000_000
 
 # Keys are inserted in chunks, each one statement: 10M keys in one statement
 # would hold a transaction (and its memory) for minutes.
@@ -34,11 +38,20 @@ def insert_keys(cluster, db, have, n):
         first = last + 1
 
 
-def measure(bins, name, work, log_dir, url, n, ready_secs):
+def pg_cpu(cluster):
+    return sum(cpu_secs(p) for p in tree(cluster.pid()))
+
+
+def measure(cluster, bins, name, work, log_dir, url, n, ready_secs):
     group = Group(log_dir)
     try:
         config, port, ops = targets.gateway_toml(work, name, db=True)
+        with open(config, "a") as f:
+            f.write(f"\n[cache]\nmax_keys = {max(n, DEFAULT_MAX_KEYS)}\n")
+        pg_before = pg_cpu(cluster)
         proc = targets.start_gateway(group, bins, work, name, config, port, ops, url, ready_secs=ready_secs)
+        gateway_cpu = proc.cpu_secs()
+        postgres_cpu = pg_cpu(cluster) - pg_before
         rss_ready = proc.rss_kib()
         hwm = vm_kib(proc.pid, "VmHWM")
         m = metrics(ops)
@@ -54,6 +67,9 @@ def measure(bins, name, work, log_dir, url, n, ready_secs):
             "ready_secs": proc.ready_secs,
             "rss_ready_kib": rss_ready,
             "rss_peak_kib": hwm,
+            "gateway_cpu_secs": gateway_cpu,
+            "postgres_cpu_secs": postgres_cpu,
+            "load": float(open("/proc/loadavg").read().split()[0]),
             "check": check,
         }
     finally:
@@ -66,8 +82,9 @@ def fmt(v, spec):
 
 def render(rows):
     lines = [
-        "| build | keys | warm-up s | spawn to ready s | RSS ready MiB | peak RSS MiB | bytes a key | check |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| build | keys | warm-up s | spawn to ready s | RSS ready MiB | peak RSS MiB | bytes a key "
+        "| CPU s gateway / PostgreSQL | check |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     empty = {r["build"]: r["rss_ready_kib"] for r in rows if r["keys"] == 0}
     for r in rows:
@@ -77,7 +94,8 @@ def render(rows):
         check = "-" if not r["check"] else f"{r['check']['status']}, {int(r['check']['db_lookups'])} db lookups"
         lines.append(
             f"| {r['build']} | {r['keys']:,} | {fmt(r['warmup_secs'], '.2f')} | {fmt(r['ready_secs'], '.2f')} "
-            f"| {r['rss_ready_kib'] / 1024:.0f} | {r['rss_peak_kib'] / 1024:.0f} | {fmt(per_key, '.0f')} | {check} |"
+            f"| {r['rss_ready_kib'] / 1024:.0f} | {r['rss_peak_kib'] / 1024:.0f} | {fmt(per_key, '.0f')} "
+            f"| {r['gateway_cpu_secs']:.1f} / {r['postgres_cpu_secs']:.1f} | {check} |"
         )
     return "\n".join(lines)
 
@@ -116,7 +134,7 @@ def main():
             for name, bins in builds:
                 if n > caps.get(name, n):
                     continue
-                row = measure(bins, f"{name}-{n}", work, log_dir, url, n, ready_secs=900)
+                row = measure(cluster, bins, f"{name}-{n}", work, log_dir, url, n, ready_secs=900)
                 row["build"] = name
                 rows.append(row)
                 print(f"keystore: {json.dumps(row)}", flush=True)

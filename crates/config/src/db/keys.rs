@@ -1,10 +1,10 @@
-//! API key queries: the gateway's reads (warm-up stream, lookups) and the admin's writes.
+//! API key queries: the gateway's lookups of one key and the admin's writes
+//! (the warm-up's reads are in [`super::key_store`]).
 //!
 //! Every write is one transaction holding the row change and its change-log
 //! entry, so the NOTIFY goes out exactly when the change becomes visible.
 
 use chrono::{DateTime, Utc};
-use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -44,22 +44,6 @@ macro_rules! key_columns {
          token_budget, expires_at, revoked_at, created_at, updated_at, \
          previous_secret_hash, previous_expires_at, team_id, budget_usd_micros, budget_period"
     };
-}
-
-/// Streams every key that is not revoked, expired ones included (the gateway
-/// judges expiry, since a key expires without any write to tell it).
-///
-/// The stream holds one pooled connection until it ends. To warm a cache
-/// without missing changes: LISTEN first, read [`super::changes::latest_seq`],
-/// drain this stream, then catch up from that seq. Changes made meanwhile are
-/// replayed, which is harmless; reading the seq last could skip them.
-pub fn active_keys(pool: &PgPool) -> impl Stream<Item = Result<ApiKey, sqlx::Error>> + Send + '_ {
-    sqlx::query_as::<_, ApiKey>(concat!(
-        "SELECT ",
-        key_columns!(),
-        " FROM api_keys WHERE revoked_at IS NULL ORDER BY id"
-    ))
-    .fetch(pool)
 }
 
 /// The key whose current or previous secret hashes to `secret_hash`, revoked

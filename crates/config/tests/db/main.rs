@@ -17,9 +17,12 @@ use futures_util::TryStreamExt;
 use obleth_config::apikey;
 use obleth_config::db::catalog::{self, CatalogError, NewProvider};
 use obleth_config::db::changes::{self, CHANNEL};
+use obleth_config::db::key_store::{self, KeyColumns};
 use obleth_config::db::keys::{self, KeyUpdate, NewKey};
 use obleth_config::db::{connect_pool, nodes, usage};
-use obleth_config::model::{Entity, NodeInfo, Op, ProviderKind, RouteTarget, UsageEvent};
+use obleth_config::model::{
+    BudgetPeriod, Entity, NodeInfo, Op, ProviderKind, RouteTarget, UsageEvent,
+};
 use obleth_config::{DatabaseSettings, DatabaseUrl};
 use obleth_testkit::{fresh_database, TestDb};
 use secrecy::ExposeSecret;
@@ -157,9 +160,17 @@ async fn revoking_a_key_records_an_update_and_notifies_listeners() {
 }
 
 #[tokio::test]
-async fn active_keys_streams_unrevoked_keys_expired_ones_included() {
+async fn the_key_store_reads_count_and_stream_unrevoked_keys_expired_ones_included() {
     let (_db, pool) = migrated().await;
-    let (live, _) = keys::create_key(&pool, &named("live")).await.unwrap();
+    let live_new = NewKey {
+        allowed_models: vec!["gpt-4o*".to_owned()],
+        rpm_limit: Some(7),
+        token_budget: Some(100),
+        budget_usd_micros: Some(5),
+        budget_period: BudgetPeriod::Week,
+        ..named("live")
+    };
+    let (live, _) = keys::create_key(&pool, &live_new).await.unwrap();
     let expired_new = NewKey {
         expires_at: Some(Utc::now() - chrono::Duration::hours(1)),
         ..named("expired")
@@ -167,13 +178,56 @@ async fn active_keys_streams_unrevoked_keys_expired_ones_included() {
     let (expired, _) = keys::create_key(&pool, &expired_new).await.unwrap();
     let (revoked, _) = keys::create_key(&pool, &named("revoked")).await.unwrap();
     keys::revoke_key(&pool, revoked.id).await.unwrap();
+    let keys::RotateOutcome::Rotated(rotated, _) =
+        keys::rotate_key(&pool, live.id, Duration::from_secs(60))
+            .await
+            .unwrap()
+    else {
+        panic!("rotated");
+    };
 
-    let streamed: Vec<_> = keys::active_keys(&pool).try_collect().await.unwrap();
+    assert_eq!(key_store::count_active_keys(&pool).await.unwrap(), 2);
+    let blocks = key_store::key_table_blocks(&pool).await.unwrap();
+    let mut rows = Vec::new();
+    for range in key_store::BlockRange::split(3, blocks) {
+        let part: Vec<_> = key_store::active_key_rows(&pool, range)
+            .try_collect()
+            .await
+            .unwrap();
+        rows.extend(part);
+    }
+    let read: Vec<KeyColumns<'_>> = rows
+        .iter()
+        .map(|r| KeyColumns::from_row(r).unwrap())
+        .collect();
 
-    let ids: HashSet<Uuid> = streamed.iter().map(|k| k.id).collect();
+    let ids: HashSet<Uuid> = read.iter().map(|k| k.id).collect();
     assert_eq!(ids, HashSet::from([live.id, expired.id]));
-    let expired_row = streamed.iter().find(|k| k.id == expired.id).unwrap();
-    assert!(!expired_row.is_active(Utc::now()));
+    let l = read.iter().find(|k| k.id == live.id).unwrap();
+    let whole = KeyColumns::of_key(&rotated);
+    assert_eq!(
+        (l.public_id, l.secret_hash, l.allowed_models.clone()),
+        (
+            whole.public_id,
+            whole.secret_hash,
+            whole.allowed_models.clone()
+        )
+    );
+    assert_eq!(
+        (
+            l.rpm_limit,
+            l.tpm_limit,
+            l.token_budget,
+            l.budget_usd_micros
+        ),
+        (Some(7), None, Some(100), Some(5))
+    );
+    assert_eq!(l.budget_period, BudgetPeriod::Week);
+    assert_eq!(l.previous_secret_hash, whole.previous_secret_hash);
+    assert!(l.previous_secret_hash.is_some() && l.previous_expires_at.is_some());
+    assert!(!l.revoked && l.team_id.is_none());
+    let e = read.iter().find(|k| k.id == expired.id).unwrap();
+    assert_eq!(e.expires_at, expired.expires_at);
 }
 
 #[tokio::test]

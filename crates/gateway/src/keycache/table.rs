@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use hashbrown::HashTable;
+use obleth_config::apikey::hashes_equal;
 use obleth_config::db::key_store::KeyColumns;
 use uuid::Uuid;
 
@@ -150,9 +151,13 @@ impl Table {
             .map(|&j| j as usize)
     }
 
+    /// The slot holding `hash`. The comparison takes the same time wherever
+    /// two hashes differ.
     fn slot_of_hash(&self, hash: &Hash) -> Option<usize> {
         self.by_hash
-            .find(hash_key(hash), |&j| self.slots[j as usize].hash == *hash)
+            .find(hash_key(hash), |&j| {
+                hashes_equal(&self.slots[j as usize].hash, hash)
+            })
             .map(|&j| j as usize)
     }
 
