@@ -24,6 +24,17 @@ def metrics(port):
     return values
 
 
+def labelled(port, name):
+    """One metric of the ops listener's Prometheus text as {labels: value}."""
+    _, text = http_get(port, "/metrics")
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, _, value = line.rpartition(" ")
+            out[labels[len(name):]] = float(value)
+    return out
+
+
 def warmup(cluster, gateway, migrator, work, log_dir, sizes, db="obleth_keys", tag="", env=None):
     """Answers one row per size: keys in the table, the gateway's warm-up
     metrics, seconds from spawn to ready, and VmRSS once ready. `gateway` and

@@ -258,6 +258,7 @@ def obleth_evidence(cluster, ts, results):
                 "dropped_total": m.get("obleth_usage_dropped_total", 0.0),
                 "requests_total": m.get("obleth_requests_total"),
                 "rejected_total": m.get("obleth_rejected_requests_total", 0.0),
+                "rejected_by": keys.labelled(t.proc.ops_port, "obleth_rejected_requests_total"),
             }
 
 

@@ -257,13 +257,19 @@ def self_overhead(o, label):
 def usage(by_target, label):
     rows = [[label.get(n, n), f"{u['requests_total']:,.0f}" if u["requests_total"] is not None else "n/a",
              f"{u['usage_rows']:,}", f"{u['written_total']:,.0f}", f"{u['dropped_total']:,.0f}",
-             f"{u['rejected_total']:,.0f}"] for n, u in by_target.items()]
+             f"{u['rejected_total']:,.0f}" + rejected_by(u.get("rejected_by"))] for n, u in by_target.items()]
     return ("## PostgreSQL mode: usage recorded\n\n"
             "Evidence that each PostgreSQL-mode target recorded usage while it was measured: every request "
             "it answered in the throughput and fixed-rate runs (and the check before them) should have a "
             "row, read once those runs end.\n\n"
             + table(["target", "requests the gateway counted", "usage rows in the database",
                      "rows written (metric)", "records dropped (metric)", "gateway errors (metric)"], rows))
+
+
+def rejected_by(by):
+    """` (429 {reason="..."} 12, ...)`: the non-zero labels of the errors metric."""
+    parts = [f"`{k}` {v:,.0f}" for k, v in (by or {}).items() if v]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def warmup(rows, title=""):

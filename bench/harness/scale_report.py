@@ -3,7 +3,7 @@ set-up each used and the machine it ran on."""
 
 from report import mib, ms, short_wrk, table
 
-LABELS = {"upstream": "nginx return 200, direct", "nginx": "nginx reverse proxy", "obleth": "obleth, embedded",
+LABELS = {"upstream": "nginx return 200, direct", "direct": "nginx return 200, direct", "nginx": "nginx reverse proxy", "obleth": "obleth, embedded",
           "obleth-before": "obleth before, embedded"}
 
 
