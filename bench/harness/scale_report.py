@@ -7,6 +7,9 @@ LABELS = {"upstream": "nginx return 200, direct", "direct": "nginx return 200, d
           "obleth-before": "obleth before, embedded"}
 
 
+BUILDS = {"obleth": "this build", "obleth-before": "build before"}
+
+
 def name(n):
     return LABELS.get(n, n)
 
@@ -28,7 +31,7 @@ def render(r):
         ]),
     ]
     parts.append(table(["build", "obleth-gateway", "--version", "SHA-256 (first 12)", "modified"],
-                       [[n, f"`{b['gateway']}`", b["version"], f"`{b['sha256']}`", b["built"]]
+                       [[BUILDS.get(n, n), f"`{b['gateway']}`", b["version"], f"`{b['sha256']}`", b["built"]]
                         for n, b in r["builds"].items()]))
     if r.get("connections"):
         parts.append(connections(r["connections"], args))
@@ -54,19 +57,32 @@ def connections(c, args):
             "(`OBLETH_SERVER__MAX_CONNECTIONS`; the default, 10,000, is exactly the count, and wrk's "
             "reconnects would be refused) and `server.ops_max_connections = 64`; the gateway lowers both to "
             "fit the open-file limit less 256 and logs it if they do not. Its connections to the upstream "
-            "count against the same limit. Memory is VmRSS after the run.\n\n"
+            "count against the same limit. Memory is VmRSS after the run. wrk opens its connections when "
+            "it starts, so at 10,000 the run includes establishing them: keep `--duration` well above "
+            "the seconds that takes.\n\n"
             + table(["target", "connections", "req/s", "p50 ms", "p99 ms", "CPU µs a request", "VmRSS MiB",
                      "non-2xx", "socket errors"], rows))
+
+
+def slope(rows, x):
+    """KiB a stream between the smaller count's row of the same target and
+    this one: the cost of one more stream, without the fixed start-up part."""
+    low = [y for y in rows if y["target"] == x["target"] and y["opened"] < x["opened"]]
+    if not low:
+        return "-"
+    y = max(low, key=lambda y: y["opened"])
+    return f"{(x['rss_kib'] - y['rss_kib']) / (x['opened'] - y['opened']):.1f}"
 
 
 def streams(s):
     rows = []
     for x in s["rows"]:
         held = x["rss_kib"] - x["idle_kib"]
-        per = "n/a" if not x["opened"] else f"{held * 1024 / x['opened'] / 1024:.1f}"
+        per = "n/a" if not x["opened"] else f"{held / x['opened']:.1f}"
         errors = "; ".join(f"{k} ×{v}" for k, v in x["errors"].items()) or "-"
         rows.append([name(x["target"]), f"{x['streams']:,}", f"{x['opened']:,}", f"{x['open_at_sample']:,}",
-                     mib(x["idle_kib"]), mib(x["rss_kib"]), mib(held), per, ms(x["open_secs"], 1),
+                     mib(x["idle_kib"]), mib(x["rss_kib"]), mib(held), per, slope(s["rows"], x),
+                     ms(x["open_secs"], 1),
                      mib(x["mock_rss_kib"]), errors])
     note = ""
     if s["measured"] < s["asked"]:
@@ -80,10 +96,12 @@ def streams(s):
             "token; the mock (obleth-mock-upstream) sends one token every "
             f"{s['token_delay_ms']:,} ms, {s['tokens']} in all, so every stream stays open. Once all are "
             "open (or the opening time limit passed), 1 s later, VmRSS of the target's processes is read; "
-            "then every connection is dropped. Each row is a fresh target and mock."
+            "then every connection is dropped. Each row is a fresh target and mock. KiB a stream is held "
+            "memory (VmRSS over idle) over the streams open; KiB a stream more is the slope from the "
+            "target's smaller count, without the fixed part (buffers and pools that grow once)."
             f"{note}\n\n"
             + table(["target", "streams asked", "opened", "open at the reading", "idle MiB", "VmRSS MiB",
-                     "held MiB", "KiB a stream", "opening s", "mock MiB", "errors"], rows))
+                     "held MiB", "KiB a stream", "KiB a stream more", "opening s", "mock MiB", "errors"], rows))
 
 
 def haproxy(h, args):
@@ -119,6 +137,6 @@ def keys(k):
             extra = None if base is None else x["rss_kib"] - base
             t.append([f"{x['keys']:,}", ms(x.get("warmup_secs")), ms(x.get("ready_secs")), mib(x["rss_kib"]),
                       "n/a" if extra is None else f"{extra * 1024 / x['keys']:.0f}"])
-        out.append(f"{name(build)} (over no keys: {mib(base)} MiB):\n\n"
+        out.append(f"{BUILDS.get(build, build)} (over no keys: {mib(base)} MiB):\n\n"
                    + table(["keys", "warm-up s", "spawn to ready s", "VmRSS MiB", "bytes a key"], t))
     return "\n".join(out)
