@@ -61,12 +61,12 @@ def parse_args():
     p.add_argument("--duration", type=int, default=10, help="seconds of each load run (default 10)")
     p.add_argument("--connections", default="1,100,10000", help="concurrent connections of the latency curve")
     p.add_argument("--streams", type=int, default=10000, help="streams held open at once (default 10000)")
-    p.add_argument("--stream-token-delay-ms", type=int, default=1000,
-                   help="the streaming mock's delay before each token (default 1000)")
-    p.add_argument("--stream-tokens", type=int, default=180,
-                   help="tokens of each held stream: with the delay, how long a stream lasts (default 180)")
-    p.add_argument("--open-limit-secs", type=int, default=120,
-                   help="longest time to open every stream (default 120)")
+    p.add_argument("--stream-token-delay-ms", type=int, default=2000,
+                   help="the streaming mock's delay before each token (default 2000)")
+    p.add_argument("--stream-tokens", type=int, default=150,
+                   help="tokens of each held stream: with the delay, how long a stream lasts (default 150)")
+    p.add_argument("--open-limit-secs", type=int, default=180,
+                   help="longest time to open every stream (default 180)")
     p.add_argument("--gateways", default="1,2,3", help="gateway counts behind HAProxy")
     p.add_argument("--keys", default="100000,1000000,10000000", help="key counts of the key curve")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "SCALE.md"), help="the markdown report")
@@ -118,7 +118,7 @@ def gateway_env(max_connections):
     connection of the curve, the ops listener kept small; the gateway lowers
     both to fit the open-file limit (less its 256 spare) and logs it."""
     return {"RUST_LOG": "warn", "OBLETH_SERVER__MAX_CONNECTIONS": str(max_connections),
-            "OBLETH_SERVER__OPS_MAX_CONNECTIONS": "64"}
+            "OBLETH_SERVER__OPS_MAX_CONNECTIONS": "64", "OBLETH_SERVER__DRAIN_TIMEOUT_SECS": "5"}
 
 
 def label(name):
@@ -188,11 +188,11 @@ def streams_curve(args, work, log_dir, fd_limit):
 
                 def sample(h, t=t, mock=mock):
                     return {"rss_kib": t.proc.rss_kib(), "mock_rss_kib": mock.proc.rss_kib(),
-                            "open_at_sample": h.opened - h.ended}
+                            "open_at_sample": h.still_open()}
 
                 h, s = streams.hold(t, count, args.open_limit_secs, sample)
                 row = {"target": name, "streams": count, "idle_kib": idle, "opened": h.opened, "failed": h.failed,
-                       "ended_early": h.ended, "open_secs": h.open_secs, "errors": h.errors, **s}
+                       "open_secs": h.open_secs, "errors": h.errors, **s}
                 out["rows"].append(row)
                 log(f"{name}: {h.opened} opened, {h.failed} failed, {s['open_at_sample']} open at the sample, "
                     f"{s['rss_kib'] / 1024:.1f} MiB")
