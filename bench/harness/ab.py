@@ -8,42 +8,13 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 
 from load import wrk
 from procs import Group, free_port
-from targets import CONF_DIR, RPM_LIMIT, Target, new_key, render, write
-
-NGINX_ANSWER = (
-    '{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"gpt-4o-mini",'
-    '"choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],'
-    '"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}'
-)
-
-
-def nginx_conf(prefix, port):
-    os.makedirs(os.path.join(prefix, "tmp"), exist_ok=True)
-    return f"""worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        default_type application/json;
-        location / {{ return 200 '{NGINX_ANSWER}'; }}
-    }}
-}}
-"""
-
+from targets import RPM_LIMIT, Target, new_key, render, write
+from upstream import nginx_conf
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)

@@ -2,6 +2,7 @@
 commit measured and the versions of every tool in the run."""
 
 import datetime
+import hashlib
 import os
 import subprocess
 
@@ -44,4 +45,26 @@ def machine_facts(bench_dir, bin_dir, oha_bin):
         "oha": sh([oha_bin, "--version"]),
         "node": sh(["node", "--version"]),
         "python": sh(["python3", "--version"]),
+    }
+
+
+def build_facts(gateway, migrator, note=""):
+    """What tells one obleth build from another: the gateway's path, its
+    `--version`, the start of its SHA-256 and its modification time."""
+    digest = hashlib.sha256()
+    try:
+        with open(gateway, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        mtime = datetime.datetime.fromtimestamp(os.path.getmtime(gateway), datetime.timezone.utc)
+        built = mtime.strftime("%Y-%m-%d %H:%M UTC")
+    except OSError:
+        built = "unknown"
+    return {
+        "gateway": gateway,
+        "migrator": migrator,
+        "version": sh([gateway, "--version"]),
+        "sha256": digest.hexdigest()[:12],
+        "built": built,
+        "note": note,
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the benchmark's tools, each by name from its registry, and only when
 # missing, so a second run installs nothing:
-#   apt-get: nginx, wrk, and PostgreSQL's server when none is found;
+#   apt-get: nginx, wrk, haproxy (bench/scale), and PostgreSQL's server when none is found;
 #   cargo:   oha, into $BENCH_CACHE/cargo;
 #   npm:     @portkey-ai/gateway, into $BENCH_CACHE/portkey;
 #   pip:     litellm[proxy], into the venv $BENCH_CACHE/litellm-venv.
@@ -24,6 +24,7 @@ have_pg_server() {
 apt_packages=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_packages+=(nginx)
 command -v wrk >/dev/null 2>&1 || apt_packages+=(wrk)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || apt_packages+=(haproxy)
 have_pg_server || apt_packages+=(postgresql)
 command -v psql >/dev/null 2>&1 || apt_packages+=(postgresql-client)
 if [ "${#apt_packages[@]}" -gt 0 ]; then

@@ -24,12 +24,24 @@ def metrics(port):
     return values
 
 
-def warmup(cluster, bins, work, log_dir, sizes):
+def labelled(port, name):
+    """One metric of the ops listener's Prometheus text as {labels: value}."""
+    _, text = http_get(port, "/metrics")
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, _, value = line.rpartition(" ")
+            out[labels[len(name):]] = float(value)
+    return out
+
+
+def warmup(cluster, gateway, migrator, work, log_dir, sizes, db="obleth_keys", tag="", env=None):
     """Answers one row per size: keys in the table, the gateway's warm-up
-    metrics, seconds from spawn to ready, and VmRSS once ready."""
-    db = "obleth_keys"
+    metrics, seconds from spawn to ready, and VmRSS once ready. `gateway` and
+    `migrator` are binaries (or a directory holding both); `db` is created
+    here; `tag` tells apart the logs of two builds; `env` adds settings."""
     url = cluster.create_database(db)
-    obleth_db.migrate(bins, url)
+    obleth_db.migrate(migrator, url)
     rows = []
     have = 0
     for n in sizes:
@@ -39,12 +51,14 @@ def warmup(cluster, bins, work, log_dir, sizes):
             obleth_db.insert_bulk_keys(cluster, db, "k", have + 1, n)
             inserted = time.monotonic() - t
             have = n
-        print(f"bench: warm-up with {n} keys (insert took {inserted or 0:.1f} s)", flush=True)
+        print(f"bench: warm-up{' ' + tag if tag else ''} with {n} keys (insert took {inserted or 0:.1f} s)",
+              flush=True)
         group = Group(log_dir)
+        name = f"obleth-keys{'-' + tag if tag else ''}-{n}"
         try:
-            config, port, ops = targets.gateway_toml(work, f"obleth-keys-{n}", db=True)
-            proc = targets.start_gateway(group, bins, work, f"obleth-keys-{n}", config, port, ops, url,
-                                         ready_secs=600)
+            config, port, ops = targets.gateway_toml(work, name, db=True)
+            proc = targets.start_gateway(group, gateway, work, name, config, port, ops, url,
+                                         ready_secs=600, env=env)
             rss_ready = proc.rss_kib()
             # The cache's bookkeeping settles after the inserts; read again.
             time.sleep(2)

@@ -10,7 +10,9 @@ CHANGES_LOCK_KEY = 0x6F62_6C65_7468_0002
 
 
 def migrate(bins, url):
-    out = subprocess.run([os.path.join(bins, "obleth-migrator"), "up", "--database-url", url],
+    """`bins`: a directory holding obleth-migrator, or the binary itself."""
+    migrator = os.path.join(bins, "obleth-migrator") if os.path.isdir(bins) else bins
+    out = subprocess.run([migrator, "up", "--database-url", url],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"obleth-migrator up failed:\n{out.stdout}{out.stderr}")
@@ -30,7 +32,7 @@ def record_change(entity, entity_id_sql, op):
 
 
 def add_catalog(cluster, db, mock_port):
-    """Provider `mock` (kind openai, over HTTP to the mock upstream) and route gpt-4o-mini."""
+    """Provider `mock` (kind openai, over HTTP to the upstream on `mock_port`) and route gpt-4o-mini."""
     cluster.psql(db, (
         "BEGIN;\n"
         "INSERT INTO providers (id, name, kind, base_url, credential_ref, timeout_ms) "
@@ -39,6 +41,17 @@ def add_catalog(cluster, db, mock_port):
         "INSERT INTO route_targets (route_id, position, provider_id) "
         "SELECT r.id, 0, p.id FROM routes r, providers p WHERE r.model = 'gpt-4o-mini' AND p.name = 'mock';\n"
         + record_change("route", "SELECT id::text FROM routes WHERE model = 'gpt-4o-mini'", "insert")
+        + "COMMIT;\n"
+    ))
+
+
+def point_provider(cluster, db, port):
+    """Points provider `mock` at the upstream on `port`, with its change row
+    (for a gateway started afterwards, which reads the catalog at start)."""
+    cluster.psql(db, (
+        "BEGIN;\n"
+        f"UPDATE providers SET base_url = 'http://127.0.0.1:{port}/v1' WHERE name = 'mock';\n"
+        + record_change("provider", "SELECT id::text FROM providers WHERE name = 'mock'", "update")
         + "COMMIT;\n"
     ))
 

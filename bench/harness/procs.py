@@ -72,6 +72,15 @@ class Proc:
         """User plus system CPU time of the process and every descendant, in seconds."""
         return sum(cpu_secs(pid) for pid in tree(self.pid))
 
+    def kill(self):
+        """SIGKILL to the process group, at once."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            self.popen.wait()
+
     def stop(self, timeout=30):
         """SIGTERM to the process group, then SIGKILL if it has not exited."""
         if self.popen.poll() is not None:
@@ -171,5 +180,12 @@ class Group:
         return proc
 
     def stop_all(self):
-        while self.procs:
-            self.procs.pop().stop()
+        """A second Ctrl-C (or SIGTERM) while waiting kills the rest at once."""
+        try:
+            while self.procs:
+                self.procs[-1].stop()
+                self.procs.pop()
+        except BaseException:
+            while self.procs:
+                self.procs.pop().kill()
+            raise

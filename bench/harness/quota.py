@@ -24,10 +24,10 @@ import time
 
 import load
 import obleth_db
-from ab import nginx_conf
 from pg import Cluster
 from procs import Group, free_port
 from targets import MODEL, Target, new_key, render, write
+from upstream import nginx_conf
 
 DB = "obleth_quota"
 # Far above what a run can use: 3k req/s for a minute is 180k requests, and

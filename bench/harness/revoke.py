@@ -49,10 +49,11 @@ class Poller:
                 return
 
 
-def propagation(cluster, bins, work, log_dir, count, replicas=3):
-    db = "obleth_revoke"
+def propagation(cluster, gateway, migrator, work, log_dir, count, replicas=3, db="obleth_revoke", tag=""):
+    """`gateway` and `migrator`: binaries, or a directory holding both; `db`
+    is created here; `tag` tells apart the logs of two builds."""
     url = cluster.create_database(db)
-    obleth_db.migrate(bins, url)
+    obleth_db.migrate(migrator, url)
     # Key 0 is revoked first and not counted: it lets psql connect and each
     # replica's feed see its first notification before the clock matters.
     obleth_db.insert_bulk_keys(cluster, db, "r", 0, count)
@@ -61,9 +62,9 @@ def propagation(cluster, bins, work, log_dir, count, replicas=3):
     try:
         ports = []
         for r in range(replicas):
-            name = f"obleth-replica-{r + 1}"
+            name = f"obleth-replica{'-' + tag if tag else ''}-{r + 1}"
             config, port, ops = targets.gateway_toml(work, name, db=True)
-            targets.start_gateway(group, bins, work, name, config, port, ops, url)
+            targets.start_gateway(group, gateway, work, name, config, port, ops, url)
             ports.append(port)
         pollers = [Poller(p) for p in ports]
         for i in range(0, count + 1):

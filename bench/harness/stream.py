@@ -15,6 +15,13 @@ STREAM_BODY = json.dumps({
     # Three tokens keep each stream short; every target passes max_tokens on.
     "max_tokens": 3,
 }, separators=(",", ":"))
+# For streams held open (bench/harness/streams.py): no max_tokens, so the
+# stream lasts as many tokens as the mock is started with.
+STREAM_BODY_LONG = json.dumps({
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "Stream a long answer."}],
+    "stream": True,
+}, separators=(",", ":"))
 
 
 def one(conn, target):

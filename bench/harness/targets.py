@@ -56,24 +56,24 @@ def new_key(public_id=None):
     return f"obk_{public_id}_{secret}", public_id, hashlib.sha256(secret.encode()).hexdigest()
 
 
-def start_mock(group, bins, token_delay_ms):
-    port = free_port()
-    proc = group.start("mock", [os.path.join(bins, "obleth-mock-upstream"), "--listen", f"127.0.0.1:{port}",
-                                "--token-delay-ms", str(token_delay_ms)], env={"RUST_LOG": "warn"})
-    proc.wait_http(port, "/health", 30)
-    return Target("direct", "mock upstream, direct", port, {"Authorization": "Bearer direct"}, proc)
+def binary(bins, name):
+    """`bins` is a directory of release binaries or the path of one binary."""
+    return os.path.join(bins, name) if os.path.isdir(bins) else bins
 
 
-def start_nginx(group, work, mock_port):
-    prefix = os.path.join(work, "nginx")
+def start_nginx(group, work, mock_port, name="nginx", worker_connections=4096, nofile=8192):
+    """nginx as a reverse proxy to the upstream on `mock_port`; a proxied
+    request holds two connections of a worker (client and upstream)."""
+    prefix = os.path.join(work, name)
     os.makedirs(os.path.join(prefix, "tmp"), exist_ok=True)
     port = free_port()
-    conf = write(os.path.join(prefix, "nginx.conf"), render("nginx.conf", PREFIX=prefix, PORT=port, MOCK_PORT=mock_port))
-    proc = group.start("nginx", ["nginx", "-p", prefix, "-e", os.path.join(prefix, "error.log"),
+    conf = write(os.path.join(prefix, "nginx.conf"), render("nginx.conf", PREFIX=prefix, PORT=port, MOCK_PORT=mock_port,
+                                                            WORKER_CONNECTIONS=worker_connections, NOFILE=nofile))
+    proc = group.start(name, ["nginx", "-p", prefix, "-e", os.path.join(prefix, "error.log"),
                                  "-c", conf, "-g", "daemon off;"])
     proc.wait_http(port, "/health", 30)
     return Target("nginx", "nginx reverse proxy", port, {"Authorization": "Bearer direct"}, proc,
-                  note="keepalive 64 to the mock, proxy_buffering off, access log off")
+                  note=f"{os.cpu_count()} workers, keepalive 64 to the upstream, proxy_buffering off, access log off")
 
 
 def gateway_toml(work, name, mock_port=None, key=None, db=False):
@@ -87,30 +87,34 @@ def gateway_toml(work, name, mock_port=None, key=None, db=False):
     return write(os.path.join(work, f"{name}.toml"), text), port, ops
 
 
-def start_gateway(group, bins, work, name, config, port, ops, database_url=None, ready_secs=60):
-    env = {"RUST_LOG": "info"}
+def start_gateway(group, bins, work, name, config, port, ops, database_url=None, ready_secs=60, env=None):
+    """`bins`: a directory holding obleth-gateway, or the binary itself;
+    `env`: more environment (`OBLETH_SECTION__FIELD` settings)."""
+    env = {"RUST_LOG": "info", **(env or {})}
     if database_url:
         env["OBLETH_DATABASE__URL"] = database_url
-    proc = group.start(name, [os.path.join(bins, "obleth-gateway"), "--config", config], env=env)
+    proc = group.start(name, [binary(bins, "obleth-gateway"), "--config", config], env=env)
     proc.ops_port = ops
     proc.ready_secs = proc.wait_http(ops, "/readyz", ready_secs)
     return proc
 
 
-def start_embedded(group, bins, work, mock_port):
+def start_embedded(group, bins, work, mock_port, name="embedded", label="obleth, embedded (no database)",
+                   env=None):
+    """An embedded-mode gateway forwarding to the upstream on `mock_port`."""
     key = new_key()
-    config, port, ops = gateway_toml(work, "obleth-embedded", mock_port=mock_port, key=key)
-    proc = start_gateway(group, bins, work, "obleth-embedded", config, port, ops)
-    return Target("embedded", "obleth, embedded (no database)", port,
-                  {"Authorization": f"Bearer {key[0]}"}, proc,
+    config, port, ops = gateway_toml(work, f"obleth-{name}", mock_port=mock_port, key=key)
+    proc = start_gateway(group, bins, work, f"obleth-{name}", config, port, ops, env=env)
+    return Target(name, label, port, {"Authorization": f"Bearer {key[0]}"}, proc,
                   note="key from the file, rpm limit 1e9; usage not stored")
 
 
-def start_db(group, bins, work, database_url, key):
-    config, port, ops = gateway_toml(work, "obleth-db", db=True)
-    proc = start_gateway(group, bins, work, "obleth-db", config, port, ops, database_url)
-    return Target("db", "obleth, PostgreSQL mode", port, {"Authorization": f"Bearer {key}"}, proc,
-                  note="key, provider and route in PostgreSQL, rpm limit 1e9, usage recorded")
+def start_db(group, bins, work, database_url, key, name="db", label="obleth, PostgreSQL mode", env=None):
+    """A PostgreSQL-mode gateway over `database_url` (catalog and key written before)."""
+    config, port, ops = gateway_toml(work, f"obleth-{name}", db=True)
+    proc = start_gateway(group, bins, work, f"obleth-{name}", config, port, ops, database_url, env=env)
+    return Target(name, label, port, {"Authorization": f"Bearer {key}"}, proc,
+                  note="key, provider and route in PostgreSQL, rpm limit 1e9, limits on, usage recorded")
 
 
 def start_portkey(group, cache, mock_port):
