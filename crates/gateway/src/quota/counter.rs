@@ -146,6 +146,12 @@ impl Counter {
         }
     }
 
+    /// Taken per second here, as of the last sync: what sizes leases and
+    /// the rate part of the overdraft.
+    pub fn recent_rate(&self) -> f64 {
+        self.rate_per_sec
+    }
+
     /// Below this much lease a refill is asked for: half the last grant, and
     /// never less than one request.
     fn low_water(&self) -> i64 {
@@ -392,5 +398,25 @@ mod tests {
         assert!(t.take(1000, tokens, now), "18 of 20 used");
         t.adjust(1000 - 18);
         assert!(!t.take(1000, tokens, now), "36 of 20 used");
+    }
+
+    #[test]
+    fn a_new_minute_of_a_busy_key_is_carried_by_its_rate_until_the_lease_comes() {
+        use crate::quota::overdraft;
+        use obleth_config::db::quota::Dimension;
+        let now = Instant::now();
+        // The previous minute ran at 13,000 requests a second here.
+        let mut previous = Counter::new(1_000_000_000, now);
+        previous.rate_per_sec = 13_000.0;
+        let mut c = Counter::new(1_000_000_000, now);
+        c.follow(&previous);
+        // No lease yet: the overdraft alone admits 100 ms of that traffic,
+        // not 16 requests.
+        let how = Admit::Shared {
+            overdraft: overdraft(Dimension::Requests, 1_000_000_000, 1, 1, c.recent_rate()),
+        };
+        let admitted = (0..2_000).take_while(|_| c.take(1, how, now)).count();
+        assert_eq!(admitted, 1_300);
+        assert!(c.wants_sync, "the refill is asked for at once");
     }
 }
