@@ -18,6 +18,19 @@ def migrate(bins, url):
         raise RuntimeError(f"obleth-migrator up failed:\n{out.stdout}{out.stderr}")
 
 
+def stats_database(cluster, db, bins, upstream_port):
+    """Starts `cluster` with pg_stat_statements (`track = top`: the statements
+    the gateway sends, not the ones a trigger or function runs inside them),
+    creates `db` with the extension, migrates it with `bins`' migrator and
+    adds the catalog pointing at `upstream_port`; answers its URL."""
+    cluster.start("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = top\n")
+    url = cluster.create_database(db)
+    cluster.psql(db, "CREATE EXTENSION pg_stat_statements")
+    migrate(bins, url)
+    add_catalog(cluster, db, upstream_port)
+    return url
+
+
 def record_change(entity, entity_id_sql, op):
     """What `record_change` does, as SQL that ends a transaction's work: the
     lock, the change row, and the notification with its JSON payload

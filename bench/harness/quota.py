@@ -27,7 +27,7 @@ import obleth_db
 from pg import Cluster
 from procs import Group, free_port
 from targets import MODEL, Target, new_key, render, write
-from upstream import nginx_conf
+from upstream import start_nginx_200
 
 DB = "obleth_quota"
 # Far above what a run can use: 3k req/s for a minute is 180k requests, and
@@ -202,18 +202,8 @@ def main():
     group = Group(work)
     cluster = Cluster()
     try:
-        nginx_port = free_port()
-        conf = write(os.path.join(work, "nginx.conf"), nginx_conf(work, nginx_port))
-        nginx = group.start("nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-p", work, "-c", conf,
-                                      "-g", "daemon off;"])
-        nginx.wait_http(nginx_port, "/", 10)
-        # track = top: the statements the gateway sends, not the ones a trigger
-        # or function runs inside them.
-        cluster.start("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = top\n")
-        url = cluster.create_database(DB)
-        cluster.psql(DB, "CREATE EXTENSION pg_stat_statements")
-        obleth_db.migrate(args.bin_dir, url)
-        obleth_db.add_catalog(cluster, DB, nginx_port)
+        nginx_port = start_nginx_200(group, work).port
+        url = obleth_db.stats_database(cluster, DB, args.bin_dir, nginx_port)
         key, public_id, sha = new_key()
         add_governed_key(cluster, public_id, sha)
 

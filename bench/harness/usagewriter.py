@@ -34,7 +34,7 @@ import time
 
 import load
 import obleth_db
-from ab import nginx_conf
+from upstream import start_nginx_200
 from pg import Cluster
 from procs import Group, cpu_secs, free_port, tree
 from targets import RPM_LIMIT, Target, new_key, render, write
@@ -230,16 +230,8 @@ def main():
     group = Group(work)
     cluster = Cluster()
     try:
-        nginx_port = free_port()
-        conf = write(os.path.join(work, "nginx.conf"), nginx_conf(work, nginx_port))
-        nginx = group.start("nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-p", work, "-c", conf,
-                                      "-g", "daemon off;"])
-        nginx.wait_http(nginx_port, "/", 10)
-        cluster.start("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = top\n")
-        url = cluster.create_database(DB)
-        cluster.psql(DB, "CREATE EXTENSION pg_stat_statements")
-        obleth_db.migrate(args.after, url)
-        obleth_db.add_catalog(cluster, DB, nginx_port)
+        nginx_port = start_nginx_200(group, work).port
+        url = obleth_db.stats_database(cluster, DB, args.after, nginx_port)
         key, public_id, sha = new_key()
         obleth_db.add_key(cluster, DB, public_id, sha, "bench-usage", RPM_LIMIT)
         keys = {"db": key, "embedded": new_key()}
