@@ -63,7 +63,15 @@ pub struct Counter {
     rate_since: Instant,
     /// Taken per second here, as of the last sync.
     rate_per_sec: f64,
+    /// The database has answered for this counter (or for the window it
+    /// follows): its rate is known.
+    known: bool,
 }
+
+/// The pace assumed for the overdraft of a counter the database has not
+/// answered for yet (a gateway's first minute of a key): 100 ms of it is
+/// 1,000 requests, still capped by a tenth of the limit over the gateways.
+const FIRST_PACE_PER_SEC: f64 = 10_000.0;
 
 impl Counter {
     pub fn new(limit: i64, now: Instant) -> Counter {
@@ -83,6 +91,7 @@ impl Counter {
             taken_recently: 0,
             rate_since: now,
             rate_per_sec: 0.0,
+            known: false,
         }
     }
 
@@ -92,6 +101,7 @@ impl Counter {
         self.rate_per_sec = previous.rate_per_sec;
         self.demand = previous.demand;
         self.last_grant = previous.last_grant;
+        self.known = previous.known;
     }
 
     /// Takes `amount` or refuses. A refusal in shared mode asks the sync to
@@ -146,10 +156,17 @@ impl Counter {
         }
     }
 
-    /// Taken per second here, as of the last sync: what sizes leases and
-    /// the rate part of the overdraft.
+    /// Taken per second here, as of the last sync, for the rate part of the
+    /// overdraft; before the database first answered for the counter, an
+    /// assumed busy pace ([`FIRST_PACE_PER_SEC`]), so that a fresh
+    /// gateway's first requests of a busy key are not refused while its
+    /// first lease is fetched.
     pub fn recent_rate(&self) -> f64 {
-        self.rate_per_sec
+        if self.known {
+            self.rate_per_sec
+        } else {
+            FIRST_PACE_PER_SEC
+        }
     }
 
     /// Below this much lease a refill is asked for: half the last grant, and
@@ -214,6 +231,7 @@ impl Counter {
     /// The database answered the sync that asked for `want`.
     pub fn finish_sync(&mut self, want: i64, grant: LeaseGrant) {
         self.in_flight = None;
+        self.known = true;
         self.offline_taken = 0;
         self.balance += grant.granted;
         self.fleet_used = grant.used;
@@ -408,6 +426,7 @@ mod tests {
         // The previous minute ran at 13,000 requests a second here.
         let mut previous = Counter::new(1_000_000_000, now);
         previous.rate_per_sec = 13_000.0;
+        previous.known = true;
         let mut c = Counter::new(1_000_000_000, now);
         c.follow(&previous);
         // No lease yet: the overdraft alone admits 100 ms of that traffic,
@@ -418,5 +437,36 @@ mod tests {
         let admitted = (0..2_000).take_while(|_| c.take(1, how, now)).count();
         assert_eq!(admitted, 1_300);
         assert!(c.wants_sync, "the refill is asked for at once");
+    }
+
+    #[test]
+    fn a_fresh_counter_overdraws_up_to_a_first_lease_worth_within_the_share() {
+        use crate::quota::overdraft;
+        use obleth_config::db::quota::Dimension;
+        let now = Instant::now();
+        let admitted = |limit: i64, live: i64| {
+            let mut c = Counter::new(limit, now);
+            let how = Admit::Shared {
+                overdraft: overdraft(Dimension::Requests, limit, 1, live, c.recent_rate()),
+            };
+            (0..5_000).take_while(|_| c.take(1, how, now)).count()
+        };
+        // A busy key on a fresh gateway: 100 ms at the assumed pace.
+        assert_eq!(admitted(1_000_000_000, 3), 1_000);
+        // Never past a tenth of the limit over the live gateways...
+        assert_eq!(admitted(6_000, 3), 200);
+        // ...and small limits keep their two requests.
+        assert_eq!(admitted(60, 3), 2);
+        // Once the database answered, the counter's own rate counts.
+        let mut c = Counter::new(1_000_000_000, now);
+        c.finish_sync(
+            1,
+            LeaseGrant {
+                used: 0,
+                granted: 0,
+                ceiling: 1_000_000_000,
+            },
+        );
+        assert_eq!(c.recent_rate(), 0.0);
     }
 }
