@@ -38,7 +38,11 @@ pub struct Tokens {
 impl Tokens {
     /// Reads OpenAI's `usage` object from a response or chunk.
     pub fn from_json(value: &Value) -> Option<Tokens> {
-        let usage = value.get("usage")?;
+        Tokens::from_usage(value.get("usage")?)
+    }
+
+    /// Reads a `usage` object (none when it is null).
+    pub fn from_usage(usage: &Value) -> Option<Tokens> {
         if usage.is_null() {
             return None;
         }
