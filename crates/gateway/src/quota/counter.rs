@@ -161,7 +161,7 @@ impl Counter {
     /// assumed busy pace ([`FIRST_PACE_PER_SEC`]), so that a fresh
     /// gateway's first requests of a busy key are not refused while its
     /// first lease is fetched.
-    pub fn recent_rate(&self) -> f64 {
+    pub fn overdraft_pace(&self) -> f64 {
         if self.known {
             self.rate_per_sec
         } else {
@@ -432,7 +432,7 @@ mod tests {
         // No lease yet: the overdraft alone admits 100 ms of that traffic,
         // not 16 requests.
         let how = Admit::Shared {
-            overdraft: overdraft(Dimension::Requests, 1_000_000_000, 1, 1, c.recent_rate()),
+            overdraft: overdraft(Dimension::Requests, 1_000_000_000, 1, 1, c.overdraft_pace()),
         };
         let admitted = (0..2_000).take_while(|_| c.take(1, how, now)).count();
         assert_eq!(admitted, 1_300);
@@ -447,7 +447,7 @@ mod tests {
         let admitted = |limit: i64, live: i64| {
             let mut c = Counter::new(limit, now);
             let how = Admit::Shared {
-                overdraft: overdraft(Dimension::Requests, limit, 1, live, c.recent_rate()),
+                overdraft: overdraft(Dimension::Requests, limit, 1, live, c.overdraft_pace()),
             };
             (0..5_000).take_while(|_| c.take(1, how, now)).count()
         };
@@ -467,6 +467,6 @@ mod tests {
                 ceiling: 1_000_000_000,
             },
         );
-        assert_eq!(c.recent_rate(), 0.0);
+        assert_eq!(c.overdraft_pace(), 0.0);
     }
 }

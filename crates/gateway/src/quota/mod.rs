@@ -52,8 +52,8 @@ const OVERDRAFT_SHARE_OF_LIMIT: i64 = 10;
 /// What a gateway may admit beyond its lease on a counter of `limit` for
 /// requests of `amount`: the base (two requests, or one reservation), or,
 /// when more, up to the more of 16 requests' worth and what this gateway
-/// took in [`OVERDRAFT_HORIZON`] at its recent rate (`recent`, from
-/// `Counter::recent_rate`), as long as the live gateways together stay
+/// took in [`OVERDRAFT_HORIZON`] at its recent rate (`pace`, from
+/// `Counter::overdraft_pace`), as long as the live gateways together stay
 /// within a tenth of the limit. The rate's part is what carries a busy key
 /// over the round trip of a lease call: at a new minute, whose counter
 /// starts empty, 16 requests last about a millisecond at 13,000 a second.
@@ -62,7 +62,7 @@ pub fn overdraft(
     limit: i64,
     amount: i64,
     live_gateways: i64,
-    recent: f64,
+    pace: f64,
 ) -> i64 {
     let base = if dimension == Dimension::Requests {
         REQUEST_OVERDRAFT
@@ -70,7 +70,7 @@ pub fn overdraft(
         amount
     };
     let share = limit / (OVERDRAFT_SHARE_OF_LIMIT * live_gateways.max(1));
-    let by_rate = (recent * OVERDRAFT_HORIZON.as_secs_f64()).ceil() as i64;
+    let by_rate = (pace * OVERDRAFT_HORIZON.as_secs_f64()).ceil() as i64;
     let wanted = amount.saturating_mul(OVERDRAFT_MAX_REQUESTS).max(by_rate);
     base.max(share.min(wanted))
 }
@@ -382,7 +382,7 @@ impl Quota {
                     check.limit,
                     check.amount,
                     live,
-                    c.recent_rate(),
+                    c.overdraft_pace(),
                 ),
             };
         }
