@@ -110,6 +110,8 @@ pub struct Gateway {
     config_file: Option<PathBuf>,
     usage_stop: CancellationToken,
     usage_task: tokio::task::JoinHandle<()>,
+    /// The cgroup memory limit, read once at build (see `memcheck`).
+    memory_limit: Option<u64>,
 }
 
 impl Gateway {
@@ -120,7 +122,8 @@ impl Gateway {
         config_file: Option<PathBuf>,
     ) -> Result<Gateway, StartError> {
         let metrics = Metrics::new();
-        memcheck::warn_if_max_keys_exceeds(settings.cache.max_keys, memcheck::limit());
+        let memory_limit = memcheck::limit();
+        memcheck::warn_if_max_keys_exceeds(settings.cache.max_keys, memory_limit);
         let pool = if settings.uses_database() {
             Some(obleth_config::db::connect_pool(&settings.database, "obleth-gateway").await?)
         } else {
@@ -165,6 +168,7 @@ impl Gateway {
             config_file,
             usage_stop,
             usage_task,
+            memory_limit,
         })
     }
 
@@ -201,6 +205,7 @@ impl Gateway {
                 tokio::spawn(start_with_database(
                     state.clone(),
                     pool,
+                    self.memory_limit,
                     background.clone(),
                     fatal_tx,
                 ));
@@ -295,6 +300,7 @@ impl Gateway {
 async fn start_with_database(
     state: AppState,
     pool: sqlx::PgPool,
+    memory_limit: Option<u64>,
     stop: CancellationToken,
     fatal: tokio::sync::mpsc::Sender<RunError>,
 ) {
@@ -319,7 +325,6 @@ async fn start_with_database(
         let _ = fatal.send(e.into()).await;
         return;
     }
-    let memory_limit = memcheck::limit();
     // LISTEN first, then read the change log's high-water mark and the keys:
     // a change made during the warm-up is both notified and replayed.
     let (seq, listener) = loop {

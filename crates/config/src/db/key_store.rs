@@ -1,6 +1,6 @@
 //! The gateway key store's reads: how many keys a warm-up will load, and the
-//! columns its compact record keeps, read in key id ranges so that a warm-up
-//! can run several scans at once.
+//! columns its compact record keeps, read in ranges of the table's blocks so
+//! that a warm-up can run several scans at once.
 
 use std::fmt;
 
