@@ -181,6 +181,33 @@ def selects(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def memory_bytes(quantity) -> int | None:
+    """A Kubernetes memory quantity (`512Mi`, `2G`, `1048576`) in bytes."""
+    m = _QUANTITY.match(str(quantity))
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+
+
+def check_memory(r: Report, name: str, c: dict, w: dict) -> None:
+    """The gateway's memory limit fits the key store its `cache.max_keys`
+    allows, as the binary's start-up check counts it (`wiring`)."""
+    want = w.get("max_keys_memory_bytes")
+    if want is None:
+        return
+    limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+    if limit is None:
+        r.ok(f"{name}: no memory limit, nothing for cache.max_keys to fit")
+        return
+    have = memory_bytes(limit)
+    r.check(have is not None and have >= want,
+            f"{name}: memory limit {limit} holds cache.max_keys = {w['max_keys']} keys "
+            f"({want / 2**20:.0f} MiB by the gateway's start-up check, from wiring)")
+
+
 def check_deployment(r: Report, bins: Binaries, doc: dict, docs: list[dict]) -> None:
     name = f"{doc['metadata']['name']}"
     pod = doc["spec"]["template"]["spec"]
@@ -209,6 +236,8 @@ def check_deployment(r: Report, bins: Binaries, doc: dict, docs: list[dict]) -> 
         probe_port = w["port"]
         r.check(w["port"] in ports, f"{name}: containerPort {w['port']} (port from wiring) is declared", f"declared: {sorted(ports)}")
     check_probes(r, name, c, w, probe_port)
+    if service == "gateway":
+        check_memory(r, name, c, w)
 
     # Drain: the preStop sleep equals drain_delay; the grace period covers it all.
     delay, timeout = w["drain_delay_secs"], w["drain_timeout_secs"]

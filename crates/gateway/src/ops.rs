@@ -23,6 +23,11 @@ pub fn wiring(settings: &crate::settings::GatewaySettings) -> serde_json::Value 
         "drain_timeout_secs": settings.server.drain_timeout_secs,
         "stream_cut_secs": crate::app::STREAM_CUT_GRACE.as_secs(),
         "usage_flush_secs": crate::app::USAGE_FINAL_FLUSH.as_secs(),
+        // What the start-up memory check wants for `cache.max_keys` keys:
+        // a memory limit below it makes the gateway warn (and refuse to
+        // start once that many keys exist).
+        "max_keys": settings.cache.max_keys,
+        "max_keys_memory_bytes": crate::memcheck::needed(settings.cache.max_keys),
     })
 }
 
