@@ -142,7 +142,7 @@ async fn a_database_outage_under_load_fails_no_request_and_loses_no_usage() {
     fleet.pool.close().await;
     let stopped = fleet.stop().await.unwrap();
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events WHERE status = 200")
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_ledger WHERE status = 200")
         .fetch_one(&pool)
         .await
         .unwrap();

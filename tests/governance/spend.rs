@@ -111,7 +111,7 @@ async fn a_spend_budget_spent_through_three_gateways_stops_within_the_bound() {
         "SELECT COALESCE(sum(cost_micros), 0)::bigint, \
                 count(*) FILTER (WHERE status = 200), \
                 count(*) FILTER (WHERE status = 200 AND cost_micros IS DISTINCT FROM $2) \
-         FROM usage_events WHERE key_id = $1",
+         FROM usage_ledger WHERE key_id = $1",
     )
     .bind(row.id)
     .bind(REQUEST_COST_MICROS)

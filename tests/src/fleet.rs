@@ -183,7 +183,7 @@ impl Stopped {
     /// Usage rows with status 200.
     pub async fn successful_usage_rows(&self) -> anyhow::Result<i64> {
         Ok(
-            sqlx::query_scalar("SELECT count(*) FROM usage_events WHERE status = 200")
+            sqlx::query_scalar("SELECT count(*) FROM usage_ledger WHERE status = 200")
                 .fetch_one(&self.pool)
                 .await?,
         )

@@ -119,7 +119,7 @@ pub async fn set_price(
 /// where a burst was admitted.
 pub async fn admitted_by_node(pool: &PgPool, keys: &[Uuid]) -> anyhow::Result<Vec<(String, i64)>> {
     Ok(sqlx::query_as(
-        "SELECT COALESCE(node_id, '?'), count(*) FROM usage_events \
+        "SELECT COALESCE(node_id, '?'), count(*) FROM usage_ledger \
          WHERE key_id = ANY($1) AND status = 200 GROUP BY 1 ORDER BY 1",
     )
     .bind(keys)

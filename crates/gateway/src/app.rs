@@ -365,6 +365,12 @@ async fn start_with_database(
     };
     state.health.set_warmed();
     state.health.feed_confirmed();
+    tokio::spawn(crate::ledger::upkeep(
+        pool.clone(),
+        state.settings.usage.clone(),
+        state.metrics.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(crate::quota::sync::run(
         state.quota.clone(),
         pool.clone(),

@@ -12,6 +12,7 @@ pub mod estimate;
 pub mod feed;
 pub mod health;
 pub mod keycache;
+pub mod ledger;
 pub mod memcheck;
 pub mod metrics;
 pub mod misses;

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub usage_buffered: IntGauge,
     pub usage_written: IntCounter,
     pub usage_dropped: IntCounterVec,
+    /// The ledger's daily partitions this gateway created or dropped, and
+    /// upkeep rounds that failed, by action.
+    pub ledger_partitions: IntCounterVec,
     pub streams_cut: IntCounter,
     pub rejected: IntCounterVec,
     /// Quota lease calls by outcome (`ok`, `error`).
@@ -156,6 +159,13 @@ impl Metrics {
                 ),
                 &["reason"],
             )),
+            ledger_partitions: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_ledger_partitions_total",
+                    "Usage ledger partitions this gateway created ahead or dropped past usage.retention_days, and failed upkeep rounds, by action (created, dropped, failed).",
+                ),
+                &["action"],
+            )),
             streams_cut: must(IntCounter::new(
                 "obleth_drain_cut_streams_total",
                 "Streams ended because the drain timeout passed.",
@@ -199,6 +209,7 @@ impl Metrics {
             Box::new(m.usage_buffered.clone()),
             Box::new(m.usage_written.clone()),
             Box::new(m.usage_dropped.clone()),
+            Box::new(m.ledger_partitions.clone()),
             Box::new(m.streams_cut.clone()),
             Box::new(m.rejected.clone()),
             Box::new(m.quota_lease_calls.clone()),

@@ -205,6 +205,12 @@ pub struct UsageSettings {
     /// Records kept for retry while the database is unreachable; past this,
     /// the oldest are dropped and counted.
     pub buffer_max: usize,
+    /// Days of raw usage records kept in the ledger: older daily partitions
+    /// are dropped whole. 0 keeps everything. The hourly rollups (and so
+    /// the admin's totals and the budgets) are kept regardless.
+    pub retention_days: u32,
+    /// Days of ledger partitions created ahead of today.
+    pub partitions_ahead_days: u32,
 }
 
 impl Default for UsageSettings {
@@ -214,6 +220,8 @@ impl Default for UsageSettings {
             batch_size: 500,
             flush_interval_ms: 250,
             buffer_max: 200_000,
+            retention_days: 0,
+            partitions_ahead_days: 7,
         }
     }
 }
@@ -360,6 +368,10 @@ impl GatewaySettings {
             ("usage.batch_size", self.usage.batch_size as u64),
             ("usage.queue_capacity", self.usage.queue_capacity as u64),
             ("usage.flush_interval_ms", self.usage.flush_interval_ms),
+            (
+                "usage.partitions_ahead_days",
+                u64::from(self.usage.partitions_ahead_days),
+            ),
             ("server.heartbeat_secs", self.server.heartbeat_secs),
             ("server.body_timeout_secs", self.server.body_timeout_secs),
             (

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod changes;
 pub mod key_store;
 pub mod keys;
+pub mod ledger;
 pub mod nodes;
 pub mod prices;
 pub mod quota;

@@ -1,5 +1,6 @@
-//! Usage events: the gateway's idempotent batch insert and the admin's reports
-//! (totals with their cost, records, the current period's running totals, models without a price).
+//! Usage events: the gateway's idempotent batch insert into the partitioned
+//! ledger and the admin's reports (totals from the hourly rollups, records,
+//! the current period's running totals, models without a price).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,15 +19,21 @@ pub const CHUNK_ROWS: usize = 5000;
 /// The one statement every batch uses, whatever its size: each column is
 /// one array parameter and `UNNEST` turns them back into rows, in order.
 /// Its text never changes, so each connection prepares it once; the
-/// `usage_events_add_totals` statement trigger sees the new rows of the
-/// whole chunk at once.
-const INSERT_USAGE: &str = "INSERT INTO usage_events (request_id, key_id, model, provider, \
+/// ledger's statement triggers (running totals, hourly rollups) see the new
+/// rows of the whole chunk at once. The conflict target is the ledger's
+/// idempotency key, `(request_id, created_at)`: a retried record carries the
+/// `created_at` it was made with.
+const INSERT_USAGE: &str = "INSERT INTO usage_ledger (request_id, key_id, model, provider, \
      prompt_tokens, completion_tokens, total_tokens, status, latency_ms, streamed, node_id, \
      created_at, cost_micros, estimated, team_id) \
      SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], \
      $6::int4[], $7::int4[], $8::int2[], $9::int4[], $10::bool[], $11::text[], \
      $12::timestamptz[], $13::int8[], $14::bool[], $15::uuid[]) \
-     ON CONFLICT (request_id) DO NOTHING";
+     ON CONFLICT ON CONSTRAINT usage_ledger_request_once DO NOTHING";
+
+/// SQLSTATE of a row no partition accepts ("no partition of relation found
+/// for row"): its day's partition was not created ahead.
+const NO_PARTITION: &str = "23514";
 
 /// Inserts `events` and returns how many rows were new.
 ///
@@ -35,7 +42,29 @@ const INSERT_USAGE: &str = "INSERT INTO usage_events (request_id, key_id, model,
 /// same holds for duplicates within one batch. The batch is stored whole or
 /// not at all: one statement when it fits in [`CHUNK_ROWS`], else one
 /// transaction of one statement per chunk.
+///
+/// A batch with a row for a day whose partition does not exist yet (clock
+/// skew, or partitions not kept ahead) creates the partitions of the
+/// batch's days and is tried once more.
 pub async fn insert_usage(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
+    match insert_batch(pool, events).await {
+        Err(err) if is_no_partition(&err) => {
+            let days = events.iter().map(|e| e.created_at.date_naive());
+            super::ledger::ensure_days(pool, days).await?;
+            insert_batch(pool, events).await
+        }
+        outcome => outcome,
+    }
+}
+
+fn is_no_partition(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == NO_PARTITION)
+        && err.to_string().contains("no partition")
+}
+
+async fn insert_batch(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
     if events.is_empty() {
         return Ok(0);
     }
@@ -131,12 +160,25 @@ pub struct UsageFilter {
 }
 
 impl UsageFilter {
-    fn push_where<'a>(&'a self, query: &mut QueryBuilder<'a, Postgres>) {
+    /// Appends ` WHERE` with the time range `[from, to)` on `time_column`
+    /// and the filter's other fields, whose columns both the ledger and the
+    /// rollups have.
+    fn push_where<'a>(
+        &'a self,
+        query: &mut QueryBuilder<'a, Postgres>,
+        time_column: &'static str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) {
         query
-            .push(" WHERE created_at >= ")
-            .push_bind(self.from)
-            .push(" AND created_at < ")
-            .push_bind(self.to);
+            .push(" WHERE ")
+            .push(time_column)
+            .push(" >= ")
+            .push_bind(from)
+            .push(" AND ")
+            .push(time_column)
+            .push(" < ")
+            .push_bind(to);
         if let Some(key_id) = self.key_id {
             query.push(" AND key_id = ").push_bind(key_id);
         }
@@ -149,6 +191,31 @@ impl UsageFilter {
         if let Some(team_id) = self.team_id {
             query.push(" AND team_id = ").push_bind(team_id);
         }
+    }
+
+    /// Splits `[from, to)` into the whole UTC hours the rollups answer and
+    /// the partial hours at either end that only the ledger can:
+    /// `[from, lo)`, `[lo, hi)` whole hours, `[hi, to)`. A range within one
+    /// hour has no whole hour, and all of it is read from the ledger.
+    fn hours(&self) -> (DateTime<Utc>, DateTime<Utc>) {
+        let to = self.to.max(self.from);
+        let lo = ceil_hour(self.from).min(to);
+        let hi = floor_hour(to).max(lo);
+        (lo, hi)
+    }
+}
+
+fn floor_hour(at: DateTime<Utc>) -> DateTime<Utc> {
+    let secs = at.timestamp().div_euclid(3600) * 3600;
+    DateTime::from_timestamp(secs, 0).unwrap_or(at)
+}
+
+fn ceil_hour(at: DateTime<Utc>) -> DateTime<Utc> {
+    let floor = floor_hour(at);
+    if floor == at {
+        at
+    } else {
+        floor + chrono::Duration::hours(1)
     }
 }
 
@@ -171,24 +238,64 @@ pub struct UsageTotal {
 
 /// Totals per key, model, provider or team of the events `filter` selects, ordered
 /// by group (`None` last).
+///
+/// Whole UTC hours are read from the hourly rollups; only the partial hours
+/// at the ends of the range are summed from the ledger, so the cost of a
+/// report grows with its number of hours and groups, not with its number of
+/// requests. An hour-aligned range reads rollups only.
 pub async fn usage_totals(
     pool: &PgPool,
     group: UsageGroup,
     filter: &UsageFilter,
 ) -> Result<Vec<UsageTotal>, sqlx::Error> {
-    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new("SELECT ");
-    query.push(group.column()).push(
-        " AS \"group\", count(*)::bigint AS requests, \
-         count(*) FILTER (WHERE status >= 400)::bigint AS errors, \
-         COALESCE(sum(prompt_tokens), 0)::bigint AS prompt_tokens, \
-         COALESCE(sum(completion_tokens), 0)::bigint AS completion_tokens, \
-         COALESCE(sum(total_tokens), 0)::bigint AS total_tokens, \
-         COALESCE(sum(cost_micros), 0)::bigint AS cost_micros \
-         FROM usage_events",
+    let rows = grouped(pool, group, filter).await?;
+    Ok(rows.into_iter().map(|(total, _)| total).collect())
+}
+
+/// The grouped totals behind [`usage_totals`], each with the time of its
+/// group's last event.
+async fn grouped(
+    pool: &PgPool,
+    group: UsageGroup,
+    filter: &UsageFilter,
+) -> Result<Vec<(UsageTotal, Option<DateTime<Utc>>)>, sqlx::Error> {
+    let (lo, hi) = filter.hours();
+    let column = group.column();
+    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
+        "SELECT g AS \"group\", sum(requests)::bigint AS requests, sum(errors)::bigint AS errors, \
+         sum(prompt_tokens)::bigint AS prompt_tokens, \
+         sum(completion_tokens)::bigint AS completion_tokens, \
+         sum(total_tokens)::bigint AS total_tokens, sum(cost_micros)::bigint AS cost_micros, \
+         max(last_seen) AS last_seen FROM (SELECT ",
     );
-    filter.push_where(&mut query);
-    query.push(" GROUP BY 1 ORDER BY 1 NULLS LAST");
-    query.build_query_as().fetch_all(pool).await
+    query.push(column).push(
+        " AS g, requests, errors, prompt_tokens, completion_tokens, total_tokens, cost_micros, \
+         last_seen FROM usage_hourly",
+    );
+    filter.push_where(&mut query, "hour", lo, hi);
+    for (from, to) in [(filter.from, lo), (hi, filter.to)] {
+        query.push(" UNION ALL SELECT ").push(column).push(
+            " AS g, count(*), count(*) FILTER (WHERE status >= 400), \
+             COALESCE(sum(prompt_tokens), 0), COALESCE(sum(completion_tokens), 0), \
+             COALESCE(sum(total_tokens), 0), COALESCE(sum(cost_micros), 0), max(created_at) \
+             FROM usage_ledger",
+        );
+        filter.push_where(&mut query, "created_at", from, to);
+        query.push(" GROUP BY 1");
+    }
+    query.push(") AS parts GROUP BY 1 ORDER BY 1 NULLS LAST");
+    let rows: Vec<GroupedRow> = query.build_query_as().fetch_all(pool).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.total, row.last_seen))
+        .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct GroupedRow {
+    #[sqlx(flatten)]
+    total: UsageTotal,
+    last_seen: Option<DateTime<Utc>>,
 }
 
 /// One stored usage event with its row id, the cursor of [`list_usage`].
@@ -211,9 +318,9 @@ pub async fn list_usage(
     let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
         "SELECT id, request_id, key_id, model, provider, prompt_tokens, completion_tokens, \
          total_tokens, status, latency_ms, streamed, node_id, created_at, cost_micros, estimated, \
-         team_id FROM usage_events",
+         team_id FROM usage_ledger",
     );
-    filter.push_where(&mut query);
+    filter.push_where(&mut query, "created_at", filter.from, filter.to);
     if let Some(after) = after {
         query.push(" AND id > ").push_bind(after);
     }
@@ -301,22 +408,36 @@ pub struct UnpricedModel {
 /// The models recorded in usage with `from <= created_at < to` that the
 /// current price table leaves unpriced, judged by [`PriceTable`] (the
 /// gateway's rule: exact name, then the most specific glob), by model.
+/// Read like [`usage_totals`]: rollups for whole hours, the ledger for the
+/// partial ones.
 pub async fn unpriced_models(
     pool: &PgPool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<UnpricedModel>, sqlx::Error> {
     let prices = PriceTable::new(super::prices::list_prices(pool).await?);
-    let mut seen: Vec<UnpricedModel> = sqlx::query_as(
-        "SELECT model, count(*)::bigint AS requests, \
-         COALESCE(sum(total_tokens), 0)::bigint AS total_tokens, max(created_at) AS last_seen \
-         FROM usage_events WHERE created_at >= $1 AND created_at < $2 \
-         GROUP BY model ORDER BY model",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?;
-    seen.retain(|m| prices.price_for(&m.model).is_none());
-    Ok(seen)
+    let filter = UsageFilter {
+        from,
+        to,
+        key_id: None,
+        model: None,
+        provider: None,
+        team_id: None,
+    };
+    let models = grouped(pool, UsageGroup::Model, &filter).await?;
+    Ok(models
+        .into_iter()
+        .filter_map(|(total, last_seen)| {
+            let model = total.group?;
+            if prices.price_for(&model).is_some() {
+                return None;
+            }
+            Some(UnpricedModel {
+                model,
+                requests: total.requests,
+                total_tokens: total.total_tokens,
+                last_seen: last_seen?,
+            })
+        })
+        .collect())
 }

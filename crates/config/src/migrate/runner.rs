@@ -367,7 +367,11 @@ impl Runner {
         'attempt: loop {
             *attempts += 1;
             for statement in split_statements(&def.sql) {
-                let outcome = conn.execute(statement.text.as_str()).await.map(drop);
+                let outcome = if def.batched() {
+                    repeat_until_zero(conn, def, &statement.text).await
+                } else {
+                    conn.execute(statement.text.as_str()).await.map(drop)
+                };
                 if let Err(err) = outcome {
                     self.retry_or_fail(def, *attempts, err).await?;
                     continue 'attempt;
@@ -652,6 +656,51 @@ async fn lock_holder(conn: &mut PgConnection, key: i64) -> Result<Option<String>
             None => format!("backend pid {pid} ({app} from {client})"),
         }
     }))
+}
+
+/// Runs a batched migration's statement until it answers 0 or no row, each
+/// run its own transaction under the runner's timeouts, logging progress
+/// every few seconds. The statement keeps its own progress in the database,
+/// so a run stopped part-way resumes where it stopped.
+async fn repeat_until_zero(
+    conn: &mut PgConnection,
+    def: &MigrationDef,
+    statement: &str,
+) -> Result<(), sqlx::Error> {
+    let started = Instant::now();
+    let mut logged = Instant::now();
+    let (mut runs, mut total) = (0u64, 0i64);
+    loop {
+        let answer: Option<Option<i64>> = sqlx::query_scalar(statement)
+            .fetch_optional(&mut *conn)
+            .await?;
+        runs += 1;
+        let n = answer.flatten().unwrap_or(0);
+        if n <= 0 {
+            break;
+        }
+        total += n;
+        if logged.elapsed() >= Duration::from_secs(5) {
+            info!(
+                version = def.version,
+                runs,
+                total,
+                elapsed_s = started.elapsed().as_secs(),
+                "Batched migration {} in progress.",
+                def.file
+            );
+            logged = Instant::now();
+        }
+    }
+    info!(
+        version = def.version,
+        runs,
+        total,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Batched migration {} finished its statement.",
+        def.file
+    );
+    Ok(())
 }
 
 #[cfg(test)]

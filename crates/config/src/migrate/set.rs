@@ -32,6 +32,23 @@ pub struct MigrationDef {
     pub requires_release: Option<semver::Version>,
 }
 
+impl MigrationDef {
+    /// The file's opening comments include `-- batched`: the runner repeats
+    /// each statement, each time in its own transaction, until it answers 0
+    /// (or no row). Only `-- no-transaction` files may be batched.
+    pub fn batched(&self) -> bool {
+        self.no_tx && header_says(&self.sql, "-- batched")
+    }
+}
+
+/// Whether one of the comment lines that open `sql` is exactly `directive`.
+fn header_says(sql: &str, directive: &str) -> bool {
+    sql.lines()
+        .map(str::trim_end)
+        .take_while(|line| line.starts_with("--"))
+        .any(|line| line == directive)
+}
+
 /// An ordered set of migrations that agrees with its manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationSet {
@@ -124,6 +141,12 @@ impl MigrationSet {
                     file: file.clone(),
                     manifest: manifest_name.to_owned(),
                 })?;
+            if !m.no_tx && header_says(&m.sql, "-- batched") {
+                return Err(SetError::File {
+                    file,
+                    message: "a -- batched migration repeats each statement in its own transaction, so it must start with -- no-transaction".to_owned(),
+                });
+            }
             migrations.push(MigrationDef {
                 version: m.version,
                 description: m.description.to_string(),

@@ -183,7 +183,7 @@ async fn batches_of_every_size_use_one_prepared_statement() {
 
     let prepared: Vec<String> = sqlx::query_scalar(
         "SELECT statement FROM pg_prepared_statements \
-         WHERE statement LIKE 'INSERT INTO usage_events %'",
+         WHERE statement LIKE 'INSERT INTO usage_ledger %'",
     )
     .fetch_all(&pool)
     .await

@@ -447,7 +447,7 @@ fn usage_event(key_id: Option<Uuid>, total: Option<i32>) -> UsageEvent {
 }
 
 async fn usage_rows(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM usage_events")
+    sqlx::query_scalar("SELECT count(*) FROM usage_ledger")
         .fetch_one(pool)
         .await
         .unwrap()
@@ -471,7 +471,7 @@ async fn a_retried_usage_batch_is_counted_once() {
     let stored: Vec<UsageEvent> = sqlx::query_as(
         "SELECT request_id, key_id, model, provider, prompt_tokens, completion_tokens, \
          total_tokens, status, latency_ms, streamed, node_id, created_at \
-         FROM usage_events ORDER BY id",
+         FROM usage_ledger ORDER BY id",
     )
     .fetch_all(&pool)
     .await

@@ -100,7 +100,7 @@ async fn usage_records_reach_the_database() {
     }
     gw.stop().await.unwrap();
     let rows: Vec<(i16, Option<i32>, bool)> =
-        sqlx::query_as("SELECT status, total_tokens, streamed FROM usage_events WHERE key_id = $1")
+        sqlx::query_as("SELECT status, total_tokens, streamed FROM usage_ledger WHERE key_id = $1")
             .bind(key.id)
             .fetch_all(&pool)
             .await
@@ -164,7 +164,7 @@ async fn a_database_outage_keeps_cached_keys_working_and_a_revoke_made_meanwhile
         "usage rows after recovery",
         || async {
             let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM usage_events WHERE key_id = $1 AND status = 200",
+                "SELECT count(*) FROM usage_ledger WHERE key_id = $1 AND status = 200",
             )
             .bind(key.id)
             .fetch_one(&pool)
@@ -279,7 +279,7 @@ async fn a_stream_still_open_at_the_drain_timeout_is_ended_and_recorded() {
         "the cut stream ends with an error, not a clean end"
     );
     let rows: Vec<(i16, bool)> =
-        sqlx::query_as("SELECT status, streamed FROM usage_events WHERE key_id = $1")
+        sqlx::query_as("SELECT status, streamed FROM usage_ledger WHERE key_id = $1")
             .bind(key.id)
             .fetch_all(&pool)
             .await

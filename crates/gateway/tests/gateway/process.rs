@@ -171,7 +171,7 @@ async fn sigterm_during_a_slow_stream_goes_unready_finishes_the_stream_records_u
     assert!(status.success(), "exit status {status:?}");
 
     let rows: Vec<(i16, bool, Option<i32>)> = sqlx::query_as(
-        "SELECT status, streamed, completion_tokens FROM usage_events WHERE key_id = $1",
+        "SELECT status, streamed, completion_tokens FROM usage_ledger WHERE key_id = $1",
     )
     .bind(key.id)
     .fetch_all(&pool)

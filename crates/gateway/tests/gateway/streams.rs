@@ -92,7 +92,7 @@ async fn row(pool: &PgPool, request_id: &str) -> Row {
     obleth_testkit::poll::wait_for(Duration::from_secs(10), "the usage row", || async {
         sqlx::query_as(
             "SELECT prompt_tokens, completion_tokens, total_tokens, estimated, cost_micros, team_id \
-             FROM usage_events WHERE request_id = $1",
+             FROM usage_ledger WHERE request_id = $1",
         )
         .bind(id)
         .fetch_optional(pool)

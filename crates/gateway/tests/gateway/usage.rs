@@ -47,7 +47,7 @@ async fn rows(url: &str) -> i64 {
     let Ok(pool) = PgPool::connect(url).await else {
         return -1;
     };
-    let n = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+    let n = sqlx::query_scalar("SELECT count(*) FROM usage_ledger")
         .fetch_one(&pool)
         .await
         .unwrap_or(-1);
