@@ -251,7 +251,7 @@ def obleth_evidence(cluster, ts, results):
             "mean_us": m.get("obleth_gateway_overhead_seconds_sum", 0.0) / count * 1e6 if count else None,
         }
         if t.name in DATABASES:
-            rows = int(cluster.psql(DATABASES[t.name], "SELECT count(*) FROM usage_events").strip())
+            rows = int(cluster.psql(DATABASES[t.name], "SELECT count(*) FROM usage_ledger").strip())
             results["db_usage_by_target"][t.name] = {
                 "usage_rows": rows,
                 "written_total": m.get("obleth_usage_written_total", 0.0),

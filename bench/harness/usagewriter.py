@@ -62,11 +62,11 @@ def renice_pg(cluster, nice):
 
 
 def usage_rows(cluster):
-    return int(cluster.psql(DB, "SELECT count(*) FROM usage_events").strip())
+    return int(cluster.psql(DB, "SELECT count(*) FROM usage_ledger").strip())
 
 
 def settle(cluster, limit_secs=10):
-    """Waits until usage_events stops growing for a second (the writer has
+    """Waits until usage_ledger stops growing for a second (the writer has
     flushed), at most `limit_secs`; answers the row count."""
     deadline = time.monotonic() + limit_secs
     last, since = usage_rows(cluster), time.monotonic()
@@ -91,7 +91,7 @@ def insert_stats(cluster):
         "(SELECT COALESCE(sum(calls), 0) FROM pg_stat_statements a JOIN pg_database b ON b.oid = a.dbid "
         f"  WHERE b.datname = '{DB}' AND a.query NOT ILIKE '%pg_stat_statements%') "
         "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
-        f"WHERE d.datname = '{DB}' AND s.query ILIKE 'INSERT INTO usage_events%'"
+        f"WHERE d.datname = '{DB}' AND s.query ILIKE 'INSERT INTO usage_ledger%'"
     )).strip().split("|")
     texts, calls, rows, exec_ms, plan_ms, wal, max_ms, all_calls = out
     return {

@@ -249,6 +249,7 @@ async fn an_invalid_setting_exits_non_zero_naming_the_field() {
         ("[[routes]]\nmodel = \"m\"\ntargets = [{ provider = \"nope\" }]\n", "routes[0].targets[0].provider"),
         ("[cache]\npoll_interval_secs = 0\n", "cache.poll_interval_secs"),
         ("[usage]\nflush_interval_ms = 0\n", "usage.flush_interval_ms"),
+        ("[usage]\npartitions_ahead_days = 0\n", "usage.partitions_ahead_days"),
         ("[server]\nheartbeat_secs = 0\n", "server.heartbeat_secs"),
         ("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\n", "providers[0].base_url"),
         ("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"https://x\"\ncredential = \"sk-live-123\"\n", "providers[0].credential"),

@@ -138,6 +138,7 @@ async fn records_past_buffer_max_are_dropped_and_counted_not_lost_silently() {
         batch_size: 5,
         flush_interval_ms: 10,
         buffer_max: 20,
+        ..UsageSettings::default()
     };
     let metrics = Metrics::new();
     let stop = CancellationToken::new();
@@ -245,4 +246,84 @@ async fn without_a_database_a_record_is_counted_dropped_and_never_built() {
     writer.await.unwrap();
     assert_eq!(rows(&db.url).await, 1);
     assert_eq!(dropped(&metrics), 0);
+}
+
+/// The ledger's partitions, by name, oldest first.
+async fn partitions(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'usage_ledger'::regclass ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+fn partition_of(day: chrono::NaiveDate) -> String {
+    format!("usage_ledger_{}", day.format("%Y%m%d"))
+}
+
+#[tokio::test]
+async fn ledger_upkeep_keeps_days_ahead_and_drops_raw_records_past_the_retention_not_their_totals()
+{
+    let db = obleth_testkit::fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let today = Utc::now().date_naive();
+    // A record from 20 days ago: the writer's batch finds no partition for
+    // its day, creates it and writes the batch again.
+    let old = UsageEvent {
+        created_at: Utc::now() - chrono::Duration::days(20),
+        ..event()
+    };
+    let written = obleth_config::db::usage::insert_usage(&pool, &[old.clone(), event()])
+        .await
+        .unwrap();
+    assert_eq!(written, 2);
+    let old_day = partition_of(old.created_at.date_naive());
+    assert!(partitions(&pool).await.contains(&old_day));
+
+    let settings = UsageSettings {
+        retention_days: 3,
+        partitions_ahead_days: 12,
+        ..UsageSettings::default()
+    };
+    let metrics = Metrics::new();
+    obleth_gateway::ledger::round(&pool, &settings, &metrics)
+        .await
+        .unwrap();
+
+    let now = partitions(&pool).await;
+    assert!(!now.contains(&old_day), "{now:?}");
+    let ahead = today + chrono::Days::new(12);
+    assert!(now.contains(&partition_of(ahead)), "{now:?}");
+    assert!(now.contains(&partition_of(today)), "{now:?}");
+    assert!(
+        metrics
+            .ledger_partitions
+            .with_label_values(&["created"])
+            .get()
+            >= 1
+    );
+    assert!(
+        metrics
+            .ledger_partitions
+            .with_label_values(&["dropped"])
+            .get()
+            >= 1
+    );
+    // Today's record stays; the old one's raw row went with its day, and its
+    // hourly rollup stays.
+    assert_eq!(rows(&db.url).await, 1);
+    let hourly: i64 =
+        sqlx::query_scalar("SELECT COALESCE(sum(requests), 0)::bigint FROM usage_hourly")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(hourly, 2);
+
+    // A second round changes nothing.
+    obleth_gateway::ledger::round(&pool, &settings, &metrics)
+        .await
+        .unwrap();
+    assert_eq!(partitions(&pool).await, now);
 }
