@@ -20,12 +20,14 @@ async fn change(pool: &PgPool, id: &str) -> i64 {
 
 /// Dates the changes with seq in `seqs` `days` days back.
 async fn age(pool: &PgPool, seqs: &[i64], days: i64) {
-    sqlx::query("UPDATE changes SET changed_at = now() - make_interval(days => $2) WHERE seq = ANY($1)")
-        .bind(seqs)
-        .bind(i32::try_from(days).unwrap())
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE changes SET changed_at = now() - make_interval(days => $2) WHERE seq = ANY($1)",
+    )
+    .bind(seqs)
+    .bind(i32::try_from(days).unwrap())
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 async fn seqs(pool: &PgPool) -> Vec<i64> {
@@ -70,7 +72,11 @@ async fn pruning_deletes_only_rows_older_than_the_cutoff_in_bounded_batches() {
     let deleted = changes::prune_changes(&pool, cutoff, 3).await.unwrap();
 
     assert_eq!(deleted, 7);
-    assert_eq!(seqs(&pool).await, all[7..].to_vec(), "only the old rows went");
+    assert_eq!(
+        seqs(&pool).await,
+        all[7..].to_vec(),
+        "only the old rows went"
+    );
     assert_eq!(
         delete_statements(&pool).await,
         vec![3, 3, 1],
@@ -83,7 +89,9 @@ async fn pruning_deletes_only_rows_older_than_the_cutoff_in_bounded_batches() {
 async fn pruning_keeps_the_newest_row_and_never_leaves_a_hole() {
     let (_db, pool) = migrated().await;
     assert_eq!(
-        changes::prune_changes(&pool, Utc::now(), 100).await.unwrap(),
+        changes::prune_changes(&pool, Utc::now(), 100)
+            .await
+            .unwrap(),
         0,
         "an empty log"
     );
@@ -162,5 +170,8 @@ async fn log_bounds_name_the_server_the_ends_of_the_log_and_a_changes_time() {
     assert_eq!((bounds.oldest, bounds.newest), (Some(first), Some(second)));
     assert_eq!(bounds.newest_at, Some(times[1]));
     assert_eq!(bounds.at_seq, Some(times[0]));
-    assert_eq!(changes::log_bounds(&pool, second + 1).await.unwrap().at_seq, None);
+    assert_eq!(
+        changes::log_bounds(&pool, second + 1).await.unwrap().at_seq,
+        None
+    );
 }
