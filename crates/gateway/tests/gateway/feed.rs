@@ -169,3 +169,156 @@ async fn a_gateway_that_fell_behind_a_changes_prune_reloads_and_is_correct() {
     gw.stop().await.unwrap();
     role.drop(&pool).await;
 }
+
+#[tokio::test]
+async fn a_change_log_that_went_back_makes_a_reload_and_later_changes_reach_the_gateway() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let settings = database_settings(&db.url, &pool).await;
+    let (kept, kept_secret) = db_key(&pool, |_| {}).await;
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+    // A key created while the gateway follows: its change is the last the
+    // gateway applies.
+    let (lost, lost_secret) = db_key(&pool, |_| {}).await;
+    wait_until(Duration::from_secs(10), "the new key applied", || async {
+        chat(&gw, &lost_secret, "m").await.status == 200
+    })
+    .await;
+
+    // A restore from just before that key: its row, its change row and the
+    // sequence go back, silently. Then a revocation takes the seq the
+    // gateway has already seen, so a catch-up from there would skip it.
+    let lost_seq: i64 =
+        sqlx::query_scalar("SELECT seq FROM changes WHERE entity = 'api_key' AND entity_id = $1")
+            .bind(lost.id.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    for statement in [
+        "DELETE FROM api_keys WHERE id = $1",
+        "DELETE FROM changes WHERE entity_id = $1::text",
+    ] {
+        sqlx::query(statement)
+            .bind(lost.id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    sqlx::query(&format!(
+        "ALTER TABLE changes ALTER COLUMN seq RESTART WITH {lost_seq}"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let revoked = keys::revoke_key(&pool, kept.id).await.unwrap().unwrap();
+    let revoked_seq = changes::latest_seq(&pool).await.unwrap();
+    assert_eq!(
+        revoked_seq, lost_seq,
+        "the revocation reused the seq: {revoked:?}"
+    );
+
+    wait_until(
+        Duration::from_secs(30),
+        "the restored-away key refused",
+        || async { chat(&gw, &lost_secret, "m").await.status == 401 },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the revocation applied",
+        || async { matches!(chat(&gw, &kept_secret, "m").await.status, 401 | 403) },
+    )
+    .await;
+    // The key was swept during the reload; the count comes at its end.
+    wait_until(Duration::from_secs(30), "the reload counted", || async {
+        reloads(&gw, "rewound").await >= 1.0
+    })
+    .await;
+
+    // A change after the reload reaches the gateway through the feed.
+    let (_, later_secret) = db_key(&pool, |_| {}).await;
+    wait_until(
+        Duration::from_secs(10),
+        "a key created after the reload",
+        || async { chat(&gw, &later_secret, "m").await.status == 200 },
+    )
+    .await;
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn another_server_incarnation_makes_a_reload_even_when_its_log_runs_ahead() {
+    let cluster = PgCluster::start().unwrap();
+    let db = cluster.fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let role = GatewayRole::create(&pool, &db).await;
+    let mut settings = database_settings(&role.url(&db.url), &pool).await;
+    settings.database.acquire_timeout_ms = 500;
+    let (kept, kept_secret) = db_key(&pool, |_| {}).await;
+    let (lost, lost_secret) = db_key(&pool, |_| {}).await;
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+    assert_eq!(chat(&gw, &lost_secret, "m").await.status, 200);
+
+    // A failover to a standby that missed the last commit: the key created
+    // last, and its change row, are not there; the standby's sequence runs
+    // ahead (sequences are logged 32 values ahead), and a revocation made
+    // on it lands after the gateway's last seq, as if nothing were wrong.
+    role.cut_off(&pool).await;
+    wait_feed_down(&gw).await;
+    let mut tx = pool.begin().await.unwrap();
+    for statement in [
+        "DELETE FROM api_keys WHERE id = $1",
+        "DELETE FROM changes WHERE entity_id = $1::text",
+    ] {
+        sqlx::query(statement)
+            .bind(lost.id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    let ahead = changes::latest_seq(&mut *tx).await.unwrap() + 33;
+    sqlx::query(&format!(
+        "ALTER TABLE changes ALTER COLUMN seq RESTART WITH {ahead}"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    keys::revoke_key(&pool, kept.id).await.unwrap().unwrap();
+    pool.close().await;
+    cluster.stop().unwrap();
+    cluster.start_again().unwrap();
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    role.let_back(&pool).await;
+
+    wait_feed_caught_up(&gw).await;
+    let answer = chat(&gw, &lost_secret, "m").await;
+    assert_eq!(
+        answer.status,
+        401,
+        "a key the new server lacks: {}",
+        answer.text()
+    );
+    let answer = chat(&gw, &kept_secret, "m").await;
+    assert!(
+        matches!(answer.status, 401 | 403),
+        "the revocation made after the failover: {}",
+        answer.text()
+    );
+    assert_eq!(reloads(&gw, "server_changed").await, 1.0);
+
+    // A change after the reload reaches the gateway through the feed.
+    let (_, later_secret) = db_key(&pool, |_| {}).await;
+    wait_until(
+        Duration::from_secs(10),
+        "a key created after the reload",
+        || async { chat(&gw, &later_secret, "m").await.status == 200 },
+    )
+    .await;
+    gw.stop().await.unwrap();
+    role.drop(&pool).await;
+}
