@@ -30,4 +30,4 @@ pub mod poll;
 pub mod proc;
 
 pub use mock::{MockConfig, MockUpstream, MockUsage, RecordedRequest};
-pub use pg::{fresh_database, PgCluster, TestDb};
+pub use pg::{fresh_database, PgCluster, PgReplicated, TestDb, REPLICATION_ROLE};
