@@ -80,6 +80,12 @@ async fn failover_to_a_synchronous_standby_loses_no_request_no_usage_and_no_chan
         })
         .await;
     }
+    // The outage lasts until the fleet has served on without a database, so
+    // that usage is buffered and writes fail and must be retried.
+    wait_until(LIMIT, "the load to be served with no database", || async {
+        load.succeeded() >= at_kill + 100
+    })
+    .await;
     let at_promote = load.succeeded();
     pair.promote_standby().unwrap();
     let routed = front
@@ -137,6 +143,8 @@ async fn failover_to_a_synchronous_standby_loses_no_request_no_usage_and_no_chan
     .await;
 
     let reports = load.finish().await;
+    let gateways_logs: Vec<(String, String)> =
+        gateways.iter().map(|g| (g.name.clone(), g.log())).collect();
     let all = total(&reports);
     admin.stop().await;
     let stopped = fleet.stop().await.unwrap();
@@ -155,9 +163,18 @@ async fn failover_to_a_synchronous_standby_loses_no_request_no_usage_and_no_chan
         all.failed_total(),
         all.failed
     ));
+    let retried: Vec<String> = gateways_logs
+        .iter()
+        .map(|(name, log)| {
+            let n = log.matches("Usage write failed; will retry.").count();
+            format!("{name} {n}")
+        })
+        .collect();
     evidence(&format!(
-        "[failover] usage rows {rows} of {expected} (load {} + probes {probe_200s})",
-        all.succeeded
+        "[failover] usage rows {rows} of {expected} (load {} + probes {probe_200s}); \
+         failed usage writes retried: {}",
+        all.succeeded,
+        retried.join(", ")
     ));
     evidence(&format!(
         "[failover] revocation reached {} of {} gateways in {revocation_ms} ms; \
