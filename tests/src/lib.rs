@@ -1,13 +1,16 @@
 //! Support for the end-to-end, chaos and governance tests: obleth processes,
-//! HAProxy in front of them, a fixed-rate load generator that accounts for
+//! HAProxy in front of them (and in front of a PostgreSQL primary and standby), a fixed-rate load generator that accounts for
 //! every request, bursts that keep every answer, and the governance rows.
 
+pub mod admin;
 pub mod burst;
 pub mod clock;
+pub mod closed;
 pub mod fleet;
 pub mod governance;
 pub mod haproxy;
 pub mod load;
+pub mod pgfront;
 pub mod previous;
 pub mod procs;
 

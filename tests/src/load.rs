@@ -14,11 +14,11 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// The load's client: idle connections are dropped well before HAProxy's
 /// 120 s client timeout would close them under it.
-fn client() -> HttpClient {
+pub(crate) fn client() -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build_http()
@@ -144,7 +144,7 @@ async fn run(spec: LoadSpec, stop: CancellationToken, in_flight: Arc<AtomicU64>)
 }
 
 /// One request; `Err` names the cause of failure.
-async fn one(client: &HttpClient, spec: &LoadSpec, stream: bool) -> Result<(), String> {
+pub(crate) async fn one(client: &HttpClient, spec: &LoadSpec, stream: bool) -> Result<(), String> {
     let body = serde_json::json!({
         "model": spec.model,
         "stream": stream,

@@ -1,5 +1,5 @@
 //! Assembly and lifecycle: state, the server, start-up (migrations, schema
-//! check), the heartbeat, and the drain on shutdown (not ready at once, keep
+//! check), the heartbeat, the change log's pruning, and the drain on shutdown (not ready at once, keep
 //! serving for `drain_delay`, stop accepting, let requests finish within
 //! `drain_timeout`, leave the fleet, exit).
 
@@ -148,6 +148,7 @@ impl Admin {
                     Ok(()) if state.health.ready() => {
                         info!(node_id = %state.node_id, "Admin ready.");
                         state.beat.notify_one();
+                        tokio::spawn(crate::prune::run(state.clone(), stop.clone()));
                     }
                     Ok(()) => {}
                     Err(e) => {

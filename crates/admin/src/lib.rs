@@ -10,6 +10,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod prune;
 pub mod router;
 pub mod settings;
 pub mod startup;

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub auth_throttled: IntCounter,
     pub ready: IntGauge,
     pub migrations_applied: IntCounter,
+    /// Change rows this process deleted past `changes.retention_days`.
+    pub changes_pruned: IntCounter,
     /// The listener's connection metrics (`listener="admin"`).
     pub connections: ConnectionMetrics,
 }
@@ -71,6 +73,10 @@ impl Metrics {
                 "obleth_admin_migrations_applied_total",
                 "Migrations this process applied at start.",
             )),
+            changes_pruned: must(IntCounter::new(
+                "obleth_admin_changes_pruned_total",
+                "Change log rows this process deleted for being older than changes.retention_days.",
+            )),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -80,6 +86,7 @@ impl Metrics {
             Box::new(m.auth_throttled.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.migrations_applied.clone()),
+            Box::new(m.changes_pruned.clone()),
         ];
         register_all(&m.registry, collectors);
         m

@@ -1,5 +1,5 @@
 //! The admin's settings: its listener and drain, the database, startup
-//! migrations, the admin tokens and logging.
+//! migrations, the admin tokens, the change log's pruning and logging.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,6 +20,8 @@ pub struct AdminSettings {
     pub database: DatabaseSettings,
     pub migrations: MigrationSettings,
     pub auth: AuthSettings,
+    /// How long the change log keeps its rows.
+    pub changes: ChangesSettings,
     pub log: LogSettings,
     /// What providers may reference: credential variables and files, and the
     /// addresses their URLs may name (shared with the gateway).
@@ -91,6 +93,58 @@ impl ServerSettings {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+/// The change log's pruning: rows older than `retention_days` are deleted
+/// every `prune_interval_secs` (see `crate::prune`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChangesSettings {
+    /// Days a change row is kept; 0 keeps every row (no pruning). A gateway
+    /// offline for longer reloads everything when it comes back.
+    pub retention_days: u32,
+    /// How often the admin prunes, in seconds.
+    pub prune_interval_secs: u64,
+}
+
+/// The longest retention accepted, in days (ten years): more is a typo, and
+/// the cutoff must stay a date PostgreSQL holds.
+pub const MAX_RETENTION_DAYS: u32 = 3650;
+
+impl Default for ChangesSettings {
+    fn default() -> Self {
+        ChangesSettings {
+            retention_days: 7,
+            prune_interval_secs: 3600,
+        }
+    }
+}
+
+impl ChangesSettings {
+    /// How long a row is kept; none when pruning is off.
+    pub fn retention(&self) -> Option<chrono::Duration> {
+        (self.retention_days > 0).then(|| chrono::Duration::days(i64::from(self.retention_days)))
+    }
+
+    pub fn prune_interval(&self) -> Duration {
+        Duration::from_secs(self.prune_interval_secs)
+    }
+
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.retention_days > MAX_RETENTION_DAYS {
+            return Err(InvalidSetting::new(
+                "changes.retention_days",
+                format!("must be at most {MAX_RETENTION_DAYS} (0 keeps every change)"),
+            ));
+        }
+        if self.prune_interval_secs == 0 {
+            return Err(InvalidSetting::new(
+                "changes.prune_interval_secs",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -225,6 +279,7 @@ impl AdminSettings {
                 "must be greater than 0",
             ));
         }
+        self.changes.validate()?;
         self.egress.validate()
     }
 }
@@ -310,6 +365,30 @@ mod tests {
         }
         assert!(std::error::Error::source(&e).is_none());
         assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
+    }
+
+    #[test]
+    fn change_retention_defaults_to_seven_days_zero_disables_and_bad_values_name_the_field() {
+        let mut s = AdminSettings::default();
+        s.database.url = Some(obleth_config::DatabaseUrl::new("postgres://h/db"));
+        s.auth.token_file = Some(PathBuf::from("/run/secrets/admin"));
+        assert_eq!(s.changes.retention(), Some(chrono::Duration::days(7)));
+        s.changes.retention_days = 0;
+        s.validate().unwrap();
+        assert_eq!(s.changes.retention(), None, "0 disables pruning");
+        s.changes.retention_days = MAX_RETENTION_DAYS + 1;
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "changes.retention_days: must be at most 3650 (0 keeps every change)"
+        );
+        s.changes.retention_days = 7;
+        s.changes.prune_interval_secs = 0;
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "changes.prune_interval_secs: must be greater than 0"
+        );
+        let negative: Result<ChangesSettings, _> = serde_json::from_str(r#"{"retention_days":-1}"#);
+        assert!(negative.is_err());
     }
 
     #[test]

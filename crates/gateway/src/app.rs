@@ -327,7 +327,7 @@ async fn start_with_database(
     }
     // LISTEN first, then read the change log's high-water mark and the keys:
     // a change made during the warm-up is both notified and replayed.
-    let (seq, listener) = loop {
+    let (mark, listener) = loop {
         if stop.is_cancelled() {
             return;
         }
@@ -356,7 +356,7 @@ async fn start_with_database(
             return;
         }
         match warmup::warm(&state, &pool, active).await {
-            Ok(seq) => break (seq, listener),
+            Ok(mark) => break (mark, listener),
             Err(e) => {
                 warn!(error = %e, "Warm-up failed; retrying.");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -379,5 +379,5 @@ async fn start_with_database(
         stop.clone(),
     ));
     let poll = Duration::from_secs(state.settings.cache.poll_interval_secs);
-    feed::run(state, pool, seq, poll, stop, Some(listener)).await;
+    feed::run(state, pool, mark, poll, stop, Some(listener)).await;
 }

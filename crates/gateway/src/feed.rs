@@ -1,10 +1,12 @@
 //! The change feed: LISTEN/NOTIFY for prompt updates, catch-up from the last
 //! applied `changes.seq` after every (re)connect, and a slow poll as a safety
-//! net. A revoked, edited or deleted key takes effect without a restart.
+//! net. A revoked, edited or deleted key takes effect without a restart. When
+//! the log no longer continues what the feed read (pruned past it, rewound,
+//! or another server), it reloads everything instead (`history`).
 
 use std::time::Duration;
 
-use obleth_config::db::changes::{changes_since, CHANNEL};
+use obleth_config::db::changes::{changes_since, log_bounds, CHANNEL};
 use obleth_config::model::{Change, Entity};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -12,15 +14,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::catalog::Catalog;
+use crate::history::{FeedMark, ReloadReason};
 use crate::state::AppState;
 
-/// Follows the change log from `seq` until `stop`. `listening` is a listener
+/// Follows the change log from `mark` until `stop`. `listening` is a listener
 /// opened before the warm-up (so the cache never misses a change); later
 /// connections are opened here.
 pub async fn run(
     state: AppState,
     pool: PgPool,
-    mut seq: i64,
+    mut mark: FeedMark,
     poll: Duration,
     stop: CancellationToken,
     mut listening: Option<PgListener>,
@@ -45,7 +48,7 @@ pub async fn run(
             }
         };
         // Whatever happened while we were not listening is in the log.
-        if catch_up(&state, &pool, &mut seq).await.is_err() {
+        if catch_up(&state, &pool, &mut mark).await.is_err() {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -54,14 +57,14 @@ pub async fn run(
             continue;
         }
         backoff = Duration::from_millis(200);
-        info!(seq, "Change feed listening.");
+        info!(seq = mark.seq, "Change feed listening.");
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 received = listener.try_recv() => match received {
                     Ok(Some(notification)) => {
                         debug!(payload = notification.payload(), "Change notified.");
-                        if catch_up(&state, &pool, &mut seq).await.is_err() {
+                        if catch_up(&state, &pool, &mut mark).await.is_err() {
                             break;
                         }
                     }
@@ -74,7 +77,7 @@ pub async fn run(
                     }
                 },
                 _ = tokio::time::sleep(poll) => {
-                    if catch_up(&state, &pool, &mut seq).await.is_err() {
+                    if catch_up(&state, &pool, &mut mark).await.is_err() {
                         break;
                     }
                 }
@@ -94,44 +97,104 @@ pub async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
 /// a partitioned network hangs queries instead of failing them.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Applies every change after `seq`, advancing it, within [`CATCH_UP_TIMEOUT`].
-async fn catch_up(state: &AppState, pool: &PgPool, seq: &mut i64) -> Result<(), ()> {
-    match tokio::time::timeout(CATCH_UP_TIMEOUT, catch_up_inner(state, pool, seq)).await {
-        Ok(result) => result,
-        Err(_) => {
-            set_live(state, false);
-            warn!("Change feed catch-up timed out; database unreachable?");
-            Err(())
+/// Applies every change after `mark`, advancing it, each page within
+/// [`CATCH_UP_TIMEOUT`]; reloads everything instead when the log does not
+/// continue the mark (the reload has no such limit: it is a warm-up).
+async fn catch_up(state: &AppState, pool: &PgPool, mark: &mut FeedMark) -> Result<(), ()> {
+    loop {
+        let step = tokio::time::timeout(CATCH_UP_TIMEOUT, catch_up_inner(state, pool, mark));
+        match step.await {
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(reason))) => *mark = reload(state, pool, mark, reason).await?,
+            Ok(Err(())) => return Err(()),
+            Err(_) => {
+                set_live(state, false);
+                warn!("Change feed catch-up timed out; database unreachable?");
+                return Err(());
+            }
         }
     }
 }
 
-async fn catch_up_inner(state: &AppState, pool: &PgPool, seq: &mut i64) -> Result<(), ()> {
+/// Changes read a page.
+const PAGE: i64 = 1000;
+
+/// Applies the changes after `mark`, page by page. Each page is judged by the
+/// log's bounds read *after* it: a prune, a rewind or a failover that
+/// happened before or while the page was read shows in them, so no page
+/// from a log that does not continue the mark is applied. Answers why a
+/// full reload is needed instead, if it is.
+async fn catch_up_inner(
+    state: &AppState,
+    pool: &PgPool,
+    mark: &mut FeedMark,
+) -> Result<Option<ReloadReason>, ()> {
     loop {
-        let changes = match changes_since(pool, *seq, 1000).await {
-            Ok(changes) => changes,
+        let read = async {
+            let changes = changes_since(pool, mark.seq, PAGE).await?;
+            let bounds = log_bounds(pool, mark.seq).await?;
+            Ok::<_, sqlx::Error>((changes, bounds))
+        };
+        let (changes, bounds) = match read.await {
+            Ok(read) => read,
             Err(e) => {
                 set_live(state, false);
                 warn!(error = %e, "Change feed cannot read the change log.");
                 return Err(());
             }
         };
+        if let Some(reason) = mark.judge(&bounds) {
+            return Ok(Some(reason));
+        }
         let n = changes.len();
         for change in changes {
             if apply(state, pool, &change).await.is_err() {
                 set_live(state, false);
                 return Err(());
             }
-            *seq = change.seq;
+            mark.applied(&change);
             state.metrics.feed_changes_applied.inc();
         }
-        if n < 1000 {
+        if i64::try_from(n).unwrap_or(i64::MAX) < PAGE {
             break;
         }
     }
     set_live(state, true);
     state.health.feed_confirmed();
-    Ok(())
+    Ok(None)
+}
+
+/// Reloads every key, the catalog, teams, prices and maintenance (the
+/// warm-up's load, with a sweep of keys no longer active) and answers the
+/// new mark. Meanwhile the store counts as incomplete, so a key unknown to
+/// it is looked up in the database rather than refused.
+async fn reload(
+    state: &AppState,
+    pool: &PgPool,
+    mark: &FeedMark,
+    reason: ReloadReason,
+) -> Result<FeedMark, ()> {
+    warn!(
+        reason = reason.as_str(),
+        last_seq = mark.seq,
+        "Change feed cannot catch up from its last change; reloading every key and the catalog."
+    );
+    state.keys.set_live(false);
+    match crate::warmup::reload(state, pool).await {
+        Ok(fresh) => {
+            state
+                .metrics
+                .feed_full_reloads
+                .with_label_values(&[reason.as_str()])
+                .inc();
+            Ok(fresh)
+        }
+        Err(e) => {
+            set_live(state, false);
+            warn!(error = %e, reason = reason.as_str(), "Full reload failed; will try again.");
+            Err(())
+        }
+    }
 }
 
 /// The feed is caught up and listening, or not. While it is, the key store

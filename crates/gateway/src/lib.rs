@@ -11,6 +11,7 @@ pub mod error;
 pub mod estimate;
 pub mod feed;
 pub mod health;
+pub mod history;
 pub mod keycache;
 pub mod ledger;
 pub mod memcheck;

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub warmup_keys: IntGauge,
     pub feed_staleness_seconds: Gauge,
     pub feed_changes_applied: IntCounter,
+    /// Full reloads by the feed instead of a catch-up, by reason (`pruned`,
+    /// `rewound`, `server_changed`).
+    pub feed_full_reloads: IntCounterVec,
     pub usage_queue_depth: IntGauge,
     pub usage_buffered: IntGauge,
     pub usage_written: IntCounter,
@@ -140,6 +143,13 @@ impl Metrics {
                 "obleth_feed_changes_applied_total",
                 "Change-log entries applied to the caches.",
             )),
+            feed_full_reloads: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_feed_full_reloads_total",
+                    "Times the change feed reloaded every key and the catalog instead of catching up, by reason (pruned, rewound, server_changed).",
+                ),
+                &["reason"],
+            )),
             usage_queue_depth: must(IntGauge::new(
                 "obleth_usage_queue_depth",
                 "Usage records waiting in the channel to the writer.",
@@ -205,6 +215,7 @@ impl Metrics {
             Box::new(m.warmup_keys.clone()),
             Box::new(m.feed_staleness_seconds.clone()),
             Box::new(m.feed_changes_applied.clone()),
+            Box::new(m.feed_full_reloads.clone()),
             Box::new(m.usage_queue_depth.clone()),
             Box::new(m.usage_buffered.clone()),
             Box::new(m.usage_written.clone()),

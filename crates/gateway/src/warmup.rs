@@ -1,6 +1,8 @@
 //! Start-up against PostgreSQL: the schema compatibility check, then the warm-up
-//! that loads every active key before the gateway reports ready.
+//! that loads every active key before the gateway reports ready, and the same
+//! load again (with a sweep) when the change feed must reload everything.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
@@ -9,8 +11,10 @@ use obleth_config::migrate::{check, read_applied, Compatibility, MigrationSet};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use uuid::Uuid;
 
 use crate::catalog::Catalog;
+use crate::history::FeedMark;
 use crate::keycache::Entry;
 use crate::state::AppState;
 
@@ -87,30 +91,49 @@ const WARMUP_SCANS: u32 = 4;
 /// Keys decoded before they are stored under one write lock.
 const WARMUP_BATCH: usize = 4096;
 
-/// Loads every active key, the teams and the catalog. Answers the change-log
-/// high-water mark read *before* the keys, so replaying from it misses nothing.
+/// Loads every active key, the teams and the catalog. Answers the feed's
+/// mark: the change log's high-water mark and the server, read *before* the
+/// keys, so replaying from it misses nothing.
 ///
 /// `active` is the count of active keys read before (the memory check's):
 /// the store reserves room for that many at once. The keys are read by
 /// [`WARMUP_SCANS`] concurrent scans of block ranges of the table, each on
 /// its own pooled connection, decoding only the columns the store keeps.
-pub async fn warm(state: &AppState, pool: &PgPool, active: u64) -> Result<i64, sqlx::Error> {
-    let started = Instant::now();
-    let high_water = obleth_config::db::changes::latest_seq(pool).await?;
+pub async fn warm(state: &AppState, pool: &PgPool, active: u64) -> Result<FeedMark, sqlx::Error> {
     state
         .keys
         .reserve(usize::try_from(active).unwrap_or(usize::MAX));
+    load(state, pool, false).await
+}
+
+/// The warm-up again, while serving, for a feed that cannot catch up
+/// (`history::ReloadReason`): every active key is read and stored over the
+/// ones held, then the keys the scans did not see (revoked or deleted
+/// meanwhile) are forgotten, and the catalog, teams, prices and maintenance
+/// are replaced. Keys held keep answering during the reload. The sweep
+/// holds the ids read, 16 bytes and a hash-table slot a key, until it ends.
+pub async fn reload(state: &AppState, pool: &PgPool) -> Result<FeedMark, sqlx::Error> {
+    load(state, pool, true).await
+}
+
+async fn load(state: &AppState, pool: &PgPool, sweep: bool) -> Result<FeedMark, sqlx::Error> {
+    let started = Instant::now();
+    let mark = FeedMark::loaded(&obleth_config::db::changes::log_bounds(pool, 0).await?);
     let scans = WARMUP_SCANS.min(state.settings.database.max_connections.max(1));
     let blocks = key_store::key_table_blocks(pool).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for range in BlockRange::split(scans, blocks) {
-        tasks.spawn(scan(state.clone(), pool.clone(), range));
+        tasks.spawn(scan(state.clone(), pool.clone(), range, sweep));
     }
     let mut count: i64 = 0;
+    let mut seen = HashSet::new();
     let mut failure = None;
     while let Some(done) = tasks.join_next().await {
         match done {
-            Ok(Ok(n)) => count += n,
+            Ok(Ok((n, ids))) => {
+                count += n;
+                seen.extend(ids);
+            }
             Ok(Err(e)) => failure = Some(e),
             Err(e) => failure = Some(sqlx::Error::Io(std::io::Error::other(e))),
         }
@@ -118,6 +141,12 @@ pub async fn warm(state: &AppState, pool: &PgPool, active: u64) -> Result<i64, s
     if let Some(e) = failure {
         return Err(e);
     }
+    let forgotten = if sweep {
+        state.keys.retain_ids(&seen)
+    } else {
+        0
+    };
+    drop(seen);
     state.keys.warmed_up();
     let keys_loaded = started.elapsed();
     let catalog = obleth_config::db::catalog::load_catalog(pool).await?;
@@ -135,24 +164,39 @@ pub async fn warm(state: &AppState, pool: &PgPool, active: u64) -> Result<i64, s
     state.metrics.warmup_keys.set(count);
     info!(
         keys = count,
+        forgotten,
         model_lists = state.keys.model_lists(),
         elapsed_ms = elapsed.as_millis() as u64,
         keys_ms = keys_loaded.as_millis() as u64,
-        high_water,
-        "Key cache warmed."
+        high_water = mark.seq,
+        "{}",
+        if sweep {
+            "Key cache reloaded."
+        } else {
+            "Key cache warmed."
+        }
     );
-    Ok(high_water)
+    Ok(mark)
 }
 
 /// Reads the active keys in `range` into the store, in batches; answers how
-/// many it read.
-async fn scan(state: AppState, pool: PgPool, range: BlockRange) -> Result<i64, sqlx::Error> {
+/// many it read and, for a sweep, their ids.
+async fn scan(
+    state: AppState,
+    pool: PgPool,
+    range: BlockRange,
+    sweep: bool,
+) -> Result<(i64, Vec<Uuid>), sqlx::Error> {
     let mut rows = key_store::active_key_rows(&pool, range);
     let mut batch = Vec::with_capacity(WARMUP_BATCH);
+    let mut ids = Vec::new();
     let mut count = 0;
     while let Some(row) = rows.try_next().await? {
         count += 1;
         if let Some(entry) = Entry::new(KeyColumns::from_row(&row)?) {
+            if sweep {
+                ids.push(entry.id());
+            }
             batch.push(entry);
         }
         if batch.len() == WARMUP_BATCH {
@@ -160,7 +204,7 @@ async fn scan(state: AppState, pool: PgPool, range: BlockRange) -> Result<i64, s
         }
     }
     state.keys.load(&mut batch);
-    Ok(count)
+    Ok((count, ids))
 }
 
 /// Puts the gateway in or out of maintenance mode.

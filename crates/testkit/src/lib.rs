@@ -6,7 +6,8 @@
 //! server behind it is `DATABASE_URL` when that is set, otherwise one private
 //! cluster started on first use and shared by every test in the process. A test
 //! that needs to control the server itself (to simulate an outage, say) starts
-//! its own [`PgCluster`].
+//! its own [`PgCluster`], and a failover test a [`PgReplicated`] primary with
+//! its synchronous standby.
 //!
 //! [`MockUpstream`] is an OpenAI-compatible provider on a local port, with
 //! latency, streaming pace and failures under the test's control; the
@@ -30,4 +31,4 @@ pub mod poll;
 pub mod proc;
 
 pub use mock::{MockConfig, MockUpstream, MockUsage, RecordedRequest};
-pub use pg::{fresh_database, PgCluster, TestDb};
+pub use pg::{fresh_database, PgCluster, PgReplicated, TestDb, REPLICATION_ROLE};

@@ -2,6 +2,7 @@
 
 mod binaries;
 mod cluster;
+mod replica;
 mod shared;
 mod watchdog;
 
@@ -11,6 +12,7 @@ use anyhow::Context as _;
 use sqlx::Connection as _;
 
 pub use cluster::PgCluster;
+pub use replica::{PgReplicated, REPLICATION_ROLE};
 pub use shared::fresh_database;
 
 /// An empty database created for one test.

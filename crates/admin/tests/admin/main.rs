@@ -14,6 +14,7 @@ mod maintenance;
 mod openapi;
 mod prices;
 mod process;
+mod prune;
 mod startup;
 mod support;
 mod teams;

@@ -5,6 +5,7 @@
 //! That only works if no change can commit with a seq below one a gateway has
 //! already seen; [`record_change`] guarantees it.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
 
@@ -98,6 +99,96 @@ pub async fn latest_seq<'e>(executor: impl PgExecutor<'e>) -> Result<i64, sqlx::
     sqlx::query_scalar("SELECT COALESCE(max(seq), 0)::bigint FROM changes")
         .fetch_one(executor)
         .await
+}
+
+/// What a gateway's change feed checks before it trusts a catch-up: which
+/// server answers, and the range of the log that remains.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LogBounds {
+    /// `pg_postmaster_start_time()`: a restart, a promoted standby or a
+    /// restored server answers another one.
+    pub server_started: DateTime<Utc>,
+    /// The lowest seq left after pruning; none when the log is empty.
+    pub oldest: Option<i64>,
+    /// The highest seq; none when the log is empty.
+    pub newest: Option<i64>,
+    /// When the newest change was made.
+    pub newest_at: Option<DateTime<Utc>>,
+    /// When the change with the seq asked about was made; none when no such
+    /// row exists (pruned, or never there).
+    pub at_seq: Option<DateTime<Utc>>,
+}
+
+/// The log's [`LogBounds`], with the time of change `seq`, in one statement
+/// (every part from one snapshot). `pg_postmaster_start_time()` is readable
+/// by any role, and the bounds are two ends of the primary key.
+pub async fn log_bounds<'e>(
+    executor: impl PgExecutor<'e>,
+    seq: i64,
+) -> Result<LogBounds, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT pg_postmaster_start_time() AS server_started, \
+                (SELECT min(seq) FROM changes) AS oldest, \
+                newest.seq AS newest, newest.changed_at AS newest_at, \
+                (SELECT changed_at FROM changes WHERE seq = $1) AS at_seq \
+         FROM (SELECT 1) AS one \
+         LEFT JOIN LATERAL (SELECT seq, changed_at FROM changes ORDER BY seq DESC LIMIT 1) AS newest \
+           ON true",
+    )
+    .bind(seq)
+    .fetch_one(executor)
+    .await
+}
+
+/// Deletes the changes made before `before`, at most `batch` rows a
+/// statement, each statement its own transaction, until none is left;
+/// answers how many rows it deleted.
+///
+/// Only a prefix of the log is deleted: the rows below the first one made at
+/// or after `before`, and never the newest row. So the log stays without
+/// holes, and its lowest seq tells a gateway exactly where history starts: a
+/// gateway whose last seen seq is below that (less one) knows it missed
+/// changes and reloads everything instead of catching up. Several admins may
+/// prune at once: a row another one deletes first is skipped, and batches
+/// delete from the low end, so the log remains a suffix at every commit.
+pub async fn prune_changes(
+    pool: &sqlx::PgPool,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    // The first seq to keep: the oldest change made at or after `before`,
+    // else the newest row. Computed once, so rows made meanwhile are never
+    // looked at.
+    let keep_from: Option<i64> = sqlx::query_scalar(
+        "SELECT COALESCE( \
+             (SELECT min(seq) FROM changes WHERE changed_at >= $1), \
+             (SELECT max(seq) FROM changes))",
+    )
+    .bind(before)
+    .fetch_one(pool)
+    .await?;
+    let Some(keep_from) = keep_from else {
+        return Ok(0);
+    };
+    let batch = batch.max(1);
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM changes WHERE seq IN ( \
+                 SELECT seq FROM changes WHERE seq < $1 ORDER BY seq LIMIT $2)",
+        )
+        .bind(keep_from)
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += n;
+        // A short batch: nothing is left below `keep_from` (or another
+        // admin is deleting the rest).
+        if n < u64::try_from(batch).unwrap_or(u64::MAX) {
+            return Ok(deleted);
+        }
+    }
 }
 
 /// Reads a NOTIFY payload; `None` for anything that is not a change notice

@@ -1,10 +1,11 @@
 //! Query tests against a real, throwaway PostgreSQL: keys, the change log and its NOTIFY, usage, nodes and the catalog;
-//! teams, prices, the running usage totals and the usage batch insert in their own modules.
+//! teams, prices, the change log's pruning, the running usage totals and the usage batch insert in their own modules.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod insert;
 mod prices;
+mod prune;
 mod quota;
 mod teams;
 mod totals;

@@ -8,7 +8,7 @@ mod interner;
 mod record;
 mod table;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -165,6 +165,21 @@ impl KeyCache {
     /// Forgets a deleted key.
     pub fn remove_id(&self, id: &Uuid) {
         self.write().remove_id(id);
+    }
+
+    /// Forgets every key whose id is not in `seen` (a full reload's sweep:
+    /// keys revoked or deleted while the feed could not follow); answers
+    /// how many. The ids are found under the read lock and removed a
+    /// chunk a write lock, so requests wait for one chunk at most.
+    pub fn retain_ids(&self, seen: &HashSet<Uuid>) -> usize {
+        let gone = self.read().ids_not(|id| seen.contains(id));
+        for chunk in gone.chunks(4096) {
+            let mut table = self.write();
+            for id in chunk {
+                table.remove_id(id);
+            }
+        }
+        gone.len()
     }
 
     pub fn remember_unknown(&self, hash: Hash) {
@@ -371,6 +386,22 @@ mod tests {
         );
         assert_eq!(cache.len(), 2);
         assert!(cache.is_complete());
+    }
+
+    #[test]
+    fn retain_ids_forgets_exactly_the_keys_not_seen() {
+        let cache = KeyCache::new(&CacheSettings::default());
+        let keys: Vec<ApiKey> = (1..=5).map(key).collect();
+        for k in &keys {
+            cache.insert(k.clone());
+        }
+        let seen: HashSet<Uuid> = [keys[0].id, keys[3].id].into_iter().collect();
+        assert_eq!(cache.retain_ids(&seen), 3);
+        assert_eq!(cache.len(), 2);
+        for (n, k) in keys.iter().enumerate() {
+            let held = matches!(cache.get(&[(n + 1) as u8; 32]), Lookup::Hit(r) if r.id == k.id);
+            assert_eq!(held, seen.contains(&k.id), "key {n}");
+        }
     }
 
     #[test]

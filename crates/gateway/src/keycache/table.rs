@@ -268,6 +268,15 @@ impl Table {
         true
     }
 
+    /// The ids of the stored keys `keep` refuses.
+    pub fn ids_not(&self, keep: impl Fn(&Uuid) -> bool) -> Vec<Uuid> {
+        self.slots
+            .iter()
+            .map(|s| s.key.id)
+            .filter(|id| !keep(id))
+            .collect()
+    }
+
     fn forget_previous(&mut self, id: &Uuid) {
         if self.previous_of.is_empty() {
             return;

@@ -6,6 +6,7 @@
 mod database;
 mod egress;
 mod embedded;
+mod feed;
 mod hardening;
 mod keystore;
 mod limits;

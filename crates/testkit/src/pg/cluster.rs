@@ -52,6 +52,13 @@ impl PgCluster {
     /// Blocks for the second or so that `initdb` and the start take, and
     /// returns once the server accepts connections.
     pub fn start() -> anyhow::Result<PgCluster> {
+        Self::start_as(Origin::Initdb, &Extra::default())
+    }
+
+    /// Starts a cluster made by `origin`, with `extra` settings and
+    /// `pg_hba.conf` lines after the ones [`PgCluster::start`] writes (a
+    /// setting given twice takes its last value).
+    pub(super) fn start_as(origin: Origin, extra: &Extra) -> anyhow::Result<PgCluster> {
         let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("obleth-pg-")
@@ -80,13 +87,19 @@ impl PgCluster {
             &cluster.data_dir(),
             cluster.binaries.argv("pg_ctl"),
         )?);
-        cluster.init(is_root)?;
+        cluster.prepare_dir(is_root)?;
+        match origin {
+            Origin::Initdb => cluster.initdb()?,
+            Origin::BaseBackupOf { port, user, slot } => cluster.base_backup(port, user, slot)?,
+        }
+        cluster.configure(extra)?;
         cluster.start_on_a_free_port()?;
         tracing::info!(
             port = cluster.port,
             dir = %cluster.dir.path().display(),
             bindir = %cluster.binaries.dir().display(),
             elapsed_ms = started.elapsed().as_millis(),
+            standby = matches!(origin, Origin::BaseBackupOf { .. }),
             "Started a private PostgreSQL cluster."
         );
         Ok(cluster)
@@ -150,7 +163,7 @@ impl PgCluster {
         })
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub(super) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -162,12 +175,13 @@ impl PgCluster {
         self.dir.path().join("postgres.log")
     }
 
-    fn pg_ctl(&self) -> std::process::Command {
+    pub(super) fn pg_ctl(&self) -> std::process::Command {
         self.binaries.command("pg_ctl", self.dir.path())
     }
 
-    /// Runs initdb and writes the configuration.
-    fn init(&self, is_root: bool) -> anyhow::Result<()> {
+    /// Creates the socket dir and, as root, hands the whole dir to user
+    /// `postgres`, which runs the server.
+    fn prepare_dir(&self, is_root: bool) -> anyhow::Result<()> {
         let socket_dir = self.socket_dir();
         std::fs::create_dir(&socket_dir).context("creating the cluster's socket dir")?;
         if is_root {
@@ -183,7 +197,11 @@ impl PgCluster {
                 );
             }
         }
+        Ok(())
+    }
 
+    /// Runs initdb into the data dir.
+    fn initdb(&self) -> anyhow::Result<()> {
         let output = self
             .binaries
             .command("initdb", self.dir.path())
@@ -208,7 +226,40 @@ impl PgCluster {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+        Ok(())
+    }
 
+    /// Copies the data dir of the server on 127.0.0.1:`port` with
+    /// `pg_basebackup` as replication role `user`, streaming the WAL it needs
+    /// and creating the physical replication slot `slot`. `-R` writes
+    /// `standby.signal` and the `primary_conninfo` (with `primary_slot_name`)
+    /// that make this cluster a streaming standby of that server.
+    fn base_backup(&self, port: u16, user: &str, slot: &str) -> anyhow::Result<()> {
+        let output = self
+            .binaries
+            .command("pg_basebackup", self.dir.path())
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+            .args(["-R", "-X", "stream", "-C", "-S", slot])
+            .args(["--checkpoint=fast", "--no-sync", "--no-password"])
+            .output()
+            .context("running pg_basebackup")?;
+        if !output.status.success() {
+            bail!(
+                "pg_basebackup from port {port} failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Appends this cluster's settings to `postgresql.conf` and writes
+    /// `pg_hba.conf`. A standby's copied `postgresql.conf` already holds its
+    /// primary's block; the one appended here comes later, so it wins.
+    fn configure(&self, extra: &Extra) -> anyhow::Result<()> {
         // The port is not here: it is passed on the command line, so that a
         // retry with another port does not have to edit this file.
         let settings = format!(
@@ -218,14 +269,18 @@ impl PgCluster {
              max_connections = 300\n\
              fsync = off\n\
              synchronous_commit = off\n\
-             full_page_writes = off\n",
-            socket_dir.display().to_string().replace('\'', "''")
+             full_page_writes = off\n{}",
+            self.socket_dir().display().to_string().replace('\'', "''"),
+            extra.postgresql_conf,
         );
         // Both files are written in place, which keeps their owner
         // (postgres) when this process is root.
         let conf = self.data_dir().join("postgresql.conf");
         append(&conf, &settings).context("writing postgresql.conf")?;
-        let hba = "local all all trust\nhost all all 127.0.0.1/32 trust\n";
+        let hba = format!(
+            "local all all trust\nhost all all 127.0.0.1/32 trust\n{}",
+            extra.pg_hba
+        );
         std::fs::write(self.data_dir().join("pg_hba.conf"), hba).context("writing pg_hba.conf")?;
         Ok(())
     }
@@ -278,7 +333,7 @@ impl PgCluster {
 
     /// Describes a failed `pg_ctl` run, quoting its output and the tail of
     /// the server log.
-    fn failure(&self, output: &Output, what: &str) -> anyhow::Error {
+    pub(super) fn failure(&self, output: &Output, what: &str) -> anyhow::Error {
         anyhow::anyhow!(
             "{what} failed ({}):\n{}{}server log ({}):\n{}",
             output.status,
@@ -335,6 +390,28 @@ impl fmt::Debug for PgCluster {
             .field("dir", &self.dir.path())
             .finish_non_exhaustive()
     }
+}
+
+/// Where a cluster's data dir comes from.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Origin<'a> {
+    /// `initdb`: a new, empty server.
+    Initdb,
+    /// `pg_basebackup -R` from the server on 127.0.0.1:`port`: a standby.
+    BaseBackupOf {
+        port: u16,
+        user: &'a str,
+        slot: &'a str,
+    },
+}
+
+/// Settings and `pg_hba.conf` lines added to a cluster's own.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Extra {
+    /// Lines appended to `postgresql.conf`, each ending in a newline.
+    pub(super) postgresql_conf: String,
+    /// Lines appended to `pg_hba.conf`, each ending in a newline.
+    pub(super) pg_hba: String,
 }
 
 /// The outcome of one `pg_ctl start` that did not fail outright.

@@ -1,6 +1,6 @@
 //! Tests of the throwaway PostgreSQL: shared fresh databases and private clusters.
 
-use obleth_testkit::{fresh_database, PgCluster};
+use obleth_testkit::{fresh_database, PgCluster, PgReplicated};
 use sqlx::{Connection as _, PgConnection};
 
 async fn connect(url: &str) -> PgConnection {
@@ -107,4 +107,65 @@ async fn dropping_a_cluster_stops_it_and_removes_its_dir() {
 
     assert!(!dir.exists(), "{} is still there", dir.display());
     assert!(PgConnection::connect(&db.url).await.is_err());
+}
+
+#[tokio::test]
+async fn a_promoted_synchronous_standby_has_every_commit_of_the_crashed_primary() {
+    let pair = PgReplicated::start().await.unwrap();
+    let db = pair.fresh_database().await.unwrap();
+    let standby_url = pair.standby().url(&db.name);
+    let refused_before = PgConnection::connect(&standby_url).await;
+    let mut conn = connect(&db.url).await;
+    sqlx::query("CREATE TABLE kept (id int PRIMARY KEY)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Each insert is a commit of its own, acknowledged only once the
+    // standby flushed it.
+    for id in 0..200 {
+        sqlx::query("INSERT INTO kept VALUES ($1)")
+            .bind(id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let primary_dir = pair.primary().dir().to_owned();
+
+    pair.kill_primary().await.unwrap();
+    let after_crash = sqlx::query("SELECT 1").execute(&mut conn).await;
+    pair.promote_standby().unwrap();
+    let mut promoted = connect(&standby_url).await;
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM kept")
+        .fetch_one(&mut promoted)
+        .await
+        .unwrap();
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut promoted)
+        .await
+        .unwrap();
+    let written = sqlx::query("INSERT INTO kept VALUES (200)")
+        .execute(&mut promoted)
+        .await;
+    drop(pair);
+
+    let refusal = refused_before
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        refusal.contains("not accepting connections") || refusal.contains("starting up"),
+        "the standby accepted a client before its promotion: {refusal:?}"
+    );
+    assert!(after_crash.is_err(), "the crashed primary still answered");
+    assert_eq!(kept, 200, "every acknowledged commit reached the standby");
+    assert!(!in_recovery, "the promoted standby is still in recovery");
+    assert!(
+        written.is_ok(),
+        "the promoted standby refused a write: {written:?}"
+    );
+    assert!(
+        !primary_dir.exists(),
+        "{} is still there",
+        primary_dir.display()
+    );
 }
