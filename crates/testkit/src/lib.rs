@@ -23,6 +23,7 @@
 
 pub mod db;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod mock;
 mod pg;
