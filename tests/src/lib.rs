@@ -1,6 +1,7 @@
 //! Support for the end-to-end, chaos and governance tests: obleth processes,
 //! HAProxy in front of them, a fixed-rate load generator that accounts for
-//! every request, bursts that keep every answer, and the governance rows.
+//! every request, bursts that keep every answer, the governance rows, and a
+//! sampler of the lock waits in a database.
 
 pub mod burst;
 pub mod clock;
@@ -8,6 +9,7 @@ pub mod fleet;
 pub mod governance;
 pub mod haproxy;
 pub mod load;
+pub mod locks;
 pub mod previous;
 pub mod procs;
 

@@ -280,7 +280,7 @@ async fn raw_totals(
         .fetch_all(pool)
         .await
         .unwrap();
-    rows.sort_by(|a, b| order(&a.group).cmp(&order(&b.group)));
+    rows.sort_by_key(|a| order(&a.group));
     rows
 }
 
@@ -351,7 +351,7 @@ async fn admin_totals_over_unaligned_ranges_equal_a_raw_sum_of_the_ledger() {
                     team_id: None,
                 };
                 let mut got = usage::usage_totals(&pool, group, &filter).await.unwrap();
-                got.sort_by(|a, b| order(&a.group).cmp(&order(&b.group)));
+                got.sort_by_key(|a| order(&a.group));
                 let want = raw_totals(&pool, column, from, to, key).await;
                 assert_eq!(
                     got, want,
