@@ -1,10 +1,12 @@
 //! Upgrade and chaos scenarios with real processes: a throwaway PostgreSQL,
 //! three gateways behind HAProxy (routing on /readyz), the mock upstream, and a
-//! fixed-rate load that accounts for every request. Each scenario prints its
+//! fixed-rate load that accounts for every request (the conversion scenario
+//! loads one gateway of each release directly). Each scenario prints its
 //! counts. They run one at a time: they share two cores.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod conversion;
 mod failover;
 mod scenarios;
 

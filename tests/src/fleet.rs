@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use obleth_config::db::catalog::NewProvider;
+use obleth_config::migrate::MigrationSet;
 use obleth_config::model::ProviderKind;
 use obleth_testkit::proc::bin;
 use obleth_testkit::{db, MockConfig, MockUpstream};
@@ -70,7 +71,17 @@ impl Prepared {
     /// Migrates the database, starts the mock upstream, and writes provider
     /// `mock`, route `m` and key `load`.
     pub async fn new(database_url: &str, spec: &FleetSpec) -> anyhow::Result<Prepared> {
-        let pool = db::migrate(database_url).await?;
+        Self::with_migrations(database_url, spec, MigrationSet::embedded()?).await
+    }
+
+    /// [`Prepared::new`] with the database migrated by `set` only (a schema
+    /// an older release left, say).
+    pub async fn with_migrations(
+        database_url: &str,
+        spec: &FleetSpec,
+        set: MigrationSet,
+    ) -> anyhow::Result<Prepared> {
+        let pool = db::migrate_from(set, database_url).await?;
         let upstream = MockUpstream::start(MockConfig {
             token_delay: spec.token_delay,
             completion_tokens: spec.stream_tokens,

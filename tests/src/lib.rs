@@ -1,6 +1,7 @@
 //! Support for the end-to-end, chaos and governance tests: obleth processes,
 //! HAProxy in front of them (and in front of a PostgreSQL primary and standby), a fixed-rate load generator that accounts for
-//! every request, bursts that keep every answer, and the governance rows.
+//! every request, bursts that keep every answer, the governance rows, and a
+//! sampler of the lock waits in a database.
 
 pub mod admin;
 pub mod burst;
@@ -10,6 +11,7 @@ pub mod fleet;
 pub mod governance;
 pub mod haproxy;
 pub mod load;
+pub mod locks;
 pub mod pgfront;
 pub mod previous;
 pub mod procs;

@@ -4,15 +4,27 @@
 -- counts them now). Swapping the triggers in one transaction leaves no
 -- moment when a row is counted twice or not at all. The lock this takes on
 -- usage_events (SHARE ROW EXCLUSIVE, against inserts only) lasts only
--- these few catalog changes.
+-- these few catalog changes: the old trigger is disabled, not dropped,
+-- because DROP TRIGGER takes ACCESS EXCLUSIVE, which would also queue the
+-- previous release's reads of usage_events (its budgets and reports). The
+-- contract step drops it with the table.
 --
 -- It also records where the copy of the older rows stops: every row with
 -- an id up to the largest one now was written before forwarding, and none
 -- after it. New ledger ids start past it, so copied rows keep their ids
 -- (and the admin's list cursors) and no id is used twice.
 
+-- The previous release does not keep partitions ahead, and the new release's
+-- gateways (which do) may roll out days after this migration: a row whose
+-- day has no partition yet gets one first, or the previous release's insert
+-- would fail once the week of partitions made ahead by the migration before
+-- this one ran out. The check is a catalog lookup per distinct day (one, as
+-- a rule); only a missing day takes the partition lock.
 CREATE FUNCTION obleth_usage_forward() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM obleth_usage_partition(days.d)
+    FROM (SELECT DISTINCT (n.created_at AT TIME ZONE 'UTC')::date AS d FROM new_rows n) AS days
+    WHERE to_regclass('usage_ledger_' || to_char(days.d, 'YYYYMMDD')) IS NULL;
     INSERT INTO usage_ledger (request_id, key_id, model, provider, prompt_tokens,
         completion_tokens, total_tokens, status, latency_ms, streamed, node_id, created_at,
         cost_micros, estimated, team_id)
@@ -25,7 +37,7 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER usage_events_add_totals ON usage_events;
+ALTER TABLE usage_events DISABLE TRIGGER usage_events_add_totals;
 
 CREATE TRIGGER usage_events_forward
     AFTER INSERT ON usage_events

@@ -337,8 +337,10 @@ fn join(versions: &[i64]) -> String {
 pub(crate) fn verdict_exit_code(verdict: &Compatibility) -> u8 {
     match verdict {
         Compatibility::Compatible {
-            pending_contract, ..
-        } if pending_contract.is_empty() => exit::OK,
+            pending_contract,
+            pending_backfill,
+            ..
+        } if pending_contract.is_empty() && pending_backfill.is_empty() => exit::OK,
         Compatibility::Compatible { .. } | Compatibility::NeedsMigration { .. } => exit::PENDING,
         Compatibility::Incompatible { .. }
         | Compatibility::Modified { .. }

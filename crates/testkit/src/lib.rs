@@ -15,7 +15,9 @@
 //!
 //! The helpers, by concern: [`db`] (the schema applied, migrations of a next
 //! release, providers, routes and keys written as the admin writes them),
-//! [`http`] (a loopback HTTP/1.1 client, whole or raw over TCP), [`metrics`]
+//! [`http`] (a loopback HTTP/1.1 client, whole or raw over TCP), [`ledger`]
+//! (the usage ledger's conversion: migrations up to a version, old usage rows
+//! generated in SQL, totals and rollups recounted), [`metrics`]
 //! (samples from Prometheus text by name and labels), [`poll`] (waiting with a
 //! deadline, `/readyz` included) and [`proc`] (built binaries, free ports,
 //! child processes and signals). This crate depends on `obleth-config` only:
@@ -24,6 +26,7 @@
 
 pub mod db;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod mock;
 mod pg;

@@ -15,10 +15,14 @@ use super::set::MigrationSet;
 pub enum Compatibility {
     /// Everything this binary needs is applied. Applied `expand` migrations it
     /// does not know (a newer release ran `up`) are harmless; its own `contract`
-    /// migrations may still wait for `finish`.
+    /// migrations may still wait for `finish`, and its `-- batched` ones (copies
+    /// of rows into a shape the binary already writes, which take as long as
+    /// the table is large) may still be running: a binary never waits for a
+    /// backfill.
     Compatible {
         unknown_expand: Vec<MigrationRef>,
         pending_contract: Vec<MigrationRef>,
+        pending_backfill: Vec<MigrationRef>,
     },
     /// `expand` migrations this binary needs are not applied yet.
     NeedsMigration { pending: Vec<MigrationRef> },
@@ -90,11 +94,13 @@ pub fn check(embedded: &MigrationSet, applied: &[AppliedMigration]) -> Compatibi
     }
     let mut pending = Vec::new();
     let mut pending_contract = Vec::new();
+    let mut pending_backfill = Vec::new();
     for def in embedded.iter() {
         if applied.iter().any(|row| row.version == def.version) {
             continue;
         }
         match def.phase {
+            Phase::Expand if def.batched() => pending_backfill.push(def_ref(def)),
             Phase::Expand => pending.push(def_ref(def)),
             Phase::Contract => pending_contract.push(def_ref(def)),
         }
@@ -106,11 +112,15 @@ pub fn check(embedded: &MigrationSet, applied: &[AppliedMigration]) -> Compatibi
     } else if !dirty.is_empty() {
         Compatibility::Dirty { dirty }
     } else if !pending.is_empty() {
+        // The backfills pending with them are named too: `up` runs them all.
+        pending.append(&mut pending_backfill);
+        pending.sort_by_key(|r| r.version);
         Compatibility::NeedsMigration { pending }
     } else {
         Compatibility::Compatible {
             unknown_expand,
             pending_contract,
+            pending_backfill,
         }
     }
 }
@@ -139,8 +149,16 @@ impl Compatibility {
             Compatibility::Compatible {
                 unknown_expand,
                 pending_contract,
+                pending_backfill,
             } => {
                 out.push_str("schema is compatible");
+                if !pending_backfill.is_empty() {
+                    let _ = write!(
+                        out,
+                        "; batched backfills not finished (`obleth-migrator up` runs them): {}",
+                        list(pending_backfill)
+                    );
+                }
                 if !unknown_expand.is_empty() {
                     let _ = write!(
                         out,
@@ -288,6 +306,47 @@ mod tests {
             }
             other => panic!("expected compatible, got {other:?}"),
         }
+    }
+
+    /// An expand migration whose file is a `-- batched` backfill.
+    fn backfill(version: i64) -> MigrationDef {
+        MigrationDef {
+            sql: format!("-- no-transaction\n-- batched\nSELECT {version};"),
+            no_tx: true,
+            ..def(version, Phase::Expand)
+        }
+    }
+
+    #[test]
+    fn a_pending_backfill_does_not_hold_a_binary_back_but_other_pending_expand_does() {
+        let s = set(vec![def(1, Phase::Expand), backfill(2)]);
+        let verdict = check(&s, &[row(1, Some(Phase::Expand))]);
+        let Compatibility::Compatible {
+            pending_backfill, ..
+        } = &verdict
+        else {
+            panic!("expected compatible, got {verdict:?}");
+        };
+        assert_eq!(pending_backfill[0].version, 2);
+        assert!(
+            verdict.describe().contains("backfills not finished"),
+            "{}",
+            verdict.describe()
+        );
+        assert_eq!(s.oldest_compatible(), Some(1));
+
+        let s = set(vec![
+            def(1, Phase::Expand),
+            backfill(2),
+            def(3, Phase::Expand),
+        ]);
+        let verdict = check(&s, &[row(1, Some(Phase::Expand))]);
+        let Compatibility::NeedsMigration { pending } = &verdict else {
+            panic!("expected needs migration, got {verdict:?}");
+        };
+        let versions: Vec<i64> = pending.iter().map(|r| r.version).collect();
+        assert_eq!(versions, [2, 3]);
+        assert_eq!(s.oldest_compatible(), Some(3));
     }
 
     #[test]

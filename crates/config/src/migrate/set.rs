@@ -183,12 +183,13 @@ impl MigrationSet {
         self.migrations.last().map(|m| m.version)
     }
 
-    /// The newest expand migration: a binary with this set needs the schema
-    /// at least this far.
+    /// The newest expand migration that is not a `-- batched` backfill: a
+    /// binary with this set needs the schema at least this far (it runs while
+    /// a backfill is still copying).
     pub fn oldest_compatible(&self) -> Option<i64> {
         self.migrations
             .iter()
-            .filter(|m| m.phase == Phase::Expand)
+            .filter(|m| m.phase == Phase::Expand && !m.batched())
             .map(|m| m.version)
             .max()
     }

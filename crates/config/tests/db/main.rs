@@ -1,9 +1,10 @@
 //! Query tests against a real, throwaway PostgreSQL: keys, the change log and its NOTIFY, usage, nodes and the catalog;
-//! teams, prices, the change log's pruning, the running usage totals and the usage batch insert in their own modules.
+//! teams, prices, the change log's pruning, the running usage totals, the usage batch insert and the usage ledger in their own modules.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod insert;
+mod ledger;
 mod prices;
 mod prune;
 mod quota;
