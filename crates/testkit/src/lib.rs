@@ -26,6 +26,7 @@ pub mod http;
 pub mod metrics;
 pub mod mock;
 mod pg;
+pub mod pgbouncer;
 pub mod poll;
 pub mod proc;
 
