@@ -51,11 +51,33 @@ impl PgBouncer {
     /// Starts PgBouncer in `mode` in front of the PostgreSQL server on
     /// 127.0.0.1:`pg_port`, every database of it, with at most `pool_size`
     /// server connections per database and user, so that clients really share
-    /// them. Returns once it accepts connections.
-    pub async fn start(pg_port: u16, mode: PoolMode, pool_size: u32) -> anyhow::Result<PgBouncer> {
+    /// them. `prepared_statements` is PgBouncer's `max_prepared_statements`
+    /// (1.21 and later; 0 turns its prepared statement support off, as
+    /// before 1.21). Returns once it accepts connections.
+    pub async fn start(
+        pg_port: u16,
+        mode: PoolMode,
+        pool_size: u32,
+        prepared_statements: u32,
+    ) -> anyhow::Result<PgBouncer> {
         let binary = find_binary().context(
             "pgbouncer not found; install it with `apt-get install pgbouncer` (scripts/test does)",
         )?;
+        let version = version(&binary)?;
+        let prepared = if version >= (1, 21) {
+            format!("max_prepared_statements = {prepared_statements}\n")
+        } else if prepared_statements > 0 {
+            bail!(
+                "{} is PgBouncer {}.{}, which cannot keep prepared statements in transaction mode \
+                 (1.21 and later can); scripts/test builds one from Debian's newer source package \
+                 into target/pgbouncer, or set OBLETH_PGBOUNCER to a pgbouncer 1.21 or later",
+                binary.display(),
+                version.0,
+                version.1
+            );
+        } else {
+            String::new()
+        };
         let dir = tempfile::Builder::new()
             .prefix("obleth-pgbouncer-")
             .tempdir()
@@ -91,7 +113,8 @@ impl PgBouncer {
                  max_client_conn = 1000\n\
                  ignore_startup_parameters = extra_float_digits\n\
                  logfile = {log}\n\
-                 pidfile = {pid}\n",
+                 pidfile = {pid}\n\
+                 {prepared}",
                 users = dir.path().join("userlist.txt").display(),
                 mode = mode.as_str(),
                 log = log.display(),
@@ -180,7 +203,48 @@ impl PgBouncer {
     }
 }
 
+/// The `OBLETH_PGBOUNCER` environment variable names the pgbouncer binary to
+/// use; without it, the one scripts/test builds into `target/pgbouncer`, then
+/// the system's.
+pub const BINARY_VAR: &str = "OBLETH_PGBOUNCER";
+
+/// Whether the pgbouncer the tests would run keeps prepared statements in
+/// transaction mode (1.21 and later), with its version for messages.
+pub fn supports_prepared_statements() -> anyhow::Result<bool> {
+    let binary = find_binary().context("pgbouncer not found")?;
+    Ok(version(&binary)? >= (1, 21))
+}
+
+/// `pgbouncer --version`'s first line, `PgBouncer 1.18.0`, as (major, minor).
+fn version(binary: &Path) -> anyhow::Result<(u32, u32)> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let parsed = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("PgBouncer "))
+        .and_then(|v| {
+            let mut parts = v.trim().split('.');
+            Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+        });
+    parsed.with_context(|| format!("unexpected `pgbouncer --version` output: {text}"))
+}
+
 fn find_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(BINARY_VAR) {
+        return Some(PathBuf::from(path));
+    }
+    // Test binaries run from target/<profile>/deps.
+    let built = std::env::current_exe().ok().and_then(|exe| {
+        let target = exe.parent()?.parent()?.parent()?;
+        Some(target.join("pgbouncer/bin/pgbouncer"))
+    });
+    if let Some(built) = built.filter(|p| p.exists()) {
+        return Some(built);
+    }
     let fixed = ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
         .into_iter()
         .map(PathBuf::from);

@@ -72,21 +72,32 @@ async fn session_round_trip(pool: &PgPool) -> Result<(), PoolerError> {
         .map_err(PoolerError::Unreachable)?;
     let listening = backend_pid(&mut listener).await?;
     let mut sender = pool.acquire().await.map_err(PoolerError::Unreachable)?;
-    // The channel is ours (hex digits), so it is a plain identifier; the
-    // simple protocol takes no parameters.
-    // A `&str` without arguments goes through the simple query protocol.
-    let notify =
-        format!("SELECT pg_backend_pid() AS pid, pg_notify('{channel}', '') IS NULL AS sent");
-    let sent = sender
-        .fetch_one(notify.as_str())
+    let sender_pid: i32 = sender
+        .fetch_one("SELECT pg_backend_pid() AS pid")
         .await
+        .and_then(|row| row.try_get("pid"))
         .map_err(PoolerError::Unreachable)?;
-    let sender_pid: i32 = sent.try_get("pid").map_err(PoolerError::Unreachable)?;
-    sender.detach();
     if sender_pid == listening {
+        sender.detach();
         return Err(PoolerError::NotASession {
             evidence: format!("two connections were served by one backend, pid {sender_pid}"),
         });
+    }
+    // A `&str` without arguments goes through the simple query protocol. The
+    // channel is ours (hex digits), so it is a plain identifier.
+    let notify = format!("SELECT pg_notify('{channel}', '')");
+    let sent = sender.execute(notify.as_str()).await;
+    sender.detach();
+    match sent {
+        Ok(_) => {}
+        // Served by the listening backend meanwhile: the notification came
+        // to a connection that never listened.
+        Err(sqlx::Error::Protocol(m)) if m.contains("NotificationResponse") => {
+            return Err(PoolerError::NotASession {
+                evidence: "a connection that never listened received the notification".to_owned(),
+            })
+        }
+        Err(e) => return Err(PoolerError::Unreachable(e)),
     }
     let deadline = tokio::time::Instant::now() + SESSION_CHECK_WAIT;
     loop {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod insert;
+mod pooler;
 mod prices;
 mod quota;
 mod teams;
