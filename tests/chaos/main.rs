@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod pgbouncer;
 mod scenarios;
 
 /// Scenarios take this lock so that only one loads the machine at a time.
