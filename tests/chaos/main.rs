@@ -8,6 +8,7 @@
 
 mod conversion;
 mod failover;
+mod pgbouncer;
 mod scenarios;
 
 /// Scenarios take this lock so that only one loads the machine at a time.

@@ -41,6 +41,9 @@ pub struct FleetSpec {
     pub stream_tokens: u32,
     /// Appended to every gateway's settings file (whole sections).
     pub extra_settings: String,
+    /// The gateways' `database.url` when it is not the fleet's database URL
+    /// (a pooler in front of it), which then becomes their `database.direct_url`.
+    pub pooled_url: Option<String>,
 }
 
 impl Default for FleetSpec {
@@ -52,6 +55,7 @@ impl Default for FleetSpec {
             token_delay: Duration::from_millis(50),
             stream_tokens: 40,
             extra_settings: String::new(),
+            pooled_url: None,
         }
     }
 }
@@ -118,10 +122,13 @@ impl Prepared {
                 dir.path(),
                 &format!("gw{}", i + 1),
                 spec.gateway_binary.clone(),
-                &database_url,
+                spec.pooled_url.as_deref().unwrap_or(&database_url),
                 spec.drain_delay_secs,
                 &spec.extra_settings,
             )?;
+            if spec.pooled_url.is_some() {
+                g.direct_url = Some(database_url.clone());
+            }
             g.start()?;
             gateways.push(g);
         }

@@ -18,6 +18,8 @@ pub struct GatewayProc {
     pub binary: PathBuf,
     pub config: PathBuf,
     pub database_url: String,
+    /// `database.direct_url`, when the query pool's URL is a pooler.
+    pub direct_url: Option<String>,
     log: PathBuf,
     child: Option<tokio::process::Child>,
 }
@@ -62,6 +64,7 @@ impl GatewayProc {
             binary,
             config,
             database_url: database_url.to_owned(),
+            direct_url: None,
             log: dir.join(format!("{name}.log")),
             child: None,
         })
@@ -72,7 +75,11 @@ impl GatewayProc {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = command(&self.binary)
+        let mut cmd = command(&self.binary);
+        if let Some(direct) = &self.direct_url {
+            cmd.env("OBLETH_DATABASE__DIRECT_URL", direct);
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .env("OBLETH_DATABASE__URL", &self.database_url)

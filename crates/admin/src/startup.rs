@@ -5,6 +5,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use obleth_config::db::pooler::PoolerError;
 use obleth_config::migrate::runner::MigrateError;
 use obleth_config::migrate::{check, read_applied, MigrationSet, Mode, Runner, RunnerOptions};
 use sqlx::postgres::PgConnectOptions;
@@ -28,10 +29,34 @@ pub struct Fatal(pub String);
 /// when the schema is compatible or `stop` is cancelled.
 pub async fn prepare_schema(state: &AppState, stop: &CancellationToken) -> Result<(), Fatal> {
     let set = MigrationSet::embedded().map_err(|e| Fatal(e.to_string()))?;
+    // Migrations first: their runner refuses a transaction pooler naming
+    // `database.direct_url`, the first thing to set behind PgBouncer.
     if state.settings.migrations.migrate_on_startup {
         migrate(state, &set, stop).await?;
     }
+    check_query_pool(state, stop).await?;
     wait_compatible(state, &set, stop).await
+}
+
+/// Refuses a query pool whose pooler mixes up prepared statements (see
+/// `obleth_config::db::pooler`), retrying while the database does not answer.
+async fn check_query_pool(state: &AppState, stop: &CancellationToken) -> Result<(), Fatal> {
+    loop {
+        match obleth_config::db::pooler::check_statements(&state.pool).await {
+            Ok(()) => return Ok(()),
+            Err(PoolerError::Unreachable(e)) => {
+                state.health.set_database_ok(false);
+                state
+                    .health
+                    .set_schema(false, format!("database unreachable: {e}"));
+            }
+            Err(e) => return Err(Fatal(format!("database.url: {e}"))),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
 }
 
 /// Applies pending expand migrations. Many replicas may start at once: the
@@ -42,14 +67,15 @@ async fn migrate(
     set: &MigrationSet,
     stop: &CancellationToken,
 ) -> Result<(), Fatal> {
-    let url = state
-        .settings
-        .database
-        .url
-        .as_ref()
+    // Migrations take a session lock: they run on `database.direct_url`, the
+    // query pool's `database.url` may be a transaction pooler.
+    let database = &state.settings.database;
+    let field = database.session_field();
+    let url = database
+        .session_url()
         .ok_or_else(|| Fatal("database.url: required".to_owned()))?;
     let options = PgConnectOptions::from_str(url.expose())
-        .map_err(|e| Fatal(format!("database.url {}: {e}", url.redacted())))?;
+        .map_err(|e| Fatal(format!("{field} {}: {e}", url.redacted())))?;
     let mut runner_options = RunnerOptions::from(&state.settings.migrations);
     runner_options.application_name = format!("obleth-admin {}", state.node_id);
     let runner = Runner::new(set.clone(), runner_options);
@@ -81,12 +107,29 @@ async fn migrate(
                 warn!("{message}; retrying.");
                 state.health.set_schema(false, message);
             }
+            Err(e @ MigrateError::Pooled(_)) => {
+                return Err(Fatal(format!(
+                    "startup migrations refused {field} ({}): {e}; {}",
+                    url.redacted(),
+                    direct_url_hint(field)
+                )))
+            }
             Err(e) => return Err(Fatal(format!("startup migrations failed: {e}"))),
         }
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(RETRY) => {}
         }
+    }
+}
+
+/// What to do about a URL that leads to a transaction pooler, by the
+/// setting it came from.
+pub fn direct_url_hint(field: &str) -> &'static str {
+    if field == "database.direct_url" {
+        "database.direct_url must name PostgreSQL itself, not the pooler"
+    } else {
+        "set database.direct_url (OBLETH_DATABASE__DIRECT_URL) to PostgreSQL itself and keep the pooler in database.url"
     }
 }
 

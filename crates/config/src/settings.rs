@@ -171,7 +171,12 @@ pub fn redact_url(url: &str) -> String {
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `postgres://user:password@host:5432/db`. Unset: the gateway runs database-less.
+    /// The query pool connects here; it may be a pooler such as PgBouncer in
+    /// transaction mode.
     pub url: Option<DatabaseUrl>,
+    /// PostgreSQL itself, for what needs a session of its own: the gateway's
+    /// LISTEN connection and the migration runner's advisory lock. Unset: `url`.
+    pub direct_url: Option<DatabaseUrl>,
     /// Largest number of pooled connections.
     pub max_connections: u32,
     /// How long to wait for a pooled connection, in milliseconds.
@@ -182,8 +187,26 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         DatabaseSettings {
             url: None,
+            direct_url: None,
             max_connections: 10,
             acquire_timeout_ms: 3_000,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// The URL for connections that need a session of their own (LISTEN,
+    /// session advisory locks): `direct_url`, else `url`.
+    pub fn session_url(&self) -> Option<&DatabaseUrl> {
+        self.direct_url.as_ref().or(self.url.as_ref())
+    }
+
+    /// The name of the setting [`Self::session_url`] came from, for errors.
+    pub fn session_field(&self) -> &'static str {
+        if self.direct_url.is_some() {
+            "database.direct_url"
+        } else {
+            "database.url"
         }
     }
 }
@@ -296,11 +319,43 @@ mod tests {
         let url = DatabaseUrl::new("postgres://obleth:hunter2@db/obleth");
         let settings = DatabaseSettings {
             url: Some(url),
+            direct_url: Some(DatabaseUrl::new(
+                "postgres://obleth:swordfish@pg:5432/obleth",
+            )),
             ..Default::default()
         };
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("swordfish"), "{shown}");
         assert!(shown.contains("obleth:***@db"), "{shown}");
+        assert!(shown.contains("obleth:***@pg:5432"), "{shown}");
+    }
+
+    #[test]
+    fn the_session_url_is_direct_url_else_url() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OBLETH_DATABASE__URL", "postgres://u:p@bouncer:6432/db");
+            let s: Sample = load(None).map_err(|e| e.to_string())?;
+            let db = &s.database;
+            assert_eq!(
+                db.session_url().map(|u| u.expose()),
+                Some("postgres://u:p@bouncer:6432/db")
+            );
+            assert_eq!(db.session_field(), "database.url");
+            jail.set_env("OBLETH_DATABASE__DIRECT_URL", "postgres://u:p@pg:5432/db");
+            let s: Sample = load(None).map_err(|e| e.to_string())?;
+            let db = &s.database;
+            assert_eq!(
+                db.session_url().map(|u| u.expose()),
+                Some("postgres://u:p@pg:5432/db")
+            );
+            assert_eq!(db.session_field(), "database.direct_url");
+            assert_eq!(
+                db.url.as_ref().map(|u| u.expose()),
+                Some("postgres://u:p@bouncer:6432/db")
+            );
+            Ok(())
+        });
     }
 
     #[test]

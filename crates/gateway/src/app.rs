@@ -24,6 +24,7 @@ use crate::health::Health;
 use crate::keycache::KeyCache;
 use crate::memcheck::{self, WouldNotFit};
 use crate::metrics::Metrics;
+use crate::pooler::PoolerRefused;
 use crate::quota::Quota;
 use crate::settings::GatewaySettings;
 use crate::state::{AppState, InFlight, Inner};
@@ -101,6 +102,9 @@ pub enum RunError {
     /// A listener's server ended on its own.
     #[error(transparent)]
     Server(#[from] ServerEnded),
+    /// A database URL leads to a pooler the gateway cannot work through.
+    #[error(transparent)]
+    Pooler(#[from] PoolerRefused),
 }
 
 /// A gateway with its state built and its background work not yet started.
@@ -112,6 +116,9 @@ pub struct Gateway {
     usage_task: tokio::task::JoinHandle<()>,
     /// The cgroup memory limit, read once at build (see `memcheck`).
     memory_limit: Option<u64>,
+    /// Connections that need a session of their own (the change feed's
+    /// LISTEN): `database.direct_url`, else `database.url`.
+    session_pool: Option<sqlx::PgPool>,
 }
 
 impl Gateway {
@@ -124,10 +131,16 @@ impl Gateway {
         let metrics = Metrics::new();
         let memory_limit = memcheck::limit();
         memcheck::warn_if_max_keys_exceeds(settings.cache.max_keys, memory_limit);
-        let pool = if settings.uses_database() {
-            Some(obleth_config::db::connect_pool(&settings.database, "obleth-gateway").await?)
+        let (pool, session_pool) = if settings.uses_database() {
+            (
+                Some(obleth_config::db::connect_pool(&settings.database, "obleth-gateway").await?),
+                Some(obleth_config::db::connect_session_pool(
+                    &settings.database,
+                    "obleth-gateway feed",
+                )?),
+            )
         } else {
-            None
+            (None, None)
         };
         let usage_stop = CancellationToken::new();
         let (sink, usage_task) = usage::start(
@@ -169,6 +182,7 @@ impl Gateway {
             usage_stop,
             usage_task,
             memory_limit,
+            session_pool,
         })
     }
 
@@ -200,11 +214,12 @@ impl Gateway {
             ops::router(state.clone()),
         );
         let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<RunError>(1);
-        match state.pool.clone() {
-            Some(pool) => {
+        match state.pool.clone().zip(self.session_pool.clone()) {
+            Some((pool, session_pool)) => {
                 tokio::spawn(start_with_database(
                     state.clone(),
                     pool,
+                    session_pool,
                     self.memory_limit,
                     background.clone(),
                     fatal_tx,
@@ -300,6 +315,7 @@ impl Gateway {
 async fn start_with_database(
     state: AppState,
     pool: sqlx::PgPool,
+    session_pool: sqlx::PgPool,
     memory_limit: Option<u64>,
     stop: CancellationToken,
     fatal: tokio::sync::mpsc::Sender<RunError>,
@@ -319,6 +335,14 @@ async fn start_with_database(
         // key cache is current, which is what `degraded` reports.
         tracks_database: false,
     };
+    // Before anything relies on them: a pooler that mixes up prepared
+    // statements, or a LISTEN that would never hear a notification, stops the
+    // gateway here with the setting to change, instead of a feed that hangs.
+    if let Err(e) = crate::pooler::check(&state, &pool, &session_pool, &stop).await {
+        error!("Refusing to start: {e}");
+        let _ = fatal.send(e.into()).await;
+        return;
+    }
     tokio::spawn(heartbeat.run(stop.clone()));
     if let Err(e) = warmup::wait_for_schema(&state, &pool, &stop).await {
         error!("Refusing to start: {e}");
@@ -331,7 +355,7 @@ async fn start_with_database(
         if stop.is_cancelled() {
             return;
         }
-        let listener = match feed::connect(&pool).await {
+        let listener = match feed::connect(&session_pool).await {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "Cannot LISTEN for changes; retrying.");
@@ -365,8 +389,9 @@ async fn start_with_database(
     };
     state.health.set_warmed();
     state.health.feed_confirmed();
+    // On the direct URL: retention detaches partitions outside a transaction.
     tokio::spawn(crate::ledger::upkeep(
-        pool.clone(),
+        session_pool.clone(),
         state.settings.usage.clone(),
         state.metrics.clone(),
         stop.clone(),
@@ -379,5 +404,5 @@ async fn start_with_database(
         stop.clone(),
     ));
     let poll = Duration::from_secs(state.settings.cache.poll_interval_secs);
-    feed::run(state, pool, mark, poll, stop, Some(listener)).await;
+    feed::run(state, pool, session_pool, mark, poll, stop, Some(listener)).await;
 }

@@ -19,10 +19,12 @@ use crate::state::AppState;
 
 /// Follows the change log from `mark` until `stop`. `listening` is a listener
 /// opened before the warm-up (so the cache never misses a change); later
-/// connections are opened here.
+/// connections are opened here, from `session_pool` (`database.direct_url`,
+/// which needs a session of its own); the change log is read from `pool`.
 pub async fn run(
     state: AppState,
     pool: PgPool,
+    session_pool: PgPool,
     mut mark: FeedMark,
     poll: Duration,
     stop: CancellationToken,
@@ -32,7 +34,7 @@ pub async fn run(
     loop {
         let connected = match listening.take() {
             Some(l) => Ok(l),
-            None => connect(&pool).await,
+            None => connect(&session_pool).await,
         };
         let mut listener = match connected {
             Ok(l) => l,
@@ -86,8 +88,11 @@ pub async fn run(
     }
 }
 
-pub async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
+/// Opens the LISTEN connection from `session_pool`, whose connection it
+/// detaches: a pool on `database.direct_url`, never the query pool, which may
+/// be a transaction pooler.
+pub async fn connect(session_pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(session_pool).await?;
     listener.ignore_pool_close_event(true);
     listener.listen(CHANNEL).await?;
     Ok(listener)

@@ -1,6 +1,10 @@
 //! Upkeep of the usage ledger's daily partitions: created ahead, and dropped
 //! once older than `usage.retention_days`.
 //!
+//! It runs on the session pool (`database.direct_url`): `DETACH PARTITION
+//! ... CONCURRENTLY` runs outside a transaction, which a transaction pooler
+//! may not keep on one server connection.
+//!
 //! Every gateway runs it, at start and then every [`EVERY`]: creating a
 //! partition that exists is a no-op, and two gateways dropping the same day
 //! cost one of them an error that the next round forgets. The usage writer

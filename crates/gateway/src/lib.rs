@@ -21,6 +21,7 @@ pub mod mock;
 pub mod ops;
 pub mod peek;
 pub mod policy;
+pub mod pooler;
 pub mod pricing;
 pub mod proxy;
 pub mod quota;

@@ -49,6 +49,13 @@ impl From<MigrateError> for Failure {
             MigrateError::OldNodesAlive(_) => exit::OLD_NODES,
             _ => exit::ERROR,
         };
+        if let MigrateError::Pooled(_) = &err {
+            // The runner cannot know which flag named the URL; the CLI does.
+            return Failure::new(
+                code,
+                format!("{err}: --database-url (DATABASE_URL) must name PostgreSQL, not a transaction pooler such as PgBouncer"),
+            );
+        }
         Failure::new(code, err.to_string())
     }
 }

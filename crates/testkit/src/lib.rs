@@ -30,6 +30,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod mock;
 mod pg;
+pub mod pgbouncer;
 pub mod poll;
 pub mod proc;
 

@@ -10,6 +10,7 @@ pub mod key_store;
 pub mod keys;
 pub mod ledger;
 pub mod nodes;
+pub mod pooler;
 pub mod prices;
 pub mod quota;
 pub mod settings;
@@ -52,16 +53,42 @@ pub async fn connect_pool(
     application_name: &str,
 ) -> Result<PgPool, DbError> {
     let url = settings.url.as_ref().ok_or(DbError::NoUrl)?;
-    let options = PgConnectOptions::from_str(url.expose())
-        .map_err(|source| DbError::InvalidUrl {
-            url: url.redacted(),
-            source,
-        })?
-        .application_name(application_name);
+    let options = connect_options(url)?.application_name(application_name);
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .connect_lazy_with(options))
+}
+
+/// The options for connections that need a session of their own (the
+/// gateway's LISTEN connection, the migration runner): `database.direct_url`,
+/// else `database.url`.
+pub fn session_options(
+    settings: &DatabaseSettings,
+    application_name: &str,
+) -> Result<PgConnectOptions, DbError> {
+    let url = settings.session_url().ok_or(DbError::NoUrl)?;
+    Ok(connect_options(url)?.application_name(application_name))
+}
+
+/// A lazy pool of at most two connections on the session URL (see
+/// [`session_options`]), for `PgListener`, which detaches the connection it
+/// takes, and the pooler check's second connection.
+pub fn connect_session_pool(
+    settings: &DatabaseSettings,
+    application_name: &str,
+) -> Result<PgPool, DbError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_lazy_with(session_options(settings, application_name)?))
+}
+
+fn connect_options(url: &crate::settings::DatabaseUrl) -> Result<PgConnectOptions, DbError> {
+    PgConnectOptions::from_str(url.expose()).map_err(|source| DbError::InvalidUrl {
+        url: url.redacted(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -91,6 +118,7 @@ mod tests {
             url: Some(DatabaseUrl::new("postgres://u:p@127.0.0.1:1/db")),
             max_connections: 3,
             acquire_timeout_ms: 100,
+            ..Default::default()
         };
         let pool = connect_pool(&settings, "test").await.unwrap();
         assert_eq!(pool.options().get_max_connections(), 3);

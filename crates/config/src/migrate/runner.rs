@@ -140,6 +140,10 @@ pub enum MigrateError {
     OldNodesAlive(Vec<NodeBlocker>),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The runner's URL leads to a transaction pooler: its session lock
+    /// would not hold. Nothing was locked or applied.
+    #[error("the migration connection cannot hold the migration lock: {0}; connect the migrations to PostgreSQL itself")]
+    Pooled(#[source] crate::db::pooler::PoolerError),
 }
 
 fn describe_blockers(blockers: &[NodeBlocker]) -> String {
@@ -208,6 +212,7 @@ impl Runner {
         // Boxed with an explicit `Send` so callers can spawn it: without the box
         // rustc cannot prove the sqlx executor bounds for every lifetime.
         Box::pin(async move {
+            self.check_session(options).await?;
             let mut conn = self.connect(options).await?;
             let result = match self.acquire_lock(&mut conn).await {
                 Ok(()) => {
@@ -227,6 +232,26 @@ impl Runner {
             let _ = conn.close().await;
             result
         })
+    }
+
+    /// Refuses a URL that leads to a transaction pooler before taking the
+    /// session lock, within a bounded time (see [`crate::db::pooler`]).
+    async fn check_session(&self, options: &PgConnectOptions) -> Result<(), MigrateError> {
+        use crate::db::pooler::{check_session, PoolerError};
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(
+                options
+                    .clone()
+                    .application_name(&self.opts.application_name),
+            );
+        let checked = check_session(&pool).await;
+        pool.close().await;
+        match checked {
+            Ok(()) => Ok(()),
+            Err(PoolerError::Unreachable(e)) => Err(MigrateError::Connect(e)),
+            Err(e) => Err(MigrateError::Pooled(e)),
+        }
     }
 
     async fn connect(&self, options: &PgConnectOptions) -> Result<PgConnection, MigrateError> {

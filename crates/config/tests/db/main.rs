@@ -5,6 +5,7 @@
 
 mod insert;
 mod ledger;
+mod pooler;
 mod prices;
 mod prune;
 mod quota;
