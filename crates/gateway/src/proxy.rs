@@ -269,7 +269,7 @@ async fn forward(
         return Err((ApiError::ModelNotAllowed(model), Some(completion)));
     }
     let team = key.team_id().and_then(|id| state.keys.team(id));
-    match state.quota.admit(key, team.as_deref(), demand) {
+    match state.quota.admit(key, team.as_deref(), demand).await {
         Ok(admission) => completion.admission = Some(admission),
         Err(e) => return Err((e, Some(completion))),
     }

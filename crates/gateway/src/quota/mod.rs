@@ -116,7 +116,15 @@ struct Shared {
     counters: shards::Shards,
     pending: Mutex<HashSet<CounterId>>,
     wake: Notify,
+    /// Notified after every answered or failed lease call, for requests
+    /// waiting on a lease under way ([`Quota::admit`]).
+    synced: Notify,
 }
+
+/// How long a request refused while a lease may still come waits for it
+/// before the refusal stands: a fresh counter's first lease, or a refill
+/// under way, is one database round trip.
+pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// One limit a request is judged against.
 struct Check {
@@ -173,6 +181,7 @@ impl Quota {
             counters: shards::Shards::default(),
             pending: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            synced: Notify::new(),
         }))
     }
 
@@ -201,13 +210,41 @@ impl Quota {
 
     /// Admits a request of `key` (and its `team`) expecting `demand`, or
     /// refuses it: budgets first, then rate limits, all or nothing.
-    pub fn admit(
+    ///
+    /// In database mode a refusal by a counter the fleet has not reported
+    /// spent (its lease is being fetched, or refilled) waits for the lease
+    /// call under way, up to [`LEASE_WAIT`], and the request is judged
+    /// again: a budget with room left is not refused because this gateway's
+    /// share of it is still on its way. A counter the fleet reported spent
+    /// refuses at once.
+    pub async fn admit(
         &self,
         key: &KeyRecord,
         team: Option<&Team>,
         demand: Demand,
     ) -> Result<Admission, ApiError> {
-        self.admit_at(key, team, demand, Utc::now())
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            // Registered before judging, so a sync that ends in between is
+            // not missed.
+            let synced = self.0.synced.notified();
+            tokio::pin!(synced);
+            synced.as_mut().enable();
+            match self.judge(key, team, demand, Utc::now()) {
+                Ok(admission) => return Ok(admission),
+                Err((error, false)) => return Err(error),
+                Err((error, true)) => {
+                    if tokio::time::timeout_at(deadline, synced).await.is_err() {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wakes the requests waiting in [`Quota::admit`]: a lease call ended.
+    pub(crate) fn synced(&self) {
+        self.0.synced.notify_waiters();
     }
 
     pub fn admit_at(
@@ -217,6 +254,20 @@ impl Quota {
         demand: Demand,
         now_utc: DateTime<Utc>,
     ) -> Result<Admission, ApiError> {
+        self.judge(key, team, demand, now_utc)
+            .map_err(|(error, _)| error)
+    }
+
+    /// [`Quota::admit_at`], answering with a refusal whether a lease under
+    /// way may lift it: database mode, not in fallback, and the refusing
+    /// counter not reported spent by the fleet.
+    fn judge(
+        &self,
+        key: &KeyRecord,
+        team: Option<&Team>,
+        demand: Demand,
+        now_utc: DateTime<Utc>,
+    ) -> Result<Admission, (ApiError, bool)> {
         if !self.0.enabled {
             return Ok(Admission::default());
         }
@@ -232,6 +283,7 @@ impl Quota {
         };
         let mut urgent = false;
         let mut refusal = None;
+        let mut may_lift = false;
         // What is left of each rate limit, as the counter stood once this
         // request was judged, for the `x-ratelimit-*` headers.
         let mut left: Vec<(Dimension, i64, i64)> = Vec::new();
@@ -254,6 +306,9 @@ impl Quota {
             }
             let queue = c.wants_sync;
             urgent |= taken && queue && !c.exhausted;
+            if !taken {
+                may_lift = self.0.database && !self.in_fallback() && !c.exhausted;
+            }
             drop(c);
             if queue && self.0.database {
                 self.queue(id);
@@ -279,7 +334,14 @@ impl Quota {
                 left.push((later.dimension, later.limit, self.remaining(later, now_utc)));
             }
             admission.roll_back();
-            return Err(refusal_error(check, now_utc, headers(&left, now_utc)));
+            if may_lift {
+                // The refusing counter was queued: have its sync start now.
+                self.0.wake.notify_one();
+            }
+            return Err((
+                refusal_error(check, now_utc, headers(&left, now_utc)),
+                may_lift,
+            ));
         }
         admission.headers = headers(&left, now_utc);
         Ok(admission)
@@ -833,7 +895,9 @@ mod tests {
         let quota = Quota::new(false, false);
         let k = key(Some(1));
         for _ in 0..5 {
-            assert!(quota.admit(&record(&k), None, Demand::default()).is_ok());
+            assert!(quota
+                .admit_at(&record(&k), None, Demand::default(), Utc::now())
+                .is_ok());
         }
     }
 }

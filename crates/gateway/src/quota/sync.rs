@@ -130,6 +130,7 @@ pub async fn sync_once(
                     .finish_sync(want, grant);
             }
             reachable(quota);
+            quota.synced();
             true
         }
         failed => {
@@ -149,6 +150,7 @@ pub async fn sync_once(
                 quota.queue(id);
             }
             unreachable(quota, &detail);
+            quota.synced();
             false
         }
     }
