@@ -14,13 +14,7 @@ use crate::support::*;
 async fn the_fleet_lists_a_running_gateway_and_the_admin_with_their_versions() {
     let (admin, db, _pool) = TestAdmin::on_fresh_database().await;
     let gw = TestGateway::start(&db.url).await;
-    let expected_schema = MigrationSet::embedded()
-        .unwrap()
-        .iter()
-        .filter(|m| m.phase == obleth_config::migrate::Phase::Expand)
-        .map(|m| m.version)
-        .max()
-        .unwrap();
+    let expected_schema = MigrationSet::embedded().unwrap().newest_expand().unwrap();
 
     let fleet: Value = wait_for(
         Duration::from_secs(15),
@@ -94,13 +88,7 @@ fn next_release_migrations() -> (tempfile::TempDir, i64) {
 async fn the_fleet_and_api_version_show_a_new_schema_within_one_heartbeat_of_a_migration() {
     let (admin, db, _pool) = TestAdmin::on_fresh_database().await;
     let gw = TestGateway::start(&db.url).await;
-    let embedded = MigrationSet::embedded()
-        .unwrap()
-        .iter()
-        .filter(|m| m.phase == obleth_config::migrate::Phase::Expand)
-        .map(|m| m.version)
-        .max()
-        .unwrap();
+    let embedded = MigrationSet::embedded().unwrap().newest_expand().unwrap();
     wait_for(
         Duration::from_secs(15),
         "both nodes on the embedded schema",

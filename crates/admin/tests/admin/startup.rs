@@ -48,12 +48,7 @@ async fn four_admins_started_at_once_on_an_empty_database_all_become_ready_and_m
         "each migration applied by exactly one admin"
     );
     let version = admins[0].get("/api/version").await.json();
-    let newest_expand = MigrationSet::embedded()
-        .unwrap()
-        .iter()
-        .filter(|m| m.phase == obleth_config::migrate::Phase::Expand)
-        .map(|m| m.version)
-        .max();
+    let newest_expand = MigrationSet::embedded().unwrap().newest_expand();
     assert_eq!(
         version["schema"]["applied"].as_i64(),
         newest_expand,

@@ -183,6 +183,16 @@ impl MigrationSet {
         self.migrations.last().map(|m| m.version)
     }
 
+    /// The newest expand migration, batched ones included: where `up`
+    /// leaves the schema.
+    pub fn newest_expand(&self) -> Option<i64> {
+        self.migrations
+            .iter()
+            .filter(|m| m.phase == Phase::Expand)
+            .map(|m| m.version)
+            .max()
+    }
+
     /// The newest expand migration that is not a `-- batched` backfill: a
     /// binary with this set needs the schema at least this far (it runs while
     /// a backfill is still copying).

@@ -37,10 +37,7 @@ async fn a_key_present_before_start_works_as_soon_as_ready_without_database_look
     // `up` applied every expand migration; a shipped contract one waits for `finish`.
     let newest_expand = obleth_config::migrate::MigrationSet::embedded()
         .unwrap()
-        .iter()
-        .filter(|m| m.phase == obleth_config::migrate::Phase::Expand)
-        .map(|m| m.version)
-        .max();
+        .newest_expand();
     assert_eq!(
         version["schema"]["applied"].as_i64(),
         newest_expand,
