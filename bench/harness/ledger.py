@@ -33,6 +33,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,7 @@ import time
 import obleth_db
 from facts import cpu_model, sh
 from pg import Cluster
+from procs import CLOCK_TICKS, cpu_secs, tree
 
 DB = "obleth_ledger"
 GB = 1 << 30
@@ -245,6 +247,35 @@ def sizes(cluster):
     return out
 
 
+def pg_cpu(cluster):
+    """CPU seconds of the server: its live processes, and the backends that
+    exited (the postmaster's reaped children, cutime and cstime)."""
+    pid = cluster.pid()
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(cpu_secs(p) for p in tree(pid)) + (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+
+
+def machine_busy():
+    """CPU seconds every process on the machine used, from /proc/stat."""
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    return (sum(cpu) - cpu[3] - cpu[4]) / CLOCK_TICKS
+
+
+def write_run(args, cluster, writers, batch):
+    """One writer run, with the CPU PostgreSQL, the client and everything
+    else on the machine used during it."""
+    pg0, busy0 = pg_cpu(cluster), machine_busy()
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = client(args, cluster, "write", writers, batch, args.write_secs)
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out["pg_cpu_secs"] = pg_cpu(cluster) - pg0
+    out["client_cpu_secs"] = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+    out["other_cpu_secs"] = max(0.0, machine_busy() - busy0 - out["pg_cpu_secs"] - out["client_cpu_secs"])
+    return out
+
+
 def client(args, cluster, *argv, explain=False):
     env = dict(os.environ)
     if explain:
@@ -376,12 +407,15 @@ def render(r):
         "",
         "## Writer (`db::usage::insert_usage`, into today's partition, triggers on)",
         "",
-        "| writers | rows a call | rows/s | calls | call median ms | call p95 ms | call max ms | target |",
-        "|---|---|---|---|---|---|---|---|",
+        "| writers | rows a call | rows/s | calls | call median ms | call p95 ms | call max ms | "
+        "PostgreSQL CPU µs a row | client CPU µs a row | other processes' CPU, cores | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in r["writes"]:
+        cpu = (f"{w['pg_cpu_secs'] * 1e6 / max(1, w['rows']):.0f} | {w['client_cpu_secs'] * 1e6 / max(1, w['rows']):.0f} | "
+               f"{w['other_cpu_secs'] / w['secs']:.2f}") if "pg_cpu_secs" in w else "- | - | -"
         lines.append(f"| {w['writers']} | {w['batch']:,} | {w['rows_per_sec']:,.0f} | {w['calls']:,} | "
-                     f"{w['call_median_ms']:.1f} | {w['call_p95_ms']:.1f} | {w['call_max_ms']:.1f} | "
+                     f"{w['call_median_ms']:.1f} | {w['call_p95_ms']:.1f} | {w['call_max_ms']:.1f} | {cpu} | "
                      f"{met(w['rows_per_sec'] >= TARGET_ROWS_PER_SEC)} |")
     va = r["verify_after_writes"]
     lines.append(f"\nAfter the writer runs: ledger rows {va['ledger_rows']:,}, rollup requests {va['hourly_requests']:,}, "
@@ -466,7 +500,7 @@ def main():
                    "kernel": sh(["uname", "-r"]), "cpu": cpu_model()}}
     cluster = Cluster()
     try:
-        log(f"PostgreSQL in {cluster.dir} (deleted at the end{'; --keep keeps it' if not args.keep else ''})")
+        log(f"PostgreSQL in {cluster.dir} ({'kept' if args.keep else 'deleted'} at the end)")
         cluster.start(SERVER_CONF)
         r["pg_version"] = cluster.pg_version
         url = cluster.create_database(DB)
@@ -528,7 +562,7 @@ def main():
         r["writes"] = []
         for n, batch in writers:
             log(f"writer: {n} writers x {batch} rows for {args.write_secs} s")
-            r["writes"].append(client(args, cluster, "write", n, batch, args.write_secs))
+            r["writes"].append(write_run(args, cluster, n, batch))
             log(f"  {r['writes'][-1]['rows_per_sec']:,.0f} rows/s")
         r["verify_after_writes"] = verify(cluster)
         write_report(args.out, render(r))
