@@ -216,6 +216,7 @@ async fn the_online_conversion_under_both_releases_fails_no_request_and_loses_no
     .fetch_one(&pool)
     .await
     .unwrap();
+    obleth_testkit::ledger::fold(&pool).await.unwrap();
     let totals_by_key: Vec<(Uuid, i64, i64)> = sqlx::query_as(
         "SELECT t.subject_id, t.requests, (SELECT count(*) FROM usage_ledger l WHERE l.key_id = t.subject_id) \
          FROM usage_totals t WHERE t.period = 'total' AND t.subject_id = ANY($1) ORDER BY 1",

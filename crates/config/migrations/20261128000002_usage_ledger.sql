@@ -1,6 +1,6 @@
 -- The usage ledger: where usage_events' rows live from this release on,
--- range-partitioned by day on created_at, with hourly rollups kept in the
--- writer's own transaction. This is step 1 of the online conversion
+-- range-partitioned by day on created_at, with hourly rollups and running
+-- totals folded in from a queue outside the writer's transaction. This is step 1 of the online conversion
 -- (docs/migrations.md, "Worked example: partitioning usage_events"): it
 -- creates the new tables next to usage_events and touches nothing the
 -- previous release uses.
@@ -100,42 +100,84 @@ FROM generate_series(
     now() AT TIME ZONE 'UTC' + interval '7 days',
     interval '1 day') AS d;
 
--- The running totals (budgets) now also skip rows copied from usage_events,
--- which they counted when those rows were first written.
-CREATE OR REPLACE FUNCTION obleth_add_usage_totals() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF current_setting('obleth.usage_backfill', true) = 'on' THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO usage_totals AS t (subject_id, period, period_start, requests, tokens, cost_micros)
-    SELECT s.subject_id, p.period, obleth_period_start(p.period, n.created_at),
-           count(*), COALESCE(sum(n.total_tokens), 0), COALESCE(sum(n.cost_micros), 0)
-    FROM new_rows n
-    CROSS JOIN LATERAL (VALUES (n.key_id), (n.team_id)) AS s (subject_id)
-    CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) AS p (period)
-    WHERE s.subject_id IS NOT NULL
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT (subject_id, period, period_start) DO UPDATE
-        SET requests = t.requests + EXCLUDED.requests,
-            tokens = t.tokens + EXCLUDED.tokens,
-            cost_micros = t.cost_micros + EXCLUDED.cost_micros;
-    RETURN NULL;
-END
-$$;
+-- The rollups and running totals are kept out of the writer's transaction.
+-- A statement trigger appends one pre-aggregated row per (hour, key, team,
+-- model, provider) of the statement's new rows to usage_rollup_queue: a
+-- plain INSERT, so concurrent writers share no row lock. obleth_fold_usage
+-- (every gateway calls it about once a second) moves queued rows into
+-- usage_hourly and usage_totals; its delete and its upserts commit
+-- together, so every queued row is counted exactly once. Readers add the
+-- queue's rows to the rollups', so every read is exact before a fold.
+--
+-- Rows copied from usage_events (obleth.usage_backfill on) go to the hourly
+-- rollups but not to the running totals, which counted them when they were
+-- first written: `totals` is false for them.
+CREATE TABLE usage_rollup_queue (
+    id                BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    hour              TIMESTAMPTZ NOT NULL,
+    key_id            UUID,
+    team_id           UUID,
+    model             TEXT NOT NULL,
+    provider          TEXT,
+    totals            BOOLEAN NOT NULL,
+    requests          BIGINT NOT NULL,
+    errors            BIGINT NOT NULL,
+    prompt_tokens     BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    total_tokens      BIGINT NOT NULL,
+    cost_micros       BIGINT NOT NULL,
+    last_seen         TIMESTAMPTZ NOT NULL
+);
 
--- Adds a statement's new ledger rows to the hourly rollups, in group order
--- so concurrent writers never deadlock. Rows skipped by ON CONFLICT DO
--- NOTHING are not in new_rows, so a retried batch never counts twice.
-CREATE FUNCTION obleth_add_usage_hourly() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Queues a statement's new ledger rows, one row per group. Rows skipped by
+-- ON CONFLICT DO NOTHING are not in new_rows, so a retried batch never
+-- counts twice.
+CREATE FUNCTION obleth_queue_usage_rollup() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO usage_hourly AS h (hour, key_id, team_id, model, provider, requests, errors,
-        prompt_tokens, completion_tokens, total_tokens, cost_micros, last_seen)
+    INSERT INTO usage_rollup_queue (hour, key_id, team_id, model, provider, totals, requests,
+        errors, prompt_tokens, completion_tokens, total_tokens, cost_micros, last_seen)
     SELECT date_trunc('hour', n.created_at, 'UTC'), n.key_id, n.team_id, n.model, n.provider,
+           current_setting('obleth.usage_backfill', true) IS DISTINCT FROM 'on',
            count(*), count(*) FILTER (WHERE n.status >= 400),
            COALESCE(sum(n.prompt_tokens), 0), COALESCE(sum(n.completion_tokens), 0),
            COALESCE(sum(n.total_tokens), 0), COALESCE(sum(n.cost_micros), 0), max(n.created_at)
     FROM new_rows n
+    GROUP BY 1, 2, 3, 4, 5;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER usage_ledger_queue_rollup
+    AFTER INSERT ON usage_ledger
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION obleth_queue_usage_rollup();
+
+-- Folds up to max_groups queued rows (oldest first) into usage_hourly and
+-- usage_totals (every period of the row's key and of its team, when the
+-- row counts for the totals) and deletes them, in one transaction; answers
+-- how many it folded (0: the queue is empty, or every row is being folded
+-- by another caller). SKIP LOCKED lets concurrent folders take disjoint
+-- rows; each upserts in group order and the rollups before the totals, so
+-- they never deadlock. A day, ISO week or month starts on a UTC hour, so
+-- the hour gives each row's periods.
+CREATE FUNCTION obleth_fold_usage(max_groups INTEGER) RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids BIGINT[];
+BEGIN
+    SELECT array_agg(q.id) INTO ids
+    FROM (SELECT id FROM usage_rollup_queue ORDER BY id LIMIT max_groups
+          FOR UPDATE SKIP LOCKED) AS q;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO usage_hourly AS h (hour, key_id, team_id, model, provider, requests, errors,
+        prompt_tokens, completion_tokens, total_tokens, cost_micros, last_seen)
+    SELECT q.hour, q.key_id, q.team_id, q.model, q.provider, sum(q.requests), sum(q.errors),
+           sum(q.prompt_tokens), sum(q.completion_tokens), sum(q.total_tokens),
+           sum(q.cost_micros), max(q.last_seen)
+    FROM usage_rollup_queue q
+    WHERE q.id = ANY (ids)
     GROUP BY 1, 2, 3, 4, 5
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT ON CONSTRAINT usage_hourly_group DO UPDATE
@@ -146,16 +188,95 @@ BEGIN
             total_tokens = h.total_tokens + EXCLUDED.total_tokens,
             cost_micros = h.cost_micros + EXCLUDED.cost_micros,
             last_seen = GREATEST(h.last_seen, EXCLUDED.last_seen);
-    RETURN NULL;
+    INSERT INTO usage_totals AS t (subject_id, period, period_start, requests, tokens, cost_micros)
+    SELECT s.subject_id, p.period, obleth_period_start(p.period, q.hour),
+           sum(q.requests), sum(q.total_tokens), sum(q.cost_micros)
+    FROM usage_rollup_queue q
+    CROSS JOIN LATERAL (VALUES (q.key_id), (q.team_id)) AS s (subject_id)
+    CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) AS p (period)
+    WHERE q.id = ANY (ids) AND q.totals AND s.subject_id IS NOT NULL
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (subject_id, period, period_start) DO UPDATE
+        SET requests = t.requests + EXCLUDED.requests,
+            tokens = t.tokens + EXCLUDED.tokens,
+            cost_micros = t.cost_micros + EXCLUDED.cost_micros;
+    DELETE FROM usage_rollup_queue q WHERE q.id = ANY (ids);
+    RETURN cardinality(ids);
 END
 $$;
 
-CREATE TRIGGER usage_ledger_add_totals
-    AFTER INSERT ON usage_ledger
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION obleth_add_usage_totals();
+-- The running totals of one subject's period still in the queue: what
+-- readers add to usage_totals so a budget is exact before a fold.
+CREATE FUNCTION obleth_queued_usage_totals(subject UUID, period TEXT, period_start TIMESTAMPTZ,
+    OUT requests BIGINT, OUT tokens BIGINT, OUT cost_micros BIGINT)
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(sum(q.requests), 0)::bigint, COALESCE(sum(q.total_tokens), 0)::bigint,
+           COALESCE(sum(q.cost_micros), 0)::bigint
+    FROM usage_rollup_queue q
+    WHERE q.totals AND (q.key_id = subject OR q.team_id = subject)
+      AND obleth_period_start(period, q.hour) = period_start
+$$;
 
-CREATE TRIGGER usage_ledger_add_hourly
-    AFTER INSERT ON usage_ledger
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION obleth_add_usage_hourly();
+-- obleth_quota_lease (20261128000001) as before, except that a budget
+-- counter starts from the period's usage_totals plus its rows still in the
+-- queue, so a counter made between a batch and its fold misses nothing.
+CREATE OR REPLACE FUNCTION obleth_quota_lease(
+    subjects UUID[], dimensions TEXT[], windows TIMESTAMPTZ[], periods TEXT[],
+    charges BIGINT[], wants BIGINT[], limits BIGINT[]
+) RETURNS TABLE (idx INTEGER, new_used BIGINT, granted BIGINT, ceiling BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i INTEGER;
+    cur BIGINT;
+    prev BIGINT;
+    overlap DOUBLE PRECISION;
+    ceil_ BIGINT;
+    grant_ BIGINT;
+BEGIN
+    FOR i IN
+        SELECT u.ord FROM unnest(subjects, dimensions, windows) WITH ORDINALITY AS u (s, d, w, ord)
+        ORDER BY u.s, u.d, u.w
+    LOOP
+        INSERT INTO quota_counters (subject_id, dimension, window_start, used)
+        VALUES (subjects[i], dimensions[i], windows[i],
+            CASE dimensions[i]
+                WHEN 'budget_tokens' THEN COALESCE((SELECT t.tokens FROM usage_totals t
+                    WHERE t.subject_id = subjects[i] AND t.period = periods[i]
+                      AND t.period_start = windows[i]), 0)
+                    + (SELECT q.tokens FROM obleth_queued_usage_totals(subjects[i], periods[i],
+                       windows[i]) q)
+                WHEN 'budget_micros' THEN COALESCE((SELECT t.cost_micros FROM usage_totals t
+                    WHERE t.subject_id = subjects[i] AND t.period = periods[i]
+                      AND t.period_start = windows[i]), 0)
+                    + (SELECT q.cost_micros FROM obleth_queued_usage_totals(subjects[i], periods[i],
+                       windows[i]) q)
+                ELSE 0
+            END)
+        ON CONFLICT ON CONSTRAINT quota_counters_pkey DO NOTHING;
+        SELECT q.used INTO cur FROM quota_counters q
+        WHERE q.subject_id = subjects[i] AND q.dimension = dimensions[i]
+          AND q.window_start = windows[i]
+        FOR UPDATE;
+        ceil_ := limits[i];
+        IF dimensions[i] IN ('requests', 'tokens') THEN
+            SELECT q.used INTO prev FROM quota_counters q
+            WHERE q.subject_id = subjects[i] AND q.dimension = dimensions[i]
+              AND q.window_start = windows[i] - interval '60 seconds';
+            overlap := 1.0 - LEAST(1.0, GREATEST(0.0,
+                EXTRACT(EPOCH FROM (clock_timestamp() - windows[i]))::DOUBLE PRECISION / 60.0));
+            ceil_ := ceil_ - CEIL(COALESCE(prev, 0) * overlap)::BIGINT;
+        END IF;
+        grant_ := LEAST(wants[i], GREATEST(0, ceil_ - cur - charges[i]));
+        UPDATE quota_counters q
+        SET used = GREATEST(0, cur + charges[i] + grant_), updated_at = now()
+        WHERE q.subject_id = subjects[i] AND q.dimension = dimensions[i]
+          AND q.window_start = windows[i];
+        idx := i;
+        new_used := GREATEST(0, cur + charges[i] + grant_);
+        granted := grant_;
+        ceiling := ceil_;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;

@@ -292,12 +292,14 @@ impl Gateway {
             proxy_server.abort();
         }
         background.cancel();
-        // 5. Flush usage, then leave the fleet.
+        // 5. Flush usage, fold it into the rollups, then leave the fleet.
         self.usage_stop.cancel();
         if let Err(e) = self.usage_task.await {
             error!(error = %e, "Usage writer task failed.");
         }
         if let Some(pool) = &state.pool {
+            // The writer's last batches, into the rollups before leaving.
+            crate::fold::final_fold(pool).await;
             obleth_service::node::mark_stopped(pool, &state.node_id).await;
         }
         ops_server.stop_accepting();
@@ -396,6 +398,8 @@ async fn start_with_database(
         state.metrics.clone(),
         stop.clone(),
     ));
+    // On the query pool: folding is short transactions, pooler-safe.
+    tokio::spawn(crate::fold::run(pool.clone(), stop.clone()));
     tokio::spawn(crate::quota::sync::run(
         state.quota.clone(),
         pool.clone(),

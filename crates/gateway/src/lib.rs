@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod error;
 pub mod estimate;
 pub mod feed;
+pub mod fold;
 pub mod health;
 pub mod history;
 pub mod keycache;

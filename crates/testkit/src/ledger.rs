@@ -13,7 +13,7 @@ use uuid::Uuid;
 /// The last migration before the ledger: a database of release 0.1.0 with
 /// fleet governance, whose gateways write `usage_events`.
 pub const BEFORE_LEDGER: i64 = 20261128000001;
-/// Creates `usage_ledger` and `usage_hourly` (expand).
+/// Creates `usage_ledger`, `usage_hourly` and the rollup queue (expand).
 pub const CREATE: i64 = 20261128000002;
 /// Forwards `usage_events` inserts to the ledger (expand).
 pub const FORWARD: i64 = 20261128000003;
@@ -90,9 +90,26 @@ pub struct Mismatches {
     pub hourly: i64,
 }
 
-/// Recounts the running totals and the hourly rollups from `usage_ledger`
-/// and compares them with the stored ones.
+/// Folds the rollup queue into `usage_hourly` and `usage_totals` until it is
+/// empty (`obleth_fold_usage`, as the gateways do every second), for tests
+/// that read those tables themselves; answers the queue rows folded.
+pub async fn fold(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT obleth_fold_usage(10000)")
+            .fetch_one(pool)
+            .await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
+}
+
+/// Folds the queue ([`fold`]), then recounts the running totals and the
+/// hourly rollups from `usage_ledger` and compares them with the stored ones.
 pub async fn mismatches(pool: &PgPool) -> Result<Mismatches, sqlx::Error> {
+    fold(pool).await?;
     let totals: i64 = sqlx::query_scalar(
         "WITH recount AS ( \
              SELECT s.subject_id, p.period, obleth_period_start(p.period, l.created_at) AS start, \

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod changes;
+pub mod fold;
 pub mod key_store;
 pub mod keys;
 pub mod ledger;

@@ -19,7 +19,7 @@ pub const CHUNK_ROWS: usize = 5000;
 /// The one statement every batch uses, whatever its size: each column is
 /// one array parameter and `UNNEST` turns them back into rows, in order.
 /// Its text never changes, so each connection prepares it once; the
-/// ledger's statement triggers (running totals, hourly rollups) see the new
+/// ledger's statement trigger (which queues the rollups) sees the new
 /// rows of the whole chunk at once. The conflict target is the ledger's
 /// idempotency key, `(request_id, created_at)`: a retried record carries the
 /// `created_at` it was made with.
@@ -239,10 +239,12 @@ pub struct UsageTotal {
 /// Totals per key, model, provider or team of the events `filter` selects, ordered
 /// by group (`None` last).
 ///
-/// Whole UTC hours are read from the hourly rollups; only the partial hours
-/// at the ends of the range are summed from the ledger, so the cost of a
-/// report grows with its number of hours and groups, not with its number of
-/// requests. An hour-aligned range reads rollups only.
+/// Whole UTC hours are read from the hourly rollups, plus the rows of the
+/// rollup queue not folded into them yet (so a report is exact the moment a
+/// batch commits); only the partial hours at the ends of the range are
+/// summed from the ledger, so the cost of a report grows with its number of
+/// hours and groups, not with its number of requests. An hour-aligned range
+/// reads rollups only.
 pub async fn usage_totals(
     pool: &PgPool,
     group: UsageGroup,
@@ -268,11 +270,20 @@ async fn grouped(
          sum(total_tokens)::bigint AS total_tokens, sum(cost_micros)::bigint AS cost_micros, \
          max(last_seen) AS last_seen FROM (SELECT ",
     );
-    query.push(column).push(
-        " AS g, requests, errors, prompt_tokens, completion_tokens, total_tokens, cost_micros, \
-         last_seen FROM usage_hourly",
-    );
-    filter.push_where(&mut query, "hour", lo, hi);
+    for (i, rollup) in ["usage_hourly", "usage_rollup_queue"]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            query.push(" UNION ALL SELECT ");
+        }
+        query.push(column).push(
+            " AS g, requests, errors, prompt_tokens, completion_tokens, total_tokens, \
+             cost_micros, last_seen FROM ",
+        );
+        query.push(rollup);
+        filter.push_where(&mut query, "hour", lo, hi);
+    }
     for (from, to) in [(filter.from, lo), (hi, filter.to)] {
         query.push(" UNION ALL SELECT ").push(column).push(
             " AS g, count(*), count(*) FILTER (WHERE status >= 400), \
@@ -340,7 +351,8 @@ pub struct PeriodTotals {
 
 /// The running totals of key or team `subject_id` for the `period` that
 /// contains `at`; zeros when nothing was recorded in it. Read from the
-/// totals the usage trigger keeps, never by summing usage events.
+/// running totals plus the rows of the rollup queue not folded into them yet
+/// (exact the moment a batch commits), never by summing usage events.
 pub async fn period_totals(
     pool: &PgPool,
     subject_id: Uuid,
@@ -370,11 +382,24 @@ pub async fn periods_totals(
     let periods: Vec<&str> = subjects.iter().map(|(_, p)| p.as_str()).collect();
     let starts: Vec<DateTime<Utc>> = subjects.iter().map(|(_, p)| p.start(at)).collect();
     let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT COALESCE(t.requests, 0), COALESCE(t.tokens, 0), COALESCE(t.cost_micros, 0) \
+        "SELECT COALESCE(t.requests, 0) + COALESCE(q.requests, 0), \
+                COALESCE(t.tokens, 0) + COALESCE(q.tokens, 0), \
+                COALESCE(t.cost_micros, 0) + COALESCE(q.cost_micros, 0) \
          FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) WITH ORDINALITY \
               AS w (subject_id, period, period_start, i) \
          LEFT JOIN usage_totals t ON t.subject_id = w.subject_id AND t.period = w.period \
               AND t.period_start = w.period_start \
+         LEFT JOIN (SELECT s.subject_id, p.period, obleth_period_start(p.period, u.hour) AS start, \
+                           sum(u.requests)::bigint AS requests, \
+                           sum(u.total_tokens)::bigint AS tokens, \
+                           sum(u.cost_micros)::bigint AS cost_micros \
+                    FROM usage_rollup_queue u \
+                    CROSS JOIN LATERAL (VALUES (u.key_id), (u.team_id)) AS s (subject_id) \
+                    CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) AS p (period) \
+                    WHERE u.totals AND s.subject_id = ANY ($1) \
+                    GROUP BY 1, 2, 3) AS q \
+              ON q.subject_id = w.subject_id AND q.period = w.period \
+              AND q.start = w.period_start \
          ORDER BY w.i",
     )
     .bind(&ids)

@@ -113,8 +113,9 @@ async fn stored(pool: &PgPool) -> Vec<UsageEvent> {
         .collect()
 }
 
-/// Every `usage_totals` row, in key order.
+/// Every `usage_totals` row, in key order, after folding the rollup queue.
 async fn totals(pool: &PgPool) -> Vec<(Uuid, String, DateTime<Utc>, i64, i64, i64)> {
+    obleth_testkit::ledger::fold(pool).await.unwrap();
     sqlx::query_as(
         "SELECT subject_id, period, period_start, requests, tokens, cost_micros \
          FROM usage_totals ORDER BY 1, 2, 3",

@@ -405,6 +405,7 @@ async fn retention_drops_only_whole_days_past_it_keeps_rollups_and_repeats_as_a_
         });
     }
     usage::insert_usage(&pool, &events).await.unwrap();
+    obleth_testkit::ledger::fold(&pool).await.unwrap();
     let hourly_before = scalar(&pool, "SELECT count(*) FROM usage_hourly").await;
 
     assert!(ledger::drop_expired(&pool, today, 0)

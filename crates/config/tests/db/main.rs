@@ -1,8 +1,9 @@
 //! Query tests against a real, throwaway PostgreSQL: keys, the change log and its NOTIFY, usage, nodes and the catalog;
-//! teams, prices, the change log's pruning, the running usage totals, the usage batch insert and the usage ledger in their own modules.
+//! teams, prices, the change log's pruning, the running usage totals, the usage batch insert, the usage ledger and its rollup fold in their own modules.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fold;
 mod insert;
 mod ledger;
 mod pooler;

@@ -40,8 +40,10 @@ fn event(
     }
 }
 
-/// Every `usage_totals` row of `subject`: (period, period_start, requests, tokens, cost).
+/// Every `usage_totals` row of `subject`: (period, period_start, requests, tokens, cost),
+/// after folding the rollup queue into them.
 async fn rows_of(pool: &PgPool, subject: Uuid) -> Vec<(String, DateTime<Utc>, i64, i64, i64)> {
+    obleth_testkit::ledger::fold(pool).await.unwrap();
     sqlx::query_as(
         "SELECT period, period_start, requests, tokens, cost_micros FROM usage_totals \
          WHERE subject_id = $1 ORDER BY period, period_start",

@@ -314,6 +314,7 @@ async fn ledger_upkeep_keeps_days_ahead_and_drops_raw_records_past_the_retention
     // Today's record stays; the old one's raw row went with its day, and its
     // hourly rollup stays.
     assert_eq!(rows(&db.url).await, 1);
+    obleth_testkit::ledger::fold(&pool).await.unwrap();
     let hourly: i64 =
         sqlx::query_scalar("SELECT COALESCE(sum(requests), 0)::bigint FROM usage_hourly")
             .fetch_one(&pool)

@@ -1,0 +1,37 @@
+//! Folding the usage rollup queue into the hourly rollups and the running
+//! totals, outside the usage writer's transaction.
+//!
+//! The ledger's statement trigger appends one pre-aggregated row per (hour,
+//! key, team, model, provider) of every insert to `usage_rollup_queue`; the
+//! SQL function `obleth_fold_usage` (migration 20261128000002) moves up to a
+//! given number of them into `usage_hourly` and `usage_totals` and deletes
+//! them in one transaction, so each is counted exactly once however many
+//! callers fold at once. Readers add the queue to the rollups, so nothing
+//! waits for a fold to be exact.
+
+use sqlx::PgPool;
+
+/// Queue rows one call folds at most: one transaction, bounded work.
+pub const FOLD_GROUPS: i32 = 20_000;
+
+/// Folds up to `max_groups` queued rows; answers how many it folded (0 when
+/// the queue is empty or every row is being folded by another caller).
+pub async fn fold_usage(pool: &PgPool, max_groups: i32) -> Result<u64, sqlx::Error> {
+    let folded: i64 = sqlx::query_scalar("SELECT obleth_fold_usage($1)")
+        .bind(max_groups)
+        .fetch_one(pool)
+        .await?;
+    Ok(folded.max(0) as u64)
+}
+
+/// Folds [`FOLD_GROUPS`] at a time until a call folds nothing; answers the
+/// rows folded in all.
+pub async fn fold_all(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        match fold_usage(pool, FOLD_GROUPS).await? {
+            0 => return Ok(total),
+            n => total += n,
+        }
+    }
+}

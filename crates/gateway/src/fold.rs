@@ -1,0 +1,46 @@
+//! Folding the usage rollup queue into the hourly rollups and running totals
+//! (`db::fold`), every [`EVERY`] and once at shutdown after the usage
+//! writer's last flush.
+//!
+//! Every gateway folds, on the query pool: concurrent folds take disjoint
+//! queue rows (`FOR UPDATE SKIP LOCKED`), so more gateways only fold sooner.
+//! Reads add the queue to the rollups, so a fold that fails or lags makes
+//! no report or budget wrong, only the queue longer.
+
+use std::time::Duration;
+
+use obleth_config::db::fold;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// How often the queue is folded.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+/// The longest the fold at shutdown may take before the gateway leaves the
+/// rest to the other gateways (or its next start).
+pub const FINAL_FOLD: Duration = Duration::from_secs(5);
+
+/// Folds the whole queue every [`EVERY`] until `stop`.
+pub async fn run(pool: PgPool, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = fold::fold_all(&pool).await {
+            warn!(error = %e, "Folding usage rollups failed; retrying at the next round.");
+        }
+    }
+}
+
+/// Folds what the queue holds, for at most [`FINAL_FOLD`].
+pub async fn final_fold(pool: &PgPool) {
+    match tokio::time::timeout(FINAL_FOLD, fold::fold_all(pool)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(error = %e, "Folding usage rollups at shutdown failed."),
+        Err(_) => warn!("Folding usage rollups at shutdown took too long; left to the next fold."),
+    }
+}
