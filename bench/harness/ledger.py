@@ -8,15 +8,17 @@ the figures the issue asks for, through obleth's real code
   hour-aligned and not (median and p95 of 20 runs; target under 50 ms);
 - the raw records of one key over a day (the admin's first page and the next);
 - the budget refresh read, `periods_totals`, for 1,000 subjects and for one;
-- the writer's sustained rate through `insert_usage` with the triggers on,
-  from 4 and 8 concurrent writers in batches of 500 and 5,000 (target
-  50,000 rows/s);
+- the writer's sustained rate through `insert_usage` with the ledger's
+  trigger on (it queues the rollups) and the rollup fold running every
+  second beside it, as a gateway runs it, from 4 and 8 concurrent writers
+  in batches of 500 and 5,000 (target 50,000 rows/s);
 - the bytes on disk a row: ledger heap, each index, rollups and running
   totals separately.
 
 The load is N rows in time order, one statement per piece of at most
 1,000,000 rows, one UTC day per job, `--jobs` days at once. Each statement
-fires the ledger's statement triggers as the writer's statements do, so the
+fires the ledger's statement trigger as the writer's statements do, and the
+rollup queue it fills is then folded (`obleth_fold_usage`, timed), so the
 hourly rollups and the running totals are the production code's, and are
 checked against the ledger afterwards. Before it, a 1,000,000-row probe load
 measures the bytes a row; the bench refuses to start when the disk's free
@@ -193,7 +195,10 @@ def scalar(cluster, sql):
 
 def verify(cluster):
     """The rollups and running totals against the ledger: every request
-    counted once in usage_hourly and once per key in usage_totals."""
+    counted once in usage_hourly and once per key in usage_totals (after
+    folding the rollup queue into them)."""
+    while int(scalar(cluster, "SELECT obleth_fold_usage(20000)")) > 0:
+        pass
     row = scalar(cluster, """
         SELECT (SELECT count(*) FROM usage_ledger),
                (SELECT sum(requests) FROM usage_hourly),
@@ -366,8 +371,10 @@ def render(r):
         f"(database growth); estimate for {rows:,} rows {gib(r['probe']['bytes_per_row'] * rows)}; "
         f"free disk before the load {gib(r['probe']['free'])}",
         f"- Load: {rows:,} rows in {r['load_secs']:,.0f} s = {rows / r['load_secs']:,.0f} rows/s, "
-        "through the ledger's statement triggers (hourly rollups and running totals built as the writer's "
-        f"statements build them), {a['jobs']} days at once",
+        "through the ledger's statement trigger (the rollup queue filled as the writer's "
+        f"statements fill it), {a['jobs']} days at once",
+        f"- Fold of the queue after the load (`obleth_fold_usage` until empty): {r['fold_after_load']['folded']:,} "
+        f"queued groups in {r['fold_after_load']['ms'] / 1000:,.1f} s",
         f"- VACUUM (ANALYZE) of every partition, the rollups and the totals, then ANALYZE usage_ledger: {r['vacuum_secs']:,.0f} s",
         f"- Check: ledger rows {r['verify']['ledger_rows']:,} = rollup requests {r['verify']['hourly_requests']:,}; "
         f"tokens {r['verify']['ledger_tokens']:,} = {r['verify']['hourly_tokens']:,}; keyed rows "
@@ -405,7 +412,7 @@ def render(r):
         f"({b['many']['median_ms'] * 1000 / b['subjects']:.1f} µs a subject; {b['with_usage']:,} with usage)",
         f"- One subject: median {b['one']['median_ms']:.2f} ms, p95 {b['one']['p95_ms']:.2f} ms",
         "",
-        "## Writer (`db::usage::insert_usage`, into today's partition, triggers on)",
+        "## Writer (`db::usage::insert_usage`, into today's partition, the rollup queue's trigger on)",
         "",
         "| writers | rows a call | rows/s | calls | call median ms | call p95 ms | call max ms | "
         "PostgreSQL CPU µs a row | client CPU µs a row | other processes' CPU, cores | target |",
@@ -417,6 +424,15 @@ def render(r):
         lines.append(f"| {w['writers']} | {w['batch']:,} | {w['rows_per_sec']:,.0f} | {w['calls']:,} | "
                      f"{w['call_median_ms']:.1f} | {w['call_p95_ms']:.1f} | {w['call_max_ms']:.1f} | {cpu} | "
                      f"{met(w['rows_per_sec'] >= TARGET_ROWS_PER_SEC)} |")
+    if any("folds" in w for w in r["writes"]):
+        lines += ["", "The rollup fold beside the writers (one task, every second, as each gateway runs it; "
+                  "its PostgreSQL CPU is in the table's), and the rest of the queue folded after them:", "",
+                  "| writers | rows a call | folds | groups folded | fold median ms | fold max ms | "
+                  "queued at the end | drained groups | drain ms |", "|---|---|---|---|---|---|---|---|---|"]
+        for w in r["writes"]:
+            lines.append(f"| {w['writers']} | {w['batch']:,} | {w['folds']} | {w['folded_groups']:,} | "
+                         f"{w['fold_median_ms']:.1f} | {w['fold_max_ms']:.1f} | {w['queued_at_end']:,} | "
+                         f"{w['drained_groups']:,} | {w['drain_ms']:.0f} |")
     va = r["verify_after_writes"]
     lines.append(f"\nAfter the writer runs: ledger rows {va['ledger_rows']:,}, rollup requests {va['hourly_requests']:,}, "
                  f"running totals {va['totals_requests']:,} of {va['keyed_rows']:,} keyed rows: "
@@ -514,7 +530,7 @@ def main():
         probe_secs, _ = load(cluster, start, end, PROBE_ROWS, args.keys, args.jobs)
         cluster.psql(DB, "CHECKPOINT")
         per_row = (db_bytes(cluster) - before) / PROBE_ROWS
-        cluster.psql(DB, "TRUNCATE usage_ledger, usage_hourly, usage_totals; CHECKPOINT")
+        cluster.psql(DB, "TRUNCATE usage_ledger, usage_hourly, usage_totals, usage_rollup_queue; CHECKPOINT")
         free = free_bytes(cluster.dir)
         if args.rows == "fit":
             rows = int((free - MARGIN) / per_row) // PROBE_ROWS * PROBE_ROWS
@@ -538,7 +554,9 @@ def main():
         r["load_secs"], days = load(cluster, start, end, rows, args.keys, args.jobs)
         r["partitions_loaded"] = len(days)
         r["load_days"] = [(str(d), n, s) for d, n, s in days]
-        log(f"loaded in {r['load_secs']:.0f} s; checking the rollups")
+        log(f"loaded in {r['load_secs']:.0f} s; folding the rollup queue")
+        r["fold_after_load"] = client(args, cluster, "fold")
+        log(f"folded {r['fold_after_load']['folded']:,} queued groups in {r['fold_after_load']['ms']:.0f} ms; checking the rollups")
         r["verify"] = verify(cluster)
         log(f"check: {r['verify']}")
         log("VACUUM (ANALYZE)")

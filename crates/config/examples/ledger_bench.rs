@@ -4,7 +4,9 @@
 //! ledger_bench URL totals KEY_UUID [RUNS]    admin totals (one key, 30 days; all keys, one day)
 //! ledger_bench URL list KEY_UUID [RUNS]      the raw records of one key over a day, a page of 100
 //! ledger_bench URL budget SUBJECTS [RUNS]    periods_totals for SUBJECTS subjects, and for 1
-//! ledger_bench URL write WRITERS BATCH SECS  insert_usage from WRITERS tasks, BATCH rows each call
+//! ledger_bench URL write WRITERS BATCH SECS  insert_usage from WRITERS tasks, BATCH rows each call,
+//!                                            with the rollup fold every second as a gateway runs it
+//! ledger_bench URL fold                      fold the whole rollup queue, timed
 //! ```
 //!
 //! Keys and teams come from the bench's `bench_keys` table (`k`, `key_id`,
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use obleth_config::db::fold;
 use obleth_config::db::usage::{self, UsageFilter, UsageGroup};
 use obleth_config::model::{BudgetPeriod, UsageEvent};
 use rand::rngs::StdRng;
@@ -51,7 +54,12 @@ async fn main() -> Result<(), Failure> {
     let (Some(url), Some(command)) = (arg(0), arg(1)) else {
         return Err("usage: ledger_bench URL totals|list|budget|write ...".into());
     };
-    let connections = if command == "write" { num(2, 4)? } else { 1 };
+    // The writers, and one connection for the fold a gateway runs beside them.
+    let connections = if command == "write" {
+        num(2, 4)? + 1
+    } else {
+        1
+    };
     let pool = connect(url, connections as u32).await?;
     let out = match command {
         "totals" => {
@@ -72,6 +80,11 @@ async fn main() -> Result<(), Failure> {
         }
         "budget" => budget(&pool, num(2, 1000)? as usize, num(3, 20)?).await?,
         "write" => write(&pool, num(2, 4)?, num(3, 500)? as usize, num(4, 30)?).await?,
+        "fold" => {
+            let t = Instant::now();
+            let folded = fold::fold_all(&pool).await?;
+            json!({"folded": folded, "ms": t.elapsed().as_secs_f64() * 1000.0})
+        }
         other => return Err(format!("unknown command {other}").into()),
     };
     println!("{out}");
@@ -254,12 +267,30 @@ async fn bench_keys(pool: &PgPool) -> Result<Vec<(Uuid, Option<Uuid>)>, Failure>
 }
 
 /// `writers` tasks, each calling `insert_usage` with `batch` new records
-/// (created now, keys skewed like the load) until `secs` have passed.
+/// (created now, keys skewed like the load) until `secs` have passed, while
+/// one task folds the rollup queue every second (as each gateway does);
+/// then the rest of the queue is folded, timed.
 async fn write(pool: &PgPool, writers: u64, batch: usize, secs: u64) -> Result<Value, Failure> {
     let keys = Arc::new(bench_keys(pool).await?);
     let stop = Arc::new(AtomicBool::new(false));
     let rows = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let folder = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut folds, mut folded, mut ms) = (0u64, 0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let t = Instant::now();
+                folded += fold::fold_all(&pool).await?;
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                folds += 1;
+            }
+            Ok::<_, sqlx::Error>((folds, folded, ms))
+        })
+    };
     let mut tasks = Vec::new();
     for w in 0..writers {
         let (pool, keys, stop, rows) = (pool.clone(), keys.clone(), stop.clone(), rows.clone());
@@ -284,6 +315,14 @@ async fn write(pool: &PgPool, writers: u64, batch: usize, secs: u64) -> Result<V
         calls.extend(task.await??);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let (folds, folded, mut fold_ms) = folder.await??;
+    fold_ms.sort_by(f64::total_cmp);
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_rollup_queue")
+        .fetch_one(pool)
+        .await?;
+    let t = Instant::now();
+    let drained = fold::fold_all(pool).await?;
+    let drain_ms = t.elapsed().as_secs_f64() * 1000.0;
     calls.sort_by(f64::total_cmp);
     let pick = |q: f64| {
         let at = ((calls.len() as f64 - 1.0) * q).round() as usize;
@@ -294,6 +333,10 @@ async fn write(pool: &PgPool, writers: u64, batch: usize, secs: u64) -> Result<V
         "writers": writers, "batch": batch, "secs": elapsed, "rows": total,
         "rows_per_sec": total as f64 / elapsed, "calls": calls.len(),
         "call_median_ms": pick(0.5), "call_p95_ms": pick(0.95), "call_max_ms": pick(1.0),
+        "folds": folds, "folded_groups": folded,
+        "fold_median_ms": fold_ms.get(fold_ms.len() / 2).copied().unwrap_or(f64::NAN),
+        "fold_max_ms": fold_ms.last().copied().unwrap_or(f64::NAN),
+        "queued_at_end": queued, "drained_groups": drained, "drain_ms": drain_ms,
     }))
 }
 

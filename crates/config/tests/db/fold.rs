@@ -37,9 +37,9 @@ fn floor_hour(at: DateTime<Utc>) -> DateTime<Utc> {
 fn event(i: usize, key: Uuid, team: Uuid, now: DateTime<Utc>) -> UsageEvent {
     let tokens = 10 + (i % 7) as i32;
     UsageEvent {
-        team_id: (i % 2 == 0).then_some(team),
-        cost_micros: (i % 3 != 0).then_some(100 + i as i64 % 11),
-        status: if i % 5 == 0 { 500 } else { 200 },
+        team_id: i.is_multiple_of(2).then_some(team),
+        cost_micros: (!i.is_multiple_of(3)).then_some(100 + i as i64 % 11),
+        status: if i.is_multiple_of(5) { 500 } else { 200 },
         created_at: now - Duration::minutes((i % 180) as i64),
         ..usage_event(Some(key), Some(tokens))
     }
