@@ -154,56 +154,56 @@ CREATE TRIGGER usage_ledger_queue_rollup
 
 -- Folds up to max_groups queued rows (oldest first) into usage_hourly and
 -- usage_totals (every period of the row's key and of its team, when the
--- row counts for the totals) and deletes them, in one transaction; answers
--- how many it folded (0: the queue is empty, or every row is being folded
--- by another caller). SKIP LOCKED lets concurrent folders take disjoint
--- rows; each upserts in group order and the rollups before the totals, so
--- they never deadlock. A day, ISO week or month starts on a UTC hour, so
--- the hour gives each row's periods.
+-- row counts for the totals) and deletes them, in one statement and so one
+-- transaction; answers how many it folded (0: the queue is empty, or every
+-- row is being folded by another caller). SKIP LOCKED lets concurrent
+-- folders take disjoint rows; each upserts in group order (and its two
+-- upserts always in the same order), so they never deadlock. The queue is
+-- read once. A fold's cost grows with the distinct groups it touches, not
+-- with its queued rows, so a fold that takes many rows at once (a lagging
+-- one) costs little more than a small one. A day, ISO week or month starts
+-- on a UTC hour, so the hour gives each row's periods.
 CREATE FUNCTION obleth_fold_usage(max_groups INTEGER) RETURNS BIGINT
-LANGUAGE plpgsql AS $$
-DECLARE
-    ids BIGINT[];
-BEGIN
-    SELECT array_agg(q.id) INTO ids
-    FROM (SELECT id FROM usage_rollup_queue ORDER BY id LIMIT max_groups
-          FOR UPDATE SKIP LOCKED) AS q;
-    IF ids IS NULL THEN
-        RETURN 0;
-    END IF;
-    INSERT INTO usage_hourly AS h (hour, key_id, team_id, model, provider, requests, errors,
-        prompt_tokens, completion_tokens, total_tokens, cost_micros, last_seen)
-    SELECT q.hour, q.key_id, q.team_id, q.model, q.provider, sum(q.requests), sum(q.errors),
-           sum(q.prompt_tokens), sum(q.completion_tokens), sum(q.total_tokens),
-           sum(q.cost_micros), max(q.last_seen)
-    FROM usage_rollup_queue q
-    WHERE q.id = ANY (ids)
-    GROUP BY 1, 2, 3, 4, 5
-    ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT ON CONSTRAINT usage_hourly_group DO UPDATE
-        SET requests = h.requests + EXCLUDED.requests,
-            errors = h.errors + EXCLUDED.errors,
-            prompt_tokens = h.prompt_tokens + EXCLUDED.prompt_tokens,
-            completion_tokens = h.completion_tokens + EXCLUDED.completion_tokens,
-            total_tokens = h.total_tokens + EXCLUDED.total_tokens,
-            cost_micros = h.cost_micros + EXCLUDED.cost_micros,
-            last_seen = GREATEST(h.last_seen, EXCLUDED.last_seen);
-    INSERT INTO usage_totals AS t (subject_id, period, period_start, requests, tokens, cost_micros)
-    SELECT s.subject_id, p.period, obleth_period_start(p.period, q.hour),
-           sum(q.requests), sum(q.total_tokens), sum(q.cost_micros)
-    FROM usage_rollup_queue q
-    CROSS JOIN LATERAL (VALUES (q.key_id), (q.team_id)) AS s (subject_id)
-    CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) AS p (period)
-    WHERE q.id = ANY (ids) AND q.totals AND s.subject_id IS NOT NULL
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT (subject_id, period, period_start) DO UPDATE
-        SET requests = t.requests + EXCLUDED.requests,
-            tokens = t.tokens + EXCLUDED.tokens,
-            cost_micros = t.cost_micros + EXCLUDED.cost_micros;
-    DELETE FROM usage_rollup_queue q WHERE q.id = ANY (ids);
-    RETURN cardinality(ids);
-END
+LANGUAGE sql AS $$
+    WITH taken AS (
+        DELETE FROM usage_rollup_queue q
+        WHERE q.id IN (SELECT id FROM usage_rollup_queue ORDER BY id LIMIT max_groups
+                       FOR UPDATE SKIP LOCKED)
+        RETURNING q.*
+    ), hourly AS (
+        INSERT INTO usage_hourly AS h (hour, key_id, team_id, model, provider, requests, errors,
+            prompt_tokens, completion_tokens, total_tokens, cost_micros, last_seen)
+        SELECT t.hour, t.key_id, t.team_id, t.model, t.provider, sum(t.requests), sum(t.errors),
+               sum(t.prompt_tokens), sum(t.completion_tokens), sum(t.total_tokens),
+               sum(t.cost_micros), max(t.last_seen)
+        FROM taken t
+        GROUP BY 1, 2, 3, 4, 5
+        ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT ON CONSTRAINT usage_hourly_group DO UPDATE
+            SET requests = h.requests + EXCLUDED.requests,
+                errors = h.errors + EXCLUDED.errors,
+                prompt_tokens = h.prompt_tokens + EXCLUDED.prompt_tokens,
+                completion_tokens = h.completion_tokens + EXCLUDED.completion_tokens,
+                total_tokens = h.total_tokens + EXCLUDED.total_tokens,
+                cost_micros = h.cost_micros + EXCLUDED.cost_micros,
+                last_seen = GREATEST(h.last_seen, EXCLUDED.last_seen)
+    ), totals AS (
+        INSERT INTO usage_totals AS u (subject_id, period, period_start, requests, tokens,
+            cost_micros)
+        SELECT s.subject_id, p.period, obleth_period_start(p.period, t.hour),
+               sum(t.requests), sum(t.total_tokens), sum(t.cost_micros)
+        FROM taken t
+        CROSS JOIN LATERAL (VALUES (t.key_id), (t.team_id)) AS s (subject_id)
+        CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) AS p (period)
+        WHERE t.totals AND s.subject_id IS NOT NULL
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT (subject_id, period, period_start) DO UPDATE
+            SET requests = u.requests + EXCLUDED.requests,
+                tokens = u.tokens + EXCLUDED.tokens,
+                cost_micros = u.cost_micros + EXCLUDED.cost_micros
+    )
+    SELECT count(*) FROM taken
 $$;
 
 -- The running totals of one subject's period still in the queue: what
