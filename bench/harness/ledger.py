@@ -219,7 +219,7 @@ def vacuum(cluster, jobs):
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda n: cluster.psql(DB, f"VACUUM (ANALYZE) {n}", timeout=7200),
-                      names + ["usage_hourly", "usage_totals"]))
+                      names + ["usage_hourly", "usage_totals", "usage_rollup_queue"]))
     cluster.psql(DB, "ANALYZE usage_ledger", timeout=7200)
     return time.monotonic() - t0
 
@@ -375,7 +375,7 @@ def render(r):
         f"statements fill it), {a['jobs']} days at once",
         f"- Fold of the queue after the load (`obleth_fold_usage` until empty): {r['fold_after_load']['folded']:,} "
         f"queued groups in {r['fold_after_load']['ms'] / 1000:,.1f} s",
-        f"- VACUUM (ANALYZE) of every partition, the rollups and the totals, then ANALYZE usage_ledger: {r['vacuum_secs']:,.0f} s",
+        f"- VACUUM (ANALYZE) of every partition, the rollups, the totals (and the rollup queue), then ANALYZE usage_ledger: {r['vacuum_secs']:,.0f} s",
         f"- Check: ledger rows {r['verify']['ledger_rows']:,} = rollup requests {r['verify']['hourly_requests']:,}; "
         f"tokens {r['verify']['ledger_tokens']:,} = {r['verify']['hourly_tokens']:,}; keyed rows "
         f"{r['verify']['keyed_rows']:,} = running totals {r['verify']['totals_requests']:,}: "

@@ -287,6 +287,10 @@ async fn write(pool: &PgPool, writers: u64, batch: usize, secs: u64) -> Result<V
                 folded += fold::fold_all(&pool).await?;
                 ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 folds += 1;
+                // As the gateway's fold loop does (`fold::VACUUM_EVERY`).
+                if folds % 10 == 0 {
+                    fold::vacuum_queue(&pool).await?;
+                }
             }
             Ok::<_, sqlx::Error>((folds, folded, ms))
         })

@@ -129,6 +129,11 @@ CREATE TABLE usage_rollup_queue (
     last_seen         TIMESTAMPTZ NOT NULL
 );
 
+-- Every fold deletes what it folded: autovacuum should not wait for a
+-- fifth of the table to be dead (the gateways also vacuum it every ~10 s).
+ALTER TABLE usage_rollup_queue SET (autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 10000);
+
 -- Queues a statement's new ledger rows, one row per group. Rows skipped by
 -- ON CONFLICT DO NOTHING are not in new_rows, so a retried batch never
 -- counts twice.

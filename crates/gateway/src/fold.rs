@@ -17,14 +17,19 @@ use tracing::warn;
 /// How often the queue is folded.
 pub const EVERY: Duration = Duration::from_secs(1);
 
+/// Every how many folds the queue is vacuumed (`db::fold::vacuum_queue`).
+pub const VACUUM_EVERY: u64 = 10;
+
 /// The longest the fold at shutdown may take before the gateway leaves the
 /// rest to the other gateways (or its next start).
 pub const FINAL_FOLD: Duration = Duration::from_secs(5);
 
-/// Folds the whole queue every [`EVERY`] until `stop`.
+/// Folds the whole queue every [`EVERY`], and vacuums it every
+/// [`VACUUM_EVERY`] rounds, until `stop`.
 pub async fn run(pool: PgPool, stop: CancellationToken) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u64 = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -32,6 +37,12 @@ pub async fn run(pool: PgPool, stop: CancellationToken) {
         }
         if let Err(e) = fold::fold_all(&pool).await {
             warn!(error = %e, "Folding usage rollups failed; retrying at the next round.");
+        }
+        round += 1;
+        if round.is_multiple_of(VACUUM_EVERY) {
+            if let Err(e) = fold::vacuum_queue(&pool).await {
+                warn!(error = %e, "Vacuuming the usage rollup queue failed.");
+            }
         }
     }
 }

@@ -38,3 +38,16 @@ pub async fn fold_all(pool: &PgPool) -> Result<u64, sqlx::Error> {
         }
     }
 }
+
+/// Vacuums the rollup queue. Every fold deletes what it folded, so at tens
+/// of thousands of rows a second the queue's heap fills with dead rows
+/// faster than autovacuum (a round a minute) clears them, and the readers'
+/// scans of the queue (which add it to the rollups) would read them all.
+/// `SKIP_LOCKED`: a vacuum already under way is enough. Not in a
+/// transaction (a transaction pooler runs it as one statement).
+pub async fn vacuum_queue(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("VACUUM (SKIP_LOCKED) usage_rollup_queue")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
