@@ -1,6 +1,7 @@
 //! The usage writer under a database outage, driven directly through
 //! `usage::start`: intake never waits on the database, and every record is
-//! either written or counted as dropped.
+//! either written or counted as dropped; the ledger's upkeep; and the fold of
+//! the rollup queue, every second and at shutdown.
 
 use std::time::Duration;
 
@@ -327,4 +328,49 @@ async fn ledger_upkeep_keeps_days_ahead_and_drops_raw_records_past_the_retention
         .await
         .unwrap();
     assert_eq!(partitions(&pool).await, now);
+}
+
+/// The sum of `usage_hourly`'s requests: what has been folded.
+async fn folded_requests(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT COALESCE(sum(requests), 0)::bigint FROM usage_hourly")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_fold_loop_moves_queued_usage_into_the_rollups_and_the_final_fold_empties_the_queue() {
+    let db = obleth_testkit::fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let batch: Vec<UsageEvent> = (0..5).map(|_| event()).collect();
+    obleth_config::db::usage::insert_usage(&pool, &batch)
+        .await
+        .unwrap();
+    assert_eq!(folded_requests(&pool).await, 0, "queued, not folded yet");
+
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(obleth_gateway::fold::run(pool.clone(), stop.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while folded_requests(&pool).await < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fold loop never folded the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+
+    // After the loop stopped: what the writer's last flush queued is folded
+    // by the shutdown's fold.
+    obleth_config::db::usage::insert_usage(&pool, &[event(), event()])
+        .await
+        .unwrap();
+    obleth_gateway::fold::final_fold(&pool).await;
+    assert_eq!(folded_requests(&pool).await, 7);
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_rollup_queue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
 }
