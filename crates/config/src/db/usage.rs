@@ -389,14 +389,20 @@ pub async fn periods_totals(
               AS w (subject_id, period, period_start, i) \
          LEFT JOIN usage_totals t ON t.subject_id = w.subject_id AND t.period = w.period \
               AND t.period_start = w.period_start \
-         LEFT JOIN (SELECT s.subject_id, p.period, obleth_period_start(p.period, u.hour) AS start, \
-                           sum(u.requests)::bigint AS requests, \
-                           sum(u.total_tokens)::bigint AS tokens, \
-                           sum(u.cost_micros)::bigint AS cost_micros \
-                    FROM usage_rollup_queue u \
-                    CROSS JOIN LATERAL (VALUES (u.key_id), (u.team_id)) AS s (subject_id) \
+         LEFT JOIN (SELECT b.subject_id, p.period, \
+                           CASE p.period WHEN 'total' THEN 'epoch'::timestamptz \
+                                ELSE date_trunc(p.period, b.hour AT TIME ZONE 'UTC') \
+                                     AT TIME ZONE 'UTC' END AS start, \
+                           sum(b.requests)::bigint AS requests, \
+                           sum(b.tokens)::bigint AS tokens, \
+                           sum(b.cost_micros)::bigint AS cost_micros \
+                    FROM (SELECT s.subject_id, u.hour, sum(u.requests) AS requests, \
+                                 sum(u.total_tokens) AS tokens, sum(u.cost_micros) AS cost_micros \
+                          FROM usage_rollup_queue u \
+                          CROSS JOIN LATERAL (VALUES (u.key_id), (u.team_id)) AS s (subject_id) \
+                          WHERE u.totals AND s.subject_id = ANY ($1) \
+                          GROUP BY 1, 2) AS b \
                     CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) AS p (period) \
-                    WHERE u.totals AND s.subject_id = ANY ($1) \
                     GROUP BY 1, 2, 3) AS q \
               ON q.subject_id = w.subject_id AND q.period = w.period \
               AND q.start = w.period_start \
