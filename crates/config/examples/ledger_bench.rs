@@ -4,8 +4,10 @@
 //! ledger_bench URL totals KEY_UUID [RUNS]    admin totals (one key, 30 days; all keys, one day)
 //! ledger_bench URL list KEY_UUID [RUNS]      the raw records of one key over a day, a page of 100
 //! ledger_bench URL budget SUBJECTS [RUNS]    periods_totals for SUBJECTS subjects, and for 1
-//! ledger_bench URL write WRITERS BATCH SECS  insert_usage from WRITERS tasks, BATCH rows each call,
+//! ledger_bench URL write WRITERS BATCH SECS [beside|after]
+//!                                            insert_usage from WRITERS tasks, BATCH rows each call,
 //!                                            with the rollup fold every second as a gateway runs it
+//!                                            (beside), or only once they stop (after)
 //! ledger_bench URL fold                      fold the whole rollup queue, timed
 //! ```
 //!
@@ -79,7 +81,21 @@ async fn main() -> Result<(), Failure> {
             .await?
         }
         "budget" => budget(&pool, num(2, 1000)? as usize, num(3, 20)?).await?,
-        "write" => write(&pool, num(2, 4)?, num(3, 500)? as usize, num(4, 30)?).await?,
+        "write" => {
+            let beside = match arg(5).unwrap_or("beside") {
+                "beside" => true,
+                "after" => false,
+                other => return Err(format!("fold must be beside or after, not {other}").into()),
+            };
+            write(
+                &pool,
+                num(2, 4)?,
+                num(3, 500)? as usize,
+                num(4, 30)?,
+                beside,
+            )
+            .await?
+        }
         "fold" => {
             let t = Instant::now();
             let folded = fold::fold_all(&pool).await?;
@@ -154,13 +170,37 @@ fn filter(from: DateTime<Utc>, to: DateTime<Utc>, key_id: Option<Uuid>) -> Usage
 }
 
 /// The admin's totals: one key over 30 days by model, all keys over a day by
-/// key (the admin's default) and by model; each hour-aligned and not.
+/// key (the admin's default) and by model; each for yesterday (a UTC day,
+/// what a daily report asks), the last 24 whole hours, and now-24h..now.
 async fn totals(pool: &PgPool, key: Uuid, runs: u64) -> Result<Value, Failure> {
     let now = Utc::now();
     let hour = floor_hour(now);
     let day = chrono::Duration::hours(24);
     let month = chrono::Duration::days(30);
+    let today = DateTime::from_timestamp(now.timestamp().div_euclid(86_400) * 86_400, 0)
+        .ok_or("today out of range")?;
     let cases = [
+        (
+            "one key, 30 days, by model, yesterday and the 29 days before",
+            today - month,
+            today,
+            Some(key),
+            UsageGroup::Model,
+        ),
+        (
+            "all keys, 1 day, by key, yesterday (a UTC day)",
+            today - day,
+            today,
+            None,
+            UsageGroup::Key,
+        ),
+        (
+            "all keys, 1 day, by model, yesterday (a UTC day)",
+            today - day,
+            today,
+            None,
+            UsageGroup::Model,
+        ),
         (
             "one key, 30 days, by model, aligned",
             hour - month,
@@ -268,9 +308,15 @@ async fn bench_keys(pool: &PgPool) -> Result<Vec<(Uuid, Option<Uuid>)>, Failure>
 
 /// `writers` tasks, each calling `insert_usage` with `batch` new records
 /// (created now, keys skewed like the load) until `secs` have passed, while
-/// one task folds the rollup queue every second (as each gateway does);
-/// then the rest of the queue is folded, timed.
-async fn write(pool: &PgPool, writers: u64, batch: usize, secs: u64) -> Result<Value, Failure> {
+/// one task folds the rollup queue every second (as each gateway does) when
+/// `beside`; then the rest of the queue is folded, timed.
+async fn write(
+    pool: &PgPool,
+    writers: u64,
+    batch: usize,
+    secs: u64,
+    beside: bool,
+) -> Result<Value, Failure> {
     let keys = Arc::new(bench_keys(pool).await?);
     let stop = Arc::new(AtomicBool::new(false));
     let rows = Arc::new(AtomicU64::new(0));
@@ -281,7 +327,7 @@ async fn write(pool: &PgPool, writers: u64, batch: usize, secs: u64) -> Result<V
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let (mut folds, mut folded, mut ms) = (0u64, 0u64, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
+            while beside && !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let t = Instant::now();
                 folded += fold::fold_all(&pool).await?;
@@ -334,7 +380,8 @@ async fn write(pool: &PgPool, writers: u64, batch: usize, secs: u64) -> Result<V
     };
     let total = rows.load(Ordering::Relaxed);
     Ok(json!({
-        "writers": writers, "batch": batch, "secs": elapsed, "rows": total,
+        "writers": writers, "batch": batch, "fold": if beside { "beside" } else { "after" },
+        "secs": elapsed, "rows": total,
         "rows_per_sec": total as f64 / elapsed, "calls": calls.len(),
         "call_median_ms": pick(0.5), "call_p95_ms": pick(0.95), "call_max_ms": pick(1.0),
         "folds": folds, "folded_groups": folded,

@@ -21,6 +21,9 @@ pub const FORWARD: i64 = 20261128000003;
 pub const COPY: i64 = 20261128000004;
 /// Drops `usage_events` (contract).
 pub const DROP: i64 = 20261128000005;
+/// Creates the daily rollups `usage_daily_keys` and `usage_daily_models`
+/// (expand).
+pub const DAILY: i64 = 20261128000006;
 
 /// The embedded migrations whose version `keep` accepts.
 pub fn embedded_where(keep: impl Fn(i64) -> bool) -> anyhow::Result<MigrationSet> {
@@ -81,13 +84,15 @@ pub async fn seed_old_usage(
 }
 
 /// What disagrees with the ledger's rows: running-totals rows (per key and
-/// team, per period) and hourly rollup groups that a recount from
-/// `usage_ledger` does not reproduce, either way. Both 0 when every row was
+/// team, per period), hourly rollup groups and daily rollup groups (both
+/// grains, once migration [`DAILY`] made them) that a recount from
+/// `usage_ledger` does not reproduce, either way. All 0 when every row was
 /// counted exactly once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mismatches {
     pub totals: i64,
     pub hourly: i64,
+    pub daily: i64,
 }
 
 /// Folds the rollup queue into `usage_hourly` and `usage_totals` until it is
@@ -140,5 +145,43 @@ pub async fn mismatches(pool: &PgPool) -> Result<Mismatches, sqlx::Error> {
     )
     .fetch_one(pool)
     .await?;
-    Ok(Mismatches { totals, hourly })
+    let daily = daily_mismatches(pool).await?;
+    Ok(Mismatches {
+        totals,
+        hourly,
+        daily,
+    })
+}
+
+/// The daily rollups' groups a recount from `usage_ledger` does not
+/// reproduce, either way; 0 before migration [`DAILY`].
+async fn daily_mismatches(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let made: bool = sqlx::query_scalar("SELECT to_regclass('usage_daily_keys') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !made {
+        return Ok(0);
+    }
+    let sums = "count(*) AS requests, count(*) FILTER (WHERE status >= 400) AS errors, \
+                COALESCE(sum(prompt_tokens), 0) AS p, COALESCE(sum(completion_tokens), 0) AS c, \
+                COALESCE(sum(total_tokens), 0) AS t, COALESCE(sum(cost_micros), 0) AS cost";
+    let stored = "requests, errors, prompt_tokens, completion_tokens, total_tokens, cost_micros";
+    let mut off = 0;
+    for (table, columns) in [
+        ("usage_daily_keys", "key_id, team_id"),
+        ("usage_daily_models", "team_id, model, provider"),
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "WITH recount AS ( \
+                 SELECT date_trunc('day', created_at, 'UTC') AS day, {columns}, {sums} \
+                 FROM usage_ledger GROUP BY day, {columns}), \
+             stored AS (SELECT day, {columns}, {stored} FROM {table}) \
+             SELECT (SELECT count(*) FROM (SELECT * FROM recount EXCEPT SELECT * FROM stored) a) \
+                  + (SELECT count(*) FROM (SELECT * FROM stored EXCEPT SELECT * FROM recount) b)"
+        ))
+        .fetch_one(pool)
+        .await?;
+        off += n;
+    }
+    Ok(off)
 }

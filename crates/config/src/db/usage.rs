@@ -135,13 +135,15 @@ pub enum UsageGroup {
 }
 
 impl UsageGroup {
-    /// The grouping expression; a constant per variant, never user input.
+    /// The grouping column; a constant per variant, never user input. Ids
+    /// are grouped as uuids (16 bytes, compared as bytes, in the same order
+    /// as their text) and made text only in the answer.
     fn column(self) -> &'static str {
         match self {
-            UsageGroup::Key => "key_id::text",
+            UsageGroup::Key => "key_id",
             UsageGroup::Model => "model",
             UsageGroup::Provider => "provider",
-            UsageGroup::Team => "team_id::text",
+            UsageGroup::Team => "team_id",
         }
     }
 }
@@ -239,12 +241,14 @@ pub struct UsageTotal {
 /// Totals per key, model, provider or team of the events `filter` selects, ordered
 /// by group (`None` last).
 ///
-/// Whole UTC hours are read from the hourly rollups, plus the rows of the
-/// rollup queue not folded into them yet (so a report is exact the moment a
-/// batch commits); only the partial hours at the ends of the range are
-/// summed from the ledger, so the cost of a report grows with its number of
-/// hours and groups, not with its number of requests. An hour-aligned range
-/// reads rollups only.
+/// Whole UTC days are read from a daily rollup when one holds the group
+/// and every column the filter narrows by ([`daily_rollup`]), the other
+/// whole UTC hours from the hourly rollups, plus the rows of the rollup
+/// queue not folded into them yet (so a report is exact the moment a batch
+/// commits); only the partial hours at the ends of the range are summed
+/// from the ledger. So the cost of a report grows with its number of days,
+/// hours and groups, not with its number of requests, and an hour-aligned
+/// range reads rollups only.
 pub async fn usage_totals(
     pool: &PgPool,
     group: UsageGroup,
@@ -254,8 +258,84 @@ pub async fn usage_totals(
     Ok(rows.into_iter().map(|(total, _)| total).collect())
 }
 
+/// The daily rollup (migration 20261128000006) that has the column of
+/// `group` and of every field `filter` narrows by, the smaller one when
+/// both do; `None` when only `usage_hourly` has them all (a key together
+/// with a model or provider).
+fn daily_rollup(group: UsageGroup, filter: &UsageFilter) -> Option<&'static str> {
+    let no_key = filter.key_id.is_none() && group != UsageGroup::Key;
+    let no_model = filter.model.is_none()
+        && filter.provider.is_none()
+        && !matches!(group, UsageGroup::Model | UsageGroup::Provider);
+    if no_key {
+        // (day, team, model, provider): a few rows a day however many keys.
+        Some("usage_daily_models")
+    } else if no_model {
+        Some("usage_daily_keys")
+    } else {
+        None
+    }
+}
+
+/// One source of a report: a rollup table read over `[from, to)` of its
+/// time column.
+struct Part {
+    table: &'static str,
+    time_column: &'static str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+/// The rollup reads that cover the whole hours `[lo, hi)`: whole days from
+/// `daily` (when given), the hours around them from `usage_hourly`, and
+/// the unfolded queue over all of it.
+fn rollup_parts(daily: Option<&'static str>, lo: DateTime<Utc>, hi: DateTime<Utc>) -> Vec<Part> {
+    let part = |table, time_column, from, to| Part {
+        table,
+        time_column,
+        from,
+        to,
+    };
+    let queue = part("usage_rollup_queue", "hour", lo, hi);
+    let (day_lo, day_hi) = (ceil_day(lo), floor_day(hi));
+    let mut parts = match daily {
+        Some(table) if day_lo < day_hi => vec![
+            part(table, "day", day_lo, day_hi),
+            part("usage_hourly", "hour", lo, day_lo),
+            part("usage_hourly", "hour", day_hi, hi),
+        ],
+        _ => vec![part("usage_hourly", "hour", lo, hi)],
+    };
+    // An empty span reads nothing, but planning it costs as much as any.
+    parts.retain(|p| p.from < p.to);
+    parts.push(queue);
+    parts
+}
+
+fn floor_day(at: DateTime<Utc>) -> DateTime<Utc> {
+    let secs = at.timestamp().div_euclid(86_400) * 86_400;
+    DateTime::from_timestamp(secs, 0).unwrap_or(at)
+}
+
+fn ceil_day(at: DateTime<Utc>) -> DateTime<Utc> {
+    let floor = floor_day(at);
+    if floor == at {
+        at
+    } else {
+        floor + chrono::Duration::days(1)
+    }
+}
+
 /// The grouped totals behind [`usage_totals`], each with the time of its
 /// group's last event.
+///
+/// Run with JIT off: a report over many partitions and rollup rows costs
+/// enough for the planner to compile it, and compiling takes tens of
+/// milliseconds, more than the report itself. And with 32 MB of `work_mem`:
+/// the planner cannot estimate the groups of a union (it guesses 200), so
+/// the aggregate of 10,000 keys spilled to disk at the default 4 MB. The
+/// sums are `obleth_sum` (bigint all through, see migration
+/// 20261128000006), not `sum`, which adds bigints in numeric.
 async fn grouped(
     pool: &PgPool,
     group: UsageGroup,
@@ -264,13 +344,13 @@ async fn grouped(
     let (lo, hi) = filter.hours();
     let column = group.column();
     let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
-        "SELECT g AS \"group\", sum(requests)::bigint AS requests, sum(errors)::bigint AS errors, \
-         sum(prompt_tokens)::bigint AS prompt_tokens, \
-         sum(completion_tokens)::bigint AS completion_tokens, \
-         sum(total_tokens)::bigint AS total_tokens, sum(cost_micros)::bigint AS cost_micros, \
+        "SELECT g::text AS \"group\", obleth_sum(requests) AS requests, \
+         obleth_sum(errors) AS errors, obleth_sum(prompt_tokens) AS prompt_tokens, \
+         obleth_sum(completion_tokens) AS completion_tokens, \
+         obleth_sum(total_tokens) AS total_tokens, obleth_sum(cost_micros) AS cost_micros, \
          max(last_seen) AS last_seen FROM (SELECT ",
     );
-    for (i, rollup) in ["usage_hourly", "usage_rollup_queue"]
+    for (i, part) in rollup_parts(daily_rollup(group, filter), lo, hi)
         .into_iter()
         .enumerate()
     {
@@ -281,21 +361,30 @@ async fn grouped(
             " AS g, requests, errors, prompt_tokens, completion_tokens, total_tokens, \
              cost_micros, last_seen FROM ",
         );
-        query.push(rollup);
-        filter.push_where(&mut query, "hour", lo, hi);
+        query.push(part.table);
+        filter.push_where(&mut query, part.time_column, part.from, part.to);
     }
     for (from, to) in [(filter.from, lo), (hi, filter.to)] {
+        if from >= to {
+            continue;
+        }
         query.push(" UNION ALL SELECT ").push(column).push(
             " AS g, count(*), count(*) FILTER (WHERE status >= 400), \
              COALESCE(sum(prompt_tokens), 0), COALESCE(sum(completion_tokens), 0), \
-             COALESCE(sum(total_tokens), 0), COALESCE(sum(cost_micros), 0), max(created_at) \
-             FROM usage_ledger",
+             COALESCE(sum(total_tokens), 0), COALESCE(obleth_sum(cost_micros), 0), \
+             max(created_at) FROM usage_ledger",
         );
         filter.push_where(&mut query, "created_at", from, to);
         query.push(" GROUP BY 1");
     }
-    query.push(") AS parts GROUP BY 1 ORDER BY 1 NULLS LAST");
-    let rows: Vec<GroupedRow> = query.build_query_as().fetch_all(pool).await?;
+    query.push(") AS parts GROUP BY g ORDER BY g NULLS LAST");
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+    sqlx::query("SET LOCAL work_mem = '32MB'")
+        .execute(&mut *tx)
+        .await?;
+    let rows: Vec<GroupedRow> = query.build_query_as().fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     Ok(rows
         .into_iter()
         .map(|row| (row.total, row.last_seen))
@@ -471,4 +560,131 @@ pub async fn unpriced_models(
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(d: u32, h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, d, h, m, 0).unwrap()
+    }
+
+    fn filter(key: bool, model: bool, team: bool) -> UsageFilter {
+        UsageFilter {
+            from: at(1, 0, 0),
+            to: at(2, 0, 0),
+            key_id: key.then(Uuid::nil),
+            model: model.then(|| "m".to_owned()),
+            provider: None,
+            team_id: team.then(Uuid::nil),
+        }
+    }
+
+    #[test]
+    fn a_report_reads_the_daily_rollup_that_has_its_columns() {
+        use UsageGroup::*;
+        let cases = [
+            (Key, filter(false, false, false), Some("usage_daily_keys")),
+            (Key, filter(false, false, true), Some("usage_daily_keys")),
+            (Team, filter(true, false, false), Some("usage_daily_keys")),
+            (
+                Team,
+                filter(false, false, false),
+                Some("usage_daily_models"),
+            ),
+            (
+                Model,
+                filter(false, false, true),
+                Some("usage_daily_models"),
+            ),
+            (
+                Provider,
+                filter(false, true, false),
+                Some("usage_daily_models"),
+            ),
+            (Key, filter(false, true, false), None),
+            (Model, filter(true, false, false), None),
+            (Provider, filter(true, false, true), None),
+        ];
+        for (group, filter, table) in cases {
+            assert_eq!(daily_rollup(group, &filter), table, "{group:?} {filter:?}");
+        }
+    }
+
+    /// (table, from, to) of each part.
+    fn spans(
+        daily: Option<&'static str>,
+        lo: DateTime<Utc>,
+        hi: DateTime<Utc>,
+    ) -> Vec<(&'static str, DateTime<Utc>, DateTime<Utc>)> {
+        rollup_parts(daily, lo, hi)
+            .into_iter()
+            .map(|p| {
+                let column = if p.table.starts_with("usage_daily") {
+                    "day"
+                } else {
+                    "hour"
+                };
+                assert_eq!(p.time_column, column, "{}", p.table);
+                (p.table, p.from, p.to)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whole_days_come_from_the_daily_rollup_and_the_hours_around_them_from_hourly() {
+        let daily = Some("usage_daily_keys");
+        let queue = |lo, hi| ("usage_rollup_queue", lo, hi);
+        // Two whole days with hours on both sides.
+        assert_eq!(
+            spans(daily, at(1, 5, 0), at(3, 7, 0)),
+            vec![
+                ("usage_daily_keys", at(2, 0, 0), at(3, 0, 0)),
+                ("usage_hourly", at(1, 5, 0), at(2, 0, 0)),
+                ("usage_hourly", at(3, 0, 0), at(3, 7, 0)),
+                queue(at(1, 5, 0), at(3, 7, 0)),
+            ]
+        );
+        // An aligned day: the daily rollup alone (empty spans left out),
+        // and the queue, which is always read.
+        assert_eq!(
+            spans(daily, at(1, 0, 0), at(2, 0, 0)),
+            vec![
+                ("usage_daily_keys", at(1, 0, 0), at(2, 0, 0)),
+                queue(at(1, 0, 0), at(2, 0, 0)),
+            ]
+        );
+        assert_eq!(
+            spans(daily, at(1, 3, 0), at(1, 3, 0)),
+            vec![queue(at(1, 3, 0), at(1, 3, 0))]
+        );
+        // 24 hours across midnight hold no whole day; no daily rollup fits.
+        for d in [daily, None] {
+            assert_eq!(
+                spans(d, at(1, 12, 0), at(2, 12, 0)),
+                vec![
+                    ("usage_hourly", at(1, 12, 0), at(2, 12, 0)),
+                    queue(at(1, 12, 0), at(2, 12, 0)),
+                ]
+            );
+        }
+        assert_eq!(
+            spans(None, at(1, 0, 0), at(3, 0, 0)),
+            vec![
+                ("usage_hourly", at(1, 0, 0), at(3, 0, 0)),
+                queue(at(1, 0, 0), at(3, 0, 0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn days_round_on_utc_midnight() {
+        assert_eq!(floor_day(at(5, 23, 59)), at(5, 0, 0));
+        assert_eq!(ceil_day(at(5, 0, 1)), at(6, 0, 0));
+        assert_eq!(ceil_day(at(5, 0, 0)), at(5, 0, 0));
+        assert_eq!(floor_day(at(5, 0, 0)), at(5, 0, 0));
+    }
 }

@@ -177,12 +177,34 @@ impl Runner {
 
     /// The migrations a run in `mode` would apply to a database with `applied`,
     /// in order. `up` skips contract migrations; they wait for `finish`.
+    ///
+    /// The order is the versions' except that between two contract
+    /// migrations, batched backfills run after the other expand migrations:
+    /// a binary never waits for a backfill (see [`super::compat`]), so the
+    /// schema it does wait for must not queue behind an hour-long copy, and
+    /// no expand migration may need a backfill to have finished (what does
+    /// belongs in a contract migration, which keeps its place).
     pub fn plan<'a>(&'a self, applied: &[AppliedMigration], mode: Mode) -> Vec<&'a MigrationDef> {
-        self.set
+        let pending: Vec<&MigrationDef> = self
+            .set
             .iter()
             .filter(|def| !applied.iter().any(|row| row.version == def.version))
             .filter(|def| matches!(mode, Mode::Finish { .. }) || def.phase == Phase::Expand)
-            .collect()
+            .collect();
+        let mut plan = Vec::with_capacity(pending.len());
+        let mut backfills = Vec::new();
+        for def in pending {
+            if def.phase == Phase::Contract {
+                plan.append(&mut backfills);
+                plan.push(def);
+            } else if def.batched() {
+                backfills.push(def);
+            } else {
+                plan.push(def);
+            }
+        }
+        plan.append(&mut backfills);
+        plan
     }
 
     /// Reads the database and answers what a run would apply, changing nothing
@@ -731,6 +753,48 @@ async fn repeat_until_zero(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn def(version: i64, phase: Phase, batched: bool) -> MigrationDef {
+        let header = if batched {
+            "-- no-transaction\n-- batched\n"
+        } else {
+            ""
+        };
+        MigrationDef {
+            version,
+            description: format!("m{version}"),
+            file: format!("{version}_m{version}.sql"),
+            sql: format!("{header}SELECT {version};"),
+            checksum: vec![version as u8; 48],
+            no_tx: batched,
+            phase,
+            requires_release: (phase == Phase::Contract).then(|| semver::Version::new(0, 2, 0)),
+        }
+    }
+
+    #[test]
+    fn backfills_run_after_the_expand_migrations_but_before_a_later_contract() {
+        let runner = Runner::new(
+            MigrationSet::from_defs(vec![
+                def(1, Phase::Expand, false),
+                def(2, Phase::Expand, true),
+                def(3, Phase::Expand, false),
+                def(4, Phase::Contract, false),
+                def(5, Phase::Expand, true),
+                def(6, Phase::Expand, false),
+            ]),
+            RunnerOptions::default(),
+        );
+        let versions = |mode| -> Vec<i64> {
+            runner
+                .plan(&[], mode)
+                .into_iter()
+                .map(|d| d.version)
+                .collect()
+        };
+        assert_eq!(versions(Mode::Up), [1, 3, 6, 2, 5]);
+        assert_eq!(versions(Mode::Finish { force: false }), [1, 3, 2, 4, 6, 5]);
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {

@@ -26,6 +26,7 @@ const PERIODS: [BudgetPeriod; 4] = [
 const NONE_OFF: Mismatches = Mismatches {
     totals: 0,
     hourly: 0,
+    daily: 0,
 };
 
 fn floor_hour(at: DateTime<Utc>) -> DateTime<Utc> {

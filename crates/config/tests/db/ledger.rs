@@ -15,7 +15,7 @@ use obleth_config::model::UsageEvent;
 use obleth_testkit::fresh_database;
 use obleth_testkit::ledger::{
     embedded_where, mismatches, run_through, seed_old_usage, Mismatches, BEFORE_LEDGER, COPY,
-    CREATE, DROP, FORWARD,
+    CREATE, DAILY, DROP, FORWARD,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -65,6 +65,7 @@ async fn scalar(pool: &PgPool, sql: &str) -> i64 {
 const NO_MISMATCH: Mismatches = Mismatches {
     totals: 0,
     hourly: 0,
+    daily: 0,
 };
 
 #[tokio::test]
@@ -255,14 +256,9 @@ fn at(d: u32, h: u32, m: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, d, h, m, s).unwrap()
 }
 
-/// The raw answer: the same totals summed from every ledger row in range.
-async fn raw_totals(
-    pool: &PgPool,
-    column: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    key: Option<Uuid>,
-) -> Vec<usage::UsageTotal> {
+/// The raw answer: the same totals summed from every ledger row `filter`
+/// selects.
+async fn raw_totals(pool: &PgPool, column: &str, f: &usage::UsageFilter) -> Vec<usage::UsageTotal> {
     let sql = format!(
         "SELECT {column} AS \"group\", count(*) AS requests, \
          count(*) FILTER (WHERE status >= 400) AS errors, \
@@ -271,12 +267,17 @@ async fn raw_totals(
          COALESCE(sum(total_tokens), 0)::bigint AS total_tokens, \
          COALESCE(sum(cost_micros), 0)::bigint AS cost_micros \
          FROM usage_ledger WHERE created_at >= $1 AND created_at < $2 \
-         AND ($3::uuid IS NULL OR key_id = $3) GROUP BY 1"
+         AND ($3::uuid IS NULL OR key_id = $3) AND ($4::text IS NULL OR model = $4) \
+         AND ($5::text IS NULL OR provider = $5) AND ($6::uuid IS NULL OR team_id = $6) \
+         GROUP BY 1"
     );
     let mut rows: Vec<usage::UsageTotal> = sqlx::query_as(&sql)
-        .bind(from)
-        .bind(to)
-        .bind(key)
+        .bind(f.from)
+        .bind(f.to)
+        .bind(f.key_id)
+        .bind(&f.model)
+        .bind(&f.provider)
+        .bind(f.team_id)
         .fetch_all(pool)
         .await
         .unwrap();
@@ -289,6 +290,10 @@ fn order(group: &Option<String>) -> (bool, Option<String>) {
     (group.is_none(), group.clone())
 }
 
+/// Over four days, some rows folded into the hourly and daily rollups and
+/// some still queued: every report (each grouping, each narrowing, so each
+/// daily rollup and the hourly one) over aligned, unaligned, multi-day and
+/// degenerate ranges equals a raw sum of the ledger.
 #[tokio::test]
 async fn admin_totals_over_unaligned_ranges_equal_a_raw_sum_of_the_ledger() {
     let (_db, pool) = migrated().await;
@@ -299,9 +304,10 @@ async fn admin_totals_over_unaligned_ranges_equal_a_raw_sum_of_the_ledger() {
     let models = ["a", "b", "c"];
     let providers = [Some("p1"), Some("p2"), None];
     let start = at(20, 9, 0, 0);
+    let span = 4 * 86_400;
     let mut events = Vec::new();
-    for _ in 0..3000 {
-        let offset = rng.random_range(0..8 * 3600);
+    for _ in 0..4000 {
+        let offset = rng.random_range(0..span);
         let tokens = rng.random_range(0..200);
         events.push(UsageEvent {
             key_id: (rng.random_range(0..10) != 0).then(|| keys[rng.random_range(0..3)]),
@@ -314,10 +320,25 @@ async fn admin_totals_over_unaligned_ranges_equal_a_raw_sum_of_the_ledger() {
             ..usage_event(None, Some(tokens))
         });
     }
-    // Several batches, as gateways write them.
-    for batch in events.chunks(700) {
+    // Several batches, as gateways write them; the first ones folded.
+    for (i, batch) in events.chunks(700).enumerate() {
         usage::insert_usage(&pool, batch).await.unwrap();
+        if i == 3 {
+            obleth_testkit::ledger::fold(&pool).await.unwrap();
+        }
     }
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_rollup_queue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let daily: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_daily_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        queued > 0 && daily > 0,
+        "queued {queued}, daily rows {daily}"
+    );
     let groups = [
         (usage::UsageGroup::Key, "key_id::text"),
         (usage::UsageGroup::Model, "model"),
@@ -332,36 +353,48 @@ async fn admin_totals_over_unaligned_ranges_equal_a_raw_sum_of_the_ledger() {
         (at(20, 12, 30, 0), at(20, 12, 30, 0)),
         (at(20, 14, 0, 0), at(20, 10, 0, 0)),
         (at(20, 8, 59, 59), at(20, 10, 0, 1)),
+        // Whole days; days with hours around them; 24 hours across midnight.
+        (at(21, 0, 0, 0), at(22, 0, 0, 0)),
+        (at(21, 0, 0, 0), at(24, 0, 0, 0)),
+        (at(20, 13, 0, 0), at(23, 2, 0, 0)),
+        (at(20, 13, 12, 0), at(23, 2, 30, 7)),
+        (at(21, 12, 0, 0), at(22, 12, 0, 0)),
+        (at(19, 0, 0, 0), at(30, 0, 0, 0)),
     ];
-    for _ in 0..10 {
-        let a = start + chrono::Duration::seconds(rng.random_range(-600..9 * 3600));
-        let b = a + chrono::Duration::seconds(rng.random_range(1..6 * 3600));
+    for _ in 0..8 {
+        let a = start + chrono::Duration::seconds(rng.random_range(-600..span));
+        let b = a + chrono::Duration::seconds(rng.random_range(1..3 * 86_400));
         ranges.push((a, b));
     }
+    let narrowings = [
+        (None, None, None, None),
+        (Some(keys[1]), None, None, None),
+        (None, Some("b"), None, None),
+        (None, None, Some("p1"), teams[0]),
+        (Some(keys[0]), None, None, teams[1]),
+        (Some(keys[2]), Some("a"), None, None),
+    ];
     let mut checked = 0;
     for (from, to) in ranges {
-        for key in [None, Some(keys[1])] {
+        for (key_id, model, provider, team_id) in narrowings {
             for (group, column) in groups {
                 let filter = usage::UsageFilter {
                     from,
                     to,
-                    key_id: key,
-                    model: None,
-                    provider: None,
-                    team_id: None,
+                    key_id,
+                    model: model.map(str::to_owned),
+                    provider: provider.map(str::to_owned),
+                    team_id,
                 };
                 let mut got = usage::usage_totals(&pool, group, &filter).await.unwrap();
                 got.sort_by_key(|a| order(&a.group));
-                let want = raw_totals(&pool, column, from, to, key).await;
-                assert_eq!(
-                    got, want,
-                    "seed {seed}: {group:?} over [{from}, {to}) for key {key:?}"
-                );
+                let want = raw_totals(&pool, column, &filter).await;
+                assert_eq!(got, want, "seed {seed}: {group:?} by {filter:?}");
                 checked += got.len();
             }
         }
     }
-    assert!(checked > 100, "the ranges covered groups: {checked}");
+    assert!(checked > 1000, "the ranges covered groups: {checked}");
 }
 
 #[tokio::test]
@@ -475,4 +508,87 @@ async fn forwarding_is_switched_on_while_a_reader_of_usage_events_holds_its_tran
     assert!(previous_release_insert(&pool, Uuid::new_v4(), Uuid::new_v4(), Utc::now()).await);
     assert_eq!(scalar(&pool, "SELECT count(*) FROM usage_ledger").await, 1);
     assert_eq!(mismatches(&pool).await.unwrap(), NO_MISMATCH);
+}
+
+/// The daily rollups' migration on a database that has hourly rollups and
+/// queued rows, while writers insert and a folder folds: the rows it copies
+/// and the rows its triggers add afterwards are every ledger row exactly
+/// once, at both grains.
+#[tokio::test]
+async fn the_daily_rollups_arrive_complete_while_writers_and_a_folder_run() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let db = fresh_database().await.unwrap();
+    run_through(&db.url, DROP, Mode::Finish { force: true }, opts())
+        .await
+        .unwrap();
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let now = Utc::now();
+    let key_team = [
+        (Uuid::new_v4(), Some(Uuid::new_v4())),
+        (Uuid::new_v4(), None),
+    ];
+    let batch = move |b: usize| -> Vec<UsageEvent> {
+        (0..50)
+            .map(|i| {
+                let (key, team) = key_team[i % 2];
+                UsageEvent {
+                    team_id: team,
+                    model: ["x", "y"][(b + i) % 2].to_owned(),
+                    created_at: now - chrono::Duration::minutes(((b * 50 + i) % 3000) as i64),
+                    ..usage_event(Some(key), Some(5 + i as i32))
+                }
+            })
+            .collect()
+    };
+    for b in 0..20 {
+        usage::insert_usage(&pool, &batch(b)).await.unwrap();
+    }
+    obleth_testkit::ledger::fold(&pool).await.unwrap();
+    usage::insert_usage(&pool, &batch(20)).await.unwrap();
+
+    let running = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (pool, running) = (pool.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut b = 21;
+            while running.load(Ordering::SeqCst) {
+                usage::insert_usage(&pool, &batch(b)).await.unwrap();
+                b += 1;
+            }
+            b - 21
+        })
+    };
+    let folder = {
+        let (pool, running) = (pool.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut folded = 0;
+            while running.load(Ordering::SeqCst) {
+                folded += obleth_config::db::fold::fold_usage(&pool, 60)
+                    .await
+                    .unwrap();
+            }
+            folded
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = run_through(&db.url, DAILY, Mode::Up, opts()).await.unwrap();
+    assert!(
+        report.applied.iter().any(|s| s.version == DAILY),
+        "{report:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.store(false, Ordering::SeqCst);
+    let (batches, folded) = (writer.await.unwrap(), folder.await.unwrap());
+    assert!(
+        batches > 0 && folded > 0,
+        "batches {batches}, folded {folded}"
+    );
+    assert_eq!(mismatches(&pool).await.unwrap(), NO_MISMATCH);
+    let rows = scalar(&pool, "SELECT count(*) FROM usage_ledger").await;
+    for table in ["usage_daily_keys", "usage_daily_models"] {
+        let sum = scalar(&pool, &format!("SELECT sum(requests)::bigint FROM {table}")).await;
+        assert_eq!(sum, rows, "{table}");
+    }
 }
