@@ -298,7 +298,8 @@ async fn the_online_conversion_under_both_releases_fails_no_request_and_loses_no
         off,
         Mismatches {
             totals: 0,
-            hourly: 0
+            hourly: 0,
+            daily: 0
         },
         "totals and rollups agree with the ledger"
     );

@@ -2,8 +2,8 @@
 //! (`db::fold`), every [`EVERY`] and once at shutdown after the usage
 //! writer's last flush.
 //!
-//! Every gateway folds, on the query pool: concurrent folds take disjoint
-//! queue rows (`FOR UPDATE SKIP LOCKED`), so more gateways only fold sooner.
+//! Every gateway folds, on the query pool, one at a time: a fold that finds
+//! another under way (a transaction advisory lock) folds nothing that round.
 //! Reads add the queue to the rollups, so a fold that fails or lags makes
 //! no report or budget wrong, only the queue longer.
 

@@ -3,11 +3,12 @@
 //!
 //! The ledger's statement trigger appends one pre-aggregated row per (hour,
 //! key, team, model, provider) of every insert to `usage_rollup_queue`; the
-//! SQL function `obleth_fold_usage` (migration 20261128000002) moves up to a
-//! given number of them into `usage_hourly` and `usage_totals` and deletes
-//! them in one transaction, so each is counted exactly once however many
-//! callers fold at once. Readers add the queue to the rollups, so nothing
-//! waits for a fold to be exact.
+//! SQL function `obleth_fold_usage` (migrations 20261128000002 and
+//! 20261128000006) moves up to a given number of them into `usage_hourly`
+//! (whose triggers add them to the daily rollups) and `usage_totals` and
+//! deletes them in one transaction, one caller at a time (a second caller
+//! folds nothing and answers 0), so each is counted exactly once. Readers
+//! add the queue to the rollups, so nothing waits for a fold to be exact.
 
 use sqlx::PgPool;
 
