@@ -329,6 +329,12 @@ def gib(n):
     return f"{n / GB:,.2f} GiB"
 
 
+def ms(x):
+    """Milliseconds, or a dash for none (a run whose fold waited until
+    after it: NaN in the client, null in its JSON)."""
+    return "-" if x is None or x != x else f"{x:.1f}"
+
+
 def met(ok):
     return "met" if ok else "**not met**"
 
@@ -451,7 +457,7 @@ def render(r):
                   "queued at the end | drained groups | drain ms |", "|---|---|---|---|---|---|---|---|---|---|"]
         for w in r["writes"]:
             lines.append(f"| {w['writers']} | {w['batch']:,} | {w.get('fold', 'beside')} | {w['folds']} | {w['folded_groups']:,} | "
-                         f"{w['fold_median_ms']:.1f} | {w['fold_max_ms']:.1f} | {w['queued_at_end']:,} | "
+                         f"{ms(w['fold_median_ms'])} | {ms(w['fold_max_ms'])} | {w['queued_at_end']:,} | "
                          f"{w['drained_groups']:,} | {w['drain_ms']:.0f} |")
     va = r["verify_after_writes"]
     lines.append(f"\nAfter the writer runs: ledger rows {va['ledger_rows']:,}, rollup requests {va['hourly_requests']:,}, "
@@ -618,11 +624,13 @@ def main():
             r["writes"].append(write_run(args, cluster, n, batch, fold))
             log(f"  {r['writes'][-1]['rows_per_sec']:,.0f} rows/s")
         r["verify_after_writes"] = verify(cluster)
+        # The raw figures first: a report that fails to render loses nothing.
+        raw = args.json or os.path.join(os.path.dirname(args.out), "LEDGER.json")
+        with open(raw, "w") as f:
+            json.dump(r, f, indent=2, default=str)
+        log(f"wrote {raw}")
         write_report(args.out, render(r))
         log(f"wrote {args.out}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(r, f, indent=2, default=str)
     finally:
         if args.keep:
             cluster.psql("postgres", "SELECT 1")
