@@ -73,101 +73,45 @@ CREATE TABLE usage_daily_models (
     CONSTRAINT usage_daily_models_group UNIQUE NULLS NOT DISTINCT (day, team_id, model, provider)
 ) WITH (fillfactor = 70);
 
--- Adds new_rows (inserted usage_hourly rows) to the daily rollups.
-CREATE FUNCTION obleth_usage_daily_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Adds a statement's change of usage_hourly to the daily rollups: its
+-- inserted rows (the INSERT trigger), or its updated rows' new versions
+-- minus their old ones (the UPDATE trigger; old_rows exists only there,
+-- so the statements are built for the trigger's operation).
+CREATE FUNCTION obleth_usage_daily_add() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    cols CONSTANT TEXT := 'hour, key_id, team_id, model, provider';
+    changes TEXT := 'new_rows';
+    sums CONSTANT TEXT := 'sum(c.requests), sum(c.errors), sum(c.prompt_tokens), '
+        'sum(c.completion_tokens), sum(c.total_tokens), sum(c.cost_micros), max(c.last_seen)';
+    adds CONSTANT TEXT := 'requests = d.requests + EXCLUDED.requests, '
+        'errors = d.errors + EXCLUDED.errors, '
+        'prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens, '
+        'completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens, '
+        'total_tokens = d.total_tokens + EXCLUDED.total_tokens, '
+        'cost_micros = d.cost_micros + EXCLUDED.cost_micros, '
+        'last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen)';
+    totals CONSTANT TEXT := 'requests, errors, prompt_tokens, completion_tokens, total_tokens, '
+        'cost_micros, last_seen';
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM new_rows) THEN
         RETURN NULL;
     END IF;
-    PERFORM pg_advisory_xact_lock(hashtext('obleth_usage_daily'));
-    INSERT INTO usage_daily_keys AS d (day, key_id, team_id, requests, errors, prompt_tokens,
-        completion_tokens, total_tokens, cost_micros, last_seen)
-    SELECT date_trunc('day', c.hour, 'UTC'), c.key_id, c.team_id, sum(c.requests),
-           sum(c.errors), sum(c.prompt_tokens), sum(c.completion_tokens), sum(c.total_tokens),
-           sum(c.cost_micros), max(c.last_seen)
-    FROM new_rows c
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT ON CONSTRAINT usage_daily_keys_group DO UPDATE
-        SET requests = d.requests + EXCLUDED.requests,
-            errors = d.errors + EXCLUDED.errors,
-            prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-            completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-            total_tokens = d.total_tokens + EXCLUDED.total_tokens,
-            cost_micros = d.cost_micros + EXCLUDED.cost_micros,
-            last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen);
-    INSERT INTO usage_daily_models AS d (day, team_id, model, provider, requests, errors,
-        prompt_tokens, completion_tokens, total_tokens, cost_micros, last_seen)
-    SELECT date_trunc('day', c.hour, 'UTC'), c.team_id, c.model, c.provider, sum(c.requests),
-           sum(c.errors), sum(c.prompt_tokens), sum(c.completion_tokens), sum(c.total_tokens),
-           sum(c.cost_micros), max(c.last_seen)
-    FROM new_rows c
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 3, 4
-    ON CONFLICT ON CONSTRAINT usage_daily_models_group DO UPDATE
-        SET requests = d.requests + EXCLUDED.requests,
-            errors = d.errors + EXCLUDED.errors,
-            prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-            completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-            total_tokens = d.total_tokens + EXCLUDED.total_tokens,
-            cost_micros = d.cost_micros + EXCLUDED.cost_micros,
-            last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen);
-    RETURN NULL;
-END
-$$;
-
--- Adds the change of updated usage_hourly rows (new_rows minus old_rows)
--- to the daily rollups.
-CREATE FUNCTION obleth_usage_daily_updated() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM new_rows) THEN
-        RETURN NULL;
+    IF TG_OP = 'UPDATE' THEN
+        changes := format('(SELECT %1$s, %2$s FROM new_rows UNION ALL SELECT %1$s, -requests, '
+            '-errors, -prompt_tokens, -completion_tokens, -total_tokens, -cost_micros, NULL '
+            'FROM old_rows)', cols, totals);
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('obleth_usage_daily'));
-    INSERT INTO usage_daily_keys AS d (day, key_id, team_id, requests, errors, prompt_tokens,
-        completion_tokens, total_tokens, cost_micros, last_seen)
-    SELECT date_trunc('day', c.hour, 'UTC'), c.key_id, c.team_id, sum(c.requests),
-           sum(c.errors), sum(c.prompt_tokens), sum(c.completion_tokens), sum(c.total_tokens),
-           sum(c.cost_micros), max(c.last_seen)
-    FROM (SELECT n.hour, n.key_id, n.team_id, n.requests, n.errors, n.prompt_tokens,
-                 n.completion_tokens, n.total_tokens, n.cost_micros, n.last_seen
-          FROM new_rows n
-          UNION ALL
-          SELECT o.hour, o.key_id, o.team_id, -o.requests, -o.errors, -o.prompt_tokens,
-                 -o.completion_tokens, -o.total_tokens, -o.cost_micros, NULL
-          FROM old_rows o) AS c
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT ON CONSTRAINT usage_daily_keys_group DO UPDATE
-        SET requests = d.requests + EXCLUDED.requests,
-            errors = d.errors + EXCLUDED.errors,
-            prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-            completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-            total_tokens = d.total_tokens + EXCLUDED.total_tokens,
-            cost_micros = d.cost_micros + EXCLUDED.cost_micros,
-            last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen);
-    INSERT INTO usage_daily_models AS d (day, team_id, model, provider, requests, errors,
-        prompt_tokens, completion_tokens, total_tokens, cost_micros, last_seen)
-    SELECT date_trunc('day', c.hour, 'UTC'), c.team_id, c.model, c.provider, sum(c.requests),
-           sum(c.errors), sum(c.prompt_tokens), sum(c.completion_tokens), sum(c.total_tokens),
-           sum(c.cost_micros), max(c.last_seen)
-    FROM (SELECT n.hour, n.team_id, n.model, n.provider, n.requests, n.errors, n.prompt_tokens,
-                 n.completion_tokens, n.total_tokens, n.cost_micros, n.last_seen
-          FROM new_rows n
-          UNION ALL
-          SELECT o.hour, o.team_id, o.model, o.provider, -o.requests, -o.errors,
-                 -o.prompt_tokens, -o.completion_tokens, -o.total_tokens, -o.cost_micros, NULL
-          FROM old_rows o) AS c
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 3, 4
-    ON CONFLICT ON CONSTRAINT usage_daily_models_group DO UPDATE
-        SET requests = d.requests + EXCLUDED.requests,
-            errors = d.errors + EXCLUDED.errors,
-            prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-            completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-            total_tokens = d.total_tokens + EXCLUDED.total_tokens,
-            cost_micros = d.cost_micros + EXCLUDED.cost_micros,
-            last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen);
+    EXECUTE format('INSERT INTO usage_daily_keys AS d (day, key_id, team_id, %s) '
+        'SELECT date_trunc(''day'', c.hour, ''UTC''), c.key_id, c.team_id, %s FROM %s AS c '
+        'GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 '
+        'ON CONFLICT ON CONSTRAINT usage_daily_keys_group DO UPDATE SET %s',
+        totals, sums, changes, adds);
+    EXECUTE format('INSERT INTO usage_daily_models AS d (day, team_id, model, provider, %s) '
+        'SELECT date_trunc(''day'', c.hour, ''UTC''), c.team_id, c.model, c.provider, %s '
+        'FROM %s AS c GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 '
+        'ON CONFLICT ON CONSTRAINT usage_daily_models_group DO UPDATE SET %s',
+        totals, sums, changes, adds);
     RETURN NULL;
 END
 $$;
@@ -181,12 +125,12 @@ LOCK TABLE usage_hourly IN SHARE ROW EXCLUSIVE MODE;
 CREATE TRIGGER usage_hourly_daily_inserted
     AFTER INSERT ON usage_hourly
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION obleth_usage_daily_inserted();
+    FOR EACH STATEMENT EXECUTE FUNCTION obleth_usage_daily_add();
 
 CREATE TRIGGER usage_hourly_daily_updated
     AFTER UPDATE ON usage_hourly
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION obleth_usage_daily_updated();
+    FOR EACH STATEMENT EXECUTE FUNCTION obleth_usage_daily_add();
 
 INSERT INTO usage_daily_keys (day, key_id, team_id, requests, errors, prompt_tokens,
     completion_tokens, total_tokens, cost_micros, last_seen)
