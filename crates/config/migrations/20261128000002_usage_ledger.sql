@@ -192,25 +192,15 @@ LANGUAGE sql AS $$
                 total_tokens = h.total_tokens + EXCLUDED.total_tokens,
                 cost_micros = h.cost_micros + EXCLUDED.cost_micros,
                 last_seen = GREATEST(h.last_seen, EXCLUDED.last_seen)
-    ), by_hour AS (
-        SELECT s.subject_id, t.hour, sum(t.requests) AS requests,
-               sum(t.total_tokens) AS tokens, sum(t.cost_micros) AS cost_micros
-        FROM taken t
-        CROSS JOIN LATERAL (VALUES (t.key_id), (t.team_id)) AS s (subject_id)
-        WHERE t.totals AND s.subject_id IS NOT NULL
-        GROUP BY 1, 2
     ), totals AS (
-        -- obleth_period_start, written out: a STRICT SQL function with a
-        -- CASE is not inlined, and a call a row cost most of the fold.
         INSERT INTO usage_totals AS u (subject_id, period, period_start, requests, tokens,
             cost_micros)
-        SELECT b.subject_id, p.period,
-               CASE p.period WHEN 'total' THEN 'epoch'::timestamptz
-                    ELSE date_trunc(p.period, b.hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-               END,
-               sum(b.requests), sum(b.tokens), sum(b.cost_micros)
-        FROM by_hour b
+        SELECT s.subject_id, p.period, obleth_period_start(p.period, t.hour),
+               sum(t.requests), sum(t.total_tokens), sum(t.cost_micros)
+        FROM taken t
+        CROSS JOIN LATERAL (VALUES (t.key_id), (t.team_id)) AS s (subject_id)
         CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) AS p (period)
+        WHERE t.totals AND s.subject_id IS NOT NULL
         GROUP BY 1, 2, 3
         ORDER BY 1, 2, 3
         ON CONFLICT (subject_id, period, period_start) DO UPDATE
@@ -230,9 +220,7 @@ LANGUAGE sql STABLE AS $$
            COALESCE(sum(q.cost_micros), 0)::bigint
     FROM usage_rollup_queue q
     WHERE q.totals AND (q.key_id = subject OR q.team_id = subject)
-      AND CASE period WHEN 'total' THEN 'epoch'::timestamptz
-              ELSE date_trunc(period, q.hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-          END = period_start
+      AND obleth_period_start(period, q.hour) = period_start
 $$;
 
 -- obleth_quota_lease (20261128000001) as before, except that a budget

@@ -152,7 +152,24 @@ GROUP BY 1, 2, 3, 4;
 ALTER TABLE usage_hourly SET (fillfactor = 80);
 ALTER TABLE usage_totals SET (fillfactor = 70);
 
--- obleth_fold_usage (20261128000002), one caller at a time: see above.
+-- obleth_queued_usage_totals (20261128000002) with the period start
+-- written out: obleth_period_start, a STRICT SQL function with a CASE, is
+-- not inlined, and a call a queued row cost most of a budget read.
+CREATE OR REPLACE FUNCTION obleth_queued_usage_totals(subject UUID, period TEXT,
+    period_start TIMESTAMPTZ, OUT requests BIGINT, OUT tokens BIGINT, OUT cost_micros BIGINT)
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(sum(q.requests), 0)::bigint, COALESCE(sum(q.total_tokens), 0)::bigint,
+           COALESCE(sum(q.cost_micros), 0)::bigint
+    FROM usage_rollup_queue q
+    WHERE q.totals AND (q.key_id = subject OR q.team_id = subject)
+      AND CASE period WHEN 'total' THEN 'epoch'::timestamptz
+              ELSE date_trunc(period, q.hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+          END = period_start
+$$;
+
+-- obleth_fold_usage (20261128000002), one caller at a time (see above),
+-- its running totals grouped by subject and hour first and their period
+-- starts written out (as above: a call a row cost most of the fold).
 CREATE OR REPLACE FUNCTION obleth_fold_usage(max_groups INTEGER) RETURNS BIGINT
 LANGUAGE plpgsql AS $$
 DECLARE
