@@ -201,23 +201,29 @@ impl UsageFilter {
     /// hour has no whole hour, and all of it is read from the ledger.
     fn hours(&self) -> (DateTime<Utc>, DateTime<Utc>) {
         let to = self.to.max(self.from);
-        let lo = ceil_hour(self.from).min(to);
-        let hi = floor_hour(to).max(lo);
+        let lo = ceil_to(self.from, HOUR).min(to);
+        let hi = floor_to(to, HOUR).max(lo);
         (lo, hi)
     }
 }
 
-fn floor_hour(at: DateTime<Utc>) -> DateTime<Utc> {
-    let secs = at.timestamp().div_euclid(3600) * 3600;
+const HOUR: i64 = 3_600;
+const DAY: i64 = 86_400;
+
+/// `at` rounded down to a multiple of `step` seconds since the epoch (a UTC
+/// hour or day).
+fn floor_to(at: DateTime<Utc>, step: i64) -> DateTime<Utc> {
+    let secs = at.timestamp().div_euclid(step) * step;
     DateTime::from_timestamp(secs, 0).unwrap_or(at)
 }
 
-fn ceil_hour(at: DateTime<Utc>) -> DateTime<Utc> {
-    let floor = floor_hour(at);
+/// `at` rounded up to a multiple of `step` seconds since the epoch.
+fn ceil_to(at: DateTime<Utc>, step: i64) -> DateTime<Utc> {
+    let floor = floor_to(at, step);
     if floor == at {
         at
     } else {
-        floor + chrono::Duration::hours(1)
+        floor + chrono::Duration::seconds(step)
     }
 }
 
@@ -297,7 +303,7 @@ fn rollup_parts(daily: Option<&'static str>, lo: DateTime<Utc>, hi: DateTime<Utc
         to,
     };
     let queue = part("usage_rollup_queue", "hour", lo, hi);
-    let (day_lo, day_hi) = (ceil_day(lo), floor_day(hi));
+    let (day_lo, day_hi) = (ceil_to(lo, DAY), floor_to(hi, DAY));
     let mut parts = match daily {
         Some(table) if day_lo < day_hi => vec![
             part(table, "day", day_lo, day_hi),
@@ -310,20 +316,6 @@ fn rollup_parts(daily: Option<&'static str>, lo: DateTime<Utc>, hi: DateTime<Utc
     parts.retain(|p| p.from < p.to);
     parts.push(queue);
     parts
-}
-
-fn floor_day(at: DateTime<Utc>) -> DateTime<Utc> {
-    let secs = at.timestamp().div_euclid(86_400) * 86_400;
-    DateTime::from_timestamp(secs, 0).unwrap_or(at)
-}
-
-fn ceil_day(at: DateTime<Utc>) -> DateTime<Utc> {
-    let floor = floor_day(at);
-    if floor == at {
-        at
-    } else {
-        floor + chrono::Duration::days(1)
-    }
 }
 
 /// The grouped totals behind [`usage_totals`], each with the time of its
@@ -682,9 +674,9 @@ mod tests {
 
     #[test]
     fn days_round_on_utc_midnight() {
-        assert_eq!(floor_day(at(5, 23, 59)), at(5, 0, 0));
-        assert_eq!(ceil_day(at(5, 0, 1)), at(6, 0, 0));
-        assert_eq!(ceil_day(at(5, 0, 0)), at(5, 0, 0));
-        assert_eq!(floor_day(at(5, 0, 0)), at(5, 0, 0));
+        assert_eq!(floor_to(at(5, 23, 59), DAY), at(5, 0, 0));
+        assert_eq!(ceil_to(at(5, 0, 1), DAY), at(6, 0, 0));
+        assert_eq!(ceil_to(at(5, 0, 0), DAY), at(5, 0, 0));
+        assert_eq!(floor_to(at(5, 0, 0), DAY), at(5, 0, 0));
     }
 }
