@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conversion;
+mod cutoff;
 mod failover;
 mod pgbouncer;
 mod scenarios;

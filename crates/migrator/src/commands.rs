@@ -231,6 +231,7 @@ fn runner_options(cli: &Cli) -> RunnerOptions {
         statement_timeout: Duration::from_secs(cli.statement_timeout_secs),
         max_retries: cli.max_retries,
         retry_backoff: Duration::from_millis(cli.retry_backoff_ms),
+        node_liveness: Duration::from_secs(cli.node_horizon_secs),
         ..RunnerOptions::default()
     }
 }

@@ -95,6 +95,17 @@ pub struct Cli {
     )]
     pub retry_backoff_ms: u64,
 
+    /// `finish` (and `down`) count a node that never recorded its stop as
+    /// alive until this many seconds after its last heartbeat: a gateway cut
+    /// off from the database serves on from its key store without beating.
+    #[arg(
+        long,
+        env = "OBLETH_MIGRATIONS__NODE_HORIZON_SECS",
+        default_value_t = 86_400,
+        global = true
+    )]
+    pub node_horizon_secs: u64,
+
     /// For development: use the migrations in this directory (with its
     /// manifest.toml) instead of the ones built into this binary.
     #[arg(long, value_name = "DIR", global = true)]

@@ -38,7 +38,10 @@ pub struct RunnerOptions {
     pub max_retries: u32,
     /// First back-off after a lock timeout; doubles each retry, capped at 30 s.
     pub retry_backoff: Duration,
-    /// A node counts as alive for `finish` when seen within this window.
+    /// The horizon: a node that never recorded its stop counts as alive for
+    /// `finish` until this long after its last heartbeat. A gateway cut off
+    /// from the database serves on without heartbeating, so silence alone
+    /// proves nothing.
     pub node_liveness: Duration,
     /// The advisory lock key; tests use their own to stay independent.
     pub lock_key: i64,
@@ -60,7 +63,7 @@ impl From<&MigrationSettings> for RunnerOptions {
             statement_timeout: Duration::from_secs(s.statement_timeout_secs),
             max_retries: s.max_retries,
             retry_backoff: Duration::from_millis(s.retry_backoff_ms),
-            node_liveness: Duration::from_secs(30),
+            node_liveness: Duration::from_secs(s.node_horizon_secs),
             lock_key: LOCK_KEY,
             application_name: "obleth-migrator".to_owned(),
         }
@@ -85,7 +88,13 @@ pub struct NodeBlocker {
     pub version: String,
     pub migration: i64,
     pub requires_release: String,
+    /// Seconds since its last heartbeat.
+    pub silent_secs: i64,
 }
+
+/// Past this many seconds without a heartbeat (three beats of the default
+/// `server.heartbeat_secs`) a blocking node is reported as silent.
+pub const SILENT_AFTER_SECS: i64 = 30;
 
 /// One migration applied by a run.
 #[derive(Debug, Clone, Serialize)]
@@ -150,8 +159,17 @@ fn describe_blockers(blockers: &[NodeBlocker]) -> String {
     blockers
         .iter()
         .map(|b| {
+            let silent = if b.silent_secs > SILENT_AFTER_SECS {
+                format!(
+                    " (silent for {} s with no recorded stop: it may be cut off from the \
+                     database and still serving; pass --force only if it is gone for certain)",
+                    b.silent_secs
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "{} {} runs {} but migration {} requires {}",
+                "{} {} runs {} but migration {} requires {}{silent}",
                 b.service, b.node_id, b.version, b.migration, b.requires_release
             )
         })
@@ -527,6 +545,7 @@ impl Runner {
                         version: node.version.clone(),
                         migration: def.version,
                         requires_release: required.to_string(),
+                        silent_secs: node.silent_secs,
                     });
                 }
             }
@@ -644,9 +663,12 @@ pub struct LiveNode {
     pub node_id: String,
     pub service: String,
     pub version: String,
+    /// Seconds since its last heartbeat.
+    pub silent_secs: i64,
 }
 
-/// Nodes not stopped and seen within `window`; none when the table does not exist.
+/// Nodes that did not record their stop and were seen within `window` (the
+/// horizon); none when the table does not exist.
 pub async fn live_nodes(
     conn: &mut PgConnection,
     window: Duration,
@@ -658,7 +680,8 @@ pub async fn live_nodes(
         return Ok(Vec::new());
     }
     sqlx::query_as(
-        "SELECT node_id, service, version FROM nodes \
+        "SELECT node_id, service, version, \
+         floor(extract(epoch FROM now() - last_seen))::bigint AS silent_secs FROM nodes \
          WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => $1) \
          ORDER BY node_id",
     )
