@@ -9,6 +9,7 @@
 mod conversion;
 mod cutoff;
 mod failover;
+mod longrequests;
 mod pgbouncer;
 mod scenarios;
 
