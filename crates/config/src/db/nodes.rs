@@ -27,18 +27,21 @@ pub struct NodeRow {
 }
 
 /// Records a starting node, not ready yet, with the newest migration the
-/// database has (or `node.schema_version` when it has none). A node id seen
-/// before (a restarted process that kept its id) starts afresh.
+/// database has (or `node.schema_version` when it has none) and its release
+/// schema, the newest migration this binary embeds
+/// ([`crate::ops::embedded_schema`]), which `obleth-migrator down` will not
+/// revert while the node is alive. A node id seen before (a restarted
+/// process that kept its id) starts afresh.
 pub async fn register_node(pool: &PgPool, node: &NodeInfo) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO nodes (node_id, service, version, git_commit, hostname, schema_version, \
-         ready, started_at, last_seen, stopped_at) \
-         VALUES ($1, $2, $3, $4, $5, COALESCE((SELECT max(version) FROM _sqlx_migrations WHERE success), $6), FALSE, now(), now(), NULL) \
+         release_schema, ready, started_at, last_seen, stopped_at) \
+         VALUES ($1, $2, $3, $4, $5, COALESCE((SELECT max(version) FROM _sqlx_migrations WHERE success), $6), $7, FALSE, now(), now(), NULL) \
          ON CONFLICT (node_id) DO UPDATE SET \
          service = EXCLUDED.service, version = EXCLUDED.version, \
          git_commit = EXCLUDED.git_commit, hostname = EXCLUDED.hostname, \
-         schema_version = EXCLUDED.schema_version, ready = FALSE, \
-         started_at = now(), last_seen = now(), stopped_at = NULL",
+         schema_version = EXCLUDED.schema_version, release_schema = EXCLUDED.release_schema, \
+         ready = FALSE, started_at = now(), last_seen = now(), stopped_at = NULL",
     )
     .bind(&node.node_id)
     .bind(&node.service)
@@ -46,6 +49,7 @@ pub async fn register_node(pool: &PgPool, node: &NodeInfo) -> Result<(), sqlx::E
     .bind(&node.git_commit)
     .bind(&node.hostname)
     .bind(node.schema_version)
+    .bind(crate::ops::embedded_schema().expected)
     .execute(pool)
     .await?;
     Ok(())
