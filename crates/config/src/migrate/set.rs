@@ -390,7 +390,9 @@ mod tests {
 
     #[test]
     fn down_scripts_that_do_not_fit_are_refused_naming_the_file() {
-        let cases: [(&[(&str, &str)], &str, &str); 4] = [
+        // (extra files, the file the error names, what it says)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case; 4] = [
             (
                 &[("3_third.down.sql", "DROP TABLE c;")],
                 "3_third.down.sql",

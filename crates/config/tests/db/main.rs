@@ -534,6 +534,18 @@ async fn nodes_register_beat_stop_and_only_live_ones_are_listed() {
     let listed = nodes::list_nodes(&pool, window).await.unwrap();
     let ids: Vec<&str> = listed.iter().map(|n| n.node_id.as_str()).collect();
     assert_eq!(ids, ["adm-1", "gw-1", "gw-2"]);
+    // Each records its release schema, the newest migration its binary
+    // embeds, which `obleth-migrator down` will not revert under it.
+    let release: Vec<Option<i64>> =
+        sqlx::query_scalar("SELECT release_schema FROM nodes ORDER BY node_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let embedded = obleth_config::migrate::MigrationSet::embedded()
+        .unwrap()
+        .latest_version();
+    assert!(embedded.is_some());
+    assert_eq!(release, [embedded; 3]);
     assert!(listed.iter().all(|n| !n.ready && n.stopped_at.is_none()));
 
     // Every beat reads the newest applied migration in the same statement.
