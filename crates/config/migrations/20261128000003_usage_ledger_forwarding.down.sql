@@ -17,7 +17,10 @@
 --
 -- Ids: usage_events' identity sequence moves past every ledger id before
 -- the move, so a later `up` (which starts new ledger ids past usage_events'
--- largest) never hands out a ledger id twice.
+-- largest) never hands out a ledger id twice. Only rows a new gateway
+-- writes to the ledger after this (past `down --force`) can share an id
+-- with a row a later copy brings over; ids order the admin's usage listing
+-- and nothing else.
 --
 -- Locks: usage_events SHARE ROW EXCLUSIVE from the start (the previous
 -- release's inserts wait, its reads go on), ACCESS EXCLUSIVE from the DROP
