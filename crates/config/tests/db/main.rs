@@ -616,6 +616,50 @@ async fn nodes_register_beat_stop_and_only_live_ones_are_listed() {
     );
 }
 
+#[tokio::test]
+async fn a_node_registers_on_a_schema_from_before_release_schema_leaving_it_unknown() {
+    let db = fresh_database().await.unwrap();
+    obleth_testkit::ledger::run_through(
+        &db.url,
+        obleth_testkit::ledger::DAILY,
+        obleth_config::migrate::Mode::Up,
+        obleth_config::migrate::RunnerOptions::default(),
+    )
+    .await
+    .unwrap();
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    nodes::register_node(&pool, &node("adm-1", "admin", "0.3.0"))
+        .await
+        .unwrap();
+    let listed = nodes::list_nodes(&pool, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+
+    // Once the column exists, the same node registering again records it.
+    obleth_testkit::db::migrate(&db.url).await.unwrap();
+    let unknown: Option<i64> =
+        sqlx::query_scalar("SELECT release_schema FROM nodes WHERE node_id = 'adm-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(unknown, None);
+    nodes::register_node(&pool, &node("adm-1", "admin", "0.3.0"))
+        .await
+        .unwrap();
+    let known: Option<i64> =
+        sqlx::query_scalar("SELECT release_schema FROM nodes WHERE node_id = 'adm-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        known,
+        obleth_config::migrate::MigrationSet::embedded()
+            .unwrap()
+            .latest_version()
+    );
+}
+
 fn provider(name: &str, kind: ProviderKind) -> NewProvider {
     NewProvider {
         name: name.to_owned(),
