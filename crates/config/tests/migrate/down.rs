@@ -203,6 +203,82 @@ impl Db {
     }
 }
 
+/// The schema as lines: every table and view with its storage options,
+/// column (by name, so a column added again at the end compares equal),
+/// index, constraint, trigger with its enabled state, sequence, function
+/// with its whole definition, and aggregate. The ledger's daily partitions
+/// are left out: which days exist depends on the day and the data.
+async fn schema(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "WITH rel AS (
+             SELECT c.oid, c.relname, c.relkind, c.reloptions FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relname !~ '^usage_ledger_[0-9]{8}'
+               AND c.relname NOT IN ('_sqlx_migrations', 'obleth_migration_phases'))
+         SELECT 'relation ' || relname || ' ' || relkind::text || ' ' || coalesce(reloptions::text, '')
+         FROM rel
+         UNION ALL
+         SELECT 'column ' || r.relname || '.' || a.attname || ' '
+                || format_type(a.atttypid, a.atttypmod)
+                || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+                || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+         FROM rel r
+         JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+         LEFT JOIN pg_attrdef d ON d.adrelid = r.oid AND d.adnum = a.attnum
+         WHERE r.relkind IN ('r', 'p', 'v')
+         UNION ALL
+         SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+         FROM pg_index i JOIN rel r ON r.oid = i.indrelid
+         UNION ALL
+         SELECT 'constraint ' || r.relname || '.' || c.conname || ' '
+                || pg_get_constraintdef(c.oid)
+                || CASE WHEN c.convalidated THEN '' ELSE ' (not validated)' END
+         FROM pg_constraint c JOIN rel r ON r.oid = c.conrelid
+         UNION ALL
+         SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text
+         FROM pg_trigger t JOIN rel r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
+         UNION ALL
+         SELECT 'function ' || pg_get_functiondef(p.oid) FROM pg_proc p
+         JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'public' AND p.prokind = 'f'
+         UNION ALL
+         SELECT 'aggregate ' || p.oid::regprocedure::text FROM pg_proc p
+         JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'public' AND p.prokind = 'a'
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Fails naming the lines in which two schemas differ.
+fn assert_same_schema(got: &[String], want: &[String], when: &str) {
+    let extra: Vec<&String> = got.iter().filter(|l| !want.contains(l)).collect();
+    let missing: Vec<&String> = want.iter().filter(|l| !got.contains(l)).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "{when}: the schema differs from a database migrated straight there\nextra: {extra:#?}\nmissing: {missing:#?}"
+    );
+}
+
+/// The schema of a fresh database with `versions` applied by `up`.
+async fn schema_of(versions: &[i64]) -> Vec<String> {
+    let db = fresh_database().await.unwrap();
+    let options = PgConnectOptions::from_str(&db.url).unwrap();
+    Runner::new(
+        embedded_where(|v| versions.contains(&v)).unwrap(),
+        fast_options("reference"),
+    )
+    .run(&options, Mode::Up)
+    .await
+    .unwrap();
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let lines = schema(&pool).await;
+    pool.close().await;
+    lines
+}
+
 /// What each expand migration leaves behind, to see it come and go.
 fn marker(version: i64) -> (&'static str, Option<&'static str>) {
     match version {
@@ -281,6 +357,12 @@ async fn every_expand_migration_reverts_and_applies_again_with_nothing_lost() {
         assert_eq!(db.down(1).await.unwrap(), [version], "{when}");
         assert!(!db.applied().await.contains(&version), "{when} forgotten");
         assert!(!present(&db, version).await, "{when} reverted");
+        // The exact inverse: the schema is the one its predecessors make.
+        assert_same_schema(
+            &schema(&db.pool).await,
+            &schema_of(&db.applied().await).await,
+            &format!("{when} after down"),
+        );
         db.assert_nothing_lost(&format!("{when} after down")).await;
         db.assert_checksums_verify(&format!("{when} after down"))
             .await;
@@ -292,6 +374,11 @@ async fn every_expand_migration_reverts_and_applies_again_with_nothing_lost() {
         db.assert_nothing_lost(&format!("{when} after up")).await;
         db.assert_checksums_verify(&format!("{when} after up"))
             .await;
+        assert_same_schema(
+            &schema(&db.pool).await,
+            &schema_of(&db.applied().await).await,
+            &format!("{when} after up"),
+        );
 
         // Down to the next one's state for the next round.
         db.add_usage().await;
