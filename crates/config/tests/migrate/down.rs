@@ -475,3 +475,112 @@ async fn a_failing_down_script_changes_nothing_and_names_its_file() {
         "both migrations still recorded with their phases"
     );
 }
+
+/// A two-migration directory whose second migration has a down script.
+fn reversible_dir() -> tempfile::TempDir {
+    let dir = super::migration_dir(&[
+        ("1_t.sql", "CREATE TABLE t (id int);", Phase::Expand),
+        (
+            "2_add.sql",
+            "ALTER TABLE t ADD COLUMN note text;",
+            Phase::Expand,
+        ),
+    ]);
+    std::fs::write(
+        dir.path().join("2_add.down.sql"),
+        "ALTER TABLE t DROP COLUMN note;",
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_down_blocked_by_a_table_lock_hits_lock_timeout_retries_and_succeeds_once_released() {
+    let db = fresh_database().await.unwrap();
+    let options = PgConnectOptions::from_str(&db.url).unwrap();
+    let dir = reversible_dir();
+    Runner::new(super::set_of(dir.path()), fast_options("setup"))
+        .run(&options, Mode::Up)
+        .await
+        .unwrap();
+    let mut blocker = super::connect(&db.url).await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE t IN ACCESS SHARE MODE;")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let runner = Runner::new(super::set_of(dir.path()), fast_options("blocked-down"));
+    let task = tokio::spawn(async move {
+        runner
+            .down(
+                &options,
+                DownRequest {
+                    count: 1,
+                    force: false,
+                },
+            )
+            .await
+    });
+    // Hold the table until the down has waited in two distinct
+    // transactions: it timed out at least once and came back.
+    let mut observer = super::connect(&db.url).await;
+    let mut attempts_seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while attempts_seen.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "down never retried");
+        let waiting: Option<String> = sqlx::query_scalar(
+            "SELECT xact_start::text FROM pg_stat_activity \
+             WHERE application_name = 'blocked-down' AND wait_event_type = 'Lock'",
+        )
+        .fetch_optional(&mut observer)
+        .await
+        .unwrap();
+        attempts_seen.extend(waiting);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
+
+    let report = task.await.unwrap().expect("succeeds once the lock is gone");
+    assert_eq!(report.reverted.len(), 1);
+    assert_eq!(report.reverted[0].file, "2_add.down.sql");
+    assert!(report.reverted[0].attempts >= 2, "{:?}", report.reverted[0]);
+    assert_eq!(super::applied_versions(&db.url).await, vec![1]);
+    assert_eq!(super::advisory_locks(&db.url).await, 0);
+}
+
+#[tokio::test]
+async fn a_down_that_cannot_get_the_migration_lock_gives_up_and_changes_nothing() {
+    let db = fresh_database().await.unwrap();
+    let options = PgConnectOptions::from_str(&db.url).unwrap();
+    let dir = reversible_dir();
+    Runner::new(super::set_of(dir.path()), fast_options("setup"))
+        .run(&options, Mode::Up)
+        .await
+        .unwrap();
+    let opts = obleth_config::migrate::RunnerOptions {
+        lock_wait: std::time::Duration::from_millis(300),
+        ..fast_options("waiter")
+    };
+    let mut hog = super::connect(&db.url).await;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(opts.lock_key)
+        .execute(&mut hog)
+        .await
+        .unwrap();
+
+    let err = Runner::new(super::set_of(dir.path()), opts)
+        .down(
+            &options,
+            DownRequest {
+                count: 1,
+                force: false,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DownError::Migrate(MigrateError::LockHeld { .. })),
+        "{err:?}"
+    );
+    assert_eq!(super::applied_versions(&db.url).await, vec![1, 2]);
+}
