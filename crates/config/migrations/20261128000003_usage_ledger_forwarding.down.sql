@@ -22,10 +22,14 @@
 -- with a row a later copy brings over; ids order the admin's usage listing
 -- and nothing else.
 --
--- Locks: usage_events SHARE ROW EXCLUSIVE from the start (the previous
--- release's inserts wait, its reads go on), ACCESS EXCLUSIVE from the DROP
--- TRIGGER near the end to the commit, all under lock_timeout.
+-- Locks, taken in the order a forwarded insert takes them, all under
+-- lock_timeout: usage_events SHARE ROW EXCLUSIVE (the previous release's
+-- inserts wait, its reads go on) and usage_ledger EXCLUSIVE (new gateways'
+-- inserts wait, so none lands between the move and its check; reads go on)
+-- from the start to the commit; usage_events ACCESS EXCLUSIVE from the DROP
+-- TRIGGER near the end.
 LOCK TABLE usage_events IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE usage_ledger IN EXCLUSIVE MODE;
 
 DO $$
 BEGIN
