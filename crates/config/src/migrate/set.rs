@@ -7,7 +7,9 @@
 //! refuses neither. The set joins the two into one [`MigrationDef`] (the down
 //! script in [`MigrationDef::down`]), so nothing that walks the set sees a down
 //! script as a migration of its own, and the up script's checksum, the one
-//! `_sqlx_migrations` records, is the up file's alone.
+//! `_sqlx_migrations` records, is the up file's alone. sqlx's own
+//! `Migrator::run` skips down scripts too, so sqlx tooling pointed at the
+//! directory applies the same migrations.
 
 use std::borrow::Cow;
 use std::path::Path;
