@@ -233,7 +233,7 @@ fn migration_set(cli: &Cli) -> Result<MigrationSet, Failure> {
     .map_err(|e| Failure::new(exit::ERROR, e.to_string()))
 }
 
-pub(crate) fn runner_options(cli: &Cli) -> RunnerOptions {
+fn runner_options(cli: &Cli) -> RunnerOptions {
     RunnerOptions {
         lock_wait: Duration::from_secs(cli.lock_wait_secs),
         lock_timeout: Duration::from_millis(cli.lock_timeout_ms),
@@ -244,7 +244,7 @@ pub(crate) fn runner_options(cli: &Cli) -> RunnerOptions {
     }
 }
 
-pub(crate) fn connect_options(cli: &Cli) -> Result<PgConnectOptions, Failure> {
+fn connect_options(cli: &Cli) -> Result<PgConnectOptions, Failure> {
     let url = cli.database_url.as_deref().ok_or_else(|| {
         Failure::new(
             exit::ERROR,
