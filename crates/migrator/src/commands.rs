@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use obleth_config::migrate::compat::{check, Compatibility};
-use obleth_config::migrate::lint::{lint, LintInput};
+use obleth_config::migrate::lint_set::lint_set;
 use obleth_config::migrate::runner::MigrateError;
 use obleth_config::migrate::{read_applied, MigrationSet, Mode, Runner, RunnerOptions};
 use obleth_config::settings::redact_url;
@@ -27,13 +27,13 @@ pub async fn run(cli: Cli) -> u8 {
 }
 
 /// A failure with the exit code it maps to.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
         Failure {
             code,
             message: message.into(),
@@ -175,6 +175,15 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
                 exit::OK
             })
         }
+        Command::Down {
+            count,
+            force,
+            dry_run,
+        } => {
+            let options = connect_options(cli)?;
+            let runner = Runner::new(set, runner_options(cli));
+            crate::down::down(&runner, &options, *count, *force, *dry_run).await
+        }
         Command::Verify => {
             let options = connect_options(cli)?;
             let mut conn = connect(&options).await?;
@@ -310,25 +319,21 @@ async fn print_dry_run(
 }
 
 fn run_lint(set: &MigrationSet) -> u8 {
-    let mut findings = 0;
-    for def in set.iter() {
-        let input = LintInput {
-            version: def.version,
-            file: &def.file,
-            sql: &def.sql,
-            phase: def.phase,
-            no_tx: def.no_tx,
-        };
-        for finding in lint(&input) {
-            findings += 1;
-            out!("{finding}");
-        }
+    let result = lint_set(set);
+    for finding in &result.findings {
+        out!("{finding}");
     }
-    if findings == 0 {
+    if !result.down_scripts_judged {
+        out!("lint: no down scripts in this set, so missing-down-script was not judged");
+    }
+    if result.findings.is_empty() {
         out!("lint: {} migration(s), no findings", set.len());
         exit::OK
     } else {
-        eprintln!("error: lint found {findings} problem(s); see docs/migrations.md for each rule");
+        eprintln!(
+            "error: lint found {} problem(s); see docs/migrations.md for each rule",
+            result.findings.len()
+        );
         exit::ERROR
     }
 }

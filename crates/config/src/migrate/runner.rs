@@ -193,6 +193,10 @@ impl Runner {
         &self.set
     }
 
+    pub fn options(&self) -> &RunnerOptions {
+        &self.opts
+    }
+
     /// The migrations a run in `mode` would apply to a database with `applied`,
     /// in order. `up` skips contract migrations; they wait for `finish`.
     ///
@@ -276,7 +280,10 @@ impl Runner {
 
     /// Refuses a URL that leads to a transaction pooler before taking the
     /// session lock, within a bounded time (see [`crate::db::pooler`]).
-    async fn check_session(&self, options: &PgConnectOptions) -> Result<(), MigrateError> {
+    pub(super) async fn check_session(
+        &self,
+        options: &PgConnectOptions,
+    ) -> Result<(), MigrateError> {
         use crate::db::pooler::{check_session, PoolerError};
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
@@ -294,7 +301,10 @@ impl Runner {
         }
     }
 
-    async fn connect(&self, options: &PgConnectOptions) -> Result<PgConnection, MigrateError> {
+    pub(super) async fn connect(
+        &self,
+        options: &PgConnectOptions,
+    ) -> Result<PgConnection, MigrateError> {
         options
             .clone()
             .application_name(&self.opts.application_name)
@@ -305,7 +315,7 @@ impl Runner {
 
     /// Polls `pg_try_advisory_lock` until the deadline, so the wait is bounded
     /// without holding a statement open on the server.
-    async fn acquire_lock(&self, conn: &mut PgConnection) -> Result<(), MigrateError> {
+    pub(super) async fn acquire_lock(&self, conn: &mut PgConnection) -> Result<(), MigrateError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(25);
         loop {
@@ -478,7 +488,7 @@ impl Runner {
 
     /// Sleeps and returns `Ok` when `err` is a lock timeout with retries left;
     /// otherwise turns it into the error that ends the run.
-    async fn retry_or_fail(
+    pub(super) async fn retry_or_fail(
         &self,
         def: &MigrationDef,
         attempts: u32,
@@ -555,7 +565,7 @@ impl Runner {
 }
 
 /// Refuses to touch a schema this set cannot live with.
-fn refuse_incompatible(
+pub(super) fn refuse_incompatible(
     set: &MigrationSet,
     applied: &[AppliedMigration],
 ) -> Result<(), MigrateError> {
@@ -590,7 +600,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
-async fn set_timeouts(
+pub(super) async fn set_timeouts(
     conn: &mut PgConnection,
     opts: &RunnerOptions,
     local: bool,
@@ -608,7 +618,7 @@ async fn set_timeouts(
 
 /// Creates the bookkeeping tables if this is the first run. `_sqlx_migrations`
 /// has exactly sqlx's layout, so sqlx-cli and plain SQL keep working.
-async fn bootstrap(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub(super) async fn bootstrap(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     conn.execute(
         "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
             version BIGINT PRIMARY KEY,
@@ -792,6 +802,7 @@ mod tests {
             no_tx: batched,
             phase,
             requires_release: (phase == Phase::Contract).then(|| semver::Version::new(0, 2, 0)),
+            down: None,
         }
     }
 
