@@ -91,12 +91,19 @@ without a fraction. Strings are JSON strings, which TOML reads the same.
 {{- include "obleth.toml" $s }}
 {{- end }}
 
-{{/* admin.toml: the values' settings with the listener from admin.port. */}}
+{{/*
+admin.toml: the values' settings with the listener from admin.port, and
+migrations.migrate_on_startup from migrations.mode (on only in `admin` mode;
+the binary's own default is on, so the other modes write it off).
+*/}}
 {{- define "obleth.adminSettings" -}}
 {{- $s := deepCopy .Values.admin.settings }}
 {{- $server := default (dict) (get $s "server") }}
 {{- $_ := set $server "listen" (printf "0.0.0.0:%d" (int .Values.admin.port)) }}
 {{- $_ := set $s "server" $server }}
+{{- $migrations := default (dict) (get $s "migrations") }}
+{{- $_ := set $migrations "migrate_on_startup" (eq (include "obleth.migrationsMode" .) "admin") }}
+{{- $_ := set $s "migrations" $migrations }}
 {{- include "obleth.toml" $s }}
 {{- end }}
 
