@@ -117,6 +117,53 @@ def migrations(args) -> int:
     return r.done()
 
 
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against
+    a pod's labels; an empty selector selects nothing here."""
+    ml = selector.get("matchLabels") or {}
+    exprs = selector.get("matchExpressions") or []
+    if not ml and not exprs:
+        return False
+    if any(labels.get(k) != v for k, v in ml.items()):
+        return False
+    for e in exprs:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+SPREAD_KEYS = ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+
+
+def spread(args) -> int:
+    r = Report(f"spread [{args.label}]")
+    docs = load(args.file)
+    gateways = deployments_of(docs, "obleth-gateway")
+    r.check(len(gateways) == 1, "one gateway Deployment", f"found {len(gateways)}")
+    for d, _ in gateways:
+        name, ns = d["metadata"]["name"], d["metadata"].get("namespace")
+        pod = d["spec"]["template"]
+        labels = pod["metadata"].get("labels") or {}
+        constraints = pod["spec"].get("topologySpreadConstraints") or []
+        others = [(o["metadata"]["name"], o["spec"]["template"]["metadata"].get("labels") or {}) for o in docs
+                  if o["kind"] in ("Deployment", "StatefulSet", "Job") and o is not d and o["metadata"].get("namespace") == ns]
+        for key in SPREAD_KEYS:
+            found = [c for c in constraints if c.get("topologyKey") == key]
+            if not r.check(len(found) == 1, f"{name}: spreads over {key}", f"constraints: {[c.get('topologyKey') for c in constraints]}"):
+                continue
+            c = found[0]
+            r.check(c.get("whenUnsatisfiable") == "ScheduleAnyway",
+                    f"{name}: {key} is a preference (ScheduleAnyway), never a pending surge pod", f"got {c.get('whenUnsatisfiable')}")
+            sel = c.get("labelSelector") or {}
+            r.check(selects(sel, labels), f"{name}: the {key} selector selects its own pods {labels}", f"selector {sel}")
+            strays = [n for n, ls in others if selects(sel, ls)]
+            r.check(not strays, f"{name}: the {key} selector selects no other workload's pods", f"also selects {strays}")
+    return r.done()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -126,8 +173,11 @@ def main() -> int:
     m.add_argument("--mode", required=True, choices=["hook", "initContainer", "admin"])
     m.add_argument("--bin-dir", required=True)
     m.add_argument("--helm-hooks", action="store_true")
+    sp = sub.add_parser("spread")
+    sp.add_argument("file")
+    sp.add_argument("--label", required=True)
     args = p.parse_args()
-    return {"migrations": migrations}[args.cmd](args)
+    return {"migrations": migrations, "spread": spread}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -552,7 +552,8 @@ def check_lb(r: Report, services: dict, gateway_wiring: dict[str, dict]) -> None
 def pod_facts(d: dict) -> dict:
     pod = d["spec"]["template"]["spec"]
     out = {"grace": pod.get("terminationGracePeriodSeconds"), "podSecurity": pod.get("securityContext"),
-           "restartPolicy": pod.get("restartPolicy"), "automount": pod.get("automountServiceAccountToken")}
+           "restartPolicy": pod.get("restartPolicy"), "automount": pod.get("automountServiceAccountToken"),
+           "spread": pod.get("topologySpreadConstraints"), "initContainers": pod.get("initContainers")}
     for c in containers(pod):
         out[c["name"]] = {k: c.get(k) for k in ("command", "args", "ports", "startupProbe", "readinessProbe",
                                                  "livenessProbe", "lifecycle", "securityContext", "resources")}
@@ -585,7 +586,7 @@ def equivalent(args) -> int:
         if kind in ("Deployment", "Job"):
             fa, fb = pod_facts(a[key]), pod_facts(b[key])
             diff = [k for k in fa if fa.get(k) != fb.get(k)]
-            r.check(not diff, f"{kind} {key[1]}: same pod spec (commands, probes, drain, security, resources)",
+            r.check(not diff, f"{kind} {key[1]}: same pod spec (commands, probes, drain, security, resources, spread)",
                     "; ".join(f"{k}: chart {json.dumps(fa.get(k))} vs kustomize {json.dumps(fb.get(k))}" for k in diff))
         elif kind == "Service":
             r.check(a[key]["spec"]["ports"] == b[key]["spec"]["ports"], f"Service {key[1]}: same ports")
