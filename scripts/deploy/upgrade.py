@@ -2,7 +2,8 @@
 
     python upgrade.py migrations RENDER --mode hook|initContainer|admin --bin-dir DIR [--helm-hooks]
     python upgrade.py spread RENDER
-    python upgrade.py helm-test RENDER --expect-version V --bin-dir DIR
+    python upgrade.py helm-test RENDER --label NAME --expect-version V --canary-secret NAME
+    python upgrade.py helm-test RENDER --label NAME --absent
 
 `migrations`: exactly one way of running `obleth-migrator up` is rendered,
 the one `--mode` names. hook: a Job (with --helm-hooks, a pre-install,
@@ -15,13 +16,15 @@ the other modes it must be off, or the admin would race the migrator.
 (`ScheduleAnyway`), with label selectors that select its own pods.
 
 `helm-test`: the chart's `helm test` pod runs the post-upgrade rollout check
-against the gateway Service, with the admin's database Secret and the canary
-key from a Secret.
+(`obleth-admin rollout-status --wait`) with the release's version, against
+the gateway Service's client port, with the admin's database Secret and the
+canary key from the named Secret; with --absent, that no test pod is rendered.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tomllib
 
@@ -164,6 +167,97 @@ def spread(args) -> int:
     return r.done()
 
 
+ROLLOUT_CHECK_FLAGS = ("--expect-version", "--gateway-url", "--canary-key-file", "--timeout-secs")
+
+
+def flag_values(argv: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for i, tok in enumerate(argv):
+        if tok.startswith("--"):
+            name, _, value = tok.partition("=")
+            nxt = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None
+            out[name] = value or nxt
+    return out
+
+
+def helm_test(args) -> int:
+    """The `helm test` pod runs the post-upgrade rollout check: the release's
+    version, the gateway Service's client port, the canary key from the named
+    Secret, the admin's database Secret. With --absent: no test pod at all.
+    The subcommand's flags are not held against `obleth-admin --help`: the
+    command is being written alongside this manifest, with these flags."""
+    r = Report(f"helm test [{args.label}]")
+    docs = load(args.file)
+    tests = [d for d in docs if d["kind"] == "Pod"
+             and "test" in ((d["metadata"].get("annotations") or {}).get("helm.sh/hook") or "").split(",")]
+    if args.absent:
+        r.check(not tests, "no helm test pod without rolloutCheck.canaryKeySecret", f"found {[d['metadata']['name'] for d in tests]}")
+        return r.done()
+    if not r.check(len(tests) == 1, "one helm test pod (helm.sh/hook: test)", f"found {len(tests)}"):
+        return r.done()
+    pod = tests[0]
+    name, ns = pod["metadata"]["name"], pod["metadata"].get("namespace")
+    spec = pod["spec"]
+    cs = [c for c in containers(spec) if binary_of(c) == "obleth-admin"]
+    if not r.check(len(cs) == 1, f"{name}: runs obleth-admin"):
+        return r.done()
+    c = cs[0]
+    argv = list(c.get("command") or []) + list(c.get("args") or [])
+    flags = flag_values(argv)
+    r.check(argv[1:2] == ["rollout-status"], f"{name}: `obleth-admin rollout-status`", f"argv {argv}")
+    for f in ROLLOUT_CHECK_FLAGS:
+        r.check(flags.get(f) is not None, f"{name}: {f} {flags.get(f)}")
+    r.check("--wait" in flags and flags["--wait"] is None, f"{name}: --wait")
+    r.check(flags.get("--expect-version") == args.expect_version,
+            f"{name}: --expect-version {flags.get('--expect-version')} == {args.expect_version}")
+    r.check(str(flags.get("--timeout-secs") or "").isdigit(), f"{name}: --timeout-secs is whole seconds")
+    r.check(spec.get("restartPolicy") == "Never", f"{name}: restartPolicy Never (a failed check fails `helm test`)")
+
+    # The gateway URL names the gateway Service and its client (proxy) port.
+    url = flags.get("--gateway-url") or ""
+    m = re.fullmatch(r"http://([a-z0-9-]+)(?:\.([a-z0-9-]+)(?:\.svc(?:\.cluster\.local)?)?)?:(\d+)/?", url)
+    gateways = deployments_of(docs, "obleth-gateway")
+    if r.check(bool(m) and bool(gateways), f"{name}: --gateway-url {url} is http://SERVICE[.NAMESPACE.svc]:PORT"):
+        svc_name, svc_ns, port = m.group(1), m.group(2) or ns, int(m.group(3))
+        gw, gc = gateways[0]
+        labels = gw["spec"]["template"]["metadata"].get("labels") or {}
+        proxy = next((p for p in gc.get("ports") or [] if p.get("name") == "http"), {}).get("containerPort")
+        svcs = [s for s in docs if s["kind"] == "Service" and s["metadata"]["name"] == svc_name
+                and s["metadata"].get("namespace") == svc_ns]
+        ok = bool(svcs) and all(labels.get(k) == v for k, v in (svcs[0]["spec"].get("selector") or {}).items())
+        if r.check(ok, f"{name}: Service {svc_name} in {svc_ns} selects the gateway pods"):
+            ports = [p for p in svcs[0]["spec"]["ports"] if p["port"] == port]
+            target = ports[0].get("targetPort") if ports else None
+            target = next((p["containerPort"] for p in gc.get("ports") or [] if p.get("name") == target), target)
+            r.check(target == proxy, f"{name}: port {port} of {svc_name} reaches the proxy port {proxy}", f"reaches {target}")
+
+    # The canary key: a file inside a mount of the named Secret.
+    key_file = flags.get("--canary-key-file") or ""
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    secret = None
+    for mnt in c.get("volumeMounts") or []:
+        base = mnt["mountPath"].rstrip("/") + "/"
+        if key_file.startswith(base):
+            vol = volumes.get(mnt["name"]) or {}
+            sec = vol.get("secret") or {}
+            rel = key_file[len(base):]
+            items = sec.get("items")
+            if sec and (items is None or any(i["path"] == rel for i in items)):
+                secret = sec.get("secretName")
+    r.check(secret == args.canary_secret, f"{name}: --canary-key-file {key_file} is in Secret {secret} (rolloutCheck.canaryKeySecret {args.canary_secret})")
+
+    # The database: the Secret the admin reads.
+    admins = deployments_of(docs, "obleth-admin")
+    admin_db = env_source(admins[0][1], "OBLETH_DATABASE__URL") if admins else None
+    db = env_source(c, "DATABASE_URL")
+    r.check(isinstance(db, dict) and db == admin_db, f"{name}: DATABASE_URL from the admin's Secret {admin_db}", f"got {db}")
+    sc = c.get("securityContext") or {}
+    r.check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+            and (sc.get("runAsNonRoot") or (spec.get("securityContext") or {}).get("runAsNonRoot")) is True,
+            f"{name}: non-root, read-only, no privilege escalation")
+    return r.done()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -176,8 +270,14 @@ def main() -> int:
     sp = sub.add_parser("spread")
     sp.add_argument("file")
     sp.add_argument("--label", required=True)
+    t = sub.add_parser("helm-test")
+    t.add_argument("file")
+    t.add_argument("--label", required=True)
+    t.add_argument("--expect-version")
+    t.add_argument("--canary-secret")
+    t.add_argument("--absent", action="store_true")
     args = p.parse_args()
-    return {"migrations": migrations, "spread": spread}[args.cmd](args)
+    return {"migrations": migrations, "spread": spread, "helm-test": helm_test}[args.cmd](args)
 
 
 if __name__ == "__main__":
