@@ -29,7 +29,7 @@ import sys
 import tomllib
 
 from cli import Binaries, CheckError
-from wiring import Report, binary_of, containers, find_config, load
+from wiring import Report, binary_of, container_env, containers, find_config, load
 
 # The admin's default for migrations.migrate_on_startup (crates/config,
 # MigrationSettings): what it does when neither its settings file nor its
@@ -258,6 +258,139 @@ def helm_test(args) -> int:
     return r.done()
 
 
+def pod_specs(docs: list[dict]):
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            yield d, d["spec"]["template"]["spec"]
+        elif d["kind"] == "Pod":
+            yield d, d["spec"]
+
+
+def images(args) -> int:
+    """Every obleth container runs the expected release: the chart's
+    appVersion (or a digest) unless a values file pins something else."""
+    r = Report(f"images [{args.label}]")
+    seen = 0
+    for d, spec in pod_specs(load(args.file)):
+        for c in (spec.get("initContainers") or []) + containers(spec):
+            if not binary_of(c).startswith("obleth-"):
+                continue
+            seen += 1
+            image = c.get("image") or ""
+            r.check(image.endswith(f":{args.expect_tag}") or "@sha256:" in image,
+                    f"{d['metadata']['name']}/{c['name']}: {image} is release {args.expect_tag}",
+                    "a pinned tag keeps an older release after the chart moved on")
+    r.check(seen > 0, f"{seen} obleth containers")
+    return r.done()
+
+
+def startup_budget(c: dict) -> int:
+    p = c.get("startupProbe") or {}
+    return int(p.get("periodSeconds", 10)) * int(p.get("failureThreshold", 3)) if p else 0
+
+
+def operations(args) -> int:
+    """What keeps a rollout and its aftermath observable and interruptible:
+    disruption budgets, the ops port off the clients' Service, scraping,
+    migration deadlines and logs."""
+    r = Report(f"operations [{args.label}]")
+    bins = Binaries(args.bin_dir)
+    docs = load(args.file)
+    services = [d for d in docs if d["kind"] == "Service"]
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    deployments = deployments_of(docs, "obleth-gateway") + deployments_of(docs, "obleth-admin")
+    for d, c in deployments:
+        name, ns = d["metadata"]["name"], d["metadata"].get("namespace")
+        labels = d["spec"]["template"]["metadata"].get("labels") or {}
+        binary = binary_of(c)
+        text, _ = find_config(d, c, docs)
+        w = bins.wiring(binary, text, container_env(c))
+        metrics_port = w["ops_port"] if binary == "obleth-gateway" else w["port"]
+
+        # Disruptions: one budget, which still lets a node drain proceed.
+        mine = [p for p in pdbs if p["metadata"].get("namespace") == ns
+                and selects(p["spec"].get("selector") or {}, labels)]
+        if r.check(len(mine) == 1, f"{name}: one PodDisruptionBudget covers it", f"found {[p['metadata']['name'] for p in mine]}"):
+            spec = mine[0]["spec"]
+            hpa = next((h for h in hpas if h["spec"]["scaleTargetRef"]["name"] == name), None)
+            replicas = hpa["spec"].get("minReplicas", 1) if hpa else d["spec"].get("replicas", 1)
+            mu, ma = spec.get("maxUnavailable"), spec.get("minAvailable")
+            drains = (mu not in (None, 0, "0%")) or (isinstance(ma, int) and ma < replicas)
+            r.check(drains, f"{name}: its budget (maxUnavailable {mu}, minAvailable {ma}) lets a node drain evict it ({replicas} replicas)")
+
+        # Services that select the pods, and the ports they reach.
+        mine_svcs = [s for s in services if s["metadata"].get("namespace") == ns
+                     and all(labels.get(k) == v for k, v in (s["spec"].get("selector") or {}).items())
+                     and s["spec"].get("selector")]
+
+        def targets(s):
+            out = set()
+            for p in s["spec"]["ports"]:
+                t = p.get("targetPort", p["port"])
+                out.add(next((cp["containerPort"] for cp in c.get("ports") or [] if cp.get("name") == t), t))
+            return out
+
+        if binary == "obleth-gateway":
+            clients = [s for s in mine_svcs if w["proxy_port"] in targets(s)]
+            for s in clients:
+                r.check(w["ops_port"] not in targets(s),
+                        f"{name}: the clients' Service {s['metadata']['name']} does not publish the ops port {w['ops_port']} (metrics, health)",
+                        f"it reaches {sorted(targets(s))}")
+            ops = [s for s in mine_svcs if w["ops_port"] in targets(s)]
+            r.check(bool(ops) and all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in ops),
+                    f"{name}: a ClusterIP Service reaches the ops port: {[s['metadata']['name'] for s in ops]}")
+
+        # Scraping: when the render has ServiceMonitors, each service is scraped.
+        if monitors:
+            scraped = []
+            for m in monitors:
+                sel = ((m["spec"].get("selector") or {}).get("matchLabels")) or {}
+                for s in mine_svcs:
+                    if sel and all((s["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items()):
+                        for ep in m["spec"].get("endpoints") or []:
+                            port = next((p for p in s["spec"]["ports"] if p.get("name") == ep.get("port")), None)
+                            if port is None:
+                                continue
+                            t = port.get("targetPort", port["port"])
+                            t = next((cp["containerPort"] for cp in c.get("ports") or [] if cp.get("name") == t), t)
+                            if t == metrics_port and ep.get("path") == w["paths"]["metrics"]:
+                                scraped.append(m["metadata"]["name"])
+            r.check(bool(scraped), f"{name}: a ServiceMonitor scrapes {w['paths']['metrics']} on port {metrics_port} (from wiring)",
+                    "nothing scrapes it")
+
+    # Migrations that run alongside the rollout must fit its progress deadline,
+    # and a failed one keeps its logs.
+    for d, spec in pod_specs(docs):
+        if d["kind"] != "Job" or not any(binary_of(c) == "obleth-migrator" for c in containers(spec)):
+            continue
+        name = d["metadata"]["name"]
+        ann = d["metadata"].get("annotations") or {}
+        r.check("ttlSecondsAfterFinished" not in d["spec"],
+                f"{name}: no ttlSecondsAfterFinished: a failed Job keeps its logs",
+                f"deleted {d['spec'].get('ttlSecondsAfterFinished')} s after it fails")
+        r.check("hook-failed" not in (ann.get("helm.sh/hook-delete-policy") or ""), f"{name}: not deleted when it fails")
+        if "helm.sh/hook" in ann or not (containers(spec) and (containers(spec)[0].get("args") or [""])[0] == "up"):
+            continue
+        deadline = int(d["spec"].get("activeDeadlineSeconds") or 0)
+        for dep, c in deployments:
+            pds = dep["spec"].get("progressDeadlineSeconds", 600)
+            need = deadline + startup_budget(c)
+            r.check(pds >= need, f"{dep['metadata']['name']}: progressDeadlineSeconds {pds} >= {name}'s activeDeadlineSeconds {deadline} + startup probe budget {startup_budget(c)}",
+                    "the rollout would be reported stalled while the migration still runs")
+    admins = deployments_of(docs, "obleth-admin")
+    if admins and any(binary_of(c) == "obleth-migrator" for c in admins[0][0]["spec"]["template"]["spec"].get("initContainers") or []):
+        admin = admins[0][0]
+        apd = admin["spec"].get("progressDeadlineSeconds", 600)
+        r.check(apd > 600 and apd >= startup_budget(admins[0][1]) + 600,
+                f"{admin['metadata']['name']}: progressDeadlineSeconds {apd} leaves its init container's migration time beyond the start-up")
+        for dep, _ in deployments_of(docs, "obleth-gateway"):
+            pds = dep["spec"].get("progressDeadlineSeconds", 600)
+            r.check(pds >= apd, f"{dep['metadata']['name']}: progressDeadlineSeconds {pds} >= the migrating admin's {apd}")
+    return r.done()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -276,8 +409,17 @@ def main() -> int:
     t.add_argument("--expect-version")
     t.add_argument("--canary-secret")
     t.add_argument("--absent", action="store_true")
+    im = sub.add_parser("images")
+    im.add_argument("file")
+    im.add_argument("--label", required=True)
+    im.add_argument("--expect-tag", required=True)
+    op = sub.add_parser("operations")
+    op.add_argument("file")
+    op.add_argument("--label", required=True)
+    op.add_argument("--bin-dir", required=True)
     args = p.parse_args()
-    return {"migrations": migrations, "spread": spread, "helm-test": helm_test}[args.cmd](args)
+    return {"migrations": migrations, "spread": spread, "helm-test": helm_test, "images": images,
+            "operations": operations}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -281,7 +281,9 @@ def check_deployment(r: Report, bins: Binaries, doc: dict, docs: list[dict]) -> 
             r.check("maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"], f"{name}: PodDisruptionBudget {pdb['metadata']['name']} covers it")
 
     if service == "gateway":
-        for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        # The ServiceMonitors that select one of the gateway's Services.
+        for sm in (d for d in docs if d["kind"] == "ServiceMonitor"
+                   and any(selects((d["spec"].get("selector") or {}).get("matchLabels") or {}, s["metadata"].get("labels") or {}) for s in svcs)):
             for ep in sm["spec"]["endpoints"]:
                 r.check(ep.get("path") == w["paths"]["metrics"], f"{name}: ServiceMonitor path {ep.get('path')} == {w['paths']['metrics']} (from wiring)")
                 targets = [port_number(c, p.get("targetPort")) for s in svcs for p in s["spec"]["ports"] if p.get("name") == ep.get("port")]
@@ -576,7 +578,8 @@ def equivalent(args) -> int:
             comp = (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component", "")
             # kustomize's configMapGenerator appends a content hash to the name.
             name = re.sub(r"-[a-z0-9]{10}$", "", d["metadata"]["name"]) if d["kind"] == "ConfigMap" else d["metadata"]["name"]
-            out[(d["kind"], comp or name)] = d
+            # A component may have several Services (clients', ops): by name.
+            out[(d["kind"], name if d["kind"] == "Service" else comp or name)] = d
         return out
 
     a, b = by_component(chart), by_component(kust)

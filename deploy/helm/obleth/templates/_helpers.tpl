@@ -164,3 +164,20 @@ seccompProfile:
       name: {{ required "database.existingSecret is required" .ctx.Values.database.existingSecret }}
       key: {{ .ctx.Values.database.urlKey }}
 {{- end }}
+
+{{/*
+extraEnv of one service, refusing a database URL written in clear:
+(dict "env" .Values.gateway.extraEnv "what" "gateway"). A URL carries the
+password, so it must come from a Secret (valueFrom), never a literal value
+in the manifests.
+*/}}
+{{- define "obleth.extraEnv" -}}
+{{- range .env }}
+{{- if and (hasKey . "value") (regexMatch "^(DATABASE_URL|OBLETH_DATABASE__(URL|DIRECT_URL))$" .name) }}
+{{- fail (printf "%s.extraEnv: %s has a literal value; a database URL holds a password, so take it from a Secret (valueFrom.secretKeyRef, or database.existingSecret)" $.what .name) }}
+{{- end }}
+{{- end }}
+{{- with .env }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}

@@ -72,3 +72,13 @@ which the chart now derives from the mode.
 {{- end }}
 {{- $mode }}
 {{- end }}
+
+{{/*
+progressDeadlineSeconds of the Deployments in migrations.mode=initContainer:
+the migration (migrations.job.activeDeadlineSeconds) plus the admin's
+startup probe budget.
+*/}}
+{{- define "obleth.initMigrationDeadline" -}}
+{{- $s := .Values.admin.probes.startup }}
+{{- add (int .Values.migrations.job.activeDeadlineSeconds) (mul (int $s.periodSeconds) (int $s.failureThreshold)) }}
+{{- end }}
