@@ -4,6 +4,9 @@
     python upgrade.py spread RENDER
     python upgrade.py helm-test RENDER --label NAME --expect-version V --canary-secret NAME
     python upgrade.py helm-test RENDER --label NAME --absent
+    python upgrade.py images RENDER --label NAME --expect-tag V
+    python upgrade.py operations RENDER --label NAME --bin-dir DIR
+    python upgrade.py scale-transition BEFORE AFTER --label NAME --live N
 
 `migrations`: exactly one way of running `obleth-migrator up` is rendered,
 the one `--mode` names. hook: a Job (with --helm-hooks, a pre-install,
@@ -14,6 +17,10 @@ the other modes it must be off, or the admin would race the migrator.
 
 `spread`: every gateway Deployment spreads its pods over zones and nodes
 (`ScheduleAnyway`), with label selectors that select its own pods.
+
+`scale-transition`: turning the gateway HPA on in an upgrade keeps the
+Deployment's `replicas` (the live count), so the upgrade never drops the
+gateways to one replica.
 
 `helm-test`: the chart's `helm test` pod runs the post-upgrade rollout check
 (`obleth-admin rollout-status --wait`) with the release's version, against
@@ -391,6 +398,30 @@ def operations(args) -> int:
     return r.done()
 
 
+def scale_transition(args) -> int:
+    """An upgrade from BEFORE to AFTER, applied with a three-way merge (Helm,
+    kubectl apply): a `replicas` that BEFORE set and AFTER leaves out is
+    deleted, and the Deployment drops to the default of 1 replica until an
+    HPA reacts. AFTER must keep the field, and where an HPA owns the count,
+    keep the live one (--live, what the cluster lookup found)."""
+    r = Report(f"scale transition [{args.label}]")
+    before = {d["metadata"]["name"]: d for d in load(args.before) if d["kind"] == "Deployment"}
+    after_docs = load(args.after)
+    after = {d["metadata"]["name"]: d for d in after_docs if d["kind"] == "Deployment"}
+    owned = {h["spec"]["scaleTargetRef"]["name"] for h in after_docs if h["kind"] == "HorizontalPodAutoscaler"}
+    r.check(bool(owned), f"an HPA in the upgraded release: {sorted(owned)}")
+    for name, d in sorted(before.items()):
+        if "replicas" not in d["spec"] or name not in after:
+            continue
+        got = after[name]["spec"].get("replicas")
+        if name in owned:
+            r.check(got == args.live, f"{name}: replicas {got} == the live {args.live} (HPA-owned: the upgrade keeps the scale)",
+                    "the field is deleted: the Deployment drops to 1 replica" if got is None else "the upgrade resets the HPA's scale")
+        else:
+            r.check(got is not None, f"{name}: replicas kept ({d['spec']['replicas']} -> {got})")
+    return r.done()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -417,9 +448,14 @@ def main() -> int:
     op.add_argument("file")
     op.add_argument("--label", required=True)
     op.add_argument("--bin-dir", required=True)
+    st = sub.add_parser("scale-transition")
+    st.add_argument("before")
+    st.add_argument("after")
+    st.add_argument("--label", required=True)
+    st.add_argument("--live", type=int, required=True)
     args = p.parse_args()
     return {"migrations": migrations, "spread": spread, "helm-test": helm_test, "images": images,
-            "operations": operations}[args.cmd](args)
+            "operations": operations, "scale-transition": scale_transition}[args.cmd](args)
 
 
 if __name__ == "__main__":

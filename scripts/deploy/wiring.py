@@ -275,6 +275,8 @@ def check_deployment(r: Report, bins: Binaries, doc: dict, docs: list[dict]) -> 
     hpas = [h for h in docs if h["kind"] == "HorizontalPodAutoscaler" and h["metadata"].get("namespace") == ns
             and h["spec"]["scaleTargetRef"]["name"] == doc["metadata"]["name"]]
     if hpas:
+        # Offline renders: the chart writes back the live count only when
+        # `helm upgrade` can look it up (upgrade.py scale-transition).
         r.check("replicas" not in doc["spec"], f"{name}: no `replicas` beside its HPA, so an apply keeps the scale")
     for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"].get("namespace") == ns):
         if selects(pdb["spec"]["selector"].get("matchLabels") or {}, labels):

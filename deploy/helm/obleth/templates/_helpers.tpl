@@ -45,6 +45,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/*
+The live gateway Deployment (empty without a cluster or before install), in
+one place so that scripts/validate-deploy can stand in for the cluster.
+*/}}
+{{- define "obleth.liveGatewayDeployment" -}}
+{{- toYaml (lookup "apps/v1" "Deployment" .Release.Namespace (printf "%s-gateway" (include "obleth.fullname" .))) }}
+{{- end }}
+
 {{- define "obleth.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "obleth.fullname" .) .Values.serviceAccount.name }}
