@@ -7,6 +7,7 @@
     python upgrade.py images RENDER --label NAME --expect-tag V
     python upgrade.py operations RENDER --label NAME --bin-dir DIR
     python upgrade.py scale-transition BEFORE AFTER --label NAME --live N
+    python upgrade.py helm-timeouts DOC --render PRODUCTION --finish-render PRODUCTION_WITH_FINISH
 
 `migrations`: exactly one way of running `obleth-migrator up` is rendered,
 the one `--mode` names. hook: a Job (with --helm-hooks, a pre-install,
@@ -422,6 +423,42 @@ def scale_transition(args) -> int:
     return r.done()
 
 
+def duration_secs(text: str) -> int:
+    """A Go duration as Helm's --timeout takes it: 30m, 1h30m, 900s."""
+    total = 0
+    for num, unit in re.findall(r"(\d+)([hms])", text):
+        total += int(num) * {"h": 3600, "m": 60, "s": 1}[unit]
+    return total
+
+
+def helm_timeouts(args) -> int:
+    """Every `helm upgrade ... --timeout T` in the runbook outlasts what it
+    waits for: the hook Jobs' activeDeadlineSeconds (the migration, and the
+    finish Job when the command turns it on), then one gateway surge step
+    at its worst: the startup probe's budget and the grace period of the pod
+    it replaces. A shorter timeout fails (or, with --atomic, rolls back) an
+    upgrade that was still within its deadlines."""
+    r = Report(f"helm --timeout [{args.doc}]")
+    text = open(args.doc).read().replace("\\\n", " ")
+    renders = {"": load(args.render), "finish": load(args.finish_render)}
+    commands = [m.group(0) for m in re.finditer(r"helm upgrade [^\n`]*--timeout[ =](\S+)", text)]
+    r.check(bool(commands), f"{len(commands)} `helm upgrade --timeout` commands")
+    for cmd in commands:
+        timeout = duration_secs(re.search(r"--timeout[ =](\S+)", cmd).group(1))
+        docs = renders["finish" if "migrations.finish.enabled=true" in cmd else ""]
+        hooks = [d for d in docs if d["kind"] == "Job" and "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
+        deadline = sum(int(d["spec"].get("activeDeadlineSeconds") or 0) for d in hooks)
+        gw = deployments_of(docs, "obleth-gateway")
+        step = 0
+        if gw:
+            d, c = gw[0]
+            step = startup_budget(c) + int(d["spec"]["template"]["spec"].get("terminationGracePeriodSeconds") or 30)
+        need = deadline + step
+        r.check(timeout > need, f"`{cmd[:60]}...`: --timeout {timeout} s > hook deadlines {deadline} s "
+                f"({', '.join(d['metadata']['name'] for d in hooks)}) + one surge step {step} s = {need} s")
+    return r.done()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -453,8 +490,12 @@ def main() -> int:
     st.add_argument("after")
     st.add_argument("--label", required=True)
     st.add_argument("--live", type=int, required=True)
+    ht = sub.add_parser("helm-timeouts")
+    ht.add_argument("doc")
+    ht.add_argument("--render", required=True)
+    ht.add_argument("--finish-render", required=True)
     args = p.parse_args()
-    return {"migrations": migrations, "spread": spread, "helm-test": helm_test, "images": images,
+    return {"helm-timeouts": helm_timeouts, "migrations": migrations, "spread": spread, "helm-test": helm_test, "images": images,
             "operations": operations, "scale-transition": scale_transition}[args.cmd](args)
 
 
