@@ -22,9 +22,6 @@ pub struct Haproxy {
     child: tokio::process::Child,
 }
 
-/// The shared configuration with its Compose `server` lines replaced by one
-/// per gateway (proxy port, checked on its ops port), appended to the
-/// `gateways` backend, which ends the file.
 /// The chaos tests' verdicts rest on these lines of the shared file, so a
 /// change to any of them is refused here rather than weakening the tests.
 const RELIED_ON: [&str; 6] = [
@@ -36,6 +33,9 @@ const RELIED_ON: [&str; 6] = [
     "    default-server inter 100ms fall 1 rise 2",
 ];
 
+/// The shared configuration with its Compose `server` lines replaced by one
+/// per gateway (proxy port, checked on its ops port), appended to the
+/// `gateways` backend, which ends the file.
 fn config(gateways: &[GatewayProc]) -> anyhow::Result<String> {
     for line in RELIED_ON {
         if !SHARED_CONFIG.lines().any(|l| l == line) {
@@ -137,4 +137,21 @@ pub(crate) fn which(name: &str) -> Option<std::path::PathBuf> {
             .map(|d| d.join(name))
             .find(|p| p.exists())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_config_keeps_the_relied_on_lines_and_drops_the_compose_servers() {
+        let config = config(&[]).unwrap();
+        for line in RELIED_ON {
+            assert!(config.lines().any(|l| l == line), "missing `{line}`");
+        }
+        assert!(!config
+            .lines()
+            .any(|l| l.trim_start().starts_with("server ")));
+        assert!(config.contains("bind \"${OBLETH_LB_BIND-:8080}\""));
+    }
 }
