@@ -7,6 +7,7 @@
     python upgrade.py images RENDER --label NAME --expect-tag V
     python upgrade.py operations RENDER --label NAME --bin-dir DIR
     python upgrade.py scale-transition BEFORE AFTER --label NAME --live N
+    python upgrade.py same-init CHART_RENDER KUSTOMIZE_RENDER
     python upgrade.py helm-timeouts DOC --render PRODUCTION --finish-render PRODUCTION_WITH_FINISH
 
 `migrations`: exactly one way of running `obleth-migrator up` is rendered,
@@ -459,6 +460,24 @@ def helm_timeouts(args) -> int:
     return r.done()
 
 
+def same_init(args) -> int:
+    """The chart's initContainer mode and the kustomize component run the
+    same migrator container (image aside: each pins its own)."""
+    r = Report("same init container [chart vs kustomize]")
+
+    def init(path):
+        admins = deployments_of(load(path), "obleth-admin")
+        inits = admins[0][0]["spec"]["template"]["spec"].get("initContainers") or [] if admins else []
+        return [{k: v for k, v in c.items() if k != "image"} for c in inits]
+
+    a, b = init(args.chart), init(args.kustomize)
+    if r.check(len(a) == 1 and len(b) == 1, f"one admin init container in each (chart {len(a)}, kustomize {len(b)})"):
+        diff = sorted(k for k in set(a[0]) | set(b[0]) if a[0].get(k) != b[0].get(k))
+        r.check(not diff, "same command, args, env, resources and security context",
+                "; ".join(f"{k}: chart {a[0].get(k)} vs kustomize {b[0].get(k)}" for k in diff))
+    return r.done()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -494,8 +513,11 @@ def main() -> int:
     ht.add_argument("doc")
     ht.add_argument("--render", required=True)
     ht.add_argument("--finish-render", required=True)
+    si = sub.add_parser("same-init")
+    si.add_argument("chart")
+    si.add_argument("kustomize")
     args = p.parse_args()
-    return {"helm-timeouts": helm_timeouts, "migrations": migrations, "spread": spread, "helm-test": helm_test, "images": images,
+    return {"same-init": same_init, "helm-timeouts": helm_timeouts, "migrations": migrations, "spread": spread, "helm-test": helm_test, "images": images,
             "operations": operations, "scale-transition": scale_transition}[args.cmd](args)
 
 
