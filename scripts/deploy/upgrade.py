@@ -1,7 +1,7 @@
 """Upgrade-safety checks on rendered manifests, beyond the wiring test.
 
     python upgrade.py migrations RENDER --mode hook|initContainer|admin --bin-dir DIR [--helm-hooks]
-    python upgrade.py spread RENDER
+    python upgrade.py spread RENDER --label NAME
     python upgrade.py helm-test RENDER --label NAME --expect-version V --canary-secret NAME
     python upgrade.py helm-test RENDER --label NAME --absent
     python upgrade.py images RENDER --label NAME --expect-tag V
@@ -28,6 +28,18 @@ gateways to one replica.
 (`obleth-admin rollout-status --wait`) with the release's version, against
 the gateway Service's client port, with the admin's database Secret and the
 canary key from the named Secret; with --absent, that no test pod is rendered.
+
+`images`: every obleth container runs the expected release.
+
+`operations`: a PodDisruptionBudget for the gateway and the admin that lets
+a drain proceed, the ops port off the clients' Service, both scraped when
+there are ServiceMonitors, migration Jobs that keep a failed run's logs and
+fit the Deployments' progress deadlines.
+
+`same-init`: the chart's and kustomize's migration init containers agree.
+
+`helm-timeouts`: every `helm upgrade --timeout` in the runbook outlasts the
+hook Jobs' deadlines plus a worst-case gateway surge step.
 """
 
 from __future__ import annotations
