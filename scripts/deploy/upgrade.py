@@ -448,8 +448,11 @@ def helm_timeouts(args) -> int:
     """Every `helm upgrade ... --timeout T` in the runbook outlasts what it
     waits for: the hook Jobs' activeDeadlineSeconds (the migration, and the
     finish Job when the command turns it on), then one gateway surge step
-    at its worst: the startup probe's budget and the grace period of the pod
-    it replaces. A shorter timeout fails (or, with --atomic, rolls back) an
+    at its worst: the startup probe's budget. `--wait` holds until the new
+    ReplicaSet's pods are ready; it does not wait for a replaced pod's drain
+    (its grace period, up to the longest request the gateway allows), and
+    neither does the rollout: a terminating pod no longer counts against
+    maxSurge. A shorter timeout fails (or, with --atomic, rolls back) an
     upgrade that was still within its deadlines."""
     r = Report(f"helm --timeout [{args.doc}]")
     text = open(args.doc).read().replace("\\\n", " ")
@@ -464,8 +467,8 @@ def helm_timeouts(args) -> int:
         gw = deployments_of(docs, "obleth-gateway")
         step = 0
         if gw:
-            d, c = gw[0]
-            step = startup_budget(c) + int(d["spec"]["template"]["spec"].get("terminationGracePeriodSeconds") or 30)
+            _, c = gw[0]
+            step = startup_budget(c)
         need = deadline + step
         r.check(timeout > need, f"`{cmd[:60]}...`: --timeout {timeout} s > hook deadlines {deadline} s "
                 f"({', '.join(d['metadata']['name'] for d in hooks)}) + one surge step {step} s = {need} s")

@@ -40,6 +40,14 @@ DEFAULT_STREAM_CUT_SECS = 5
 DEFAULT_USAGE_FLUSH_SECS = 10
 
 
+def check_drain_covers(r, name: str, w: dict) -> None:
+    """A rollout must cut no request the gateway allows: its drain timeout
+    covers the longest one (both from `wiring`)."""
+    longest = w.get("longest_request_secs")
+    r.check(isinstance(longest, int) and w["drain_timeout_secs"] >= longest,
+            f"{name}: drain_timeout_secs {w['drain_timeout_secs']} covers the longest request the gateway allows ({longest} s)")
+
+
 def after_drain(w: dict) -> tuple[int, int]:
     """Seconds a service may still take after its drain timeout: the stream
     cut and the usage flush (the gateway's; the admin has neither)."""
@@ -250,6 +258,8 @@ def check_deployment(r: Report, bins: Binaries, doc: dict, docs: list[dict]) -> 
     grace = pod.get("terminationGracePeriodSeconds")
     r.check(isinstance(grace, int) and grace > budget,
             f"{name}: terminationGracePeriodSeconds {grace} > preStop {sleep} + drain_delay {delay} + drain_timeout {timeout} + stream cut {cut} + usage flush {flush} = {budget}")
+    if service == "gateway":
+        check_drain_covers(r, name, w)
 
     strategy = doc["spec"].get("strategy") or {}
     ru = strategy.get("rollingUpdate") or {}
@@ -433,6 +443,8 @@ def compose(args) -> int:
         budget = w["drain_delay_secs"] + w["drain_timeout_secs"] + sum(after_drain(w))
         grace = seconds(services[s].get("stop_grace_period") or "10s")
         r.check(grace > budget, f"{s}: stop_grace_period {grace:g}s > drain budget {budget}s")
+        if binary == "obleth-gateway":
+            check_drain_covers(r, s, w)
         deps = services[s].get("depends_on") or {}
         if binary == "obleth-admin":
             r.check(all(deps.get(m, {}).get("condition") == "service_completed_successfully" for m in migrates),

@@ -126,10 +126,28 @@ cut and the usage flush.
 {{- int (required (printf "%s.settings.server.drain_delay_secs is required" .what) $server.drain_delay_secs) }}
 {{- end }}
 
+{{/*
+A service's drain timeout: its drain_timeout_secs, or for the gateway, whose
+default is the longest request it allows, body_timeout_secs (30) + 600 (the
+longest provider timeout, for the upstream's headers) + the larger of 600 (a
+non-streamed body) and max_stream_secs (600), as `obleth-gateway wiring`
+reports it.
+*/}}
+{{- define "obleth.drainTimeout" -}}
+{{- $server := .svc.settings.server }}
+{{- if hasKey $server "drain_timeout_secs" }}
+{{- int $server.drain_timeout_secs }}
+{{- else if eq .what "gateway" }}
+{{- add (int (default 30 $server.body_timeout_secs)) 600 (max 600 (int (default 600 $server.max_stream_secs))) }}
+{{- else }}
+{{- fail (printf "%s.settings.server.drain_timeout_secs is required" .what) }}
+{{- end }}
+{{- end }}
+
 {{- define "obleth.gracePeriod" -}}
 {{- $server := .svc.settings.server }}
 {{- $delay := int (required (printf "%s.settings.server.drain_delay_secs is required" .what) $server.drain_delay_secs) }}
-{{- $timeout := int (required (printf "%s.settings.server.drain_timeout_secs is required" .what) $server.drain_timeout_secs) }}
+{{- $timeout := include "obleth.drainTimeout" . | int }}
 {{- /* 15 s: the gateway's stream cut (5 s) and usage flush (10 s) after the drain timeout. */}}
 {{- $floor := add $delay $delay $timeout 15 }}
 {{- if kindIs "invalid" .svc.terminationGracePeriodSeconds }}
