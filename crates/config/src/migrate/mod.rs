@@ -4,10 +4,12 @@
 pub mod applied;
 pub mod compat;
 pub mod lint;
+pub mod locks;
 pub mod manifest;
 pub mod phase;
 pub mod runner;
 pub mod set;
+pub mod skew;
 pub mod sql;
 
 pub use applied::{read_applied, AppliedMigration};
