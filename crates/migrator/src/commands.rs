@@ -175,6 +175,10 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
                 exit::OK
             })
         }
+        Command::Preflight(args) => {
+            let options = connect_options(cli).map_err(|f| f.message);
+            Ok(crate::preflight::run(set, args, cli.database_url.as_deref(), options).await)
+        }
         Command::Verify => {
             let options = connect_options(cli)?;
             let mut conn = connect(&options).await?;
