@@ -119,6 +119,10 @@ pub struct LockEffect {
     /// does not show: the table is rewritten if any of them is volatile.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rewrite_if_volatile: Vec<String>,
+    /// The table a `CREATE TABLE` makes, so later statements on it can be
+    /// told apart from statements on a table that is missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creates: Option<String>,
 }
 
 impl LockEffect {
@@ -129,6 +133,7 @@ impl LockEffect {
             work,
             action: action.into(),
             rewrite_if_volatile: Vec::new(),
+            creates: None,
         }
     }
 
@@ -303,12 +308,14 @@ fn create(t: &[Token]) -> Vec<LockEffect> {
 
 fn create_table(t: &[Token], at: usize) -> Vec<LockEffect> {
     let at = skip_noise(t, at);
-    let name = t
-        .name_at(at)
-        .map_or_else(|| "?".to_owned(), |(n, _)| n.to_string());
-    let mut effects = vec![LockEffect::none(format!(
-        "create table {name} (a new table)"
-    ))];
+    let Some((created, _)) = t.name_at(at) else {
+        return Vec::new();
+    };
+    let name = created.to_string();
+    let mut effects = vec![LockEffect {
+        creates: Some(name.clone()),
+        ..LockEffect::none(format!("create table {name} (a new table)"))
+    }];
     if let Some(i) = t.find_top_seq(&["partition", "of"]) {
         if let Some((parent, _)) = t.name_at(i + 2) {
             effects.push(LockEffect::on(

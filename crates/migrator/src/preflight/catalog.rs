@@ -30,25 +30,21 @@ pub async fn resolve(
     target: &Target,
 ) -> Result<Option<Relation>, sqlx::Error> {
     let row: Option<RelationRow> = match target {
-        Target::Table(name) => {
-            sqlx::query_as(
-                "SELECT c.oid::bigint, c.oid::regclass::text, c.relkind::text, c.reltuples::float8 \
+        Target::Table(name) => sqlx::query_as(
+            "SELECT c.oid::bigint, c.oid::regclass::text, c.relkind::text, c.reltuples::float8 \
                  FROM pg_class c WHERE c.oid = to_regclass($1)",
-            )
-            .bind(name.to_string())
-            .fetch_optional(&mut *conn)
-            .await?
-        }
-        Target::IndexOf(index) => {
-            sqlx::query_as(
-                "SELECT c.oid::bigint, c.oid::regclass::text, c.relkind::text, c.reltuples::float8 \
+        )
+        .bind(name.to_string())
+        .fetch_optional(&mut *conn)
+        .await?,
+        Target::IndexOf(index) => sqlx::query_as(
+            "SELECT c.oid::bigint, c.oid::regclass::text, c.relkind::text, c.reltuples::float8 \
                  FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
                  WHERE i.indexrelid = to_regclass($1)",
-            )
-            .bind(index.to_string())
-            .fetch_optional(&mut *conn)
-            .await?
-        }
+        )
+        .bind(index.to_string())
+        .fetch_optional(&mut *conn)
+        .await?,
     };
     let Some((oid, name, relkind, reltuples)) = row else {
         return Ok(None);
@@ -75,12 +71,13 @@ pub async fn resolve(
     } else {
         // pg_total_relation_size takes ACCESS SHARE: the session's
         // lock_timeout turns a wait behind an exclusive lock into "unknown".
-        let size: Option<i64> = sqlx::query_scalar("SELECT pg_total_relation_size($1::bigint::oid)")
-            .bind(oid)
-            .fetch_one(&mut *conn)
-            .await
-            .ok()
-            .flatten();
+        let size: Option<i64> =
+            sqlx::query_scalar("SELECT pg_total_relation_size($1::bigint::oid)")
+                .bind(oid)
+                .fetch_one(&mut *conn)
+                .await
+                .ok()
+                .flatten();
         let rows = (reltuples >= 0.0).then(|| reltuples.round() as i64);
         (size, rows)
     };

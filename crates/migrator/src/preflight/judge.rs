@@ -45,6 +45,15 @@ pub(super) fn statement(
         );
     }
     let Some(table) = &check.table else {
+        if let (Some(target), false) = (&effect.target, check.new_in_upgrade) {
+            report.push(
+                Severity::Info,
+                "locks",
+                format!(
+                    "{at}: {target} is not in the database and no earlier pending statement creates it: the statement fails unless it says IF EXISTS or code creates it first"
+                ),
+            );
+        }
         return;
     };
     if table.size_bytes.is_none() {
@@ -58,20 +67,27 @@ pub(super) fn statement(
         );
     }
     if check.needs_window {
-        let size = table.size_bytes.map_or_else(|| "unknown size".to_owned(), pretty_bytes);
+        let size = table
+            .size_bytes
+            .map_or_else(|| "unknown size".to_owned(), pretty_bytes);
         let rows = table.rows_estimate.map_or_else(
             || "rows unknown (never analysed)".to_owned(),
             |r| format!("~{r} rows"),
         );
+        let how = if effect.work.grows_with_table() {
+            "it holds the lock for as long as it goes through every row"
+        } else {
+            "brief once granted, but it waits for every transaction using the table, and every query on the table queues behind it"
+        };
         report.push(
             Severity::Warning,
             "window",
             format!(
-                "{at}: {} takes {} on {} ({size}, {rows}), larger than {}: migrations on a table this size need a maintenance window{batched_note}",
-                effect.action,
+                "{at}: {} on {} ({size}, {rows}), over {}: {}; {how}; a table this size needs a maintenance window{batched_note}",
                 effect.lock,
                 table.name,
                 pretty_bytes(i64::try_from(args.window_threshold_bytes).unwrap_or(i64::MAX)),
+                effect.action,
             ),
         );
     }
@@ -114,7 +130,10 @@ fn describe_session(lock: &HeldLock) -> String {
 }
 
 fn age(secs: Option<f64>) -> String {
-    secs.map_or_else(|| "for an unknown time".to_owned(), |a| format!("for {a:.0} s"))
+    secs.map_or_else(
+        || "for an unknown time".to_owned(),
+        |a| format!("for {a:.0} s"),
+    )
 }
 
 /// Open transactions and lock holders on the tables the plan touches.
@@ -230,14 +249,21 @@ pub(super) async fn sessions(conn: &mut PgConnection, args: &PreflightArgs, repo
 /// Standbys of a primary: a replay lag above `--max-replay-lag-secs` is a
 /// warning (a rewrite makes it grow). Running on a standby was already
 /// judged a no-go.
-pub(super) async fn replication(conn: &mut PgConnection, args: &PreflightArgs, report: &mut Report) {
+pub(super) async fn replication(
+    conn: &mut PgConnection,
+    args: &PreflightArgs,
+    report: &mut Report,
+) {
     if report.server.as_ref().is_some_and(|s| s.in_recovery) {
         return;
     }
     match catalog::standbys(conn).await {
         Ok(standbys) => {
             for s in &standbys {
-                if let Some(lag) = s.replay_lag_secs.filter(|l| *l > args.max_replay_lag_secs as f64) {
+                if let Some(lag) = s
+                    .replay_lag_secs
+                    .filter(|l| *l > args.max_replay_lag_secs as f64)
+                {
                     report.push(
                         Severity::Warning,
                         "replication",

@@ -16,13 +16,16 @@ mod catalog;
 mod judge;
 mod render;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use obleth_config::migrate::compat::{check, Compatibility};
-use obleth_config::migrate::locks::{classify_sql, LockEffect};
+use obleth_config::migrate::locks::{classify_sql, LockEffect, Target, Work};
 use obleth_config::migrate::runner::live_nodes;
 use obleth_config::migrate::skew::SkewFinding;
-use obleth_config::migrate::{read_applied, MigrationDef, MigrationSet, Mode, Runner, RunnerOptions};
+use obleth_config::migrate::{
+    read_applied, MigrationDef, MigrationSet, Mode, Runner, RunnerOptions,
+};
 use obleth_config::settings::redact_url;
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
@@ -162,6 +165,9 @@ pub struct EffectCheck {
     /// The existing table it falls on, with its size and rows; `None` for a
     /// new object, or a table this upgrade creates first.
     pub table: Option<Relation>,
+    /// The target is not in the database, but an earlier pending statement
+    /// creates it.
+    pub new_in_upgrade: bool,
     pub rewrites: bool,
     pub needs_window: bool,
 }
@@ -222,11 +228,7 @@ impl Report {
 
     /// Records a check that could not run.
     fn incomplete(&mut self, check: &'static str, what: &str, err: &sqlx::Error) {
-        self.push(
-            Severity::Incomplete,
-            check,
-            format!("cannot {what}: {err}"),
-        );
+        self.push(Severity::Incomplete, check, format!("cannot {what}: {err}"));
     }
 
     fn conclude(&mut self) {
@@ -383,11 +385,16 @@ async fn inspect(
     report.up = up.iter().map(|d| d.version).collect();
     report.finish = finish.iter().map(|d| d.version).collect();
     if finish.is_empty() {
-        report.push(Severity::Info, "schema", "nothing to apply: `up` and `finish` have no work");
+        report.push(
+            Severity::Info,
+            "schema",
+            "nothing to apply: `up` and `finish` have no work",
+        );
     }
+    let mut created = HashSet::new();
     for def in &finish {
         let in_up = report.up.contains(&def.version);
-        let migration = analyse(conn, def, in_up, args, report).await;
+        let migration = analyse(conn, def, in_up, &mut created, args, report).await;
         report.migrations.push(migration);
     }
     judge::sessions(conn, args, report).await;
@@ -404,6 +411,7 @@ async fn analyse(
     conn: &mut PgConnection,
     def: &MigrationDef,
     in_up: bool,
+    created: &mut HashSet<String>,
     args: &PreflightArgs,
     report: &mut Report,
 ) -> MigrationCheck {
@@ -415,7 +423,7 @@ async fn analyse(
             if !effect.rewrite_if_volatile.is_empty() {
                 match catalog::any_volatile(conn, &effect.rewrite_if_volatile).await {
                     Ok(Some(true)) => {
-                        effect.work = obleth_config::migrate::locks::Work::Rewrite;
+                        effect.work = Work::Rewrite;
                         effect.action.push_str(
                             "; but the default calls a volatile function: rewrites the table",
                         );
@@ -434,14 +442,20 @@ async fn analyse(
                 },
                 None => None,
             };
+            if let Some(name) = &effect.creates {
+                created.insert(name.clone());
+            }
+            let new_in_upgrade = table.is_none()
+                && matches!(&effect.target, Some(Target::Table(name)) if created.contains(&name.to_string()));
             let needs_window = table.as_ref().is_some_and(|t| {
                 let bytes = t.size_bytes.map_or(0, |b| u64::try_from(b).unwrap_or(0));
                 effect.needs_window(bytes, args.window_threshold_bytes)
             });
             let check = EffectCheck {
-                rewrites: effect.work == obleth_config::migrate::locks::Work::Rewrite,
+                rewrites: effect.work == Work::Rewrite,
                 needs_window,
                 table,
+                new_in_upgrade,
                 effect,
             };
             judge::statement(def, statement.line, batched, &check, args, report);
@@ -504,9 +518,11 @@ mod tests {
 
     #[test]
     fn long_statements_are_cut_on_one_line() {
-        assert_eq!(shorten("ALTER TABLE t\n   ADD COLUMN c int"), "ALTER TABLE t ADD COLUMN c int");
+        assert_eq!(
+            shorten("ALTER TABLE t\n   ADD COLUMN c int"),
+            "ALTER TABLE t ADD COLUMN c int"
+        );
         let long = "x".repeat(150);
         assert_eq!(shorten(&long).len(), 104);
     }
 }
-

@@ -34,7 +34,10 @@ pub(super) fn text(r: &Report) {
         out!("locks of pending statements:");
     }
     for m in &r.migrations {
-        let mut tags = vec![m.phase.clone(), if m.in_up { "up" } else { "finish" }.to_owned()];
+        let mut tags = vec![
+            m.phase.clone(),
+            if m.in_up { "up" } else { "finish" }.to_owned(),
+        ];
         if m.no_transaction {
             tags.push("no transaction".to_owned());
         }
@@ -56,10 +59,17 @@ pub(super) fn text(r: &Report) {
                         );
                         format!(" on {} ({size}, {rows})", t.name)
                     }
-                    (None, Some(target)) => format!(" on {target} (not in the database yet)"),
+                    (None, Some(target)) if l.new_in_upgrade => {
+                        format!(" on {target} (new in this upgrade)")
+                    }
+                    (None, Some(target)) => format!(" on {target} (not in the database)"),
                     (None, None) => String::new(),
                 };
-                let window = if l.needs_window { "  [needs a window]" } else { "" };
+                let window = if l.needs_window {
+                    "  [needs a window]"
+                } else {
+                    ""
+                };
                 out!("      {}{on}: {}{window}", l.effect.lock, l.effect.action);
             }
         }
@@ -74,7 +84,10 @@ pub(super) fn text(r: &Report) {
             out!(
                 "  pid {} ({}, {}, {}) open {:.0} s",
                 s.pid,
-                s.application.as_deref().filter(|a| !a.is_empty()).unwrap_or("unnamed"),
+                s.application
+                    .as_deref()
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or("unnamed"),
                 s.backend_type.as_deref().unwrap_or("unknown backend"),
                 s.state.as_deref().unwrap_or("state hidden"),
                 s.xact_age_secs.unwrap_or(0.0)
@@ -142,6 +155,9 @@ fn versions(v: &[i64]) -> String {
     if v.is_empty() {
         "nothing".to_owned()
     } else {
-        v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

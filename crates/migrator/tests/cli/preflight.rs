@@ -87,9 +87,10 @@ async fn preflight_flags_a_pending_rewrite_of_a_large_table_with_its_size_rows_a
     let w = &warnings[0];
     for needle in [
         "migration 29991231000001 (29991231000001_widen_payload.sql) line 1",
-        "takes ACCESS EXCLUSIVE on big",
-        "~20000 rows",
-        "need a maintenance window",
+        ": ACCESS EXCLUSIVE on big (",
+        "~20000 rows), over 64 kB: alter column payload type",
+        "as long as it goes through every row",
+        "needs a maintenance window",
     ] {
         assert!(w.contains(needle), "{needle} not in {w}");
     }
@@ -102,7 +103,10 @@ async fn preflight_flags_a_pending_rewrite_of_a_large_table_with_its_size_rows_a
         "{text}"
     );
     assert!(text.contains("ACCESS EXCLUSIVE on big ("), "{text}");
-    assert!(text.contains("~20000 rows): alter column payload type"), "{text}");
+    assert!(
+        text.contains("~20000 rows): alter column payload type"),
+        "{text}"
+    );
     assert!(text.contains("[needs a window]"), "{text}");
 }
 
@@ -141,7 +145,10 @@ async fn a_long_transaction_holding_a_touched_table_is_a_no_go_naming_its_pid_an
         .unwrap_or_else(|| panic!("pid {pid} not in {long:?}"));
     assert_eq!(session["application"], "preflight-hog");
     assert_eq!(session["state"], "idle in transaction");
-    assert!(session["xact_age_secs"].as_f64().unwrap() >= 1.0, "{session}");
+    assert!(
+        session["xact_age_secs"].as_f64().unwrap() >= 1.0,
+        "{session}"
+    );
     assert!(session.get("query").is_none(), "never the query text");
     let holder = report["lock_holders"]
         .as_array()
@@ -164,7 +171,12 @@ async fn a_long_transaction_holding_a_touched_table_is_a_no_go_naming_its_pid_an
     assert!(no_go[0].contains(&format!("pg_terminate_backend({pid})")));
 
     let text = stdout(&migrator(url, &args).await);
-    assert!(text.contains(&format!("  pid {pid} (preflight-hog, client backend, idle in transaction) open ")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "  pid {pid} (preflight-hog, client backend, idle in transaction) open "
+        )),
+        "{text}"
+    );
     assert!(text.contains("NO-GO"), "{text}");
 
     // Once the transaction ends, the same preflight is a go.
@@ -224,10 +236,10 @@ async fn a_migrated_database_with_nothing_pending_is_a_go_with_the_documented_js
     assert_eq!(backfill["statements"][0]["locks"][0]["lock"], "unknown");
     let warnings = messages(&report, "warning");
     assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("runs code; its locks are not visible in the text")
-                && w.contains("batched: it repeats in many short transactions")),
+        warnings.iter().any(
+            |w| w.contains("runs code; its locks are not visible in the text")
+                && w.contains("batched: it repeats in many short transactions")
+        ),
         "{warnings:?}"
     );
 }
@@ -240,7 +252,10 @@ async fn an_unreachable_database_is_a_no_go_that_never_prints_the_password() {
     assert_eq!(code(&out), 21);
     let text = stdout(&out);
     assert!(text.starts_with("preflight: NO-GO (exit 21)"), "{text}");
-    assert!(text.contains("database: postgres://obleth:***@127.0.0.1:1/obleth (not reached)"), "{text}");
+    assert!(
+        text.contains("database: postgres://obleth:***@127.0.0.1:1/obleth (not reached)"),
+        "{text}"
+    );
     assert!(
         text.contains("cannot connect to the database at 127.0.0.1:1/obleth: "),
         "{text}"
@@ -257,7 +272,11 @@ async fn an_unreachable_database_is_a_no_go_that_never_prints_the_password() {
 
     let out = migrator(None, &["preflight"]).await;
     assert_eq!(code(&out), 21);
-    assert!(stdout(&out).contains("pass --database-url or set DATABASE_URL"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("pass --database-url or set DATABASE_URL"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test]
@@ -289,11 +308,15 @@ async fn a_live_node_too_old_for_a_pending_contract_is_a_no_go_for_finish_and_sk
     let report = json(&out);
     assert_eq!(report["up"], serde_json::json!([]));
     assert_eq!(report["finish"], serde_json::json!([29991231000002i64]));
-    assert_eq!(messages(&report, "info"), [blocked.clone()]);
+    assert_eq!(messages(&report, "info"), std::slice::from_ref(&blocked));
     assert_eq!(report["nodes"][0]["node_id"], "gw-1");
     assert_eq!(report["skew"][0]["issue"], "blocks_contract");
 
-    let out = migrator(url, &["preflight", "--source", source, "--finish", "--json"]).await;
+    let out = migrator(
+        url,
+        &["preflight", "--source", source, "--finish", "--json"],
+    )
+    .await;
     assert_eq!(code(&out), 21, "{}", stdout(&out));
     let report = json(&out);
     assert_eq!(report["step"], "finish");
@@ -316,4 +339,59 @@ async fn a_live_node_too_old_for_a_pending_contract_is_a_no_go_for_finish_and_sk
         "{}",
         stdout(&out)
     );
+}
+
+#[tokio::test]
+async fn a_default_calling_a_volatile_function_of_the_database_is_a_rewrite() {
+    let db = migrated().await;
+    big_table(&db.url, 10).await;
+    execute(
+        &db.url,
+        "CREATE FUNCTION app_token() RETURNS text LANGUAGE sql VOLATILE AS 'SELECT md5(random()::text)'; \
+         CREATE FUNCTION app_tier() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';",
+    )
+    .await;
+    let source = source_with(&[(
+        "29991231000003_defaults.sql",
+        "ALTER TABLE big ADD COLUMN token text DEFAULT app_token();\n\
+         ALTER TABLE big ADD COLUMN tier int DEFAULT app_tier();\n\
+         CREATE TABLE notes (id int);\n\
+         CREATE INDEX notes_id ON notes (id);\n",
+        "\n[[migration]]\nversion = 29991231000003\nphase = \"expand\"\n",
+    )]);
+    let source = source.path().to_str().unwrap();
+    let out = migrator(Some(&db.url), &["preflight", "--source", source, "--json"]).await;
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let report = json(&out);
+    let statements = &report["migrations"][0]["statements"];
+    let token = &statements[0]["locks"][0];
+    assert_eq!(
+        token["rewrite_if_volatile"],
+        serde_json::json!(["app_token"])
+    );
+    assert_eq!(token["work"], "rewrite", "{token}");
+    assert_eq!(token["rewrites"], true);
+    let tier = &statements[1]["locks"][0];
+    assert_eq!(tier["work"], "metadata", "{tier}");
+    assert_eq!(tier["rewrites"], false);
+    let index = &statements[3]["locks"][0];
+    assert_eq!(index["lock"], "SHARE");
+    assert_eq!(index["table"], Value::Null);
+    assert_eq!(index["new_in_upgrade"], true);
+}
+
+#[tokio::test]
+async fn a_primary_lists_its_standbys_with_their_replay_lag() {
+    let pair = obleth_testkit::PgReplicated::start().await.unwrap();
+    let db = pair.fresh_database().await.unwrap();
+    let out = migrator(Some(&db.url), &["preflight", "--json"]).await;
+    let report = json(&out);
+    assert_eq!(report["server"]["in_recovery"], false);
+    let standbys = report["standbys"].as_array().unwrap();
+    assert_eq!(standbys.len(), 1, "{standbys:?}");
+    assert_eq!(standbys[0]["state"], "streaming");
+    assert!(standbys[0].get("replay_lag_secs").is_some());
+    let text = stdout(&migrator(Some(&db.url), &["preflight"]).await);
+    assert!(text.contains("standby:  "), "{text}");
+    assert!(text.contains(" streaming, replay lag "), "{text}");
 }

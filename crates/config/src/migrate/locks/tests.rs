@@ -43,6 +43,12 @@ fn create_table_locks_nothing_but_the_tables_it_refers_to() {
         "CREATE TABLE IF NOT EXISTS notes (id bigint PRIMARY KEY, body text)",
         &[("-", "none", Work::Metadata)],
     );
+    assert_eq!(
+        only("CREATE TABLE public.\"Notes\" (id int)")
+            .creates
+            .as_deref(),
+        Some("public.\"Notes\"")
+    );
     check(
         "CREATE TABLE notes (id bigint, key_id uuid REFERENCES api_keys (id))",
         &[
