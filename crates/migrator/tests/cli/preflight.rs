@@ -395,3 +395,69 @@ async fn a_primary_lists_its_standbys_with_their_replay_lag() {
     assert!(text.contains("standby:  "), "{text}");
     assert!(text.contains(" streaming, replay lag "), "{text}");
 }
+
+#[tokio::test]
+async fn a_standby_is_a_no_go_that_says_to_use_the_primary() {
+    let pair = obleth_testkit::PgReplicated::start().await.unwrap();
+    // Created while the standby is synchronous, so it reaches the standby.
+    let db = pair.fresh_database().await.unwrap();
+    // The pair's standby refuses clients (hot_standby = off); the last
+    // setting in postgresql.conf wins.
+    let standby = pair.standby();
+    standby.stop().unwrap();
+    let conf = standby.dir().join("data/postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nhot_standby = on\n");
+    std::fs::write(&conf, text).unwrap();
+    standby.start_again().unwrap();
+
+    let out = migrator(Some(&standby.url(&db.name)), &["preflight", "--json"]).await;
+    assert_eq!(code(&out), 21, "{}", stdout(&out));
+    let report = json(&out);
+    assert_eq!(report["server"]["in_recovery"], true);
+    assert!(
+        messages(&report, "no_go").iter().any(|m| m.contains(
+            "the database is a standby (in recovery): migrations must run on the primary"
+        )),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_check_the_role_may_not_run_makes_preflight_incomplete() {
+    let db = migrated().await;
+    let role = format!("{}_ro", db.name);
+    execute(
+        &db.url,
+        &format!("CREATE ROLE {role} LOGIN PASSWORD 'ro-secret'"),
+    )
+    .await;
+    let options: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
+    let url = format!(
+        "postgres://{role}:ro-secret@{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        db.name
+    );
+    let out = migrator(Some(&url), &["preflight", "--json"]).await;
+    assert_eq!(code(&out), 22, "{}", stdout(&out));
+    let report = json(&out);
+    assert_eq!(report["verdict"], "incomplete");
+    assert_eq!(
+        report["database"],
+        format!(
+            "postgres://{role}:***@{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            db.name
+        )
+    );
+    let incomplete = messages(&report, "incomplete");
+    assert!(
+        incomplete[0].starts_with("cannot read the applied migrations: ")
+            && incomplete[0].contains("permission denied"),
+        "{incomplete:?}"
+    );
+    assert!(!stdout(&out).contains("ro-secret"));
+    execute(&db.url, &format!("DROP ROLE {role}")).await;
+}
