@@ -147,29 +147,30 @@ fn age(secs: Option<f64>) -> String {
 pub(super) async fn sessions(conn: &mut PgConnection, args: &PreflightArgs, report: &mut Report) {
     let needed = needed_locks(report, args.finish);
     let long = match catalog::long_transactions(conn, args.long_xact_secs).await {
-        Ok(long) => long,
+        Ok(long) => Some(long),
         Err(e) => {
             report.incomplete("transactions", "read pg_stat_activity", &e);
-            Vec::new()
+            None
         }
     };
     let mut oids: Vec<i64> = needed.iter().map(|n| n.oid).collect();
     oids.sort_unstable();
     oids.dedup();
     let held = if oids.is_empty() {
-        Vec::new()
+        Some(Vec::new())
     } else {
         match catalog::locks_on(conn, &oids).await {
-            Ok(held) => held,
+            Ok(held) => Some(held),
             Err(e) => {
                 report.incomplete("transactions", "read pg_locks", &e);
-                Vec::new()
+                None
             }
         }
     };
+    let mut holders = Vec::new();
     let long_secs = args.long_xact_secs as f64;
     let mut reported_pids = Vec::new();
-    for lock in held {
+    for lock in held.iter().flatten().cloned() {
         let conflict = lock.mode().and_then(|mode| {
             needed
                 .iter()
@@ -207,12 +208,13 @@ pub(super) async fn sessions(conn: &mut PgConnection, args: &PreflightArgs, repo
             ),
             None => {}
         }
-        report.lock_holders.push(LockHolder {
+        holders.push(LockHolder {
             conflicts_with: conflict.map(|n| n.mode.as_str().to_owned()),
             lock,
         });
     }
-    for session in &long {
+    report.lock_holders = held.map(|_| holders);
+    for session in long.iter().flatten() {
         if reported_pids.contains(&session.pid) {
             continue;
         }
@@ -276,7 +278,7 @@ pub(super) async fn replication(
                     );
                 }
             }
-            report.standbys = standbys;
+            report.standbys = Some(standbys);
         }
         Err(e) => report.incomplete("replication", "read pg_stat_replication", &e),
     }
@@ -302,13 +304,15 @@ pub(super) fn fleet(
         };
         report.push(severity, "fleet", f.describe(&binary));
     }
-    report.nodes = nodes
-        .iter()
-        .map(|n| Node {
-            node_id: n.node_id.clone(),
-            service: n.service.clone(),
-            version: n.version.clone(),
-        })
-        .collect();
-    report.skew = findings;
+    report.nodes = Some(
+        nodes
+            .iter()
+            .map(|n| Node {
+                node_id: n.node_id.clone(),
+                service: n.service.clone(),
+                version: n.version.clone(),
+            })
+            .collect(),
+    );
+    report.skew = Some(findings);
 }

@@ -209,11 +209,13 @@ pub struct Report {
     /// Versions `finish` would apply, in order.
     pub finish: Vec<i64>,
     pub migrations: Vec<MigrationCheck>,
-    pub long_transactions: Vec<Session>,
-    pub lock_holders: Vec<LockHolder>,
-    pub standbys: Vec<Standby>,
-    pub nodes: Vec<Node>,
-    pub skew: Vec<SkewFinding>,
+    /// The sessions and fleet checks: `null` when the check did not run
+    /// (not reached, or stopped by an earlier failure), `[]` when it found nothing.
+    pub long_transactions: Option<Vec<Session>>,
+    pub lock_holders: Option<Vec<LockHolder>>,
+    pub standbys: Option<Vec<Standby>>,
+    pub nodes: Option<Vec<Node>>,
+    pub skew: Option<Vec<SkewFinding>>,
     pub findings: Vec<Finding>,
 }
 
@@ -265,11 +267,11 @@ pub async fn run(
         up: Vec::new(),
         finish: Vec::new(),
         migrations: Vec::new(),
-        long_transactions: Vec::new(),
-        lock_holders: Vec::new(),
-        standbys: Vec::new(),
-        nodes: Vec::new(),
-        skew: Vec::new(),
+        long_transactions: None,
+        lock_holders: None,
+        standbys: None,
+        nodes: None,
+        skew: None,
         findings: Vec::new(),
     };
     match options {

@@ -76,27 +76,32 @@ pub(super) fn text(r: &Report) {
     }
 
     out!();
-    if r.long_transactions.is_empty() {
-        out!("transactions open longer than {} s: none", r.long_xact_secs);
-    } else {
-        out!("transactions open longer than {} s:", r.long_xact_secs);
-        for s in &r.long_transactions {
-            out!(
-                "  pid {} ({}, {}, {}) open {:.0} s",
-                s.pid,
-                s.application
-                    .as_deref()
-                    .filter(|a| !a.is_empty())
-                    .unwrap_or("unnamed"),
-                s.backend_type.as_deref().unwrap_or("unknown backend"),
-                s.state.as_deref().unwrap_or("state hidden"),
-                s.xact_age_secs.unwrap_or(0.0)
-            );
+    match &r.long_transactions {
+        None => out!("transactions: not checked"),
+        Some(long) if long.is_empty() => {
+            out!("transactions open longer than {} s: none", r.long_xact_secs);
+        }
+        Some(long) => {
+            out!("transactions open longer than {} s:", r.long_xact_secs);
+            for s in long {
+                out!(
+                    "  pid {} ({}, {}, {}) open {:.0} s",
+                    s.pid,
+                    s.application
+                        .as_deref()
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or("unnamed"),
+                    s.backend_type.as_deref().unwrap_or("unknown backend"),
+                    s.state.as_deref().unwrap_or("state hidden"),
+                    s.xact_age_secs.unwrap_or(0.0)
+                );
+            }
         }
     }
-    if !r.lock_holders.is_empty() {
+    let holders = r.lock_holders.as_deref().unwrap_or_default();
+    if !holders.is_empty() {
         out!("locks other sessions hold or await on the tables the plan touches:");
-        for h in &r.lock_holders {
+        for h in holders {
             out!(
                 "  pid {} {} {} on {}{}",
                 h.lock.session.pid,
@@ -110,27 +115,29 @@ pub(super) fn text(r: &Report) {
             );
         }
     }
-    if r.reachable && r.server.as_ref().is_some_and(|s| !s.in_recovery) {
-        if r.standbys.is_empty() {
+    match &r.standbys {
+        None => {}
+        Some(standbys) if standbys.is_empty() => {
             out!("standbys: none streaming from this primary");
         }
-        for s in &r.standbys {
-            out!(
-                "standby:  {} ({}) {}, replay lag {}",
-                s.application.as_deref().unwrap_or("unnamed"),
-                s.client_addr.as_deref().unwrap_or("local"),
-                s.state.as_deref().unwrap_or("unknown"),
-                s.replay_lag_secs
-                    .map_or_else(|| "none".to_owned(), |l| format!("{l:.1} s"))
-            );
+        Some(standbys) => {
+            for s in standbys {
+                out!(
+                    "standby:  {} ({}) {}, replay lag {}",
+                    s.application.as_deref().unwrap_or("unnamed"),
+                    s.client_addr.as_deref().unwrap_or("local"),
+                    s.state.as_deref().unwrap_or("unknown"),
+                    s.replay_lag_secs
+                        .map_or_else(|| "none".to_owned(), |l| format!("{l:.1} s"))
+                );
+            }
         }
     }
-    if r.reachable {
-        if r.nodes.is_empty() {
-            out!("fleet:    no live gateway or admin recorded");
-        } else {
-            let nodes: Vec<String> = r
-                .nodes
+    match &r.nodes {
+        None => out!("fleet:    not checked"),
+        Some(nodes) if nodes.is_empty() => out!("fleet:    no live gateway or admin recorded"),
+        Some(nodes) => {
+            let nodes: Vec<String> = nodes
                 .iter()
                 .map(|n| format!("{} {} {}", n.service, n.node_id, n.version))
                 .collect();

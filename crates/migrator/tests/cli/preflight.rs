@@ -260,11 +260,21 @@ async fn an_unreachable_database_is_a_no_go_that_never_prints_the_password() {
         text.contains("cannot connect to the database at 127.0.0.1:1/obleth: "),
         "{text}"
     );
+    assert!(text.contains("transactions: not checked"), "{text}");
     let out_json = migrator(Some(url), &["preflight", "--json"]).await;
     assert_eq!(code(&out_json), 21);
     let report = json(&out_json);
     assert_eq!(report["reachable"], false);
     assert_eq!(report["verdict"], "no_go");
+    for unchecked in [
+        "server",
+        "schema",
+        "long_transactions",
+        "lock_holders",
+        "nodes",
+    ] {
+        assert_eq!(report[unchecked], Value::Null, "{unchecked}");
+    }
     assert_eq!(report["findings"][0]["check"], "database");
     for o in [&out, &out_json] {
         assert!(!stdout(o).contains("hunter2") && !stderr(o).contains("hunter2"));
@@ -410,8 +420,15 @@ async fn a_standby_is_a_no_go_that_says_to_use_the_primary() {
     text.push_str("\nhot_standby = on\n");
     std::fs::write(&conf, text).unwrap();
     standby.start_again().unwrap();
+    let url = standby.url(&db.name);
+    obleth_testkit::poll::wait_until(
+        std::time::Duration::from_secs(30),
+        "the standby to accept read-only connections to the new database",
+        || async { PgConnection::connect(&url).await.is_ok() },
+    )
+    .await;
 
-    let out = migrator(Some(&standby.url(&db.name)), &["preflight", "--json"]).await;
+    let out = migrator(Some(&url), &["preflight", "--json"]).await;
     assert_eq!(code(&out), 21, "{}", stdout(&out));
     let report = json(&out);
     assert_eq!(report["server"]["in_recovery"], true);
