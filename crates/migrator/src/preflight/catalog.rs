@@ -231,3 +231,24 @@ pub async fn standbys(conn: &mut PgConnection) -> Result<Vec<Standby>, sqlx::Err
     .fetch_all(conn)
     .await
 }
+
+/// The session holding the migration runners' advisory lock `key` in this
+/// database, if any: a migration run is in progress.
+pub async fn migration_lock_holder(
+    conn: &mut PgConnection,
+    key: i64,
+) -> Result<Option<Session>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.pid, a.application_name AS application, a.backend_type, a.state, \
+                extract(epoch FROM now() - a.xact_start)::float8 AS xact_age_secs, a.wait_event_type \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid() \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 1 \
+         LIMIT 1",
+    )
+    .bind((key >> 32) & 0xffff_ffff)
+    .bind(key & 0xffff_ffff)
+    .fetch_optional(conn)
+    .await
+}

@@ -3,7 +3,7 @@
 //! the same; keep them together.
 
 use obleth_config::migrate::locks::{LockMode, RUNS_CODE};
-use obleth_config::migrate::runner::LiveNode;
+use obleth_config::migrate::runner::{LiveNode, LOCK_KEY};
 use obleth_config::migrate::skew;
 use obleth_config::migrate::MigrationDef;
 use sqlx::PgConnection;
@@ -181,7 +181,18 @@ pub(super) async fn sessions(conn: &mut PgConnection, args: &PreflightArgs, repo
         let is_long = lock.session.xact_age_secs.is_some_and(|a| a > long_secs);
         let held_for = age(lock.session.xact_age_secs);
         let verb = if lock.granted { "holds" } else { "awaits" };
+        // Autovacuum cancels itself when a conflicting lock is requested,
+        // unless it is preventing transaction-ID wraparound.
+        let autovacuum = lock.session.backend_type.as_deref() == Some("autovacuum worker");
         match conflict {
+            Some(n) if lock.granted && is_long && autovacuum => report.push(
+                Severity::Warning,
+                "transactions",
+                format!(
+                    "{who} (autovacuum) has held {} on {} {held_for}; it yields to the pending {} unless it is preventing wraparound (pg_stat_progress_vacuum)",
+                    lock.mode, lock.table, n.mode
+                ),
+            ),
             Some(n) if lock.granted && is_long => {
                 let severity = if n.judged {
                     Severity::NoGo
@@ -235,6 +246,27 @@ pub(super) async fn sessions(conn: &mut PgConnection, args: &PreflightArgs, repo
         );
     }
     report.long_transactions = long;
+    match catalog::migration_lock_holder(conn, LOCK_KEY).await {
+        Ok(Some(holder)) => report.push(
+            Severity::NoGo,
+            "transactions",
+            format!(
+                "the migration lock is held by pid {} ({}, {}): a migration run is in progress; let it finish first",
+                holder.pid,
+                holder
+                    .application
+                    .as_deref()
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or("unnamed"),
+                holder.xact_age_secs.map_or_else(
+                    || "no transaction open".to_owned(),
+                    |a| format!("transaction open {a:.0} s")
+                )
+            ),
+        ),
+        Ok(None) => {}
+        Err(e) => report.incomplete("transactions", "read the migration lock", &e),
+    }
     match catalog::hidden_sessions(conn).await {
         Ok(0) => {}
         Ok(n) => report.push(

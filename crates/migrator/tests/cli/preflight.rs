@@ -478,3 +478,32 @@ async fn a_check_the_role_may_not_run_makes_preflight_incomplete() {
     assert!(!stdout(&out).contains("ro-secret"));
     execute(&db.url, &format!("DROP ROLE {role}")).await;
 }
+
+#[tokio::test]
+async fn a_migration_run_in_progress_is_a_no_go() {
+    let db = migrated().await;
+    let mut runner = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("SET application_name = 'obleth-migrator'")
+        .execute(&mut runner)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(obleth_config::migrate::runner::LOCK_KEY)
+        .execute(&mut runner)
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut runner)
+        .await
+        .unwrap();
+    let out = migrator(Some(&db.url), &["preflight", "--json"]).await;
+    assert_eq!(code(&out), 21, "{}", stdout(&out));
+    assert_eq!(
+        messages(&json(&out), "no_go"),
+        [format!(
+            "the migration lock is held by pid {pid} (obleth-migrator, no transaction open): a migration run is in progress; let it finish first"
+        )]
+    );
+    runner.close().await.unwrap();
+    assert_eq!(code(&migrator(Some(&db.url), &["preflight"]).await), 0);
+}
