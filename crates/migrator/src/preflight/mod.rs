@@ -16,7 +16,7 @@ mod catalog;
 mod judge;
 mod render;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use obleth_config::migrate::compat::{check, Compatibility};
@@ -393,10 +393,10 @@ async fn inspect(
             "nothing to apply: `up` and `finish` have no work",
         );
     }
-    let mut created = HashSet::new();
+    let mut seen = Seen::default();
     for def in &finish {
         let in_up = report.up.contains(&def.version);
-        let migration = analyse(conn, def, in_up, &mut created, args, report).await;
+        let migration = analyse(conn, def, in_up, &mut seen, args, report).await;
         report.migrations.push(migration);
     }
     judge::sessions(conn, args, report).await;
@@ -407,13 +407,21 @@ async fn inspect(
     }
 }
 
+/// What the analysis of earlier statements learnt: the tables they create,
+/// and each target's relation, looked up once.
+#[derive(Default)]
+struct Seen {
+    created: HashSet<String>,
+    relations: HashMap<Target, Option<Relation>>,
+}
+
 /// Classifies every statement of one pending migration and joins each lock
 /// with its table in the catalog.
 async fn analyse(
     conn: &mut PgConnection,
     def: &MigrationDef,
     in_up: bool,
-    created: &mut HashSet<String>,
+    seen: &mut Seen,
     args: &PreflightArgs,
     report: &mut Report,
 ) -> MigrationCheck {
@@ -435,20 +443,26 @@ async fn analyse(
                 }
             }
             let table = match &effect.target {
-                Some(target) => match catalog::resolve(conn, target).await {
-                    Ok(relation) => relation,
-                    Err(e) => {
-                        report.incomplete("locks", &format!("look up {target}"), &e);
-                        None
-                    }
+                Some(target) => match seen.relations.get(target) {
+                    Some(known) => known.clone(),
+                    None => match catalog::resolve(conn, target).await {
+                        Ok(relation) => {
+                            seen.relations.insert(target.clone(), relation.clone());
+                            relation
+                        }
+                        Err(e) => {
+                            report.incomplete("locks", &format!("look up {target}"), &e);
+                            None
+                        }
+                    },
                 },
                 None => None,
             };
             if let Some(name) = &effect.creates {
-                created.insert(name.clone());
+                seen.created.insert(name.clone());
             }
             let new_in_upgrade = table.is_none()
-                && matches!(&effect.target, Some(Target::Table(name)) if created.contains(&name.to_string()));
+                && matches!(&effect.target, Some(Target::Table(name)) if seen.created.contains(&name.to_string()));
             let needs_window = table.as_ref().is_some_and(|t| {
                 let bytes = t.size_bytes.map_or(0, |b| u64::try_from(b).unwrap_or(0));
                 effect.needs_window(bytes, args.window_threshold_bytes)
