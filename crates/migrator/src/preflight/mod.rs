@@ -278,7 +278,10 @@ pub async fn run(
         Ok(options) => match connect(&options, args).await {
             Ok(mut conn) => {
                 report.reachable = true;
-                inspect(&mut conn, &set, args, &mut report).await;
+                match session_of_its_own(&options, args).await {
+                    Ok(()) => inspect(&mut conn, &set, args, &mut report).await,
+                    Err(message) => report.push(Severity::NoGo, "database", message),
+                }
                 let _ = conn.close().await;
             }
             Err(message) => report.push(Severity::NoGo, "database", message),
@@ -316,6 +319,39 @@ async fn connect(options: &PgConnectOptions, args: &PreflightArgs) -> Result<PgC
         Ok(Err(e)) => Err(format!("cannot connect to the database at {place}: {e}")),
         Err(_) => Err(format!(
             "cannot connect to the database at {place}: no answer within {timeout:?}"
+        )),
+    }
+}
+
+/// Refuses, as the runner would, a URL that leads to a transaction pooler:
+/// the runner's session lock would not hold there, and neither would
+/// preflight's view of sessions (see `obleth_config::db::pooler`).
+async fn session_of_its_own(
+    options: &PgConnectOptions,
+    args: &PreflightArgs,
+) -> Result<(), String> {
+    use obleth_config::db::pooler::{check_session, PoolerError};
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy_with(
+            options
+                .clone()
+                .application_name("obleth-migrator-preflight"),
+        );
+    let limit = Duration::from_secs(args.connect_timeout_secs)
+        + obleth_config::db::pooler::SESSION_CHECK_WAIT;
+    let checked = tokio::time::timeout(limit, check_session(&pool)).await;
+    pool.close().await;
+    match checked {
+        Ok(Ok(())) => Ok(()),
+        // The connection itself worked a moment ago; a refusal now is not
+        // evidence of a pooler, and the checks that follow will say more.
+        Ok(Err(PoolerError::Unreachable(_))) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "the migration connection cannot hold the migration lock: {e}; --database-url (DATABASE_URL) must name PostgreSQL, not a transaction pooler such as PgBouncer"
+        )),
+        Err(_) => Err(format!(
+            "cannot tell whether the URL leads to a PostgreSQL session of its own: no answer within {limit:?}"
         )),
     }
 }

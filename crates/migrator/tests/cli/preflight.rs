@@ -507,3 +507,22 @@ async fn a_migration_run_in_progress_is_a_no_go() {
     runner.close().await.unwrap();
     assert_eq!(code(&migrator(Some(&db.url), &["preflight"]).await), 0);
 }
+
+#[tokio::test]
+async fn a_url_through_a_transaction_pooler_is_a_no_go() {
+    use obleth_testkit::pgbouncer::{PgBouncer, PoolMode};
+    let pg = obleth_testkit::PgCluster::start().unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let bouncer = PgBouncer::start(pg.port(), PoolMode::Transaction, 2, 0)
+        .await
+        .unwrap();
+    let out = migrator(Some(&bouncer.url(&db.name)), &["preflight", "--json"]).await;
+    assert_eq!(code(&out), 21, "{}", stdout(&out));
+    let no_go = messages(&json(&out), "no_go");
+    assert!(
+        no_go.len() == 1 && no_go[0].contains("transaction pooler"),
+        "{no_go:?}"
+    );
+    // PostgreSQL itself, same database: a go.
+    assert_eq!(code(&migrator(Some(&db.url), &["preflight"]).await), 20);
+}
