@@ -450,3 +450,84 @@ fn every_shipped_migration_statement_is_classified() {
         }
     }
 }
+
+#[test]
+fn the_remaining_kinds_take_what_the_manual_says() {
+    let cases: &[(&str, &[Expected<'_>])] = &[
+        (
+            "ALTER TABLE api_keys ADD COLUMN n int DEFAULT 0 CHECK (n >= 0)",
+            &[("api_keys", "ACCESS EXCLUSIVE", Work::Scan)],
+        ),
+        (
+            "ALTER TABLE usage_events DISABLE TRIGGER usage_events_add_totals",
+            &[("usage_events", "SHARE ROW EXCLUSIVE", Work::Metadata)],
+        ),
+        (
+            "ALTER TABLE usage_events ENABLE ALWAYS TRIGGER t",
+            &[("usage_events", "SHARE ROW EXCLUSIVE", Work::Metadata)],
+        ),
+        (
+            "ALTER TABLE api_keys OWNER TO obleth",
+            &[("api_keys", "ACCESS EXCLUSIVE", Work::Metadata)],
+        ),
+        (
+            "ALTER TABLE api_keys RENAME COLUMN name TO label",
+            &[("api_keys", "ACCESS EXCLUSIVE", Work::Metadata)],
+        ),
+        (
+            "ALTER TABLE IF EXISTS ONLY api_keys CLUSTER ON keys_team",
+            &[("api_keys", "SHARE UPDATE EXCLUSIVE", Work::Metadata)],
+        ),
+        (
+            "CREATE TABLE copy AS SELECT * FROM api_keys",
+            &[
+                ("-", "none", Work::Metadata),
+                ("-", "unknown", Work::Unknown),
+            ],
+        ),
+        (
+            "COMMENT ON TABLE api_keys IS 'keys'",
+            &[("api_keys", "SHARE UPDATE EXCLUSIVE", Work::Metadata)],
+        ),
+        (
+            "COMMENT ON COLUMN api_keys.name IS 'shown'",
+            &[("api_keys", "SHARE UPDATE EXCLUSIVE", Work::Metadata)],
+        ),
+        (
+            "COMMENT ON FUNCTION f() IS 'x'",
+            &[("-", "none", Work::Metadata)],
+        ),
+        (
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY daily",
+            &[("daily", "EXCLUSIVE", Work::Rewrite)],
+        ),
+        (
+            "REFRESH MATERIALIZED VIEW daily",
+            &[("daily", "ACCESS EXCLUSIVE", Work::Rewrite)],
+        ),
+        (
+            "WITH moved AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM moved",
+            &[
+                ("b", "ROW EXCLUSIVE", Work::Rows),
+                ("-", "unknown", Work::Unknown),
+            ],
+        ),
+        ("ANALYZE", &[("-", "SHARE UPDATE EXCLUSIVE", Work::Scan)]),
+        ("SET lock_timeout = '5s'", &[("-", "none", Work::Metadata)]),
+        (
+            "ALTER SEQUENCE s OWNED BY t.id",
+            &[("-", "none", Work::Metadata)],
+        ),
+        (
+            "DROP MATERIALIZED VIEW IF EXISTS daily",
+            &[("daily", "ACCESS EXCLUSIVE", Work::Metadata)],
+        ),
+        (
+            "CREATE UNLOGGED TABLE IF NOT EXISTS scratch (id int)",
+            &[("-", "none", Work::Metadata)],
+        ),
+    ];
+    for (sql, expected) in cases {
+        check(sql, expected);
+    }
+}
