@@ -531,3 +531,110 @@ fn the_remaining_kinds_take_what_the_manual_says() {
         check(sql, expected);
     }
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::super::*;
+
+    /// Words and punctuation statements are made of, so random sequences
+    /// reach deep into the classifier's branches.
+    const VOCABULARY: &[&str] = &[
+        "create",
+        "alter",
+        "drop",
+        "table",
+        "index",
+        "unique",
+        "concurrently",
+        "if",
+        "not",
+        "exists",
+        "only",
+        "on",
+        "add",
+        "column",
+        "constraint",
+        "foreign",
+        "key",
+        "references",
+        "check",
+        "valid",
+        "validate",
+        "type",
+        "set",
+        "reset",
+        "default",
+        "null",
+        "attach",
+        "detach",
+        "partition",
+        "of",
+        "for",
+        "lock",
+        "in",
+        "mode",
+        "share",
+        "row",
+        "exclusive",
+        "access",
+        "update",
+        "insert",
+        "into",
+        "delete",
+        "from",
+        "where",
+        "with",
+        "as",
+        "select",
+        "do",
+        "call",
+        "trigger",
+        "truncate",
+        "vacuum",
+        "full",
+        "reindex",
+        "refresh",
+        "materialized",
+        "view",
+        "comment",
+        "rename",
+        "to",
+        "t",
+        "u",
+        "i",
+        "random",
+        "(",
+        ")",
+        ",",
+        ".",
+        "*",
+        ";",
+        "'x'",
+        "1",
+        "$$ x $$",
+        "\"Q\"",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_statement_gets_an_answer_and_every_table_a_mode(
+            words in proptest::collection::vec(proptest::sample::select(VOCABULARY), 0..24)
+        ) {
+            let sql = words.join(" ");
+            for (_, effects) in classify_sql(&sql) {
+                prop_assert!(!effects.is_empty(), "{sql}");
+                for e in effects {
+                    if e.target.is_some() {
+                        prop_assert!(e.lock.mode().is_some(), "{sql}: {e:?}");
+                    }
+                    if e.is_opaque() {
+                        prop_assert_eq!(e.work, Work::Unknown, "{}", sql);
+                    }
+                }
+            }
+        }
+    }
+}
