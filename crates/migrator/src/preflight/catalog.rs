@@ -19,6 +19,23 @@ pub struct Relation {
     pub size_bytes: Option<i64>,
     /// `reltuples` (summed over partitions); `None` when never analysed.
     pub rows_estimate: Option<i64>,
+    /// Why the estimate cannot be trusted, when it cannot: never analysed
+    /// (`reltuples` -1), or 0 while the table has pages.
+    pub rows_note: Option<&'static str>,
+}
+
+const NEVER_ANALYSED: &str = "never analysed";
+const STALE: &str = "not analysed since it filled";
+
+impl Relation {
+    /// The row estimate as people read it, such as `~20000 rows`.
+    pub fn rows_text(&self) -> String {
+        match (self.rows_estimate, self.rows_note) {
+            (Some(n), None) => format!("~{n} rows"),
+            (Some(n), Some(note)) => format!("{n} rows per statistics, {note}"),
+            (None, note) => format!("rows unknown ({})", note.unwrap_or(NEVER_ANALYSED)),
+        }
+    }
 }
 
 type RelationRow = (i64, String, String, f64);
@@ -49,7 +66,7 @@ pub async fn resolve(
     let Some((oid, name, relkind, reltuples)) = row else {
         return Ok(None);
     };
-    let (size_bytes, rows_estimate) = if relkind == "p" {
+    let (size_bytes, rows_estimate, rows_note) = if relkind == "p" {
         // Partitions are summed: the parent of a partitioned table holds no rows.
         let partitions: Result<(Option<i64>, Option<f64>, Option<bool>), _> = sqlx::query_as(
             "SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint, \
@@ -61,31 +78,43 @@ pub async fn resolve(
         .fetch_one(&mut *conn)
         .await;
         match partitions {
-            Ok((size, rows, analysed)) => (
-                size,
-                rows.filter(|_| analysed == Some(true))
-                    .map(|r| r.round() as i64),
-            ),
-            Err(_) => (None, None),
+            Ok((size, rows, analysed)) => {
+                let analysed = analysed == Some(true);
+                (
+                    size,
+                    rows.filter(|_| analysed).map(|r| r.round() as i64),
+                    (!analysed).then_some(NEVER_ANALYSED),
+                )
+            }
+            Err(_) => (None, None, None),
         }
     } else {
         // pg_total_relation_size takes ACCESS SHARE: the session's
         // lock_timeout turns a wait behind an exclusive lock into "unknown".
-        let size: Option<i64> =
-            sqlx::query_scalar("SELECT pg_total_relation_size($1::bigint::oid)")
-                .bind(oid)
-                .fetch_one(&mut *conn)
-                .await
-                .ok()
-                .flatten();
+        let sizes: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT pg_total_relation_size($1::bigint::oid), pg_relation_size($1::bigint::oid)",
+        )
+        .bind(oid)
+        .fetch_one(&mut *conn)
+        .await
+        .ok();
+        let (size, heap) = sizes.unwrap_or((None, None));
         let rows = (reltuples >= 0.0).then(|| reltuples.round() as i64);
-        (size, rows)
+        let note = if reltuples < 0.0 {
+            Some(NEVER_ANALYSED)
+        } else if reltuples == 0.0 && heap.is_some_and(|h| h > 0) {
+            Some(STALE)
+        } else {
+            None
+        };
+        (size, rows, note)
     };
     Ok(Some(Relation {
         oid,
         name,
         size_bytes,
         rows_estimate,
+        rows_note,
     }))
 }
 

@@ -70,10 +70,7 @@ pub(super) fn statement(
         let size = table
             .size_bytes
             .map_or_else(|| "unknown size".to_owned(), pretty_bytes);
-        let rows = table.rows_estimate.map_or_else(
-            || "rows unknown (never analysed)".to_owned(),
-            |r| format!("~{r} rows"),
-        );
+        let rows = table.rows_text();
         let how = if effect.work.grows_with_table() {
             "it holds the lock for as long as it goes through every row"
         } else {

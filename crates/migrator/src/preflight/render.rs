@@ -53,10 +53,7 @@ pub(super) fn text(r: &Report) {
                         let size = t
                             .size_bytes
                             .map_or_else(|| "size unknown".to_owned(), pretty_bytes);
-                        let rows = t.rows_estimate.map_or_else(
-                            || "rows unknown (never analysed)".to_owned(),
-                            |n| format!("~{n} rows"),
-                        );
+                        let rows = t.rows_text();
                         format!(" on {} ({size}, {rows})", t.name)
                     }
                     (None, Some(target)) if l.new_in_upgrade => {

@@ -80,6 +80,7 @@ async fn preflight_flags_a_pending_rewrite_of_a_large_table_with_its_size_rows_a
     assert_eq!(lock["needs_window"], true);
     assert_eq!(lock["table"]["name"], "big");
     assert_eq!(lock["table"]["rows_estimate"], 20_000);
+    assert_eq!(lock["table"]["rows_note"], Value::Null);
     let size = lock["table"]["size_bytes"].as_i64().unwrap();
     assert!(size > 65_536, "{size}");
     let warnings = messages(&report, "warning");
@@ -525,4 +526,42 @@ async fn a_url_through_a_transaction_pooler_is_a_no_go() {
     );
     // PostgreSQL itself, same database: a go.
     assert_eq!(code(&migrator(Some(&db.url), &["preflight"]).await), 20);
+}
+
+#[tokio::test]
+async fn row_estimates_say_when_the_statistics_cannot_be_trusted() {
+    let db = migrated().await;
+    // Autovacuum stays away, so the statistics stay as the test left them.
+    execute(
+        &db.url,
+        "CREATE TABLE never_rows (n int) WITH (autovacuum_enabled = false); \
+         INSERT INTO never_rows SELECT generate_series(1, 100); \
+         CREATE TABLE stale_rows (n int) WITH (autovacuum_enabled = false); \
+         ANALYZE stale_rows; \
+         INSERT INTO stale_rows SELECT generate_series(1, 100);",
+    )
+    .await;
+    let source = source_with(&[(
+        "29991231000004_stats.sql",
+        "ALTER TABLE never_rows ADD COLUMN c int;\nALTER TABLE stale_rows ADD COLUMN c int;\n",
+        "\n[[migration]]\nversion = 29991231000004\nphase = \"expand\"\n",
+    )]);
+    let source = source.path().to_str().unwrap();
+    let out = migrator(Some(&db.url), &["preflight", "--source", source, "--json"]).await;
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let report = json(&out);
+    let statements = &report["migrations"][0]["statements"];
+    let never = &statements[0]["locks"][0]["table"];
+    assert_eq!(never["rows_estimate"], Value::Null, "{never}");
+    assert_eq!(never["rows_note"], "never analysed");
+    let stale = &statements[1]["locks"][0]["table"];
+    assert_eq!(stale["rows_estimate"], 0, "{stale}");
+    assert_eq!(stale["rows_note"], "not analysed since it filled");
+
+    let text = stdout(&migrator(Some(&db.url), &["preflight", "--source", source]).await);
+    assert!(text.contains("rows unknown (never analysed)"), "{text}");
+    assert!(
+        text.contains("0 rows per statistics, not analysed since it filled"),
+        "{text}"
+    );
 }
