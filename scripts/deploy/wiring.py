@@ -24,6 +24,8 @@ import json
 import os
 import posixpath
 import re
+import shutil
+import subprocess
 import sys
 
 import yaml
@@ -273,13 +275,17 @@ def check_deployment(r: Report, bins: Binaries, doc: dict, docs: list[dict]) -> 
     hpas = [h for h in docs if h["kind"] == "HorizontalPodAutoscaler" and h["metadata"].get("namespace") == ns
             and h["spec"]["scaleTargetRef"]["name"] == doc["metadata"]["name"]]
     if hpas:
+        # Offline renders: the chart writes back the live count only when
+        # `helm upgrade` can look it up (upgrade.py scale-transition).
         r.check("replicas" not in doc["spec"], f"{name}: no `replicas` beside its HPA, so an apply keeps the scale")
     for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"].get("namespace") == ns):
         if selects(pdb["spec"]["selector"].get("matchLabels") or {}, labels):
             r.check("maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"], f"{name}: PodDisruptionBudget {pdb['metadata']['name']} covers it")
 
     if service == "gateway":
-        for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        # The ServiceMonitors that select one of the gateway's Services.
+        for sm in (d for d in docs if d["kind"] == "ServiceMonitor"
+                   and any(selects((d["spec"].get("selector") or {}).get("matchLabels") or {}, s["metadata"].get("labels") or {}) for s in svcs)):
             for ep in sm["spec"]["endpoints"]:
                 r.check(ep.get("path") == w["paths"]["metrics"], f"{name}: ServiceMonitor path {ep.get('path')} == {w['paths']['metrics']} (from wiring)")
                 targets = [port_number(c, p.get("targetPort")) for s in svcs for p in s["spec"]["ports"] if p.get("name") == ep.get("port")]
@@ -299,7 +305,9 @@ def migrator_jobs(docs: list[dict]) -> list[tuple[dict, dict]]:
 def check_jobs(r: Report, bins: Binaries, docs: list[dict], helm_hooks: bool) -> None:
     jobs = migrator_jobs(docs)
     ups = [(d, c) for d, c in jobs if (c.get("args") or [None])[0] == "up"]
-    if not r.check(len(ups) == 1, "the migration Job running `obleth-migrator up` exists", f"found {len(ups)}"):
+    # Whether a Job must exist depends on the migrations mode: upgrade.py
+    # migrations checks that (here: at most one, and each Job sound).
+    if not r.check(len(ups) <= 1, "at most one migration Job running `obleth-migrator up`", f"found {len(ups)}"):
         return
     for d, c in jobs:
         name = d["metadata"]["name"]
@@ -406,6 +414,7 @@ def compose(args) -> int:
         r.check(services[s].get("restart") in (None, "no"), f"{s}: one-shot (restart no)")
         r.check((services[s].get("depends_on") or {}).get(pg[0] if pg else "", {}).get("condition") == "service_healthy",
                 f"{s}: waits for postgres to be healthy")
+    gateway_wiring = {}
     for s in admins + gateways:
         binary = posixpath.basename(cmd(s)[0])
         env = {k: str(v) for k, v in (services[s].get("environment") or {}).items() if v is not None}
@@ -415,6 +424,8 @@ def compose(args) -> int:
             r.fail(f"{s}: {e}")
             continue
         r.ok(f"{s}: `{binary} wiring` with the service's environment")
+        if binary == "obleth-gateway":
+            gateway_wiring[s] = w
         port = w["ops_port"] if binary == "obleth-gateway" else w["port"]
         url = probe_url(s)
         want = f"http://127.0.0.1:{port}{w['paths']['readyz']}"
@@ -434,14 +445,119 @@ def compose(args) -> int:
         listen = (services[s].get("environment") or {}).get("MOCK_LISTEN", "")
         r.check(listen.startswith("0.0.0.0:") and url.startswith(f"http://127.0.0.1:{listen.rsplit(':', 1)[-1]}/"),
                 f"{s}: listens on {listen}, healthcheck {url}")
+    check_lb(r, services, gateway_wiring)
     return r.done()
+
+
+HAPROXY_CFG = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "compose", "haproxy.cfg")
+
+
+def haproxy_sections(text: str, env: dict[str, str]) -> dict[str, list[list[str]]]:
+    """`section name` -> its lines as words, with `"${VAR-default}"` filled
+    from `env` as HAProxy fills them."""
+    def fill(m):
+        return env.get(m.group(1), m.group(3) or "")
+    sections: dict[str, list[list[str]]] = {}
+    current = None
+    for raw in text.splitlines():
+        line = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(-([^}]*))?\}", fill, raw.split("#", 1)[0]).replace('"', "")
+        if not line.strip():
+            continue
+        words = line.split()
+        if not raw[0].isspace():
+            current = " ".join(words[:2])
+            sections[current] = []
+        elif current:
+            sections[current].append(words)
+    return sections
+
+
+def check_lb(r: Report, services: dict, gateway_wiring: dict[str, dict]) -> None:
+    """Clients reach the gateways only through HAProxy, which routes on each
+    gateway's /readyz often enough to drop a draining one within its drain
+    delay, and retries refused connections: the Compose rollout fails no
+    request. The config is deploy/compose/haproxy.cfg, which the chaos tests
+    run too."""
+    lbs = [s for s, v in services.items() if (v.get("command") or [""])[0] == "haproxy"]
+    if not r.check(len(lbs) == 1, f"one HAProxy load balancer in front of the gateways: {lbs}"):
+        return
+    lb = lbs[0]
+    svc = services[lb]
+    env = {k: str(v) for k, v in (svc.get("environment") or {}).items() if v is not None}
+    cfg_path = svc["command"][svc["command"].index("-f") + 1] if "-f" in svc["command"] else ""
+    mounts = [v for v in svc.get("volumes") or [] if v.get("target") == cfg_path]
+    source = mounts[0]["source"] if mounts else ""
+    if not r.check(bool(source) and os.path.exists(source) and os.path.samefile(source, HAPROXY_CFG),
+                   f"{lb}: runs deploy/compose/haproxy.cfg (the chaos tests' config), mounted at {cfg_path}",
+                   f"mounted: {source or 'nothing'}"):
+        return
+    r.check(bool(mounts) and mounts[0].get("read_only") is True, f"{lb}: config mounted read-only")
+    haproxy = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.path.exists(p)), None)
+    if r.check(haproxy is not None, "haproxy is installed for `haproxy -c`"):
+        proc = subprocess.run([haproxy, "-c", "-f", source], env={"PATH": os.environ.get("PATH", ""), **env},
+                              capture_output=True, text=True)
+        r.check(proc.returncode == 0, f"{lb}: `haproxy -c -f haproxy.cfg` with the service's environment",
+                (proc.stderr or proc.stdout).strip()[-300:])
+    with open(source) as f:
+        sections = haproxy_sections(f.read(), env)
+    published = {int(p["target"]): p.get("published") for p in svc.get("ports") or []}
+    fronts = {n: ls for n, ls in sections.items() if n.startswith("frontend ")}
+    client_fronts = [ls for ls in fronts.values() if any(w[0] == "default_backend" for w in ls)]
+    if not r.check(len(client_fronts) == 1, f"{lb}: one client frontend"):
+        return
+    front = client_fronts[0]
+    backend_name = next(w[1] for w in front if w[0] == "default_backend")
+    bind = next((w[1] for w in front if w[0] == "bind"), "")
+    bind_port = int(bind.rsplit(":", 1)[-1]) if bind.rsplit(":", 1)[-1].isdigit() else None
+    r.check(bind_port in published, f"{lb}: the client port {bind} is published on the host", f"published: {published}")
+    backend = sections.get(f"backend {backend_name}") or []
+    defaults = sections.get("defaults") or []
+    both = defaults + backend
+    r.check(any(w[:3] == ["option", "httpchk", "GET"] for w in backend), f"{lb}: backend {backend_name} checks over HTTP")
+    for name, w in gateway_wiring.items():
+        readyz, delay = w["paths"]["readyz"], w["drain_delay_secs"]
+        r.check(any(ws[:4] == ["option", "httpchk", "GET", readyz] for ws in backend),
+                f"{lb}: checks {readyz} (from {name}'s wiring)")
+        servers = [ws for ws in backend if ws[0] == "server" and ws[2].rsplit(":", 1)[0] == name]
+        if not r.check(len(servers) == 1, f"{lb}: one server for {name}"):
+            continue
+        ws = servers[0]
+        r.check(ws[2] == f"{name}:{w['proxy_port']}", f"{lb}: server {ws[1]} -> {ws[2]} is {name}'s proxy port {w['proxy_port']} (from wiring)")
+        r.check("check" in ws and ws[ws.index("port") + 1:ws.index("port") + 2] == [str(w["ops_port"])] if "port" in ws else False,
+                f"{lb}: server {ws[1]} is checked on the ops port {w['ops_port']} (from wiring)")
+        r.check("resolvers" in ws, f"{lb}: server {ws[1]} re-resolves its name (a replaced container has a new address)")
+        opts = {}
+        for d in (ws for ws in backend if ws[0] == "default-server"):
+            opts.update({d[i]: d[i + 1] for i in range(1, len(d) - 1, 2)})
+        for i in range(3, len(ws) - 1):
+            if ws[i] in ("inter", "fall", "rise"):
+                opts[ws[i]] = ws[i + 1]
+        inter_ms = seconds(opts.get("inter", "2s")) * 1000
+        fall = int(opts.get("fall", 3))
+        r.check(inter_ms * fall * 2 <= delay * 1000,
+                f"{lb}: {name} leaves the pool (inter {inter_ms:g} ms x fall {fall}) well within its drain delay {delay} s")
+        host_ports = [p for p in services[name].get("ports") or [] if int(p["target"]) == w["proxy_port"]]
+        r.check(not host_ports, f"{name}: proxy port {w['proxy_port']} not published: clients go through {lb}",
+                f"published as {[p.get('published') for p in host_ports]}")
+        r.check(services[name].get("stop_grace_period") is not None, f"{name}: stop_grace_period set")
+    retry = next((ws[1:] for ws in both if ws[0] == "retry-on"), [])
+    r.check("conn-failure" in retry, f"{lb}: retry-on {' '.join(retry)} retries a refused connection")
+    r.check(any(ws[:2] == ["option", "redispatch"] for ws in both), f"{lb}: option redispatch retries on another gateway")
+    deps = svc.get("depends_on") or {}
+    r.check(all((deps.get(g) or {}).get("condition") == "service_healthy" for g in gateway_wiring),
+            f"{lb}: starts after the gateways are healthy")
+    monitors = [ls for ls in fronts.values() if any(w[0] == "monitor-uri" for w in ls)]
+    counts = [w for ls in monitors for w in ls if w[:2] == ["monitor", "fail"]]
+    r.check(any(f"nbsrv({backend_name})" in w and w[w.index("lt") + 1] == str(len(gateway_wiring)) for w in counts if "lt" in w),
+            f"{lb}: its monitor URI fails while fewer than the {len(gateway_wiring)} gateways are in the pool")
 
 
 # Fields that must agree between the chart's default render and the kustomize base.
 def pod_facts(d: dict) -> dict:
     pod = d["spec"]["template"]["spec"]
     out = {"grace": pod.get("terminationGracePeriodSeconds"), "podSecurity": pod.get("securityContext"),
-           "restartPolicy": pod.get("restartPolicy"), "automount": pod.get("automountServiceAccountToken")}
+           "restartPolicy": pod.get("restartPolicy"), "automount": pod.get("automountServiceAccountToken"),
+           "spread": pod.get("topologySpreadConstraints"), "initContainers": pod.get("initContainers")}
     for c in containers(pod):
         out[c["name"]] = {k: c.get(k) for k in ("command", "args", "ports", "startupProbe", "readinessProbe",
                                                  "livenessProbe", "lifecycle", "securityContext", "resources")}
@@ -464,7 +580,8 @@ def equivalent(args) -> int:
             comp = (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component", "")
             # kustomize's configMapGenerator appends a content hash to the name.
             name = re.sub(r"-[a-z0-9]{10}$", "", d["metadata"]["name"]) if d["kind"] == "ConfigMap" else d["metadata"]["name"]
-            out[(d["kind"], comp or name)] = d
+            # A component may have several Services (clients', ops): by name.
+            out[(d["kind"], name if d["kind"] == "Service" else comp or name)] = d
         return out
 
     a, b = by_component(chart), by_component(kust)
@@ -474,7 +591,7 @@ def equivalent(args) -> int:
         if kind in ("Deployment", "Job"):
             fa, fb = pod_facts(a[key]), pod_facts(b[key])
             diff = [k for k in fa if fa.get(k) != fb.get(k)]
-            r.check(not diff, f"{kind} {key[1]}: same pod spec (commands, probes, drain, security, resources)",
+            r.check(not diff, f"{kind} {key[1]}: same pod spec (commands, probes, drain, security, resources, spread)",
                     "; ".join(f"{k}: chart {json.dumps(fa.get(k))} vs kustomize {json.dumps(fb.get(k))}" for k in diff))
         elif kind == "Service":
             r.check(a[key]["spec"]["ports"] == b[key]["spec"]["ports"], f"Service {key[1]}: same ports")

@@ -7,7 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conversion;
+mod cutoff;
 mod failover;
+mod longrequests;
 mod pgbouncer;
 mod scenarios;
 

@@ -1,5 +1,5 @@
 //! HAProxy in front of the gateways, routing on `/readyz` as a Kubernetes
-//! Service routes on readiness.
+//! Service routes on readiness, with the Compose stack's configuration.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -11,6 +11,10 @@ use obleth_testkit::proc::{command, free_port};
 
 use crate::procs::GatewayProc;
 
+/// The HAProxy configuration the Compose stack runs (deploy/compose/haproxy.cfg):
+/// the checks, retries and timeouts under test are the ones operators get.
+const SHARED_CONFIG: &str = include_str!("../../deploy/compose/haproxy.cfg");
+
 /// A running HAProxy.
 #[derive(Debug)]
 pub struct Haproxy {
@@ -18,37 +22,70 @@ pub struct Haproxy {
     child: tokio::process::Child,
 }
 
+/// The chaos tests' verdicts rest on these lines of the shared file, so a
+/// change to any of them is refused here rather than weakening the tests.
+const RELIED_ON: [&str; 6] = [
+    "    retries 3",
+    "    option redispatch 1",
+    "    retry-on conn-failure empty-response",
+    "backend gateways",
+    "    option httpchk GET /readyz",
+    "    default-server inter 100ms fall 1 rise 2",
+];
+
+/// The shared configuration with its Compose `server` lines replaced by one
+/// per gateway (proxy port, checked on its ops port), appended to the
+/// `gateways` backend, which ends the file.
+fn config(gateways: &[GatewayProc]) -> anyhow::Result<String> {
+    for line in RELIED_ON {
+        if !SHARED_CONFIG.lines().any(|l| l == line) {
+            bail!(
+                "deploy/compose/haproxy.cfg lacks `{}`, which the tests rely on",
+                line.trim()
+            );
+        }
+    }
+    let mut config: String = SHARED_CONFIG
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("server "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if !config.trim_end().ends_with(RELIED_ON[5]) {
+        bail!("deploy/compose/haproxy.cfg must end with the gateways backend and its `default-server` line");
+    }
+    for g in gateways {
+        config.push_str(&format!(
+            "    server {} 127.0.0.1:{} check port {}\n",
+            g.name, g.port, g.ops
+        ));
+    }
+    Ok(config)
+}
+
 impl Haproxy {
-    /// Starts HAProxy on a free port with an active `/readyz` check of every gateway.
+    /// Starts HAProxy on a free port with an active `/readyz` check of every
+    /// gateway, from deploy/compose/haproxy.cfg: checks every 100 ms, down
+    /// after one failure, up after two; refused connections and empty answers
+    /// retried on another server.
     pub async fn start(dir: &Path, gateways: &[GatewayProc]) -> anyhow::Result<Haproxy> {
         let binary = which("haproxy").context(
             "haproxy not found; install it with `apt-get install haproxy` (scripts/test does)",
         )?;
         let port = free_port();
-        let mut servers = String::new();
-        for g in gateways {
-            servers.push_str(&format!(
-                "    server {} 127.0.0.1:{} check port {}\n",
-                g.name, g.port, g.ops
-            ));
-        }
-        // Health checks every 100 ms, down after one failure: a draining gateway
-        // (not ready at once after SIGTERM) leaves the pool well within its drain
-        // delay. Connection failures and empty answers are retried on another
-        // server, as a Service's retrying client or an L7 proxy would.
-        let config = format!(
-            "global\n    maxconn 4096\n\
-             defaults\n    mode http\n    timeout connect 2s\n    timeout client 120s\n    timeout server 120s\n\
-                 retries 3\n    option redispatch 1\n    retry-on conn-failure empty-response\n\
-             frontend fe\n    bind 127.0.0.1:{port}\n    default_backend gateways\n\
-             backend gateways\n    balance roundrobin\n    option httpchk GET /readyz\n    http-check expect status 200\n\
-                 default-server inter 100ms fall 1 rise 2\n{servers}"
-        );
+        let env = [
+            ("OBLETH_LB_BIND", format!("127.0.0.1:{port}")),
+            (
+                "OBLETH_LB_MONITOR_BIND",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            ("OBLETH_LB_GATEWAYS", gateways.len().to_string()),
+        ];
         let path = dir.join("haproxy.cfg");
-        std::fs::write(&path, config)?;
+        std::fs::write(&path, config(gateways)?)?;
         let check = std::process::Command::new(&binary)
             .args(["-c", "-f"])
             .arg(&path)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()?;
         if !check.status.success() {
             bail!(
@@ -59,6 +96,7 @@ impl Haproxy {
         let child = command(&binary)
             .args(["-db", "-f"])
             .arg(&path)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -99,4 +137,21 @@ pub(crate) fn which(name: &str) -> Option<std::path::PathBuf> {
             .map(|d| d.join(name))
             .find(|p| p.exists())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_config_keeps_the_relied_on_lines_and_drops_the_compose_servers() {
+        let config = config(&[]).unwrap();
+        for line in RELIED_ON {
+            assert!(config.lines().any(|l| l == line), "missing `{line}`");
+        }
+        assert!(!config
+            .lines()
+            .any(|l| l.trim_start().starts_with("server ")));
+        assert!(config.contains("bind \"${OBLETH_LB_BIND-:8080}\""));
+    }
 }

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod burst;
 pub mod clock;
 pub mod closed;
+pub mod cutoff;
 pub mod fleet;
 pub mod governance;
 pub mod haproxy;

@@ -70,6 +70,21 @@ impl GatewayProc {
         })
     }
 
+    /// Drops the settings file's `drain_timeout_secs = 30`, so the gateway
+    /// drains for its default: the longest request it allows.
+    pub fn with_default_drain(self) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(&self.config)?;
+        let without = text.replacen("drain_timeout_secs = 30\n", "", 1);
+        if without == text {
+            bail!(
+                "{}: no drain_timeout_secs line to drop",
+                self.config.display()
+            );
+        }
+        std::fs::write(&self.config, without)?;
+        Ok(self)
+    }
+
     pub fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)

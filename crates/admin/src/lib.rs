@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod prune;
+pub mod rollout;
 pub mod router;
 pub mod settings;
 pub mod startup;

@@ -224,6 +224,10 @@ string_enum!(
     }
 );
 
+/// The longest a provider's `timeout_ms` may be: 10 minutes. It bounds the
+/// longest request a gateway serves, which its default drain covers.
+pub const MAX_PROVIDER_TIMEOUT_MS: i32 = 600_000;
+
 /// An upstream provider. The credential itself is never stored: `credential_ref`
 /// says where the gateway reads it (`env:OBLETH_CREDENTIAL_OPENAI`, `file:/run/secrets/openai`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]

@@ -227,6 +227,11 @@ pub struct MigrationSettings {
     pub max_retries: u32,
     /// First back-off after a lock timeout, in milliseconds; it doubles each time.
     pub retry_backoff_ms: u64,
+    /// How long `finish` counts a node as alive after its last heartbeat when
+    /// it never recorded its stop, in seconds. A gateway cut off from the
+    /// database keeps serving from its key store without heartbeating, so a
+    /// silent node is taken to be still serving until this horizon passes.
+    pub node_horizon_secs: u64,
 }
 
 impl Default for MigrationSettings {
@@ -238,6 +243,7 @@ impl Default for MigrationSettings {
             statement_timeout_secs: 600,
             max_retries: 10,
             retry_backoff_ms: 500,
+            node_horizon_secs: 86_400,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// upkeep rounds that failed, by action.
     pub ledger_partitions: IntCounterVec,
     pub streams_cut: IntCounter,
+    /// Streams ended at `server.max_stream_secs`.
+    pub streams_too_long: IntCounter,
     pub rejected: IntCounterVec,
     /// Quota lease calls by outcome (`ok`, `error`).
     pub quota_lease_calls: IntCounterVec,
@@ -180,6 +182,10 @@ impl Metrics {
                 "obleth_drain_cut_streams_total",
                 "Streams ended because the drain timeout passed.",
             )),
+            streams_too_long: must(IntCounter::new(
+                "obleth_streams_too_long_total",
+                "Streams ended because they ran longer than server.max_stream_secs.",
+            )),
             rejected: must(IntCounterVec::new(
                 Opts::new(
                     "obleth_rejected_requests_total",
@@ -222,6 +228,7 @@ impl Metrics {
             Box::new(m.usage_dropped.clone()),
             Box::new(m.ledger_partitions.clone()),
             Box::new(m.streams_cut.clone()),
+            Box::new(m.streams_too_long.clone()),
             Box::new(m.rejected.clone()),
             Box::new(m.quota_lease_calls.clone()),
             Box::new(m.quota_fallback.clone()),

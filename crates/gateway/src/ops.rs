@@ -20,7 +20,10 @@ pub fn wiring(settings: &crate::settings::GatewaySettings) -> serde_json::Value 
         "ops_port": settings.server.ops_listen.port(),
         "paths": obleth_config::ops::paths_json(),
         "drain_delay_secs": settings.server.drain_delay_secs,
-        "drain_timeout_secs": settings.server.drain_timeout_secs,
+        "drain_timeout_secs": settings.server.drain_timeout().as_secs(),
+        // The longest request the gateway allows; the default drain covers it.
+        "longest_request_secs": settings.server.longest_request().as_secs(),
+        "max_stream_secs": settings.server.max_stream_secs,
         "stream_cut_secs": crate::app::STREAM_CUT_GRACE.as_secs(),
         "usage_flush_secs": crate::app::USAGE_FINAL_FLUSH.as_secs(),
         // What the start-up memory check wants for `cache.max_keys` keys:

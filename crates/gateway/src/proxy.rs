@@ -307,6 +307,7 @@ async fn forward(
                 status,
                 completion,
                 STREAM_IDLE,
+                state.settings.server.max_stream(),
                 state.cut_streams.clone(),
             );
             return head

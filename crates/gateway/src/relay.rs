@@ -169,6 +169,9 @@ pub struct RelayBody {
     idle_timeout: Duration,
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// `server.max_stream_secs` from the relay's start: past it the stream
+    /// is ended, so no request outlives what the drain covers.
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl std::fmt::Debug for RelayBody {
@@ -181,13 +184,15 @@ impl std::fmt::Debug for RelayBody {
 }
 
 impl RelayBody {
-    /// Relays `inner`; `cut` ends the stream when the drain timeout passes.
-    /// The usage chunk is removed unless the completion's client asked for it.
+    /// Relays `inner`; `cut` ends the stream when the drain timeout passes,
+    /// and so does `max_stream` from now. The usage chunk is removed unless
+    /// the completion's client asked for it.
     pub fn new(
         inner: UpBody,
         status: u16,
         completion: Completion,
         idle_timeout: Duration,
+        max_stream: Duration,
         cut: CancellationToken,
     ) -> Self {
         RelayBody {
@@ -200,6 +205,7 @@ impl RelayBody {
             idle_timeout,
             idle: None,
             cut: Box::pin(cut.cancelled_owned()),
+            deadline: Box::pin(tokio::time::sleep(max_stream)),
         }
     }
 
@@ -243,6 +249,15 @@ impl Body for RelayBody {
         }
         if this.completion.is_none() && this.cut.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
+        }
+        if this.completion.is_some() && this.deadline.as_mut().poll(cx).is_ready() {
+            if let Some(c) = &this.completion {
+                c.state.metrics.streams_too_long.inc();
+            }
+            this.complete(504);
+            return Poll::Ready(Some(Err(
+                "stream ended: longer than server.max_stream_secs".into(),
+            )));
         }
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use obleth_config::egress::{url_host, CredentialRef};
-use obleth_config::model::ProviderKind;
+use obleth_config::model::{ProviderKind, MAX_PROVIDER_TIMEOUT_MS};
 use obleth_config::{DatabaseSettings, InvalidSetting, LogSettings, SettingsError};
 use serde::Deserialize;
 
@@ -53,8 +53,13 @@ pub struct ServerSettings {
     /// node is not ready (equal to the pod's preStop sleep), in seconds.
     pub drain_delay_secs: u64,
     /// After the drain delay: how long in-flight requests and streams may take to
-    /// finish before they are ended, in seconds.
-    pub drain_timeout_secs: u64,
+    /// finish before they are ended, in seconds. The gateway exits as soon as
+    /// the last one ends. Default: the longest request the gateway allows
+    /// ([`ServerSettings::longest_request`]), so a rollout cuts none.
+    pub drain_timeout_secs: Option<u64>,
+    /// Longest a streamed answer may run, from the upstream's first byte, in
+    /// seconds; then it is ended (recorded, with its usage, as 504).
+    pub max_stream_secs: u64,
     /// A stable node id for the fleet view; default: hostname plus a random suffix.
     pub node_id: Option<String>,
     /// How often the node record is refreshed, in seconds.
@@ -84,7 +89,8 @@ impl Default for ServerSettings {
             max_body_bytes: 4 * 1024 * 1024,
             body_timeout_secs: 30,
             drain_delay_secs: 5,
-            drain_timeout_secs: 30,
+            drain_timeout_secs: None,
+            max_stream_secs: 600,
             node_id: None,
             heartbeat_secs: 10,
             header_timeout_secs: 10,
@@ -121,8 +127,24 @@ impl ServerSettings {
         Duration::from_secs(self.drain_delay_secs)
     }
 
+    /// `drain_timeout_secs`, or by default the longest request.
     pub fn drain_timeout(&self) -> Duration {
-        Duration::from_secs(self.drain_timeout_secs)
+        self.drain_timeout_secs
+            .map_or_else(|| self.longest_request(), Duration::from_secs)
+    }
+
+    /// The longest a request may take: its body upload, the upstream's
+    /// headers (at most [`MAX_PROVIDER_TIMEOUT_MS`]), then its non-streamed
+    /// answer (as long again) or its stream (`max_stream_secs`).
+    pub fn longest_request(&self) -> Duration {
+        let provider = Duration::from_millis(MAX_PROVIDER_TIMEOUT_MS as u64);
+        Duration::from_secs(self.body_timeout_secs)
+            + provider
+            + provider.max(Duration::from_secs(self.max_stream_secs))
+    }
+
+    pub fn max_stream(&self) -> Duration {
+        Duration::from_secs(self.max_stream_secs)
     }
 }
 
@@ -379,6 +401,7 @@ impl GatewaySettings {
                 self.server.header_timeout_secs,
             ),
             ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            ("server.max_stream_secs", self.server.max_stream_secs),
             ("server.max_connections", self.server.max_connections as u64),
             (
                 "server.ops_max_connections",
@@ -442,6 +465,12 @@ impl GatewaySettings {
                     }
                     None => return Err(InvalidSetting::new(field(), "required for kind openai")),
                 }
+            }
+            if !(1..=MAX_PROVIDER_TIMEOUT_MS as u64).contains(&p.timeout_ms) {
+                return Err(InvalidSetting::new(
+                    format!("providers[{i}].timeout_ms"),
+                    format!("must be between 1 and {MAX_PROVIDER_TIMEOUT_MS}"),
+                ));
             }
             if let Some(c) = &p.credential {
                 CredentialRef::admit(c, &self.egress).map_err(|e| {

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use obleth_config::migrate::compat::{check, Compatibility};
-use obleth_config::migrate::lint::{lint, LintInput};
+use obleth_config::migrate::lint_set::lint_set;
 use obleth_config::migrate::runner::MigrateError;
 use obleth_config::migrate::{read_applied, MigrationSet, Mode, Runner, RunnerOptions};
 use obleth_config::settings::redact_url;
@@ -27,13 +27,13 @@ pub async fn run(cli: Cli) -> u8 {
 }
 
 /// A failure with the exit code it maps to.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
         Failure {
             code,
             message: message.into(),
@@ -177,7 +177,20 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
         }
         Command::Preflight(args) => {
             let options = connect_options(cli).map_err(|f| f.message);
-            Ok(crate::preflight::run(set, args, cli.database_url.as_deref(), options).await)
+            let horizon = runner_options(cli).node_liveness;
+            Ok(
+                crate::preflight::run(set, args, cli.database_url.as_deref(), options, horizon)
+                    .await,
+            )
+        }
+        Command::Down {
+            count,
+            force,
+            dry_run,
+        } => {
+            let options = connect_options(cli)?;
+            let runner = Runner::new(set, runner_options(cli));
+            crate::down::down(&runner, &options, *count, *force, *dry_run).await
         }
         Command::Verify => {
             let options = connect_options(cli)?;
@@ -235,6 +248,7 @@ fn runner_options(cli: &Cli) -> RunnerOptions {
         statement_timeout: Duration::from_secs(cli.statement_timeout_secs),
         max_retries: cli.max_retries,
         retry_backoff: Duration::from_millis(cli.retry_backoff_ms),
+        node_liveness: Duration::from_secs(cli.node_horizon_secs),
         ..RunnerOptions::default()
     }
 }
@@ -313,25 +327,21 @@ async fn print_dry_run(
 }
 
 fn run_lint(set: &MigrationSet) -> u8 {
-    let mut findings = 0;
-    for def in set.iter() {
-        let input = LintInput {
-            version: def.version,
-            file: &def.file,
-            sql: &def.sql,
-            phase: def.phase,
-            no_tx: def.no_tx,
-        };
-        for finding in lint(&input) {
-            findings += 1;
-            out!("{finding}");
-        }
+    let result = lint_set(set);
+    for finding in &result.findings {
+        out!("{finding}");
     }
-    if findings == 0 {
+    if !result.down_scripts_judged {
+        out!("lint: no down scripts in this set, so missing-down-script was not judged");
+    }
+    if result.findings.is_empty() {
         out!("lint: {} migration(s), no findings", set.len());
         exit::OK
     } else {
-        eprintln!("error: lint found {findings} problem(s); see docs/migrations.md for each rule");
+        eprintln!(
+            "error: lint found {} problem(s); see docs/migrations.md for each rule",
+            result.findings.len()
+        );
         exit::ERROR
     }
 }

@@ -1,5 +1,5 @@
 //! The obleth migration CLI over obleth-config's runner: `up`, `status`, `plan`,
-//! `finish`, `verify` and `lint`.
+//! `finish`, `down`, `verify` and `lint`.
 
 /// Prints a line to stdout, ignoring a closed pipe (`obleth-migrator status | head`)
 /// instead of panicking as `println!` does.
@@ -11,6 +11,7 @@ macro_rules! out {
 }
 
 mod commands;
+mod down;
 mod preflight;
 mod probe;
 mod report;
@@ -41,6 +42,15 @@ pub mod exit {
     pub const LOCK_HELD: u8 = 6;
     /// `finish` refused: live nodes run releases older than a contract migration requires.
     pub const OLD_NODES: u8 = 7;
+    /// `down` refused: fewer migrations are applied than it was asked to revert.
+    pub const DOWN_NOTHING: u8 = 10;
+    /// `down` refused: a contract migration is among those to revert.
+    pub const DOWN_CONTRACT: u8 = 11;
+    /// `down` refused: a migration to revert has no down script.
+    pub const DOWN_NO_SCRIPT: u8 = 12;
+    /// `down` refused: a live node's release requires a migration to revert
+    /// (`--force` overrides).
+    pub const DOWN_NODES: u8 = 13;
     /// `preflight`: go, with warnings (a big table under a blocking lock,
     /// code whose locks the text hides, a long transaction, replay lag).
     pub const PREFLIGHT_WARNINGS: u8 = 20;
@@ -104,6 +114,17 @@ pub struct Cli {
     )]
     pub retry_backoff_ms: u64,
 
+    /// `finish` (and `down`) count a node that never recorded its stop as
+    /// alive until this many seconds after its last heartbeat: a gateway cut
+    /// off from the database serves on from its key store without beating.
+    #[arg(
+        long,
+        env = "OBLETH_MIGRATIONS__NODE_HORIZON_SECS",
+        default_value_t = 86_400,
+        global = true
+    )]
+    pub node_horizon_secs: u64,
+
     /// For development: use the migrations in this directory (with its
     /// manifest.toml) instead of the ones built into this binary.
     #[arg(long, value_name = "DIR", global = true)]
@@ -148,6 +169,18 @@ pub enum Command {
     /// Apply contract migrations (and any pending expand ones) once no live node is too old.
     Finish {
         /// Run even while older nodes are recorded alive.
+        #[arg(long)]
+        force: bool,
+        /// Print the SQL that would run and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Revert the last N applied migrations, newest first, with their down scripts.
+    Down {
+        /// How many applied migrations to revert.
+        #[arg(default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
+        /// Revert even migrations that a live node's release requires.
         #[arg(long)]
         force: bool,
         /// Print the SQL that would run and change nothing.

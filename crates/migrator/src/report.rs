@@ -11,9 +11,20 @@ use crate::exit;
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub initialised: bool,
+    /// The database's version: its newest applied migration, `null` when
+    /// none is applied.
+    pub database_version: Option<DatabaseVersion>,
     pub verdict: Option<Compatibility>,
     pub migrations: Vec<MigrationLine>,
     pub exit_code: u8,
+}
+
+/// The newest migration a database has applied, as seeds and operators
+/// name a schema.
+#[derive(Debug, Serialize)]
+pub struct DatabaseVersion {
+    pub version: i64,
+    pub description: String,
 }
 
 /// One migration as `status` shows it.
@@ -38,6 +49,7 @@ impl StatusReport {
             let migrations = set.iter().map(|def| line_for_def(def, "pending")).collect();
             return StatusReport {
                 initialised: false,
+                database_version: None,
                 verdict: None,
                 migrations,
                 exit_code: exit::NOT_INITIALISED,
@@ -73,8 +85,17 @@ impl StatusReport {
         }
         migrations.sort_by_key(|m| m.version);
         let exit_code = verdict_exit_code(&verdict);
+        let database_version = applied
+            .iter()
+            .filter(|r| r.success)
+            .max_by_key(|r| r.version)
+            .map(|r| DatabaseVersion {
+                version: r.version,
+                description: r.description.clone(),
+            });
         StatusReport {
             initialised: true,
+            database_version,
             verdict: Some(verdict),
             migrations,
             exit_code,
@@ -108,6 +129,10 @@ pub fn print_status(report: &StatusReport, json: bool, database: &str) {
             "state:    not initialised: no migration was ever applied; run `obleth-migrator up`"
         ),
         Some(verdict) => out!("state:    {}", verdict.describe()),
+    }
+    match &report.database_version {
+        Some(v) => out!("version:  {} ({})", v.version, v.description),
+        None => out!("version:  none: no migration is applied"),
     }
     out!();
     out!(

@@ -15,8 +15,10 @@ use utoipa::ToSchema;
 use crate::error::AdminError;
 use crate::state::AppState;
 
-/// A node counts as live when seen within this window: the same window
-/// `obleth-migrator finish` uses before it refuses old nodes.
+/// A node is listed when seen within this window. `obleth-migrator finish`
+/// and `obleth-admin rollout-status` count longer (until a recorded stop or
+/// their horizon): a node silent past this window may be cut off from the
+/// database and still serving.
 pub const LIVE_WITHIN: Duration = Duration::from_secs(30);
 
 /// One running gateway or admin.

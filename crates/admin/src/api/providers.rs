@@ -22,7 +22,7 @@ use crate::state::AppState;
 /// The default upstream timeout, the schema's.
 pub const DEFAULT_TIMEOUT_MS: i32 = 60_000;
 /// The longest upstream timeout: 10 minutes.
-pub const MAX_TIMEOUT_MS: i32 = 600_000;
+pub const MAX_TIMEOUT_MS: i32 = obleth_config::model::MAX_PROVIDER_TIMEOUT_MS;
 
 /// The protocol a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -15,6 +15,7 @@ mod openapi;
 mod prices;
 mod process;
 mod prune;
+mod rollout;
 mod startup;
 mod support;
 mod teams;

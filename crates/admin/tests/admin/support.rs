@@ -149,7 +149,7 @@ impl TestGateway {
         s.server.listen = "127.0.0.1:0".parse().unwrap();
         s.server.ops_listen = "127.0.0.1:0".parse().unwrap();
         s.server.drain_delay_secs = 0;
-        s.server.drain_timeout_secs = 5;
+        s.server.drain_timeout_secs = Some(5);
         s.server.heartbeat_secs = 1;
         s.cache.poll_interval_secs = 2;
         s.usage.flush_interval_ms = 50;

@@ -27,10 +27,45 @@ pub struct NodeRow {
 }
 
 /// Records a starting node, not ready yet, with the newest migration the
-/// database has (or `node.schema_version` when it has none). A node id seen
-/// before (a restarted process that kept its id) starts afresh.
+/// database has (or `node.schema_version` when it has none) and its release
+/// schema, the newest migration this binary embeds
+/// ([`crate::ops::embedded_schema`]), which `obleth-migrator down` will not
+/// revert while the node is alive. A node id seen before (a restarted
+/// process that kept its id) starts afresh.
+///
+/// On a database without `nodes.release_schema` (before `20261128000007`,
+/// say an admin waiting for `obleth-migrator up`) the node registers without
+/// it, as the previous release does; `down` reads the NULL as "may need
+/// every migration".
 pub async fn register_node(pool: &PgPool, node: &NodeInfo) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    match insert_node(pool, node, true).await {
+        Err(e) if undefined_column(&e) => insert_node(pool, node, false).await,
+        other => other,
+    }
+}
+
+/// SQLSTATE 42703: a column the statement names does not exist.
+fn undefined_column(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "42703")
+}
+
+async fn insert_node(
+    pool: &PgPool,
+    node: &NodeInfo,
+    with_release_schema: bool,
+) -> Result<(), sqlx::Error> {
+    let sql = if with_release_schema {
+        "INSERT INTO nodes (node_id, service, version, git_commit, hostname, schema_version, \
+         release_schema, ready, started_at, last_seen, stopped_at) \
+         VALUES ($1, $2, $3, $4, $5, COALESCE((SELECT max(version) FROM _sqlx_migrations WHERE success), $6), $7, FALSE, now(), now(), NULL) \
+         ON CONFLICT (node_id) DO UPDATE SET \
+         service = EXCLUDED.service, version = EXCLUDED.version, \
+         git_commit = EXCLUDED.git_commit, hostname = EXCLUDED.hostname, \
+         schema_version = EXCLUDED.schema_version, release_schema = EXCLUDED.release_schema, \
+         ready = FALSE, started_at = now(), last_seen = now(), stopped_at = NULL"
+    } else {
         "INSERT INTO nodes (node_id, service, version, git_commit, hostname, schema_version, \
          ready, started_at, last_seen, stopped_at) \
          VALUES ($1, $2, $3, $4, $5, COALESCE((SELECT max(version) FROM _sqlx_migrations WHERE success), $6), FALSE, now(), now(), NULL) \
@@ -38,16 +73,19 @@ pub async fn register_node(pool: &PgPool, node: &NodeInfo) -> Result<(), sqlx::E
          service = EXCLUDED.service, version = EXCLUDED.version, \
          git_commit = EXCLUDED.git_commit, hostname = EXCLUDED.hostname, \
          schema_version = EXCLUDED.schema_version, ready = FALSE, \
-         started_at = now(), last_seen = now(), stopped_at = NULL",
-    )
-    .bind(&node.node_id)
-    .bind(&node.service)
-    .bind(&node.version)
-    .bind(&node.git_commit)
-    .bind(&node.hostname)
-    .bind(node.schema_version)
-    .execute(pool)
-    .await?;
+         started_at = now(), last_seen = now(), stopped_at = NULL"
+    };
+    let mut query = sqlx::query(sql)
+        .bind(&node.node_id)
+        .bind(&node.service)
+        .bind(&node.version)
+        .bind(&node.git_commit)
+        .bind(&node.hostname)
+        .bind(node.schema_version);
+    if with_release_schema {
+        query = query.bind(crate::ops::embedded_schema().expected);
+    }
+    query.execute(pool).await?;
     Ok(())
 }
 

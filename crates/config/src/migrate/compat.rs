@@ -261,6 +261,7 @@ mod tests {
             no_tx: false,
             phase,
             requires_release: (phase == Phase::Contract).then(|| semver::Version::new(0, 2, 0)),
+            down: None,
         }
     }
 

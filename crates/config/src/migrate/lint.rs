@@ -23,6 +23,10 @@ pub struct LintInput<'a> {
     pub phase: Phase,
     /// Whether the file runs outside a transaction (`-- no-transaction`).
     pub no_tx: bool,
+    /// Whether the file is a down script, which exists to undo its
+    /// migration: the rules against removing what the previous release uses
+    /// ([`Rule::undoes`]) do not apply to it; the lock rules do.
+    pub down: bool,
 }
 
 /// A check that a migration statement can fail.
@@ -38,6 +42,9 @@ pub enum Rule {
     CheckWithoutNotValid,
     ConcurrentlyInTransaction,
     NoTxNotIdempotent,
+    /// Set-level: an expand migration without a down script (see
+    /// [`super::lint_set`]); no statement fires it.
+    MissingDownScript,
 }
 
 impl Rule {
@@ -54,6 +61,7 @@ impl Rule {
             Rule::CheckWithoutNotValid => "check-without-not-valid",
             Rule::ConcurrentlyInTransaction => "concurrently-in-transaction",
             Rule::NoTxNotIdempotent => "no-tx-not-idempotent",
+            Rule::MissingDownScript => "missing-down-script",
         }
     }
 
@@ -69,6 +77,7 @@ impl Rule {
             Rule::CheckWithoutNotValid,
             Rule::ConcurrentlyInTransaction,
             Rule::NoTxNotIdempotent,
+            Rule::MissingDownScript,
         ]
     }
 
@@ -124,7 +133,23 @@ impl Rule {
                  IF EXISTS; a failed concurrent build also leaves an invalid index behind, which \
                  DROP INDEX CONCURRENTLY IF EXISTS before the CREATE clears."
             }
+            Rule::MissingDownScript => {
+                "An expand migration is what a rollback reverts, so it ships with a down script, \
+                 <version>_<description>.down.sql beside it, that obleth-migrator down runs."
+            }
         }
+    }
+
+    /// Whether the rule forbids removing what the previous release uses: a
+    /// down script, which exists to remove what its migration added, is
+    /// exempt from it.
+    pub fn undoes(self) -> bool {
+        matches!(self, Rule::DropTable | Rule::DropColumn | Rule::Rename)
+    }
+
+    /// Whether the rule judges a whole set rather than a statement.
+    pub fn set_level(self) -> bool {
+        self == Rule::MissingDownScript
     }
 
     /// Whether the rule guards the previous release, and so applies only to
@@ -236,7 +261,7 @@ impl Linter<'_, '_> {
     /// because the migration is a contract one or `table` is new in this file.
     fn report(&mut self, rule: Rule, table: Option<&ObjectName>, message: String) {
         let exempt = self.input.phase != Phase::Expand || table.is_some_and(|t| self.is_new(t));
-        if rule.expand_only() && exempt {
+        if (rule.expand_only() && exempt) || (self.input.down && rule.undoes()) {
             return;
         }
         self.findings.push(Finding {
@@ -789,6 +814,7 @@ mod tests {
             sql,
             phase,
             no_tx,
+            down: false,
         })
     }
 
@@ -817,7 +843,7 @@ mod tests {
 
     #[test]
     fn every_rule_has_a_fixture() {
-        for rule in Rule::all() {
+        for rule in Rule::all().iter().filter(|r| !r.set_level()) {
             assert!(
                 FIXTURES.iter().any(|f| f.fires == Some(*rule)),
                 "rule {rule} has no fixture under tests/fixtures/lint"
@@ -835,6 +861,24 @@ mod tests {
                 .filter(|r| !r.expand_only())
                 .into_iter()
                 .collect();
+            assert_eq!(fired, expected, "{}", fixture.file);
+        }
+    }
+
+    #[test]
+    fn a_down_script_may_undo_but_keeps_the_lock_rules() {
+        for fixture in FIXTURES {
+            let Some(rule) = fixture.fires else { continue };
+            let findings = lint(&LintInput {
+                version: 7,
+                file: "0007_test.down.sql",
+                sql: fixture.sql,
+                phase: fixture.phase,
+                no_tx: fixture.no_tx,
+                down: true,
+            });
+            let fired: HashSet<Rule> = findings.iter().map(|f| f.rule).collect();
+            let expected: HashSet<Rule> = Some(rule).filter(|r| !r.undoes()).into_iter().collect();
             assert_eq!(fired, expected, "{}", fixture.file);
         }
     }

@@ -1,9 +1,12 @@
 //! The schema machinery: the embedded migrations with their phases, the lock-safe
-//! runner, the compatibility check every binary runs at start, and the lint.
+//! runner and its reverse (`down`), the compatibility check every binary runs at
+//! start, and the lint.
 
 pub mod applied;
 pub mod compat;
+pub mod down;
 pub mod lint;
+pub mod lint_set;
 pub mod locks;
 pub mod manifest;
 pub mod phase;
@@ -14,9 +17,10 @@ pub mod sql;
 
 pub use applied::{read_applied, AppliedMigration};
 pub use compat::{check, Compatibility};
+pub use down::{DownError, DownReport, DownRequest};
 pub use phase::Phase;
 pub use runner::{Mode, RunReport, Runner, RunnerOptions};
-pub use set::{MigrationDef, MigrationSet};
+pub use set::{DownScript, MigrationDef, MigrationSet};
 
 /// A migration set that cannot be built: the files and the manifest disagree,
 /// or a file cannot be read.

@@ -38,7 +38,10 @@ pub struct RunnerOptions {
     pub max_retries: u32,
     /// First back-off after a lock timeout; doubles each retry, capped at 30 s.
     pub retry_backoff: Duration,
-    /// A node counts as alive for `finish` when seen within this window.
+    /// The horizon: a node that never recorded its stop counts as alive for
+    /// `finish` until this long after its last heartbeat. A gateway cut off
+    /// from the database serves on without heartbeating, so silence alone
+    /// proves nothing.
     pub node_liveness: Duration,
     /// The advisory lock key; tests use their own to stay independent.
     pub lock_key: i64,
@@ -60,7 +63,7 @@ impl From<&MigrationSettings> for RunnerOptions {
             statement_timeout: Duration::from_secs(s.statement_timeout_secs),
             max_retries: s.max_retries,
             retry_backoff: Duration::from_millis(s.retry_backoff_ms),
-            node_liveness: Duration::from_secs(30),
+            node_liveness: Duration::from_secs(s.node_horizon_secs),
             lock_key: LOCK_KEY,
             application_name: "obleth-migrator".to_owned(),
         }
@@ -85,7 +88,13 @@ pub struct NodeBlocker {
     pub version: String,
     pub migration: i64,
     pub requires_release: String,
+    /// Seconds since its last heartbeat.
+    pub silent_secs: i64,
 }
+
+/// Past this many seconds without a heartbeat (three beats of the default
+/// `server.heartbeat_secs`) a blocking node is reported as silent.
+pub const SILENT_AFTER_SECS: i64 = 30;
 
 /// One migration applied by a run.
 #[derive(Debug, Clone, Serialize)]
@@ -150,8 +159,17 @@ fn describe_blockers(blockers: &[NodeBlocker]) -> String {
     blockers
         .iter()
         .map(|b| {
+            let silent = if b.silent_secs > SILENT_AFTER_SECS {
+                format!(
+                    " (silent for {} s with no recorded stop: it may be cut off from the \
+                     database and still serving; pass --force only if it is gone for certain)",
+                    b.silent_secs
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "{} {} runs {} but migration {} requires {}",
+                "{} {} runs {} but migration {} requires {}{silent}",
                 b.service, b.node_id, b.version, b.migration, b.requires_release
             )
         })
@@ -173,6 +191,10 @@ impl Runner {
 
     pub fn set(&self) -> &MigrationSet {
         &self.set
+    }
+
+    pub fn options(&self) -> &RunnerOptions {
+        &self.opts
     }
 
     /// The migrations a run in `mode` would apply to a database with `applied`,
@@ -258,7 +280,10 @@ impl Runner {
 
     /// Refuses a URL that leads to a transaction pooler before taking the
     /// session lock, within a bounded time (see [`crate::db::pooler`]).
-    async fn check_session(&self, options: &PgConnectOptions) -> Result<(), MigrateError> {
+    pub(super) async fn check_session(
+        &self,
+        options: &PgConnectOptions,
+    ) -> Result<(), MigrateError> {
         use crate::db::pooler::{check_session, PoolerError};
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
@@ -276,7 +301,10 @@ impl Runner {
         }
     }
 
-    async fn connect(&self, options: &PgConnectOptions) -> Result<PgConnection, MigrateError> {
+    pub(super) async fn connect(
+        &self,
+        options: &PgConnectOptions,
+    ) -> Result<PgConnection, MigrateError> {
         options
             .clone()
             .application_name(&self.opts.application_name)
@@ -287,7 +315,7 @@ impl Runner {
 
     /// Polls `pg_try_advisory_lock` until the deadline, so the wait is bounded
     /// without holding a statement open on the server.
-    async fn acquire_lock(&self, conn: &mut PgConnection) -> Result<(), MigrateError> {
+    pub(super) async fn acquire_lock(&self, conn: &mut PgConnection) -> Result<(), MigrateError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(25);
         loop {
@@ -460,7 +488,7 @@ impl Runner {
 
     /// Sleeps and returns `Ok` when `err` is a lock timeout with retries left;
     /// otherwise turns it into the error that ends the run.
-    async fn retry_or_fail(
+    pub(super) async fn retry_or_fail(
         &self,
         def: &MigrationDef,
         attempts: u32,
@@ -527,6 +555,7 @@ impl Runner {
                         version: node.version.clone(),
                         migration: def.version,
                         requires_release: required.to_string(),
+                        silent_secs: node.silent_secs,
                     });
                 }
             }
@@ -536,7 +565,7 @@ impl Runner {
 }
 
 /// Refuses to touch a schema this set cannot live with.
-fn refuse_incompatible(
+pub(super) fn refuse_incompatible(
     set: &MigrationSet,
     applied: &[AppliedMigration],
 ) -> Result<(), MigrateError> {
@@ -571,7 +600,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
-async fn set_timeouts(
+pub(super) async fn set_timeouts(
     conn: &mut PgConnection,
     opts: &RunnerOptions,
     local: bool,
@@ -589,7 +618,7 @@ async fn set_timeouts(
 
 /// Creates the bookkeeping tables if this is the first run. `_sqlx_migrations`
 /// has exactly sqlx's layout, so sqlx-cli and plain SQL keep working.
-async fn bootstrap(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub(super) async fn bootstrap(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     conn.execute(
         "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
             version BIGINT PRIMARY KEY,
@@ -644,9 +673,12 @@ pub struct LiveNode {
     pub node_id: String,
     pub service: String,
     pub version: String,
+    /// Seconds since its last heartbeat.
+    pub silent_secs: i64,
 }
 
-/// Nodes not stopped and seen within `window`; none when the table does not exist.
+/// Nodes that did not record their stop and were seen within `window` (the
+/// horizon); none when the table does not exist.
 pub async fn live_nodes(
     conn: &mut PgConnection,
     window: Duration,
@@ -658,7 +690,8 @@ pub async fn live_nodes(
         return Ok(Vec::new());
     }
     sqlx::query_as(
-        "SELECT node_id, service, version FROM nodes \
+        "SELECT node_id, service, version, \
+         floor(extract(epoch FROM now() - last_seen))::bigint AS silent_secs FROM nodes \
          WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => $1) \
          ORDER BY node_id",
     )
@@ -769,6 +802,7 @@ mod tests {
             no_tx: batched,
             phase,
             requires_release: (phase == Phase::Contract).then(|| semver::Version::new(0, 2, 0)),
+            down: None,
         }
     }
 

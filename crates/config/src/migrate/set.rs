@@ -1,4 +1,15 @@
 //! A migration set: SQL files joined with their manifest entries, embedded or read from a directory.
+//!
+//! A migration may have a down script beside it, `<version>_<description>.down.sql`,
+//! which `obleth-migrator down` runs to revert it. `sqlx::migrate!` embeds
+//! both: it names the up script `Simple` and the down script `ReversibleDown`
+//! with the same version, computes each one's checksum from its own text, and
+//! refuses neither. The set joins the two into one [`MigrationDef`] (the down
+//! script in [`MigrationDef::down`]), so nothing that walks the set sees a down
+//! script as a migration of its own, and the up script's checksum, the one
+//! `_sqlx_migrations` records, is the up file's alone. sqlx's own
+//! `Migrator::run` skips down scripts too, so sqlx tooling pointed at the
+//! directory applies the same migrations.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -30,6 +41,19 @@ pub struct MigrationDef {
     pub no_tx: bool,
     pub phase: Phase,
     pub requires_release: Option<semver::Version>,
+    /// The down script that reverts this migration, when it has one.
+    pub down: Option<DownScript>,
+}
+
+/// A migration's down script, `<version>_<description>.down.sql`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownScript {
+    /// The file name, `<version>_<description>.down.sql`.
+    pub file: String,
+    pub sql: String,
+    /// The file starts with `-- no-transaction`: its statements run one by
+    /// one, and only the bookkeeping is a transaction of its own.
+    pub no_tx: bool,
 }
 
 impl MigrationDef {
@@ -126,14 +150,46 @@ impl MigrationSet {
         manifest_name: &str,
     ) -> Result<MigrationSet, SetError> {
         let mut migrations = Vec::new();
+        let mut downs: Vec<(i64, DownScript)> = Vec::new();
         for m in files {
-            let file = format!("{}_{}.sql", m.version, m.description.replace(' ', "_"));
-            if m.migration_type.is_reversible() {
-                return Err(SetError::File {
-                    file,
-                    message: "obleth migrations are forward-only; remove the .up/.down suffix and write a new migration to undo a change".to_owned(),
-                });
+            let stem = format!("{}_{}", m.version, m.description.replace(' ', "_"));
+            match m.migration_type {
+                MigrationType::Simple => {}
+                MigrationType::ReversibleDown => {
+                    let file = format!("{stem}.down.sql");
+                    if downs.iter().any(|(v, _)| *v == m.version) {
+                        return Err(SetError::File {
+                            file,
+                            message: format!(
+                                "migration {} has two down scripts; keep one",
+                                m.version
+                            ),
+                        });
+                    }
+                    if header_says(&m.sql, "-- batched") {
+                        return Err(SetError::File {
+                            file,
+                            message: "a down script cannot be -- batched; write it as one transaction or as idempotent -- no-transaction statements".to_owned(),
+                        });
+                    }
+                    downs.push((
+                        m.version,
+                        DownScript {
+                            file,
+                            sql: m.sql.to_string(),
+                            no_tx: m.no_tx,
+                        },
+                    ));
+                    continue;
+                }
+                MigrationType::ReversibleUp => {
+                    return Err(SetError::File {
+                        file: format!("{stem}.up.sql"),
+                        message: "an up script is a plain <version>_<description>.sql; remove the .up suffix (a down script beside it is <version>_<description>.down.sql)".to_owned(),
+                    });
+                }
             }
+            let file = format!("{stem}.sql");
             let entry = manifest
                 .entries
                 .get(&m.version)
@@ -156,7 +212,29 @@ impl MigrationSet {
                 no_tx: m.no_tx,
                 phase: entry.phase,
                 requires_release: entry.requires_release.clone(),
+                down: None,
             });
+        }
+        for (version, down) in downs {
+            let Some(def) = migrations.iter_mut().find(|m| m.version == version) else {
+                return Err(SetError::File {
+                    file: down.file,
+                    message: format!(
+                        "a down script needs its migration beside it, {version}_<description>.sql, and there is none"
+                    ),
+                });
+            };
+            let expected = format!(
+                "{}.down.sql",
+                def.file.strip_suffix(".sql").unwrap_or(&def.file)
+            );
+            if down.file != expected {
+                return Err(SetError::File {
+                    file: down.file,
+                    message: format!("a down script is named after its migration: {expected}"),
+                });
+            }
+            def.down = Some(down);
         }
         for version in manifest.entries.keys() {
             if !migrations.iter().any(|m| m.version == *version) {
@@ -278,5 +356,94 @@ mod tests {
         assert_eq!(m.description, "add index");
         let expected = Migration::new(7, "x".into(), MigrationType::Simple, sql.into(), true);
         assert_eq!(m.checksum, expected.checksum.to_vec());
+        assert_eq!(m.down, None);
+    }
+
+    const TWO_EXPAND: &str =
+        "[[migration]]\nversion = 1\nphase = \"expand\"\n[[migration]]\nversion = 2\nphase = \"expand\"\n";
+
+    #[test]
+    fn a_down_script_joins_its_migration_and_leaves_its_checksum_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "1_first.sql", "CREATE TABLE a (id int);");
+        write(dir.path(), "2_second.sql", "CREATE TABLE b (id int);");
+        write(dir.path(), MANIFEST_FILE, TWO_EXPAND);
+        let without = MigrationSet::from_dir(dir.path()).unwrap();
+        write(
+            dir.path(),
+            "2_second.down.sql",
+            "-- no-transaction\nDROP TABLE IF EXISTS b;",
+        );
+        let with = MigrationSet::from_dir(dir.path()).unwrap();
+
+        // Still two migrations: the down script is not one of its own.
+        assert_eq!(with.len(), 2);
+        let second = with.get(2).unwrap();
+        let down = second.down.as_ref().expect("the down script is attached");
+        assert_eq!(down.file, "2_second.down.sql");
+        assert!(down.sql.contains("DROP TABLE IF EXISTS b"));
+        assert!(down.no_tx);
+        assert_eq!(second.file, "2_second.sql");
+        assert_eq!(second.sql, "CREATE TABLE b (id int);");
+        assert_eq!(second.checksum, without.get(2).unwrap().checksum);
+        assert_eq!(with.get(1).unwrap().down, None);
+        assert_eq!(with.latest_version(), Some(2));
+    }
+
+    #[test]
+    fn down_scripts_that_do_not_fit_are_refused_naming_the_file() {
+        // (extra files, the file the error names, what it says)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case; 4] = [
+            (
+                &[("3_third.down.sql", "DROP TABLE c;")],
+                "3_third.down.sql",
+                "needs its migration beside it",
+            ),
+            (
+                &[("2_other.down.sql", "DROP TABLE b;")],
+                "2_other.down.sql",
+                "2_second.down.sql",
+            ),
+            (
+                &[(
+                    "2_second.down.sql",
+                    "-- no-transaction\n-- batched\nSELECT 0;",
+                )],
+                "2_second.down.sql",
+                "cannot be -- batched",
+            ),
+            (
+                &[("2_second.up.sql", "SELECT 1;")],
+                "2_second.up.sql",
+                "remove the .up suffix",
+            ),
+        ];
+        for (files, file, needle) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), "1_first.sql", "CREATE TABLE a (id int);");
+            write(dir.path(), "2_second.sql", "CREATE TABLE b (id int);");
+            write(dir.path(), MANIFEST_FILE, TWO_EXPAND);
+            for (name, text) in files {
+                write(dir.path(), name, text);
+            }
+            let err = MigrationSet::from_dir(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(file), "{err} should name {file}");
+            assert!(err.contains(needle), "{err} should contain {needle}");
+        }
+    }
+
+    #[test]
+    fn embedded_down_scripts_are_attached_to_every_expand_migration() {
+        let set = MigrationSet::embedded().unwrap();
+        for def in set.iter() {
+            match (def.phase, &def.down) {
+                (Phase::Expand, Some(down)) => {
+                    assert_eq!(down.file, def.file.replace(".sql", ".down.sql"));
+                }
+                (Phase::Expand, None) => panic!("{} has no down script", def.file),
+                (Phase::Contract, _) => {}
+            }
+        }
     }
 }

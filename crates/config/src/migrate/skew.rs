@@ -129,6 +129,7 @@ mod tests {
             node_id: id.to_owned(),
             service: "gateway".to_owned(),
             version: version.to_owned(),
+            silent_secs: 0,
         }
     }
 
@@ -142,6 +143,7 @@ mod tests {
             no_tx: false,
             phase: Phase::Contract,
             requires_release: Some(semver::Version::parse(requires).unwrap()),
+            down: None,
         }
     }
 

@@ -534,6 +534,18 @@ async fn nodes_register_beat_stop_and_only_live_ones_are_listed() {
     let listed = nodes::list_nodes(&pool, window).await.unwrap();
     let ids: Vec<&str> = listed.iter().map(|n| n.node_id.as_str()).collect();
     assert_eq!(ids, ["adm-1", "gw-1", "gw-2"]);
+    // Each records its release schema, the newest migration its binary
+    // embeds, which `obleth-migrator down` will not revert under it.
+    let release: Vec<Option<i64>> =
+        sqlx::query_scalar("SELECT release_schema FROM nodes ORDER BY node_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let embedded = obleth_config::migrate::MigrationSet::embedded()
+        .unwrap()
+        .latest_version();
+    assert!(embedded.is_some());
+    assert_eq!(release, [embedded; 3]);
     assert!(listed.iter().all(|n| !n.ready && n.stopped_at.is_none()));
 
     // Every beat reads the newest applied migration in the same statement.
@@ -601,6 +613,50 @@ async fn nodes_register_beat_stop_and_only_live_ones_are_listed() {
     assert!(
         nodes::register_node(&pool, &bad).await.is_err(),
         "unknown service refused"
+    );
+}
+
+#[tokio::test]
+async fn a_node_registers_on_a_schema_from_before_release_schema_leaving_it_unknown() {
+    let db = fresh_database().await.unwrap();
+    obleth_testkit::ledger::run_through(
+        &db.url,
+        obleth_testkit::ledger::DAILY,
+        obleth_config::migrate::Mode::Up,
+        obleth_config::migrate::RunnerOptions::default(),
+    )
+    .await
+    .unwrap();
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    nodes::register_node(&pool, &node("adm-1", "admin", "0.3.0"))
+        .await
+        .unwrap();
+    let listed = nodes::list_nodes(&pool, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+
+    // Once the column exists, the same node registering again records it.
+    obleth_testkit::db::migrate(&db.url).await.unwrap();
+    let unknown: Option<i64> =
+        sqlx::query_scalar("SELECT release_schema FROM nodes WHERE node_id = 'adm-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(unknown, None);
+    nodes::register_node(&pool, &node("adm-1", "admin", "0.3.0"))
+        .await
+        .unwrap();
+    let known: Option<i64> =
+        sqlx::query_scalar("SELECT release_schema FROM nodes WHERE node_id = 'adm-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        known,
+        obleth_config::migrate::MigrationSet::embedded()
+            .unwrap()
+            .latest_version()
     );
 }
 

@@ -248,7 +248,7 @@ async fn a_stream_still_open_at_the_drain_timeout_is_ended_and_recorded() {
         .unwrap();
     let (key, secret) = db_key(&pool, |_| {}).await;
     let mut settings = database_settings(&db.url, &pool).await;
-    settings.server.drain_timeout_secs = 1;
+    settings.server.drain_timeout_secs = Some(1);
     let gw = TestGateway::start(settings).await;
     gw.wait_ready().await;
     let response = send(

@@ -251,6 +251,8 @@ async fn an_invalid_setting_exits_non_zero_naming_the_field() {
         ("[usage]\nflush_interval_ms = 0\n", "usage.flush_interval_ms"),
         ("[usage]\npartitions_ahead_days = 0\n", "usage.partitions_ahead_days"),
         ("[server]\nheartbeat_secs = 0\n", "server.heartbeat_secs"),
+        ("[server]\nmax_stream_secs = 0\n", "server.max_stream_secs"),
+        ("[[providers]]\nname = \"p\"\nkind = \"mock\"\ntimeout_ms = 600001\n", "providers[0].timeout_ms"),
         ("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\n", "providers[0].base_url"),
         ("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"https://x\"\ncredential = \"sk-live-123\"\n", "providers[0].credential"),
         ("[[keys]]\npublic_id = \"x\"\nsecret_sha256 = \"zz\"\n", "keys[0].secret_sha256"),

@@ -373,3 +373,60 @@ async fn embedded_prices_are_checked_naming_the_field_and_loaded() {
     assert_eq!(price("gpt-4o-mini"), Some((150_000, 600_000)));
     assert_eq!(price("other"), None);
 }
+
+#[tokio::test]
+async fn a_stream_longer_than_max_stream_secs_is_ended_recorded_and_counted() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    // 40 tokens a second apart: a 40-second stream, ended at 2 s.
+    let upstream = MockUpstream::start(MockConfig {
+        completion_tokens: 40,
+        token_delay: Duration::from_secs(1),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut settings = database_settings(&db.url, &pool).await;
+    settings.server.max_stream_secs = 2;
+    let provider = db::provider("up", ProviderKind::OpenAi, &upstream.base_url());
+    db::provider_and_route(&pool, &provider, "up")
+        .await
+        .unwrap();
+    let (_, key) = db_key(&pool, |_| {}).await;
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+
+    let started = std::time::Instant::now();
+    let answer = request(
+        http::Method::POST,
+        &gw.url("/v1/chat/completions"),
+        &[
+            ("authorization", &format!("Bearer {key}")),
+            ("content-type", "application/json"),
+        ],
+        json!({"model": "up", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200);
+    let (_, done) = events(&answer);
+    assert!(!done, "the stream was ended before [DONE]");
+    assert!(
+        took < Duration::from_secs(20),
+        "ended at max_stream_secs, not at the upstream's end: {took:?}"
+    );
+    let request_id = answer.header("x-request-id").unwrap().to_owned();
+    let status: i16 =
+        obleth_testkit::poll::wait_for(Duration::from_secs(10), "the usage row", || async {
+            sqlx::query_scalar("SELECT status FROM usage_ledger WHERE request_id = $1")
+                .bind(request_id.parse::<Uuid>().unwrap())
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        })
+        .await;
+    assert_eq!(status, 504, "recorded as ended by the gateway");
+    assert_eq!(metric(&gw, "obleth_streams_too_long_total", &[]).await, 1.0);
+    gw.stop().await.unwrap();
+}

@@ -96,7 +96,7 @@ pub async fn chat(gw: &TestGateway, key: &str, model: &str) -> Answer {
 pub fn embedded_settings(keys: Vec<KeyConfig>) -> GatewaySettings {
     let mut s = GatewaySettings::default();
     s.server.drain_delay_secs = 0;
-    s.server.drain_timeout_secs = 5;
+    s.server.drain_timeout_secs = Some(5);
     s.providers = vec![mock_provider("mock")];
     s.routes = vec![route("m", &["mock"])];
     s.keys = keys;
@@ -173,7 +173,7 @@ pub async fn database_settings(url: &str, pool: &PgPool) -> GatewaySettings {
     let mut s = GatewaySettings::default();
     s.database.url = Some(DatabaseUrl::new(url));
     s.server.drain_delay_secs = 0;
-    s.server.drain_timeout_secs = 5;
+    s.server.drain_timeout_secs = Some(5);
     s.server.heartbeat_secs = 1;
     s.cache.poll_interval_secs = 2;
     s.usage.flush_interval_ms = 50;

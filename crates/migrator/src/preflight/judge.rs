@@ -340,6 +340,7 @@ pub(super) fn fleet(
                 node_id: n.node_id.clone(),
                 service: n.service.clone(),
                 version: n.version.clone(),
+                silent_secs: n.silent_secs,
             })
             .collect(),
     );

@@ -187,6 +187,9 @@ pub struct Node {
     pub node_id: String,
     pub service: String,
     pub version: String,
+    /// Seconds since its last heartbeat; a node counts as live until it
+    /// records its stop or `--node-horizon-secs` pass.
+    pub silent_secs: i64,
 }
 
 /// Everything preflight found, as `--json` prints it.
@@ -246,12 +249,14 @@ impl Report {
 }
 
 /// Runs preflight and answers its exit code. `options` is the parsed
-/// `--database-url`, or why it could not be parsed.
+/// `--database-url`, or why it could not be parsed; `horizon` is how long a
+/// node that never recorded its stop counts as live, as for `finish`.
 pub async fn run(
     set: MigrationSet,
     args: &PreflightArgs,
     url: Option<&str>,
     options: Result<PgConnectOptions, String>,
+    horizon: Duration,
 ) -> u8 {
     let mut report = Report {
         verdict: Verdict::Go,
@@ -279,7 +284,7 @@ pub async fn run(
             Ok(mut conn) => {
                 report.reachable = true;
                 match session_of_its_own(&options, args).await {
-                    Ok(()) => inspect(&mut conn, &set, args, &mut report).await,
+                    Ok(()) => inspect(&mut conn, &set, args, horizon, &mut report).await,
                     Err(message) => report.push(Severity::NoGo, "database", message),
                 }
                 let _ = conn.close().await;
@@ -361,6 +366,7 @@ async fn inspect(
     conn: &mut PgConnection,
     set: &MigrationSet,
     args: &PreflightArgs,
+    horizon: Duration,
     report: &mut Report,
 ) {
     // Preflight must never queue behind a migration's lock for long, nor
@@ -437,7 +443,7 @@ async fn inspect(
     }
     judge::sessions(conn, args, report).await;
     judge::replication(conn, args, report).await;
-    match live_nodes(conn, RunnerOptions::default().node_liveness).await {
+    match live_nodes(conn, horizon).await {
         Ok(nodes) => judge::fleet(&nodes, &finish, args, report),
         Err(e) => report.incomplete("fleet", "read the live nodes", &e),
     }

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod down;
+
 use std::path::Path;
 use std::process::Output;
 

@@ -45,6 +45,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/*
+The live gateway Deployment (empty without a cluster or before install), in
+one place so that scripts/validate-deploy can stand in for the cluster.
+*/}}
+{{- define "obleth.liveGatewayDeployment" -}}
+{{- toYaml (lookup "apps/v1" "Deployment" .Release.Namespace (printf "%s-gateway" (include "obleth.fullname" .))) }}
+{{- end }}
+
 {{- define "obleth.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "obleth.fullname" .) .Values.serviceAccount.name }}
@@ -91,12 +99,19 @@ without a fraction. Strings are JSON strings, which TOML reads the same.
 {{- include "obleth.toml" $s }}
 {{- end }}
 
-{{/* admin.toml: the values' settings with the listener from admin.port. */}}
+{{/*
+admin.toml: the values' settings with the listener from admin.port, and
+migrations.migrate_on_startup from migrations.mode (on only in `admin` mode;
+the binary's own default is on, so the other modes write it off).
+*/}}
 {{- define "obleth.adminSettings" -}}
 {{- $s := deepCopy .Values.admin.settings }}
 {{- $server := default (dict) (get $s "server") }}
 {{- $_ := set $server "listen" (printf "0.0.0.0:%d" (int .Values.admin.port)) }}
 {{- $_ := set $s "server" $server }}
+{{- $migrations := default (dict) (get $s "migrations") }}
+{{- $_ := set $migrations "migrate_on_startup" (eq (include "obleth.migrationsMode" .) "admin") }}
+{{- $_ := set $s "migrations" $migrations }}
 {{- include "obleth.toml" $s }}
 {{- end }}
 
@@ -156,4 +171,21 @@ seccompProfile:
     secretKeyRef:
       name: {{ required "database.existingSecret is required" .ctx.Values.database.existingSecret }}
       key: {{ .ctx.Values.database.urlKey }}
+{{- end }}
+
+{{/*
+extraEnv of one service, refusing a database URL written in clear:
+(dict "env" .Values.gateway.extraEnv "what" "gateway"). A URL carries the
+password, so it must come from a Secret (valueFrom), never a literal value
+in the manifests.
+*/}}
+{{- define "obleth.extraEnv" -}}
+{{- range .env }}
+{{- if and (hasKey . "value") (regexMatch "^(DATABASE_URL|OBLETH_DATABASE__(URL|DIRECT_URL))$" .name) }}
+{{- fail (printf "%s.extraEnv: %s has a literal value; a database URL holds a password, so take it from a Secret (valueFrom.secretKeyRef, or database.existingSecret)" $.what .name) }}
+{{- end }}
+{{- end }}
+{{- with .env }}
+{{- toYaml . }}
+{{- end }}
 {{- end }}

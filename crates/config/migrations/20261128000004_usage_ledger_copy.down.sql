@@ -1,0 +1,12 @@
+-- Reverts 20261128000004_usage_ledger_copy.sql, the batched copy of the
+-- rows usage_events held before forwarding, by resetting its progress: the
+-- copy counts as not done, so 20261128000005 (the contract that drops
+-- usage_events) refuses again until `up` has run the copy once more.
+--
+-- The copied rows stay in the ledger. Each is a twin of a usage_events row
+-- (no usage record is lost or doubled): the previous release reads
+-- usage_events, a new copy skips them (ON CONFLICT DO NOTHING, so the
+-- rollup queue never sees them twice), and deleting them would mean taking
+-- their counts back out of the hourly rollups, which keep no per-row trace.
+-- 20261128000003's down script treats them as any forwarded row.
+UPDATE usage_ledger_copy SET through = 0;
