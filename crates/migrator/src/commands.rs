@@ -175,6 +175,14 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
                 exit::OK
             })
         }
+        Command::Preflight(args) => {
+            let options = connect_options(cli).map_err(|f| f.message);
+            let horizon = runner_options(cli).node_liveness;
+            Ok(
+                crate::preflight::run(set, args, cli.database_url.as_deref(), options, horizon)
+                    .await,
+            )
+        }
         Command::Down {
             count,
             force,

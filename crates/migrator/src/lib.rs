@@ -12,6 +12,7 @@ macro_rules! out {
 
 mod commands;
 mod down;
+mod preflight;
 mod probe;
 mod report;
 
@@ -50,6 +51,14 @@ pub mod exit {
     /// `down` refused: a live node's release requires a migration to revert
     /// (`--force` overrides).
     pub const DOWN_NODES: u8 = 13;
+    /// `preflight`: go, with warnings (a big table under a blocking lock,
+    /// code whose locks the text hides, a long transaction, replay lag).
+    pub const PREFLIGHT_WARNINGS: u8 = 20;
+    /// `preflight`: no-go (unreachable, a standby, a fatal schema verdict, a
+    /// long transaction holding a lock the step needs, a version-skew violation).
+    pub const PREFLIGHT_NO_GO: u8 = 21;
+    /// `preflight`: a check could not run; treat as no-go.
+    pub const PREFLIGHT_INCOMPLETE: u8 = 22;
 }
 
 /// Applies and inspects obleth's database migrations.
@@ -189,6 +198,10 @@ pub enum Command {
         /// For example http://127.0.0.1:9090/readyz.
         url: String,
     },
+    /// Before an upgrade, with the new release: can `up` (or `finish`) run now?
+    /// Locks, table sizes, long transactions, replication, fleet versions; the
+    /// exit code says go (0), go with warnings (20), no-go (21) or incomplete (22).
+    Preflight(preflight::PreflightArgs),
     /// Check migration files for changes that break the previous release or lock tables.
     Lint {
         /// Lint this directory instead of the built-in migrations.

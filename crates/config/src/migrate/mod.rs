@@ -7,10 +7,12 @@ pub mod compat;
 pub mod down;
 pub mod lint;
 pub mod lint_set;
+pub mod locks;
 pub mod manifest;
 pub mod phase;
 pub mod runner;
 pub mod set;
+pub mod skew;
 pub mod sql;
 
 pub use applied::{read_applied, AppliedMigration};

@@ -11,6 +11,8 @@ use obleth_testkit::fresh_database;
 use sqlx::{Connection, PgConnection};
 use tempfile::TempDir;
 
+mod preflight;
+
 const BIN: &str = env!("CARGO_BIN_EXE_obleth-migrator");
 
 async fn migrator(url: Option<&str>, args: &[&str]) -> Output {
