@@ -252,17 +252,7 @@ mod tests {
     use chrono::Utc;
 
     fn def(version: i64, phase: Phase) -> MigrationDef {
-        MigrationDef {
-            version,
-            description: format!("m{version}"),
-            file: format!("{version}_m{version}.sql"),
-            sql: format!("SELECT {version};"),
-            checksum: vec![version as u8; 48],
-            no_tx: false,
-            phase,
-            requires_release: (phase == Phase::Contract).then(|| semver::Version::new(0, 2, 0)),
-            down: None,
-        }
+        MigrationDef::for_test(version, phase)
     }
 
     fn row(version: i64, phase: Option<Phase>) -> AppliedMigration {

@@ -53,12 +53,8 @@ pub struct RevertedStep {
     pub file: String,
     /// 1 unless `lock_timeout` made the runner retry.
     pub attempts: u32,
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "super::runner::millis")]
     pub elapsed: Duration,
-}
-
-fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
 
 /// The outcome of a `down` run.
@@ -444,19 +440,12 @@ mod tests {
 
     fn def(version: i64, phase: Phase, down: bool) -> MigrationDef {
         MigrationDef {
-            version,
-            description: format!("m{version}"),
-            file: format!("{version}_m{version}.sql"),
-            sql: format!("SELECT {version};"),
-            checksum: vec![version as u8; 48],
-            no_tx: false,
-            phase,
-            requires_release: (phase == Phase::Contract).then(|| semver::Version::new(0, 2, 0)),
             down: down.then(|| DownScript {
                 file: format!("{version}_m{version}.down.sql"),
                 sql: format!("SELECT -{version};"),
                 no_tx: false,
             }),
+            ..MigrationDef::for_test(version, phase)
         }
     }
 

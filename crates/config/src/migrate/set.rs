@@ -292,6 +292,25 @@ impl MigrationSet {
 }
 
 #[cfg(test)]
+impl MigrationDef {
+    /// A migration `<version>_m<version>.sql` running `SELECT <version>;`
+    /// with no down script; a contract one requires 0.2.0.
+    pub(crate) fn for_test(version: i64, phase: Phase) -> MigrationDef {
+        MigrationDef {
+            version,
+            description: format!("m{version}"),
+            file: format!("{version}_m{version}.sql"),
+            sql: format!("SELECT {version};"),
+            checksum: vec![version as u8; 48],
+            no_tx: false,
+            phase,
+            requires_release: (phase == Phase::Contract).then(|| semver::Version::new(0, 2, 0)),
+            down: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -102,18 +102,19 @@ fn create_index(t: &[Token], mut at: usize, unique: bool) -> Vec<LockEffect> {
 }
 
 fn create_trigger(t: &[Token]) -> Vec<LockEffect> {
+    on_table(t, LockMode::ShareRowExclusive, "create trigger".to_owned())
+}
+
+/// The lock a statement of the form `... ON table ...` (a trigger, policy or
+/// rule) takes on that table; nothing when the text names none.
+fn on_table(t: &[Token], mode: LockMode, action: String) -> Vec<LockEffect> {
     let Some(on) = t.find_top_seq(&["on"]) else {
         return Vec::new();
     };
     let Some((table, _)) = t.name_at(on + 1) else {
         return Vec::new();
     };
-    vec![LockEffect::on(
-        &table,
-        LockMode::ShareRowExclusive,
-        Work::Metadata,
-        "create trigger",
-    )]
+    vec![LockEffect::on(&table, mode, Work::Metadata, action)]
 }
 
 pub(super) fn drop(t: &[Token]) -> Vec<LockEffect> {
@@ -164,20 +165,11 @@ pub(super) fn drop(t: &[Token]) -> Vec<LockEffect> {
                 })
                 .collect()
         }
-        Some("trigger" | "policy" | "rule") => {
-            let Some(on) = t.find_top_seq(&["on"]) else {
-                return Vec::new();
-            };
-            let Some((table, _)) = t.name_at(on + 1) else {
-                return Vec::new();
-            };
-            vec![LockEffect::on(
-                &table,
-                LockMode::AccessExclusive,
-                Work::Metadata,
-                format!("drop {}", what.unwrap_or_default()),
-            )]
-        }
+        Some("trigger" | "policy" | "rule") => on_table(
+            t,
+            LockMode::AccessExclusive,
+            format!("drop {}", what.unwrap_or_default()),
+        ),
         Some(kind) => vec![LockEffect::none(format!(
             "drop {kind} (no table lock; statements that still use it fail)"
         ))],
