@@ -475,6 +475,44 @@ def helm_timeouts(args) -> int:
     return r.done()
 
 
+def rollback_check(args) -> int:
+    """`helm rollback` runs no pre-upgrade hook: a pre-rollback hook Job runs
+    the target release's `obleth-migrator check`, which exits 5 when that
+    release cannot run on the schema (a rollback past its `finish`), and the
+    Job fails at once on 2 to 5 instead of retrying, so the rollback fails in
+    seconds rather than crash-looping the pods for the whole --timeout."""
+    r = Report(f"rollback check [{args.label}]")
+    bins = Binaries(args.bin_dir)
+    docs = load(args.file)
+    jobs = [d for d in docs if d["kind"] == "Job"
+            and "pre-rollback" in ((d["metadata"].get("annotations") or {}).get("helm.sh/hook") or "").split(",")]
+    if not r.check(len(jobs) == 1, "one pre-rollback hook Job", f"found {len(jobs)}"):
+        return r.done()
+    job = jobs[0]
+    name = job["metadata"]["name"]
+    cs = [c for c in containers(job["spec"]["template"]["spec"]) if binary_of(c) == "obleth-migrator"]
+    if not r.check(len(cs) == 1, f"{name}: runs obleth-migrator"):
+        return r.done()
+    c = cs[0]
+    argv = list(c.get("command") or []) + list(c.get("args") or [])
+    r.check(argv[1:] == ["check"], f"{name}: `obleth-migrator check`", f"argv {argv}")
+    try:
+        r.ok(f"{name}: `{bins.check_invocation(argv)}` matches the migrator's --help")
+    except CheckError as e:
+        r.fail(f"{name}: {e}")
+    env = {e["name"]: e for e in c.get("env") or []}
+    r.check("secretKeyRef" in ((env.get("DATABASE_URL") or {}).get("valueFrom") or {}),
+            f"{name}: DATABASE_URL from a Secret")
+    rules = (job["spec"].get("podFailurePolicy") or {}).get("rules") or []
+    fail_codes = {v for rule in rules if rule.get("action") == "FailJob"
+                  for v in (rule.get("onExitCodes") or {}).get("values") or []
+                  if (rule.get("onExitCodes") or {}).get("containerName") == c["name"]}
+    r.check({2, 3, 4, 5} <= fail_codes, f"{name}: exits 2 to 5 fail the Job at once", f"FailJob on {sorted(fail_codes)}")
+    deadline = job["spec"].get("activeDeadlineSeconds")
+    r.check(isinstance(deadline, int) and deadline <= 300, f"{name}: activeDeadlineSeconds {deadline} <= 300 (fails in minutes at most)")
+    return r.done()
+
+
 def same_init(args) -> int:
     """The chart's initContainer mode and the kustomize component run the
     same migrator container (image aside: each pins its own)."""
@@ -511,6 +549,10 @@ def main() -> int:
     t.add_argument("--expect-version")
     t.add_argument("--canary-secret")
     t.add_argument("--absent", action="store_true")
+    rc = sub.add_parser("rollback-check")
+    rc.add_argument("file")
+    rc.add_argument("--label", required=True)
+    rc.add_argument("--bin-dir", required=True)
     im = sub.add_parser("images")
     im.add_argument("file")
     im.add_argument("--label", required=True)
@@ -532,7 +574,7 @@ def main() -> int:
     si.add_argument("chart")
     si.add_argument("kustomize")
     args = p.parse_args()
-    return {"same-init": same_init, "helm-timeouts": helm_timeouts, "migrations": migrations, "spread": spread, "helm-test": helm_test, "images": images,
+    return {"same-init": same_init, "helm-timeouts": helm_timeouts, "migrations": migrations, "spread": spread, "helm-test": helm_test, "rollback-check": rollback_check, "images": images,
             "operations": operations, "scale-transition": scale_transition}[args.cmd](args)
 
 

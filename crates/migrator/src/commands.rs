@@ -8,6 +8,7 @@ use obleth_config::migrate::lint_set::lint_set;
 use obleth_config::migrate::runner::MigrateError;
 use obleth_config::migrate::{read_applied, MigrationSet, Mode, Runner, RunnerOptions};
 use obleth_config::settings::redact_url;
+use obleth_config::version::VERSION;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
@@ -191,6 +192,32 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
             let options = connect_options(cli)?;
             let runner = Runner::new(set, runner_options(cli));
             crate::down::down(&runner, &options, *count, *force, *dry_run).await
+        }
+        Command::Check => {
+            let options = connect_options(cli)?;
+            let mut conn = connect(&options).await?;
+            let applied = read_applied(&mut conn).await?;
+            let _ = conn.close().await;
+            let Some(applied) = applied else {
+                out!("the database was never migrated: run `obleth-migrator up`");
+                return Ok(exit::NOT_INITIALISED);
+            };
+            let verdict = check(&set, &applied);
+            out!("{}", verdict.describe());
+            Ok(match verdict {
+                Compatibility::Compatible { .. } => {
+                    out!("release {VERSION} can run on this database");
+                    exit::OK
+                }
+                Compatibility::NeedsMigration { .. } => {
+                    out!("release {VERSION} needs `obleth-migrator up` first");
+                    exit::PENDING
+                }
+                _ => {
+                    out!("release {VERSION} cannot run on this database");
+                    exit::INCOMPATIBLE
+                }
+            })
         }
         Command::Verify => {
             let options = connect_options(cli)?;

@@ -189,6 +189,13 @@ pub enum Command {
     },
     /// Compare the checksums of applied migrations with this binary's files.
     Verify,
+    /// Whether this release's binaries can run on the database as it is: exit 0
+    /// when they can (pending contract migrations and backfills included), 4
+    /// when `up` must run first, 5 when they cannot (a contract migration they
+    /// do not know: a rollback past `finish`; or a modified or dirty
+    /// migration), 3 when it was never migrated. Changes nothing; the chart's
+    /// pre-rollback hook runs it so that such a rollback fails in seconds.
+    Check,
     /// GET a plain http:// URL and exit 0 on a 2xx answer, 1 otherwise. For
     /// container healthchecks in images without curl; needs no database.
     Probe {

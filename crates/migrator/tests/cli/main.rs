@@ -400,3 +400,54 @@ async fn probe_exits_0_on_2xx_and_1_otherwise_without_a_database() {
         stderr(&wrong)
     );
 }
+
+#[tokio::test]
+async fn check_says_whether_this_release_can_run_on_the_database() {
+    let db = fresh_database().await.unwrap();
+    let url = Some(db.url.as_str());
+    let out = migrator(url, &["check"]).await;
+    assert_eq!(code(&out), 3, "{}", stdout(&out));
+
+    // Expand migrations applied, the contract one waiting for finish: runs.
+    assert_eq!(code(&migrator(url, &["up"]).await), 0);
+    let out = migrator(url, &["check"]).await;
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("can run on this database"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A newer expand migration this database lacks: `up` first.
+    let source = source_with(&[(
+        "29991231000001_extra.sql",
+        "CREATE TABLE check_extra (id INT);",
+        "\n[[migration]]\nversion = 29991231000001\nphase = \"expand\"\n",
+    )]);
+    let out = migrator(url, &["check", "--source", source.path().to_str().unwrap()]).await;
+    assert_eq!(code(&out), 4, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("needs `obleth-migrator up` first"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A contract migration this release does not know (a rollback past a
+    // newer release's finish): it cannot run, and nothing changed.
+    execute(
+        &db.url,
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (29991231000002, 'drop legacy columns', true, '\\x00', 1); \
+         INSERT INTO obleth_migration_phases (version, phase, requires_release) \
+         VALUES (29991231000002, 'contract', '9.0.0');",
+    )
+    .await;
+    let out = migrator(url, &["check"]).await;
+    assert_eq!(code(&out), 5, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("29991231000002") && stdout(&out).contains("cannot run"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!scalar_bool(&db.url, "SELECT to_regclass('check_extra') IS NOT NULL").await);
+}
