@@ -9,7 +9,7 @@ For each gateway and admin Deployment it reads the settings file the container
 is given (`--config`, resolved through its volume mounts to the rendered
 ConfigMap), runs `<binary> --config FILE wiring` with the container's
 environment, and checks the manifests against that answer: container ports,
-probe paths and ports, the preStop sleep against `drain_delay_secs`, the grace
+probe paths and ports, no preStop sleep beside `drain_delay_secs`, the grace
 period against the drain budget, `maxUnavailable: 0`, Services, the
 ServiceMonitor, the security context. It checks the migration Job (and the
 Helm hook annotations with --helm-hooks) and every obleth command line against
@@ -249,15 +249,19 @@ def check_deployment(r: Report, bins: Binaries, doc: dict, docs: list[dict]) -> 
     if service == "gateway":
         check_memory(r, name, c, w)
 
-    # Drain: the preStop sleep equals drain_delay; the grace period covers it all.
+    # Drain: after SIGTERM the service keeps serving for drain_delay while
+    # endpoints drop the pod, so a preStop sleep would spend it twice; the
+    # grace period covers the delay, the timeout and what follows.
     delay, timeout = w["drain_delay_secs"], w["drain_timeout_secs"]
-    sleep = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds")
-    r.check(sleep == delay, f"{name}: preStop sleep {sleep} == drain_delay_secs {delay} (from wiring)")
+    pre_stop = (c.get("lifecycle") or {}).get("preStop")
+    r.check(pre_stop is None, f"{name}: no preStop hook (drain_delay_secs {delay} after SIGTERM does its job; a sleep first spends it twice)",
+            f"got {pre_stop}")
+    r.check(delay > 0, f"{name}: drain_delay_secs {delay} > 0 (serves on while endpoints drop the pod)")
     cut, flush = after_drain(w)
-    budget = (sleep or 0) + delay + timeout + cut + flush
+    budget = delay + timeout + cut + flush
     grace = pod.get("terminationGracePeriodSeconds")
     r.check(isinstance(grace, int) and grace > budget,
-            f"{name}: terminationGracePeriodSeconds {grace} > preStop {sleep} + drain_delay {delay} + drain_timeout {timeout} + stream cut {cut} + usage flush {flush} = {budget}")
+            f"{name}: terminationGracePeriodSeconds {grace} > drain_delay {delay} + drain_timeout {timeout} + stream cut {cut} + usage flush {flush} = {budget}")
     if service == "gateway":
         check_drain_covers(r, name, w)
 

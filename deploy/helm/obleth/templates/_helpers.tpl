@@ -117,14 +117,11 @@ the binary's own default is on, so the other modes write it off).
 
 {{/*
 Drain timing of one service: (dict "svc" .Values.gateway "what" "gateway").
-The preStop sleep equals drain_delay_secs; the grace period covers the sleep,
-the service's own drain delay and drain timeout, and the margin for the stream
-cut and the usage flush.
+There is no preStop sleep: after SIGTERM the service keeps serving for
+drain_delay_secs while endpoints drop the pod, so a sleep before SIGTERM
+would spend the same seconds twice. The grace period covers the drain delay,
+the drain timeout, and the margin for the stream cut and the usage flush.
 */}}
-{{- define "obleth.preStopSeconds" -}}
-{{- $server := required (printf "%s.settings.server is required" .what) .svc.settings.server }}
-{{- int (required (printf "%s.settings.server.drain_delay_secs is required" .what) $server.drain_delay_secs) }}
-{{- end }}
 
 {{/*
 A service's drain timeout: its drain_timeout_secs, or for the gateway, whose
@@ -149,11 +146,11 @@ reports it.
 {{- $delay := int (required (printf "%s.settings.server.drain_delay_secs is required" .what) $server.drain_delay_secs) }}
 {{- $timeout := include "obleth.drainTimeout" . | int }}
 {{- /* 15 s: the gateway's stream cut (5 s) and usage flush (10 s) after the drain timeout. */}}
-{{- $floor := add $delay $delay $timeout 15 }}
+{{- $floor := add $delay $timeout 15 }}
 {{- if kindIs "invalid" .svc.terminationGracePeriodSeconds }}
-{{- add $delay $delay $timeout (int .svc.shutdownMarginSecs) }}
+{{- add $delay $timeout (int .svc.shutdownMarginSecs) }}
 {{- else if le (int .svc.terminationGracePeriodSeconds) $floor }}
-{{- fail (printf "%s.terminationGracePeriodSeconds (%d) must exceed preStop sleep + drain_delay_secs + drain_timeout_secs + 15 s for the stream cut and usage flush (%d)" .what (int .svc.terminationGracePeriodSeconds) $floor) }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%d) must exceed drain_delay_secs + drain_timeout_secs + 15 s for the stream cut and usage flush (%d)" .what (int .svc.terminationGracePeriodSeconds) $floor) }}
 {{- else }}
 {{- int .svc.terminationGracePeriodSeconds }}
 {{- end }}
