@@ -74,3 +74,23 @@ pub async fn read_applied(
             .collect(),
     ))
 }
+
+#[cfg(test)]
+impl AppliedMigration {
+    /// A successful row for `<version>_m<version>.sql` as
+    /// [`MigrationDef::for_test`](super::MigrationDef::for_test) makes it,
+    /// with `phase` recorded (`None`: applied before phases were recorded).
+    pub(crate) fn for_test(version: i64, phase: Option<Phase>) -> AppliedMigration {
+        AppliedMigration {
+            version,
+            description: format!("m{version}"),
+            success: true,
+            checksum: vec![version as u8; 48],
+            execution_time_ns: 1,
+            installed_on: Utc::now(),
+            phase: phase.unwrap_or(Phase::Contract),
+            phase_recorded: phase.is_some(),
+            requires_release: None,
+        }
+    }
+}

@@ -249,24 +249,13 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::super::set::MigrationDef;
     use super::*;
-    use chrono::Utc;
 
     fn def(version: i64, phase: Phase) -> MigrationDef {
         MigrationDef::for_test(version, phase)
     }
 
     fn row(version: i64, phase: Option<Phase>) -> AppliedMigration {
-        AppliedMigration {
-            version,
-            description: format!("m{version}"),
-            success: true,
-            checksum: vec![version as u8; 48],
-            execution_time_ns: 1,
-            installed_on: Utc::now(),
-            phase: phase.unwrap_or(Phase::Contract),
-            phase_recorded: phase.is_some(),
-            requires_release: None,
-        }
+        AppliedMigration::for_test(version, phase)
     }
 
     fn set(defs: Vec<MigrationDef>) -> MigrationSet {

@@ -436,7 +436,6 @@ mod tests {
     use super::*;
     use crate::migrate::set::{DownScript, MigrationSet};
     use crate::migrate::RunnerOptions;
-    use chrono::Utc;
 
     fn def(version: i64, phase: Phase, down: bool) -> MigrationDef {
         MigrationDef {
@@ -450,17 +449,7 @@ mod tests {
     }
 
     fn row(version: i64, phase: Phase) -> AppliedMigration {
-        AppliedMigration {
-            version,
-            description: format!("m{version}"),
-            success: true,
-            checksum: vec![version as u8; 48],
-            execution_time_ns: 1,
-            installed_on: Utc::now(),
-            phase,
-            phase_recorded: true,
-            requires_release: None,
-        }
+        AppliedMigration::for_test(version, Some(phase))
     }
 
     fn runner() -> Runner {

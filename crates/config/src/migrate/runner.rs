@@ -795,15 +795,9 @@ mod tests {
             ""
         };
         MigrationDef {
-            version,
-            description: format!("m{version}"),
-            file: format!("{version}_m{version}.sql"),
             sql: format!("{header}SELECT {version};"),
-            checksum: vec![version as u8; 48],
             no_tx: batched,
-            phase,
-            requires_release: (phase == Phase::Contract).then(|| semver::Version::new(0, 2, 0)),
-            down: None,
+            ..MigrationDef::for_test(version, phase)
         }
     }
 
