@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use obleth_config::db::nodes::{list_nodes, NodeRow};
+use obleth_config::migrate::runner::SILENT_AFTER_SECS;
 use obleth_config::migrate::MigrationSet;
 use obleth_config::settings::redact_url;
 use serde::Serialize;
@@ -33,11 +34,6 @@ pub mod exit {
     /// The nodes are right but the canary request failed.
     pub const CANARY_FAILED: u8 = 4;
 }
-
-/// A node that has not beaten for longer than this is reported as silent;
-/// it still counts until it records its stop or the horizon passes, as it
-/// does for `obleth-migrator finish`.
-const SILENT_AFTER: Duration = Duration::from_secs(30);
 
 /// Most bytes of a canary answer read (for its error message).
 const CANARY_BODY_LIMIT: usize = 64 * 1024;
@@ -201,8 +197,13 @@ pub async fn run(
 ) -> Result<RolloutStatus, String> {
     let deadline = Instant::now() + timeout;
     let client = http_client();
+    let expect_schema = check.expect_schema.or_else(|| {
+        MigrationSet::embedded()
+            .ok()
+            .and_then(|s| s.newest_expand())
+    });
     loop {
-        let round = check_once(check, &client).await;
+        let round = check_once(check, expect_schema, &client).await;
         on_round(&round);
         let done = matches!(&round, Ok(s) if s.code() == exit::COMPLETE);
         if done || !wait || Instant::now() + interval > deadline {
@@ -226,7 +227,11 @@ fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(https)
 }
 
-async fn check_once(check: &RolloutCheck, client: &HttpClient) -> Result<RolloutStatus, String> {
+async fn check_once(
+    check: &RolloutCheck,
+    expect_schema: Option<i64>,
+    client: &HttpClient,
+) -> Result<RolloutStatus, String> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(5))
@@ -238,7 +243,7 @@ async fn check_once(check: &RolloutCheck, client: &HttpClient) -> Result<Rollout
                 redact_url(&check.database_url)
             )
         })?;
-    let result = read_fleet(check, &pool).await;
+    let result = read_fleet(check, expect_schema, &pool).await;
     pool.close().await;
     let mut status = result.map_err(|e| format!("cannot read the fleet: {e}"))?;
     if let Some(canary) = &check.canary {
@@ -248,13 +253,12 @@ async fn check_once(check: &RolloutCheck, client: &HttpClient) -> Result<Rollout
     Ok(status)
 }
 
-async fn read_fleet(check: &RolloutCheck, pool: &PgPool) -> Result<RolloutStatus, sqlx::Error> {
-    let expect_schema = match check.expect_schema {
-        Some(s) => Some(s),
-        None => MigrationSet::embedded()
-            .ok()
-            .and_then(|s| s.newest_expand()),
-    };
+/// The fleet's part of the status; `complete` is set once the canary ran.
+async fn read_fleet(
+    check: &RolloutCheck,
+    expect_schema: Option<i64>,
+    pool: &PgPool,
+) -> Result<RolloutStatus, sqlx::Error> {
     let migrated: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
         .fetch_one(pool)
         .await?;
@@ -312,7 +316,7 @@ async fn read_fleet(check: &RolloutCheck, pool: &PgPool) -> Result<RolloutStatus
         problems.push("no live gateway is registered".to_owned());
     }
     Ok(RolloutStatus {
-        complete: problems.is_empty(),
+        complete: false,
         expect_version: check.expect_version.clone(),
         expect_schema,
         database_schema,
@@ -346,7 +350,7 @@ fn judge(
     if !node.ready {
         problems.push("not ready".to_owned());
     }
-    if silent_secs > SILENT_AFTER.as_secs() as i64 {
+    if silent_secs > SILENT_AFTER_SECS {
         problems.push(format!(
             "silent for {silent_secs} s with no recorded stop (cut off from the database, or killed)"
         ));

@@ -56,26 +56,28 @@ async fn insert_node(
     node: &NodeInfo,
     with_release_schema: bool,
 ) -> Result<(), sqlx::Error> {
-    let sql = if with_release_schema {
-        "INSERT INTO nodes (node_id, service, version, git_commit, hostname, schema_version, \
-         release_schema, ready, started_at, last_seen, stopped_at) \
-         VALUES ($1, $2, $3, $4, $5, COALESCE((SELECT max(version) FROM _sqlx_migrations WHERE success), $6), $7, FALSE, now(), now(), NULL) \
-         ON CONFLICT (node_id) DO UPDATE SET \
-         service = EXCLUDED.service, version = EXCLUDED.version, \
-         git_commit = EXCLUDED.git_commit, hostname = EXCLUDED.hostname, \
-         schema_version = EXCLUDED.schema_version, release_schema = EXCLUDED.release_schema, \
-         ready = FALSE, started_at = now(), last_seen = now(), stopped_at = NULL"
+    // The release schema is the one column the previous release's schema lacks.
+    let (column, value, update) = if with_release_schema {
+        (
+            ", release_schema",
+            ", $7",
+            " release_schema = EXCLUDED.release_schema,",
+        )
     } else {
-        "INSERT INTO nodes (node_id, service, version, git_commit, hostname, schema_version, \
+        ("", "", "")
+    };
+    let sql = format!(
+        "INSERT INTO nodes (node_id, service, version, git_commit, hostname, schema_version{column}, \
          ready, started_at, last_seen, stopped_at) \
-         VALUES ($1, $2, $3, $4, $5, COALESCE((SELECT max(version) FROM _sqlx_migrations WHERE success), $6), FALSE, now(), now(), NULL) \
+         VALUES ($1, $2, $3, $4, $5, COALESCE((SELECT max(version) FROM _sqlx_migrations WHERE success), $6){value}, \
+         FALSE, now(), now(), NULL) \
          ON CONFLICT (node_id) DO UPDATE SET \
          service = EXCLUDED.service, version = EXCLUDED.version, \
          git_commit = EXCLUDED.git_commit, hostname = EXCLUDED.hostname, \
-         schema_version = EXCLUDED.schema_version, ready = FALSE, \
+         schema_version = EXCLUDED.schema_version,{update} ready = FALSE, \
          started_at = now(), last_seen = now(), stopped_at = NULL"
-    };
-    let mut query = sqlx::query(sql)
+    );
+    let mut query = sqlx::query(&sql)
         .bind(&node.node_id)
         .bind(&node.service)
         .bind(&node.version)

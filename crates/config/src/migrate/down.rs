@@ -18,7 +18,9 @@ use tracing::{info, warn};
 
 use super::applied::{read_applied, AppliedMigration};
 use super::phase::Phase;
-use super::runner::{bootstrap, refuse_incompatible, set_timeouts, MigrateError, Runner};
+use super::runner::{
+    bootstrap, live_nodes, refuse_incompatible, set_timeouts, MigrateError, Runner,
+};
 use super::set::MigrationDef;
 use super::sql::split_statements;
 
@@ -110,15 +112,6 @@ pub fn describe_blockers(blockers: &[DownBlocker]) -> String {
         .join("; ")
 }
 
-/// A live node with the release schema it recorded.
-#[derive(Debug, sqlx::FromRow)]
-struct LiveNode {
-    node_id: String,
-    service: String,
-    version: String,
-    release_schema: Option<i64>,
-}
-
 impl Runner {
     /// The migrations `down` reverts on a database with `applied`, newest
     /// first, or the refusal: fewer than `count` applied, then a contract
@@ -188,30 +181,10 @@ impl Runner {
         conn: &mut PgConnection,
         plan: &[MigrationDef],
     ) -> Result<Vec<DownBlocker>, sqlx::Error> {
-        let (has_nodes, has_column): (bool, bool) = sqlx::query_as(
-            "SELECT to_regclass('nodes') IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute \
-             WHERE attrelid = to_regclass('nodes') AND attname = 'release_schema' \
-             AND NOT attisdropped)",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        if !has_nodes || plan.is_empty() {
+        if plan.is_empty() {
             return Ok(Vec::new());
         }
-        // Before 20261128000007 no node records its release schema.
-        let sql = if has_column {
-            "SELECT node_id, service, version, release_schema FROM nodes \
-             WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => $1) \
-             ORDER BY node_id"
-        } else {
-            "SELECT node_id, service, version, NULL::bigint AS release_schema FROM nodes \
-             WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => $1) \
-             ORDER BY node_id"
-        };
-        let nodes: Vec<LiveNode> = sqlx::query_as(sql)
-            .bind(self.options().node_liveness.as_secs_f64())
-            .fetch_all(&mut *conn)
-            .await?;
+        let nodes = live_nodes(conn, self.options().node_liveness).await?;
         let mut blockers = Vec::new();
         for node in nodes {
             let required = plan

@@ -676,6 +676,9 @@ pub struct LiveNode {
     pub version: String,
     /// Seconds since its last heartbeat.
     pub silent_secs: i64,
+    /// The newest migration its binary embeds (`nodes.release_schema`);
+    /// `None` for a release older than that column, or before it exists.
+    pub release_schema: Option<i64>,
 }
 
 /// Nodes that did not record their stop and were seen within `window` (the
@@ -684,18 +687,29 @@ pub async fn live_nodes(
     conn: &mut PgConnection,
     window: Duration,
 ) -> Result<Vec<LiveNode>, sqlx::Error> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('nodes') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?;
-    if !exists {
+    let (has_nodes, has_release_schema): (bool, bool) = sqlx::query_as(
+        "SELECT to_regclass('nodes') IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute \
+         WHERE attrelid = to_regclass('nodes') AND attname = 'release_schema' \
+         AND NOT attisdropped)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !has_nodes {
         return Ok(Vec::new());
     }
-    sqlx::query_as(
+    // Before 20261128000007 no node records its release schema.
+    let release_schema = if has_release_schema {
+        "release_schema"
+    } else {
+        "NULL::bigint AS release_schema"
+    };
+    sqlx::query_as(&format!(
         "SELECT node_id, service, version, \
-         floor(extract(epoch FROM now() - last_seen))::bigint AS silent_secs FROM nodes \
+         floor(extract(epoch FROM now() - last_seen))::bigint AS silent_secs, {release_schema} \
+         FROM nodes \
          WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => $1) \
-         ORDER BY node_id",
-    )
+         ORDER BY node_id"
+    ))
     .bind(window.as_secs_f64())
     .fetch_all(conn)
     .await

@@ -130,6 +130,7 @@ mod tests {
             service: "gateway".to_owned(),
             version: version.to_owned(),
             silent_secs: 0,
+            release_schema: None,
         }
     }
 
