@@ -59,7 +59,8 @@ fn load_on(g: &GatewayProc, key: &str, stream_every: u32) -> Load {
 
 #[tokio::test]
 async fn the_online_conversion_under_both_releases_fails_no_request_and_loses_no_usage_row() {
-    let previous = tokio::task::spawn_blocking(obleth_e2e::previous::previous_gateway)
+    // 0.1.0 wrote `usage_events`; 0.2.0 converted it.
+    let previous = tokio::task::spawn_blocking(|| obleth_e2e::releases::V0_1_0.gateway())
         .await
         .unwrap()
         .unwrap();

@@ -10,6 +10,7 @@ mod conversion;
 mod cutoff;
 mod failover;
 mod longrequests;
+mod matrix;
 mod pgbouncer;
 mod scenarios;
 

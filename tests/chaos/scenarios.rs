@@ -44,7 +44,7 @@ async fn rolling_restart_under_load_fails_no_request_and_loses_no_usage() {
 /// expand migrations it does not know); roll forward, then back.
 #[tokio::test]
 async fn previous_and_current_release_roll_forward_and_back_without_failures() {
-    let previous = tokio::task::spawn_blocking(obleth_e2e::previous::previous_gateway)
+    let previous = tokio::task::spawn_blocking(|| obleth_e2e::releases::PREVIOUS.gateway())
         .await
         .unwrap()
         .unwrap();

@@ -11,8 +11,10 @@ use obleth_config::migrate::MigrationSet;
 use obleth_config::model::ProviderKind;
 use obleth_testkit::proc::bin;
 use obleth_testkit::{db, MockConfig, MockUpstream};
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tempfile::TempDir;
+use uuid::Uuid;
 
 use crate::haproxy::Haproxy;
 use crate::load::LoadSpec;
@@ -86,12 +88,7 @@ impl Prepared {
         set: MigrationSet,
     ) -> anyhow::Result<Prepared> {
         let pool = db::migrate_from(set, database_url).await?;
-        let upstream = MockUpstream::start(MockConfig {
-            token_delay: spec.token_delay,
-            completion_tokens: spec.stream_tokens,
-            ..MockConfig::default()
-        })
-        .await?;
+        let upstream = mock_upstream(spec).await?;
         let provider = NewProvider {
             timeout_ms: 10_000,
             ..db::provider("mock", ProviderKind::OpenAi, &upstream.base_url())
@@ -103,6 +100,55 @@ impl Prepared {
             pool,
             upstream,
             key,
+            database_url: database_url.to_owned(),
+        })
+    }
+
+    /// [`Prepared::new`] on a database that the first release's migrator
+    /// migrated: the provider, route and key are written with the columns
+    /// that release's schema has, which every later schema keeps.
+    pub async fn on_first_release_schema(
+        database_url: &str,
+        spec: &FleetSpec,
+    ) -> anyhow::Result<Prepared> {
+        let pool = PgPool::connect(database_url).await?;
+        let upstream = mock_upstream(spec).await?;
+        let (provider, route) = (Uuid::new_v4(), Uuid::new_v4());
+        let generated = obleth_config::apikey::generate();
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO providers (id, name, kind, base_url, timeout_ms) \
+             VALUES ($1, 'mock', 'openai', $2, 10000)",
+        )
+        .bind(provider)
+        .bind(upstream.base_url())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO routes (id, model) VALUES ($1, 'm')")
+            .bind(route)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO route_targets (route_id, position, provider_id) VALUES ($1, 0, $2)",
+        )
+        .bind(route)
+        .bind(provider)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, public_id, secret_hash, name) VALUES ($1, $2, $3, 'load')",
+        )
+        .bind(Uuid::new_v4())
+        .bind(&generated.public_id)
+        .bind(generated.secret_hash.as_slice())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Prepared {
+            dir: tempfile::tempdir()?,
+            pool,
+            upstream,
+            key: generated.secret.expose_secret().to_owned(),
             database_url: database_url.to_owned(),
         })
     }
@@ -147,6 +193,16 @@ impl Prepared {
     }
 }
 
+/// The mock upstream with the fleet's answer shape.
+async fn mock_upstream(spec: &FleetSpec) -> anyhow::Result<MockUpstream> {
+    MockUpstream::start(MockConfig {
+        token_delay: spec.token_delay,
+        completion_tokens: spec.stream_tokens,
+        ..MockConfig::default()
+    })
+    .await
+}
+
 impl Fleet {
     pub async fn start(database_url: &str, spec: &FleetSpec) -> anyhow::Result<Fleet> {
         Prepared::new(database_url, spec).await?.launch(spec).await
@@ -165,8 +221,15 @@ impl Fleet {
     /// Replaces gateway `i` with `binary` (or the same one): SIGTERM, clean
     /// exit, start, ready, and a pause for HAProxy to see it up again.
     pub async fn roll(&mut self, i: usize, binary: Option<PathBuf>) -> anyhow::Result<()> {
+        self.gateways[i].stop().await?;
+        self.restart(i, binary).await
+    }
+
+    /// The second half of [`Fleet::roll`]: starts stopped gateway `i` again
+    /// with `binary` (or the same one), waits until it is ready and HAProxy
+    /// sees it up.
+    pub async fn restart(&mut self, i: usize, binary: Option<PathBuf>) -> anyhow::Result<()> {
         let g = &mut self.gateways[i];
-        g.stop().await?;
         if let Some(b) = binary {
             g.binary = b;
         }

@@ -14,8 +14,8 @@ pub mod haproxy;
 pub mod load;
 pub mod locks;
 pub mod pgfront;
-pub mod previous;
 pub mod procs;
+pub mod releases;
 
 use std::sync::LazyLock;
 

@@ -149,6 +149,7 @@ impl Admin {
                         info!(node_id = %state.node_id, "Admin ready.");
                         state.beat.notify_one();
                         tokio::spawn(crate::prune::run(state.clone(), stop.clone()));
+                        tokio::spawn(crate::dropped::run(state.clone(), stop.clone()));
                     }
                     Ok(()) => {}
                     Err(e) => {
@@ -190,7 +191,7 @@ impl Admin {
         }
         // 4. Leave the fleet.
         background.cancel();
-        obleth_service::node::mark_stopped(&state.pool, &state.node_id).await;
+        obleth_service::node::mark_stopped(&state.pool, &state.node_id, None).await;
         state.pool.close().await;
         info!("Admin stopped.");
         match failure {

@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use obleth_service::metrics::{must, register_all, ConnectionMetrics};
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::state::AppState;
@@ -27,7 +27,14 @@ pub struct Metrics {
     pub changes_pruned: IntCounter,
     /// The listener's connection metrics (`listener="admin"`).
     pub connections: ConnectionMetrics,
+    /// What gateways that signed off within [`DROPPED_AT_STOP_WITHIN`]
+    /// recorded as dropped usage, by reason; read from `nodes` at each scrape.
+    pub fleet_usage_dropped_at_stop: IntGaugeVec,
 }
+
+/// How far back `obleth_fleet_usage_dropped_at_stop` looks: long enough for
+/// an alert on it to fire and be seen after a rollout.
+pub const DROPPED_AT_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -77,6 +84,13 @@ impl Metrics {
                 "obleth_admin_changes_pruned_total",
                 "Change log rows this process deleted for being older than changes.retention_days.",
             )),
+            fleet_usage_dropped_at_stop: must(IntGaugeVec::new(
+                Opts::new(
+                    "obleth_fleet_usage_dropped_at_stop",
+                    "Usage records that gateways which stopped in the last 24 hours counted as dropped over their life, by reason, as each recorded when it signed off (a record lost at shutdown is counted after the pod left its endpoints, where no scrape of the gateway sees it).",
+                ),
+                &["reason"],
+            )),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -87,9 +101,26 @@ impl Metrics {
             Box::new(m.ready.clone()),
             Box::new(m.migrations_applied.clone()),
             Box::new(m.changes_pruned.clone()),
+            Box::new(m.fleet_usage_dropped_at_stop.clone()),
         ];
         register_all(&m.registry, collectors);
         m
+    }
+
+    /// Sets `obleth_fleet_usage_dropped_at_stop` from what `nodes` holds:
+    /// every reason a gateway counts, 0 where none was recorded.
+    pub fn set_usage_dropped_at_stop(&self, sums: &std::collections::BTreeMap<String, i64>) {
+        self.fleet_usage_dropped_at_stop.reset();
+        for reason in obleth_config::db::nodes::USAGE_DROP_REASONS {
+            self.fleet_usage_dropped_at_stop
+                .with_label_values(&[reason])
+                .set(0);
+        }
+        for (reason, count) in sums {
+            self.fleet_usage_dropped_at_stop
+                .with_label_values(&[reason.as_str()])
+                .set(*count);
+        }
     }
 
     /// The text exposition format.

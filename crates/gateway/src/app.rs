@@ -300,7 +300,10 @@ impl Gateway {
         if let Some(pool) = &state.pool {
             // The writer's last batches, into the rollups before leaving.
             crate::fold::final_fold(pool).await;
-            obleth_service::node::mark_stopped(pool, &state.node_id).await;
+            // What this process dropped, shutdown included, goes with the
+            // stop: past this point no scrape reaches the pod.
+            let dropped = usage::dropped_by_reason(&state.metrics);
+            obleth_service::node::mark_stopped(pool, &state.node_id, Some(&dropped)).await;
         }
         ops_server.stop_accepting();
         ops_server.finished().await;

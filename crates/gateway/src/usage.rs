@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use obleth_config::db::nodes::{UsageDropped, USAGE_DROP_REASONS};
 use obleth_config::model::UsageEvent;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -31,6 +32,18 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// At most one "buffer full" warning in this interval, with the count since the last.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What this process counted as dropped, by reason, for its sign-off
+/// (`nodes.usage_dropped`): once the writer has stopped, the final counts.
+pub fn dropped_by_reason(metrics: &Metrics) -> UsageDropped {
+    USAGE_DROP_REASONS
+        .iter()
+        .map(|reason| {
+            let count = metrics.usage_dropped.with_label_values(&[reason]).get();
+            ((*reason).to_owned(), count)
+        })
+        .collect()
+}
 
 /// The sending side, cloned into every request.
 #[derive(Debug, Clone)]

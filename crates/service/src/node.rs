@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use obleth_config::db::nodes::{self, Beat};
+use obleth_config::db::nodes::{self, Beat, UsageDropped};
 use obleth_config::model::NodeInfo;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -115,9 +115,10 @@ impl Heartbeat {
     }
 }
 
-/// Marks the node stopped on a clean shutdown; a failure is logged.
-pub async fn mark_stopped(pool: &PgPool, node_id: &str) {
-    if let Err(e) = nodes::mark_stopped(pool, node_id).await {
+/// Marks the node stopped on a clean shutdown, with the usage a gateway
+/// dropped over its life; a failure is logged.
+pub async fn mark_stopped(pool: &PgPool, node_id: &str, usage_dropped: Option<&UsageDropped>) {
+    if let Err(e) = nodes::mark_stopped(pool, node_id, usage_dropped).await {
         warn!(error = %e, "Could not mark the node stopped.");
     }
 }

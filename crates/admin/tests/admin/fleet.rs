@@ -143,3 +143,48 @@ async fn the_fleet_and_api_version_show_a_new_schema_within_one_heartbeat_of_a_m
     gw.stop().await.unwrap();
     admin.stop().await.unwrap();
 }
+
+/// A gateway's sign-off records the usage it dropped (a record lost at
+/// shutdown is counted after its pod left the endpoints); the admin exports
+/// what gateways that stopped in the last day recorded, by reason.
+#[tokio::test]
+async fn the_admin_exports_the_usage_gateways_dropped_as_they_stopped() {
+    let (admin, _db, pool) = TestAdmin::on_fresh_database().await;
+    // Counts go with the life that wrote them (`usage_dropped_life` is its
+    // `started_at`): gw-reused was restarted by a release that does not
+    // write them, so its counts are an earlier life's.
+    sqlx::raw_sql(
+        "INSERT INTO nodes (node_id, service, version, ready, started_at, last_seen, stopped_at, usage_dropped, usage_dropped_life) VALUES \
+         ('gw-recent', 'gateway', '0.3.0', FALSE, now() - interval '2 hours', now() - interval '1 hour', now() - interval '1 hour', \
+          '{\"shutdown\": 3, \"queue_full\": 1, \"buffer_full\": 0}', now() - interval '2 hours'), \
+         ('gw-other', 'gateway', '0.3.0', FALSE, now() - interval '3 hours', now() - interval '2 hours', now() - interval '2 hours', \
+          '{\"shutdown\": 2, \"queue_full\": 0, \"buffer_full\": 0}', now() - interval '3 hours'), \
+         ('gw-old', 'gateway', '0.3.0', FALSE, now() - interval '3 days', now() - interval '2 days', now() - interval '2 days', \
+          '{\"shutdown\": 100}', now() - interval '3 days'), \
+         ('gw-reused', 'gateway', '0.2.0', FALSE, now() - interval '1 hour', now() - interval '30 minutes', now() - interval '30 minutes', \
+          '{\"shutdown\": 50}', now() - interval '5 hours'), \
+         ('gw-live', 'gateway', '0.3.0', TRUE, now(), now(), NULL, NULL, NULL), \
+         ('gw-previous', 'gateway', '0.2.0', FALSE, now() - interval '2 hours', now() - interval '1 hour', now() - interval '1 hour', NULL, NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let name = "obleth_fleet_usage_dropped_at_stop";
+    let text = wait_for(
+        Duration::from_secs(15),
+        "the dropped usage of stopped gateways in /metrics",
+        || async {
+            let text = admin.metrics().await;
+            (obleth_testkit::metrics::value(&text, name, &[("reason", "shutdown")]) == Some(5.0))
+                .then_some(text)
+        },
+    )
+    .await;
+    for (reason, count) in [("shutdown", 5.0), ("queue_full", 1.0), ("buffer_full", 0.0)] {
+        assert_eq!(
+            obleth_testkit::metrics::value(&text, name, &[("reason", reason)]),
+            Some(count),
+            "{reason}: {text}"
+        );
+    }
+}

@@ -3,6 +3,7 @@
 //! `obleth-migrator finish` reads the same table (`migrate::runner::live_nodes`)
 //! to refuse contract migrations while old releases are alive.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -121,8 +122,42 @@ pub async fn heartbeat(pool: &PgPool, node_id: &str, ready: bool) -> Result<Beat
     })
 }
 
-/// Records a clean stop: not ready, stopped now. False when not registered.
-pub async fn mark_stopped(pool: &PgPool, node_id: &str) -> Result<bool, sqlx::Error> {
+/// Usage records a gateway counted as dropped over its life, by reason
+/// (`obleth_usage_dropped_total`), as recorded when it signs off.
+pub type UsageDropped = BTreeMap<String, u64>;
+
+/// The reasons a gateway with a database drops a usage record for, as
+/// `obleth_usage_dropped_total` labels them (`no_database` is embedded
+/// mode's, which has no node record).
+pub const USAGE_DROP_REASONS: [&str; 3] = ["queue_full", "buffer_full", "shutdown"];
+
+/// Records a clean stop: not ready, stopped now, and for a gateway the
+/// usage it dropped over its life (`nodes.usage_dropped`, from
+/// `20261129000001`, marked with this life's `started_at` in
+/// `usage_dropped_life`). False when not registered.
+///
+/// On a database without that column (the previous release's schema, or
+/// after `obleth-migrator down` reverted it) the stop is recorded without
+/// the counts.
+pub async fn mark_stopped(
+    pool: &PgPool,
+    node_id: &str,
+    usage_dropped: Option<&UsageDropped>,
+) -> Result<bool, sqlx::Error> {
+    if let Some(dropped) = usage_dropped {
+        let recorded = sqlx::query(
+            "UPDATE nodes SET ready = FALSE, last_seen = now(), stopped_at = now(), \
+             usage_dropped = $2, usage_dropped_life = started_at WHERE node_id = $1",
+        )
+        .bind(node_id)
+        .bind(sqlx::types::Json(dropped))
+        .execute(pool)
+        .await;
+        match recorded {
+            Err(e) if undefined_column(&e) => {}
+            other => return Ok(other?.rows_affected() > 0),
+        }
+    }
     let updated = sqlx::query(
         "UPDATE nodes SET ready = FALSE, last_seen = now(), stopped_at = now() \
          WHERE node_id = $1",
@@ -132,6 +167,32 @@ pub async fn mark_stopped(pool: &PgPool, node_id: &str) -> Result<bool, sqlx::Er
     .await?
     .rows_affected();
     Ok(updated > 0)
+}
+
+/// What the gateways that signed off within `within` recorded as dropped
+/// usage, summed by reason: only counts their last life wrote (a node id
+/// the previous release reused keeps counts of an earlier life). Empty on
+/// a database without `nodes.usage_dropped`.
+pub async fn usage_dropped_at_stop(
+    pool: &PgPool,
+    within: Duration,
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let rows: Result<Vec<(String, i64)>, sqlx::Error> = sqlx::query_as(
+        "SELECT d.key, sum(d.value::bigint)::bigint \
+         FROM nodes, jsonb_each_text(nodes.usage_dropped) AS d \
+         WHERE nodes.service = 'gateway' AND nodes.usage_dropped_life = nodes.started_at \
+         AND nodes.stopped_at > now() - make_interval(secs => $1) \
+         AND d.value ~ '^[0-9]{1,18}$' \
+         GROUP BY d.key",
+    )
+    .bind(within.as_secs_f64())
+    .fetch_all(pool)
+    .await;
+    match rows {
+        Ok(rows) => Ok(rows.into_iter().collect()),
+        Err(e) if undefined_column(&e) => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The live nodes: not stopped and seen within `live_within`, by service then id.

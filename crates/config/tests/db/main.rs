@@ -578,7 +578,7 @@ async fn nodes_register_beat_stop_and_only_live_ones_are_listed() {
             schema_version: Some(20261201000001)
         }
     );
-    assert!(nodes::mark_stopped(&pool, "adm-1").await.unwrap());
+    assert!(nodes::mark_stopped(&pool, "adm-1", None).await.unwrap());
     // gw-2 went silent a minute ago.
     sqlx::query("UPDATE nodes SET last_seen = now() - interval '1 minute' WHERE node_id = 'gw-2'")
         .execute(&pool)

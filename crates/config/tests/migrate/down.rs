@@ -291,6 +291,7 @@ fn marker(version: i64) -> (&'static str, Option<&'static str>) {
         20261128000004 => ("usage_ledger_copy", Some("through")),
         20261128000006 => ("usage_daily_keys", None),
         20261128000007 => ("nodes", Some("release_schema")),
+        20261129000001 => ("nodes", Some("usage_dropped")),
         other => panic!("no marker for {other}"),
     }
 }

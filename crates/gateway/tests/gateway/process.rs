@@ -334,3 +334,88 @@ async fn sighup_reloads_the_embedded_file_and_a_bad_file_keeps_the_old_one() {
         .unwrap();
     assert!(status.success());
 }
+
+/// A record lost at shutdown is counted after the pod has left its
+/// endpoints, where no scrape sees it: the gateway writes its drop counts
+/// into its node record as it signs off.
+#[tokio::test]
+async fn records_lost_at_shutdown_are_written_with_the_nodes_stop() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let upstream = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let provider = db::provider("up", ProviderKind::OpenAi, &upstream.base_url());
+    db::provider_and_route(&pool, &provider, "m").await.unwrap();
+    let (key, secret) = db_key(&pool, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let (port, ops) = (free_port(), free_port());
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\nnode_id = \"gw-lossy\"\ndrain_delay_secs = 0\n\n[usage]\nflush_interval_ms = 50\n"
+        ),
+    )
+    .unwrap();
+    let child = spawn(&config, &[("OBLETH_DATABASE__URL", db.url.clone())]);
+    wait_ready(ops).await;
+
+    // The ledger stays locked past the writer's final flush: every record
+    // of these requests is lost at shutdown.
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE usage_ledger IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    const REQUESTS: u64 = 4;
+    for _ in 0..REQUESTS {
+        let answer = request(
+            Method::POST,
+            &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            &[
+                ("authorization", &format!("Bearer {secret}")),
+                ("content-type", "application/json"),
+            ],
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+    }
+    signal(&child, Signal::Term).unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("the gateway exits within its final flush and fold")
+        .unwrap();
+    locker.rollback().await.unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Usage records could not be written before exit."),
+        "{stderr}"
+    );
+
+    let (stopped, dropped): (bool, serde_json::Value) = sqlx::query_as(
+        "SELECT stopped_at IS NOT NULL AND usage_dropped_life = started_at, usage_dropped \
+         FROM nodes WHERE node_id = 'gw-lossy'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        stopped,
+        "the stop is recorded, with the counts of this life"
+    );
+    assert_eq!(
+        dropped,
+        serde_json::json!({"buffer_full": 0, "queue_full": 0, "shutdown": REQUESTS}),
+        "the counts go with the stop"
+    );
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_ledger WHERE key_id = $1")
+        .bind(key.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        written, 0,
+        "the records counted as dropped were not written"
+    );
+}

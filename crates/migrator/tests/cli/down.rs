@@ -38,6 +38,8 @@ async fn newest_applied(url: &str) -> i64 {
 
 const HAS_RELEASE_SCHEMA: &str = "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
      WHERE table_name = 'nodes' AND column_name = 'release_schema')";
+const HAS_USAGE_DROPPED: &str = "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+     WHERE table_name = 'nodes' AND column_name = 'usage_dropped')";
 
 #[tokio::test]
 async fn down_reverts_the_newest_migrations_and_status_names_the_version() {
@@ -46,7 +48,7 @@ async fn down_reverts_the_newest_migrations_and_status_names_the_version() {
     assert_eq!(code(&migrator(url, &["up"]).await), 0);
     let out = migrator(url, &["status"]).await;
     assert!(
-        stdout(&out).contains("version:  20261128000007 (nodes release schema)"),
+        stdout(&out).contains("version:  20261129000001 (nodes usage dropped)"),
         "{}",
         stdout(&out)
     );
@@ -55,28 +57,32 @@ async fn down_reverts_the_newest_migrations_and_status_names_the_version() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
         stdout(&out).contains(
-            "reverted 20261128000007 (nodes release schema) with 20261128000007_nodes_release_schema.down.sql"
+            "reverted 20261129000001 (nodes usage dropped) with 20261129000001_nodes_usage_dropped.down.sql"
         ),
         "{}",
         stdout(&out)
     );
-    assert!(!scalar_bool(&db.url, HAS_RELEASE_SCHEMA).await);
+    assert!(!scalar_bool(&db.url, HAS_USAGE_DROPPED).await);
+    assert!(scalar_bool(&db.url, HAS_RELEASE_SCHEMA).await);
     assert!(
         !scalar_bool(
             &db.url,
-            "SELECT EXISTS (SELECT 1 FROM obleth_migration_phases WHERE version = 20261128000007)"
+            "SELECT EXISTS (SELECT 1 FROM obleth_migration_phases WHERE version = 20261129000001)"
         )
         .await,
         "its phase row is gone with it"
     );
 
-    // `down 2` goes newest first: the daily rollups, then the copy's mark.
-    let out = migrator(url, &["down", "2"]).await;
+    // `down 3` goes newest first: the release schema, the daily rollups,
+    // then the copy's mark.
+    let out = migrator(url, &["down", "3"]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
+    let release = text.find("reverted 20261128000007").expect(&text);
     let daily = text.find("reverted 20261128000006").expect(&text);
     let copy = text.find("reverted 20261128000004").expect(&text);
-    assert!(daily < copy, "{text}");
+    assert!(release < daily && daily < copy, "{text}");
+    assert!(!scalar_bool(&db.url, HAS_RELEASE_SCHEMA).await);
     assert_eq!(newest_applied(&db.url).await, 20261128000003);
 
     let out = migrator(url, &["status", "--json"]).await;
@@ -92,6 +98,7 @@ async fn down_reverts_the_newest_migrations_and_status_names_the_version() {
     let out = migrator(url, &["verify"]).await;
     assert_eq!(code(&out), 0, "{}", stdout(&out));
     assert!(scalar_bool(&db.url, HAS_RELEASE_SCHEMA).await);
+    assert!(scalar_bool(&db.url, HAS_USAGE_DROPPED).await);
 }
 
 #[tokio::test]
@@ -101,9 +108,14 @@ async fn down_dry_run_prints_the_down_scripts_and_changes_nothing() {
     assert_eq!(code(&migrator(url, &["up"]).await), 0);
     let before = fingerprint(&db.url).await;
 
-    let out = migrator(url, &["down", "2", "--dry-run"]).await;
+    let out = migrator(url, &["down", "3", "--dry-run"]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
+    assert!(
+        text.contains("-- dry run: would revert 20261129000001 (20261129000001_nodes_usage_dropped.sql) with 20261129000001_nodes_usage_dropped.down.sql"),
+        "{text}"
+    );
+    assert!(text.contains("DROP COLUMN usage_dropped,"), "{text}");
     assert!(
         text.contains("-- dry run: would revert 20261128000007 (20261128000007_nodes_release_schema.sql) with 20261128000007_nodes_release_schema.down.sql"),
         "{text}"
@@ -186,10 +198,11 @@ async fn down_refusals_exit_with_their_codes_and_change_nothing() {
     )
     .await;
 
-    // A contract migration among the N: 20261128000005 after 6 and 7.
+    // A contract migration among the N: 20261128000005 after 6, 7 and
+    // 20261129000001.
     assert_eq!(code(&migrator(url, &["finish"]).await), 0);
     let before = fingerprint(&db.url).await;
-    let out = migrator(url, &["down", "3"]).await;
+    let out = migrator(url, &["down", "4"]).await;
     assert_eq!(code(&out), 11, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("migration 20261128000005 (20261128000005_drop_usage_events.sql) is a contract migration"),
@@ -197,7 +210,7 @@ async fn down_refusals_exit_with_their_codes_and_change_nothing() {
         stderr(&out)
     );
     // --force overrides only the live nodes.
-    let out = migrator(url, &["down", "3", "--force"]).await;
+    let out = migrator(url, &["down", "4", "--force"]).await;
     assert_eq!(code(&out), 11, "{}", stderr(&out));
     assert_eq!(fingerprint(&db.url).await, before);
 }
@@ -208,14 +221,14 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
     let url = Some(db.url.as_str());
     assert_eq!(code(&migrator(url, &["up"]).await), 0);
     // This release's gateway, one of the release before it that embeds
-    // migrations through 20261128000006, and a stopped node of this release.
+    // migrations through 20261128000007, and a stopped node of this release.
     execute(
         &db.url,
         "INSERT INTO nodes (node_id, service, version, ready, release_schema) VALUES \
-         ('gw-new', 'gateway', '0.3.0', true, 20261128000007), \
-         ('gw-mid', 'gateway', '0.2.0', true, 20261128000006); \
+         ('gw-new', 'gateway', '0.3.0', true, 20261129000001), \
+         ('gw-mid', 'gateway', '0.2.0', true, 20261128000007); \
          INSERT INTO nodes (node_id, service, version, ready, release_schema, stopped_at) VALUES \
-         ('gw-gone', 'gateway', '0.3.0', false, 20261128000007, now());",
+         ('gw-gone', 'gateway', '0.3.0', false, 20261129000001, now());",
     )
     .await;
     let before = fingerprint(&db.url).await;
@@ -224,7 +237,7 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
     assert_eq!(code(&out), 13, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("gateway gw-new runs 0.3.0 whose release requires migrations through 20261128000007, including 20261128000007"),
+        err.contains("gateway gw-new runs 0.3.0 whose release requires migrations through 20261129000001, including 20261129000001"),
         "{err}"
     );
     assert!(!err.contains("gw-mid") && !err.contains("gw-gone"), "{err}");
@@ -232,13 +245,25 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
     let out = migrator(url, &["down", "--dry-run"]).await;
     assert_eq!(code(&out), 13, "{}", stderr(&out));
 
-    // Once it stops, the older release does not need 20261128000007.
+    // Once it stops, the older release does not need 20261129000001.
     execute(
         &db.url,
         "UPDATE nodes SET stopped_at = now() WHERE node_id = 'gw-new'",
     )
     .await;
     let out = migrator(url, &["down"]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(newest_applied(&db.url).await, 20261128000007);
+
+    // But it needs 20261128000007; forced past it, it goes.
+    let out = migrator(url, &["down"]).await;
+    assert_eq!(code(&out), 13, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gateway gw-mid runs 0.2.0 whose release requires migrations through 20261128000007, including 20261128000007"),
+        "{}",
+        stderr(&out)
+    );
+    let out = migrator(url, &["down", "--force"]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(newest_applied(&db.url).await, 20261128000006);
 

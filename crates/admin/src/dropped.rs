@@ -1,0 +1,45 @@
+//! `obleth_fleet_usage_dropped_at_stop`: the usage that gateways recorded as
+//! dropped when they signed off (`nodes.usage_dropped`), read every
+//! heartbeat interval. A record a gateway loses at shutdown is counted after
+//! its pod has left the Service's endpoints, where no scrape of the gateway
+//! sees it; the admin, scraped throughout a rollout, exports it instead.
+//! Read in the background, never at scrape time: `/metrics` has no token
+//! and must not cost the database anything.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::state::AppState;
+
+/// Longest one read may take; on failure the gauge keeps its last values.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Refreshes the gauge now and then every heartbeat interval until `stop`.
+pub async fn run(state: AppState, stop: CancellationToken) {
+    let every = Duration::from_secs(state.settings.server.heartbeat_secs.max(1));
+    loop {
+        refresh(&state).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn refresh(state: &AppState) {
+    let read = tokio::time::timeout(
+        READ_TIMEOUT,
+        obleth_config::db::nodes::usage_dropped_at_stop(
+            &state.pool,
+            crate::metrics::DROPPED_AT_STOP_WITHIN,
+        ),
+    )
+    .await;
+    match read {
+        Ok(Ok(sums)) => state.metrics.set_usage_dropped_at_stop(&sums),
+        Ok(Err(e)) => debug!(error = %e, "Could not read the fleet's dropped usage."),
+        Err(_) => debug!("Reading the fleet's dropped usage timed out."),
+    }
+}
