@@ -28,6 +28,8 @@ pub(crate) async fn gate(
     if path != "/v1" && !path.starts_with("/v1/") {
         return next.run(request).await;
     }
+    // Anthropic's endpoint answers failures in Anthropic's error shape.
+    let anthropic = path == "/v1/messages";
     let seq = shared.arrive();
     let in_flight = shared.enter();
     let (mut parts, body) = request.into_parts();
@@ -49,6 +51,9 @@ pub(crate) async fn gate(
         .fail_status
         .or_else(|| shared.injected_failure(&config, seq));
     if let Some(status) = failure {
+        if anthropic {
+            return super::anthropic::injected(status);
+        }
         return wire::injected(status);
     }
 
