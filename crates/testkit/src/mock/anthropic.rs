@@ -21,6 +21,11 @@
 //! A stream sends `message_start`, `content_block_start`, `ping`, a
 //! `content_block_delta` a token (each after the token delay),
 //! `content_block_stop`, `message_delta` with the usage and `message_stop`.
+//! Latency, injected failures and the `x-mock-*` headers apply as to the
+//! OpenAI endpoints (failures in Anthropic's shape); [`MockConfig::usage`]
+//! does not, since Anthropic always reports usage.
+//!
+//! [`MockConfig::usage`]: super::MockConfig::usage
 
 use std::collections::HashSet;
 use std::convert::Infallible;

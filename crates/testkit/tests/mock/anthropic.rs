@@ -481,3 +481,21 @@ async fn injected_failures_on_messages_are_anthropic_shaped() {
     assert_eq!(overloaded.headers["x-mock-injected"], "true");
     assert_anthropic_error(&limited, 429, "rate_limit_error");
 }
+
+#[tokio::test]
+async fn a_bad_mock_header_on_messages_is_an_anthropic_400() {
+    let (_mock, api) = start(MockConfig::default()).await;
+
+    let answer = post(
+        &api,
+        &[KEY, VERSION, (TOKENS_HEADER, "many")],
+        message_body("hi"),
+    )
+    .await;
+
+    assert_anthropic_error(&answer, 400, "invalid_request_error");
+    assert!(answer.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(TOKENS_HEADER));
+}

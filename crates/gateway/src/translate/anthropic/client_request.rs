@@ -12,7 +12,7 @@ use crate::translate::TranslateError;
 /// Anthropic's `message_delta` carries.
 pub fn messages_request_to_chat(body: &Value, model: &str) -> Result<Value, TranslateError> {
     let Some(body) = body.as_object() else {
-        return Err(TranslateError::invalid("", "expected a JSON object"));
+        return Err(TranslateError::invalid("body", "expected a JSON object"));
     };
     refuse_unsupported(body)?;
     let mut out = Map::new();

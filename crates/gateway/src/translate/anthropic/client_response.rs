@@ -57,7 +57,7 @@ pub fn chat_completion_to_message(
     model: &str,
 ) -> Result<(Value, Usage), TranslateError> {
     if !body.is_object() {
-        return Err(TranslateError::invalid("", "expected a JSON object"));
+        return Err(TranslateError::invalid("body", "expected a JSON object"));
     }
     let Some(choice) = body
         .get("choices")
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn a_broken_answer_is_an_error_naming_the_field() {
         let cases = [
-            (json!("x"), ""),
+            (json!("x"), "body"),
             (json!({"choices": []}), "choices"),
             (
                 json!({"choices": [{"message": {"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{oops"}}]}}]}),

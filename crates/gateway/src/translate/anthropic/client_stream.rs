@@ -207,7 +207,9 @@ impl EventTranslator {
     }
 
     /// One tool call fragment: a new call index opens a `tool_use` block,
-    /// arguments go to the open one.
+    /// arguments go to the open one. OpenAI streams one call whole before the
+    /// next; fragments that interleave calls would open a block each time the
+    /// call index changes.
     fn tool_call(&mut self, call: &Value, position: u64, events: &mut Vec<Event>) {
         let call_index = call
             .get("index")

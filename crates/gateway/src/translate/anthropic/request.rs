@@ -5,6 +5,10 @@ use serde_json::{json, Map, Value};
 use super::text_of;
 use crate::translate::TranslateError;
 
+mod tools;
+
+use tools::{tool_choice, tools};
+
 /// Fields with no Anthropic equivalent, refused when set to anything but
 /// their neutral value, so a client never silently loses what it asked for.
 const REFUSED: [(&str, &str); 7] = [
@@ -31,7 +35,7 @@ pub fn chat_request_to_messages(
     default_max_tokens: u32,
 ) -> Result<Value, TranslateError> {
     let Some(body) = body.as_object() else {
-        return Err(TranslateError::invalid("", "expected a JSON object"));
+        return Err(TranslateError::invalid("body", "expected a JSON object"));
     };
     refuse_unsupported(body)?;
 
@@ -131,11 +135,12 @@ fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
     Ok(())
 }
 
-/// Whether a refused field carries a request: present, not null, not false
-/// and not an empty object or array.
+/// Whether a refused field carries a request: present, not null, not false,
+/// not 0 and not an empty object or array.
 fn is_set(value: &Value) -> bool {
     match value {
         Value::Null | Value::Bool(false) => false,
+        Value::Number(n) => n.as_f64() != Some(0.0),
         Value::Object(map) => !map.is_empty(),
         Value::Array(items) => !items.is_empty(),
         _ => true,
@@ -205,6 +210,12 @@ fn messages(messages: Option<&Value>) -> Result<(Vec<String>, Vec<Value>), Trans
             Some((last, previous)) if *last == role => previous.extend(blocks),
             _ => turns.push((role, blocks)),
         }
+    }
+    if turns.is_empty() {
+        return Err(TranslateError::invalid(
+            "messages",
+            "needs a user or assistant message besides the system messages",
+        ));
     }
     let turns = turns
         .into_iter()
@@ -472,97 +483,6 @@ fn user(body: &Map<String, Value>) -> Result<Option<String>, TranslateError> {
         }
     }
     Ok(None)
-}
-
-fn tools(tools: Option<&Value>) -> Result<Vec<Value>, TranslateError> {
-    let tools = match tools {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(tools)) => tools,
-        Some(_) => return Err(TranslateError::invalid("tools", "expected an array")),
-    };
-    tools
-        .iter()
-        .enumerate()
-        .map(|(i, tool)| {
-            let field = format!("tools[{i}]");
-            if tool.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(TranslateError::unsupported(
-                    format!("{field}.type"),
-                    "only function tools are available",
-                ));
-            }
-            let function = tool.get("function").unwrap_or(&Value::Null);
-            let name = string_field(function, "name", &format!("{field}.function"))?;
-            let schema = match function.get("parameters") {
-                None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
-                Some(schema @ Value::Object(_)) => schema.clone(),
-                Some(_) => {
-                    return Err(TranslateError::invalid(
-                        format!("{field}.function.parameters"),
-                        "expected a JSON schema object",
-                    ))
-                }
-            };
-            let mut out = json!({"name": name, "input_schema": schema});
-            if let Some(description) = function.get("description").and_then(Value::as_str) {
-                out["description"] = json!(description);
-            }
-            Ok(out)
-        })
-        .collect()
-}
-
-/// `tool_choice` with `parallel_tool_calls: false` folded in, or `None` for
-/// Anthropic's default (auto, parallel calls allowed).
-fn tool_choice(body: &Map<String, Value>) -> Result<Option<Value>, TranslateError> {
-    let mut choice = match body.get("tool_choice") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(mode)) => match mode.as_str() {
-            "auto" => Some(json!({"type": "auto"})),
-            "none" => Some(json!({"type": "none"})),
-            "required" => Some(json!({"type": "any"})),
-            _ => {
-                return Err(TranslateError::invalid(
-                    "tool_choice",
-                    "expected auto, none, required or a named function",
-                ))
-            }
-        },
-        Some(named @ Value::Object(_)) => {
-            if named.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(TranslateError::unsupported(
-                    "tool_choice.type",
-                    "only function tools are available",
-                ));
-            }
-            let function = named.get("function").unwrap_or(&Value::Null);
-            let name = string_field(function, "name", "tool_choice.function")?;
-            Some(json!({"type": "tool", "name": name}))
-        }
-        Some(_) => {
-            return Err(TranslateError::invalid(
-                "tool_choice",
-                "expected a string or an object",
-            ))
-        }
-    };
-    match body.get("parallel_tool_calls") {
-        None | Some(Value::Null) | Some(Value::Bool(true)) => {}
-        Some(Value::Bool(false)) => {
-            let choice = choice.get_or_insert_with(|| json!({"type": "auto"}));
-            // `none` takes no such flag: no tool, so nothing in parallel.
-            if choice["type"] != "none" {
-                choice["disable_parallel_tool_use"] = json!(true);
-            }
-        }
-        Some(_) => {
-            return Err(TranslateError::invalid(
-                "parallel_tool_calls",
-                "expected a boolean",
-            ))
-        }
-    }
-    Ok(choice)
 }
 
 #[cfg(test)]

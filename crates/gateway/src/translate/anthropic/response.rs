@@ -28,7 +28,7 @@ pub fn message_to_chat_completion(
     created: u64,
 ) -> Result<(Value, Usage), TranslateError> {
     if !body.is_object() {
-        return Err(TranslateError::invalid("", "expected a JSON object"));
+        return Err(TranslateError::invalid("body", "expected a JSON object"));
     }
     let Some(content) = body.get("content").and_then(Value::as_array) else {
         return Err(TranslateError::invalid("content", "expected an array"));
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn a_broken_answer_is_an_error_naming_the_field() {
         let cases = [
-            (json!([]), ""),
+            (json!([]), "body"),
             (json!({"content": "text"}), "content"),
             (json!({"content": [{"type": "text"}]}), "content[0].text"),
             (

@@ -206,7 +206,7 @@ fn unsupported_inputs_are_refused_by_field() {
 fn malformed_inputs_are_invalid_by_field() {
     let user = json!([{"role": "user", "content": "x"}]);
     let cases = [
-        (json!(null), ""),
+        (json!(null), "body"),
         (json!({"max_tokens": 1}), "messages"),
         (json!({"max_tokens": 1, "messages": []}), "messages"),
         (json!({"messages": user}), "max_tokens"),

@@ -70,6 +70,9 @@ fn sampling_stop_stream_and_user_carry_over() {
         "seed": 7,
         "n": 1,
         "presence_penalty": 0,
+        "logprobs": false,
+        "top_logprobs": 0,
+        "logit_bias": {},
     }));
     assert_eq!(out["max_tokens"], 50);
     assert_eq!(out["temperature"], 0.5);
@@ -336,9 +339,13 @@ fn unsupported_inputs_are_refused_by_field() {
 fn malformed_inputs_are_invalid_by_field() {
     let user = json!([{"role": "user", "content": "hi"}]);
     let cases = [
-        (json!("not an object"), ""),
+        (json!("not an object"), "body"),
         (json!({}), "messages"),
         (json!({"messages": []}), "messages"),
+        (
+            json!({"messages": [{"role": "system", "content": "only this"}]}),
+            "messages",
+        ),
         (
             json!({"messages": [{"role": "robot", "content": "x"}]}),
             "messages[0].role",
