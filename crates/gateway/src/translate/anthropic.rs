@@ -117,3 +117,6 @@ fn text_of(value: &Value, field: &str) -> Result<Vec<String>, super::TranslateEr
         )),
     }
 }
+
+#[cfg(test)]
+mod tests;
