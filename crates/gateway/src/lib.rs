@@ -32,6 +32,7 @@ pub mod resolve;
 pub mod settings;
 pub mod sse;
 pub mod state;
+pub mod translate;
 pub mod upstream;
 pub mod usage;
 pub mod warmup;

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 
+use super::anthropic::AnthropicMock;
+
 /// Per-request override of [`MockConfig::latency`], in milliseconds.
 pub const LATENCY_HEADER: &str = "x-mock-latency-ms";
 /// Per-request override of [`MockConfig::token_delay`], in milliseconds.
@@ -40,6 +42,8 @@ pub struct MockConfig {
     pub fail_rate: f64,
     /// When completions report their token usage.
     pub usage: MockUsage,
+    /// The key and cache count of `POST /v1/messages`.
+    pub anthropic: AnthropicMock,
 }
 
 /// When the mock reports token usage in completions.
@@ -67,6 +71,7 @@ impl Default for MockConfig {
             fail_first: 0,
             fail_rate: 0.0,
             usage: MockUsage::Always,
+            anthropic: AnthropicMock::default(),
         }
     }
 }

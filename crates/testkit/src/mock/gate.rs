@@ -28,19 +28,28 @@ pub(crate) async fn gate(
     if path != "/v1" && !path.starts_with("/v1/") {
         return next.run(request).await;
     }
+    // Anthropic's endpoint answers every refusal in Anthropic's error shape.
+    let anthropic = path == "/v1/messages";
+    let refuse = |status: StatusCode, message: &str| {
+        if anthropic {
+            super::anthropic::error(status, message)
+        } else {
+            wire::error(status, message, None)
+        }
+    };
     let seq = shared.arrive();
     let in_flight = shared.enter();
     let (mut parts, body) = request.into_parts();
     let Ok(body) = to_bytes(body, MAX_BODY).await else {
         let message = "The request body is too large or could not be read.";
-        return wire::error(StatusCode::PAYLOAD_TOO_LARGE, message, None);
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, message);
     };
     shared.record(&parts, body.clone());
 
     let config = shared.config();
     let plan = match Plan::new(&config, &parts.headers) {
         Ok(plan) => plan,
-        Err(message) => return wire::invalid(&message, None),
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, &message),
     };
     if !plan.latency.is_zero() {
         tokio::time::sleep(plan.latency).await;
@@ -49,6 +58,9 @@ pub(crate) async fn gate(
         .fail_status
         .or_else(|| shared.injected_failure(&config, seq));
     if let Some(status) = failure {
+        if anthropic {
+            return super::anthropic::injected(status);
+        }
         return wire::injected(status);
     }
 

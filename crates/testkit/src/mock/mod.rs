@@ -3,9 +3,10 @@
 //! [`MockUpstream::start`] serves `POST /v1/chat/completions`,
 //! `POST /v1/completions` (both streaming with `"stream": true`),
 //! `POST /v1/embeddings`, `GET /v1/models` and `GET /health` on a free local
-//! port. Completions are `tok1 tok2 ...`, as many words as the config says;
-//! streams end with a usage chunk and `data: [DONE]` (unless
-//! [`MockConfig::usage`] says otherwise).
+//! port, and Anthropic's `POST /v1/messages`, strict about its key
+//! ([`AnthropicMock`]), headers and turns. Completions are `tok1 tok2 ...`, as
+//! many words as the config says; OpenAI streams end with a usage chunk and
+//! `data: [DONE]` (unless [`MockConfig::usage`] says otherwise).
 //!
 //! Behaviour comes from a [`MockConfig`], replaceable at run time, and from
 //! per-request headers (`x-mock-latency-ms`, `x-mock-token-delay-ms`,
@@ -13,6 +14,7 @@
 //! cases. A model named `fail-...` always answers 500, for tests that go
 //! through a gateway that does not forward those headers.
 
+mod anthropic;
 mod config;
 mod embed;
 mod gate;
@@ -22,6 +24,7 @@ mod sse;
 mod state;
 mod wire;
 
+pub use anthropic::{AnthropicMock, ANTHROPIC_API_KEY, TOOL_TRIGGER};
 pub use config::{
     MockConfig, MockUsage, FAIL_STATUS_HEADER, LATENCY_HEADER, TOKENS_HEADER, TOKEN_DELAY_HEADER,
 };

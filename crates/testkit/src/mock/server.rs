@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::anthropic;
 use super::config::MockConfig;
 use super::gate::{gate, MAX_BODY};
 use super::handlers;
@@ -138,6 +139,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
+        .route(
+            "/v1/messages",
+            post(anthropic::messages).with_state(Arc::clone(&shared)),
+        )
         .route("/v1/models", get(handlers::models))
         .route("/health", get(handlers::health))
         .fallback(handlers::not_found)

@@ -1,6 +1,8 @@
 //! Tests of the mock upstream over real HTTP: response shapes, streaming pace, failure injection and recording.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod anthropic;
+
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
