@@ -152,8 +152,28 @@ string_enum!(
     ProviderKind, "provider kind", {
         OpenAi => "openai",
         Mock => "mock",
+        Anthropic => "anthropic",
     }
 );
+
+impl ProviderKind {
+    /// The first release whose gateways serve this kind. A gateway that
+    /// reads a provider of a kind it does not know cannot load the catalog,
+    /// nor apply any change after it (key revocations included), so the
+    /// admin refuses a provider of this kind while a live gateway of an
+    /// older release could read it.
+    pub fn since(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi | ProviderKind::Mock => "0.1.0",
+            ProviderKind::Anthropic => "0.3.0",
+        }
+    }
+
+    /// Called over HTTP at its `base_url` (every kind but `mock`).
+    pub fn is_http(self) -> bool {
+        self != ProviderKind::Mock
+    }
+}
 
 string_enum!(
     /// What a change-log row is about (the `changes_entity_known` constraint).
@@ -493,6 +513,7 @@ mod tests {
         for (kind, text) in [
             (ProviderKind::OpenAi, "openai"),
             (ProviderKind::Mock, "mock"),
+            (ProviderKind::Anthropic, "anthropic"),
         ] {
             assert_eq!(kind.as_str(), text);
             assert_eq!(text.parse::<ProviderKind>(), Ok(kind));

@@ -29,11 +29,14 @@ pub struct ProviderRuntime {
     pub authorization: Authorization,
 }
 
-/// The upstream `Authorization` header of a provider.
+/// How a provider's credential goes upstream.
 #[derive(Debug, Clone)]
 pub enum Authorization {
     None,
+    /// `Authorization: Bearer <credential>` (OpenAI-compatible providers).
     Bearer(HeaderValue),
+    /// `x-api-key: <credential>` (Anthropic).
+    ApiKey(HeaderValue),
     /// The credential has characters a header cannot carry: every call fails.
     Invalid,
 }
@@ -51,13 +54,24 @@ impl ProviderRuntime {
     ) -> Self {
         let authorization = match &credential {
             None => Authorization::None,
-            Some(c) => match HeaderValue::from_str(&format!("Bearer {}", c.expose_secret())) {
-                Ok(mut value) => {
-                    value.set_sensitive(true);
-                    Authorization::Bearer(value)
+            Some(c) => {
+                let (value, wrap): (String, fn(HeaderValue) -> Authorization) = match kind {
+                    ProviderKind::Anthropic => {
+                        (c.expose_secret().to_owned(), Authorization::ApiKey)
+                    }
+                    ProviderKind::OpenAi | ProviderKind::Mock => (
+                        format!("Bearer {}", c.expose_secret()),
+                        Authorization::Bearer,
+                    ),
+                };
+                match HeaderValue::from_str(&value) {
+                    Ok(mut value) => {
+                        value.set_sensitive(true);
+                        wrap(value)
+                    }
+                    Err(_) => Authorization::Invalid,
                 }
-                Err(_) => Authorization::Invalid,
-            },
+            }
         };
         ProviderRuntime {
             name_header: HeaderValue::from_str(&name).ok(),

@@ -24,6 +24,7 @@ pub mod peek;
 pub mod policy;
 pub mod pooler;
 pub mod pricing;
+pub mod protocol;
 pub mod proxy;
 pub mod quota;
 pub mod relay;

@@ -22,6 +22,7 @@ use crate::keycache::KeyRecord;
 use crate::metrics;
 use crate::peek::peek;
 use crate::policy;
+use crate::protocol;
 use crate::quota::Demand;
 use crate::relay::{Completion, RelayBody, Tokens};
 use crate::request_id;
@@ -281,23 +282,41 @@ async fn forward(
     let mut upstream_wait = Duration::ZERO;
     for target in targets {
         let provider = &target.provider;
-        let payload = match &target.upstream_model {
-            Some(upstream_model) => match edit_body(&body, Some(upstream_model), false) {
-                Ok(payload) => payload,
-                Err(e) => return Err((e.into(), Some(completion))),
-            },
-            None => body.clone(),
-        };
-        let response = match attempt(state, provider, path, payload, &mut upstream_wait).await {
-            Ok(response) => response,
-            Err(e) => {
+        let upstream_model = target.upstream_model.as_deref();
+        let (upstream_path, payload) = match protocol::upstream_request(
+            provider.kind,
+            &provider.name,
+            path,
+            &body,
+            upstream_model,
+            &model,
+        ) {
+            Some(Ok(translated)) => translated,
+            // This provider cannot take the request; a later one may.
+            Some(Err(e)) => {
                 last_error = e;
                 continue;
             }
+            None => match upstream_model {
+                Some(upstream_model) => match edit_body(&body, Some(upstream_model), false) {
+                    Ok(payload) => (path, payload),
+                    Err(e) => return Err((e.into(), Some(completion))),
+                },
+                None => (path, body.clone()),
+            },
         };
+        let response =
+            match attempt(state, provider, upstream_path, payload, &mut upstream_wait).await {
+                Ok(response) => response,
+                Err(e) => {
+                    last_error = e;
+                    continue;
+                }
+            };
         completion.provider = Some(provider.name.clone());
-        let (parts, upstream_body) = response.into_parts();
+        let (mut parts, upstream_body) = response.into_parts();
         if stream && is_sse(&parts.headers) {
+            let upstream_body = protocol::client_stream(provider.kind, upstream_body, &model);
             count_attempt(state, provider, "ok");
             observe_overhead(state, &completion, upstream_wait);
             let status = parts.status.as_u16();
@@ -323,8 +342,17 @@ async fn forward(
                 continue;
             }
         };
+        let (status, bytes) =
+            match protocol::client_answer(provider.kind, parts.status, bytes, &model) {
+                Ok(answer) => answer,
+                Err(e) => {
+                    count_attempt(state, provider, "error");
+                    last_error = e;
+                    continue;
+                }
+            };
         count_attempt(state, provider, "ok");
-        let status = parts.status;
+        parts.status = status;
         let tokens = if status.is_success() {
             // An answer without usage is charged an estimate.
             answer::tokens(&bytes).unwrap_or_else(|| {

@@ -446,7 +446,7 @@ impl GatewaySettings {
                     format!("`{}` is used twice", p.name),
                 ));
             }
-            if p.kind == ProviderKind::OpenAi {
+            if p.kind.is_http() {
                 let field = || format!("providers[{i}].base_url");
                 match &p.base_url {
                     Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
@@ -463,7 +463,12 @@ impl GatewaySettings {
                             format!("`{url}` must start with http:// or https://"),
                         ))
                     }
-                    None => return Err(InvalidSetting::new(field(), "required for kind openai")),
+                    None => {
+                        return Err(InvalidSetting::new(
+                            field(),
+                            format!("required for kind {}", p.kind),
+                        ))
+                    }
                 }
             }
             if !(1..=MAX_PROVIDER_TIMEOUT_MS as u64).contains(&p.timeout_ms) {

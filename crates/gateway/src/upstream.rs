@@ -1,6 +1,7 @@
 //! Calls to upstream providers: a pooled hyper client over rustls for
-//! OpenAI-compatible providers, and the built-in mock provider. Every
-//! connection goes through the `[egress]` address policy.
+//! OpenAI-compatible and Anthropic providers (each with its credential
+//! header), and the built-in mock provider. Every connection goes through
+//! the `[egress]` address policy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,9 @@ use obleth_config::model::ProviderKind;
 use obleth_config::EgressSettings;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
+const ANTHROPIC_VERSION: header::HeaderName = header::HeaderName::from_static("anthropic-version");
 /// A response body from any provider.
 pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -120,10 +124,19 @@ impl Upstream {
             .uri(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream");
+        if provider.kind == ProviderKind::Anthropic {
+            builder = builder.header(
+                ANTHROPIC_VERSION,
+                crate::translate::anthropic::ANTHROPIC_VERSION,
+            );
+        }
         match &provider.authorization {
             Authorization::None => {}
             Authorization::Bearer(value) => {
                 builder = builder.header(header::AUTHORIZATION, value.clone());
+            }
+            Authorization::ApiKey(value) => {
+                builder = builder.header(X_API_KEY, value.clone());
             }
             Authorization::Invalid => {
                 return Err(UpstreamError::Other {

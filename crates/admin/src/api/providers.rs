@@ -33,6 +33,11 @@ pub enum Kind {
     /// The gateway's built-in mock; no network.
     #[serde(rename = "mock")]
     Mock,
+    /// Anthropic's Messages API (`base_url` such as
+    /// `https://api.anthropic.com/v1`, the credential sent as `x-api-key`);
+    /// the gateway translates chat completions to and from it.
+    #[serde(rename = "anthropic")]
+    Anthropic,
 }
 
 impl From<Kind> for ProviderKind {
@@ -40,6 +45,7 @@ impl From<Kind> for ProviderKind {
         match k {
             Kind::OpenAi => ProviderKind::OpenAi,
             Kind::Mock => ProviderKind::Mock,
+            Kind::Anthropic => ProviderKind::Anthropic,
         }
     }
 }
@@ -49,6 +55,7 @@ impl From<ProviderKind> for Kind {
         match k {
             ProviderKind::OpenAi => Kind::OpenAi,
             ProviderKind::Mock => Kind::Mock,
+            ProviderKind::Anthropic => Kind::Anthropic,
         }
     }
 }
@@ -158,12 +165,12 @@ fn check(
 fn check_base_url(egress: &EgressSettings, kind: Kind, url: &str) -> Result<(), AdminError> {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
     let scheme_ok = match kind {
-        Kind::OpenAi => matches!(scheme, "http" | "https"),
+        Kind::OpenAi | Kind::Anthropic => matches!(scheme, "http" | "https"),
         Kind::Mock => matches!(scheme, "http" | "https" | "mock"),
     };
     if !scheme_ok {
         let allowed = match kind {
-            Kind::OpenAi => "http:// or https://",
+            Kind::OpenAi | Kind::Anthropic => "http:// or https://",
             Kind::Mock => "http://, https:// or mock://",
         };
         return Err(AdminError::validation(
@@ -193,6 +200,38 @@ fn check_base_url(egress: &EgressSettings, kind: Kind, url: &str) -> Result<(), 
     Ok(())
 }
 
+/// Refuses a provider of `kind` while a live gateway (one that has not
+/// recorded its stop, within `migrations.node_horizon_secs`) runs a release
+/// older than the kind ([`ProviderKind::since`]): such a gateway could not
+/// load the catalog with it, nor apply any change after it.
+async fn fleet_reads(state: &AppState, kind: ProviderKind) -> Result<(), AdminError> {
+    let Ok(since) = semver::Version::parse(kind.since()) else {
+        return Err(AdminError::Internal);
+    };
+    if since <= semver::Version::new(0, 1, 0) {
+        return Ok(());
+    }
+    let horizon = std::time::Duration::from_secs(state.settings.migrations.node_horizon_secs);
+    let older: Vec<String> = obleth_config::db::nodes::list_nodes(&state.pool, horizon)
+        .await?
+        .into_iter()
+        .filter(|n| n.service == "gateway")
+        .filter(|n| semver::Version::parse(&n.version).map_or(true, |v| v < since))
+        .map(|n| format!("gateway {} runs {}", n.node_id, n.version))
+        .collect();
+    if older.is_empty() {
+        return Ok(());
+    }
+    Err(AdminError::Conflict {
+        code: "fleet_not_ready",
+        field: Some("kind".to_owned()),
+        message: format!(
+            "kind `{kind}` needs every live gateway at {since} or later ({}); finish the rollout first",
+            older.join(", ")
+        ),
+    })
+}
+
 /// A name from the path that no provider could have is simply not found,
 /// without asking the database (which refuses some such strings outright).
 fn storable(name: &str) -> Result<(), AdminError> {
@@ -214,7 +253,7 @@ fn name_taken(name: &str) -> AdminError {
     request_body = CreateProvider,
     responses(
         (status = 201, body = ProviderView),
-        (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 409, description = "The name is taken, or a live gateway runs a release older than the kind", body = ErrorBody),
         (status = 422, body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -226,10 +265,10 @@ pub async fn create_provider(
     let base_url = match (body.kind, body.base_url) {
         (_, Some(url)) => url,
         (Kind::Mock, None) => "mock://".to_owned(),
-        (Kind::OpenAi, None) => {
+        (kind @ (Kind::OpenAi | Kind::Anthropic), None) => {
             return Err(AdminError::validation(
                 "base_url",
-                "required for kind openai",
+                format!("required for kind {}", ProviderKind::from(kind)),
             ))
         }
     };
@@ -242,6 +281,7 @@ pub async fn create_provider(
         body.credential_ref.as_deref(),
         timeout_ms,
     )?;
+    fleet_reads(&state, body.kind.into()).await?;
     let new = NewProvider {
         name: body.name,
         kind: body.kind.into(),
@@ -303,7 +343,7 @@ pub async fn get_provider(
     responses(
         (status = 200, body = ProviderView),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "The new name is taken", body = ErrorBody),
+        (status = 409, description = "The new name is taken, or a live gateway runs a release older than the kind", body = ErrorBody),
         (status = 422, body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -314,6 +354,9 @@ pub async fn update_provider(
     JsonBody(body): JsonBody<UpdateProvider>,
 ) -> Result<Json<ProviderView>, AdminError> {
     storable(&name)?;
+    if let Some(kind) = body.kind {
+        fleet_reads(&state, kind.into()).await?;
+    }
     let update = ProviderUpdate {
         name: body.name,
         kind: body.kind.map(Into::into),

@@ -193,3 +193,82 @@ async fn providers_and_routes_are_managed_and_conflicts_name_the_field() {
     assert_eq!(admin.get(&format!("/api/v1/routes/{id}")).await.status, 404);
     admin.stop().await.unwrap();
 }
+
+/// A provider kind newer than a live gateway's release would stop that
+/// gateway from loading the catalog (and from applying any change after
+/// it, revocations included): the admin refuses it until the rollout is done.
+#[tokio::test]
+async fn an_anthropic_provider_waits_for_every_live_gateway_to_read_it() {
+    let (admin, _db, pool) = TestAdmin::on_fresh_database().await;
+    let body = json!({"name": "claude", "kind": "anthropic",
+                      "base_url": "https://api.anthropic.com/v1",
+                      "credential_ref": "env:OBLETH_CREDENTIAL_ANTHROPIC"});
+    let missing = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            json!({"name": "claude", "kind": "anthropic"}),
+        )
+        .await;
+    assert_eq!(missing.status, 422);
+    assert!(
+        missing.text().contains("required for kind anthropic"),
+        "{}",
+        missing.text()
+    );
+
+    // A gateway of the previous release, silent for an hour but never
+    // stopped (it may be cut off from the database and still serving).
+    sqlx::raw_sql(
+        "INSERT INTO nodes (node_id, service, version, ready, last_seen) VALUES \
+         ('gw-old', 'gateway', '0.2.0', true, now() - interval '1 hour'), \
+         ('gw-new', 'gateway', '0.3.0', true, now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let refused = admin
+        .call(Method::POST, "/api/v1/providers", body.clone())
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert_eq!(
+        refused.admin_error(),
+        ("fleet_not_ready".to_owned(), Some("kind".to_owned()))
+    );
+    assert!(
+        refused.text().contains("gateway gw-old runs 0.2.0") && !refused.text().contains("gw-new"),
+        "{}",
+        refused.text()
+    );
+    // Nor may an existing provider become one.
+    let mock = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            json!({"name": "m", "kind": "mock"}),
+        )
+        .await;
+    assert_eq!(mock.status, 201);
+    let changed = admin
+        .call(
+            Method::PATCH,
+            "/api/v1/providers/m",
+            json!({"kind": "anthropic", "base_url": "https://api.anthropic.com/v1"}),
+        )
+        .await;
+    assert_eq!(changed.status, 409, "{}", changed.text());
+
+    // Once it records its stop, the provider is created.
+    sqlx::query("UPDATE nodes SET stopped_at = now() WHERE node_id = 'gw-old'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let created = admin.call(Method::POST, "/api/v1/providers", body).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["kind"], "anthropic");
+    let stored: String = sqlx::query_scalar("SELECT kind FROM providers WHERE name = 'claude'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "anthropic");
+}

@@ -292,6 +292,7 @@ fn marker(version: i64) -> (&'static str, Option<&'static str>) {
         20261128000006 => ("usage_daily_keys", None),
         20261128000007 => ("nodes", Some("release_schema")),
         20261129000001 => ("nodes", Some("usage_dropped")),
+        20261129000002 => ("providers_kind_known", Some("anthropic")),
         other => panic!("no marker for {other}"),
     }
 }
@@ -307,6 +308,17 @@ async fn present(db: &Db, version: i64) -> bool {
                 .fetch_one(&db.pool)
                 .await
                 .unwrap()
+        }
+        ("providers_kind_known", Some(kind)) => {
+            // The kind constraint admits the kind.
+            sqlx::query_scalar(
+                "SELECT pg_get_constraintdef(oid) LIKE '%' || $1 || '%' FROM pg_constraint \
+                 WHERE conname = 'providers_kind_known'",
+            )
+            .bind(kind)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
         }
         (table, Some(column)) => db.column_exists(table, column).await,
         (relation, None) => db.exists(relation).await,

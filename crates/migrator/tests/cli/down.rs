@@ -48,7 +48,36 @@ async fn down_reverts_the_newest_migrations_and_status_names_the_version() {
     assert_eq!(code(&migrator(url, &["up"]).await), 0);
     let out = migrator(url, &["status"]).await;
     assert!(
-        stdout(&out).contains("version:  20261129000001 (nodes usage dropped)"),
+        stdout(&out).contains("version:  20261129000002 (provider kind anthropic)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The kind's revert refuses while a provider of that kind exists (the
+    // previous release could not load the catalog), changing nothing.
+    execute(
+        &db.url,
+        "INSERT INTO providers (id, name, kind, base_url) \
+         VALUES (gen_random_uuid(), 'claude', 'anthropic', 'https://api.anthropic.com/v1')",
+    )
+    .await;
+    let before = fingerprint(&db.url).await;
+    let out = migrator(url, &["down"]).await;
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("20261129000002_provider_kind_anthropic.down.sql")
+            && stderr(&out).contains("providers of kind anthropic exist (claude)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fingerprint(&db.url).await, before);
+    execute(&db.url, "DELETE FROM providers WHERE name = 'claude'").await;
+    let out = migrator(url, &["down"]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "reverted 20261129000002 (provider kind anthropic) with 20261129000002_provider_kind_anthropic.down.sql"
+        ),
         "{}",
         stdout(&out)
     );
@@ -108,7 +137,7 @@ async fn down_dry_run_prints_the_down_scripts_and_changes_nothing() {
     assert_eq!(code(&migrator(url, &["up"]).await), 0);
     let before = fingerprint(&db.url).await;
 
-    let out = migrator(url, &["down", "3", "--dry-run"]).await;
+    let out = migrator(url, &["down", "4", "--dry-run"]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
@@ -116,6 +145,11 @@ async fn down_dry_run_prints_the_down_scripts_and_changes_nothing() {
         "{text}"
     );
     assert!(text.contains("DROP COLUMN usage_dropped,"), "{text}");
+    assert!(
+        text.contains("would revert 20261129000002 (20261129000002_provider_kind_anthropic.sql)")
+            && text.contains("CHECK (kind IN ('openai', 'mock')) NOT VALID;"),
+        "{text}"
+    );
     assert!(
         text.contains("-- dry run: would revert 20261128000007 (20261128000007_nodes_release_schema.sql) with 20261128000007_nodes_release_schema.down.sql"),
         "{text}"
@@ -198,11 +232,11 @@ async fn down_refusals_exit_with_their_codes_and_change_nothing() {
     )
     .await;
 
-    // A contract migration among the N: 20261128000005 after 6, 7 and
-    // 20261129000001.
+    // A contract migration among the N: 20261128000005 after 6, 7,
+    // 20261129000001 and 20261129000002.
     assert_eq!(code(&migrator(url, &["finish"]).await), 0);
     let before = fingerprint(&db.url).await;
-    let out = migrator(url, &["down", "4"]).await;
+    let out = migrator(url, &["down", "5"]).await;
     assert_eq!(code(&out), 11, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("migration 20261128000005 (20261128000005_drop_usage_events.sql) is a contract migration"),
@@ -210,7 +244,7 @@ async fn down_refusals_exit_with_their_codes_and_change_nothing() {
         stderr(&out)
     );
     // --force overrides only the live nodes.
-    let out = migrator(url, &["down", "4", "--force"]).await;
+    let out = migrator(url, &["down", "5", "--force"]).await;
     assert_eq!(code(&out), 11, "{}", stderr(&out));
     assert_eq!(fingerprint(&db.url).await, before);
 }
@@ -225,10 +259,10 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
     execute(
         &db.url,
         "INSERT INTO nodes (node_id, service, version, ready, release_schema) VALUES \
-         ('gw-new', 'gateway', '0.3.0', true, 20261129000001), \
+         ('gw-new', 'gateway', '0.3.0', true, 20261129000002), \
          ('gw-mid', 'gateway', '0.2.0', true, 20261128000007); \
          INSERT INTO nodes (node_id, service, version, ready, release_schema, stopped_at) VALUES \
-         ('gw-gone', 'gateway', '0.3.0', false, 20261129000001, now());",
+         ('gw-gone', 'gateway', '0.3.0', false, 20261129000002, now());",
     )
     .await;
     let before = fingerprint(&db.url).await;
@@ -237,7 +271,7 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
     assert_eq!(code(&out), 13, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("gateway gw-new runs 0.3.0 whose release requires migrations through 20261129000001, including 20261129000001"),
+        err.contains("gateway gw-new runs 0.3.0 whose release requires migrations through 20261129000002, including 20261129000002"),
         "{err}"
     );
     assert!(!err.contains("gw-mid") && !err.contains("gw-gone"), "{err}");
@@ -245,13 +279,13 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
     let out = migrator(url, &["down", "--dry-run"]).await;
     assert_eq!(code(&out), 13, "{}", stderr(&out));
 
-    // Once it stops, the older release does not need 20261129000001.
+    // Once it stops, the older release needs neither of this release's.
     execute(
         &db.url,
         "UPDATE nodes SET stopped_at = now() WHERE node_id = 'gw-new'",
     )
     .await;
-    let out = migrator(url, &["down"]).await;
+    let out = migrator(url, &["down", "2"]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(newest_applied(&db.url).await, 20261128000007);
 

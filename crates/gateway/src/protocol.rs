@@ -1,0 +1,488 @@
+//! What each provider kind is sent and answers, seen from the OpenAI
+//! protocol the proxy speaks: the upstream path and body for a client's
+//! request, and the client's answer (whole or streamed) from the upstream's.
+//! `openai` and `mock` providers speak OpenAI's protocol and pass through;
+//! `anthropic` providers are translated ([`crate::translate::anthropic`]).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use obleth_config::model::ProviderKind;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::translate::anthropic::{
+    anthropic_error_to_openai, chat_request_to_messages, message_to_chat_completion,
+    ChunkTranslator,
+};
+use crate::upstream::{BoxError, UpBody};
+
+/// `max_tokens` sent to an Anthropic provider when the client set none
+/// (Anthropic requires one; OpenAI's default is the model's limit).
+pub const ANTHROPIC_DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// The most of one upstream SSE event held while it arrives (its lines and
+/// data together); a longer event ends the stream with an error.
+pub const EVENT_CAP: usize = 1 << 20;
+
+/// The upstream path and body for a client's request of `path` (such as
+/// `/chat/completions`), `body` being the client's JSON with the model it
+/// named; `upstream_model` replaces that model. `None` for a kind that sends
+/// the body as it is (the caller edits the model itself).
+pub fn upstream_request(
+    kind: ProviderKind,
+    provider: &str,
+    path: &'static str,
+    body: &[u8],
+    upstream_model: Option<&str>,
+    public_model: &str,
+) -> Option<Result<(&'static str, Bytes), ApiError>> {
+    match kind {
+        ProviderKind::OpenAi | ProviderKind::Mock => None,
+        ProviderKind::Anthropic => Some(anthropic_request(
+            provider,
+            path,
+            body,
+            upstream_model.unwrap_or(public_model),
+        )),
+    }
+}
+
+fn anthropic_request(
+    provider: &str,
+    path: &'static str,
+    body: &[u8],
+    model: &str,
+) -> Result<(&'static str, Bytes), ApiError> {
+    if path != "/chat/completions" {
+        return Err(ApiError::BadRequest(format!(
+            "provider `{provider}` (kind anthropic) serves chat completions only, not {}",
+            path.trim_start_matches('/')
+        )));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    let translated = chat_request_to_messages(&value, model, ANTHROPIC_DEFAULT_MAX_TOKENS)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let bytes = serde_json::to_vec(&translated).map_err(|_| ApiError::Internal)?;
+    Ok(("/messages", Bytes::from(bytes)))
+}
+
+/// The client's status and body for a whole (not streamed) upstream answer.
+/// An answer that cannot be read is the upstream's failure (502).
+pub fn client_answer(
+    kind: ProviderKind,
+    status: StatusCode,
+    answer: Bytes,
+    public_model: &str,
+) -> Result<(StatusCode, Bytes), ApiError> {
+    match kind {
+        ProviderKind::OpenAi | ProviderKind::Mock => Ok((status, answer)),
+        ProviderKind::Anthropic if status.is_success() => {
+            let value: Value =
+                serde_json::from_slice(&answer).map_err(|_| ApiError::UpstreamFailed)?;
+            let (completion, _) = message_to_chat_completion(&value, public_model, unix_now())
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "Anthropic answer could not be translated.");
+                    ApiError::UpstreamFailed
+                })?;
+            let bytes = serde_json::to_vec(&completion).map_err(|_| ApiError::Internal)?;
+            Ok((status, Bytes::from(bytes)))
+        }
+        ProviderKind::Anthropic => {
+            let (status, body) = anthropic_error_to_openai(status.as_u16(), &answer);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let bytes = serde_json::to_vec(&body).map_err(|_| ApiError::Internal)?;
+            Ok((status, Bytes::from(bytes)))
+        }
+    }
+}
+
+/// The client's stream from an upstream stream: OpenAI's chunks, whatever
+/// the provider speaks. The stream reports its usage in a last chunk
+/// (`stream_options.include_usage`); the relay removes it for a client that
+/// did not ask.
+pub fn client_stream(kind: ProviderKind, upstream: UpBody, public_model: &str) -> UpBody {
+    match kind {
+        ProviderKind::OpenAi | ProviderKind::Mock => upstream,
+        ProviderKind::Anthropic => AnthropicChunks {
+            inner: upstream,
+            events: SseEvents::default(),
+            translator: ChunkTranslator::new(public_model, unix_now(), true),
+            out: VecDeque::new(),
+            ended: false,
+        }
+        .boxed_unsync(),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An Anthropic event stream read as OpenAI chunks: each upstream frame's
+/// complete events are translated into one frame of `data:` lines; after
+/// `message_stop`, `data: [DONE]`. An error event, a malformed event or an
+/// upstream that ends early ends the client's stream with an OpenAI error
+/// payload and no `[DONE]`.
+struct AnthropicChunks {
+    inner: UpBody,
+    events: SseEvents,
+    translator: ChunkTranslator,
+    out: VecDeque<Bytes>,
+    /// The client's stream is complete: nothing more is read.
+    ended: bool,
+}
+
+impl AnthropicChunks {
+    fn translate(&mut self, chunk: &[u8]) {
+        let mut frame = BytesMut::new();
+        if let Err(e) = self.events.push(chunk) {
+            self.fail(&mut frame, e);
+        }
+        while !self.ended {
+            let Some((event, data)) = self.events.next_event() else {
+                break;
+            };
+            match self.translator.feed(&event, &data) {
+                Ok(chunks) => {
+                    for chunk in chunks {
+                        data_line(&mut frame, &chunk.to_string());
+                    }
+                    if self.translator.is_done() {
+                        data_line(&mut frame, "[DONE]");
+                        self.ended = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Anthropic stream ended with an error.");
+                    data_line(&mut frame, &e.to_openai().to_string());
+                    self.ended = true;
+                }
+            }
+        }
+        if !frame.is_empty() {
+            self.out.push_back(frame.freeze());
+        }
+    }
+
+    /// Ends the client's stream with an error payload naming `why`.
+    fn fail(&mut self, frame: &mut BytesMut, why: &str) {
+        tracing::warn!("Anthropic stream broken: {why}.");
+        let error = serde_json::json!({"error": {
+            "message": format!("the upstream stream broke off: {why}"),
+            "type": "upstream_error",
+            "code": "upstream_failed",
+        }});
+        data_line(frame, &error.to_string());
+        self.ended = true;
+    }
+}
+
+fn data_line(frame: &mut BytesMut, payload: &str) {
+    frame.extend_from_slice(b"data: ");
+    frame.extend_from_slice(payload.as_bytes());
+    frame.extend_from_slice(b"\n\n");
+}
+
+impl Body for AnthropicChunks {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(bytes) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.translate(&data);
+                    }
+                }
+                Poll::Ready(None) => {
+                    let mut frame = BytesMut::new();
+                    if let Err(e) = this.events.finish() {
+                        this.fail(&mut frame, e);
+                    } else {
+                        this.translate(&[]);
+                        if !this.ended {
+                            this.fail(&mut frame, "it ended before message_stop");
+                        }
+                    }
+                    if !frame.is_empty() {
+                        this.out.push_back(frame.freeze());
+                    }
+                    this.ended = true;
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Server-sent events split out of a byte stream as it arrives: lines end
+/// with LF, CRLF or CR, an empty line ends an event, `event:` names it,
+/// `data:` lines are joined with LF, comments and other fields are skipped.
+/// It holds at most [`EVENT_CAP`] bytes of an unfinished event.
+#[derive(Debug, Default)]
+struct SseEvents {
+    buf: BytesMut,
+    /// The event being read: its name and data so far.
+    name: String,
+    data: Vec<u8>,
+    has_data: bool,
+    ready: VecDeque<(String, Vec<u8>)>,
+}
+
+impl SseEvents {
+    fn push(&mut self, chunk: &[u8]) -> Result<(), &'static str> {
+        self.buf.extend_from_slice(chunk);
+        while let Some(line) = self.next_line(false) {
+            self.line(&line);
+        }
+        if self.buf.len() + self.data.len() > EVENT_CAP {
+            return Err("an event longer than 1 MiB");
+        }
+        Ok(())
+    }
+
+    /// The stream ended: a last line without its end still counts, an
+    /// unfinished event does not.
+    fn finish(&mut self) -> Result<(), &'static str> {
+        while let Some(line) = self.next_line(true) {
+            self.line(&line);
+        }
+        Ok(())
+    }
+
+    fn next_event(&mut self) -> Option<(String, Vec<u8>)> {
+        self.ready.pop_front()
+    }
+
+    /// The next whole line, without its end. A CR at the end of the buffer
+    /// waits for the next byte (an LF would belong to it) unless `at_end`.
+    fn next_line(&mut self, at_end: bool) -> Option<BytesMut> {
+        let pos = self.buf.iter().position(|&b| b == b'\n' || b == b'\r')?;
+        let end = match self.buf[pos] {
+            b'\r' if pos + 1 == self.buf.len() && !at_end => return None,
+            b'\r' if self.buf.get(pos + 1) == Some(&b'\n') => pos + 2,
+            _ => pos + 1,
+        };
+        let mut line = self.buf.split_to(end);
+        line.truncate(pos);
+        Some(line)
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        if line.is_empty() {
+            if self.has_data || !self.name.is_empty() {
+                let name = std::mem::take(&mut self.name);
+                let data = std::mem::take(&mut self.data);
+                self.ready.push_back((name, data));
+            }
+            self.has_data = false;
+            return;
+        }
+        if line[0] == b':' {
+            return;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let value = &line[i + 1..];
+                (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &[][..]),
+        };
+        match field {
+            b"event" => self.name = String::from_utf8_lossy(value).into_owned(),
+            b"data" => {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    fn events(chunks: &[&[u8]]) -> Vec<(String, String)> {
+        let mut sse = SseEvents::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            sse.push(c).unwrap();
+            while let Some((name, data)) = sse.next_event() {
+                out.push((name, String::from_utf8(data).unwrap()));
+            }
+        }
+        sse.finish().unwrap();
+        while let Some((name, data)) = sse.next_event() {
+            out.push((name, String::from_utf8(data).unwrap()));
+        }
+        out
+    }
+
+    #[test]
+    fn events_split_on_any_line_end_and_across_chunks() {
+        let whole: &[u8] = b"event: ping\ndata: {}\n\n: comment\r\nevent:a\r\ndata: 1\r\ndata: 2\r\n\r\nevent: b\rdata: x\r\r";
+        let expected = vec![
+            ("ping".to_owned(), "{}".to_owned()),
+            ("a".to_owned(), "1\n2".to_owned()),
+            ("b".to_owned(), "x".to_owned()),
+        ];
+        assert_eq!(events(&[whole]), expected);
+        // Byte by byte, every split point (a CR then LF across chunks too).
+        let bytes: Vec<&[u8]> = whole.chunks(1).collect();
+        assert_eq!(events(&bytes), expected);
+    }
+
+    #[test]
+    fn an_event_past_the_cap_is_an_error() {
+        let mut sse = SseEvents::default();
+        let big = vec![b'x'; EVENT_CAP + 1];
+        assert!(sse.push(b"data: ").is_ok());
+        assert!(sse.push(&big).is_err());
+    }
+
+    async fn client_text(upstream: &'static [u8]) -> String {
+        let body: UpBody = Full::new(Bytes::from_static(upstream))
+            .map_err(|e| match e {})
+            .boxed_unsync();
+        let out = client_stream(ProviderKind::Anthropic, body, "public")
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_anthropic_stream_becomes_openai_chunks_then_done() {
+        let text = client_text(
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude\",\"content\":[],\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: ping\ndata: {\"type\":\"ping\"}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        )
+        .await;
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(text.contains("\"content\":\"Hi\""), "{text}");
+        assert!(text.contains("\"finish_reason\":\"stop\""), "{text}");
+        assert!(text.contains("\"model\":\"public\""), "{text}");
+        let usage = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| v.get("usage").filter(|u| !u.is_null()).cloned())
+            .expect("a usage chunk");
+        assert_eq!(usage["prompt_tokens"], 7);
+        assert_eq!(usage["completion_tokens"], 3);
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_short_or_failing_ends_with_an_error_and_no_done() {
+        let cut = client_text(
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":1}}}\n\n",
+        )
+        .await;
+        assert!(!cut.contains("[DONE]"), "{cut}");
+        assert!(cut.contains("ended before message_stop"), "{cut}");
+        let failed = client_text(
+            b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        )
+        .await;
+        assert!(!failed.contains("[DONE]"), "{failed}");
+        assert!(failed.contains("\"error\""), "{failed}");
+    }
+
+    #[test]
+    fn requests_translate_for_anthropic_and_refuse_other_endpoints() {
+        let body = br#"{"model":"public","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}]}"#;
+        let (path, sent) = upstream_request(
+            ProviderKind::Anthropic,
+            "claude",
+            "/chat/completions",
+            body,
+            Some("claude-x"),
+            "public",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(path, "/messages");
+        let sent: Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(sent["model"], "claude-x");
+        assert_eq!(sent["system"], "Be brief.");
+        assert_eq!(sent["max_tokens"], ANTHROPIC_DEFAULT_MAX_TOKENS);
+        let e = upstream_request(
+            ProviderKind::Anthropic,
+            "claude",
+            "/embeddings",
+            body,
+            None,
+            "public",
+        )
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("chat completions only"), "{e}");
+        assert!(upstream_request(
+            ProviderKind::OpenAi,
+            "o",
+            "/chat/completions",
+            body,
+            None,
+            "public"
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn anthropic_errors_reach_the_client_in_openai_shape() {
+        let (status, body) = client_answer(
+            ProviderKind::Anthropic,
+            StatusCode::TOO_MANY_REQUESTS,
+            Bytes::from_static(
+                br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#,
+            ),
+            "public",
+        )
+        .unwrap();
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["message"], "slow down");
+        assert!(body["error"]["type"].is_string(), "{body}");
+    }
+}
