@@ -60,6 +60,14 @@ pub fn proxy_router(state: AppState) -> Router {
             "/v1/models",
             get(proxy::models).fallback(proxy::method_not_allowed),
         )
+        .route(
+            "/v1/messages",
+            post(proxy::messages)
+                .fallback(proxy::method_not_allowed)
+                .layer(axum::middleware::map_response(
+                    crate::protocol::anthropic_error_response,
+                )),
+        )
         .fallback(proxy::not_found)
         .layer(axum::middleware::map_response(
             move |mut response: axum::response::Response| {

@@ -41,6 +41,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/v1/completions" => "completions",
         "/v1/embeddings" => "embeddings",
         "/v1/models" => "models",
+        "/v1/messages" => "messages",
         _ => "other",
     }
 }

@@ -1,8 +1,12 @@
-//! What each provider kind is sent and answers, seen from the OpenAI
-//! protocol the proxy speaks: the upstream path and body for a client's
-//! request, and the client's answer (whole or streamed) from the upstream's.
-//! `openai` and `mock` providers speak OpenAI's protocol and pass through;
-//! `anthropic` providers are translated ([`crate::translate::anthropic`]).
+//! What each provider kind is sent and answers, for each protocol a client
+//! speaks: the upstream path and body for a client's request, and the
+//! client's answer (whole or streamed) from the upstream's. OpenAI clients
+//! (`/v1/chat/completions` and the rest) pass through to `openai` and
+//! `mock` providers and are translated for `anthropic` ones; Anthropic
+//! clients (`/v1/messages`) pass through to `anthropic` providers and are
+//! translated for the others ([`crate::translate::anthropic`]). Errors go
+//! back in OpenAI's shape here; the `/v1/messages` route turns them into
+//! Anthropic's ([`anthropic_error_response`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -17,11 +21,23 @@ use obleth_config::model::ProviderKind;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::relay::Tokens;
 use crate::translate::anthropic::{
-    anthropic_error_to_openai, chat_request_to_messages, message_to_chat_completion,
-    ChunkTranslator,
+    anthropic_error_to_openai, chat_completion_to_message, chat_request_to_messages,
+    message_to_chat_completion, messages_request_to_chat, openai_error_to_anthropic,
+    usage_from_anthropic, ChunkTranslator, EventTranslator,
 };
+use crate::translate::Usage;
 use crate::upstream::{BoxError, UpBody};
+
+/// The protocol a client speaks to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// OpenAI's: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
+    OpenAi,
+    /// Anthropic's Messages API: `/v1/messages`.
+    Anthropic,
+}
 
 /// `max_tokens` sent to an Anthropic provider when the client set none
 /// (Anthropic requires one; OpenAI's default is the model's limit).
@@ -32,10 +48,13 @@ pub const ANTHROPIC_DEFAULT_MAX_TOKENS: u32 = 4096;
 pub const EVENT_CAP: usize = 1 << 20;
 
 /// The upstream path and body for a client's request of `path` (such as
-/// `/chat/completions`), `body` being the client's JSON with the model it
-/// named; `upstream_model` replaces that model. `None` for a kind that sends
-/// the body as it is (the caller edits the model itself).
+/// `/chat/completions`, or `/messages` for an Anthropic client), `body`
+/// being the client's JSON with the model it named; `upstream_model`
+/// replaces that model. `None` for an OpenAI client of a provider that
+/// speaks OpenAI's protocol: the body goes as it is (the caller edits the
+/// model itself).
 pub fn upstream_request(
+    client: Client,
     kind: ProviderKind,
     provider: &str,
     path: &'static str,
@@ -43,15 +62,52 @@ pub fn upstream_request(
     upstream_model: Option<&str>,
     public_model: &str,
 ) -> Option<Result<(&'static str, Bytes), ApiError>> {
-    match kind {
-        ProviderKind::OpenAi | ProviderKind::Mock => None,
-        ProviderKind::Anthropic => Some(anthropic_request(
-            provider,
-            path,
-            body,
-            upstream_model.unwrap_or(public_model),
-        )),
+    let model = upstream_model.unwrap_or(public_model);
+    match (client, kind) {
+        (Client::OpenAi, ProviderKind::OpenAi | ProviderKind::Mock) => None,
+        (Client::OpenAi, ProviderKind::Anthropic) => {
+            Some(anthropic_request(provider, path, body, model))
+        }
+        (Client::Anthropic, ProviderKind::Anthropic) => Some(with_model(body, model, "/messages")),
+        (Client::Anthropic, ProviderKind::OpenAi | ProviderKind::Mock) => {
+            Some(chat_request(body, model))
+        }
     }
+}
+
+fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
+}
+
+fn to_bytes(value: &Value) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|_| ApiError::Internal)
+}
+
+/// An Anthropic request as it is, to `path`, naming `model`.
+fn with_model(
+    body: &[u8],
+    model: &str,
+    path: &'static str,
+) -> Result<(&'static str, Bytes), ApiError> {
+    let mut value = json_body(body)?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(ApiError::BadRequest(
+            "request body must be a JSON object".to_owned(),
+        ));
+    };
+    object.insert("model".to_owned(), Value::String(model.to_owned()));
+    Ok((path, to_bytes(&value)?))
+}
+
+/// An Anthropic request as an OpenAI chat completion request.
+fn chat_request(body: &[u8], model: &str) -> Result<(&'static str, Bytes), ApiError> {
+    let value = json_body(body)?;
+    let translated =
+        messages_request_to_chat(&value, model).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(("/chat/completions", to_bytes(&translated)?))
 }
 
 fn anthropic_request(
@@ -66,55 +122,126 @@ fn anthropic_request(
             path.trim_start_matches('/')
         )));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    let value = json_body(body)?;
     let translated = chat_request_to_messages(&value, model, ANTHROPIC_DEFAULT_MAX_TOKENS)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let bytes = serde_json::to_vec(&translated).map_err(|_| ApiError::Internal)?;
-    Ok(("/messages", Bytes::from(bytes)))
+    Ok(("/messages", to_bytes(&translated)?))
 }
 
+/// The tokens of an Anthropic answer's usage, as a usage record counts them:
+/// cache reads and writes are prompt tokens.
+pub fn tokens_of(usage: &Usage) -> Tokens {
+    let clamp = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+    let prompt = usage.prompt_tokens();
+    Tokens {
+        prompt: Some(clamp(prompt)),
+        completion: Some(clamp(usage.output)),
+        total: Some(clamp(prompt.saturating_add(usage.output))),
+        estimated: false,
+    }
+}
+
+/// A client's answer: its status, its body, and its tokens when the
+/// protocol read them (`None`: the caller reads OpenAI's `usage`).
+pub type Answer = (StatusCode, Bytes, Option<Tokens>);
+
 /// The client's status and body for a whole (not streamed) upstream answer.
-/// An answer that cannot be read is the upstream's failure (502).
+/// An answer that cannot be read is the upstream's failure (502). Error
+/// answers come back in OpenAI's shape whatever the client speaks.
 pub fn client_answer(
+    client: Client,
     kind: ProviderKind,
     status: StatusCode,
     answer: Bytes,
     public_model: &str,
-) -> Result<(StatusCode, Bytes), ApiError> {
-    match kind {
-        ProviderKind::OpenAi | ProviderKind::Mock => Ok((status, answer)),
-        ProviderKind::Anthropic if status.is_success() => {
-            let value: Value =
-                serde_json::from_slice(&answer).map_err(|_| ApiError::UpstreamFailed)?;
-            let (completion, _) = message_to_chat_completion(&value, public_model, unix_now())
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "Anthropic answer could not be translated.");
-                    ApiError::UpstreamFailed
-                })?;
-            let bytes = serde_json::to_vec(&completion).map_err(|_| ApiError::Internal)?;
-            Ok((status, Bytes::from(bytes)))
+) -> Result<Answer, ApiError> {
+    let anthropic_upstream = kind == ProviderKind::Anthropic;
+    if !status.is_success() {
+        if !anthropic_upstream {
+            return Ok((status, answer, None));
         }
-        ProviderKind::Anthropic => {
-            let (status, body) = anthropic_error_to_openai(status.as_u16(), &answer);
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let bytes = serde_json::to_vec(&body).map_err(|_| ApiError::Internal)?;
-            Ok((status, Bytes::from(bytes)))
+        let (status, body) = anthropic_error_to_openai(status.as_u16(), &answer);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return Ok((status, to_bytes(&body)?, None));
+    }
+    let unreadable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "Upstream answer could not be translated.");
+        ApiError::UpstreamFailed
+    };
+    match (client, anthropic_upstream) {
+        (Client::OpenAi, false) => Ok((status, answer, None)),
+        (Client::OpenAi, true) => {
+            let value: Value = serde_json::from_slice(&answer).map_err(|e| unreadable(&e))?;
+            let (completion, _) = message_to_chat_completion(&value, public_model, unix_now())
+                .map_err(|e| unreadable(&e))?;
+            Ok((status, to_bytes(&completion)?, None))
+        }
+        (Client::Anthropic, true) => {
+            let value: Value = serde_json::from_slice(&answer).map_err(|e| unreadable(&e))?;
+            let usage = value.get("usage").map(usage_from_anthropic);
+            Ok((status, answer, usage.as_ref().map(tokens_of)))
+        }
+        (Client::Anthropic, false) => {
+            let value: Value = serde_json::from_slice(&answer).map_err(|e| unreadable(&e))?;
+            let (message, usage) =
+                chat_completion_to_message(&value, public_model).map_err(|e| unreadable(&e))?;
+            let tokens = value.get("usage").is_some().then(|| tokens_of(&usage));
+            Ok((status, to_bytes(&message)?, tokens))
         }
     }
 }
 
-/// The client's stream from an upstream stream: OpenAI's chunks, whatever
-/// the provider speaks. The stream reports its usage in a last chunk
-/// (`stream_options.include_usage`); the relay removes it for a client that
-/// did not ask.
-pub fn client_stream(kind: ProviderKind, upstream: UpBody, public_model: &str) -> UpBody {
-    match kind {
-        ProviderKind::OpenAi | ProviderKind::Mock => upstream,
-        ProviderKind::Anthropic => AnthropicChunks {
+/// An error response in OpenAI's shape as Anthropic's (`/v1/messages`):
+/// the same status and headers, the body `{"type":"error","error":{...}}`.
+/// Other responses pass as they are. Error bodies are the gateway's own or
+/// already read whole, so reading one again is bounded.
+pub async fn anthropic_error_response(
+    response: axum::response::Response,
+) -> axum::response::Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match http_body_util::Limited::new(body, 1 << 20).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let reshaped = openai_error_to_anthropic(status.as_u16(), &bytes);
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    axum::response::Response::from_parts(parts, axum::body::Body::from(reshaped.to_string()))
+}
+
+/// The client's stream from an upstream stream, in the client's protocol.
+/// For an OpenAI client the stream reports its usage in a last chunk
+/// (`stream_options.include_usage`), which the relay removes for a client
+/// that did not ask; an Anthropic client's stream reports it in its events
+/// (the relay reads them with [`AnthropicUsage`]).
+pub fn client_stream(
+    client: Client,
+    kind: ProviderKind,
+    upstream: UpBody,
+    public_model: &str,
+) -> UpBody {
+    let anthropic_upstream = kind == ProviderKind::Anthropic;
+    match (client, anthropic_upstream) {
+        (Client::OpenAi, false) | (Client::Anthropic, true) => upstream,
+        (Client::OpenAi, true) => AnthropicChunks {
             inner: upstream,
             events: SseEvents::default(),
             translator: ChunkTranslator::new(public_model, unix_now(), true),
+            out: VecDeque::new(),
+            ended: false,
+        }
+        .boxed_unsync(),
+        (Client::Anthropic, false) => OpenAiEvents {
+            inner: upstream,
+            events: SseEvents::default(),
+            translator: EventTranslator::new(public_model),
             out: VecDeque::new(),
             ended: false,
         }
@@ -241,6 +368,170 @@ impl Body for AnthropicChunks {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+/// An OpenAI chunk stream read as Anthropic's events, for a `/v1/messages`
+/// client of a provider that speaks OpenAI's protocol: each `data:` payload
+/// goes through an [`EventTranslator`] (`[DONE]` ends the message), each
+/// event is written as `event:` and `data:` lines. An upstream that ends
+/// early gets its message ended well-formed; a broken upstream stream ends
+/// with an `error` event.
+struct OpenAiEvents {
+    inner: UpBody,
+    events: SseEvents,
+    translator: EventTranslator,
+    out: VecDeque<Bytes>,
+    ended: bool,
+}
+
+impl OpenAiEvents {
+    fn translate(&mut self, chunk: &[u8], at_end: bool) {
+        let mut frame = BytesMut::new();
+        let pushed = if at_end {
+            self.events.finish()
+        } else {
+            self.events.push(chunk)
+        };
+        if let Err(why) = pushed {
+            tracing::warn!("Upstream stream broken: {why}.");
+            let error = serde_json::json!({"type": "error", "error": {
+                "type": "api_error",
+                "message": format!("the upstream stream broke off: {why}"),
+            }});
+            event_lines(&mut frame, "error", &error);
+            self.ended = true;
+        }
+        while !self.ended {
+            let Some((_, data)) = self.events.next_event() else {
+                break;
+            };
+            match self.translator.feed(&data) {
+                Ok(events) => {
+                    for (name, data) in events {
+                        event_lines(&mut frame, name, &data);
+                    }
+                    self.ended = self.translator.is_done();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Upstream stream ended with an error.");
+                    let error = serde_json::json!({"type": "error", "error": {
+                        "type": "api_error",
+                        "message": e.to_string(),
+                    }});
+                    event_lines(&mut frame, "error", &error);
+                    self.ended = true;
+                }
+            }
+        }
+        if at_end && !self.ended {
+            for (name, data) in self.translator.finish() {
+                event_lines(&mut frame, name, &data);
+            }
+            self.ended = true;
+        }
+        if !frame.is_empty() {
+            self.out.push_back(frame.freeze());
+        }
+    }
+}
+
+fn event_lines(frame: &mut BytesMut, name: &str, data: &Value) {
+    frame.extend_from_slice(b"event: ");
+    frame.extend_from_slice(name.as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
+    frame.extend_from_slice(data.to_string().as_bytes());
+    frame.extend_from_slice(b"\n\n");
+}
+
+impl Body for OpenAiEvents {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(bytes) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.translate(&data, false);
+                    }
+                }
+                Poll::Ready(None) => this.translate(&[], true),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// The usage an Anthropic event stream reports, read as it passes (the
+/// relay's, for `/v1/messages` streams): input and cache counts from
+/// `message_start`, output from the last `message_delta`.
+#[derive(Debug)]
+pub struct AnthropicUsage {
+    events: SseEvents,
+    translator: ChunkTranslator,
+    reported: bool,
+    seen: u64,
+    broken: bool,
+}
+
+impl Default for AnthropicUsage {
+    fn default() -> Self {
+        AnthropicUsage {
+            events: SseEvents::default(),
+            translator: ChunkTranslator::new("", 0, false),
+            reported: false,
+            seen: 0,
+            broken: false,
+        }
+    }
+}
+
+impl AnthropicUsage {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.seen = self.seen.saturating_add(chunk.len() as u64);
+        if self.broken {
+            return;
+        }
+        if self.events.push(chunk).is_err() {
+            self.broken = true;
+            return;
+        }
+        while let Some((name, data)) = self.events.next_event() {
+            if matches!(name.as_str(), "message_start" | "message_delta") {
+                self.reported = true;
+            }
+            // Only the counts matter here; the chunks are dropped.
+            let _ = self.translator.feed(&name, &data);
+        }
+    }
+
+    /// The tokens reported, if any event reported usage.
+    pub fn tokens(&self) -> Option<Tokens> {
+        self.reported.then(|| tokens_of(&self.translator.usage()))
+    }
+
+    /// Bytes of the stream seen, for an estimate when it reported nothing.
+    pub fn seen_bytes(&self) -> u64 {
+        self.seen
     }
 }
 
@@ -378,7 +669,7 @@ mod tests {
         let body: UpBody = Full::new(Bytes::from_static(upstream))
             .map_err(|e| match e {})
             .boxed_unsync();
-        let out = client_stream(ProviderKind::Anthropic, body, "public")
+        let out = client_stream(Client::OpenAi, ProviderKind::Anthropic, body, "public")
             .collect()
             .await
             .unwrap()
@@ -432,6 +723,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
     fn requests_translate_for_anthropic_and_refuse_other_endpoints() {
         let body = br#"{"model":"public","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}]}"#;
         let (path, sent) = upstream_request(
+            Client::OpenAi,
             ProviderKind::Anthropic,
             "claude",
             "/chat/completions",
@@ -447,6 +739,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
         assert_eq!(sent["system"], "Be brief.");
         assert_eq!(sent["max_tokens"], ANTHROPIC_DEFAULT_MAX_TOKENS);
         let e = upstream_request(
+            Client::OpenAi,
             ProviderKind::Anthropic,
             "claude",
             "/embeddings",
@@ -459,6 +752,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert!(e.to_string().contains("chat completions only"), "{e}");
         assert!(upstream_request(
+            Client::OpenAi,
             ProviderKind::OpenAi,
             "o",
             "/chat/completions",
@@ -471,7 +765,8 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
 
     #[test]
     fn anthropic_errors_reach_the_client_in_openai_shape() {
-        let (status, body) = client_answer(
+        let (status, body, _) = client_answer(
+            Client::OpenAi,
             ProviderKind::Anthropic,
             StatusCode::TOO_MANY_REQUESTS,
             Bytes::from_static(

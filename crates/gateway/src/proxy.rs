@@ -22,7 +22,7 @@ use crate::keycache::KeyRecord;
 use crate::metrics;
 use crate::peek::peek;
 use crate::policy;
-use crate::protocol;
+use crate::protocol::{self, Client};
 use crate::quota::Demand;
 use crate::relay::{Completion, RelayBody, Tokens};
 use crate::request_id;
@@ -40,8 +40,28 @@ pub async fn chat_completions(
     proxy(
         state,
         auth,
+        Client::OpenAi,
         "chat_completions",
         "/chat/completions",
+        request,
+    )
+    .await
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API, with the same auth,
+/// policy, limits and usage as chat completions; errors in Anthropic's
+/// shape (the route's layer, [`protocol::anthropic_error_response`]).
+pub async fn messages(
+    State(state): State<AppState>,
+    auth: AuthorizedKey,
+    request: Request,
+) -> Response {
+    proxy(
+        state,
+        auth,
+        Client::Anthropic,
+        "messages",
+        "/messages",
         request,
     )
     .await
@@ -52,7 +72,15 @@ pub async fn completions(
     auth: AuthorizedKey,
     request: Request,
 ) -> Response {
-    proxy(state, auth, "completions", "/completions", request).await
+    proxy(
+        state,
+        auth,
+        Client::OpenAi,
+        "completions",
+        "/completions",
+        request,
+    )
+    .await
 }
 
 pub async fn embeddings(
@@ -60,7 +88,15 @@ pub async fn embeddings(
     auth: AuthorizedKey,
     request: Request,
 ) -> Response {
-    proxy(state, auth, "embeddings", "/embeddings", request).await
+    proxy(
+        state,
+        auth,
+        Client::OpenAi,
+        "embeddings",
+        "/embeddings",
+        request,
+    )
+    .await
 }
 
 /// `GET /v1/models`: the routed models this key may use.
@@ -121,6 +157,7 @@ pub fn reject(state: &AppState, route: &'static str, error: ApiError) -> Respons
 async fn proxy(
     state: AppState,
     auth: AuthorizedKey,
+    client: Client,
     route: &'static str,
     path: &'static str,
     request: Request,
@@ -151,7 +188,10 @@ async fn proxy(
     // budgets and spend count tokens: every streamed completion asks for it,
     // whatever the client sent. A client that did not ask itself does not get
     // the usage chunk (the relay removes it), as OpenAI would not send it.
-    let ask_usage = stream && path != "/embeddings" && include_usage != Some(true);
+    // (An Anthropic stream always reports its usage; its translation for an
+    // OpenAI-protocol provider asks for it.)
+    let ask_usage =
+        client == Client::OpenAi && stream && path != "/embeddings" && include_usage != Some(true);
     let request_bytes = body.len();
     let body = if ask_usage {
         match edit_body(&body, None, true) {
@@ -179,6 +219,7 @@ async fn proxy(
         guard: Some(guard),
     };
     let call = Call {
+        client,
         path,
         model,
         body,
@@ -230,6 +271,7 @@ type Failure = (ApiError, Option<Completion>);
 /// What `forward` sends: the upstream path, the public model, the body as it
 /// goes upstream, whether it streams, and what it is expected to use.
 struct Call {
+    client: Client,
     path: &'static str,
     model: String,
     body: Bytes,
@@ -260,6 +302,7 @@ async fn forward(
     mut completion: Completion,
 ) -> Result<Response, Failure> {
     let Call {
+        client,
         path,
         model,
         body,
@@ -284,6 +327,7 @@ async fn forward(
         let provider = &target.provider;
         let upstream_model = target.upstream_model.as_deref();
         let (upstream_path, payload) = match protocol::upstream_request(
+            client,
             provider.kind,
             &provider.name,
             path,
@@ -316,12 +360,13 @@ async fn forward(
         completion.provider = Some(provider.name.clone());
         let (mut parts, upstream_body) = response.into_parts();
         if stream && is_sse(&parts.headers) {
-            let upstream_body = protocol::client_stream(provider.kind, upstream_body, &model);
+            let upstream_body =
+                protocol::client_stream(client, provider.kind, upstream_body, &model);
             count_attempt(state, provider, "ok");
             observe_overhead(state, &completion, upstream_wait);
             let status = parts.status.as_u16();
             let head = head(parts, provider, &mut completion);
-            let relay = RelayBody::new(
+            let mut relay = RelayBody::new(
                 upstream_body,
                 status,
                 completion,
@@ -329,6 +374,9 @@ async fn forward(
                 state.settings.server.max_stream(),
                 state.cut_streams.clone(),
             );
+            if client == Client::Anthropic {
+                relay = relay.reading_anthropic_usage();
+            }
             return head
                 .body(Body::new(relay))
                 .map_err(|_| (ApiError::Internal, None));
@@ -342,8 +390,8 @@ async fn forward(
                 continue;
             }
         };
-        let (status, bytes) =
-            match protocol::client_answer(provider.kind, parts.status, bytes, &model) {
+        let (status, bytes, reported) =
+            match protocol::client_answer(client, provider.kind, parts.status, bytes, &model) {
                 Ok(answer) => answer,
                 Err(e) => {
                     count_attempt(state, provider, "error");
@@ -355,9 +403,11 @@ async fn forward(
         parts.status = status;
         let tokens = if status.is_success() {
             // An answer without usage is charged an estimate.
-            answer::tokens(&bytes).unwrap_or_else(|| {
-                estimate::usage(completion.request_bytes, estimate::text_bytes(&bytes))
-            })
+            reported
+                .or_else(|| answer::tokens(&bytes))
+                .unwrap_or_else(|| {
+                    estimate::usage(completion.request_bytes, estimate::text_bytes(&bytes))
+                })
         } else {
             Tokens::default()
         };

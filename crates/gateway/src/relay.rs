@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::estimate;
 use crate::keycache::KeyRecord;
 use crate::metrics;
+use crate::protocol::AnthropicUsage;
 use crate::quota::Admission;
 pub use crate::sse::SseUsage;
 use crate::sse::UsageStrip;
@@ -162,6 +163,9 @@ pub struct RelayBody {
     /// Set when the client did not ask for usage: the usage chunk the
     /// gateway asked for on its own is removed from what the client gets.
     strip: Option<UsageStrip>,
+    /// Set for an Anthropic event stream (`/v1/messages`), whose usage is
+    /// read from its events instead of OpenAI's usage chunk.
+    anthropic: Option<AnthropicUsage>,
     /// The upstream's body has ended (and what was held was passed on).
     done: bool,
     status: u16,
@@ -199,6 +203,7 @@ impl RelayBody {
             inner,
             usage: SseUsage::default(),
             strip: (!completion.client_usage).then(UsageStrip::default),
+            anthropic: None,
             done: false,
             status,
             completion: Some(completion),
@@ -209,15 +214,27 @@ impl RelayBody {
         }
     }
 
+    /// Reads the usage from Anthropic's events (`message_start`,
+    /// `message_delta`): the stream is Anthropic's, passed on whole.
+    pub fn reading_anthropic_usage(mut self) -> Self {
+        self.strip = None;
+        self.anthropic = Some(AnthropicUsage::default());
+        self
+    }
+
     /// Records the request with the usage the stream reported or, when an
     /// upstream that answered 2xx reported none, the estimate: however the
     /// stream ended, what it generated is charged.
     fn complete(&mut self, status: u16) {
         if let Some(c) = self.completion.take() {
-            let tokens = match self.usage.tokens {
+            let (reported, generated) = match &self.anthropic {
+                Some(a) => (a.tokens(), a.seen_bytes()),
+                None => (self.usage.tokens, self.usage.generated_bytes()),
+            };
+            let tokens = match reported {
                 Some(tokens) => tokens,
                 None if (200..300).contains(&self.status) => {
-                    estimate::usage(c.request_bytes, self.usage.generated_bytes())
+                    estimate::usage(c.request_bytes, generated)
                 }
                 None => Tokens::default(),
             };
@@ -275,7 +292,10 @@ impl Body for RelayBody {
                                 Frame::data(out)
                             }
                             None => {
-                                this.usage.feed(&data);
+                                match &mut this.anthropic {
+                                    Some(a) => a.feed(&data),
+                                    None => this.usage.feed(&data),
+                                }
                                 Frame::data(data)
                             }
                         },

@@ -1,7 +1,8 @@
-//! A provider of kind `anthropic`: OpenAI chat completions translated to
-//! Anthropic's Messages API against the strict mock (real HTTP over
-//! loopback), whole and streamed, with tools, errors in OpenAI's shape, and
-//! usage recorded as the mock reported it.
+//! Anthropic's protocol both ways against the strict mock (real HTTP over
+//! loopback): OpenAI chat completions to a provider of kind `anthropic`, and
+//! `/v1/messages` clients to `anthropic`, `openai` and `mock` providers;
+//! whole and streamed, with tools, errors in the client's shape, and usage
+//! recorded as the mock reported it.
 
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use sqlx::PgPool;
 use crate::support::*;
 
 /// A gateway on a fresh database with route `claude` on an `anthropic`
-/// provider at the mock, its credential in a file.
+/// provider at the mock (its credential in a file), route `gpt` on an
+/// `openai` provider at the same mock and route `m` on the built-in mock.
 struct Setup {
     gw: TestGateway,
     pool: PgPool,
@@ -40,6 +42,10 @@ async fn setup(credential: &str, mock: MockConfig) -> Setup {
     db::provider_and_route(&pool, &provider, "claude")
         .await
         .unwrap();
+    let openai = db::provider("gpt", ProviderKind::OpenAi, &upstream.base_url());
+    db::provider_and_route(&pool, &openai, "gpt").await.unwrap();
+    let mock = db::provider("mock", ProviderKind::Mock, "mock://");
+    db::provider_and_route(&pool, &mock, "m").await.unwrap();
     let (key, secret) = db_key(&pool, |_| {}).await;
     let mut settings = database_settings(&db.url, &pool).await;
     settings.egress.credential_dirs = vec![dir.path().to_path_buf()];
@@ -320,5 +326,171 @@ async fn anthropic_refusals_reach_the_client_in_openai_shape() {
         answer.text()
     );
     assert_eq!(s.upstream.requests(), before, "nothing was sent");
+    s.gw.stop().await.unwrap();
+}
+
+/// `POST /v1/messages` with the setup's key as Anthropic clients send it.
+async fn messages(s: &Setup, body: Value) -> Answer {
+    request(
+        Method::POST,
+        &s.gw.url("/v1/messages"),
+        &[
+            ("x-api-key", s.secret.as_str()),
+            ("anthropic-version", "2023-06-01"),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// The `(event, data)` pairs of an SSE answer.
+fn sse_events(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_owned();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            out.push((std::mem::take(&mut name), serde_json::from_str(d).unwrap()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn messages_clients_reach_every_provider_kind_with_their_usage() {
+    let s = setup(
+        ANTHROPIC_API_KEY,
+        MockConfig {
+            completion_tokens: 4,
+            ..MockConfig::default()
+        },
+    )
+    .await;
+    let mut expected_rows = Vec::new();
+    for model in ["claude", "gpt", "m"] {
+        // Whole.
+        let answer = messages(
+            &s,
+            json!({"model": model, "max_tokens": 100, "system": "Be brief.",
+                   "messages": [{"role": "user", "content": "hello there"}]}),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{model}: {}", answer.text());
+        let body = answer.json();
+        assert_eq!(body["type"], "message", "{model}: {body}");
+        assert_eq!(body["role"], "assistant");
+        assert_eq!(body["content"][0]["type"], "text", "{model}: {body}");
+        assert!(
+            !body["content"][0]["text"].as_str().unwrap().is_empty(),
+            "{model}: {body}"
+        );
+        assert_eq!(body["stop_reason"], "end_turn", "{model}: {body}");
+        let input = body["usage"]["input_tokens"].as_i64().unwrap();
+        let output = body["usage"]["output_tokens"].as_i64().unwrap();
+        assert!(input > 0 && output > 0, "{model}: {body}");
+        expected_rows.push((false, Some(input as i32), Some(output as i32), 200));
+
+        // Streamed: Anthropic's events, whatever the provider speaks.
+        let answer = messages(
+            &s,
+            json!({"model": model, "max_tokens": 100, "stream": true,
+                   "messages": [{"role": "user", "content": "hello there"}]}),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{model}: {}", answer.text());
+        let events = sse_events(&answer.text());
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.first(), Some(&"message_start"), "{model}: {names:?}");
+        assert_eq!(names.last(), Some(&"message_stop"), "{model}: {names:?}");
+        assert!(names.contains(&"content_block_delta"), "{model}: {names:?}");
+        let text: String = events
+            .iter()
+            .filter(|(n, _)| n == "content_block_delta")
+            .filter_map(|(_, d)| d["delta"]["text"].as_str())
+            .collect();
+        assert!(!text.is_empty(), "{model}");
+        let delta = events
+            .iter()
+            .find(|(n, _)| n == "message_delta")
+            .map(|(_, d)| d.clone())
+            .unwrap();
+        let output = delta["usage"]["output_tokens"].as_i64().unwrap();
+        let start_input = events[0].1["message"]["usage"]["input_tokens"].as_i64();
+        let input = delta["usage"]["input_tokens"]
+            .as_i64()
+            .filter(|n| *n > 0)
+            .or(start_input)
+            .unwrap();
+        expected_rows.push((true, Some(input as i32), Some(output as i32), 200));
+    }
+    // The usage rows hold what each stream and answer reported.
+    let rows = usage_rows(&s, expected_rows.len()).await;
+    assert_eq!(rows, expected_rows);
+    s.gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn messages_errors_come_back_in_anthropic_shape() {
+    let s = setup(ANTHROPIC_API_KEY, MockConfig::default()).await;
+    let anthropic_error = |answer: &Answer| {
+        let body = answer.json();
+        assert_eq!(body["type"], "error", "{body}");
+        (
+            body["error"]["type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    // A wrong key, refused by the gateway itself.
+    let answer = request(
+        Method::POST,
+        &s.gw.url("/v1/messages"),
+        &[
+            ("x-api-key", "obk_nope_nope"),
+            ("content-type", "application/json"),
+        ],
+        json!({"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    assert_eq!(anthropic_error(&answer).0, "authentication_error");
+    // An unknown model.
+    let answer = messages(
+        &s,
+        json!({"model": "nope", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    assert_eq!(anthropic_error(&answer).0, "not_found_error");
+    // What the upstream refuses (roles must alternate), its message kept.
+    let answer = messages(
+        &s,
+        json!({"model": "claude", "max_tokens": 10, "messages": [{"role": "assistant", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    let (kind, message) = anthropic_error(&answer);
+    assert_eq!(kind, "invalid_request_error");
+    assert!(!message.is_empty());
+    // What the translation for an OpenAI provider refuses, naming the field.
+    let answer = messages(
+        &s,
+        json!({"model": "gpt", "max_tokens": 10, "top_k": 5, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(
+        anthropic_error(&answer).1.contains("top_k"),
+        "{}",
+        answer.text()
+    );
     s.gw.stop().await.unwrap();
 }
