@@ -12,6 +12,7 @@ mod failover;
 mod longrequests;
 mod matrix;
 mod pgbouncer;
+mod resilience;
 mod scenarios;
 
 /// Scenarios take this lock so that only one loads the machine at a time.

@@ -27,6 +27,9 @@ pub struct ProviderRuntime {
     /// The `Authorization` header sent upstream, made once from the
     /// credential (marked sensitive: never printed by `Debug`).
     pub authorization: Authorization,
+    /// Consecutive failures and ejection ([`crate::retry`]); a catalog
+    /// reload starts it afresh.
+    pub health: crate::retry::TargetHealth,
 }
 
 /// How a provider's credential goes upstream.
@@ -81,6 +84,7 @@ impl ProviderRuntime {
             timeout,
             mock,
             authorization,
+            health: crate::retry::TargetHealth::default(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod quota;
 pub mod relay;
 pub mod request_id;
 pub mod resolve;
+pub mod retry;
 pub mod settings;
 pub mod sse;
 pub mod state;

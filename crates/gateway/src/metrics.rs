@@ -20,6 +20,12 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub upstream_seconds: HistogramVec,
     pub upstream_attempts: IntCounterVec,
+    /// Attempts after a request's first, by provider and why the one
+    /// before failed.
+    pub upstream_retries: IntCounterVec,
+    /// Targets ejected, and back after their half-open trial, by provider.
+    pub upstream_ejections: IntCounterVec,
+    pub upstream_recoveries: IntCounterVec,
     pub overhead_seconds: Histogram,
     pub in_flight: IntGauge,
     pub cache_entries: IntGauge,
@@ -89,9 +95,30 @@ impl Metrics {
             upstream_attempts: must(IntCounterVec::new(
                 Opts::new(
                     "obleth_upstream_attempts_total",
-                    "Upstream attempts by provider and outcome (ok, error, timeout, status_5xx).",
+                    "Upstream attempts by provider and outcome (ok, error, timeout, status_5xx, status_429, refused, too_large).",
                 ),
                 &["provider", "outcome"],
+            )),
+            upstream_retries: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_upstream_retries_total",
+                    "Upstream attempts after a request's first, by the provider tried and why the attempt before failed (status_5xx, status_429, error, timeout, too_large).",
+                ),
+                &["provider", "after"],
+            )),
+            upstream_ejections: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_upstream_ejections_total",
+                    "Providers ejected after routing.eject_after_failures consecutive failures, by provider.",
+                ),
+                &["provider"],
+            )),
+            upstream_recoveries: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_upstream_recoveries_total",
+                    "Ejected providers that answered their half-open trial, by provider.",
+                ),
+                &["provider"],
             )),
             overhead_seconds: must(Histogram::with_opts(
                 HistogramOpts::new(
@@ -210,6 +237,9 @@ impl Metrics {
             Box::new(m.requests.clone()),
             Box::new(m.upstream_seconds.clone()),
             Box::new(m.upstream_attempts.clone()),
+            Box::new(m.upstream_retries.clone()),
+            Box::new(m.upstream_ejections.clone()),
+            Box::new(m.upstream_recoveries.clone()),
             Box::new(m.overhead_seconds.clone()),
             Box::new(m.in_flight.clone()),
             Box::new(m.cache_entries.clone()),

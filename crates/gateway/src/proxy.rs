@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use obleth_config::model::ProviderKind;
 use serde_json::{json, Value};
 
 use crate::answer;
@@ -26,6 +27,7 @@ use crate::protocol::{self, Client};
 use crate::quota::Demand;
 use crate::relay::{Completion, RelayBody, Tokens};
 use crate::request_id;
+use crate::retry;
 use crate::state::AppState;
 use crate::upstream::{BoxError, UpBody, UpstreamError};
 
@@ -322,10 +324,19 @@ async fn forward(
         return Err((ApiError::UnknownModel(model), Some(completion)));
     };
     let mut last_error = ApiError::UpstreamFailed;
+    // The last 429 a target answered: the client gets it when no attempt
+    // succeeds, with its `retry-after`.
+    let mut rate_limited: Option<(http::response::Parts, Bytes, ProviderKind)> = None;
     let mut upstream_wait = Duration::ZERO;
-    for target in targets {
-        let provider = &target.provider;
-        let upstream_model = target.upstream_model.as_deref();
+    let mut attempts = retry::Attempts::new(targets, &state.settings.routing);
+    let mut failed_before: Option<&'static str> = None;
+    while let Some(step) = attempts.next_step() {
+        if !step.wait.is_zero() {
+            tokio::time::sleep(step.wait).await;
+            upstream_wait += step.wait;
+        }
+        let provider = &step.target.provider;
+        let upstream_model = step.target.upstream_model.as_deref();
         let (upstream_path, payload) = match protocol::upstream_request(
             client,
             provider.kind,
@@ -336,9 +347,10 @@ async fn forward(
             &model,
         ) {
             Some(Ok(translated)) => translated,
-            // This provider cannot take the request; a later one may.
+            // This provider cannot take the request; another one may.
             Some(Err(e)) => {
                 last_error = e;
+                attempts.unusable(step.index);
                 continue;
             }
             None => match upstream_model {
@@ -349,20 +361,56 @@ async fn forward(
                 None => (path, body.clone()),
             },
         };
-        let response =
-            match attempt(state, provider, upstream_path, payload, &mut upstream_wait).await {
-                Ok(response) => response,
-                Err(e) => {
-                    last_error = e;
-                    continue;
-                }
-            };
+        if let Some(after) = failed_before.take() {
+            state
+                .metrics
+                .upstream_retries
+                .with_label_values(&[&provider.name, after])
+                .inc();
+        }
+        let sent = attempt(
+            state,
+            provider,
+            upstream_path,
+            payload,
+            step.headers_within,
+            &mut upstream_wait,
+        )
+        .await;
+        let response = match sent {
+            Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                count_attempt(state, provider, "status_429");
+                let wait = retry::retry_after(response.headers());
+                tracing::warn!(provider = %provider.name, retry_after = ?wait, "Upstream answered 429; trying another attempt.");
+                target_failed(state, provider);
+                attempts.failed(step.index, wait);
+                failed_before = Some("status_429");
+                let (parts, body) = response.into_parts();
+                let limit = state.settings.server.max_response_bytes.min(64 * 1024);
+                let read = tokio::time::timeout(provider.timeout, read_answer(body, limit)).await;
+                let bytes = match read {
+                    Ok(Ok(bytes)) => bytes,
+                    _ => Bytes::new(),
+                };
+                rate_limited = Some((parts, bytes, provider.kind));
+                continue;
+            }
+            Ok(response) => response,
+            Err((error, outcome)) => {
+                target_failed(state, provider);
+                attempts.failed(step.index, None);
+                failed_before = Some(outcome);
+                last_error = error;
+                continue;
+            }
+        };
         completion.provider = Some(provider.name.clone());
         let (mut parts, upstream_body) = response.into_parts();
         if stream && is_sse(&parts.headers) {
             let upstream_body =
                 protocol::client_stream(client, provider.kind, upstream_body, &model);
             count_attempt(state, provider, "ok");
+            target_answered(state, provider);
             observe_overhead(state, &completion, upstream_wait);
             let status = parts.status.as_u16();
             let head = head(parts, provider, &mut completion);
@@ -382,11 +430,21 @@ async fn forward(
                 .map_err(|_| (ApiError::Internal, None));
         }
         // Not streamed: read the whole answer before sending anything, so a
-        // failure while reading can still fall back to the next provider.
+        // failure while reading can still move on to another attempt.
         let bytes = match read_whole(state, provider, upstream_body, &mut upstream_wait).await {
             Ok(bytes) => bytes,
-            Err(e) => {
-                last_error = e;
+            // Too large again if asked again: the target itself is fine.
+            Err((error, outcome @ "too_large")) => {
+                attempts.done_with(step.index);
+                failed_before = Some(outcome);
+                last_error = error;
+                continue;
+            }
+            Err((error, outcome)) => {
+                target_failed(state, provider);
+                attempts.failed(step.index, None);
+                failed_before = Some(outcome);
+                last_error = error;
                 continue;
             }
         };
@@ -395,11 +453,15 @@ async fn forward(
                 Ok(answer) => answer,
                 Err(e) => {
                     count_attempt(state, provider, "error");
+                    target_failed(state, provider);
+                    attempts.failed(step.index, None);
+                    failed_before = Some("error");
                     last_error = e;
                     continue;
                 }
             };
         count_attempt(state, provider, "ok");
+        target_answered(state, provider);
         parts.status = status;
         let tokens = if status.is_success() {
             // An answer without usage is charged an estimate.
@@ -415,6 +477,27 @@ async fn forward(
         let head = head(parts, provider, &mut completion);
         completion.finish(status.as_u16(), tokens);
         return head
+            .body(Body::from(bytes))
+            .map_err(|_| (ApiError::Internal, None));
+    }
+    // Every attempt failed; a target's 429 says best when to come back.
+    if let Some((mut parts, bytes, kind)) = rate_limited {
+        let (status, bytes, _) = protocol::client_answer(client, kind, parts.status, bytes, &model)
+            .unwrap_or((parts.status, Bytes::new(), None));
+        parts.status = status;
+        let mut builder = Response::builder().status(status);
+        if let Some(headers) = builder.headers_mut() {
+            for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+                if let Some(v) = parts.headers.remove(&name) {
+                    headers.insert(name, v);
+                }
+            }
+            if let Some(admission) = &mut completion.admission {
+                headers.extend(std::mem::take(&mut admission.headers));
+            }
+        }
+        completion.finish(status.as_u16(), Tokens::default());
+        return builder
             .body(Body::from(bytes))
             .map_err(|_| (ApiError::Internal, None));
     }
@@ -456,17 +539,56 @@ fn observe_overhead(state: &AppState, completion: &Completion, upstream_wait: Du
     );
 }
 
-/// Sends one attempt and waits for its response head. A 5xx or a failure to
-/// get one is the error the client would get if no later provider answers.
+/// Records a target's failed attempt in its health; an ejection is a
+/// metric and a log line.
+fn target_failed(state: &AppState, provider: &ProviderRuntime) {
+    if provider.health.failed(&state.settings.routing) == retry::Transition::Ejected {
+        state
+            .metrics
+            .upstream_ejections
+            .with_label_values(&[&provider.name])
+            .inc();
+        tracing::warn!(
+            provider = %provider.name,
+            failures = state.settings.routing.eject_after_failures,
+            eject_ms = state.settings.routing.eject_ms,
+            "Provider ejected after consecutive failures; one request will try it again after the cool-down."
+        );
+    }
+}
+
+/// Records that a target answered; a recovery is a metric and a log line.
+fn target_answered(state: &AppState, provider: &ProviderRuntime) {
+    if provider.health.succeeded() == retry::Transition::Recovered {
+        state
+            .metrics
+            .upstream_recoveries
+            .with_label_values(&[&provider.name])
+            .inc();
+        tracing::info!(provider = %provider.name, "Ejected provider answered again; back in rotation.");
+    }
+}
+
+/// A failed attempt: the error the client gets if no later attempt
+/// answers, and the outcome label (`obleth_upstream_retries_total`).
+type AttemptFailure = (ApiError, &'static str);
+
+/// Sends one attempt and waits for its response head, at most `within`. A
+/// 5xx or a failure to get one is the error the client would get if no
+/// later attempt answers.
 async fn attempt(
     state: &AppState,
     provider: &ProviderRuntime,
     path: &'static str,
     payload: Bytes,
+    within: Duration,
     upstream_wait: &mut Duration,
-) -> Result<http::Response<UpBody>, ApiError> {
+) -> Result<http::Response<UpBody>, AttemptFailure> {
     let t0 = Instant::now();
-    let sent = state.upstream.send(provider, path, payload).await;
+    let sent = state
+        .upstream
+        .send_within(provider, path, payload, within)
+        .await;
     let waited = t0.elapsed();
     *upstream_wait += waited;
     state
@@ -477,17 +599,18 @@ async fn attempt(
     match sent {
         Ok(response) if response.status().is_server_error() => {
             count_attempt(state, provider, "status_5xx");
-            tracing::warn!(provider = %provider.name, status = %response.status(), "Upstream answered with a server error; trying the next provider.");
-            Err(ApiError::UpstreamFailed)
+            tracing::warn!(provider = %provider.name, status = %response.status(), "Upstream answered with a server error; trying another attempt.");
+            Err((ApiError::UpstreamFailed, "status_5xx"))
         }
         Ok(response) => Ok(response),
         Err(e) => {
-            count_attempt(state, provider, e.outcome());
+            let outcome = e.outcome();
+            count_attempt(state, provider, outcome);
             // The detail (refused, DNS, TLS...) goes to the log only.
-            tracing::warn!(error = %e, "Upstream attempt failed; trying the next provider.");
+            tracing::warn!(error = %e, "Upstream attempt failed; trying another attempt.");
             Err(match e {
-                UpstreamError::Timeout { .. } => ApiError::UpstreamTimeout,
-                _ => ApiError::UpstreamFailed,
+                UpstreamError::Timeout { .. } => (ApiError::UpstreamTimeout, outcome),
+                _ => (ApiError::UpstreamFailed, outcome),
             })
         }
     }
@@ -501,7 +624,7 @@ async fn read_whole(
     provider: &ProviderRuntime,
     body: UpBody,
     upstream_wait: &mut Duration,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, AttemptFailure> {
     let t1 = Instant::now();
     let limit = state.settings.server.max_response_bytes;
     let collected = tokio::time::timeout(provider.timeout, read_answer(body, limit)).await;
@@ -513,18 +636,18 @@ async fn read_whole(
             tracing::warn!(
                 provider = %provider.name,
                 limit,
-                "Upstream answer larger than server.max_response_bytes; trying the next provider."
+                "Upstream answer larger than server.max_response_bytes; trying another attempt."
             );
-            Err(ApiError::UpstreamResponseTooLarge)
+            Err((ApiError::UpstreamResponseTooLarge, "too_large"))
         }
         Ok(Err(AnswerError::Broken(e))) => {
             count_attempt(state, provider, "error");
-            tracing::warn!(provider = %provider.name, error = %e, "Upstream broke off its answer; trying the next provider.");
-            Err(ApiError::UpstreamFailed)
+            tracing::warn!(provider = %provider.name, error = %e, "Upstream broke off its answer; trying another attempt.");
+            Err((ApiError::UpstreamFailed, "error"))
         }
         Err(_) => {
             count_attempt(state, provider, "timeout");
-            Err(ApiError::UpstreamTimeout)
+            Err((ApiError::UpstreamTimeout, "timeout"))
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct GatewaySettings {
     pub usage: UsageSettings,
     /// Rate limits and budgets shared by the fleet.
     pub limits: LimitsSettings,
+    /// Retries, back-off and the ejection of failing targets.
+    pub routing: RoutingSettings,
     pub log: LogSettings,
     /// Not used by the gateway; accepted so that `OBLETH_MIGRATIONS__*`
     /// variables set for a whole stack do not stop it.
@@ -145,6 +147,46 @@ impl ServerSettings {
 
     pub fn max_stream(&self) -> Duration {
         Duration::from_secs(self.max_stream_secs)
+    }
+}
+
+/// `[routing]`: how a request moves over its route's targets before its
+/// first byte reaches the client (see docs/gateway.md, "Routing and
+/// fallback").
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingSettings {
+    /// Upstream attempts one request may make, over all its targets: 1
+    /// tries each target at most once, in order, with no retry.
+    pub max_attempts: u32,
+    /// No attempt starts later than this after the first, in milliseconds.
+    /// Every attempt's wait for the upstream's headers also ends at most 600
+    /// s after the first began, so retries never make a request longer than
+    /// the drain allows.
+    pub retry_budget_ms: u64,
+    /// The first back-off before a target is tried again, doubled each time
+    /// (with full jitter) up to `backoff_max_ms`; a `retry-after` the target
+    /// sent replaces it.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Consecutive failures (5xx, 429, no connection, timeout) after which a
+    /// target is ejected; 0 never ejects.
+    pub eject_after_failures: u32,
+    /// How long an ejected target gets no traffic before one request tries
+    /// it again (half-open), in milliseconds.
+    pub eject_ms: u64,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            max_attempts: 3,
+            retry_budget_ms: 30_000,
+            backoff_base_ms: 200,
+            backoff_max_ms: 5_000,
+            eject_after_failures: 5,
+            eject_ms: 30_000,
+        }
     }
 }
 
@@ -411,6 +453,9 @@ impl GatewaySettings {
             ("cache.budget_refresh_secs", self.cache.budget_refresh_secs),
             ("limits.sync_interval_ms", self.limits.sync_interval_ms),
             ("cache.max_keys", self.cache.max_keys),
+            ("routing.max_attempts", u64::from(self.routing.max_attempts)),
+            ("routing.backoff_base_ms", self.routing.backoff_base_ms),
+            ("routing.eject_ms", self.routing.eject_ms),
         ];
         if self.uses_database() && self.database.max_connections < 2 {
             return Err(InvalidSetting::new(
@@ -429,6 +474,18 @@ impl GatewaySettings {
             if value == 0 {
                 return Err(InvalidSetting::new(field, "must be greater than 0"));
             }
+        }
+        if self.routing.max_attempts > 10 {
+            return Err(InvalidSetting::new(
+                "routing.max_attempts",
+                "must be at most 10",
+            ));
+        }
+        if self.routing.backoff_max_ms < self.routing.backoff_base_ms {
+            return Err(InvalidSetting::new(
+                "routing.backoff_max_ms",
+                "must be at least routing.backoff_base_ms",
+            ));
         }
         if self.limits.sync_interval_ms > 1000 {
             return Err(InvalidSetting::new(

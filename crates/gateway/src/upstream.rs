@@ -102,6 +102,20 @@ impl Upstream {
         path: &str,
         body: Bytes,
     ) -> Result<Response<UpBody>, UpstreamError> {
+        self.send_within(provider, path, body, provider.timeout)
+            .await
+    }
+
+    /// [`Upstream::send`], waiting for the headers at most `within` (or the
+    /// provider's timeout, when shorter).
+    pub async fn send_within(
+        &self,
+        provider: &ProviderRuntime,
+        path: &str,
+        body: Bytes,
+        within: std::time::Duration,
+    ) -> Result<Response<UpBody>, UpstreamError> {
+        let timeout = provider.timeout.min(within);
         if provider.kind == ProviderKind::Mock {
             return mock::respond(&provider.mock, path, &body)
                 .await
@@ -152,10 +166,10 @@ impl Upstream {
                 provider: provider.name.clone(),
                 message: format!("invalid upstream request for {url}: {e}"),
             })?;
-        match tokio::time::timeout(provider.timeout, self.client.request(request)).await {
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 provider: provider.name.clone(),
-                timeout: provider.timeout,
+                timeout,
             }),
             Ok(Err(e)) if e.is_connect() => Err(match refusal(&e) {
                 Some(reason) => UpstreamError::Refused {

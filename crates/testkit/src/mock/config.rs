@@ -40,6 +40,9 @@ pub struct MockConfig {
     /// Fraction of requests answered 500, spread evenly by arrival order so
     /// that a run of benchmarks sees the same failures each time.
     pub fail_rate: f64,
+    /// Sent as `retry-after` (whole seconds, rounded up) on every injected
+    /// failure, as a rate-limited or overloaded provider does.
+    pub retry_after: Option<Duration>,
     /// When completions report their token usage.
     pub usage: MockUsage,
     /// The key and cache count of `POST /v1/messages`.
@@ -70,6 +73,7 @@ impl Default for MockConfig {
             fail_status: None,
             fail_first: 0,
             fail_rate: 0.0,
+            retry_after: None,
             usage: MockUsage::Always,
             anthropic: AnthropicMock::default(),
         }

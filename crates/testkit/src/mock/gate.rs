@@ -58,10 +58,19 @@ pub(crate) async fn gate(
         .fail_status
         .or_else(|| shared.injected_failure(&config, seq));
     if let Some(status) = failure {
-        if anthropic {
-            return super::anthropic::injected(status);
+        let mut response = if anthropic {
+            super::anthropic::injected(status)
+        } else {
+            wire::injected(status)
+        };
+        if let Some(after) = config.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
         }
-        return wire::injected(status);
+        return response;
     }
 
     parts.extensions.insert(plan);
