@@ -17,6 +17,7 @@ pub struct GatewayProc {
     pub ops: u16,
     pub binary: PathBuf,
     pub config: PathBuf,
+    /// Empty for a gateway in embedded mode.
     pub database_url: String,
     /// `database.direct_url`, when the query pool's URL is a pooler.
     pub direct_url: Option<String>,
@@ -70,6 +71,36 @@ impl GatewayProc {
         })
     }
 
+    /// A gateway in embedded mode (no database): the settings file holds the
+    /// listeners and `sections` (providers, routes, keys, egress...).
+    pub fn embedded(
+        dir: &Path,
+        name: &str,
+        binary: PathBuf,
+        sections: &str,
+    ) -> anyhow::Result<Self> {
+        let (port, ops) = (free_port(), free_port());
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\n\
+                 drain_delay_secs = 0\ndrain_timeout_secs = 30\nnode_id = \"{name}\"\n\n{sections}"
+            ),
+        )?;
+        Ok(GatewayProc {
+            name: name.to_owned(),
+            port,
+            ops,
+            binary,
+            config,
+            database_url: String::new(),
+            direct_url: None,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        })
+    }
+
     /// Drops the settings file's `drain_timeout_secs = 30`, so the gateway
     /// drains for its default: the longest request it allows.
     pub fn with_default_drain(self) -> anyhow::Result<Self> {
@@ -94,10 +125,14 @@ impl GatewayProc {
         if let Some(direct) = &self.direct_url {
             cmd.env("OBLETH_DATABASE__DIRECT_URL", direct);
         }
+        if self.database_url.is_empty() {
+            cmd.env_remove("OBLETH_DATABASE__URL");
+        } else {
+            cmd.env("OBLETH_DATABASE__URL", &self.database_url);
+        }
         let child = cmd
             .arg("--config")
             .arg(&self.config)
-            .env("OBLETH_DATABASE__URL", &self.database_url)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -116,6 +151,11 @@ impl GatewayProc {
     /// `http://127.0.0.1:PORT{path}` on the proxy listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the ops listener.
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ops)
     }
 
     /// The ops listener's health detail (`/api/v1/health`): status and body.

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::config::Plan;
 use super::embed;
 use super::sse::{self, Kind};
+use super::tools::ToolCall;
 use super::wire::{self, ApiRequest, Invalid};
 
 /// The dimensions of an embedding when the request does not ask for others.
@@ -42,6 +43,13 @@ pub(crate) async fn chat_completions(
     }
     let prompt_tokens = wire::count_message_words(messages);
     let (tokens, finish_reason) = request.completion_len(plan.completion_tokens);
+    let tool = ToolCall::requested(&request.body, messages);
+    // A call is the whole answer, as `tool_use` is on the Anthropic endpoint.
+    let finish_reason = if tool.is_some() {
+        "tool_calls"
+    } else {
+        finish_reason
+    };
     let (usage, null_usage) =
         request.reported_usage(plan.usage, wire::usage(prompt_tokens, tokens));
     if request.stream() {
@@ -53,8 +61,22 @@ pub(crate) async fn chat_completions(
             usage,
             null_usage,
             token_delay: plan.token_delay,
+            tool,
         }));
     }
+    let message = match &tool {
+        Some(call) => json!({
+            "role": "assistant",
+            "content": null,
+            "refusal": null,
+            "tool_calls": [call.whole(tokens)],
+        }),
+        None => json!({
+            "role": "assistant",
+            "content": wire::completion_text(tokens),
+            "refusal": null,
+        }),
+    };
     Ok(wire::ok(with_usage(
         usage,
         json!({
@@ -64,11 +86,7 @@ pub(crate) async fn chat_completions(
             "model": request.model,
             "choices": [{
                 "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": wire::completion_text(tokens),
-                    "refusal": null,
-                },
+                "message": message,
                 "logprobs": null,
                 "finish_reason": finish_reason,
             }],
@@ -97,6 +115,7 @@ pub(crate) async fn completions(
             usage,
             null_usage,
             token_delay: plan.token_delay,
+            tool: None,
         }));
     }
     Ok(wire::ok(with_usage(

@@ -6,7 +6,11 @@
 //! port, and Anthropic's `POST /v1/messages`, strict about its key
 //! ([`AnthropicMock`]), headers and turns. Completions are `tok1 tok2 ...`, as
 //! many words as the config says; OpenAI streams end with a usage chunk and
-//! `data: [DONE]` (unless [`MockConfig::usage`] says otherwise).
+//! `data: [DONE]` (unless [`MockConfig::usage`] says otherwise). A chat
+//! request with a function in `tools` whose last user turn contains
+//! [`TOOL_TRIGGER`] ("use a tool") is answered, whole or streamed, with a call
+//! of the first function instead, on both the OpenAI and the Anthropic
+//! endpoint.
 //!
 //! Behaviour comes from a [`MockConfig`], replaceable at run time, and from
 //! per-request headers (`x-mock-latency-ms`, `x-mock-token-delay-ms`,
@@ -22,6 +26,7 @@ mod handlers;
 mod server;
 mod sse;
 mod state;
+mod tools;
 mod wire;
 
 pub use anthropic::{AnthropicMock, ANTHROPIC_API_KEY, TOOL_TRIGGER};

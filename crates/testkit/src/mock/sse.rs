@@ -9,6 +9,7 @@ use axum::response::Response;
 use futures_util::stream;
 use serde_json::{json, Value};
 
+use super::tools::ToolCall;
 use super::wire;
 
 /// Which endpoint's chunks to produce.
@@ -33,6 +34,10 @@ pub(crate) struct Completion {
     /// do when the request asks for usage.
     pub null_usage: bool,
     pub token_delay: Duration,
+    /// A chat stream that calls this tool instead of answering text: the
+    /// role step opens the call, each token step carries a piece of its
+    /// arguments.
+    pub tool: Option<ToolCall>,
 }
 
 /// Where a stream stands: each step writes one event.
@@ -110,12 +115,14 @@ impl Completion {
         let choices = match (self.kind, step) {
             (_, Step::Done) => return "data: [DONE]\n\n".to_owned(),
             (_, Step::Usage) => json!([]),
-            (Kind::Chat, Step::Role) => {
-                json!([choice(json!({"role": "assistant", "content": ""}), None)])
-            }
-            (Kind::Chat, Step::Token(i)) => {
-                json!([choice(json!({"content": wire::token(i)}), None)])
-            }
+            (Kind::Chat, Step::Role) => match &self.tool {
+                Some(call) => json!([choice(call.first_delta(self.tokens), None)]),
+                None => json!([choice(json!({"role": "assistant", "content": ""}), None)]),
+            },
+            (Kind::Chat, Step::Token(i)) => match &self.tool {
+                Some(call) => json!([choice(call.delta(i, self.tokens), None)]),
+                None => json!([choice(json!({"content": wire::token(i)}), None)]),
+            },
             (Kind::Chat, Step::Finish) => json!([choice(json!({}), Some(self.finish_reason))]),
             (Kind::Text, Step::Token(i)) => json!([text_choice(&wire::token(i), None)]),
             (Kind::Text, Step::Finish) => json!([text_choice("", Some(self.finish_reason))]),

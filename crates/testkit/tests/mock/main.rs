@@ -607,3 +607,99 @@ async fn usage_is_reported_as_the_config_says() {
     assert_eq!(answer.status, StatusCode::OK);
     assert!(answer.body.get("usage").is_none(), "{}", answer.body);
 }
+
+fn tool_body(stream: bool, last_user: &str) -> Value {
+    json!({
+        "model": "m",
+        "stream": stream,
+        "tools": [{"type": "function", "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+        }}],
+        "messages": [{"role": "user", "content": last_user}],
+    })
+}
+
+#[tokio::test]
+async fn chat_with_tools_and_the_trigger_answers_a_call_whole_and_streamed() {
+    let (_mock, api) = start(MockConfig {
+        completion_tokens: 3,
+        ..MockConfig::default()
+    })
+    .await;
+
+    let whole = api
+        .post(
+            "/chat/completions",
+            &[],
+            tool_body(false, "Please use a tool"),
+        )
+        .await;
+    let (_, events, _) = stream(&api, "/chat/completions", tool_body(true, "USE A TOOL")).await;
+
+    assert_eq!(whole.status, StatusCode::OK, "{}", whole.body);
+    let choice = &whole.body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call = &choice["message"]["tool_calls"][0];
+    assert!(call["id"].as_str().unwrap().starts_with("call_"), "{call}");
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "lookup");
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"text": "tok1 tok2 tok3"}));
+    assert_eq!(whole.body["usage"]["completion_tokens"], 3);
+
+    // Opening, three pieces, finish, usage, [DONE]; the pieces join into the same JSON.
+    assert_eq!(events.len(), 7);
+    let chunks: Vec<Value> = events[..6]
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let first = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+    assert_eq!(first["function"]["name"], "lookup");
+    assert!(first["id"].as_str().unwrap().starts_with("call_"));
+    let joined: String = chunks[..4]
+        .iter()
+        .map(|c| {
+            c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&joined).unwrap(),
+        json!({"text": "tok1 tok2 tok3"})
+    );
+    assert_eq!(chunks[4]["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(events[6].data, "[DONE]");
+}
+
+#[tokio::test]
+async fn chat_with_tools_answers_text_without_the_trigger_or_after_a_tool_result() {
+    let (_mock, api) = start(MockConfig {
+        completion_tokens: 3,
+        ..MockConfig::default()
+    })
+    .await;
+    let mut after_result = tool_body(false, "use a tool");
+    after_result["messages"] = json!([
+        {"role": "user", "content": "use a tool"},
+        {"role": "assistant", "content": null, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "lookup", "arguments": "{\"text\": \"tok1\"}"},
+        }]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "found it"},
+    ]);
+
+    for body in [tool_body(false, "just talk"), after_result] {
+        let answer = api.post("/chat/completions", &[], body.clone()).await;
+
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let choice = &answer.body["choices"][0];
+        assert_eq!(choice["finish_reason"], "stop", "{body}");
+        assert_eq!(choice["message"]["content"], "tok1 tok2 tok3");
+        assert!(choice["message"].get("tool_calls").is_none());
+    }
+}
