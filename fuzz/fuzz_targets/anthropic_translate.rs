@@ -32,8 +32,7 @@
 use libfuzzer_sys::fuzz_target;
 use obleth_gateway::translate::anthropic::{
     chat_completion_to_message, chat_request_to_messages, message_to_chat_completion,
-    messages_request_to_chat, usage_from_anthropic, ChunkTranslator, EventTranslator,
-    StreamError,
+    messages_request_to_chat, usage_from_anthropic, ChunkTranslator, EventTranslator, StreamError,
 };
 use obleth_gateway::translate::TranslateError;
 use serde_json::Value;
@@ -92,7 +91,11 @@ fn chunk_stream(events: &[(String, &[u8])]) {
         }
         let chunks = match (result, plain) {
             (Ok(chunks), Ok(plain)) => {
-                assert_eq!(without_usage(&chunks), plain, "include_usage adds only usage");
+                assert_eq!(
+                    without_usage(&chunks),
+                    plain,
+                    "include_usage adds only usage"
+                );
                 chunks
             }
             (Err(err), Err(plain)) => {
@@ -149,12 +152,19 @@ fn check_stream_error(err: &StreamError, name: &str, data: &[u8], done: bool) {
     };
     match err {
         StreamError::Upstream { .. } => {
-            assert_eq!(effective, "error", "only an error event is an upstream error");
+            assert_eq!(
+                effective, "error",
+                "only an error event is an upstream error"
+            );
             assert!(done, "an error event ends the stream");
         }
         StreamError::Malformed { event, .. } => {
             assert_eq!(*event, effective, "a malformed event is named");
-            assert_eq!(done, *event == "error", "only a broken error event ends the stream");
+            assert_eq!(
+                done,
+                *event == "error",
+                "only a broken error event ends the stream"
+            );
         }
     }
     let body = err.to_openai();
@@ -178,10 +188,17 @@ impl ChunkStream {
         assert_eq!(object["model"], MODEL);
         assert_eq!(object["created"], CREATED);
         let id = object["id"].as_str().expect("a chunk's id is a string");
-        assert_eq!(self.id.get_or_insert_with(|| id.to_owned()), id, "one id a stream");
+        assert_eq!(
+            self.id.get_or_insert_with(|| id.to_owned()),
+            id,
+            "one id a stream"
+        );
         let choices = object["choices"].as_array().expect("choices is an array");
         let Some(choice) = choices.first() else {
-            assert!(object["usage"].is_object(), "the usage chunk carries the usage");
+            assert!(
+                object["usage"].is_object(),
+                "the usage chunk carries the usage"
+            );
             return true;
         };
         assert_eq!(choices.len(), 1);
@@ -199,7 +216,10 @@ impl ChunkStream {
         }
         if let Some(calls) = choice["delta"]["tool_calls"].as_array() {
             for call in calls.iter().filter(|c| c.get("id").is_some()) {
-                assert_eq!(call["index"], self.tool_calls, "tool calls numbered in order");
+                assert_eq!(
+                    call["index"], self.tool_calls,
+                    "tool calls numbered in order"
+                );
                 assert!(call["function"]["name"].is_string());
                 self.tool_calls += 1;
             }
@@ -254,10 +274,17 @@ fn event_stream(events: &[(String, &[u8])]) {
         forward(name, &data, &mut grammar);
     }
     assert!(translator.is_done() && grammar.ended);
-    assert!(translator.finish().is_empty(), "finish ends the stream once");
+    assert!(
+        translator.finish().is_empty(),
+        "finish ends the stream once"
+    );
     assert!(again.is_done());
     if !ended_by_error {
-        assert_eq!(again.usage(), translator.usage(), "the usage survives the round trip");
+        assert_eq!(
+            again.usage(),
+            translator.usage(),
+            "the usage survives the round trip"
+        );
     }
 }
 
@@ -284,8 +311,15 @@ impl Grammar {
             self.error = true;
             return;
         }
-        assert_eq!(name == "message_start", !self.started, "message_start comes once, first");
-        assert!(!self.delta || name == "message_stop", "{name} after message_delta");
+        assert_eq!(
+            name == "message_start",
+            !self.started,
+            "message_start comes once, first"
+        );
+        assert!(
+            !self.delta || name == "message_stop",
+            "{name} after message_delta"
+        );
         match name {
             "message_start" => {
                 self.started = true;
@@ -376,7 +410,9 @@ fn bodies(value: &Value) {
         Ok(request) => {
             assert_eq!(request["model"], MODEL);
             assert!(request["max_tokens"].as_u64().is_some_and(|n| n > 0));
-            let turns = request["messages"].as_array().expect("messages is an array");
+            let turns = request["messages"]
+                .as_array()
+                .expect("messages is an array");
             assert!(!turns.is_empty());
             for (k, turn) in turns.iter().enumerate() {
                 let role = turn["role"].as_str().expect("a role");
@@ -395,9 +431,15 @@ fn bodies(value: &Value) {
             assert_eq!(request["model"], MODEL);
             assert_eq!(request["max_tokens"], value["max_tokens"]);
             assert!(request["max_tokens"].as_u64().is_some_and(|n| n > 0));
-            for message in request["messages"].as_array().expect("messages is an array") {
+            for message in request["messages"]
+                .as_array()
+                .expect("messages is an array")
+            {
                 let role = message["role"].as_str().unwrap_or_default();
-                assert!(["system", "user", "assistant", "tool"].contains(&role), "role {role}");
+                assert!(
+                    ["system", "user", "assistant", "tool"].contains(&role),
+                    "role {role}"
+                );
             }
             if value["stream"] == true {
                 assert_eq!(request["stream_options"]["include_usage"], true);
@@ -424,6 +466,12 @@ fn check_error(err: &TranslateError) {
         }
         ok
     });
-    assert!(path, "a field that is not a path of the gateway's names: {field:?}");
-    assert!(err.to_string().starts_with(&format!("`{field}` is")), "{err}");
+    assert!(
+        path,
+        "a field that is not a path of the gateway's names: {field:?}"
+    );
+    assert!(
+        err.to_string().starts_with(&format!("`{field}` is")),
+        "{err}"
+    );
 }
