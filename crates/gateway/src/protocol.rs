@@ -64,6 +64,11 @@ pub fn upstream_request(
 ) -> Option<Result<(&'static str, Bytes), ApiError>> {
     let model = upstream_model.unwrap_or(public_model);
     match (client, kind) {
+        (Client::OpenAi, ProviderKind::Mock) if path == "/responses" => {
+            Some(Err(ApiError::BadRequest(format!(
+                "provider `{provider}` (kind mock) does not serve the Responses API"
+            ))))
+        }
         (Client::OpenAi, ProviderKind::OpenAi | ProviderKind::Mock) => None,
         (Client::OpenAi, ProviderKind::Anthropic) => {
             Some(anthropic_request(provider, path, body, model))
