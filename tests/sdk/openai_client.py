@@ -1,7 +1,8 @@
 """The official `openai` Python SDK through the gateway: a chat completion, a
 streamed one with its usage chunk, a tool call and the tool's result sent
-back, for every route given; and the errors of an unknown model and of an
-unknown key, once.
+back, and `responses.create` (whole and streamed where the provider speaks
+the Responses API, a 400 where it does not), for every route given; and the
+errors of an unknown model and of an unknown key, once.
 
 Run by the sdk test (tests/sdk/main.rs); see harness.py for the command line.
 """
@@ -140,6 +141,45 @@ def tool_call(target, route):
     )
 
 
+# Kinds whose providers speak the Responses API; the others answer 400.
+SERVES_RESPONSES = {"openai": True, "anthropic": False, "mock": False}
+
+
+def responses(target, route):
+    api = client(target)
+    if not SERVES_RESPONSES[route.kind]:
+        refused = 0
+        for stream in (False, True):
+            try:
+                api.responses.create(model=route.model, input="Say hello.", stream=stream)
+            except openai.BadRequestError as err:
+                check(err.status_code == 400, f"status {err.status_code}")
+                check(route.kind in err.message, f"message {err.message!r}")
+                refused += 1
+                continue
+            raise harness.CheckFailed(f"a {route.kind} route served the Responses API")
+        return f"{refused} refusals: openai.BadRequestError 400 (kind {route.kind} does not serve it)"
+    answer = api.responses.create(model=route.model, input="Say hello to the gateway.")
+    check(answer.status == "completed", f"status {answer.status!r}")
+    check(answer.output_text, f"no output text: {answer.output!r}")
+    usage = answer.usage
+    check(usage.input_tokens > 0 and usage.output_tokens > 0, f"usage {usage!r}")
+    deltas, completed = "", None
+    for event in api.responses.create(model=route.model, input="Stream a hello.", stream=True):
+        if event.type == "response.output_text.delta":
+            deltas += event.delta
+        elif event.type == "response.completed":
+            completed = event.response
+    check(deltas.strip(), "no text deltas")
+    check(completed is not None, "no response.completed event")
+    check(completed.output_text == deltas, "the completed output differs from the deltas")
+    return (
+        f"text {len(answer.output_text)} chars, usage {usage.input_tokens} in, {usage.output_tokens} out; "
+        f"streamed {len(deltas)} chars, completed usage {completed.usage.input_tokens} in, "
+        f"{completed.usage.output_tokens} out"
+    )
+
+
 def unknown_model(target):
     try:
         client(target).chat.completions.create(
@@ -166,4 +206,4 @@ def unknown_key(target):
 
 
 if __name__ == "__main__":
-    harness.run(per_route=[chat, stream, tool_call], once=[unknown_model, unknown_key])
+    harness.run(per_route=[chat, stream, tool_call, responses], once=[unknown_model, unknown_key])

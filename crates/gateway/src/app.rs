@@ -57,6 +57,10 @@ pub fn proxy_router(state: AppState) -> Router {
             post(proxy::embeddings).fallback(proxy::method_not_allowed),
         )
         .route(
+            "/v1/responses",
+            post(proxy::responses).fallback(proxy::method_not_allowed),
+        )
+        .route(
             "/v1/models",
             get(proxy::models).fallback(proxy::method_not_allowed),
         )

@@ -42,6 +42,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/v1/embeddings" => "embeddings",
         "/v1/models" => "models",
         "/v1/messages" => "messages",
+        "/v1/responses" => "responses",
         _ => "other",
     }
 }

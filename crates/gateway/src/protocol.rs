@@ -64,6 +64,11 @@ pub fn upstream_request(
 ) -> Option<Result<(&'static str, Bytes), ApiError>> {
     let model = upstream_model.unwrap_or(public_model);
     match (client, kind) {
+        (Client::OpenAi, ProviderKind::Mock) if path == "/responses" => {
+            Some(Err(ApiError::BadRequest(format!(
+                "provider `{provider}` (kind mock) does not serve the Responses API"
+            ))))
+        }
         (Client::OpenAi, ProviderKind::OpenAi | ProviderKind::Mock) => None,
         (Client::OpenAi, ProviderKind::Anthropic) => {
             Some(anthropic_request(provider, path, body, model))
@@ -230,22 +235,18 @@ pub fn client_stream(
     let anthropic_upstream = kind == ProviderKind::Anthropic;
     match (client, anthropic_upstream) {
         (Client::OpenAi, false) | (Client::Anthropic, true) => upstream,
-        (Client::OpenAi, true) => AnthropicChunks {
-            inner: upstream,
-            events: SseEvents::default(),
-            translator: ChunkTranslator::new(public_model, unix_now(), true),
-            out: VecDeque::new(),
-            ended: false,
-        }
-        .boxed_unsync(),
-        (Client::Anthropic, false) => OpenAiEvents {
-            inner: upstream,
-            events: SseEvents::default(),
-            translator: EventTranslator::new(public_model),
-            out: VecDeque::new(),
-            ended: false,
-        }
-        .boxed_unsync(),
+        (Client::OpenAi, true) => Translating::boxed(
+            upstream,
+            AnthropicChunks {
+                translator: ChunkTranslator::new(public_model, unix_now(), true),
+            },
+        ),
+        (Client::Anthropic, false) => Translating::boxed(
+            upstream,
+            OpenAiEvents {
+                translator: EventTranslator::new(public_model),
+            },
+        ),
     }
 }
 
@@ -255,63 +256,154 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// An Anthropic event stream read as OpenAI chunks: each upstream frame's
-/// complete events are translated into one frame of `data:` lines; after
-/// `message_stop`, `data: [DONE]`. An error event, a malformed event or an
-/// upstream that ends early ends the client's stream with an OpenAI error
-/// payload and no `[DONE]`.
-struct AnthropicChunks {
+/// Translates a server-sent event stream into another protocol's, one
+/// upstream frame at a time: [`Translating`] feeds it the frames and sends on
+/// what it writes.
+trait StreamTranslation {
+    /// Translates the complete events of `chunk` (with `at_end`, the stream
+    /// has ended and `chunk` is empty) into `out`; answers whether the
+    /// client's stream is complete.
+    fn translate(
+        &mut self,
+        events: &mut SseEvents,
+        chunk: &[u8],
+        at_end: bool,
+        out: &mut BytesMut,
+    ) -> bool;
+}
+
+/// An upstream stream read through a [`StreamTranslation`]: each upstream
+/// frame's complete events become one frame for the client; once the
+/// translation says the stream is complete, nothing more is read.
+struct Translating<T> {
     inner: UpBody,
     events: SseEvents,
-    translator: ChunkTranslator,
+    translation: T,
     out: VecDeque<Bytes>,
-    /// The client's stream is complete: nothing more is read.
     ended: bool,
 }
 
-impl AnthropicChunks {
-    fn translate(&mut self, chunk: &[u8]) {
+impl<T: StreamTranslation + Send + Unpin + 'static> Translating<T> {
+    fn boxed(inner: UpBody, translation: T) -> UpBody {
+        Translating {
+            inner,
+            events: SseEvents::default(),
+            translation,
+            out: VecDeque::new(),
+            ended: false,
+        }
+        .boxed_unsync()
+    }
+
+    fn feed(&mut self, chunk: &[u8], at_end: bool) {
         let mut frame = BytesMut::new();
-        if let Err(e) = self.events.push(chunk) {
-            self.fail(&mut frame, e);
-        }
-        while !self.ended {
-            let Some((event, data)) = self.events.next_event() else {
-                break;
-            };
-            match self.translator.feed(&event, &data) {
-                Ok(chunks) => {
-                    for chunk in chunks {
-                        data_line(&mut frame, &chunk.to_string());
-                    }
-                    if self.translator.is_done() {
-                        data_line(&mut frame, "[DONE]");
-                        self.ended = true;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Anthropic stream ended with an error.");
-                    data_line(&mut frame, &e.to_openai().to_string());
-                    self.ended = true;
-                }
-            }
-        }
+        let ended = self
+            .translation
+            .translate(&mut self.events, chunk, at_end, &mut frame);
+        self.ended = ended || at_end;
         if !frame.is_empty() {
             self.out.push_back(frame.freeze());
         }
     }
+}
 
-    /// Ends the client's stream with an error payload naming `why`.
-    fn fail(&mut self, frame: &mut BytesMut, why: &str) {
-        tracing::warn!("Anthropic stream broken: {why}.");
-        let error = serde_json::json!({"error": {
-            "message": format!("the upstream stream broke off: {why}"),
-            "type": "upstream_error",
-            "code": "upstream_failed",
-        }});
-        data_line(frame, &error.to_string());
-        self.ended = true;
+impl<T: StreamTranslation + Send + Unpin + 'static> Body for Translating<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(bytes) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.feed(&data, false);
+                    }
+                }
+                Poll::Ready(None) => this.feed(&[], true),
+            }
+        }
     }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// An Anthropic event stream as OpenAI chunks: `data:` lines, and after
+/// `message_stop`, `data: [DONE]`. An error event, a malformed event or an
+/// upstream that ends early ends the client's stream with an OpenAI error
+/// payload and no `[DONE]`.
+struct AnthropicChunks {
+    translator: ChunkTranslator,
+}
+
+impl StreamTranslation for AnthropicChunks {
+    fn translate(
+        &mut self,
+        events: &mut SseEvents,
+        chunk: &[u8],
+        at_end: bool,
+        out: &mut BytesMut,
+    ) -> bool {
+        let pushed = if at_end {
+            events.finish()
+        } else {
+            events.push(chunk)
+        };
+        if let Err(why) = pushed {
+            broken_chunk(out, why);
+            return true;
+        }
+        while let Some((event, data)) = events.next_event() {
+            match self.translator.feed(&event, &data) {
+                Ok(chunks) => {
+                    for chunk in chunks {
+                        data_line(out, &chunk.to_string());
+                    }
+                    if self.translator.is_done() {
+                        data_line(out, "[DONE]");
+                        return true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Anthropic stream ended with an error.");
+                    data_line(out, &e.to_openai().to_string());
+                    return true;
+                }
+            }
+        }
+        if at_end {
+            broken_chunk(out, "it ended before message_stop");
+            return true;
+        }
+        false
+    }
+}
+
+/// Ends an OpenAI client's stream with an error payload naming `why`.
+fn broken_chunk(out: &mut BytesMut, why: &str) {
+    tracing::warn!("Upstream stream broken: {why}.");
+    let error = serde_json::json!({"error": {
+        "message": format!("the upstream stream broke off: {why}"),
+        "type": "upstream_error",
+        "code": "upstream_failed",
+    }});
+    data_line(out, &error.to_string());
 }
 
 fn data_line(frame: &mut BytesMut, payload: &str) {
@@ -320,120 +412,64 @@ fn data_line(frame: &mut BytesMut, payload: &str) {
     frame.extend_from_slice(b"\n\n");
 }
 
-impl Body for AnthropicChunks {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if let Some(bytes) = this.out.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
-            }
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.translate(&data);
-                    }
-                }
-                Poll::Ready(None) => {
-                    let mut frame = BytesMut::new();
-                    if let Err(e) = this.events.finish() {
-                        this.fail(&mut frame, e);
-                    } else {
-                        this.translate(&[]);
-                        if !this.ended {
-                            this.fail(&mut frame, "it ended before message_stop");
-                        }
-                    }
-                    if !frame.is_empty() {
-                        this.out.push_back(frame.freeze());
-                    }
-                    this.ended = true;
-                }
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-/// An OpenAI chunk stream read as Anthropic's events, for a `/v1/messages`
-/// client of a provider that speaks OpenAI's protocol: each `data:` payload
-/// goes through an [`EventTranslator`] (`[DONE]` ends the message), each
-/// event is written as `event:` and `data:` lines. An upstream that ends
-/// early gets its message ended well-formed; a broken upstream stream ends
-/// with an `error` event.
+/// An OpenAI chunk stream as Anthropic's events, for a `/v1/messages` client
+/// of a provider that speaks OpenAI's protocol: each `data:` payload goes
+/// through an [`EventTranslator`] (`[DONE]` ends the message), each event is
+/// written as `event:` and `data:` lines. An upstream that ends early gets
+/// its message ended well-formed; a broken upstream stream ends with an
+/// `error` event.
 struct OpenAiEvents {
-    inner: UpBody,
-    events: SseEvents,
     translator: EventTranslator,
-    out: VecDeque<Bytes>,
-    ended: bool,
 }
 
-impl OpenAiEvents {
-    fn translate(&mut self, chunk: &[u8], at_end: bool) {
-        let mut frame = BytesMut::new();
+impl StreamTranslation for OpenAiEvents {
+    fn translate(
+        &mut self,
+        events: &mut SseEvents,
+        chunk: &[u8],
+        at_end: bool,
+        out: &mut BytesMut,
+    ) -> bool {
         let pushed = if at_end {
-            self.events.finish()
+            events.finish()
         } else {
-            self.events.push(chunk)
+            events.push(chunk)
         };
         if let Err(why) = pushed {
             tracing::warn!("Upstream stream broken: {why}.");
-            let error = serde_json::json!({"type": "error", "error": {
-                "type": "api_error",
-                "message": format!("the upstream stream broke off: {why}"),
-            }});
-            event_lines(&mut frame, "error", &error);
-            self.ended = true;
+            let message = format!("the upstream stream broke off: {why}");
+            event_lines(out, "error", &anthropic_api_error(&message));
+            return true;
         }
-        while !self.ended {
-            let Some((_, data)) = self.events.next_event() else {
-                break;
-            };
+        while let Some((_, data)) = events.next_event() {
             match self.translator.feed(&data) {
-                Ok(events) => {
-                    for (name, data) in events {
-                        event_lines(&mut frame, name, &data);
+                Ok(translated) => {
+                    for (name, data) in translated {
+                        event_lines(out, name, &data);
                     }
-                    self.ended = self.translator.is_done();
+                    if self.translator.is_done() {
+                        return true;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Upstream stream ended with an error.");
-                    let error = serde_json::json!({"type": "error", "error": {
-                        "type": "api_error",
-                        "message": e.to_string(),
-                    }});
-                    event_lines(&mut frame, "error", &error);
-                    self.ended = true;
+                    event_lines(out, "error", &anthropic_api_error(&e.to_string()));
+                    return true;
                 }
             }
         }
-        if at_end && !self.ended {
+        if at_end {
             for (name, data) in self.translator.finish() {
-                event_lines(&mut frame, name, &data);
+                event_lines(out, name, &data);
             }
-            self.ended = true;
+            return true;
         }
-        if !frame.is_empty() {
-            self.out.push_back(frame.freeze());
-        }
+        false
     }
+}
+
+fn anthropic_api_error(message: &str) -> Value {
+    serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}})
 }
 
 fn event_lines(frame: &mut BytesMut, name: &str, data: &Value) {
@@ -442,43 +478,6 @@ fn event_lines(frame: &mut BytesMut, name: &str, data: &Value) {
     frame.extend_from_slice(b"\ndata: ");
     frame.extend_from_slice(data.to_string().as_bytes());
     frame.extend_from_slice(b"\n\n");
-}
-
-impl Body for OpenAiEvents {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if let Some(bytes) = this.out.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
-            }
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.translate(&data, false);
-                    }
-                }
-                Poll::Ready(None) => this.translate(&[], true),
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
 }
 
 /// The usage an Anthropic event stream reports, read as it passes (the

@@ -50,6 +50,24 @@ pub async fn chat_completions(
     .await
 }
 
+/// `POST /v1/responses`: OpenAI's Responses API, passed through to
+/// providers that speak it; a 400 naming the provider for those that do not.
+pub async fn responses(
+    State(state): State<AppState>,
+    auth: AuthorizedKey,
+    request: Request,
+) -> Response {
+    proxy(
+        state,
+        auth,
+        Client::OpenAi,
+        "responses",
+        "/responses",
+        request,
+    )
+    .await
+}
+
 /// `POST /v1/messages`: Anthropic's Messages API, with the same auth,
 /// policy, limits and usage as chat completions; errors in Anthropic's
 /// shape (the route's layer, [`protocol::anthropic_error_response`]).
@@ -190,10 +208,13 @@ async fn proxy(
     // budgets and spend count tokens: every streamed completion asks for it,
     // whatever the client sent. A client that did not ask itself does not get
     // the usage chunk (the relay removes it), as OpenAI would not send it.
-    // (An Anthropic stream always reports its usage; its translation for an
-    // OpenAI-protocol provider asks for it.)
-    let ask_usage =
-        client == Client::OpenAi && stream && path != "/embeddings" && include_usage != Some(true);
+    // (An Anthropic or a Responses API stream always reports its usage; an
+    // Anthropic request's translation for an OpenAI-protocol provider asks
+    // for it.)
+    let ask_usage = client == Client::OpenAi
+        && stream
+        && matches!(path, "/chat/completions" | "/completions")
+        && include_usage != Some(true);
     let request_bytes = body.len();
     let body = if ask_usage {
         match edit_body(&body, None, true) {

@@ -42,6 +42,12 @@ impl Tokens {
         Tokens::from_usage(value.get("usage")?)
     }
 
+    /// Reads the usage of a stream event: a chunk's `usage`, or the
+    /// `response.usage` of a Responses API event (`response.completed`).
+    pub fn from_event(value: &Value) -> Option<Tokens> {
+        Tokens::from_json(value).or_else(|| Tokens::from_json(value.get("response")?))
+    }
+
     /// Reads a `usage` object (none when it is null).
     pub fn from_usage(usage: &Value) -> Option<Tokens> {
         if usage.is_null() {
@@ -56,8 +62,10 @@ impl Tokens {
                 .and_then(Value::as_u64)
                 .and_then(|n| i32::try_from(n).ok())
         };
-        let prompt = field("prompt_tokens");
-        let completion = field("completion_tokens");
+        // Chat completions say prompt and completion; the Responses API
+        // says input and output.
+        let prompt = field("prompt_tokens").or_else(|| field("input_tokens"));
+        let completion = field("completion_tokens").or_else(|| field("output_tokens"));
         let total = field("total_tokens")
             .or_else(|| Some(prompt.unwrap_or(0).saturating_add(completion.unwrap_or(0))));
         Some(Tokens {

@@ -172,7 +172,7 @@ impl SseUsage {
         let Ok(value) = serde_json::from_slice::<Value>(data) else {
             return false;
         };
-        let Some(tokens) = Tokens::from_json(&value) else {
+        let Some(tokens) = Tokens::from_event(&value) else {
             return false;
         };
         self.tokens = Some(tokens);

@@ -19,17 +19,17 @@ use crate::support::*;
 /// A gateway on a fresh database with route `claude` on an `anthropic`
 /// provider at the mock (its credential in a file), route `gpt` on an
 /// `openai` provider at the same mock and route `m` on the built-in mock.
-struct Setup {
-    gw: TestGateway,
-    pool: PgPool,
-    upstream: MockUpstream,
-    secret: String,
-    key_id: uuid::Uuid,
+pub(crate) struct Setup {
+    pub gw: TestGateway,
+    pub pool: PgPool,
+    pub upstream: MockUpstream,
+    pub secret: String,
+    pub key_id: uuid::Uuid,
     _db: obleth_testkit::TestDb,
     _dir: tempfile::TempDir,
 }
 
-async fn setup(credential: &str, mock: MockConfig) -> Setup {
+pub(crate) async fn setup(credential: &str, mock: MockConfig) -> Setup {
     let db = fresh_database().await.unwrap();
     let pool = migrated_database(&db.url).await;
     let upstream = MockUpstream::start(mock).await.unwrap();
@@ -77,7 +77,10 @@ async fn post(s: &Setup, body: Value) -> Answer {
 
 /// The usage rows of the setup's key, oldest first: (streamed, prompt,
 /// completion, status).
-async fn usage_rows(s: &Setup, count: usize) -> Vec<(bool, Option<i32>, Option<i32>, i16)> {
+pub(crate) async fn usage_rows(
+    s: &Setup,
+    count: usize,
+) -> Vec<(bool, Option<i32>, Option<i32>, i16)> {
     let pool = s.pool.clone();
     let key = s.key_id;
     wait_until(Duration::from_secs(10), "the usage rows", || {

@@ -14,6 +14,7 @@ mod limits;
 mod process;
 mod props;
 mod quota;
+mod responses;
 mod retry;
 mod streams;
 mod support;

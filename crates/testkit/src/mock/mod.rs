@@ -23,6 +23,7 @@ mod config;
 mod embed;
 mod gate;
 mod handlers;
+mod responses;
 mod server;
 mod sse;
 mod state;

@@ -139,6 +139,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/responses", post(super::responses::responses))
         .route(
             "/v1/messages",
             post(anthropic::messages).with_state(Arc::clone(&shared)),
