@@ -226,6 +226,12 @@ impl Gateway {
             ops::router(state.clone()),
         );
         let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<RunError>(1);
+        tokio::spawn(crate::catalog::watch_credentials(
+            state.catalog.clone(),
+            state.settings.egress.clone(),
+            Duration::from_secs(state.settings.cache.credential_poll_secs),
+            background.clone(),
+        ));
         match state.pool.clone().zip(self.session_pool.clone()) {
             Some((pool, session_pool)) => {
                 tokio::spawn(start_with_database(

@@ -24,9 +24,13 @@ pub struct ProviderRuntime {
     pub mock: MockSettings,
     /// `x-obleth-provider` on answers, made once.
     pub name_header: Option<HeaderValue>,
-    /// The `Authorization` header sent upstream, made once from the
-    /// credential (marked sensitive: never printed by `Debug`).
-    pub authorization: Authorization,
+    /// The credential header sent upstream, made from the credential when
+    /// it is read (marked sensitive: never printed by `Debug`), and again
+    /// when its file changes ([`ProviderRuntime::refresh_credential`]).
+    authorization: RwLock<Authorization>,
+    /// A `file:` credential's reference and what its file looked like when
+    /// it was last read.
+    credential_file: Option<CredentialFile>,
     /// Consecutive failures and ejection ([`crate::retry`]); a catalog
     /// reload starts it afresh.
     pub health: crate::retry::TargetHealth,
@@ -44,6 +48,42 @@ pub enum Authorization {
     Invalid,
 }
 
+/// A credential file and the stamp it had when it was read.
+#[derive(Debug)]
+struct CredentialFile {
+    reference: String,
+    path: std::path::PathBuf,
+    stamp: std::sync::Mutex<Option<FileStamp>>,
+}
+
+/// What a file looks like from outside: enough to see it was replaced
+/// (Kubernetes swaps a mounted secret's files through a symbolic link).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+}
+
+fn stamp_of(path: &std::path::Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    })
+}
+
+/// What [`ProviderRuntime::refresh_credential`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// No file credential, or the file is as it was.
+    Unchanged,
+    /// The file changed and its new credential is in use.
+    Reloaded,
+    /// The file changed but could not be read or is refused; the previous
+    /// credential stays in use.
+    Failed,
+}
+
 impl ProviderRuntime {
     /// The credential (read from the environment or a file at load time,
     /// never logged) is kept only as the header it becomes.
@@ -55,7 +95,76 @@ impl ProviderRuntime {
         timeout: Duration,
         mock: MockSettings,
     ) -> Self {
-        let authorization = match &credential {
+        let authorization = Self::header(kind, credential.as_ref());
+        ProviderRuntime {
+            name_header: HeaderValue::from_str(&name).ok(),
+            name,
+            kind,
+            base_url,
+            timeout,
+            mock,
+            authorization: RwLock::new(authorization),
+            credential_file: None,
+            health: crate::retry::TargetHealth::default(),
+        }
+    }
+
+    /// Watches `reference`'s file, when it is a `file:` reference: a later
+    /// [`ProviderRuntime::refresh_credential`] reads it again once it changes.
+    fn watching_opt(mut self, reference: Option<&str>) -> Self {
+        let Some(reference) = reference else {
+            return self;
+        };
+        if let Ok(CredentialRef::File(path)) = CredentialRef::parse(reference) {
+            let stamp = stamp_of(&path);
+            self.credential_file = Some(CredentialFile {
+                reference: reference.to_owned(),
+                path,
+                stamp: std::sync::Mutex::new(stamp),
+            });
+        }
+        self
+    }
+
+    /// The header the credential is sent as, now.
+    pub fn authorization(&self) -> Authorization {
+        self.authorization
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads a `file:` credential again when its file changed since it was
+    /// last read (a rotated Kubernetes secret), within `egress`; a file
+    /// that cannot be read or is refused keeps the credential in use.
+    pub fn refresh_credential(&self, egress: &EgressSettings) -> Refresh {
+        let Some(file) = &self.credential_file else {
+            return Refresh::Unchanged;
+        };
+        let now = stamp_of(&file.path);
+        let mut seen = file.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == now {
+            return Refresh::Unchanged;
+        }
+        *seen = now;
+        match read_credential(&file.reference, egress) {
+            Ok(credential) => {
+                let header = Self::header(self.kind, Some(&credential));
+                *self
+                    .authorization
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = header;
+                Refresh::Reloaded
+            }
+            Err(e) => {
+                tracing::error!(provider = %self.name, error = %e, "Provider credential file changed but cannot be used; the previous credential stays.");
+                Refresh::Failed
+            }
+        }
+    }
+
+    fn header(kind: ProviderKind, credential: Option<&SecretString>) -> Authorization {
+        match credential {
             None => Authorization::None,
             Some(c) => {
                 let (value, wrap): (String, fn(HeaderValue) -> Authorization) = match kind {
@@ -75,16 +184,6 @@ impl ProviderRuntime {
                     Err(_) => Authorization::Invalid,
                 }
             }
-        };
-        ProviderRuntime {
-            name_header: HeaderValue::from_str(&name).ok(),
-            name,
-            kind,
-            base_url,
-            timeout,
-            mock,
-            authorization,
-            health: crate::retry::TargetHealth::default(),
         }
     }
 }
@@ -122,6 +221,18 @@ impl Catalog {
         self.routes.get(model).map(Vec::as_slice)
     }
 
+    /// Every provider some route uses, once each.
+    pub fn providers(&self) -> Vec<Arc<ProviderRuntime>> {
+        let mut seen: HashMap<*const ProviderRuntime, Arc<ProviderRuntime>> = HashMap::new();
+        for targets in self.routes.values() {
+            for t in targets {
+                seen.entry(Arc::as_ptr(&t.provider))
+                    .or_insert_with(|| Arc::clone(&t.provider));
+            }
+        }
+        seen.into_values().collect()
+    }
+
     /// Public model names, sorted, for `/v1/models`.
     pub fn models(&self) -> Vec<&str> {
         let mut models: Vec<&str> = self.routes.keys().map(String::as_str).collect();
@@ -149,14 +260,17 @@ impl Catalog {
             };
             by_name.insert(
                 p.name.clone(),
-                Arc::new(ProviderRuntime::new(
-                    p.name.clone(),
-                    p.kind,
-                    p.base_url.clone().unwrap_or_default(),
-                    credential,
-                    Duration::from_millis(p.timeout_ms),
-                    p.mock.clone(),
-                )),
+                Arc::new(
+                    ProviderRuntime::new(
+                        p.name.clone(),
+                        p.kind,
+                        p.base_url.clone().unwrap_or_default(),
+                        credential,
+                        Duration::from_millis(p.timeout_ms),
+                        p.mock.clone(),
+                    )
+                    .watching_opt(p.credential.as_deref()),
+                ),
             );
         }
         let mut table = HashMap::new();
@@ -192,11 +306,14 @@ impl Catalog {
     ) -> Catalog {
         let mut by_name = HashMap::new();
         for p in &catalog.providers {
+            // A refused reference is never read, now or when its file changes.
+            let mut watched = p.credential_ref.as_deref();
             let credential = match &p.credential_ref {
                 Some(reference) => match read_credential(reference, egress) {
                     Ok(c) => Some(c),
                     Err(e) if e.is_refusal() => {
                         tracing::error!(provider = %p.name, error = %e, "Provider credential refused by the egress policy; the provider is used without one.");
+                        watched = None;
                         None
                     }
                     Err(e) => {
@@ -208,14 +325,17 @@ impl Catalog {
             };
             by_name.insert(
                 p.name.clone(),
-                Arc::new(ProviderRuntime::new(
-                    p.name.clone(),
-                    p.kind,
-                    p.base_url.clone(),
-                    credential,
-                    Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(60_000)),
-                    MockSettings::default(),
-                )),
+                Arc::new(
+                    ProviderRuntime::new(
+                        p.name.clone(),
+                        p.kind,
+                        p.base_url.clone(),
+                        credential,
+                        Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(60_000)),
+                        MockSettings::default(),
+                    )
+                    .watching_opt(watched),
+                ),
             );
         }
         let mut table = HashMap::new();
@@ -260,5 +380,34 @@ impl SharedCatalog {
 
     pub fn set(&self, catalog: Catalog) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+    }
+}
+
+/// Reads every provider's `file:` credential again when its file changes
+/// (Kubernetes rotates a mounted secret in place), every `every`, until
+/// `stop`: the new credential is used from the next request, without a
+/// reload. A change that cannot be read keeps the previous credential.
+pub async fn watch_credentials(
+    catalog: SharedCatalog,
+    egress: EgressSettings,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let current = catalog.get();
+        let egress = egress.clone();
+        // File system calls: off the runtime's worker threads.
+        let _ = tokio::task::spawn_blocking(move || {
+            for provider in current.providers() {
+                if provider.refresh_credential(&egress) == Refresh::Reloaded {
+                    tracing::info!(provider = %provider.name, "Provider credential file changed; the new credential is in use.");
+                }
+            }
+        })
+        .await;
     }
 }

@@ -242,6 +242,9 @@ pub struct CacheSettings {
     /// Ignored: budgets are kept by the shared quota counters (`[limits]`),
     /// not re-read. Accepted so that existing settings files still load.
     pub budget_refresh_secs: u64,
+    /// How often providers' `file:` credentials are checked for a change
+    /// (a rotated secret), in seconds.
+    pub credential_poll_secs: u64,
 }
 
 impl Default for CacheSettings {
@@ -253,6 +256,7 @@ impl Default for CacheSettings {
             miss_lookups_per_sec: 50,
             poll_interval_secs: 30,
             budget_refresh_secs: 30,
+            credential_poll_secs: 10,
         }
     }
 }
@@ -451,6 +455,10 @@ impl GatewaySettings {
             ),
             ("cache.poll_interval_secs", self.cache.poll_interval_secs),
             ("cache.budget_refresh_secs", self.cache.budget_refresh_secs),
+            (
+                "cache.credential_poll_secs",
+                self.cache.credential_poll_secs,
+            ),
             ("limits.sync_interval_ms", self.limits.sync_interval_ms),
             ("cache.max_keys", self.cache.max_keys),
             ("routing.max_attempts", u64::from(self.routing.max_attempts)),

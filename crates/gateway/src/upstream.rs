@@ -144,7 +144,7 @@ impl Upstream {
                 crate::translate::anthropic::ANTHROPIC_VERSION,
             );
         }
-        match &provider.authorization {
+        match &provider.authorization() {
             Authorization::None => {}
             Authorization::Bearer(value) => {
                 builder = builder.header(header::AUTHORIZATION, value.clone());

@@ -228,3 +228,60 @@ async fn embedded_settings_refuse_what_the_policy_refuses_naming_the_field() {
         assert_eq!(e.field, *field, "{e}");
     }
 }
+
+/// Kubernetes rotates a mounted secret in place: the gateway sends the new
+/// credential from the next check of the file on, with no reload, and keeps
+/// the one in use while the file is missing.
+#[tokio::test]
+async fn a_rotated_credential_file_is_used_without_a_reload() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let upstream = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "sk-first\n").unwrap();
+    provider_row(
+        &pool,
+        "rotated",
+        &upstream.base_url(),
+        Some(format!("file:{}", key.display())),
+    )
+    .await;
+    let (_, secret) = db_key(&pool, |_| {}).await;
+    let mut settings = database_settings(&db.url, &pool).await;
+    settings.egress.credential_dirs = vec![dir.path().to_path_buf()];
+    settings.cache.credential_poll_secs = 1;
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+    let sent = |upstream: &MockUpstream| {
+        upstream
+            .last_request()
+            .and_then(|r| r.header("authorization").map(str::to_owned))
+    };
+    assert_eq!(chat(&gw, &secret, "rotated").await.status, 200);
+    assert_eq!(sent(&upstream).as_deref(), Some("Bearer sk-first"));
+
+    // Replaced as Kubernetes does it: a new file renamed over the old one.
+    let next = dir.path().join("key.next");
+    std::fs::write(&next, "sk-second-longer\n").unwrap();
+    std::fs::rename(&next, &key).unwrap();
+    wait_until(
+        std::time::Duration::from_secs(15),
+        "the rotated credential to be sent",
+        || {
+            let (gw, secret, upstream) = (&gw, &secret, &upstream);
+            async move {
+                chat(gw, secret, "rotated").await.status == 200
+                    && sent(upstream).as_deref() == Some("Bearer sk-second-longer")
+            }
+        },
+    )
+    .await;
+
+    // Gone: the credential in use stays.
+    std::fs::remove_file(&key).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert_eq!(chat(&gw, &secret, "rotated").await.status, 200);
+    assert_eq!(sent(&upstream).as_deref(), Some("Bearer sk-second-longer"));
+    gw.stop().await.unwrap();
+}
