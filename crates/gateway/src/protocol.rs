@@ -260,16 +260,14 @@ fn unix_now() -> u64 {
 /// upstream frame at a time: [`Translating`] feeds it the frames and sends on
 /// what it writes.
 trait StreamTranslation {
-    /// Translates the complete events of `chunk` (with `at_end`, the stream
-    /// has ended and `chunk` is empty) into `out`; answers whether the
+    /// Translates the complete events `events` holds into `out` (with
+    /// `at_end`, the upstream stream has ended); answers whether the
     /// client's stream is complete.
-    fn translate(
-        &mut self,
-        events: &mut SseEvents,
-        chunk: &[u8],
-        at_end: bool,
-        out: &mut BytesMut,
-    ) -> bool;
+    fn translate(&mut self, events: &mut SseEvents, at_end: bool, out: &mut BytesMut) -> bool;
+
+    /// Ends the client's stream in `out` because the upstream's events
+    /// could not be split (`why`).
+    fn broken(&mut self, why: &str, out: &mut BytesMut);
 }
 
 /// An upstream stream read through a [`StreamTranslation`]: each upstream
@@ -297,9 +295,17 @@ impl<T: StreamTranslation + Send + Unpin + 'static> Translating<T> {
 
     fn feed(&mut self, chunk: &[u8], at_end: bool) {
         let mut frame = BytesMut::new();
-        let ended = self
-            .translation
-            .translate(&mut self.events, chunk, at_end, &mut frame);
+        let ended = if at_end {
+            self.events.finish();
+            self.translation
+                .translate(&mut self.events, true, &mut frame)
+        } else if let Err(why) = self.events.push(chunk) {
+            self.translation.broken(why, &mut frame);
+            true
+        } else {
+            self.translation
+                .translate(&mut self.events, false, &mut frame)
+        };
         self.ended = ended || at_end;
         if !frame.is_empty() {
             self.out.push_back(frame.freeze());
@@ -353,22 +359,11 @@ struct AnthropicChunks {
 }
 
 impl StreamTranslation for AnthropicChunks {
-    fn translate(
-        &mut self,
-        events: &mut SseEvents,
-        chunk: &[u8],
-        at_end: bool,
-        out: &mut BytesMut,
-    ) -> bool {
-        let pushed = if at_end {
-            events.finish()
-        } else {
-            events.push(chunk)
-        };
-        if let Err(why) = pushed {
-            broken_chunk(out, why);
-            return true;
-        }
+    fn broken(&mut self, why: &str, out: &mut BytesMut) {
+        broken_chunk(out, why);
+    }
+
+    fn translate(&mut self, events: &mut SseEvents, at_end: bool, out: &mut BytesMut) -> bool {
         while let Some((event, data)) = events.next_event() {
             match self.translator.feed(&event, &data) {
                 Ok(chunks) => {
@@ -423,24 +418,13 @@ struct OpenAiEvents {
 }
 
 impl StreamTranslation for OpenAiEvents {
-    fn translate(
-        &mut self,
-        events: &mut SseEvents,
-        chunk: &[u8],
-        at_end: bool,
-        out: &mut BytesMut,
-    ) -> bool {
-        let pushed = if at_end {
-            events.finish()
-        } else {
-            events.push(chunk)
-        };
-        if let Err(why) = pushed {
-            tracing::warn!("Upstream stream broken: {why}.");
-            let message = format!("the upstream stream broke off: {why}");
-            event_lines(out, "error", &anthropic_api_error(&message));
-            return true;
-        }
+    fn broken(&mut self, why: &str, out: &mut BytesMut) {
+        tracing::warn!("Upstream stream broken: {why}.");
+        let message = format!("the upstream stream broke off: {why}");
+        event_lines(out, "error", &anthropic_api_error(&message));
+    }
+
+    fn translate(&mut self, events: &mut SseEvents, at_end: bool, out: &mut BytesMut) -> bool {
         while let Some((_, data)) = events.next_event() {
             match self.translator.feed(&data) {
                 Ok(translated) => {
@@ -562,11 +546,10 @@ impl SseEvents {
 
     /// The stream ended: a last line without its end still counts, an
     /// unfinished event does not.
-    fn finish(&mut self) -> Result<(), &'static str> {
+    fn finish(&mut self) {
         while let Some(line) = self.next_line(true) {
             self.line(&line);
         }
-        Ok(())
     }
 
     fn next_event(&mut self) -> Option<(String, Vec<u8>)> {
@@ -635,7 +618,7 @@ mod tests {
                 out.push((name, String::from_utf8(data).unwrap()));
             }
         }
-        sse.finish().unwrap();
+        sse.finish();
         while let Some((name, data)) = sse.next_event() {
             out.push((name, String::from_utf8(data).unwrap()));
         }
