@@ -84,6 +84,7 @@ async fn long_streams_and_slow_answers_survive_a_rolling_replacement_with_the_de
     for (name, upstream) in [("long", &long), ("slow", &slow)] {
         let provider = NewProvider {
             timeout_ms: 120_000,
+            options: Default::default(),
             ..db::provider(name, ProviderKind::OpenAi, &upstream.base_url())
         };
         db::provider_and_route(&pool, &provider, name)

@@ -55,15 +55,13 @@ async fn a_target_that_rate_limits_then_dies_is_ejected_and_taken_back_with_no_f
         &prepared.pool,
         &NewProvider {
             timeout_ms: 10_000,
+            options: Default::default(),
             ..db::provider("flaky", ProviderKind::OpenAi, &flaky.base_url())
         },
     )
     .await
     .unwrap();
-    let targets = ["flaky", "mock"].map(|p| RouteTarget {
-        provider: p.to_owned(),
-        upstream_model: None,
-    });
+    let targets = ["flaky", "mock"].map(|p| RouteTarget::new(p, None));
     create_route(&prepared.pool, "mm", &targets).await.unwrap();
     let fleet = prepared.launch(&spec).await.unwrap();
     let load = Load::start(LoadSpec {

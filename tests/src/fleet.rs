@@ -91,6 +91,7 @@ impl Prepared {
         let upstream = mock_upstream(spec).await?;
         let provider = NewProvider {
             timeout_ms: 10_000,
+            options: Default::default(),
             ..db::provider("mock", ProviderKind::OpenAi, &upstream.base_url())
         };
         db::provider_and_route(&pool, &provider, "m").await?;

@@ -4,6 +4,11 @@
 //! machine; all of them build into one cached target directory, so the
 //! dependencies they share compile once, and each release's binaries are
 //! copied out to a directory of their own.
+//!
+//! `scripts/test` starts the same builds (same source directory, target
+//! directory and environment) in the background while the workspace's tests
+//! build, reading the revisions from this file; a build here then waits on
+//! cargo's lock and finds its work done. Keep the two in step.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +42,9 @@ pub const PREVIOUS: Release = V0_2_0;
 /// The release before that (N-2).
 pub const BEFORE_PREVIOUS: Release = V0_1_0;
 
+/// The binaries built of every release.
+const BINARIES: [&str; 2] = ["obleth-gateway", "obleth-migrator"];
+
 /// One build at a time in this process: the scenarios ask concurrently.
 static BUILD: Mutex<()> = Mutex::new(());
 
@@ -64,6 +72,7 @@ impl Release {
     }
 
     /// Builds (once per machine) and answers one of the release's binaries.
+    /// Both binaries build in one cargo run, as `scripts/test` builds them.
     /// Blocking: call it from `spawn_blocking` in async code.
     pub fn binary(&self, name: &str) -> anyhow::Result<PathBuf> {
         let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -83,7 +92,8 @@ impl Release {
         ));
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
             .current_dir(&src)
-            .args(["build", "--locked", "--bin", name])
+            .args(["build", "--locked"])
+            .args(BINARIES.iter().flat_map(|bin| ["--bin", bin]))
             .env("CARGO_TARGET_DIR", &target)
             .env("OBLETH_GIT_COMMIT", self.revision)
             .env_remove("RUSTFLAGS")
@@ -98,10 +108,14 @@ impl Release {
             );
         }
         // Copied out: the next release's build replaces target/debug/<name>.
-        std::fs::create_dir_all(out.parent().expect("a file in a directory"))?;
-        let partial = out.with_extension("partial");
-        std::fs::copy(&built, &partial)?;
-        std::fs::rename(&partial, &out)?;
+        // Both binaries, while this build is the newest in the target.
+        for bin in BINARIES {
+            let out = out.with_file_name(bin);
+            std::fs::create_dir_all(out.parent().expect("a file in a directory"))?;
+            let partial = out.with_extension(format!("partial-{}", std::process::id()));
+            std::fs::copy(target.join("debug").join(bin), &partial)?;
+            std::fs::rename(&partial, &out)?;
+        }
         Ok(out)
     }
 
@@ -126,8 +140,13 @@ impl Release {
             );
         }
         // Unpacked beside and renamed, so an interrupted unpack is never taken
-        // for a whole tree.
-        let partial = cache_dir().join(format!("src-{}.partial", self.revision));
+        // for a whole tree; named by process, as `scripts/test` may be
+        // unpacking the same revision.
+        let partial = cache_dir().join(format!(
+            "src-{}.partial-{}",
+            self.revision,
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial)?;
         let tar = partial.join("src.tar");
@@ -142,7 +161,13 @@ impl Release {
             bail!("cannot unpack revision {}", self.revision);
         }
         std::fs::remove_file(&tar)?;
-        std::fs::rename(&partial, &src)?;
+        if let Err(e) = std::fs::rename(&partial, &src) {
+            // Another unpack of the same revision finished first.
+            let _ = std::fs::remove_dir_all(&partial);
+            if !src.join("Cargo.toml").exists() {
+                return Err(e).context(format!("cannot unpack revision {}", self.revision));
+            }
+        }
         Ok(src)
     }
 }

@@ -259,7 +259,194 @@ pub struct Provider {
     pub base_url: String,
     pub credential_ref: Option<String>,
     pub timeout_ms: i32,
+    /// What the provider needs beyond its URL and credential (`options`).
+    #[sqlx(json)]
+    #[serde(default)]
+    pub options: ProviderOptions,
 }
+
+/// The release that first reads [`ProviderOptions`] and target weights and
+/// priorities: the admin refuses a non-default value while an older gateway
+/// is live, as it would ignore it.
+pub const OPTIONS_SINCE: &str = "0.3.0";
+
+/// A provider's settings beyond its URL and credential, stored as one JSON
+/// object (`providers.options`). Every member is optional, and a member this
+/// release does not know is ignored when read (a newer release's), never an
+/// error; the admin API and the embedded configuration refuse unknown
+/// fields on input.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderOptions {
+    /// Further credentials (`env:` or `file:` references, like
+    /// `credential_ref`), used in turn with it: a key pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_pool: Vec<String>,
+    /// Time allowed to open a connection (TCP and TLS), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u32>,
+    /// Time allowed from sending the request to the answer's first body
+    /// byte, in milliseconds (`timeout_ms` still bounds the headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout_ms: Option<u32>,
+    /// Longest silence allowed between two chunks of an answer's body, in
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u32>,
+    /// A PEM bundle of CA certificates the provider's TLS certificate is
+    /// checked against, instead of the public roots (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// A PEM client certificate chain presented to the provider (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<String>,
+    /// The client certificate's private key: a `file:` reference, judged
+    /// like a credential's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_ref: Option<String>,
+}
+
+impl ProviderOptions {
+    /// True when every option has its default.
+    pub fn is_default(&self) -> bool {
+        *self == ProviderOptions::default()
+    }
+
+    /// Checks the options of a provider of `kind` at `base_url` (with or
+    /// without a `credential_ref`) against the syntax rules and `egress`.
+    /// The error names the option (`credential_pool[1]`, `ca_file`).
+    pub fn check(
+        &self,
+        kind: ProviderKind,
+        base_url: &str,
+        has_credential: bool,
+        egress: &crate::EgressSettings,
+    ) -> Result<(), OptionError> {
+        let refuse = |field: String, message: String| Err(OptionError { field, message });
+        if self.credential_pool.len() > MAX_CREDENTIAL_POOL {
+            return refuse(
+                "credential_pool".into(),
+                format!("must list at most {MAX_CREDENTIAL_POOL} references"),
+            );
+        }
+        if !self.credential_pool.is_empty() && !has_credential {
+            return refuse(
+                "credential_pool".into(),
+                "needs credential_ref, the pool's first credential".into(),
+            );
+        }
+        for (i, c) in self.credential_pool.iter().enumerate() {
+            let field = format!("credential_pool[{i}]");
+            if let Err(e) = crate::egress::CredentialRef::admit(c, egress) {
+                return refuse(field, e.to_string());
+            }
+            if self.credential_pool[..i].contains(c) {
+                return refuse(field, "is listed twice".into());
+            }
+        }
+        for (field, value) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("first_byte_timeout_ms", self.first_byte_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if let Some(ms) = value {
+                if ms == 0 || i64::from(ms) > i64::from(MAX_PROVIDER_TIMEOUT_MS) {
+                    return refuse(
+                        field.into(),
+                        format!("must be between 1 and {MAX_PROVIDER_TIMEOUT_MS}"),
+                    );
+                }
+            }
+        }
+        for (field, value) in [
+            ("ca_file", &self.ca_file),
+            ("client_cert_file", &self.client_cert_file),
+        ] {
+            let Some(path) = value else { continue };
+            if !kind.is_http() {
+                return refuse(field.into(), format!("does not apply to kind {kind}"));
+            }
+            if !base_url.starts_with("https://") {
+                return refuse(field.into(), "needs an https:// base_url".into());
+            }
+            if !path.starts_with('/') || path.len() > 4096 || path.chars().any(|c| c.is_control()) {
+                return refuse(
+                    field.into(),
+                    "must be an absolute path of at most 4096 bytes".into(),
+                );
+            }
+        }
+        match (&self.client_cert_file, &self.client_key_ref) {
+            (Some(_), None) => {
+                return refuse(
+                    "client_key_ref".into(),
+                    "is needed with client_cert_file".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return refuse(
+                    "client_cert_file".into(),
+                    "is needed with client_key_ref".into(),
+                )
+            }
+            (Some(_), Some(key)) => {
+                if let Err(e) = crate::egress::CredentialRef::admit(key, egress) {
+                    return refuse("client_key_ref".into(), e.to_string());
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// These options with `patch` applied, member by member (RFC 7396 at
+    /// one level): a member set replaces its value, a `null` clears it, an
+    /// absent one is kept. A patch is checked with [`Self::strict`] first;
+    /// one that does not make valid options leaves them as they are.
+    pub fn merged(&self, patch: &serde_json::Map<String, serde_json::Value>) -> ProviderOptions {
+        let Ok(serde_json::Value::Object(mut members)) = serde_json::to_value(self) else {
+            return self.clone();
+        };
+        for (name, value) in patch {
+            if value.is_null() {
+                members.remove(name);
+            } else {
+                members.insert(name.clone(), value.clone());
+            }
+        }
+        serde_json::from_value(serde_json::Value::Object(members)).unwrap_or_else(|_| self.clone())
+    }
+
+    /// Reads options from input (the admin API, the embedded
+    /// configuration), refusing a member this release does not know, where
+    /// a stored row's is ignored: `#[serde(deserialize_with =
+    /// "ProviderOptions::strict")]`.
+    pub fn strict<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ProviderOptions, D::Error> {
+        let mut unknown: Option<String> = None;
+        let options = serde_ignored::deserialize(d, |path| {
+            unknown.get_or_insert_with(|| path.to_string());
+        })?;
+        match unknown {
+            Some(field) => Err(serde::de::Error::custom(format!(
+                "unknown option `{field}`"
+            ))),
+            None => Ok(options),
+        }
+    }
+}
+
+/// The most credentials a provider's pool may list besides `credential_ref`.
+pub const MAX_CREDENTIAL_POOL: usize = 16;
+
+/// An option [`ProviderOptions::check`] refuses: its name and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct OptionError {
+    pub field: String,
+    pub message: String,
+}
+
+/// The largest weight a route target may have.
+pub const MAX_TARGET_WEIGHT: i32 = 1_000_000;
 
 /// One provider serving a route, by provider name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +454,36 @@ pub struct RouteTarget {
     pub provider: String,
     /// The model name sent upstream; `None` keeps the client's.
     pub upstream_model: Option<String>,
+    /// The target's share of its priority's requests, 0 to
+    /// [`MAX_TARGET_WEIGHT`]; 0 takes requests only when every other target
+    /// of its priority failed. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: i32,
+    /// Targets of a lower priority are tried first; `None` is the target's
+    /// position in the route (the order of the list, as before weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+}
+
+fn default_weight() -> i32 {
+    1
+}
+
+impl RouteTarget {
+    /// A target with the default weight and priority.
+    pub fn new(provider: impl Into<String>, upstream_model: Option<String>) -> Self {
+        RouteTarget {
+            provider: provider.into(),
+            upstream_model,
+            weight: 1,
+            priority: None,
+        }
+    }
+
+    /// True when the weight and priority have their defaults.
+    pub fn is_plain(&self) -> bool {
+        self.weight == 1 && self.priority.is_none()
+    }
 }
 
 /// A public model name and the providers that serve it, tried in order.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use obleth_config::egress::{CredentialError, CredentialRef};
-use obleth_config::model::{ProviderKind, Route};
+use obleth_config::model::{ProviderKind, ProviderOptions, Route};
 use obleth_config::EgressSettings;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -22,6 +22,8 @@ pub struct ProviderRuntime {
     pub base_url: String,
     pub timeout: Duration,
     pub mock: MockSettings,
+    /// Settings beyond the URL and credential, as configured.
+    pub options: ProviderOptions,
     /// `x-obleth-provider` on answers, made once.
     pub name_header: Option<HeaderValue>,
     /// The credential header sent upstream, made from the credential when
@@ -94,6 +96,7 @@ impl ProviderRuntime {
         credential: Option<SecretString>,
         timeout: Duration,
         mock: MockSettings,
+        options: ProviderOptions,
     ) -> Self {
         let authorization = Self::header(kind, credential.as_ref());
         ProviderRuntime {
@@ -103,6 +106,7 @@ impl ProviderRuntime {
             base_url,
             timeout,
             mock,
+            options,
             authorization: RwLock::new(authorization),
             credential_file: None,
             health: crate::retry::TargetHealth::default(),
@@ -194,6 +198,10 @@ pub struct Target {
     pub provider: Arc<ProviderRuntime>,
     /// The model name sent upstream instead of the client's.
     pub upstream_model: Option<String>,
+    /// The target's share of its priority's requests; 0 is a standby.
+    pub weight: u32,
+    /// Lower first; the target's position in the route when not set.
+    pub priority: u32,
 }
 
 /// Why the embedded configuration's providers and routes cannot be built.
@@ -268,6 +276,7 @@ impl Catalog {
                         credential,
                         Duration::from_millis(p.timeout_ms),
                         p.mock.clone(),
+                        p.options.clone(),
                     )
                     .watching_opt(p.credential.as_deref()),
                 ),
@@ -276,7 +285,7 @@ impl Catalog {
         let mut table = HashMap::new();
         for r in routes {
             let mut targets = Vec::new();
-            for t in &r.targets {
+            for (position, t) in r.targets.iter().enumerate() {
                 let provider =
                     by_name
                         .get(&t.provider)
@@ -287,6 +296,8 @@ impl Catalog {
                 targets.push(Target {
                     provider: Arc::clone(provider),
                     upstream_model: t.upstream_model.clone(),
+                    weight: t.weight,
+                    priority: t.priority.unwrap_or(position_priority(position)),
                 });
             }
             table.insert(r.model.clone(), targets);
@@ -333,6 +344,7 @@ impl Catalog {
                         credential,
                         Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(60_000)),
                         MockSettings::default(),
+                        p.options.clone(),
                     )
                     .watching_opt(watched),
                 ),
@@ -342,10 +354,16 @@ impl Catalog {
         for Route { model, targets, .. } in &catalog.routes {
             let resolved = targets
                 .iter()
-                .filter_map(|t| {
+                .enumerate()
+                .filter_map(|(position, t)| {
                     by_name.get(&t.provider).map(|p| Target {
                         provider: Arc::clone(p),
                         upstream_model: t.upstream_model.clone(),
+                        weight: u32::try_from(t.weight).unwrap_or(0),
+                        priority: t
+                            .priority
+                            .and_then(|p| u32::try_from(p).ok())
+                            .unwrap_or(position_priority(position)),
                     })
                 })
                 .collect();
@@ -353,6 +371,12 @@ impl Catalog {
         }
         Catalog { routes: table }
     }
+}
+
+/// The priority of a target without one: its position in the route, so a
+/// route without priorities is tried in order, as before weights.
+fn position_priority(position: usize) -> u32 {
+    u32::try_from(position).unwrap_or(u32::MAX)
 }
 
 /// Reads a credential from `env:VARIABLE` or `file:/path` once `egress`

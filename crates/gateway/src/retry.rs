@@ -322,8 +322,11 @@ mod tests {
                     None,
                     Duration::from_secs(5),
                     MockSettings::default(),
+                    Default::default(),
                 )),
                 upstream_model: None,
+                weight: 1,
+                priority: u32::try_from(i).unwrap(),
             })
             .collect()
     }

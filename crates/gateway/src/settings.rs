@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use obleth_config::egress::{url_host, CredentialRef};
-use obleth_config::model::{ProviderKind, MAX_PROVIDER_TIMEOUT_MS};
+use obleth_config::model::{
+    ProviderKind, ProviderOptions, MAX_PROVIDER_TIMEOUT_MS, MAX_TARGET_WEIGHT,
+};
 use obleth_config::{DatabaseSettings, InvalidSetting, LogSettings, SettingsError};
 use serde::Deserialize;
 
@@ -314,6 +316,11 @@ pub struct ProviderConfig {
     /// For the `mock` kind: how it answers.
     #[serde(default)]
     pub mock: MockSettings,
+    /// Settings beyond the URL and credential (`docs/providers.md`): a
+    /// credential pool, connect / first-byte / idle timeouts, TLS trust and
+    /// client certificate.
+    #[serde(default, deserialize_with = "ProviderOptions::strict")]
+    pub options: ProviderOptions,
 }
 
 fn default_provider_timeout_ms() -> u64 {
@@ -353,6 +360,17 @@ pub struct TargetConfig {
     pub provider: String,
     #[serde(default)]
     pub upstream_model: Option<String>,
+    /// The target's share of its priority's requests (default 1; 0 is a
+    /// standby).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Lower priorities are tried first; absent is the target's position.
+    #[serde(default)]
+    pub priority: Option<u32>,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 /// An API key in the embedded configuration: its public id and the SHA-256 of
@@ -547,6 +565,16 @@ impl GatewaySettings {
                     InvalidSetting::new(format!("providers[{i}].credential"), e.to_string())
                 })?;
             }
+            p.options
+                .check(
+                    p.kind,
+                    p.base_url.as_deref().unwrap_or_default(),
+                    p.credential.is_some(),
+                    &self.egress,
+                )
+                .map_err(|e| {
+                    InvalidSetting::new(format!("providers[{i}].options.{}", e.field), e.message)
+                })?;
         }
         let mut models = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -572,6 +600,14 @@ impl GatewaySettings {
                 }
                 if let Some(m) = &t.upstream_model {
                     visible(format!("routes[{i}].targets[{j}].upstream_model"), m)?;
+                }
+                for (name, value) in [("weight", Some(t.weight)), ("priority", t.priority)] {
+                    if value.is_some_and(|v| i64::from(v) > i64::from(MAX_TARGET_WEIGHT)) {
+                        return Err(InvalidSetting::new(
+                            format!("routes[{i}].targets[{j}].{name}"),
+                            format!("must be at most {MAX_TARGET_WEIGHT}"),
+                        ));
+                    }
                 }
             }
         }
@@ -661,5 +697,49 @@ mod tests {
             "must be `env:VARIABLE` or `file:/absolute/path`, never the credential itself"
         );
         assert!(!format!("{e} {e:?}").contains("sk-live"), "{e:?}");
+    }
+
+    #[test]
+    fn provider_options_and_target_weights_load_and_refusals_name_the_option() {
+        let load = |text: &str| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            write!(file, "{text}").unwrap();
+            GatewaySettings::load(Some(file.path()))
+        };
+        let provider = "[[providers]]\nname = \"up\"\nkind = \"openai\"\n\
+                        base_url = \"https://api.example.com\"\n\
+                        credential = \"env:OBLETH_CREDENTIAL_A\"\n";
+        let s = load(&format!(
+            "{provider}[providers.options]\ncredential_pool = [\"env:OBLETH_CREDENTIAL_B\"]\n\
+             connect_timeout_ms = 250\n\
+             [[routes]]\nmodel = \"m\"\n\
+             targets = [{{ provider = \"up\", weight = 3, priority = 1 }}]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.providers[0].options.credential_pool,
+            ["env:OBLETH_CREDENTIAL_B"]
+        );
+        assert_eq!(s.providers[0].options.connect_timeout_ms, Some(250));
+        assert_eq!(s.routes[0].targets[0].weight, 3);
+        assert_eq!(s.routes[0].targets[0].priority, Some(1));
+
+        let e = load(&format!("{provider}[providers.options]\nshade = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown option `shade`"), "{e}");
+        let e = load(&format!(
+            "{provider}[providers.options]\ncredential_pool = [\"env:PATH\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("providers[0].options.credential_pool[0]"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{provider}[[routes]]\nmodel = \"m\"\n\
+             targets = [{{ provider = \"up\", weight = 2000000 }}]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("routes[0].targets[0].weight"), "{e}");
     }
 }

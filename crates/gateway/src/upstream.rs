@@ -226,6 +226,7 @@ mod tests {
             None,
             Duration::from_secs(5),
             MockSettings::default(),
+            Default::default(),
         )
     }
 

@@ -72,6 +72,7 @@ pub fn provider(name: &str, kind: ProviderKind, base_url: &str) -> NewProvider {
         base_url: base_url.to_owned(),
         credential_ref: None,
         timeout_ms: 5_000,
+        options: Default::default(),
     }
 }
 
@@ -85,10 +86,7 @@ pub async fn provider_and_route(
     create_route(
         pool,
         model,
-        &[RouteTarget {
-            provider: provider.name.clone(),
-            upstream_model: None,
-        }],
+        &[RouteTarget::new(provider.name.clone(), None)],
     )
     .await?;
     Ok(())

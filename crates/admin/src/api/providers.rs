@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use obleth_config::db::catalog::{self, CatalogError, NewProvider, ProviderUpdate};
 use obleth_config::egress::{url_host, CredentialRef};
-use obleth_config::model::{Provider, ProviderKind};
+use obleth_config::model::{Provider, ProviderKind, ProviderOptions, OPTIONS_SINCE};
 use obleth_config::EgressSettings;
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -71,6 +71,9 @@ pub struct ProviderView {
     /// `env:VARIABLE` or `file:/path`, read by the gateway.
     pub credential_ref: Option<String>,
     pub timeout_ms: i32,
+    /// The options set; see `CreateProvider.options`.
+    #[schema(value_type = Object)]
+    pub options: ProviderOptions,
 }
 
 impl From<&Provider> for ProviderView {
@@ -82,6 +85,7 @@ impl From<&Provider> for ProviderView {
             base_url: p.base_url.clone(),
             credential_ref: p.credential_ref.clone(),
             timeout_ms: p.timeout_ms,
+            options: p.options.clone(),
         }
     }
 }
@@ -115,6 +119,16 @@ pub struct CreateProvider {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 600_000)]
     pub timeout_ms: Option<i32>,
+    /// Settings beyond the URL and credential, each optional:
+    /// `credential_pool` (up to 16 more references, used in turn with
+    /// `credential_ref`), `connect_timeout_ms`, `first_byte_timeout_ms`,
+    /// `idle_timeout_ms` (1 to 600000), `ca_file` (a PEM CA bundle on the
+    /// gateway's disk, for an https:// `base_url` with a private CA),
+    /// `client_cert_file` and `client_key_ref` (a client certificate for
+    /// mTLS; the key is a credential reference). An unknown option is refused.
+    #[serde(default, deserialize_with = "ProviderOptions::strict")]
+    #[schema(value_type = Object)]
+    pub options: ProviderOptions,
 }
 
 /// A partial update. A field left out is unchanged; `credential_ref: null` clears it.
@@ -132,6 +146,11 @@ pub struct UpdateProvider {
     pub credential_ref: Option<Option<String>>,
     #[serde(default)]
     pub timeout_ms: Option<i32>,
+    /// Options to change, by name: a value replaces the option, `null`
+    /// clears it, an option left out is unchanged.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Checks a whole provider, as it would be stored, against the syntax rules
@@ -143,6 +162,7 @@ fn check(
     base_url: &str,
     credential_ref: Option<&str>,
     timeout_ms: i32,
+    options: &ProviderOptions,
 ) -> Result<(), AdminError> {
     validate::slug("name", name)?;
     check_base_url(egress, kind, base_url)?;
@@ -159,7 +179,22 @@ fn check(
             format!("must be between 1 and {MAX_TIMEOUT_MS}"),
         ));
     }
-    Ok(())
+    options
+        .check(kind.into(), base_url, credential_ref.is_some(), egress)
+        .map_err(|e| AdminError::validation(format!("options.{}", e.field), e.message))
+}
+
+/// Checks an options patch on its own: every member known and of its type
+/// (`null` clears one).
+fn check_patch(patch: &serde_json::Map<String, serde_json::Value>) -> Result<(), AdminError> {
+    let set: serde_json::Map<String, serde_json::Value> = patch
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    ProviderOptions::strict(serde_json::Value::Object(set))
+        .map(|_| ())
+        .map_err(|e| AdminError::validation("options", e.to_string()))
 }
 
 fn check_base_url(egress: &EgressSettings, kind: Kind, url: &str) -> Result<(), AdminError> {
@@ -204,8 +239,19 @@ fn check_base_url(egress: &EgressSettings, kind: Kind, url: &str) -> Result<(), 
 /// recorded its stop, within `migrations.node_horizon_secs`) runs a release
 /// older than the kind ([`ProviderKind::since`]): such a gateway could not
 /// load the catalog with it, nor apply any change after it.
-async fn fleet_reads(state: &AppState, kind: ProviderKind) -> Result<(), AdminError> {
-    let Ok(since) = semver::Version::parse(kind.since()) else {
+async fn fleet_reads_kind(state: &AppState, kind: ProviderKind) -> Result<(), AdminError> {
+    fleet_reads(state, kind.since(), "kind", &format!("kind `{kind}`")).await
+}
+
+/// Refuses `what` (named by `field`) while a live gateway runs a release
+/// older than `since`.
+pub(super) async fn fleet_reads(
+    state: &AppState,
+    since: &str,
+    field: &str,
+    what: &str,
+) -> Result<(), AdminError> {
+    let Ok(since) = semver::Version::parse(since) else {
         return Err(AdminError::Internal);
     };
     if since <= semver::Version::new(0, 1, 0) {
@@ -224,9 +270,9 @@ async fn fleet_reads(state: &AppState, kind: ProviderKind) -> Result<(), AdminEr
     }
     Err(AdminError::Conflict {
         code: "fleet_not_ready",
-        field: Some("kind".to_owned()),
+        field: Some(field.to_owned()),
         message: format!(
-            "kind `{kind}` needs every live gateway at {since} or later ({}); finish the rollout first",
+            "{what} needs every live gateway at {since} or later ({}); finish the rollout first",
             older.join(", ")
         ),
     })
@@ -280,14 +326,19 @@ pub async fn create_provider(
         &base_url,
         body.credential_ref.as_deref(),
         timeout_ms,
+        &body.options,
     )?;
-    fleet_reads(&state, body.kind.into()).await?;
+    fleet_reads_kind(&state, body.kind.into()).await?;
+    if !body.options.is_default() {
+        fleet_reads(&state, OPTIONS_SINCE, "options", "provider options").await?;
+    }
     let new = NewProvider {
         name: body.name,
         kind: body.kind.into(),
         base_url,
         credential_ref: body.credential_ref,
         timeout_ms,
+        options: body.options,
     };
     let provider = catalog::create_provider(&state.pool, &new)
         .await
@@ -355,7 +406,13 @@ pub async fn update_provider(
 ) -> Result<Json<ProviderView>, AdminError> {
     storable(&name)?;
     if let Some(kind) = body.kind {
-        fleet_reads(&state, kind.into()).await?;
+        fleet_reads_kind(&state, kind.into()).await?;
+    }
+    if let Some(patch) = &body.options {
+        check_patch(patch)?;
+        if patch.values().any(|v| !v.is_null()) {
+            fleet_reads(&state, OPTIONS_SINCE, "options", "provider options").await?;
+        }
     }
     let update = ProviderUpdate {
         name: body.name,
@@ -363,6 +420,7 @@ pub async fn update_provider(
         base_url: body.base_url,
         credential_ref: body.credential_ref,
         timeout_ms: body.timeout_ms,
+        options: body.options,
     };
     // Judge the provider as it would be after the update, inside the
     // transaction that writes it, so a change of kind is checked against the
@@ -376,6 +434,7 @@ pub async fn update_provider(
             &merged.base_url,
             merged.credential_ref.as_deref(),
             merged.timeout_ms,
+            &merged.options,
         )
         .map_err(|e| match e {
             AdminError::Validation { field, message } => CatalogError::Invalid { field, message },

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use obleth_config::db::catalog::{self, CatalogError};
-use obleth_config::model::{Route, RouteTarget};
+use obleth_config::model::{Route, RouteTarget, MAX_TARGET_WEIGHT, OPTIONS_SINCE};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use utoipa::ToSchema;
@@ -29,6 +29,33 @@ pub struct Target {
     /// The model name sent upstream; absent keeps the client's.
     #[serde(default)]
     pub upstream_model: Option<String>,
+    /// The target's share of the requests of its priority, 0 to 1000000
+    /// (default 1); 0 is a standby, used only when every other target of
+    /// its priority failed.
+    #[serde(default = "one")]
+    #[schema(minimum = 0, maximum = 1_000_000, default = 1)]
+    pub weight: i32,
+    /// 0 to 1000000; lower priorities are tried first, and targets of the
+    /// same priority share requests by weight. Absent: the target's position
+    /// in the list (tried in order, as without weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    pub priority: Option<i32>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+impl From<&RouteTarget> for Target {
+    fn from(t: &RouteTarget) -> Self {
+        Target {
+            provider: t.provider.clone(),
+            upstream_model: t.upstream_model.clone(),
+            weight: t.weight,
+            priority: t.priority,
+        }
+    }
 }
 
 /// A route as stored.
@@ -36,7 +63,8 @@ pub struct Target {
 pub struct RouteView {
     pub id: Uuid,
     pub model: String,
-    /// Tried in order; the gateway falls back before the first byte reaches the client.
+    /// Tried by priority, then by weight (in order when neither is set); the
+    /// gateway falls back before the first byte reaches the client.
     pub targets: Vec<Target>,
 }
 
@@ -45,14 +73,7 @@ impl From<&Route> for RouteView {
         RouteView {
             id: r.id,
             model: r.model.clone(),
-            targets: r
-                .targets
-                .iter()
-                .map(|t| Target {
-                    provider: t.provider.clone(),
-                    upstream_model: t.upstream_model.clone(),
-                })
-                .collect(),
+            targets: r.targets.iter().map(Target::from).collect(),
         }
     }
 }
@@ -70,7 +91,7 @@ pub struct CreateRoute {
     /// The model name clients ask for; unique.
     #[schema(min_length = 1, max_length = 200)]
     pub model: String,
-    /// 1 to 16 providers, tried in order.
+    /// 1 to 16 providers.
     #[schema(min_items = 1, max_items = 16)]
     pub targets: Vec<Target>,
 }
@@ -79,7 +100,7 @@ pub struct CreateRoute {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceTargets {
-    /// 1 to 16 providers, tried in order.
+    /// 1 to 16 providers.
     #[schema(min_items = 1, max_items = 16)]
     pub targets: Vec<Target>,
 }
@@ -105,14 +126,48 @@ fn check_targets(targets: &[Target]) -> Result<Vec<RouteTarget>, AdminError> {
         if let Some(m) = &t.upstream_model {
             validate::model_name(&format!("targets[{i}].upstream_model"), m)?;
         }
+        if !(0..=MAX_TARGET_WEIGHT).contains(&t.weight) {
+            return Err(AdminError::validation(
+                format!("targets[{i}].weight"),
+                format!("must be between 0 and {MAX_TARGET_WEIGHT}"),
+            ));
+        }
+        if let Some(p) = t.priority {
+            if !(0..=MAX_TARGET_WEIGHT).contains(&p) {
+                return Err(AdminError::validation(
+                    format!("targets[{i}].priority"),
+                    format!("must be between 0 and {MAX_TARGET_WEIGHT}"),
+                ));
+            }
+        }
     }
     Ok(targets
         .iter()
         .map(|t| RouteTarget {
             provider: t.provider.clone(),
             upstream_model: t.upstream_model.clone(),
+            weight: t.weight,
+            priority: t.priority,
         })
         .collect())
+}
+
+/// Refuses weights and priorities while a live gateway older than
+/// [`OPTIONS_SINCE`] could read them: it would ignore them and try the
+/// targets in order.
+async fn fleet_reads_weights(state: &AppState, targets: &[RouteTarget]) -> Result<(), AdminError> {
+    match targets.iter().position(|t| !t.is_plain()) {
+        Some(i) => {
+            super::providers::fleet_reads(
+                state,
+                OPTIONS_SINCE,
+                &format!("targets[{i}]"),
+                "target weights and priorities",
+            )
+            .await
+        }
+        None => Ok(()),
+    }
 }
 
 /// Turns a catalog refusal into an answer naming the field.
@@ -150,7 +205,7 @@ fn catalog_error(e: CatalogError, targets: &[RouteTarget]) -> AdminError {
     request_body = CreateRoute,
     responses(
         (status = 201, body = RouteView),
-        (status = 409, description = "The model already has a route", body = ErrorBody),
+        (status = 409, description = "The model already has a route, or a live gateway runs a release older than weights", body = ErrorBody),
         (status = 422, description = "Invalid, or names an unknown provider", body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -161,6 +216,7 @@ pub async fn create_route(
 ) -> Result<Response, AdminError> {
     validate::model_name("model", &body.model)?;
     let targets = check_targets(&body.targets)?;
+    fleet_reads_weights(&state, &targets).await?;
     let route = catalog::create_route(&state.pool, &body.model, &targets)
         .await
         .map_err(|e| catalog_error(e, &targets))?;
@@ -207,6 +263,7 @@ pub async fn get_route(
     responses(
         (status = 200, body = RouteView),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "A live gateway runs a release older than weights", body = ErrorBody),
         (status = 422, description = "Invalid, or names an unknown provider", body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -218,6 +275,7 @@ pub async fn replace_targets(
 ) -> Result<Json<RouteView>, AdminError> {
     let id = validate::uuid("id", &id)?;
     let targets = check_targets(&body.targets)?;
+    fleet_reads_weights(&state, &targets).await?;
     let route = catalog::replace_route_targets(&state.pool, id, &targets)
         .await
         .map_err(|e| catalog_error(e, &targets))?

@@ -156,7 +156,7 @@ async fn providers_and_routes_are_managed_and_conflicts_name_the_field() {
     assert_eq!(replaced.status, 200, "{}", replaced.text());
     assert_eq!(
         replaced.json()["targets"],
-        json!([{"provider": "mock", "upstream_model": null}])
+        json!([{"provider": "mock", "upstream_model": null, "weight": 1}])
     );
     let list = admin.get("/api/v1/routes").await.json();
     assert_eq!(list["items"][0]["targets"].as_array().unwrap().len(), 1);
@@ -271,4 +271,235 @@ async fn an_anthropic_provider_waits_for_every_live_gateway_to_read_it() {
         .await
         .unwrap();
     assert_eq!(stored, "anthropic");
+}
+
+/// Options and target weights: stored, shown, patched member by member, and
+/// every refusal a 422 naming the option; both wait for the rollout as a
+/// new kind does (an older gateway would ignore them).
+#[tokio::test]
+async fn provider_options_and_target_weights_are_validated_patched_and_wait_for_the_fleet() {
+    let (admin, _db, pool) = TestAdmin::on_fresh_database().await;
+    let create = |name: &str, options: Value| {
+        json!({"name": name, "kind": "openai", "base_url": "https://api.example.com/v1",
+               "credential_ref": "env:OBLETH_CREDENTIAL_A", "options": options})
+    };
+    for (options, field, message) in [
+        (
+            json!({"colour": "blue"}),
+            "options",
+            "unknown option `colour`",
+        ),
+        (
+            json!({"connect_timeout_ms": 0}),
+            "options.connect_timeout_ms",
+            "between 1 and 600000",
+        ),
+        (
+            json!({"credential_pool": ["env:HOME"]}),
+            "options.credential_pool[0]",
+            "OBLETH_CREDENTIAL_",
+        ),
+        (
+            json!({"credential_pool": ["env:OBLETH_CREDENTIAL_B", "env:OBLETH_CREDENTIAL_B"]}),
+            "options.credential_pool[1]",
+            "listed twice",
+        ),
+        (
+            json!({"ca_file": "relative.pem"}),
+            "options.ca_file",
+            "absolute path",
+        ),
+        (
+            json!({"client_cert_file": "/etc/obleth/client.pem"}),
+            "options.client_key_ref",
+            "needed with client_cert_file",
+        ),
+        (
+            json!({"idle_timeout_ms": "soon"}),
+            "options.idle_timeout_ms",
+            "expected u32",
+        ),
+    ] {
+        let refused = admin
+            .call(
+                Method::POST,
+                "/api/v1/providers",
+                create("p", options.clone()),
+            )
+            .await;
+        assert_eq!(refused.status, 422, "{options}: {}", refused.text());
+        let body = refused.json();
+        assert_eq!(body["error"]["field"], field, "{options}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(message),
+            "{options}: {body}"
+        );
+    }
+    // A pool needs a first credential; TLS files need https.
+    let no_first = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            json!({"name": "p", "kind": "openai", "base_url": "https://api.example.com/v1",
+                   "options": {"credential_pool": ["env:OBLETH_CREDENTIAL_B"]}}),
+        )
+        .await;
+    assert_eq!(no_first.status, 422, "{}", no_first.text());
+    assert_eq!(no_first.json()["error"]["field"], "options.credential_pool");
+    let plain = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            json!({"name": "p", "kind": "openai", "base_url": "http://10.0.0.1/v1",
+                   "options": {"ca_file": "/etc/obleth/ca.pem"}}),
+        )
+        .await;
+    assert_eq!(plain.status, 422, "{}", plain.text());
+    assert!(
+        plain.text().contains("needs an https:// base_url"),
+        "{}",
+        plain.text()
+    );
+
+    let options = json!({"credential_pool": ["env:OBLETH_CREDENTIAL_B"], "connect_timeout_ms": 500,
+                         "ca_file": "/etc/obleth/ca.pem"});
+    let created = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            create("pooled", options.clone()),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["options"], options);
+
+    // A patch changes the options it names, clears a null, keeps the rest;
+    // the merged provider is judged whole.
+    let patched = admin
+        .call(
+            Method::PATCH,
+            "/api/v1/providers/pooled",
+            json!({"options": {"connect_timeout_ms": 900, "ca_file": null}}),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(
+        patched.json()["options"],
+        json!({"credential_pool": ["env:OBLETH_CREDENTIAL_B"], "connect_timeout_ms": 900})
+    );
+    let orphan = admin
+        .call(
+            Method::PATCH,
+            "/api/v1/providers/pooled",
+            json!({"credential_ref": null}),
+        )
+        .await;
+    assert_eq!(orphan.status, 422, "{}", orphan.text());
+    assert_eq!(orphan.json()["error"]["field"], "options.credential_pool");
+    let unknown = admin
+        .call(
+            Method::PATCH,
+            "/api/v1/providers/pooled",
+            json!({"options": {"colour": null, "shade": 1}}),
+        )
+        .await;
+    assert_eq!(unknown.status, 422, "{}", unknown.text());
+    assert!(
+        unknown.text().contains("unknown option `shade`"),
+        "{}",
+        unknown.text()
+    );
+
+    // Weights and priorities.
+    let mock = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            json!({"name": "m", "kind": "mock"}),
+        )
+        .await;
+    assert_eq!(mock.status, 201);
+    let heavy = admin
+        .call(
+            Method::POST,
+            "/api/v1/routes",
+            json!({"model": "gpt-4o", "targets": [
+                {"provider": "pooled", "weight": 1000001}]}),
+        )
+        .await;
+    assert_eq!(heavy.status, 422, "{}", heavy.text());
+    assert_eq!(heavy.json()["error"]["field"], "targets[0].weight");
+    let route = admin
+        .call(
+            Method::POST,
+            "/api/v1/routes",
+            json!({"model": "gpt-4o", "targets": [
+                {"provider": "pooled", "weight": 3, "priority": 0},
+                {"provider": "m", "weight": 1, "priority": 0}]}),
+        )
+        .await;
+    assert_eq!(route.status, 201, "{}", route.text());
+    assert_eq!(
+        route.json()["targets"],
+        json!([{"provider": "pooled", "upstream_model": null, "weight": 3, "priority": 0},
+               {"provider": "m", "upstream_model": null, "weight": 1, "priority": 0}])
+    );
+    let stored: Vec<(i32, Option<i32>)> =
+        sqlx::query_as("SELECT weight, priority FROM route_targets ORDER BY position")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, [(3, Some(0)), (1, Some(0))]);
+
+    // While a gateway of the previous release is live, neither is accepted.
+    sqlx::raw_sql(
+        "INSERT INTO nodes (node_id, service, version, ready) VALUES ('gw-old', 'gateway', '0.2.0', true)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let refused = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            create("later", json!({"idle_timeout_ms": 1000})),
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert_eq!(
+        refused.admin_error(),
+        ("fleet_not_ready".to_owned(), Some("options".to_owned()))
+    );
+    let id = route.json()["id"].as_str().unwrap().to_owned();
+    let weighted = admin
+        .call(
+            Method::PUT,
+            &format!("/api/v1/routes/{id}/targets"),
+            json!({"targets": [{"provider": "m"}, {"provider": "pooled", "weight": 2}]}),
+        )
+        .await;
+    assert_eq!(weighted.status, 409, "{}", weighted.text());
+    assert_eq!(
+        weighted.admin_error(),
+        ("fleet_not_ready".to_owned(), Some("targets[1]".to_owned()))
+    );
+    // Plain targets and option-less providers still go through; clearing
+    // options does too.
+    let plain = admin
+        .call(
+            Method::PUT,
+            &format!("/api/v1/routes/{id}/targets"),
+            json!({"targets": [{"provider": "m"}, {"provider": "pooled"}]}),
+        )
+        .await;
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    let cleared = admin
+        .call(
+            Method::PATCH,
+            "/api/v1/providers/pooled",
+            json!({"options": {"connect_timeout_ms": null}}),
+        )
+        .await;
+    assert_eq!(cleared.status, 200, "{}", cleared.text());
+    admin.stop().await.unwrap();
 }

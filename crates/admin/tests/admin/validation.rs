@@ -227,8 +227,8 @@ async fn invalid_input_is_refused_with_422_naming_the_field_and_changes_nothing(
         case(
             M::POST,
             "/api/v1/routes",
-            json!({"model": "m2", "targets": [{"provider": "mock", "weight": 2}]}),
-            "targets[0].weight",
+            json!({"model": "m2", "targets": [{"provider": "mock", "colour": 2}]}),
+            "targets[0].colour",
         ),
         case(
             M::PUT,

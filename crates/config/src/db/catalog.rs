@@ -5,7 +5,7 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::changes::record_change;
-use crate::model::{Entity, Op, Provider, ProviderKind, Route, RouteTarget};
+use crate::model::{Entity, Op, Provider, ProviderKind, ProviderOptions, Route, RouteTarget};
 
 /// Every provider and route, each list ordered by name (routes by model).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +33,16 @@ pub enum CatalogError {
     Database(#[from] sqlx::Error),
 }
 
+/// A provider's columns, in [`Provider`]'s order.
+const PROVIDER_COLUMNS: &str = "id, name, kind, base_url, credential_ref, timeout_ms, options";
+
+/// The routes-with-targets join, without its filter and order.
+const ROUTE_ROWS: &str = "SELECT r.id, r.model, p.name AS provider, t.upstream_model, \
+     t.weight, t.priority \
+     FROM routes r \
+     LEFT JOIN route_targets t ON t.route_id = r.id \
+     LEFT JOIN providers p ON p.id = t.provider_id";
+
 /// One row of the routes-with-targets join.
 #[derive(sqlx::FromRow)]
 struct RouteRow {
@@ -40,6 +50,21 @@ struct RouteRow {
     model: String,
     provider: Option<String>,
     upstream_model: Option<String>,
+    weight: Option<i32>,
+    priority: Option<i32>,
+}
+
+impl RouteRow {
+    /// The row's target; `None` for a route without targets (the left
+    /// join's NULLs).
+    fn target(self) -> Option<RouteTarget> {
+        Some(RouteTarget {
+            provider: self.provider?,
+            upstream_model: self.upstream_model,
+            weight: self.weight.unwrap_or(1),
+            priority: self.priority,
+        })
+    }
 }
 
 /// Loads providers and routes, each route's targets in position order.
@@ -51,20 +76,14 @@ pub async fn load_catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let providers: Vec<Provider> = sqlx::query_as(
-        "SELECT id, name, kind, base_url, credential_ref, timeout_ms FROM providers ORDER BY name",
-    )
+    let providers: Vec<Provider> = sqlx::query_as(&format!(
+        "SELECT {PROVIDER_COLUMNS} FROM providers ORDER BY name"
+    ))
     .fetch_all(&mut *tx)
     .await?;
-    let rows: Vec<RouteRow> = sqlx::query_as(
-        "SELECT r.id, r.model, p.name AS provider, t.upstream_model \
-         FROM routes r \
-         LEFT JOIN route_targets t ON t.route_id = r.id \
-         LEFT JOIN providers p ON p.id = t.provider_id \
-         ORDER BY r.model, t.position",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<RouteRow> = sqlx::query_as(&format!("{ROUTE_ROWS} ORDER BY r.model, t.position"))
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
 
     let mut routes: Vec<Route> = Vec::new();
@@ -74,20 +93,14 @@ pub async fn load_catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
             _ => {
                 routes.push(Route {
                     id: row.id,
-                    model: row.model,
+                    model: row.model.clone(),
                     targets: Vec::new(),
                 });
                 let last = routes.len() - 1;
                 &mut routes[last]
             }
         };
-        // A route without targets yields one row with NULLs from the left join.
-        if let Some(provider) = row.provider {
-            route.targets.push(RouteTarget {
-                provider,
-                upstream_model: row.upstream_model,
-            });
-        }
+        route.targets.extend(row.target());
     }
     Ok(Catalog { providers, routes })
 }
@@ -102,22 +115,24 @@ pub struct NewProvider {
     pub credential_ref: Option<String>,
     /// The schema's default is 60 000.
     pub timeout_ms: i32,
+    #[serde(default)]
+    pub options: ProviderOptions,
 }
 
 /// Creates a provider.
 pub async fn create_provider(pool: &PgPool, new: &NewProvider) -> Result<Provider, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let provider: Provider = sqlx::query_as(
-        "INSERT INTO providers (id, name, kind, base_url, credential_ref, timeout_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         RETURNING id, name, kind, base_url, credential_ref, timeout_ms",
-    )
+    let provider: Provider = sqlx::query_as(&format!(
+        "INSERT INTO providers (id, name, kind, base_url, credential_ref, timeout_ms, options) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {PROVIDER_COLUMNS}"
+    ))
     .bind(Uuid::new_v4())
     .bind(&new.name)
     .bind(new.kind.as_str())
     .bind(&new.base_url)
     .bind(&new.credential_ref)
     .bind(new.timeout_ms)
+    .bind(sqlx::types::Json(&new.options))
     .fetch_one(&mut *tx)
     .await?;
     record_change(
@@ -203,7 +218,7 @@ async fn insert_targets(
     provider_ids: &[Uuid],
 ) -> Result<(), sqlx::Error> {
     let mut insert: QueryBuilder<'_, Postgres> = QueryBuilder::new(
-        "INSERT INTO route_targets (route_id, position, provider_id, upstream_model) ",
+        "INSERT INTO route_targets (route_id, position, provider_id, upstream_model, weight, priority) ",
     );
     insert.push_values(
         targets.iter().zip(provider_ids).enumerate(),
@@ -213,7 +228,9 @@ async fn insert_targets(
             row.push_bind(id)
                 .push_bind(position)
                 .push_bind(*provider_id)
-                .push_bind(&target.upstream_model);
+                .push_bind(&target.upstream_model)
+                .push_bind(target.weight)
+                .push_bind(target.priority);
         },
     );
     insert.build().execute(&mut *conn).await?;
@@ -254,9 +271,9 @@ pub async fn delete_route(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> 
 
 /// The provider named `name`.
 pub async fn get_provider(pool: &PgPool, name: &str) -> Result<Option<Provider>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, name, kind, base_url, credential_ref, timeout_ms FROM providers WHERE name = $1",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {PROVIDER_COLUMNS} FROM providers WHERE name = $1"
+    ))
     .bind(name)
     .fetch_optional(pool)
     .await
@@ -271,6 +288,8 @@ pub struct ProviderUpdate {
     pub base_url: Option<String>,
     pub credential_ref: Option<Option<String>>,
     pub timeout_ms: Option<i32>,
+    /// A merge patch of the options ([`ProviderOptions::merged`]).
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ProviderUpdate {
@@ -296,6 +315,10 @@ impl ProviderUpdate {
                 .clone()
                 .unwrap_or_else(|| current.credential_ref.clone()),
             timeout_ms: self.timeout_ms.unwrap_or(current.timeout_ms),
+            options: match &self.options {
+                Some(patch) => current.options.merged(patch),
+                None => current.options.clone(),
+            },
         }
     }
 }
@@ -316,10 +339,9 @@ pub async fn update_provider(
     check: impl FnOnce(&Provider) -> Result<(), CatalogError>,
 ) -> Result<Option<Provider>, CatalogError> {
     let mut tx = pool.begin().await?;
-    let current: Option<Provider> = sqlx::query_as(
-        "SELECT id, name, kind, base_url, credential_ref, timeout_ms FROM providers \
-         WHERE name = $1 FOR UPDATE",
-    )
+    let current: Option<Provider> = sqlx::query_as(&format!(
+        "SELECT {PROVIDER_COLUMNS} FROM providers WHERE name = $1 FOR UPDATE"
+    ))
     .bind(name)
     .fetch_optional(&mut *tx)
     .await?;
@@ -332,17 +354,18 @@ pub async fn update_provider(
     }
     let merged = update.apply(&current);
     check(&merged)?;
-    let provider: Provider = sqlx::query_as(
+    let provider: Provider = sqlx::query_as(&format!(
         "UPDATE providers SET updated_at = now(), name = $2, kind = $3, base_url = $4, \
-         credential_ref = $5, timeout_ms = $6 WHERE id = $1 \
-         RETURNING id, name, kind, base_url, credential_ref, timeout_ms",
-    )
+         credential_ref = $5, timeout_ms = $6, options = $7 WHERE id = $1 \
+         RETURNING {PROVIDER_COLUMNS}"
+    ))
     .bind(current.id)
     .bind(&merged.name)
     .bind(merged.kind.as_str())
     .bind(&merged.base_url)
     .bind(&merged.credential_ref)
     .bind(merged.timeout_ms)
+    .bind(sqlx::types::Json(&merged.options))
     .fetch_one(&mut *tx)
     .await?;
     record_change(
@@ -363,16 +386,11 @@ pub async fn get_route(pool: &PgPool, id: Uuid) -> Result<Option<Route>, sqlx::E
 }
 
 async fn route_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Route>, sqlx::Error> {
-    let rows: Vec<RouteRow> = sqlx::query_as(
-        "SELECT r.id, r.model, p.name AS provider, t.upstream_model \
-         FROM routes r \
-         LEFT JOIN route_targets t ON t.route_id = r.id \
-         LEFT JOIN providers p ON p.id = t.provider_id \
-         WHERE r.id = $1 ORDER BY t.position",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<RouteRow> =
+        sqlx::query_as(&format!("{ROUTE_ROWS} WHERE r.id = $1 ORDER BY t.position"))
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?;
     let mut rows = rows.into_iter().peekable();
     let Some(first) = rows.peek() else {
         return Ok(None);
@@ -382,14 +400,7 @@ async fn route_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Route>,
         model: first.model.clone(),
         targets: Vec::new(),
     };
-    for row in rows {
-        if let Some(provider) = row.provider {
-            route.targets.push(RouteTarget {
-                provider,
-                upstream_model: row.upstream_model,
-            });
-        }
-    }
+    route.targets.extend(rows.filter_map(RouteRow::target));
     Ok(Some(route))
 }
 

@@ -667,14 +667,12 @@ fn provider(name: &str, kind: ProviderKind) -> NewProvider {
         base_url: format!("https://{name}.invalid/v1"),
         credential_ref: Some(format!("env:{}_KEY", name.to_uppercase())),
         timeout_ms: 30_000,
+        options: Default::default(),
     }
 }
 
 fn target(provider: &str, upstream_model: Option<&str>) -> RouteTarget {
-    RouteTarget {
-        provider: provider.to_owned(),
-        upstream_model: upstream_model.map(str::to_owned),
-    }
+    RouteTarget::new(provider, upstream_model.map(str::to_owned))
 }
 
 #[tokio::test]
@@ -740,6 +738,103 @@ async fn the_catalog_loads_routes_with_targets_in_order() {
         .await
         .unwrap();
     assert_eq!(target_rows, 0);
+}
+
+#[tokio::test]
+async fn provider_options_and_target_weights_round_trip_and_a_newer_option_is_ignored() {
+    let (_db, pool) = migrated().await;
+    let options = obleth_config::model::ProviderOptions {
+        credential_pool: vec!["env:KEY_2".into(), "env:KEY_3".into()],
+        connect_timeout_ms: Some(750),
+        idle_timeout_ms: Some(20_000),
+        ca_file: Some("/etc/obleth/ca.pem".into()),
+        ..Default::default()
+    };
+    let pooled = catalog::create_provider(
+        &pool,
+        &NewProvider {
+            options: options.clone(),
+            ..provider("pooled", ProviderKind::OpenAi)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(pooled.options, options);
+    catalog::create_provider(&pool, &provider("mock", ProviderKind::Mock))
+        .await
+        .unwrap();
+    let targets = vec![
+        RouteTarget {
+            weight: 3,
+            priority: Some(0),
+            ..target("pooled", None)
+        },
+        RouteTarget {
+            weight: 0,
+            priority: Some(0),
+            ..target("mock", None)
+        },
+    ];
+    let route = catalog::create_route(&pool, "gpt-4o", &targets)
+        .await
+        .unwrap();
+    let loaded = catalog::load_catalog(&pool).await.unwrap();
+    assert_eq!(loaded.routes[0].targets, targets);
+    assert_eq!(loaded.providers[1].options, options);
+    assert_eq!(
+        catalog::get_route(&pool, route.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .targets,
+        targets
+    );
+
+    // A patch replaces, clears or keeps each option.
+    let patch = serde_json::json!({"connect_timeout_ms": 900, "ca_file": null});
+    let update = catalog::ProviderUpdate {
+        options: Some(patch.as_object().unwrap().clone()),
+        ..Default::default()
+    };
+    let updated = catalog::update_provider(&pool, "pooled", &update, |_| Ok(()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.options.connect_timeout_ms, Some(900));
+    assert_eq!(updated.options.ca_file, None);
+    assert_eq!(updated.options.credential_pool, options.credential_pool);
+    assert_eq!(updated.options.idle_timeout_ms, Some(20_000));
+
+    // A member a newer release wrote is ignored when read, not an error.
+    sqlx::query(
+        "UPDATE providers SET options = options || '{\"from_the_future\": {\"x\": 1}}' \
+         WHERE name = 'pooled'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let read = catalog::get_provider(&pool, "pooled")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.options, updated.options);
+    // The schema refuses options that are not an object, and weights out of range.
+    let refused = sqlx::query("UPDATE providers SET options = '[1]' WHERE name = 'pooled'")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("providers_options_object"),
+        "{refused}"
+    );
+    let refused = sqlx::query("UPDATE route_targets SET weight = -1")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("route_targets_weight_range"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]

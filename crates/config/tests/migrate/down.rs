@@ -293,6 +293,7 @@ fn marker(version: i64) -> (&'static str, Option<&'static str>) {
         20261128000007 => ("nodes", Some("release_schema")),
         20261129000001 => ("nodes", Some("usage_dropped")),
         20261129000002 => ("providers_kind_known", Some("anthropic")),
+        20261129000003 => ("providers", Some("options")),
         other => panic!("no marker for {other}"),
     }
 }

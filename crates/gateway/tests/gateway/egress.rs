@@ -197,6 +197,8 @@ async fn embedded_settings_refuse_what_the_policy_refuses_naming_the_field() {
                 s.routes[0].targets = vec![TargetConfig {
                     provider: "up".into(),
                     upstream_model: Some("gpt\u{200B}4o".into()),
+                    weight: 1,
+                    priority: None,
                 }]
             },
             "routes[0].targets[0].upstream_model",

@@ -122,6 +122,8 @@ pub fn route(model: &str, providers: &[&str]) -> RouteConfig {
             .map(|p| TargetConfig {
                 provider: (*p).to_owned(),
                 upstream_model: None,
+                weight: 1,
+                priority: None,
             })
             .collect(),
     }

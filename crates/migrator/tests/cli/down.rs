@@ -48,7 +48,37 @@ async fn down_reverts_the_newest_migrations_and_status_names_the_version() {
     assert_eq!(code(&migrator(url, &["up"]).await), 0);
     let out = migrator(url, &["status"]).await;
     assert!(
-        stdout(&out).contains("version:  20261129000002 (provider kind anthropic)"),
+        stdout(&out).contains("version:  20261129000003 (provider options target weights)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The options' revert refuses while a provider has options (they would
+    // be lost), changing nothing.
+    execute(
+        &db.url,
+        "INSERT INTO providers (id, name, kind, base_url, options) \
+         VALUES (gen_random_uuid(), 'pooled', 'openai', 'https://api.example.com/v1', \
+                 '{\"connect_timeout_ms\": 500}')",
+    )
+    .await;
+    let before = fingerprint(&db.url).await;
+    let out = migrator(url, &["down"]).await;
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("20261129000003_provider_options_target_weights.down.sql")
+            && stderr(&out).contains("(pooled); clear their options or delete them first"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fingerprint(&db.url).await, before);
+    execute(&db.url, "DELETE FROM providers WHERE name = 'pooled'").await;
+    let out = migrator(url, &["down"]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "reverted 20261129000003 (provider options target weights) with 20261129000003_provider_options_target_weights.down.sql"
+        ),
         "{}",
         stdout(&out)
     );
@@ -137,7 +167,7 @@ async fn down_dry_run_prints_the_down_scripts_and_changes_nothing() {
     assert_eq!(code(&migrator(url, &["up"]).await), 0);
     let before = fingerprint(&db.url).await;
 
-    let out = migrator(url, &["down", "4", "--dry-run"]).await;
+    let out = migrator(url, &["down", "5", "--dry-run"]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
@@ -145,6 +175,12 @@ async fn down_dry_run_prints_the_down_scripts_and_changes_nothing() {
         "{text}"
     );
     assert!(text.contains("DROP COLUMN usage_dropped,"), "{text}");
+    assert!(
+        text.contains(
+            "would revert 20261129000003 (20261129000003_provider_options_target_weights.sql)"
+        ) && text.contains("DROP COLUMN options,"),
+        "{text}"
+    );
     assert!(
         text.contains("would revert 20261129000002 (20261129000002_provider_kind_anthropic.sql)")
             && text.contains("CHECK (kind IN ('openai', 'mock')) NOT VALID;"),
@@ -233,10 +269,10 @@ async fn down_refusals_exit_with_their_codes_and_change_nothing() {
     .await;
 
     // A contract migration among the N: 20261128000005 after 6, 7,
-    // 20261129000001 and 20261129000002.
+    // 20261129000001, 20261129000002 and 20261129000003.
     assert_eq!(code(&migrator(url, &["finish"]).await), 0);
     let before = fingerprint(&db.url).await;
-    let out = migrator(url, &["down", "5"]).await;
+    let out = migrator(url, &["down", "6"]).await;
     assert_eq!(code(&out), 11, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("migration 20261128000005 (20261128000005_drop_usage_events.sql) is a contract migration"),
@@ -244,7 +280,7 @@ async fn down_refusals_exit_with_their_codes_and_change_nothing() {
         stderr(&out)
     );
     // --force overrides only the live nodes.
-    let out = migrator(url, &["down", "5", "--force"]).await;
+    let out = migrator(url, &["down", "6", "--force"]).await;
     assert_eq!(code(&out), 11, "{}", stderr(&out));
     assert_eq!(fingerprint(&db.url).await, before);
 }
@@ -259,10 +295,10 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
     execute(
         &db.url,
         "INSERT INTO nodes (node_id, service, version, ready, release_schema) VALUES \
-         ('gw-new', 'gateway', '0.3.0', true, 20261129000002), \
+         ('gw-new', 'gateway', '0.3.0', true, 20261129000003), \
          ('gw-mid', 'gateway', '0.2.0', true, 20261128000007); \
          INSERT INTO nodes (node_id, service, version, ready, release_schema, stopped_at) VALUES \
-         ('gw-gone', 'gateway', '0.3.0', false, 20261129000002, now());",
+         ('gw-gone', 'gateway', '0.3.0', false, 20261129000003, now());",
     )
     .await;
     let before = fingerprint(&db.url).await;
@@ -271,7 +307,7 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
     assert_eq!(code(&out), 13, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("gateway gw-new runs 0.3.0 whose release requires migrations through 20261129000002, including 20261129000002"),
+        err.contains("gateway gw-new runs 0.3.0 whose release requires migrations through 20261129000003, including 20261129000003"),
         "{err}"
     );
     assert!(!err.contains("gw-mid") && !err.contains("gw-gone"), "{err}");
@@ -285,7 +321,7 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
         "UPDATE nodes SET stopped_at = now() WHERE node_id = 'gw-new'",
     )
     .await;
-    let out = migrator(url, &["down", "2"]).await;
+    let out = migrator(url, &["down", "3"]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(newest_applied(&db.url).await, 20261128000007);
 
