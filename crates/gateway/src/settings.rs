@@ -195,7 +195,7 @@ impl Default for RoutingSettings {
 }
 
 /// `[upstream]`: how the gateway reaches providers (see
-/// docs/configuration.md, "Egress proxy").
+/// docs/configuration.md, "`[upstream]`").
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSettings {
