@@ -171,7 +171,7 @@ impl Gateway {
             keys: KeyCache::new(&settings.cache),
             catalog: SharedCatalog::default(),
             prices: Default::default(),
-            upstream: Upstream::new(&settings.egress),
+            upstream: Upstream::from_settings(&settings.egress, &settings.upstream),
             quota: Quota::new(settings.limits.enabled, pool.is_some()),
             usage: sink,
             metrics,

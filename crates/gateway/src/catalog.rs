@@ -33,6 +33,10 @@ pub struct ProviderRuntime {
     /// A `file:` credential's reference and what its file looked like when
     /// it was last read.
     credential_file: Option<CredentialFile>,
+    /// How its connections are made: the shared client, or its own (a
+    /// private CA, a client certificate, a connect timeout), read once per
+    /// catalog load ([`ProviderRuntime::connecting`]).
+    pub connection: crate::connection::ProviderConnection,
     /// Consecutive failures and ejection ([`crate::retry`]); a catalog
     /// reload starts it afresh.
     pub health: crate::retry::TargetHealth,
@@ -109,6 +113,7 @@ impl ProviderRuntime {
             options,
             authorization: RwLock::new(authorization),
             credential_file: None,
+            connection: crate::connection::ProviderConnection::Shared,
             health: crate::retry::TargetHealth::default(),
         }
     }
@@ -127,6 +132,15 @@ impl ProviderRuntime {
                 stamp: std::sync::Mutex::new(stamp),
             });
         }
+        self
+    }
+
+    /// Reads the connection options' files (CA bundle, client certificate
+    /// and key, within `egress`); one that cannot be used is logged and
+    /// makes every attempt fail, never a fall back to the public roots.
+    pub fn connecting(mut self, egress: &EgressSettings) -> Self {
+        self.connection =
+            crate::connection::ProviderConnection::load(&self.name, &self.options, egress);
         self
     }
 
@@ -278,7 +292,8 @@ impl Catalog {
                         p.mock.clone(),
                         p.options.clone(),
                     )
-                    .watching_opt(p.credential.as_deref()),
+                    .watching_opt(p.credential.as_deref())
+                    .connecting(egress),
                 ),
             );
         }
@@ -346,7 +361,8 @@ impl Catalog {
                         MockSettings::default(),
                         p.options.clone(),
                     )
-                    .watching_opt(watched),
+                    .watching_opt(watched)
+                    .connecting(egress),
                 ),
             );
         }

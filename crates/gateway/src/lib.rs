@@ -6,6 +6,7 @@ pub mod answer;
 pub mod app;
 pub mod auth;
 pub mod catalog;
+pub mod connection;
 pub mod embedded;
 pub mod error;
 pub mod estimate;

@@ -32,6 +32,8 @@ pub struct GatewaySettings {
     /// What providers may reference and reach: credential variables and
     /// files, and the addresses their URLs may name.
     pub egress: obleth_config::EgressSettings,
+    /// How providers are reached: the egress HTTP proxy.
+    pub upstream: UpstreamSettings,
     /// Embedded mode only: upstream providers.
     pub providers: Vec<ProviderConfig>,
     /// Embedded mode only: model routes.
@@ -189,6 +191,109 @@ impl Default for RoutingSettings {
             eject_after_failures: 5,
             eject_ms: 30_000,
         }
+    }
+}
+
+/// `[upstream]`: how the gateway reaches providers (see
+/// docs/configuration.md, "`[upstream]`").
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// An HTTP proxy every provider connection goes through, as an HTTP
+    /// CONNECT tunnel (`http://[user:password@]host:port`); unset: the
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` variables, when
+    /// `proxy_from_env`. `Debug` never shows its credentials.
+    pub proxy: Option<ProxyUrl>,
+    /// Hosts reached directly, never through the proxy: names (each also
+    /// covers its subdomains; a leading `.` is the same), IP addresses,
+    /// CIDR ranges, or `*` for all. Added to `NO_PROXY` when the proxy
+    /// comes from the environment.
+    pub no_proxy: Vec<String>,
+    /// Whether the proxy variables are read when `proxy` is unset.
+    pub proxy_from_env: bool,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            proxy: None,
+            no_proxy: Vec::new(),
+            proxy_from_env: true,
+        }
+    }
+}
+
+impl UpstreamSettings {
+    /// Checks the proxy URL and the `no_proxy` entries; a message never
+    /// repeats the URL, which may hold a password.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if let Some(proxy) = &self.proxy {
+            proxy
+                .check()
+                .map_err(|m| InvalidSetting::new("upstream.proxy", m))?;
+        }
+        for (i, entry) in self.no_proxy.iter().enumerate() {
+            let field = || format!("upstream.no_proxy[{i}]");
+            if entry.trim().is_empty() {
+                return Err(InvalidSetting::new(field(), "must not be empty"));
+            }
+            if entry
+                .chars()
+                .any(|c| c == ',' || c.is_whitespace() || c.is_control())
+            {
+                return Err(InvalidSetting::new(
+                    field(),
+                    "one host, address or range per entry, without spaces or commas",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The egress proxy's URL, which may carry `user:password@`: `Debug` shows
+/// it without them.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ProxyUrl(String);
+
+impl ProxyUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        ProxyUrl(url.into())
+    }
+
+    /// The URL as set, credentials included: only for the proxy connector.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without its user information.
+    pub fn redacted(&self) -> String {
+        crate::connection::redact_userinfo(&self.0)
+    }
+
+    /// `http://[user:password@]host[:port][/]`, or why not (without the URL).
+    fn check(&self) -> Result<(), &'static str> {
+        const SHAPE: &str =
+            "must be http://[user:password@]host[:port] (an HTTP proxy that allows CONNECT)";
+        let uri: http::Uri = self.0.parse().map_err(|_| SHAPE)?;
+        if uri.scheme_str() != Some("http") {
+            return Err(SHAPE);
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(SHAPE);
+        };
+        let host = authority.host();
+        if host.is_empty() || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(SHAPE);
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ProxyUrl").field(&self.redacted()).finish()
     }
 }
 
@@ -520,6 +625,7 @@ impl GatewaySettings {
             ));
         }
         self.egress.validate()?;
+        self.upstream.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
             visible(format!("providers[{i}].name"), &p.name)?;
@@ -697,6 +803,44 @@ mod tests {
             "must be `env:VARIABLE` or `file:/absolute/path`, never the credential itself"
         );
         assert!(!format!("{e} {e:?}").contains("sk-live"), "{e:?}");
+    }
+
+    #[test]
+    fn the_upstream_proxy_loads_and_refusals_name_the_field_without_the_password() {
+        let load = |text: &str| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            write!(file, "{text}").unwrap();
+            GatewaySettings::load(Some(file.path()))
+        };
+        let s = load(
+            "[upstream]\nproxy = \"http://user:pw-secret@proxy:3128\"\nno_proxy = [\"localhost\", \"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.upstream.proxy.as_ref().map(ProxyUrl::expose),
+            Some("http://user:pw-secret@proxy:3128")
+        );
+        assert!(s.upstream.proxy_from_env);
+        assert!(!format!("{s:?}").contains("pw-secret"));
+        for (text, field) in [
+            (
+                "proxy = \"socks5://user:pw-secret@proxy:1080\"",
+                "upstream.proxy",
+            ),
+            ("proxy = \"https://user:pw-secret@proxy\"", "upstream.proxy"),
+            (
+                "proxy = \"http://user:pw-secret@proxy/path\"",
+                "upstream.proxy",
+            ),
+            ("proxy = \"proxy:3128\"", "upstream.proxy"),
+            ("no_proxy = [\"a, b\"]", "upstream.no_proxy[0]"),
+            ("no_proxy = [\"ok\", \"\"]", "upstream.no_proxy[1]"),
+        ] {
+            let e = load(&format!("[upstream]\n{text}\n")).unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.contains(&format!("{field}: ")), "{text}: {shown}");
+            assert!(!shown.contains("pw-secret"), "{shown}");
+        }
     }
 
     #[test]

@@ -10,14 +10,11 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::catalog::{Authorization, ProviderRuntime};
+use crate::connection::{self, ConnectTimedOut, EgressProxy, ProviderConnection, UpClient};
 use crate::mock;
-use crate::resolve::EgressResolver;
+use crate::settings::UpstreamSettings;
 use obleth_config::egress::{url_host, EgressRefusal};
 use obleth_config::model::ProviderKind;
 use obleth_config::EgressSettings;
@@ -38,6 +35,14 @@ pub enum UpstreamError {
     Timeout { provider: String, timeout: Duration },
     /// The `[egress]` policy refused the provider's host or every address it
     /// resolved to; no connection was made.
+    /// No connection (TCP, proxy tunnel, TLS handshake) within the
+    /// provider's `connect_timeout_ms` (`None`: the TCP connect timed out);
+    /// the request was not sent.
+    #[error("cannot connect to provider {provider}: timed out{}", .timeout.map(|t| format!(" after {t:?}")).unwrap_or_default())]
+    ConnectTimeout {
+        provider: String,
+        timeout: Option<Duration>,
+    },
     #[error("provider {provider} refused by the egress policy: {reason}")]
     Refused {
         provider: String,
@@ -51,19 +56,24 @@ impl UpstreamError {
     /// The `outcome` label of `obleth_upstream_attempts_total` for this failure.
     pub fn outcome(&self) -> &'static str {
         match self {
-            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Timeout { .. } | UpstreamError::ConnectTimeout { .. } => "timeout",
             UpstreamError::Refused { .. } => "refused",
             UpstreamError::Connect { .. } | UpstreamError::Other { .. } => "error",
         }
     }
 }
 
-/// The shared HTTP client: connection pooling per host, HTTP/1.1 and HTTP/2,
-/// TLS with the webpki roots, names resolved through the egress policy.
+/// The upstream clients: the shared one (connection pooling per host,
+/// HTTP/1.1 and HTTP/2, TLS with the webpki roots) and, through the
+/// providers' [`ProviderConnection`], those of providers with their own
+/// connection settings. Names resolve through the egress policy; the egress
+/// proxy, when set, carries connections through CONNECT tunnels
+/// ([`crate::connection`]).
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector<EgressResolver>>, Full<Bytes>>,
+    client: UpClient,
     egress: Arc<EgressSettings>,
+    proxy: Option<EgressProxy>,
 }
 
 impl Default for Upstream {
@@ -73,25 +83,44 @@ impl Default for Upstream {
 }
 
 impl Upstream {
+    /// Direct connections only (no proxy).
     pub fn new(egress: &EgressSettings) -> Self {
+        Self::with_proxy(egress, None)
+    }
+
+    /// The clients `settings` ask for: `[upstream]`'s proxy, or the proxy
+    /// variables of the environment ([`EgressProxy::from_settings`]).
+    pub fn from_settings(egress: &EgressSettings, settings: &UpstreamSettings) -> Self {
+        let proxy = EgressProxy::from_settings(settings);
+        if let Some(p) = &proxy {
+            tracing::info!(proxy = %p.describe(), "Provider connections go through the egress proxy.");
+        }
+        Self::with_proxy(egress, proxy)
+    }
+
+    pub fn with_proxy(egress: &EgressSettings, proxy: Option<EgressProxy>) -> Self {
         let egress = Arc::new(egress.clone());
-        // The connector asks the resolver only for names; IP literals are
-        // judged in `send` before a request is made.
-        let mut http = HttpConnector::new_with_resolver(EgressResolver::new(Arc::clone(&egress)));
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(https);
-        Upstream { client, egress }
+        let client = connection::client(&egress, proxy.as_ref(), None, None);
+        Upstream {
+            client,
+            egress,
+            proxy,
+        }
+    }
+
+    /// The client `provider`'s connections use.
+    fn client_for<'a>(
+        &'a self,
+        provider: &'a ProviderRuntime,
+    ) -> Result<&'a UpClient, UpstreamError> {
+        match &provider.connection {
+            ProviderConnection::Shared => Ok(&self.client),
+            ProviderConnection::Own(own) => Ok(own.client(&self.egress, self.proxy.as_ref())),
+            ProviderConnection::Unusable(message) => Err(UpstreamError::Connect {
+                provider: provider.name.clone(),
+                message: message.clone(),
+            }),
+        }
     }
 
     /// Sends `body` to `provider` at `path` (such as `/chat/completions`) and
@@ -124,7 +153,10 @@ impl Upstream {
                     message: e.to_string(),
                 });
         }
+        let client = self.client_for(provider)?;
         let url = format!("{}{path}", provider.base_url.trim_end_matches('/'));
+        // IP literals and metadata names are judged here: the resolver sees
+        // names only, and behind the egress proxy it sees nothing at all.
         if let Some(host) = url_host(&url) {
             self.egress
                 .check_host(host)
@@ -166,17 +198,21 @@ impl Upstream {
                 provider: provider.name.clone(),
                 message: format!("invalid upstream request for {url}: {e}"),
             })?;
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        match tokio::time::timeout(timeout, client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 provider: provider.name.clone(),
                 timeout,
             }),
-            Ok(Err(e)) if e.is_connect() => Err(match refusal(&e) {
-                Some(reason) => UpstreamError::Refused {
+            Ok(Err(e)) if e.is_connect() => Err(match (refusal(&e), connect_timeout(&e)) {
+                (Some(reason), _) => UpstreamError::Refused {
                     provider: provider.name.clone(),
                     reason,
                 },
-                None => UpstreamError::Connect {
+                (None, Some(timeout)) => UpstreamError::ConnectTimeout {
+                    provider: provider.name.clone(),
+                    timeout,
+                },
+                (None, None) => UpstreamError::Connect {
                     provider: provider.name.clone(),
                     message: source_chain(&e),
                 },
@@ -196,6 +232,25 @@ fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<EgressRefusal> {
     while let Some(err) = current {
         if let Some(r) = err.downcast_ref::<EgressRefusal>() {
             return Some(r.clone());
+        }
+        current = err.source();
+    }
+    None
+}
+
+/// How long a connect that timed out waited, from a connect error's causes:
+/// the whole connect's bound, or the TCP connect's.
+fn connect_timeout(e: &(dyn std::error::Error + 'static)) -> Option<Option<Duration>> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(ConnectTimedOut(limit)) = err.downcast_ref::<ConnectTimedOut>() {
+            return Some(Some(*limit));
+        }
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return Some(None);
         }
         current = err.source();
     }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod anthropic;
+mod connections;
 mod database;
 mod egress;
 mod embedded;
@@ -11,6 +12,7 @@ mod feed;
 mod hardening;
 mod keystore;
 mod limits;
+mod netsupport;
 mod process;
 mod props;
 mod quota;
