@@ -3,6 +3,7 @@
 //! when `[egress]` allows it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -26,16 +27,73 @@ pub struct ProviderRuntime {
     pub options: ProviderOptions,
     /// `x-obleth-provider` on answers, made once.
     pub name_header: Option<HeaderValue>,
-    /// The credential header sent upstream, made from the credential when
-    /// it is read (marked sensitive: never printed by `Debug`), and again
-    /// when its file changes ([`ProviderRuntime::refresh_credential`]).
-    authorization: RwLock<Authorization>,
-    /// A `file:` credential's reference and what its file looked like when
-    /// it was last read.
-    credential_file: Option<CredentialFile>,
+    /// The credentials, used in turn: `credential_ref` first, then
+    /// `options.credential_pool`; one of [`Authorization::None`] for a
+    /// provider without any.
+    credentials: Vec<Credential>,
+    /// The round-robin counter over `credentials`.
+    turn: AtomicUsize,
     /// Consecutive failures and ejection ([`crate::retry`]); a catalog
     /// reload starts it afresh.
     pub health: crate::retry::TargetHealth,
+}
+
+/// One credential of a provider.
+#[derive(Debug)]
+struct Credential {
+    /// Its place in the configuration: 0 for `credential_ref`, `i + 1` for
+    /// `credential_pool[i]`; how logs and metrics name it.
+    slot: usize,
+    /// Its `env:` or `file:` reference: no secret, so it may be logged.
+    reference: Option<String>,
+    /// The header sent upstream, made from the credential when it is read
+    /// (marked sensitive: never printed by `Debug`), and again when its
+    /// file changes ([`ProviderRuntime::refresh_credential`]).
+    authorization: RwLock<Authorization>,
+    /// A `file:` credential's path and what it looked like when last read.
+    file: Option<CredentialFile>,
+    /// [`crate::retry::now_ms`] until which the credential is benched
+    /// (after a 429, 401 or 403); 0 when it is not.
+    benched_until: AtomicU64,
+}
+
+impl Credential {
+    fn new(
+        slot: usize,
+        reference: Option<&str>,
+        authorization: Authorization,
+        watch: bool,
+    ) -> Credential {
+        let file = match reference.map(CredentialRef::parse) {
+            Some(Ok(CredentialRef::File(path))) if watch => Some(CredentialFile {
+                stamp: std::sync::Mutex::new(stamp_of(&path)),
+                path,
+            }),
+            _ => None,
+        };
+        Credential {
+            slot,
+            reference: reference.map(str::to_owned),
+            authorization: RwLock::new(authorization),
+            file,
+            benched_until: AtomicU64::new(0),
+        }
+    }
+
+    fn benched(&self, now: u64) -> bool {
+        now < self.benched_until.load(Ordering::Acquire)
+    }
+}
+
+/// The credential an attempt uses: its index among the provider's
+/// credentials in use, its slot in the configuration (0 is
+/// `credential_ref`, `i + 1` is `credential_pool[i]`: how logs and metrics
+/// name it) and its header.
+#[derive(Debug, Clone)]
+pub struct CredentialPick {
+    pub index: usize,
+    pub slot: usize,
+    pub authorization: Authorization,
 }
 
 /// How a provider's credential goes upstream.
@@ -53,7 +111,6 @@ pub enum Authorization {
 /// A credential file and the stamp it had when it was read.
 #[derive(Debug)]
 struct CredentialFile {
-    reference: String,
     path: std::path::PathBuf,
     stamp: std::sync::Mutex<Option<FileStamp>>,
 }
@@ -107,42 +164,136 @@ impl ProviderRuntime {
             timeout,
             mock,
             options,
-            authorization: RwLock::new(authorization),
-            credential_file: None,
+            credentials: vec![Credential::new(0, None, authorization, false)],
+            turn: AtomicUsize::new(0),
             health: crate::retry::TargetHealth::default(),
         }
     }
 
-    /// Watches `reference`'s file, when it is a `file:` reference: a later
-    /// [`ProviderRuntime::refresh_credential`] reads it again once it changes.
-    fn watching_opt(mut self, reference: Option<&str>) -> Self {
-        let Some(reference) = reference else {
-            return self;
-        };
-        if let Ok(CredentialRef::File(path)) = CredentialRef::parse(reference) {
-            let stamp = stamp_of(&path);
-            self.credential_file = Some(CredentialFile {
-                reference: reference.to_owned(),
-                path,
-                stamp: std::sync::Mutex::new(stamp),
-            });
+    /// Records the reference of the first credential and, when it is a
+    /// `file:` reference, watches its file: a later
+    /// [`ProviderRuntime::refresh_credential`] reads it again once it
+    /// changes. A refused reference is named but never watched (`watch`).
+    fn watching_opt(mut self, reference: Option<&str>, watch: bool) -> Self {
+        if reference.is_some() {
+            let first = &mut self.credentials[0];
+            let authorization = std::mem::replace(
+                first
+                    .authorization
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner()),
+                Authorization::None,
+            );
+            *first = Credential::new(0, reference, authorization, watch);
         }
         self
     }
 
-    /// The header the credential is sent as, now.
+    /// Adds `credential_pool[slot - 1]` to the key pool, read from
+    /// `reference`, whose file is watched like the first's.
+    fn pooled(mut self, slot: usize, reference: &str, credential: &SecretString) -> Self {
+        let header = Self::header(self.kind, Some(credential));
+        self.credentials
+            .push(Credential::new(slot, Some(reference), header, true));
+        self
+    }
+
+    /// Leaves the first credential out of the turn: it could not be read,
+    /// and the pool has others.
+    fn without_first(mut self) -> Self {
+        if self.credentials.len() > 1 {
+            self.credentials.remove(0);
+        }
+        self
+    }
+
+    /// The header the first credential is sent as, now.
     pub fn authorization(&self) -> Authorization {
-        self.authorization
+        self.credentials[0]
+            .authorization
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Reads a `file:` credential again when its file changed since it was
-    /// last read (a rotated Kubernetes secret), within `egress`; a file
-    /// that cannot be read or is refused keeps the credential in use.
+    /// How many credentials the provider uses in turn (1 without a pool).
+    pub fn credential_count(&self) -> usize {
+        self.credentials.len()
+    }
+
+    /// A credential's reference (`env:NAME`, `file:/path`): no secret.
+    pub fn credential_reference(&self, index: usize) -> Option<&str> {
+        self.credentials.get(index)?.reference.as_deref()
+    }
+
+    /// The credential for the next attempt: the next in turn that is not
+    /// benched; when every one is benched, the next in turn anyway, as a
+    /// route whose targets are all ejected is tried anyway.
+    pub fn pick_credential(&self) -> CredentialPick {
+        let n = self.credentials.len();
+        let start = if n == 1 {
+            0
+        } else {
+            self.turn.fetch_add(1, Ordering::Relaxed) % n
+        };
+        let now = crate::retry::now_ms();
+        let index = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| !self.credentials[i].benched(now))
+            .unwrap_or(start);
+        CredentialPick {
+            index,
+            slot: self.credentials[index].slot,
+            authorization: self.credentials[index]
+                .authorization
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Benches credential `index` for `for_ms` (it was refused or rate
+    /// limited); true when it was not benched already.
+    pub fn bench_credential(&self, index: usize, for_ms: u64) -> bool {
+        let Some(credential) = self.credentials.get(index) else {
+            return false;
+        };
+        let now = crate::retry::now_ms();
+        let was = credential
+            .benched_until
+            .swap(now.saturating_add(for_ms).max(1), Ordering::AcqRel);
+        was <= now
+    }
+
+    /// Whether a credential other than `index` is not benched now.
+    pub fn another_credential_ready(&self, index: usize) -> bool {
+        let now = crate::retry::now_ms();
+        self.credentials
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != index && !c.benched(now))
+    }
+
+    /// Reads each `file:` credential again when its file changed since it
+    /// was last read (a rotated Kubernetes secret), within `egress`; a file
+    /// that cannot be read or is refused keeps its credential in use. The
+    /// answer is the most notable of the credentials': a reload, else a
+    /// failure, else unchanged.
     pub fn refresh_credential(&self, egress: &EgressSettings) -> Refresh {
-        let Some(file) = &self.credential_file else {
+        let mut result = Refresh::Unchanged;
+        for credential in &self.credentials {
+            match self.refresh_one(credential, egress) {
+                Refresh::Unchanged => {}
+                Refresh::Reloaded => result = Refresh::Reloaded,
+                Refresh::Failed if result == Refresh::Unchanged => result = Refresh::Failed,
+                Refresh::Failed => {}
+            }
+        }
+        result
+    }
+
+    fn refresh_one(&self, credential: &Credential, egress: &EgressSettings) -> Refresh {
+        let (Some(file), Some(reference)) = (&credential.file, &credential.reference) else {
             return Refresh::Unchanged;
         };
         let now = stamp_of(&file.path);
@@ -151,17 +302,17 @@ impl ProviderRuntime {
             return Refresh::Unchanged;
         }
         *seen = now;
-        match read_credential(&file.reference, egress) {
-            Ok(credential) => {
-                let header = Self::header(self.kind, Some(&credential));
-                *self
+        match read_credential(reference, egress) {
+            Ok(secret) => {
+                let header = Self::header(self.kind, Some(&secret));
+                *credential
                     .authorization
                     .write()
                     .unwrap_or_else(|e| e.into_inner()) = header;
                 Refresh::Reloaded
             }
             Err(e) => {
-                tracing::error!(provider = %self.name, error = %e, "Provider credential file changed but cannot be used; the previous credential stays.");
+                tracing::error!(provider = %self.name, credential = credential.slot, error = %e, "Provider credential file changed but cannot be used; the previous credential stays.");
                 Refresh::Failed
             }
         }
@@ -266,21 +417,26 @@ impl Catalog {
                 })?),
                 None => None,
             };
-            by_name.insert(
+            let mut provider = ProviderRuntime::new(
                 p.name.clone(),
-                Arc::new(
-                    ProviderRuntime::new(
-                        p.name.clone(),
-                        p.kind,
-                        p.base_url.clone().unwrap_or_default(),
-                        credential,
-                        Duration::from_millis(p.timeout_ms),
-                        p.mock.clone(),
-                        p.options.clone(),
-                    )
-                    .watching_opt(p.credential.as_deref()),
-                ),
-            );
+                p.kind,
+                p.base_url.clone().unwrap_or_default(),
+                credential,
+                Duration::from_millis(p.timeout_ms),
+                p.mock.clone(),
+                p.options.clone(),
+            )
+            .watching_opt(p.credential.as_deref(), true);
+            for (i, reference) in p.options.credential_pool.iter().enumerate() {
+                let credential = read_credential(reference, egress).map_err(|error| {
+                    CatalogLoadError::Credential {
+                        provider: p.name.clone(),
+                        error,
+                    }
+                })?;
+                provider = provider.pooled(i + 1, reference, &credential);
+            }
+            by_name.insert(p.name.clone(), Arc::new(provider));
         }
         let mut table = HashMap::new();
         for r in routes {
@@ -318,37 +474,49 @@ impl Catalog {
         let mut by_name = HashMap::new();
         for p in &catalog.providers {
             // A refused reference is never read, now or when its file changes.
-            let mut watched = p.credential_ref.as_deref();
+            let mut watched = true;
+            let mut first_unavailable = false;
             let credential = match &p.credential_ref {
                 Some(reference) => match read_credential(reference, egress) {
                     Ok(c) => Some(c),
                     Err(e) if e.is_refusal() => {
                         tracing::error!(provider = %p.name, error = %e, "Provider credential refused by the egress policy; the provider is used without one.");
-                        watched = None;
+                        watched = false;
+                        first_unavailable = true;
                         None
                     }
                     Err(e) => {
                         tracing::error!(provider = %p.name, error = %e, "Provider credential unavailable.");
+                        first_unavailable = true;
                         None
                     }
                 },
                 None => None,
             };
-            by_name.insert(
+            let mut provider = ProviderRuntime::new(
                 p.name.clone(),
-                Arc::new(
-                    ProviderRuntime::new(
-                        p.name.clone(),
-                        p.kind,
-                        p.base_url.clone(),
-                        credential,
-                        Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(60_000)),
-                        MockSettings::default(),
-                        p.options.clone(),
-                    )
-                    .watching_opt(watched),
-                ),
-            );
+                p.kind,
+                p.base_url.clone(),
+                credential,
+                Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(60_000)),
+                MockSettings::default(),
+                p.options.clone(),
+            )
+            .watching_opt(p.credential_ref.as_deref(), watched);
+            // A pool credential that cannot be used is left out of the
+            // turn, logged; the others serve.
+            for (i, reference) in p.options.credential_pool.iter().enumerate() {
+                match read_credential(reference, egress) {
+                    Ok(c) => provider = provider.pooled(i + 1, reference, &c),
+                    Err(e) => {
+                        tracing::error!(provider = %p.name, credential = i + 1, error = %e, "Provider pool credential unavailable; the pool goes on without it.");
+                    }
+                }
+            }
+            if first_unavailable {
+                provider = provider.without_first();
+            }
+            by_name.insert(p.name.clone(), Arc::new(provider));
         }
         let mut table = HashMap::new();
         for Route { model, targets, .. } in &catalog.routes {
