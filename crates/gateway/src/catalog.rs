@@ -226,21 +226,30 @@ impl ProviderRuntime {
         self.credentials.get(index)?.reference.as_deref()
     }
 
-    /// The credential for the next attempt: the next in turn that is not
-    /// benched; when every one is benched, the next in turn anyway, as a
-    /// route whose targets are all ejected is tried anyway.
+    /// The credential for the next attempt: the next in turn among those
+    /// not benched, so the ready ones share the requests evenly; when every
+    /// one is benched, the next in turn anyway, as a route whose targets
+    /// are all ejected is tried anyway.
     pub fn pick_credential(&self) -> CredentialPick {
         let n = self.credentials.len();
-        let start = if n == 1 {
+        let index = if n == 1 {
             0
         } else {
-            self.turn.fetch_add(1, Ordering::Relaxed) % n
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+            let now = crate::retry::now_ms();
+            let ready = self.credentials.iter().filter(|c| !c.benched(now)).count();
+            if ready == 0 {
+                turn % n
+            } else {
+                let k = turn % ready;
+                self.credentials
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| !c.benched(now))
+                    .nth(k)
+                    .map_or(turn % n, |(i, _)| i)
+            }
         };
-        let now = crate::retry::now_ms();
-        let index = (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| !self.credentials[i].benched(now))
-            .unwrap_or(start);
         CredentialPick {
             index,
             slot: self.credentials[index].slot,
@@ -601,5 +610,125 @@ pub async fn watch_credentials(
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::TargetConfig;
+
+    /// A catalog with provider `p` (`credential_ref` file `a`, pool files
+    /// `b` and `c`) on route `m`, and the directory holding the files.
+    fn pooled() -> (Arc<ProviderRuntime>, EgressSettings, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(name), format!("sk-{name}")).unwrap();
+        }
+        let file = |name: &str| format!("file:{}/{name}", dir.path().display());
+        let provider: ProviderConfig = toml::from_str(&format!(
+            "name = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             credential = {:?}\n[options]\ncredential_pool = [{:?}, {:?}]\n",
+            file("a"),
+            file("b"),
+            file("c"),
+        ))
+        .unwrap();
+        let route = RouteConfig {
+            model: "m".to_owned(),
+            targets: vec![TargetConfig {
+                provider: "p".to_owned(),
+                upstream_model: None,
+                weight: 1,
+                priority: None,
+            }],
+        };
+        let egress = EgressSettings {
+            credential_dirs: vec![dir.path().to_path_buf()],
+            ..EgressSettings::default()
+        };
+        let catalog = Catalog::from_config(&[provider], &[route], &egress).unwrap();
+        let provider = Arc::clone(&catalog.route("m").unwrap()[0].provider);
+        (provider, egress, dir)
+    }
+
+    fn bearer(pick: &CredentialPick) -> String {
+        match &pick.authorization {
+            Authorization::Bearer(v) => v.to_str().unwrap().to_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pool_takes_turns_and_skips_benched_credentials_until_all_are() {
+        let (p, _, _dir) = pooled();
+        assert_eq!(p.credential_count(), 3);
+        let turns: Vec<String> = (0..4).map(|_| bearer(&p.pick_credential())).collect();
+        assert_eq!(
+            turns,
+            ["Bearer sk-a", "Bearer sk-b", "Bearer sk-c", "Bearer sk-a"]
+        );
+        assert!(p.bench_credential(1, 60_000), "newly benched");
+        assert!(!p.bench_credential(1, 60_000), "benched already");
+        let turns: Vec<usize> = (0..4).map(|_| p.pick_credential().slot).collect();
+        assert_eq!(turns, [0, 2, 0, 2], "b sits out; a and c share evenly");
+        assert!(p.another_credential_ready(1));
+        p.bench_credential(0, 60_000);
+        assert!(!p.another_credential_ready(2), "only c is left");
+        p.bench_credential(2, 60_000);
+        // Every one benched: the turn goes on rather than failing.
+        assert_eq!(p.pick_credential().slot, 2);
+        assert_eq!(
+            p.credential_reference(2).map(|r| r.ends_with("/c")),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn a_pool_credential_s_file_is_read_again_when_it_changes() {
+        let (p, egress, dir) = pooled();
+        assert_eq!(p.refresh_credential(&egress), Refresh::Unchanged);
+        // A different length: the stamp changes even within the mtime's
+        // resolution.
+        std::fs::write(dir.path().join("c"), "sk-c-rotated").unwrap();
+        assert_eq!(p.refresh_credential(&egress), Refresh::Reloaded);
+        let turns: Vec<String> = (0..3).map(|_| bearer(&p.pick_credential())).collect();
+        assert_eq!(turns[2], "Bearer sk-c-rotated");
+        assert_eq!(turns[0], "Bearer sk-a", "the others are as they were");
+    }
+
+    #[test]
+    fn an_unreadable_first_credential_leaves_the_pool_its_others_in_database_mode() {
+        let (_, egress, dir) = pooled();
+        let file = |name: &str| format!("file:{}/{name}", dir.path().display());
+        let row = obleth_config::model::Provider {
+            id: uuid::Uuid::nil(),
+            name: "p".to_owned(),
+            kind: ProviderKind::OpenAi,
+            base_url: "http://127.0.0.1:9/v1".to_owned(),
+            credential_ref: Some(file("missing")),
+            timeout_ms: 5_000,
+            options: ProviderOptions {
+                credential_pool: vec![file("b"), file("missing-too"), file("c")],
+                ..ProviderOptions::default()
+            },
+        };
+        let catalog = Catalog::from_db(
+            &obleth_config::db::catalog::Catalog {
+                providers: vec![row],
+                routes: vec![Route {
+                    id: uuid::Uuid::nil(),
+                    model: "m".to_owned(),
+                    targets: vec![obleth_config::model::RouteTarget::new("p", None)],
+                }],
+            },
+            &egress,
+        );
+        let p = &catalog.route("m").unwrap()[0].provider;
+        // The missing ones are left out; the others keep their slots.
+        assert_eq!(p.credential_count(), 2);
+        let slots: Vec<usize> = (0..2).map(|_| p.pick_credential().slot).collect();
+        assert_eq!(slots, [1, 3]);
+        assert_eq!(bearer(&p.pick_credential()), "Bearer sk-b");
     }
 }

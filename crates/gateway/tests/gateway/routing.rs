@@ -133,6 +133,9 @@ async fn a_key_pool_takes_turns_and_a_429_retries_at_once_with_the_next_key() {
     settings.routes = vec![route("m", &["pooled"])];
     settings.egress.credential_dirs = vec![dir.path().to_path_buf()];
     settings.routing.eject_ms = 60_000;
+    // Too short for the 429's retry-after: only a retry with the next key
+    // at once, not one of the same target after its wait, fits.
+    settings.routing.retry_budget_ms = 1_000;
     let gw = TestGateway::start(settings).await;
     gw.wait_ready().await;
     let seen = || {
@@ -194,6 +197,20 @@ async fn a_key_pool_takes_turns_and_a_429_retries_at_once_with_the_next_key() {
         metric(&gw, "obleth_upstream_ejections_total", &[]).await,
         0.0
     );
+
+    // Key b refused while key a is still benched: no key is ready, so the
+    // client gets the refusal; key b is benched too.
+    upstream.set_config(MockConfig {
+        fail_first: 1,
+        fail_status: Some(401),
+        ..MockConfig::default()
+    });
+    let answer = chat(&gw, &secret, "m").await;
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    assert_eq!(benched("1").await, 1.0);
+    // Every key benched: the pool is used anyway rather than failed unasked.
+    let answer = chat(&gw, &secret, "m").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
     gw.stop().await.unwrap();
 }
 
