@@ -420,7 +420,9 @@ async fn forward(
                     && matches!(response.status().as_u16(), 401 | 403 | 429) =>
             {
                 credential_failed(state, provider, &credential, response.status());
-                provider.another_credential_ready(credential.index)
+                // Without an attempt left, the answer is the client's as
+                // without a pool.
+                provider.another_credential_ready(credential.index) && attempts.attempt_left()
             }
             _ => false,
         };

@@ -409,6 +409,15 @@ impl<'a> Attempts<'a> {
         }
     }
 
+    /// Whether another attempt may start now: one is left and the budget
+    /// is not spent.
+    pub fn attempt_left(&self) -> bool {
+        self.made < self.settings.max_attempts
+            && self.started.is_none_or(|started| {
+                started.elapsed() <= Duration::from_millis(self.settings.retry_budget_ms)
+            })
+    }
+
     /// The attempt at `index` failed for its credential only (a 429, 401
     /// or 403 from a provider with a key pool): the next attempt tries the
     /// same target again at once, with its next credential, if the
@@ -618,6 +627,10 @@ mod tests {
         a.failed(0, Some(Duration::from_secs(5)));
         assert_eq!(a.next_step().unwrap().index, 1);
         assert_eq!(a.made(), 3, "the second try counts as an attempt");
+        assert!(a.attempt_left());
+        a.failed(1, None);
+        assert!(a.next_step().is_some());
+        assert!(!a.attempt_left(), "max_attempts spent");
     }
 
     #[test]

@@ -215,6 +215,55 @@ async fn a_key_pool_takes_turns_and_a_429_retries_at_once_with_the_next_key() {
 }
 
 #[tokio::test]
+async fn a_key_refused_with_403_is_benched_and_the_request_answered_with_the_next() {
+    let upstream = MockUpstream::start(MockConfig {
+        fail_first: 1,
+        fail_status: Some(403),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key-a"), "sk-pool-a").unwrap();
+    std::fs::write(dir.path().join("key-b"), "sk-pool-b").unwrap();
+    let (key, secret) = file_key(|_| {});
+    let mut settings = embedded_settings(vec![key]);
+    let mut provider = openai_provider("pooled", &upstream.base_url());
+    provider.credential = Some(format!("file:{}/key-a", dir.path().display()));
+    provider.options.credential_pool = vec![format!("file:{}/key-b", dir.path().display())];
+    settings.providers = vec![provider];
+    settings.routes = vec![route("m", &["pooled"])];
+    settings.egress.credential_dirs = vec![dir.path().to_path_buf()];
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+
+    let answer = chat(&gw, &secret, "m").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(upstream.requests(), 2, "the 403, then key b");
+    let last = upstream.last_request().unwrap();
+    assert_eq!(last.header("authorization"), Some("Bearer sk-pool-b"));
+    assert_eq!(
+        metric(
+            &gw,
+            "obleth_upstream_credentials_benched_total",
+            &[("provider", "pooled"), ("credential", "0")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "obleth_upstream_attempts_total",
+            &[("provider", "pooled"), ("outcome", "status_403")]
+        )
+        .await,
+        1.0
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_first_byte_too_late_moves_on_to_the_next_target_and_the_client_gets_200() {
     let (stalled_url, stalled_task) = stalled_upstream().await;
     // Headers only after 30 s: slower than the first-byte timeout too.
