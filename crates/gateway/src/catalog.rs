@@ -3,6 +3,7 @@
 //! when `[egress]` allows it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -26,13 +27,12 @@ pub struct ProviderRuntime {
     pub options: ProviderOptions,
     /// `x-obleth-provider` on answers, made once.
     pub name_header: Option<HeaderValue>,
-    /// The credential header sent upstream, made from the credential when
-    /// it is read (marked sensitive: never printed by `Debug`), and again
-    /// when its file changes ([`ProviderRuntime::refresh_credential`]).
-    authorization: RwLock<Authorization>,
-    /// A `file:` credential's reference and what its file looked like when
-    /// it was last read.
-    credential_file: Option<CredentialFile>,
+    /// The credentials, used in turn: `credential_ref` first, then
+    /// `options.credential_pool`; one of [`Authorization::None`] for a
+    /// provider without any.
+    credentials: Vec<Credential>,
+    /// The round-robin counter over `credentials`.
+    turn: AtomicUsize,
     /// How its connections are made: the shared client, or its own (a
     /// private CA, a client certificate, a connect timeout), read once per
     /// catalog load ([`ProviderRuntime::connecting`]).
@@ -40,6 +40,64 @@ pub struct ProviderRuntime {
     /// Consecutive failures and ejection ([`crate::retry`]); a catalog
     /// reload starts it afresh.
     pub health: crate::retry::TargetHealth,
+}
+
+/// One credential of a provider.
+#[derive(Debug)]
+struct Credential {
+    /// Its place in the configuration: 0 for `credential_ref`, `i + 1` for
+    /// `credential_pool[i]`; how logs and metrics name it.
+    slot: usize,
+    /// Its `env:` or `file:` reference: no secret, so it may be logged.
+    reference: Option<String>,
+    /// The header sent upstream, made from the credential when it is read
+    /// (marked sensitive: never printed by `Debug`), and again when its
+    /// file changes ([`ProviderRuntime::refresh_credential`]).
+    authorization: RwLock<Authorization>,
+    /// A `file:` credential's path and what it looked like when last read.
+    file: Option<CredentialFile>,
+    /// [`crate::retry::now_ms`] until which the credential is benched
+    /// (after a 429, 401 or 403); 0 when it is not.
+    benched_until: AtomicU64,
+}
+
+impl Credential {
+    fn new(
+        slot: usize,
+        reference: Option<&str>,
+        authorization: Authorization,
+        watch: bool,
+    ) -> Credential {
+        let file = match reference.map(CredentialRef::parse) {
+            Some(Ok(CredentialRef::File(path))) if watch => Some(CredentialFile {
+                stamp: std::sync::Mutex::new(stamp_of(&path)),
+                path,
+            }),
+            _ => None,
+        };
+        Credential {
+            slot,
+            reference: reference.map(str::to_owned),
+            authorization: RwLock::new(authorization),
+            file,
+            benched_until: AtomicU64::new(0),
+        }
+    }
+
+    fn benched(&self, now: u64) -> bool {
+        now < self.benched_until.load(Ordering::Acquire)
+    }
+}
+
+/// The credential an attempt uses: its index among the provider's
+/// credentials in use, its slot in the configuration (0 is
+/// `credential_ref`, `i + 1` is `credential_pool[i]`: how logs and metrics
+/// name it) and its header.
+#[derive(Debug, Clone)]
+pub struct CredentialPick {
+    pub index: usize,
+    pub slot: usize,
+    pub authorization: Authorization,
 }
 
 /// How a provider's credential goes upstream.
@@ -57,7 +115,6 @@ pub enum Authorization {
 /// A credential file and the stamp it had when it was read.
 #[derive(Debug)]
 struct CredentialFile {
-    reference: String,
     path: std::path::PathBuf,
     stamp: std::sync::Mutex<Option<FileStamp>>,
 }
@@ -111,26 +168,28 @@ impl ProviderRuntime {
             timeout,
             mock,
             options,
-            authorization: RwLock::new(authorization),
-            credential_file: None,
+            credentials: vec![Credential::new(0, None, authorization, false)],
+            turn: AtomicUsize::new(0),
             connection: crate::connection::ProviderConnection::Shared,
             health: crate::retry::TargetHealth::default(),
         }
     }
 
-    /// Watches `reference`'s file, when it is a `file:` reference: a later
-    /// [`ProviderRuntime::refresh_credential`] reads it again once it changes.
-    fn watching_opt(mut self, reference: Option<&str>) -> Self {
-        let Some(reference) = reference else {
-            return self;
-        };
-        if let Ok(CredentialRef::File(path)) = CredentialRef::parse(reference) {
-            let stamp = stamp_of(&path);
-            self.credential_file = Some(CredentialFile {
-                reference: reference.to_owned(),
-                path,
-                stamp: std::sync::Mutex::new(stamp),
-            });
+    /// Records the reference of the first credential and, when it is a
+    /// `file:` reference, watches its file: a later
+    /// [`ProviderRuntime::refresh_credential`] reads it again once it
+    /// changes. A refused reference is named but never watched (`watch`).
+    fn watching_opt(mut self, reference: Option<&str>, watch: bool) -> Self {
+        if reference.is_some() {
+            let first = &mut self.credentials[0];
+            let authorization = std::mem::replace(
+                first
+                    .authorization
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner()),
+                Authorization::None,
+            );
+            *first = Credential::new(0, reference, authorization, watch);
         }
         self
     }
@@ -144,19 +203,120 @@ impl ProviderRuntime {
         self
     }
 
-    /// The header the credential is sent as, now.
+    /// Adds `credential_pool[slot - 1]` to the key pool, read from
+    /// `reference`, whose file is watched like the first's.
+    fn pooled(mut self, slot: usize, reference: &str, credential: &SecretString) -> Self {
+        let header = Self::header(self.kind, Some(credential));
+        self.credentials
+            .push(Credential::new(slot, Some(reference), header, true));
+        self
+    }
+
+    /// Leaves the first credential out of the turn: it could not be read,
+    /// and the pool has others.
+    fn without_first(mut self) -> Self {
+        if self.credentials.len() > 1 {
+            self.credentials.remove(0);
+        }
+        self
+    }
+
+    /// The header the first credential is sent as, now.
     pub fn authorization(&self) -> Authorization {
-        self.authorization
+        self.credentials[0]
+            .authorization
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Reads a `file:` credential again when its file changed since it was
-    /// last read (a rotated Kubernetes secret), within `egress`; a file
-    /// that cannot be read or is refused keeps the credential in use.
+    /// How many credentials the provider uses in turn (1 without a pool).
+    pub fn credential_count(&self) -> usize {
+        self.credentials.len()
+    }
+
+    /// A credential's reference (`env:NAME`, `file:/path`): no secret.
+    pub fn credential_reference(&self, index: usize) -> Option<&str> {
+        self.credentials.get(index)?.reference.as_deref()
+    }
+
+    /// The credential for the next attempt: the next in turn among those
+    /// not benched, so the ready ones share the requests evenly; when every
+    /// one is benched, the next in turn anyway, as a route whose targets
+    /// are all ejected is tried anyway.
+    pub fn pick_credential(&self) -> CredentialPick {
+        let n = self.credentials.len();
+        let index = if n == 1 {
+            0
+        } else {
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+            let now = crate::retry::now_ms();
+            let ready = self.credentials.iter().filter(|c| !c.benched(now)).count();
+            if ready == 0 {
+                turn % n
+            } else {
+                let k = turn % ready;
+                self.credentials
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| !c.benched(now))
+                    .nth(k)
+                    .map_or(turn % n, |(i, _)| i)
+            }
+        };
+        CredentialPick {
+            index,
+            slot: self.credentials[index].slot,
+            authorization: self.credentials[index]
+                .authorization
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Benches credential `index` for `for_ms` (it was refused or rate
+    /// limited); true when it was not benched already.
+    pub fn bench_credential(&self, index: usize, for_ms: u64) -> bool {
+        let Some(credential) = self.credentials.get(index) else {
+            return false;
+        };
+        let now = crate::retry::now_ms();
+        let was = credential
+            .benched_until
+            .swap(now.saturating_add(for_ms).max(1), Ordering::AcqRel);
+        was <= now
+    }
+
+    /// Whether a credential other than `index` is not benched now.
+    pub fn another_credential_ready(&self, index: usize) -> bool {
+        let now = crate::retry::now_ms();
+        self.credentials
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != index && !c.benched(now))
+    }
+
+    /// Reads each `file:` credential again when its file changed since it
+    /// was last read (a rotated Kubernetes secret), within `egress`; a file
+    /// that cannot be read or is refused keeps its credential in use. The
+    /// answer is the most notable of the credentials': a reload, else a
+    /// failure, else unchanged.
     pub fn refresh_credential(&self, egress: &EgressSettings) -> Refresh {
-        let Some(file) = &self.credential_file else {
+        let mut result = Refresh::Unchanged;
+        for credential in &self.credentials {
+            match self.refresh_one(credential, egress) {
+                Refresh::Unchanged => {}
+                Refresh::Reloaded => result = Refresh::Reloaded,
+                Refresh::Failed if result == Refresh::Unchanged => result = Refresh::Failed,
+                Refresh::Failed => {}
+            }
+        }
+        result
+    }
+
+    fn refresh_one(&self, credential: &Credential, egress: &EgressSettings) -> Refresh {
+        let (Some(file), Some(reference)) = (&credential.file, &credential.reference) else {
             return Refresh::Unchanged;
         };
         let now = stamp_of(&file.path);
@@ -165,17 +325,17 @@ impl ProviderRuntime {
             return Refresh::Unchanged;
         }
         *seen = now;
-        match read_credential(&file.reference, egress) {
-            Ok(credential) => {
-                let header = Self::header(self.kind, Some(&credential));
-                *self
+        match read_credential(reference, egress) {
+            Ok(secret) => {
+                let header = Self::header(self.kind, Some(&secret));
+                *credential
                     .authorization
                     .write()
                     .unwrap_or_else(|e| e.into_inner()) = header;
                 Refresh::Reloaded
             }
             Err(e) => {
-                tracing::error!(provider = %self.name, error = %e, "Provider credential file changed but cannot be used; the previous credential stays.");
+                tracing::error!(provider = %self.name, credential = credential.slot, error = %e, "Provider credential file changed but cannot be used; the previous credential stays.");
                 Refresh::Failed
             }
         }
@@ -280,22 +440,27 @@ impl Catalog {
                 })?),
                 None => None,
             };
-            by_name.insert(
+            let mut provider = ProviderRuntime::new(
                 p.name.clone(),
-                Arc::new(
-                    ProviderRuntime::new(
-                        p.name.clone(),
-                        p.kind,
-                        p.base_url.clone().unwrap_or_default(),
-                        credential,
-                        Duration::from_millis(p.timeout_ms),
-                        p.mock.clone(),
-                        p.options.clone(),
-                    )
-                    .watching_opt(p.credential.as_deref())
-                    .connecting(egress),
-                ),
-            );
+                p.kind,
+                p.base_url.clone().unwrap_or_default(),
+                credential,
+                Duration::from_millis(p.timeout_ms),
+                p.mock.clone(),
+                p.options.clone(),
+            )
+            .watching_opt(p.credential.as_deref(), true)
+            .connecting(egress);
+            for (i, reference) in p.options.credential_pool.iter().enumerate() {
+                let credential = read_credential(reference, egress).map_err(|error| {
+                    CatalogLoadError::Credential {
+                        provider: p.name.clone(),
+                        error,
+                    }
+                })?;
+                provider = provider.pooled(i + 1, reference, &credential);
+            }
+            by_name.insert(p.name.clone(), Arc::new(provider));
         }
         let mut table = HashMap::new();
         for r in routes {
@@ -333,38 +498,50 @@ impl Catalog {
         let mut by_name = HashMap::new();
         for p in &catalog.providers {
             // A refused reference is never read, now or when its file changes.
-            let mut watched = p.credential_ref.as_deref();
+            let mut watched = true;
+            let mut first_unavailable = false;
             let credential = match &p.credential_ref {
                 Some(reference) => match read_credential(reference, egress) {
                     Ok(c) => Some(c),
                     Err(e) if e.is_refusal() => {
                         tracing::error!(provider = %p.name, error = %e, "Provider credential refused by the egress policy; the provider is used without one.");
-                        watched = None;
+                        watched = false;
+                        first_unavailable = true;
                         None
                     }
                     Err(e) => {
                         tracing::error!(provider = %p.name, error = %e, "Provider credential unavailable.");
+                        first_unavailable = true;
                         None
                     }
                 },
                 None => None,
             };
-            by_name.insert(
+            let mut provider = ProviderRuntime::new(
                 p.name.clone(),
-                Arc::new(
-                    ProviderRuntime::new(
-                        p.name.clone(),
-                        p.kind,
-                        p.base_url.clone(),
-                        credential,
-                        Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(60_000)),
-                        MockSettings::default(),
-                        p.options.clone(),
-                    )
-                    .watching_opt(watched)
-                    .connecting(egress),
-                ),
-            );
+                p.kind,
+                p.base_url.clone(),
+                credential,
+                Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(60_000)),
+                MockSettings::default(),
+                p.options.clone(),
+            )
+            .watching_opt(p.credential_ref.as_deref(), watched)
+            .connecting(egress);
+            // A pool credential that cannot be used is left out of the
+            // turn, logged; the others serve.
+            for (i, reference) in p.options.credential_pool.iter().enumerate() {
+                match read_credential(reference, egress) {
+                    Ok(c) => provider = provider.pooled(i + 1, reference, &c),
+                    Err(e) => {
+                        tracing::error!(provider = %p.name, credential = i + 1, error = %e, "Provider pool credential unavailable; the pool goes on without it.");
+                    }
+                }
+            }
+            if first_unavailable {
+                provider = provider.without_first();
+            }
+            by_name.insert(p.name.clone(), Arc::new(provider));
         }
         let mut table = HashMap::new();
         for Route { model, targets, .. } in &catalog.routes {
@@ -449,5 +626,125 @@ pub async fn watch_credentials(
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::TargetConfig;
+
+    /// A catalog with provider `p` (`credential_ref` file `a`, pool files
+    /// `b` and `c`) on route `m`, and the directory holding the files.
+    fn pooled() -> (Arc<ProviderRuntime>, EgressSettings, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(name), format!("sk-{name}")).unwrap();
+        }
+        let file = |name: &str| format!("file:{}/{name}", dir.path().display());
+        let provider: ProviderConfig = toml::from_str(&format!(
+            "name = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             credential = {:?}\n[options]\ncredential_pool = [{:?}, {:?}]\n",
+            file("a"),
+            file("b"),
+            file("c"),
+        ))
+        .unwrap();
+        let route = RouteConfig {
+            model: "m".to_owned(),
+            targets: vec![TargetConfig {
+                provider: "p".to_owned(),
+                upstream_model: None,
+                weight: 1,
+                priority: None,
+            }],
+        };
+        let egress = EgressSettings {
+            credential_dirs: vec![dir.path().to_path_buf()],
+            ..EgressSettings::default()
+        };
+        let catalog = Catalog::from_config(&[provider], &[route], &egress).unwrap();
+        let provider = Arc::clone(&catalog.route("m").unwrap()[0].provider);
+        (provider, egress, dir)
+    }
+
+    fn bearer(pick: &CredentialPick) -> String {
+        match &pick.authorization {
+            Authorization::Bearer(v) => v.to_str().unwrap().to_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pool_takes_turns_and_skips_benched_credentials_until_all_are() {
+        let (p, _, _dir) = pooled();
+        assert_eq!(p.credential_count(), 3);
+        let turns: Vec<String> = (0..4).map(|_| bearer(&p.pick_credential())).collect();
+        assert_eq!(
+            turns,
+            ["Bearer sk-a", "Bearer sk-b", "Bearer sk-c", "Bearer sk-a"]
+        );
+        assert!(p.bench_credential(1, 60_000), "newly benched");
+        assert!(!p.bench_credential(1, 60_000), "benched already");
+        let turns: Vec<usize> = (0..4).map(|_| p.pick_credential().slot).collect();
+        assert_eq!(turns, [0, 2, 0, 2], "b sits out; a and c share evenly");
+        assert!(p.another_credential_ready(1));
+        p.bench_credential(0, 60_000);
+        assert!(!p.another_credential_ready(2), "only c is left");
+        p.bench_credential(2, 60_000);
+        // Every one benched: the turn goes on rather than failing.
+        assert_eq!(p.pick_credential().slot, 2);
+        assert_eq!(
+            p.credential_reference(2).map(|r| r.ends_with("/c")),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn a_pool_credential_s_file_is_read_again_when_it_changes() {
+        let (p, egress, dir) = pooled();
+        assert_eq!(p.refresh_credential(&egress), Refresh::Unchanged);
+        // A different length: the stamp changes even within the mtime's
+        // resolution.
+        std::fs::write(dir.path().join("c"), "sk-c-rotated").unwrap();
+        assert_eq!(p.refresh_credential(&egress), Refresh::Reloaded);
+        let turns: Vec<String> = (0..3).map(|_| bearer(&p.pick_credential())).collect();
+        assert_eq!(turns[2], "Bearer sk-c-rotated");
+        assert_eq!(turns[0], "Bearer sk-a", "the others are as they were");
+    }
+
+    #[test]
+    fn an_unreadable_first_credential_leaves_the_pool_its_others_in_database_mode() {
+        let (_, egress, dir) = pooled();
+        let file = |name: &str| format!("file:{}/{name}", dir.path().display());
+        let row = obleth_config::model::Provider {
+            id: uuid::Uuid::nil(),
+            name: "p".to_owned(),
+            kind: ProviderKind::OpenAi,
+            base_url: "http://127.0.0.1:9/v1".to_owned(),
+            credential_ref: Some(file("missing")),
+            timeout_ms: 5_000,
+            options: ProviderOptions {
+                credential_pool: vec![file("b"), file("missing-too"), file("c")],
+                ..ProviderOptions::default()
+            },
+        };
+        let catalog = Catalog::from_db(
+            &obleth_config::db::catalog::Catalog {
+                providers: vec![row],
+                routes: vec![Route {
+                    id: uuid::Uuid::nil(),
+                    model: "m".to_owned(),
+                    targets: vec![obleth_config::model::RouteTarget::new("p", None)],
+                }],
+            },
+            &egress,
+        );
+        let p = &catalog.route("m").unwrap()[0].provider;
+        // The missing ones are left out; the others keep their slots.
+        assert_eq!(p.credential_count(), 2);
+        let slots: Vec<usize> = (0..2).map(|_| p.pick_credential().slot).collect();
+        assert_eq!(slots, [1, 3]);
+        assert_eq!(bearer(&p.pick_credential()), "Bearer sk-b");
     }
 }

@@ -35,6 +35,7 @@ pub mod retry;
 pub mod settings;
 pub mod sse;
 pub mod state;
+pub mod timeouts;
 pub mod translate;
 pub mod upstream;
 pub mod usage;

@@ -26,6 +26,10 @@ pub struct Metrics {
     /// Targets ejected, and back after their half-open trial, by provider.
     pub upstream_ejections: IntCounterVec,
     pub upstream_recoveries: IntCounterVec,
+    /// Credentials of a key pool benched after a 429, 401 or 403, by
+    /// provider and credential slot (0 is `credential_ref`, `i + 1` is
+    /// `credential_pool[i]`).
+    pub credentials_benched: IntCounterVec,
     pub overhead_seconds: Histogram,
     pub in_flight: IntGauge,
     pub cache_entries: IntGauge,
@@ -50,6 +54,9 @@ pub struct Metrics {
     pub streams_cut: IntCounter,
     /// Streams ended at `server.max_stream_secs`.
     pub streams_too_long: IntCounter,
+    /// Streams ended because their upstream was silent longer than its
+    /// idle timeout, by provider.
+    pub streams_idle: IntCounterVec,
     pub rejected: IntCounterVec,
     /// Quota lease calls by outcome (`ok`, `error`).
     pub quota_lease_calls: IntCounterVec,
@@ -95,14 +102,14 @@ impl Metrics {
             upstream_attempts: must(IntCounterVec::new(
                 Opts::new(
                     "obleth_upstream_attempts_total",
-                    "Upstream attempts by provider and outcome (ok, error, timeout, status_5xx, status_429, refused, too_large).",
+                    "Upstream attempts by provider and outcome (ok, error, timeout, first_byte_timeout, idle_timeout, status_5xx, status_429, status_401, status_403, refused, too_large).",
                 ),
                 &["provider", "outcome"],
             )),
             upstream_retries: must(IntCounterVec::new(
                 Opts::new(
                     "obleth_upstream_retries_total",
-                    "Upstream attempts after a request's first, by the provider tried and why the attempt before failed (status_5xx, status_429, error, timeout, too_large).",
+                    "Upstream attempts after a request's first, by the provider tried and why the attempt before failed (status_5xx, status_429, status_401, status_403, error, timeout, first_byte_timeout, idle_timeout, too_large).",
                 ),
                 &["provider", "after"],
             )),
@@ -119,6 +126,13 @@ impl Metrics {
                     "Ejected providers that answered their half-open trial, by provider.",
                 ),
                 &["provider"],
+            )),
+            credentials_benched: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_upstream_credentials_benched_total",
+                    "Credentials of a provider's key pool benched for routing.eject_ms after a 429, 401 or 403, by provider and credential (0 is credential_ref, i + 1 is credential_pool[i]).",
+                ),
+                &["provider", "credential"],
             )),
             overhead_seconds: must(Histogram::with_opts(
                 HistogramOpts::new(
@@ -213,6 +227,13 @@ impl Metrics {
                 "obleth_streams_too_long_total",
                 "Streams ended because they ran longer than server.max_stream_secs.",
             )),
+            streams_idle: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_streams_idle_timeout_total",
+                    "Streams ended because the upstream sent nothing for longer than its idle timeout (options.idle_timeout_ms, else 300 s), by provider.",
+                ),
+                &["provider"],
+            )),
             rejected: must(IntCounterVec::new(
                 Opts::new(
                     "obleth_rejected_requests_total",
@@ -240,6 +261,7 @@ impl Metrics {
             Box::new(m.upstream_retries.clone()),
             Box::new(m.upstream_ejections.clone()),
             Box::new(m.upstream_recoveries.clone()),
+            Box::new(m.credentials_benched.clone()),
             Box::new(m.overhead_seconds.clone()),
             Box::new(m.in_flight.clone()),
             Box::new(m.cache_entries.clone()),
@@ -259,6 +281,7 @@ impl Metrics {
             Box::new(m.ledger_partitions.clone()),
             Box::new(m.streams_cut.clone()),
             Box::new(m.streams_too_long.clone()),
+            Box::new(m.streams_idle.clone()),
             Box::new(m.rejected.clone()),
             Box::new(m.quota_lease_calls.clone()),
             Box::new(m.quota_fallback.clone()),

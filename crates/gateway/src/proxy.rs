@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::answer;
 use crate::auth::AuthorizedKey;
-use crate::catalog::ProviderRuntime;
+use crate::catalog::{CredentialPick, ProviderRuntime};
 use crate::error::ApiError;
 use crate::estimate;
 use crate::keycache::KeyRecord;
@@ -29,9 +29,11 @@ use crate::relay::{Completion, RelayBody, Tokens};
 use crate::request_id;
 use crate::retry;
 use crate::state::AppState;
+use crate::timeouts::{self, FirstByteError};
 use crate::upstream::{BoxError, UpBody, UpstreamError};
 
-/// Idle time allowed between two chunks of a stream before it is cut.
+/// Idle time allowed between two chunks of a stream before it is cut, for
+/// a provider without `options.idle_timeout_ms`.
 const STREAM_IDLE: Duration = Duration::from_secs(300);
 
 pub async fn chat_completions(
@@ -389,22 +391,65 @@ async fn forward(
                 .with_label_values(&[&provider.name, after])
                 .inc();
         }
+        let credential = provider.pick_credential();
+        let first_byte = provider
+            .options
+            .first_byte_timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)));
+        let sent_at = tokio::time::Instant::now();
         let sent = attempt(
             state,
             provider,
+            &credential,
             upstream_path,
             payload,
-            step.headers_within,
+            Limits {
+                headers: step.headers_within,
+                first_byte,
+            },
             &mut upstream_wait,
         )
         .await;
+        // With a key pool, a 429, 401 or 403 is the credential's: it is
+        // benched, and while another is ready the same target is tried
+        // again at once with it, with no back-off and no mark on the
+        // target's health.
+        let next_credential = match &sent {
+            Ok(response)
+                if provider.credential_count() > 1
+                    && matches!(response.status().as_u16(), 401 | 403 | 429) =>
+            {
+                credential_failed(state, provider, &credential, response.status());
+                // Without an attempt left, the answer is the client's as
+                // without a pool.
+                provider.another_credential_ready(credential.index) && attempts.attempt_left()
+            }
+            _ => false,
+        };
         let response = match sent {
+            Ok(response)
+                if next_credential && response.status() != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                let outcome = if response.status() == StatusCode::FORBIDDEN {
+                    "status_403"
+                } else {
+                    "status_401"
+                };
+                count_attempt(state, provider, outcome);
+                attempts.again_at_once(step.index);
+                failed_before = Some(outcome);
+                continue;
+            }
             Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
                 count_attempt(state, provider, "status_429");
                 let wait = retry::retry_after(response.headers());
                 tracing::warn!(provider = %provider.name, retry_after = ?wait, "Upstream answered 429; trying another attempt.");
-                target_failed(state, provider);
-                attempts.failed(step.index, wait);
+                if next_credential {
+                    attempts.again_at_once(step.index);
+                } else {
+                    target_failed(state, provider);
+                    attempts.failed(step.index, wait);
+                }
                 failed_before = Some("status_429");
                 let (parts, body) = response.into_parts();
                 let limit = state.settings.server.max_response_bytes.min(64 * 1024);
@@ -425,9 +470,45 @@ async fn forward(
                 continue;
             }
         };
-        completion.provider = Some(provider.name.clone());
         let (mut parts, upstream_body) = response.into_parts();
+        // Nothing has reached the client yet: a first byte too late is a
+        // failed attempt like any timeout.
+        let upstream_body = match first_byte {
+            Some(limit) => {
+                let t1 = Instant::now();
+                let primed = timeouts::first_byte(upstream_body, sent_at + limit).await;
+                upstream_wait += t1.elapsed();
+                match primed {
+                    Ok(body) => body,
+                    Err(e) => {
+                        let (error, outcome) = match e {
+                            FirstByteError::Timeout => {
+                                tracing::warn!(provider = %provider.name, first_byte_timeout = ?limit, "Upstream sent no body byte in time; trying another attempt.");
+                                (ApiError::UpstreamTimeout, "first_byte_timeout")
+                            }
+                            FirstByteError::Broken(e) => {
+                                tracing::warn!(provider = %provider.name, error = %e, "Upstream broke off its answer; trying another attempt.");
+                                (ApiError::UpstreamFailed, "error")
+                            }
+                        };
+                        count_attempt(state, provider, outcome);
+                        target_failed(state, provider);
+                        attempts.failed(step.index, None);
+                        failed_before = Some(outcome);
+                        last_error = error;
+                        continue;
+                    }
+                }
+            }
+            None => upstream_body,
+        };
+        let idle = provider
+            .options
+            .idle_timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)));
+        completion.provider = Some(provider.name.clone());
         if stream && is_sse(&parts.headers) {
+            let upstream_body = timeouts::idle(upstream_body, idle.unwrap_or(STREAM_IDLE));
             let upstream_body =
                 protocol::client_stream(client, provider.kind, upstream_body, &model);
             count_attempt(state, provider, "ok");
@@ -439,7 +520,6 @@ async fn forward(
                 upstream_body,
                 status,
                 completion,
-                STREAM_IDLE,
                 state.settings.server.max_stream(),
                 state.cut_streams.clone(),
             );
@@ -451,7 +531,12 @@ async fn forward(
                 .map_err(|_| (ApiError::Internal, None));
         }
         // Not streamed: read the whole answer before sending anything, so a
-        // failure while reading can still move on to another attempt.
+        // failure while reading, a silence past the idle timeout included,
+        // can still move on to another attempt.
+        let upstream_body = match idle {
+            Some(limit) => timeouts::idle(upstream_body, limit),
+            None => upstream_body,
+        };
         let bytes = match read_whole(state, provider, upstream_body, &mut upstream_wait).await {
             Ok(bytes) => bytes,
             // Too large again if asked again: the target itself is fine.
@@ -578,6 +663,33 @@ fn target_failed(state: &AppState, provider: &ProviderRuntime) {
     }
 }
 
+/// Benches a credential of a key pool that was refused or rate limited,
+/// for `routing.eject_ms`; benching it is a metric and a log line, which
+/// name it by its slot and reference, never its value.
+fn credential_failed(
+    state: &AppState,
+    provider: &ProviderRuntime,
+    credential: &CredentialPick,
+    status: StatusCode,
+) {
+    let eject_ms = state.settings.routing.eject_ms;
+    if provider.bench_credential(credential.index, eject_ms) {
+        state
+            .metrics
+            .credentials_benched
+            .with_label_values(&[&provider.name, &credential.slot.to_string()])
+            .inc();
+        tracing::warn!(
+            provider = %provider.name,
+            credential = credential.slot,
+            reference = provider.credential_reference(credential.index).unwrap_or_default(),
+            status = status.as_u16(),
+            eject_ms,
+            "Provider credential benched; the pool's other credentials are used meanwhile."
+        );
+    }
+}
+
 /// Records that a target answered; a recovery is a metric and a log line.
 fn target_answered(state: &AppState, provider: &ProviderRuntime) {
     if provider.health.succeeded() == retry::Transition::Recovered {
@@ -594,21 +706,37 @@ fn target_answered(state: &AppState, provider: &ProviderRuntime) {
 /// answers, and the outcome label (`obleth_upstream_retries_total`).
 type AttemptFailure = (ApiError, &'static str);
 
-/// Sends one attempt and waits for its response head, at most `within`. A
-/// 5xx or a failure to get one is the error the client would get if no
-/// later attempt answers.
+/// How long an attempt may wait for its response head: at most `headers`
+/// (the request's deadline), and at most `first_byte` (the provider's
+/// first-byte timeout), as no body byte comes before the head.
+struct Limits {
+    headers: Duration,
+    first_byte: Option<Duration>,
+}
+
+/// Sends one attempt with `credential` and waits for its response head,
+/// within `limits`. A 5xx or a failure to get one is the error the client
+/// would get if no later attempt answers.
 async fn attempt(
     state: &AppState,
     provider: &ProviderRuntime,
+    credential: &CredentialPick,
     path: &'static str,
     payload: Bytes,
-    within: Duration,
+    limits: Limits,
     upstream_wait: &mut Duration,
 ) -> Result<http::Response<UpBody>, AttemptFailure> {
+    let within = limits
+        .first_byte
+        .map_or(limits.headers, |fb| fb.min(limits.headers));
+    // Whether a timeout is the first-byte timeout's, not the provider's.
+    let first_byte_bound = limits
+        .first_byte
+        .is_some_and(|fb| fb < provider.timeout.min(limits.headers));
     let t0 = Instant::now();
     let sent = state
         .upstream
-        .send_within(provider, path, payload, within)
+        .send_within(provider, &credential.authorization, path, payload, within)
         .await;
     let waited = t0.elapsed();
     *upstream_wait += waited;
@@ -625,7 +753,10 @@ async fn attempt(
         }
         Ok(response) => Ok(response),
         Err(e) => {
-            let outcome = e.outcome();
+            let outcome = match e {
+                UpstreamError::Timeout { .. } if first_byte_bound => "first_byte_timeout",
+                _ => e.outcome(),
+            };
             count_attempt(state, provider, outcome);
             // The detail (refused, DNS, TLS...) goes to the log only.
             tracing::warn!(error = %e, "Upstream attempt failed; trying another attempt.");
@@ -660,6 +791,11 @@ async fn read_whole(
                 "Upstream answer larger than server.max_response_bytes; trying another attempt."
             );
             Err((ApiError::UpstreamResponseTooLarge, "too_large"))
+        }
+        Ok(Err(AnswerError::Broken(e))) if timeouts::is_idle_timeout(e.as_ref()) => {
+            count_attempt(state, provider, "idle_timeout");
+            tracing::warn!(provider = %provider.name, error = %e, "Upstream went silent in its answer; trying another attempt.");
+            Err((ApiError::UpstreamTimeout, "idle_timeout"))
         }
         Ok(Err(AnswerError::Broken(e))) => {
             count_attempt(state, provider, "error");

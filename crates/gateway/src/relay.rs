@@ -178,8 +178,6 @@ pub struct RelayBody {
     done: bool,
     status: u16,
     completion: Option<Completion>,
-    idle_timeout: Duration,
-    idle: Option<Pin<Box<tokio::time::Sleep>>>,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     /// `server.max_stream_secs` from the relay's start: past it the stream
     /// is ended, so no request outlives what the drain covers.
@@ -198,12 +196,12 @@ impl std::fmt::Debug for RelayBody {
 impl RelayBody {
     /// Relays `inner`; `cut` ends the stream when the drain timeout passes,
     /// and so does `max_stream` from now. The usage chunk is removed unless
-    /// the completion's client asked for it.
+    /// the completion's client asked for it. An upstream gone silent is
+    /// `inner`'s to end, with a [`crate::timeouts::IdleTimeout`].
     pub fn new(
         inner: UpBody,
         status: u16,
         completion: Completion,
-        idle_timeout: Duration,
         max_stream: Duration,
         cut: CancellationToken,
     ) -> Self {
@@ -215,8 +213,6 @@ impl RelayBody {
             done: false,
             status,
             completion: Some(completion),
-            idle_timeout,
-            idle: None,
             cut: Box::pin(cut.cancelled_owned()),
             deadline: Box::pin(tokio::time::sleep(max_stream)),
         }
@@ -287,7 +283,6 @@ impl Body for RelayBody {
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.idle = None;
                     let frame = match frame.into_data() {
                         Ok(data) => match &mut this.strip {
                             Some(strip) => {
@@ -311,6 +306,20 @@ impl Body for RelayBody {
                     };
                     return Poll::Ready(Some(Ok(frame)));
                 }
+                Poll::Ready(Some(Err(e))) if crate::timeouts::is_idle_timeout(e.as_ref()) => {
+                    // Charged like any other cut-off: what was generated.
+                    if let Some(c) = &this.completion {
+                        let provider = c.provider.as_deref().unwrap_or_default();
+                        c.state
+                            .metrics
+                            .streams_idle
+                            .with_label_values(&[provider])
+                            .inc();
+                        tracing::warn!(provider, error = %e, "Upstream stream went silent; the stream is cut.");
+                    }
+                    this.complete(504);
+                    return Poll::Ready(Some(Err(e)));
+                }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "Upstream stream failed part-way.");
                     this.complete(502);
@@ -329,18 +338,7 @@ impl Body for RelayBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(rest))));
                 }
-                Poll::Pending => {
-                    // An upstream that goes silent mid-stream is cut after the idle timeout.
-                    let timeout = this.idle_timeout;
-                    let idle = this
-                        .idle
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                    if idle.as_mut().poll(cx).is_ready() {
-                        this.complete(504);
-                        return Poll::Ready(Some(Err("upstream stream idle for too long".into())));
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return Poll::Pending,
             }
         }
     }

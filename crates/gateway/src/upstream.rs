@@ -131,15 +131,23 @@ impl Upstream {
         path: &str,
         body: Bytes,
     ) -> Result<Response<UpBody>, UpstreamError> {
-        self.send_within(provider, path, body, provider.timeout)
-            .await
+        self.send_within(
+            provider,
+            &provider.authorization(),
+            path,
+            body,
+            provider.timeout,
+        )
+        .await
     }
 
-    /// [`Upstream::send`], waiting for the headers at most `within` (or the
-    /// provider's timeout, when shorter).
+    /// [`Upstream::send`] with `credential` (one of the provider's key
+    /// pool), waiting for the headers at most `within` (or the provider's
+    /// timeout, when shorter).
     pub async fn send_within(
         &self,
         provider: &ProviderRuntime,
+        credential: &Authorization,
         path: &str,
         body: Bytes,
         within: std::time::Duration,
@@ -176,7 +184,7 @@ impl Upstream {
                 crate::translate::anthropic::ANTHROPIC_VERSION,
             );
         }
-        match &provider.authorization() {
+        match credential {
             Authorization::None => {}
             Authorization::Bearer(value) => {
                 builder = builder.header(header::AUTHORIZATION, value.clone());

@@ -18,6 +18,7 @@ mod props;
 mod quota;
 mod responses;
 mod retry;
+mod routing;
 mod streams;
 mod support;
 mod usage;
