@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use obleth_config::egress::{CredentialError, CredentialRef};
-use obleth_config::model::{ProviderKind, ProviderOptions, Route};
+use obleth_config::model::{AzureAuth, ProviderKind, ProviderOptions, Route};
 use obleth_config::EgressSettings;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -46,6 +46,8 @@ pub enum Authorization {
     Bearer(HeaderValue),
     /// `x-api-key: <credential>` (Anthropic).
     ApiKey(HeaderValue),
+    /// `api-key: <credential>` (Azure OpenAI's resource key).
+    AzureKey(HeaderValue),
     /// The credential has characters a header cannot carry: every call fails.
     Invalid,
 }
@@ -98,7 +100,7 @@ impl ProviderRuntime {
         mock: MockSettings,
         options: ProviderOptions,
     ) -> Self {
-        let authorization = Self::header(kind, credential.as_ref());
+        let authorization = Self::header(kind, &options, credential.as_ref());
         ProviderRuntime {
             name_header: HeaderValue::from_str(&name).ok(),
             name,
@@ -153,7 +155,7 @@ impl ProviderRuntime {
         *seen = now;
         match read_credential(&file.reference, egress) {
             Ok(credential) => {
-                let header = Self::header(self.kind, Some(&credential));
+                let header = Self::header(self.kind, &self.options, Some(&credential));
                 *self
                     .authorization
                     .write()
@@ -167,7 +169,11 @@ impl ProviderRuntime {
         }
     }
 
-    fn header(kind: ProviderKind, credential: Option<&SecretString>) -> Authorization {
+    fn header(
+        kind: ProviderKind,
+        options: &ProviderOptions,
+        credential: Option<&SecretString>,
+    ) -> Authorization {
         match credential {
             None => Authorization::None,
             Some(c) => {
@@ -175,7 +181,10 @@ impl ProviderRuntime {
                     ProviderKind::Anthropic => {
                         (c.expose_secret().to_owned(), Authorization::ApiKey)
                     }
-                    ProviderKind::OpenAi | ProviderKind::Mock => (
+                    ProviderKind::Azure if options.azure_auth() == AzureAuth::ApiKey => {
+                        (c.expose_secret().to_owned(), Authorization::AzureKey)
+                    }
+                    ProviderKind::OpenAi | ProviderKind::Mock | ProviderKind::Azure => (
                         format!("Bearer {}", c.expose_secret()),
                         Authorization::Bearer,
                     ),

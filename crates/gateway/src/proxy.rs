@@ -382,6 +382,20 @@ async fn forward(
                 None => (path, body.clone()),
             },
         };
+        let upstream_path = match protocol::provider_path(
+            provider.kind,
+            &provider.options,
+            &provider.name,
+            upstream_path,
+            upstream_model.unwrap_or(&model),
+        ) {
+            Ok(upstream_path) => upstream_path,
+            Err(e) => {
+                last_error = e;
+                attempts.unusable(step.index);
+                continue;
+            }
+        };
         if let Some(after) = failed_before.take() {
             state
                 .metrics
@@ -392,7 +406,7 @@ async fn forward(
         let sent = attempt(
             state,
             provider,
-            upstream_path,
+            &upstream_path,
             payload,
             step.headers_within,
             &mut upstream_wait,
@@ -600,7 +614,7 @@ type AttemptFailure = (ApiError, &'static str);
 async fn attempt(
     state: &AppState,
     provider: &ProviderRuntime,
-    path: &'static str,
+    path: &str,
     payload: Bytes,
     within: Duration,
     upstream_wait: &mut Duration,
