@@ -1,8 +1,9 @@
 //! Real clients through the gateway: every client script of `tests/sdk/`
 //! (`*_client.py`, each driving an official Python SDK) run against a real
-//! `obleth-gateway` process in embedded mode, whose three routes reach one
-//! provider of each kind: `openai` and `anthropic` at the testkit's mock
-//! upstream over loopback HTTP, and the built-in `mock`.
+//! `obleth-gateway` process in embedded mode, whose four routes reach one
+//! provider of each kind: `openai`, `anthropic` and `azure` (deployment
+//! `sdk-azure`) at the testkit's mock upstream over loopback HTTP, and the
+//! built-in `mock`.
 //!
 //! The SDKs live in the venv `tests/sdk/setup-venv` makes: `scripts/test`
 //! calls it and exports `OBLETH_SDK_PYTHON`; run alone, this test calls it
@@ -17,14 +18,17 @@ use std::time::Duration;
 
 use obleth_e2e::evidence;
 use obleth_e2e::procs::GatewayProc;
-use obleth_testkit::mock::{MockConfig, MockUpstream, MockUsage, ANTHROPIC_API_KEY};
+use obleth_testkit::mock::{
+    AzureMock, MockConfig, MockUpstream, MockUsage, ANTHROPIC_API_KEY, AZURE_API_KEY,
+};
 use obleth_testkit::proc::{bin, command};
 use secrecy::ExposeSecret as _;
 
 /// The routes, one a provider kind: (kind, the model clients send).
-const ROUTES: [(&str, &str); 3] = [
+const ROUTES: [(&str, &str); 4] = [
     ("openai", "sdk-openai"),
     ("anthropic", "sdk-anthropic"),
+    ("azure", "sdk-azure"),
     ("mock", "sdk-mock"),
 ];
 
@@ -96,18 +100,23 @@ fn scripts() -> Vec<PathBuf> {
 
 /// The embedded settings: a provider and a route for each kind, the key, and
 /// the egress policy that lets the providers reach the loopback mock and read
-/// the Anthropic credential file from `dir`.
+/// the Anthropic and Azure credential files from `dir`.
 fn settings(dir: &Path, base_url: &str, public_id: &str, secret_sha256: &str) -> String {
     let credentials = dir.join("credentials");
     std::fs::create_dir_all(&credentials).unwrap();
     std::fs::write(credentials.join("anthropic"), ANTHROPIC_API_KEY).unwrap();
+    std::fs::write(credentials.join("azure"), AZURE_API_KEY).unwrap();
+    let root = base_url.trim_end_matches("/v1");
     let mut text = format!(
         "[egress]\ncredential_dirs = [{credentials:?}]\nallow_private_networks = true\n\n\
          [[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = {base_url:?}\ntimeout_ms = 30000\n\n\
          [[providers]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = {base_url:?}\n\
          credential = \"file:{}\"\ntimeout_ms = 30000\n\n\
+         [[providers]]\nname = \"azure\"\nkind = \"azure\"\nbase_url = {root:?}\n\
+         credential = \"file:{}\"\ntimeout_ms = 30000\n\n\
          [[providers]]\nname = \"mock\"\nkind = \"mock\"\nmock = {{ tokens = 12 }}\n\n",
-        credentials.join("anthropic").display()
+        credentials.join("anthropic").display(),
+        credentials.join("azure").display()
     );
     for (kind, model) in ROUTES {
         text.push_str(&format!(
@@ -127,6 +136,10 @@ async fn official_sdks_through_the_gateway_to_every_provider_kind() {
     let upstream = MockUpstream::start(MockConfig {
         completion_tokens: 12,
         usage: MockUsage::WhenAsked,
+        azure: AzureMock {
+            deployments: vec!["sdk-azure".to_owned()],
+            ..AzureMock::default()
+        },
         ..MockConfig::default()
     })
     .await

@@ -153,6 +153,7 @@ string_enum!(
         OpenAi => "openai",
         Mock => "mock",
         Anthropic => "anthropic",
+        Azure => "azure",
     }
 );
 
@@ -165,7 +166,7 @@ impl ProviderKind {
     pub fn since(self) -> &'static str {
         match self {
             ProviderKind::OpenAi | ProviderKind::Mock => "0.1.0",
-            ProviderKind::Anthropic => "0.3.0",
+            ProviderKind::Anthropic | ProviderKind::Azure => "0.3.0",
         }
     }
 
@@ -303,12 +304,48 @@ pub struct ProviderOptions {
     /// like a credential's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_ref: Option<String>,
+    /// Azure OpenAI's `api-version` query parameter (`2024-10-21`, or a
+    /// `-preview` one); default [`AZURE_API_VERSION`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// How an `azure` provider sends its credential: `api-key` (the
+    /// default, the `api-key` header) or `entra` (a Microsoft Entra ID
+    /// access token, as `Authorization: Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+}
+
+/// The Azure OpenAI `api-version` sent when a provider names none: the
+/// newest generally available data-plane version.
+pub const AZURE_API_VERSION: &str = "2024-10-21";
+
+/// How an `azure` provider authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzureAuth {
+    /// The resource's key, in the `api-key` header.
+    ApiKey,
+    /// A Microsoft Entra ID access token, as `Authorization: Bearer`.
+    Entra,
 }
 
 impl ProviderOptions {
     /// True when every option has its default.
     pub fn is_default(&self) -> bool {
         *self == ProviderOptions::default()
+    }
+
+    /// The `api-version` an `azure` provider sends.
+    pub fn azure_api_version(&self) -> &str {
+        self.api_version.as_deref().unwrap_or(AZURE_API_VERSION)
+    }
+
+    /// How an `azure` provider sends its credential (checked values only;
+    /// anything else is the default).
+    pub fn azure_auth(&self) -> AzureAuth {
+        match self.auth.as_deref() {
+            Some("entra") => AzureAuth::Entra,
+            _ => AzureAuth::ApiKey,
+        }
     }
 
     /// Checks the options of a provider of `kind` at `base_url` (with or
@@ -395,6 +432,29 @@ impl ProviderOptions {
             }
             (None, None) => {}
         }
+        if let Some(version) = &self.api_version {
+            if kind != ProviderKind::Azure {
+                return refuse(
+                    "api_version".into(),
+                    format!("does not apply to kind {kind}"),
+                );
+            }
+            if !is_api_version(version) {
+                return refuse(
+                    "api_version".into(),
+                    "must be a date such as `2024-10-21`, optionally with a suffix such as `-preview`"
+                        .into(),
+                );
+            }
+        }
+        if let Some(auth) = &self.auth {
+            if kind != ProviderKind::Azure {
+                return refuse("auth".into(), format!("does not apply to kind {kind}"));
+            }
+            if !matches!(auth.as_str(), "api-key" | "entra") {
+                return refuse("auth".into(), "must be `api-key` or `entra`".into());
+            }
+        }
         Ok(())
     }
 
@@ -432,6 +492,23 @@ impl ProviderOptions {
             None => Ok(options),
         }
     }
+}
+
+/// `YYYY-MM-DD`, optionally followed by `-` and lowercase letters
+/// (`2025-01-01-preview`): what goes into a query string unescaped.
+fn is_api_version(v: &str) -> bool {
+    let (date, suffix) = v.split_at(v.len().min(10));
+    let date_ok = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    let suffix_ok = suffix.is_empty()
+        || (suffix.len() <= 20
+            && suffix.starts_with('-')
+            && suffix.len() > 1
+            && suffix[1..].bytes().all(|b| b.is_ascii_lowercase()));
+    date_ok && suffix_ok
 }
 
 /// The most credentials a provider's pool may list besides `credential_ref`.
@@ -731,6 +808,7 @@ mod tests {
             (ProviderKind::OpenAi, "openai"),
             (ProviderKind::Mock, "mock"),
             (ProviderKind::Anthropic, "anthropic"),
+            (ProviderKind::Azure, "azure"),
         ] {
             assert_eq!(kind.as_str(), text);
             assert_eq!(text.parse::<ProviderKind>(), Ok(kind));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use obleth_config::egress::{CredentialError, CredentialRef};
-use obleth_config::model::{ProviderKind, ProviderOptions, Route};
+use obleth_config::model::{AzureAuth, ProviderKind, ProviderOptions, Route};
 use obleth_config::EgressSettings;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -108,6 +108,8 @@ pub enum Authorization {
     Bearer(HeaderValue),
     /// `x-api-key: <credential>` (Anthropic).
     ApiKey(HeaderValue),
+    /// `api-key: <credential>` (Azure OpenAI's resource key).
+    AzureKey(HeaderValue),
     /// The credential has characters a header cannot carry: every call fails.
     Invalid,
 }
@@ -159,7 +161,7 @@ impl ProviderRuntime {
         mock: MockSettings,
         options: ProviderOptions,
     ) -> Self {
-        let authorization = Self::header(kind, credential.as_ref());
+        let authorization = Self::header(kind, &options, credential.as_ref());
         ProviderRuntime {
             name_header: HeaderValue::from_str(&name).ok(),
             name,
@@ -206,7 +208,7 @@ impl ProviderRuntime {
     /// Adds `credential_pool[slot - 1]` to the key pool, read from
     /// `reference`, whose file is watched like the first's.
     fn pooled(mut self, slot: usize, reference: &str, credential: &SecretString) -> Self {
-        let header = Self::header(self.kind, Some(credential));
+        let header = Self::header(self.kind, &self.options, Some(credential));
         self.credentials
             .push(Credential::new(slot, Some(reference), header, true));
         self
@@ -327,7 +329,7 @@ impl ProviderRuntime {
         *seen = now;
         match read_credential(reference, egress) {
             Ok(secret) => {
-                let header = Self::header(self.kind, Some(&secret));
+                let header = Self::header(self.kind, &self.options, Some(&secret));
                 *credential
                     .authorization
                     .write()
@@ -341,7 +343,11 @@ impl ProviderRuntime {
         }
     }
 
-    fn header(kind: ProviderKind, credential: Option<&SecretString>) -> Authorization {
+    fn header(
+        kind: ProviderKind,
+        options: &ProviderOptions,
+        credential: Option<&SecretString>,
+    ) -> Authorization {
         match credential {
             None => Authorization::None,
             Some(c) => {
@@ -349,7 +355,10 @@ impl ProviderRuntime {
                     ProviderKind::Anthropic => {
                         (c.expose_secret().to_owned(), Authorization::ApiKey)
                     }
-                    ProviderKind::OpenAi | ProviderKind::Mock => (
+                    ProviderKind::Azure if options.azure_auth() == AzureAuth::ApiKey => {
+                        (c.expose_secret().to_owned(), Authorization::AzureKey)
+                    }
+                    ProviderKind::OpenAi | ProviderKind::Mock | ProviderKind::Azure => (
                         format!("Bearer {}", c.expose_secret()),
                         Authorization::Bearer,
                     ),

@@ -17,7 +17,9 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use obleth_config::model::ProviderKind;
+use std::borrow::Cow;
+
+use obleth_config::model::{ProviderKind, ProviderOptions};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -69,15 +71,59 @@ pub fn upstream_request(
                 "provider `{provider}` (kind mock) does not serve the Responses API"
             ))))
         }
-        (Client::OpenAi, ProviderKind::OpenAi | ProviderKind::Mock) => None,
+        (Client::OpenAi, ProviderKind::OpenAi | ProviderKind::Mock | ProviderKind::Azure) => None,
         (Client::OpenAi, ProviderKind::Anthropic) => {
             Some(anthropic_request(provider, path, body, model))
         }
         (Client::Anthropic, ProviderKind::Anthropic) => Some(with_model(body, model, "/messages")),
-        (Client::Anthropic, ProviderKind::OpenAi | ProviderKind::Mock) => {
+        (Client::Anthropic, ProviderKind::OpenAi | ProviderKind::Mock | ProviderKind::Azure) => {
             Some(chat_request(body, model))
         }
     }
+}
+
+/// Where a provider of `kind` is sent a request for `path` (what
+/// [`upstream_request`] chose), `model` being the model sent upstream: the
+/// path itself, except for Azure OpenAI, whose model is a deployment in the
+/// path (`/openai/deployments/{model}/chat/completions?api-version=...`)
+/// and whose Responses API is its `v1` one (`/openai/v1/responses`).
+pub fn provider_path<'p>(
+    kind: ProviderKind,
+    options: &ProviderOptions,
+    provider: &str,
+    path: &'p str,
+    model: &str,
+) -> Result<Cow<'p, str>, ApiError> {
+    if kind != ProviderKind::Azure {
+        return Ok(Cow::Borrowed(path));
+    }
+    match path {
+        "/chat/completions" | "/completions" | "/embeddings" => {
+            if !is_deployment_name(model) {
+                return Err(ApiError::BadRequest(format!(
+                    "model `{model}` is not an Azure deployment name (letters, digits, `.`, `_` and `-`) for provider `{provider}`"
+                )));
+            }
+            Ok(Cow::Owned(format!(
+                "/openai/deployments/{model}{path}?api-version={}",
+                options.azure_api_version()
+            )))
+        }
+        "/responses" => Ok(Cow::Borrowed("/openai/v1/responses")),
+        other => Err(ApiError::BadRequest(format!(
+            "provider `{provider}` (kind azure) does not serve {}",
+            other.trim_start_matches('/')
+        ))),
+    }
+}
+
+/// An Azure deployment name: 1 to 64 letters, digits, `.`, `_` and `-`,
+/// which go into a URL path as they are.
+fn is_deployment_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn json_body(body: &[u8]) -> Result<Value, ApiError> {
@@ -607,6 +653,52 @@ impl SseEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn azure_paths_carry_the_deployment_and_api_version_and_others_pass() {
+        let options = ProviderOptions {
+            api_version: Some("2025-01-01-preview".into()),
+            ..Default::default()
+        };
+        let path = |kind, path, model| provider_path(kind, &options, "p", path, model);
+        assert_eq!(
+            path(ProviderKind::Azure, "/chat/completions", "gpt-4o").unwrap(),
+            "/openai/deployments/gpt-4o/chat/completions?api-version=2025-01-01-preview"
+        );
+        assert_eq!(
+            provider_path(
+                ProviderKind::Azure,
+                &ProviderOptions::default(),
+                "p",
+                "/embeddings",
+                "emb.v3_small"
+            )
+            .unwrap(),
+            "/openai/deployments/emb.v3_small/embeddings?api-version=2024-10-21"
+        );
+        assert_eq!(
+            path(ProviderKind::Azure, "/responses", "gpt-4o").unwrap(),
+            "/openai/v1/responses"
+        );
+        for model in ["gpt/4o", "../admin", "a?b", "", "x y"] {
+            let e = path(ProviderKind::Azure, "/chat/completions", model).unwrap_err();
+            assert!(
+                e.to_string().contains("not an Azure deployment name"),
+                "{model}: {e}"
+            );
+        }
+        assert!(path(ProviderKind::Azure, "/messages", "gpt-4o").is_err());
+        for kind in [
+            ProviderKind::OpenAi,
+            ProviderKind::Anthropic,
+            ProviderKind::Mock,
+        ] {
+            assert_eq!(
+                path(kind, "/chat/completions", "gpt/4o").unwrap(),
+                "/chat/completions"
+            );
+        }
+    }
     use http_body_util::Full;
 
     fn events(chunks: &[&[u8]]) -> Vec<(String, String)> {

@@ -384,6 +384,20 @@ async fn forward(
                 None => (path, body.clone()),
             },
         };
+        let upstream_path = match protocol::provider_path(
+            provider.kind,
+            &provider.options,
+            &provider.name,
+            upstream_path,
+            upstream_model.unwrap_or(&model),
+        ) {
+            Ok(upstream_path) => upstream_path,
+            Err(e) => {
+                last_error = e;
+                attempts.unusable(step.index);
+                continue;
+            }
+        };
         if let Some(after) = failed_before.take() {
             state
                 .metrics
@@ -401,7 +415,7 @@ async fn forward(
             state,
             provider,
             &credential,
-            upstream_path,
+            &upstream_path,
             payload,
             Limits {
                 headers: step.headers_within,
@@ -721,7 +735,7 @@ async fn attempt(
     state: &AppState,
     provider: &ProviderRuntime,
     credential: &CredentialPick,
-    path: &'static str,
+    path: &str,
     payload: Bytes,
     limits: Limits,
     upstream_wait: &mut Duration,

@@ -38,6 +38,12 @@ pub enum Kind {
     /// the gateway translates chat completions to and from it.
     #[serde(rename = "anthropic")]
     Anthropic,
+    /// Azure OpenAI (`base_url` such as
+    /// `https://my-resource.openai.azure.com`): a route target's model is
+    /// the deployment name; `options.api_version` and `options.auth`
+    /// (`api-key` or `entra`) say how it is called.
+    #[serde(rename = "azure")]
+    Azure,
 }
 
 impl From<Kind> for ProviderKind {
@@ -46,6 +52,7 @@ impl From<Kind> for ProviderKind {
             Kind::OpenAi => ProviderKind::OpenAi,
             Kind::Mock => ProviderKind::Mock,
             Kind::Anthropic => ProviderKind::Anthropic,
+            Kind::Azure => ProviderKind::Azure,
         }
     }
 }
@@ -56,6 +63,7 @@ impl From<ProviderKind> for Kind {
             ProviderKind::OpenAi => Kind::OpenAi,
             ProviderKind::Mock => Kind::Mock,
             ProviderKind::Anthropic => Kind::Anthropic,
+            ProviderKind::Azure => Kind::Azure,
         }
     }
 }
@@ -200,12 +208,12 @@ fn check_patch(patch: &serde_json::Map<String, serde_json::Value>) -> Result<(),
 fn check_base_url(egress: &EgressSettings, kind: Kind, url: &str) -> Result<(), AdminError> {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
     let scheme_ok = match kind {
-        Kind::OpenAi | Kind::Anthropic => matches!(scheme, "http" | "https"),
+        Kind::OpenAi | Kind::Anthropic | Kind::Azure => matches!(scheme, "http" | "https"),
         Kind::Mock => matches!(scheme, "http" | "https" | "mock"),
     };
     if !scheme_ok {
         let allowed = match kind {
-            Kind::OpenAi | Kind::Anthropic => "http:// or https://",
+            Kind::OpenAi | Kind::Anthropic | Kind::Azure => "http:// or https://",
             Kind::Mock => "http://, https:// or mock://",
         };
         return Err(AdminError::validation(
@@ -311,7 +319,7 @@ pub async fn create_provider(
     let base_url = match (body.kind, body.base_url) {
         (_, Some(url)) => url,
         (Kind::Mock, None) => "mock://".to_owned(),
-        (kind @ (Kind::OpenAi | Kind::Anthropic), None) => {
+        (kind @ (Kind::OpenAi | Kind::Anthropic | Kind::Azure), None) => {
             return Err(AdminError::validation(
                 "base_url",
                 format!("required for kind {}", ProviderKind::from(kind)),

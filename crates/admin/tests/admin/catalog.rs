@@ -503,3 +503,64 @@ async fn provider_options_and_target_weights_are_validated_patched_and_wait_for_
     assert_eq!(cleared.status, 200, "{}", cleared.text());
     admin.stop().await.unwrap();
 }
+
+/// Azure providers: the URL and the kind's options checked with 422s naming
+/// the option; options of one kind refused on another.
+#[tokio::test]
+async fn azure_providers_are_checked_with_their_options() {
+    let (admin, _db, _pool) = TestAdmin::on_fresh_database().await;
+    let azure = |options: Value| {
+        json!({"name": "az", "kind": "azure", "base_url": "https://res.openai.azure.com",
+               "credential_ref": "env:OBLETH_CREDENTIAL_AZURE", "options": options})
+    };
+    for (body, field, message) in [
+        (
+            json!({"name": "az", "kind": "azure"}),
+            "base_url",
+            "required for kind azure",
+        ),
+        (
+            azure(json!({"api_version": "latest"})),
+            "options.api_version",
+            "must be a date",
+        ),
+        (
+            azure(json!({"api_version": "2024-10-21&x=1"})),
+            "options.api_version",
+            "must be a date",
+        ),
+        (
+            azure(json!({"auth": "password"})),
+            "options.auth",
+            "`api-key` or `entra`",
+        ),
+        (
+            json!({"name": "o", "kind": "openai", "base_url": "https://api.example.com/v1",
+                   "options": {"api_version": "2024-10-21"}}),
+            "options.api_version",
+            "does not apply to kind openai",
+        ),
+    ] {
+        let refused = admin
+            .call(Method::POST, "/api/v1/providers", body.clone())
+            .await;
+        assert_eq!(refused.status, 422, "{body}: {}", refused.text());
+        let answer = refused.json();
+        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(message),
+            "{body}: {answer}"
+        );
+    }
+    let options = json!({"api_version": "2025-01-01-preview", "auth": "entra"});
+    let created = admin
+        .call(Method::POST, "/api/v1/providers", azure(options.clone()))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["kind"], "azure");
+    assert_eq!(created.json()["options"], options);
+    admin.stop().await.unwrap();
+}

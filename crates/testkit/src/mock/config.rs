@@ -47,6 +47,8 @@ pub struct MockConfig {
     pub usage: MockUsage,
     /// The key and cache count of `POST /v1/messages`.
     pub anthropic: AnthropicMock,
+    /// The key, token and deployments of the Azure OpenAI endpoints.
+    pub azure: super::AzureMock,
 }
 
 /// When the mock reports token usage in completions.
@@ -76,6 +78,7 @@ impl Default for MockConfig {
             retry_after: None,
             usage: MockUsage::Always,
             anthropic: AnthropicMock::default(),
+            azure: super::AzureMock::default(),
         }
     }
 }

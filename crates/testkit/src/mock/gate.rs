@@ -25,7 +25,8 @@ pub(crate) async fn gate(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if path != "/v1" && !path.starts_with("/v1/") {
+    // The OpenAI and Anthropic endpoints, and Azure's.
+    if path != "/v1" && !path.starts_with("/v1/") && !path.starts_with("/openai/") {
         return next.run(request).await;
     }
     // Anthropic's endpoint answers every refusal in Anthropic's error shape.

@@ -19,6 +19,7 @@
 //! through a gateway that does not forward those headers.
 
 mod anthropic;
+mod azure;
 mod config;
 mod embed;
 mod gate;
@@ -31,6 +32,7 @@ mod tools;
 mod wire;
 
 pub use anthropic::{AnthropicMock, ANTHROPIC_API_KEY, TOOL_TRIGGER};
+pub use azure::{AzureMock, AZURE_API_KEY, AZURE_API_VERSIONS};
 pub use config::{
     MockConfig, MockUsage, FAIL_STATUS_HEADER, LATENCY_HEADER, TOKENS_HEADER, TOKEN_DELAY_HEADER,
 };

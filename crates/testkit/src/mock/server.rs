@@ -13,11 +13,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::anthropic;
 use super::config::MockConfig;
 use super::gate::{gate, MAX_BODY};
 use super::handlers;
 use super::state::{RecordedRequest, Shared};
+use super::{anthropic, azure};
 
 /// How long [`MockUpstream::shutdown`] waits for open requests before it
 /// drops them.
@@ -143,6 +143,22 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/v1/messages",
             post(anthropic::messages).with_state(Arc::clone(&shared)),
+        )
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(azure::chat).with_state(Arc::clone(&shared)),
+        )
+        .route(
+            "/openai/deployments/{deployment}/completions",
+            post(azure::completions).with_state(Arc::clone(&shared)),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(azure::embeddings).with_state(Arc::clone(&shared)),
+        )
+        .route(
+            "/openai/v1/responses",
+            post(azure::responses).with_state(Arc::clone(&shared)),
         )
         .route("/v1/models", get(handlers::models))
         .route("/health", get(handlers::health))
