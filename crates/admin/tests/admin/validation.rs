@@ -135,7 +135,7 @@ async fn invalid_input_is_refused_with_422_naming_the_field_and_changes_nothing(
         case(
             M::POST,
             "/api/v1/providers",
-            json!({"name": "p", "kind": "azure"}),
+            json!({"name": "p", "kind": "watsonx"}),
             "kind",
         ),
         case(
