@@ -6,9 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use obleth_config::db::catalog::NewProvider;
 use obleth_config::migrate::MigrationSet;
-use obleth_config::model::ProviderKind;
 use obleth_testkit::proc::bin;
 use obleth_testkit::{db, MockConfig, MockUpstream};
 use secrecy::ExposeSecret;
@@ -81,28 +79,17 @@ impl Prepared {
     }
 
     /// [`Prepared::new`] with the database migrated by `set` only (a schema
-    /// an older release left, say).
+    /// an older release left, say). The catalog and key are written as on
+    /// the first release's schema, whose columns every later one keeps, so
+    /// this release's writes (which name its newer columns) never meet a
+    /// schema without them.
     pub async fn with_migrations(
         database_url: &str,
         spec: &FleetSpec,
         set: MigrationSet,
     ) -> anyhow::Result<Prepared> {
-        let pool = db::migrate_from(set, database_url).await?;
-        let upstream = mock_upstream(spec).await?;
-        let provider = NewProvider {
-            timeout_ms: 10_000,
-            options: Default::default(),
-            ..db::provider("mock", ProviderKind::OpenAi, &upstream.base_url())
-        };
-        db::provider_and_route(&pool, &provider, "m").await?;
-        let (_, key) = db::key(&pool, |k| k.name = "load".to_owned()).await?;
-        Ok(Prepared {
-            dir: tempfile::tempdir()?,
-            pool,
-            upstream,
-            key,
-            database_url: database_url.to_owned(),
-        })
+        db::migrate_from(set, database_url).await?.close().await;
+        Self::on_first_release_schema(database_url, spec).await
     }
 
     /// [`Prepared::new`] on a database that the first release's migrator

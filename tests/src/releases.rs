@@ -42,6 +42,13 @@ pub const PREVIOUS: Release = V0_2_0;
 /// The release before that (N-2).
 pub const BEFORE_PREVIOUS: Release = V0_1_0;
 
+/// A variable of the test process's environment that a release's build
+/// must not see: what cargo sets for the tests it runs (every `CARGO_*` but
+/// the cargo home, and `OUT_DIR`), as `scripts/test` clears them too.
+fn inherited_by_tests(name: &str) -> bool {
+    (name.starts_with("CARGO_") && name != "CARGO_HOME") || name == "OUT_DIR"
+}
+
 /// The binaries built of every release.
 const BINARIES: [&str; 2] = ["obleth-gateway", "obleth-migrator"];
 
@@ -90,7 +97,19 @@ impl Release {
             self.revision,
             target.display()
         ));
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+        let mut cargo =
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+        // The variables cargo sets for a test process (`CARGO_PKG_NAME`,
+        // `CARGO_MANIFEST_DIR`...) go: build scripts that declare them
+        // (`rerun-if-env-changed`) would otherwise see them change and
+        // rebuild what `scripts/test` built without them.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if inherited_by_tests(&name) {
+                cargo.env_remove(name.as_ref());
+            }
+        }
+        let status = cargo
             .current_dir(&src)
             .args(["build", "--locked"])
             .args(BINARIES.iter().flat_map(|bin| ["--bin", bin]))
