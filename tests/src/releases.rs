@@ -97,8 +97,7 @@ impl Release {
             self.revision,
             target.display()
         ));
-        let mut cargo =
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
         // The variables cargo sets for a test process (`CARGO_PKG_NAME`,
         // `CARGO_MANIFEST_DIR`...) go: build scripts that declare them
         // (`rerun-if-env-changed`) would otherwise see them change and
