@@ -154,6 +154,8 @@ string_enum!(
         Mock => "mock",
         Anthropic => "anthropic",
         Azure => "azure",
+        Gemini => "gemini",
+        Vertex => "vertex",
     }
 );
 
@@ -166,7 +168,10 @@ impl ProviderKind {
     pub fn since(self) -> &'static str {
         match self {
             ProviderKind::OpenAi | ProviderKind::Mock => "0.1.0",
-            ProviderKind::Anthropic | ProviderKind::Azure => "0.3.0",
+            ProviderKind::Anthropic
+            | ProviderKind::Azure
+            | ProviderKind::Gemini
+            | ProviderKind::Vertex => "0.3.0",
         }
     }
 
@@ -313,6 +318,23 @@ pub struct ProviderOptions {
     /// access token, as `Authorization: Bearer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+    /// The Google Cloud project a `vertex` provider calls (required for
+    /// that kind, refused for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// The Vertex AI location (`us-central1`, `europe-west4`, `global`) a
+    /// `vertex` provider calls (required for that kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+/// A Google Cloud project id or Vertex AI location: 1 to 63 lowercase
+/// letters, digits and `-`, which go into a URL path as they are.
+fn is_google_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// The Azure OpenAI `api-version` sent when a provider names none: the
@@ -453,6 +475,23 @@ impl ProviderOptions {
             }
             if !matches!(auth.as_str(), "api-key" | "entra") {
                 return refuse("auth".into(), "must be `api-key` or `entra`".into());
+            }
+        }
+        for (field, value) in [("project", &self.project), ("location", &self.location)] {
+            match value {
+                Some(_) if kind != ProviderKind::Vertex => {
+                    return refuse(field.into(), format!("does not apply to kind {kind}"));
+                }
+                None if kind == ProviderKind::Vertex => {
+                    return refuse(field.into(), "is required for kind vertex".into());
+                }
+                Some(v) if !is_google_name(v) => {
+                    return refuse(
+                        field.into(),
+                        "must be 1 to 63 lowercase letters, digits and `-`".into(),
+                    );
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -809,6 +848,8 @@ mod tests {
             (ProviderKind::Mock, "mock"),
             (ProviderKind::Anthropic, "anthropic"),
             (ProviderKind::Azure, "azure"),
+            (ProviderKind::Gemini, "gemini"),
+            (ProviderKind::Vertex, "vertex"),
         ] {
             assert_eq!(kind.as_str(), text);
             assert_eq!(text.parse::<ProviderKind>(), Ok(kind));

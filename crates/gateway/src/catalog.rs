@@ -110,6 +110,8 @@ pub enum Authorization {
     ApiKey(HeaderValue),
     /// `api-key: <credential>` (Azure OpenAI's resource key).
     AzureKey(HeaderValue),
+    /// `x-goog-api-key: <credential>` (Google AI Studio's Gemini API).
+    GoogApiKey(HeaderValue),
     /// The credential has characters a header cannot carry: every call fails.
     Invalid,
 }
@@ -358,7 +360,13 @@ impl ProviderRuntime {
                     ProviderKind::Azure if options.azure_auth() == AzureAuth::ApiKey => {
                         (c.expose_secret().to_owned(), Authorization::AzureKey)
                     }
-                    ProviderKind::OpenAi | ProviderKind::Mock | ProviderKind::Azure => (
+                    ProviderKind::Gemini => {
+                        (c.expose_secret().to_owned(), Authorization::GoogApiKey)
+                    }
+                    ProviderKind::OpenAi
+                    | ProviderKind::Mock
+                    | ProviderKind::Azure
+                    | ProviderKind::Vertex => (
                         format!("Bearer {}", c.expose_secret()),
                         Authorization::Bearer,
                     ),

@@ -29,6 +29,9 @@ use crate::translate::anthropic::{
     message_to_chat_completion, messages_request_to_chat, openai_error_to_anthropic,
     usage_from_anthropic, ChunkTranslator, EventTranslator,
 };
+use crate::translate::gemini::{
+    chat_request_to_gemini, gemini_error_to_openai, gemini_to_chat_completion, StreamTranslator,
+};
 use crate::translate::Usage;
 use crate::upstream::{BoxError, UpBody};
 
@@ -79,7 +82,47 @@ pub fn upstream_request(
         (Client::Anthropic, ProviderKind::OpenAi | ProviderKind::Mock | ProviderKind::Azure) => {
             Some(chat_request(body, model))
         }
+        (Client::OpenAi, kind @ (ProviderKind::Gemini | ProviderKind::Vertex)) => {
+            Some(gemini_request(kind, provider, path, body))
+        }
+        (Client::Anthropic, kind @ (ProviderKind::Gemini | ProviderKind::Vertex)) => {
+            Some(Err(ApiError::BadRequest(format!(
+                "provider `{provider}` (kind {kind}) does not serve the Messages API (/v1/messages); use /v1/chat/completions"
+            ))))
+        }
     }
+}
+
+/// The method a `gemini` or `vertex` provider is sent a whole answer's
+/// request to (the model's path comes first, [`provider_path`]).
+pub const GEMINI_GENERATE: &str = ":generateContent";
+/// The method and query of a streamed one (server-sent events).
+pub const GEMINI_STREAM: &str = ":streamGenerateContent?alt=sse";
+
+/// An OpenAI chat completion request as Gemini's `generateContent` body;
+/// the method is the streaming one when the client asked for a stream.
+fn gemini_request(
+    kind: ProviderKind,
+    provider: &str,
+    path: &'static str,
+    body: &[u8],
+) -> Result<(&'static str, Bytes), ApiError> {
+    if path != "/chat/completions" {
+        return Err(ApiError::BadRequest(format!(
+            "provider `{provider}` (kind {kind}) serves chat completions only, not {}",
+            path.trim_start_matches('/')
+        )));
+    }
+    let value = json_body(body)?;
+    let stream = value.get("stream").and_then(Value::as_bool) == Some(true);
+    let translated =
+        chat_request_to_gemini(&value).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let method = if stream {
+        GEMINI_STREAM
+    } else {
+        GEMINI_GENERATE
+    };
+    Ok((method, to_bytes(&translated)?))
 }
 
 /// Where a provider of `kind` is sent a request for `path` (what
@@ -94,8 +137,33 @@ pub fn provider_path<'p>(
     path: &'p str,
     model: &str,
 ) -> Result<Cow<'p, str>, ApiError> {
-    if kind != ProviderKind::Azure {
-        return Ok(Cow::Borrowed(path));
+    match kind {
+        ProviderKind::Azure => {}
+        ProviderKind::Gemini | ProviderKind::Vertex => {
+            if !matches!(path, GEMINI_GENERATE | GEMINI_STREAM) {
+                return Err(ApiError::BadRequest(format!(
+                    "provider `{provider}` (kind {kind}) does not serve {}",
+                    path.trim_start_matches('/')
+                )));
+            }
+            if !is_deployment_name(model) {
+                return Err(ApiError::BadRequest(format!(
+                    "model `{model}` is not a Gemini model name (letters, digits, `.`, `_` and `-`) for provider `{provider}`"
+                )));
+            }
+            if kind == ProviderKind::Gemini {
+                return Ok(Cow::Owned(format!("/models/{model}{path}")));
+            }
+            let (Some(project), Some(location)) = (&options.project, &options.location) else {
+                return Err(ApiError::BadRequest(format!(
+                    "provider `{provider}` (kind vertex) names no project and location"
+                )));
+            };
+            return Ok(Cow::Owned(format!(
+                "/projects/{project}/locations/{location}/publishers/google/models/{model}{path}"
+            )));
+        }
+        _ => return Ok(Cow::Borrowed(path)),
     }
     match path {
         "/chat/completions" | "/completions" | "/embeddings" => {
@@ -207,6 +275,9 @@ pub fn client_answer(
     public_model: &str,
 ) -> Result<Answer, ApiError> {
     let anthropic_upstream = kind == ProviderKind::Anthropic;
+    if matches!(kind, ProviderKind::Gemini | ProviderKind::Vertex) {
+        return gemini_answer(status, &answer, public_model);
+    }
     if !status.is_success() {
         if !anthropic_upstream {
             return Ok((status, answer, None));
@@ -240,6 +311,34 @@ pub fn client_answer(
             Ok((status, to_bytes(&message)?, tokens))
         }
     }
+}
+
+/// A Gemini answer (whole) as an OpenAI chat completion, with its tokens;
+/// a Google error as OpenAI's. Only OpenAI clients reach a Gemini provider.
+fn gemini_answer(
+    status: StatusCode,
+    answer: &[u8],
+    public_model: &str,
+) -> Result<Answer, ApiError> {
+    if !status.is_success() {
+        let body = gemini_error_to_openai(status.as_u16(), answer);
+        return Ok((status, to_bytes(&body)?, None));
+    }
+    let unreadable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "Upstream answer could not be translated.");
+        ApiError::UpstreamFailed
+    };
+    let value: Value = serde_json::from_slice(answer).map_err(|e| unreadable(&e))?;
+    let (completion, usage) =
+        gemini_to_chat_completion(&value, public_model, unix_now()).map_err(|e| unreadable(&e))?;
+    let clamp = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+    let tokens = usage.map(|u| Tokens {
+        prompt: Some(clamp(u.prompt)),
+        completion: Some(clamp(u.completion)),
+        total: Some(clamp(u.total)),
+        estimated: false,
+    });
+    Ok((status, to_bytes(&completion)?, tokens))
 }
 
 /// An error response in OpenAI's shape as Anthropic's (`/v1/messages`):
@@ -278,6 +377,14 @@ pub fn client_stream(
     upstream: UpBody,
     public_model: &str,
 ) -> UpBody {
+    if matches!(kind, ProviderKind::Gemini | ProviderKind::Vertex) {
+        return Translating::boxed(
+            upstream,
+            GeminiChunks {
+                translator: StreamTranslator::new(public_model, unix_now()),
+            },
+        );
+    }
     let anthropic_upstream = kind == ProviderKind::Anthropic;
     match (client, anthropic_upstream) {
         (Client::OpenAi, false) | (Client::Anthropic, true) => upstream,
@@ -430,6 +537,55 @@ impl StreamTranslation for AnthropicChunks {
         }
         if at_end {
             broken_chunk(out, "it ended before message_stop");
+            return true;
+        }
+        false
+    }
+}
+
+/// A Gemini event stream (`streamGenerateContent?alt=sse`) as OpenAI
+/// chunks. Gemini's stream has no end marker: when it ends after a finish
+/// reason, the usage chunk and `data: [DONE]` follow; an error event, a
+/// malformed one or a stream that ends before a finish reason ends the
+/// client's stream with an OpenAI error payload and no `[DONE]`.
+struct GeminiChunks {
+    translator: StreamTranslator,
+}
+
+impl StreamTranslation for GeminiChunks {
+    fn broken(&mut self, why: &str, out: &mut BytesMut) {
+        broken_chunk(out, why);
+    }
+
+    fn translate(&mut self, events: &mut SseEvents, at_end: bool, out: &mut BytesMut) -> bool {
+        while let Some((_, data)) = events.next_event() {
+            match self.translator.feed(&data) {
+                Ok(chunks) => {
+                    for chunk in chunks {
+                        data_line(out, &chunk.to_string());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Gemini stream ended with an error.");
+                    let error = serde_json::json!({"error": {
+                        "message": format!("the upstream stream failed: {e}"),
+                        "type": "upstream_error",
+                        "code": "upstream_failed",
+                    }});
+                    data_line(out, &error.to_string());
+                    return true;
+                }
+            }
+        }
+        if at_end {
+            if !self.translator.is_finished() {
+                broken_chunk(out, "it ended before a finish reason");
+                return true;
+            }
+            if let Some(usage) = self.translator.finish() {
+                data_line(out, &usage.to_string());
+            }
+            data_line(out, "[DONE]");
             return true;
         }
         false
@@ -653,6 +809,71 @@ impl SseEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemini_and_vertex_paths_carry_the_model_and_method() {
+        let vertex = ProviderOptions {
+            project: Some("my-project".into()),
+            location: Some("europe-west4".into()),
+            ..Default::default()
+        };
+        let none = ProviderOptions::default();
+        assert_eq!(
+            provider_path(
+                ProviderKind::Gemini,
+                &none,
+                "p",
+                GEMINI_GENERATE,
+                "gemini-2.0-flash"
+            )
+            .unwrap(),
+            "/models/gemini-2.0-flash:generateContent"
+        );
+        assert_eq!(
+            provider_path(ProviderKind::Vertex, &vertex, "p", GEMINI_STREAM, "gemini-2.5-pro")
+                .unwrap(),
+            "/projects/my-project/locations/europe-west4/publishers/google/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+        );
+        assert!(provider_path(ProviderKind::Vertex, &none, "p", GEMINI_GENERATE, "g").is_err());
+        assert!(provider_path(ProviderKind::Gemini, &none, "p", "/chat/completions", "g").is_err());
+        for model in ["models/x", "../x", "a:b", "", "a?b"] {
+            let e = provider_path(ProviderKind::Gemini, &none, "p", GEMINI_GENERATE, model)
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("not a Gemini model name"),
+                "{model}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn gemini_requests_pick_the_method_and_refuse_other_endpoints() {
+        let body = br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let (path, sent) = upstream_request(
+            Client::OpenAi,
+            ProviderKind::Gemini,
+            "p",
+            "/chat/completions",
+            body,
+            None,
+            "m",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(path, GEMINI_STREAM);
+        let sent: Value = serde_json::from_slice(&sent).unwrap();
+        assert!(sent.get("stream").is_none() && sent.get("model").is_none());
+        for (client, path) in [
+            (Client::OpenAi, "/embeddings"),
+            (Client::OpenAi, "/responses"),
+            (Client::Anthropic, "/messages"),
+        ] {
+            let e = upstream_request(client, ProviderKind::Vertex, "p", path, body, None, "m")
+                .unwrap()
+                .unwrap_err();
+            assert!(e.to_string().contains("kind vertex"), "{path}: {e}");
+        }
+    }
 
     #[test]
     fn azure_paths_carry_the_deployment_and_api_version_and_others_pass() {

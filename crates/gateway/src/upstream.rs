@@ -24,6 +24,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
 const ANTHROPIC_VERSION: header::HeaderName = header::HeaderName::from_static("anthropic-version");
 const AZURE_API_KEY: header::HeaderName = header::HeaderName::from_static("api-key");
+const GOOG_API_KEY: header::HeaderName = header::HeaderName::from_static("x-goog-api-key");
 /// A response body from any provider.
 pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -195,6 +196,9 @@ impl Upstream {
             }
             Authorization::AzureKey(value) => {
                 builder = builder.header(AZURE_API_KEY, value.clone());
+            }
+            Authorization::GoogApiKey(value) => {
+                builder = builder.header(GOOG_API_KEY, value.clone());
             }
             Authorization::Invalid => {
                 return Err(UpstreamError::Other {

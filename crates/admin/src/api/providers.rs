@@ -44,6 +44,18 @@ pub enum Kind {
     /// (`api-key` or `entra`) say how it is called.
     #[serde(rename = "azure")]
     Azure,
+    /// Google AI Studio's Gemini API (`base_url` such as
+    /// `https://generativelanguage.googleapis.com/v1beta`, the credential
+    /// sent as `x-goog-api-key`); the gateway translates chat completions
+    /// to and from `generateContent`.
+    #[serde(rename = "gemini")]
+    Gemini,
+    /// Vertex AI's Gemini models (`base_url` such as
+    /// `https://us-central1-aiplatform.googleapis.com/v1`, the credential an
+    /// OAuth access token sent as `Authorization: Bearer`);
+    /// `options.project` and `options.location` are required.
+    #[serde(rename = "vertex")]
+    Vertex,
 }
 
 impl From<Kind> for ProviderKind {
@@ -53,6 +65,8 @@ impl From<Kind> for ProviderKind {
             Kind::Mock => ProviderKind::Mock,
             Kind::Anthropic => ProviderKind::Anthropic,
             Kind::Azure => ProviderKind::Azure,
+            Kind::Gemini => ProviderKind::Gemini,
+            Kind::Vertex => ProviderKind::Vertex,
         }
     }
 }
@@ -64,6 +78,8 @@ impl From<ProviderKind> for Kind {
             ProviderKind::Mock => Kind::Mock,
             ProviderKind::Anthropic => Kind::Anthropic,
             ProviderKind::Azure => Kind::Azure,
+            ProviderKind::Gemini => Kind::Gemini,
+            ProviderKind::Vertex => Kind::Vertex,
         }
     }
 }
@@ -208,12 +224,16 @@ fn check_patch(patch: &serde_json::Map<String, serde_json::Value>) -> Result<(),
 fn check_base_url(egress: &EgressSettings, kind: Kind, url: &str) -> Result<(), AdminError> {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
     let scheme_ok = match kind {
-        Kind::OpenAi | Kind::Anthropic | Kind::Azure => matches!(scheme, "http" | "https"),
+        Kind::OpenAi | Kind::Anthropic | Kind::Azure | Kind::Gemini | Kind::Vertex => {
+            matches!(scheme, "http" | "https")
+        }
         Kind::Mock => matches!(scheme, "http" | "https" | "mock"),
     };
     if !scheme_ok {
         let allowed = match kind {
-            Kind::OpenAi | Kind::Anthropic | Kind::Azure => "http:// or https://",
+            Kind::OpenAi | Kind::Anthropic | Kind::Azure | Kind::Gemini | Kind::Vertex => {
+                "http:// or https://"
+            }
             Kind::Mock => "http://, https:// or mock://",
         };
         return Err(AdminError::validation(
@@ -319,7 +339,10 @@ pub async fn create_provider(
     let base_url = match (body.kind, body.base_url) {
         (_, Some(url)) => url,
         (Kind::Mock, None) => "mock://".to_owned(),
-        (kind @ (Kind::OpenAi | Kind::Anthropic | Kind::Azure), None) => {
+        (
+            kind @ (Kind::OpenAi | Kind::Anthropic | Kind::Azure | Kind::Gemini | Kind::Vertex),
+            None,
+        ) => {
             return Err(AdminError::validation(
                 "base_url",
                 format!("required for kind {}", ProviderKind::from(kind)),

@@ -564,3 +564,90 @@ async fn azure_providers_are_checked_with_their_options() {
     assert_eq!(created.json()["options"], options);
     admin.stop().await.unwrap();
 }
+
+/// Gemini and Vertex AI providers: a Vertex provider needs its project and
+/// location, path-safe; neither applies to another kind.
+#[tokio::test]
+async fn gemini_and_vertex_providers_are_checked_with_their_options() {
+    let (admin, _db, _pool) = TestAdmin::on_fresh_database().await;
+    let vertex = |options: Value| {
+        json!({"name": "vx", "kind": "vertex",
+               "base_url": "https://us-central1-aiplatform.googleapis.com/v1",
+               "credential_ref": "env:OBLETH_CREDENTIAL_VERTEX", "options": options})
+    };
+    let gemini = |options: Value| {
+        json!({"name": "gm", "kind": "gemini",
+               "base_url": "https://generativelanguage.googleapis.com/v1beta",
+               "credential_ref": "env:OBLETH_CREDENTIAL_GEMINI", "options": options})
+    };
+    for (body, field, message) in [
+        (
+            json!({"name": "gm", "kind": "gemini"}),
+            "base_url",
+            "required for kind gemini",
+        ),
+        (
+            vertex(json!({"location": "us-central1"})),
+            "options.project",
+            "required for kind vertex",
+        ),
+        (
+            vertex(json!({"project": "my-project"})),
+            "options.location",
+            "required for kind vertex",
+        ),
+        (
+            vertex(json!({"project": "my/project", "location": "us-central1"})),
+            "options.project",
+            "lowercase letters",
+        ),
+        (
+            vertex(json!({"project": "p", "location": "us-central1?x=1"})),
+            "options.location",
+            "lowercase letters",
+        ),
+        (
+            gemini(json!({"project": "p"})),
+            "options.project",
+            "does not apply to kind gemini",
+        ),
+        (
+            json!({"name": "o", "kind": "openai", "base_url": "https://api.example.com/v1",
+                   "options": {"location": "us-central1"}}),
+            "options.location",
+            "does not apply to kind openai",
+        ),
+        (
+            vertex(json!({"project": "p", "location": "us-central1", "auth": "entra"})),
+            "options.auth",
+            "does not apply to kind vertex",
+        ),
+    ] {
+        let refused = admin
+            .call(Method::POST, "/api/v1/providers", body.clone())
+            .await;
+        assert_eq!(refused.status, 422, "{body}: {}", refused.text());
+        let answer = refused.json();
+        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(message),
+            "{body}: {answer}"
+        );
+    }
+    let options = json!({"project": "my-project-42", "location": "europe-west4"});
+    let created = admin
+        .call(Method::POST, "/api/v1/providers", vertex(options.clone()))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["kind"], "vertex");
+    assert_eq!(created.json()["options"], options);
+    let created = admin
+        .call(Method::POST, "/api/v1/providers", gemini(json!({})))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["kind"], "gemini");
+    admin.stop().await.unwrap();
+}

@@ -10,6 +10,7 @@ mod database;
 mod egress;
 mod embedded;
 mod feed;
+mod gemini;
 mod hardening;
 mod keystore;
 mod limits;

@@ -49,6 +49,9 @@ pub struct MockConfig {
     pub anthropic: AnthropicMock,
     /// The key, token and deployments of the Azure OpenAI endpoints.
     pub azure: super::AzureMock,
+    /// The keys, token, project and models of the Gemini and Vertex AI
+    /// endpoints.
+    pub gemini: super::GeminiMock,
 }
 
 /// When the mock reports token usage in completions.
@@ -79,6 +82,7 @@ impl Default for MockConfig {
             usage: MockUsage::Always,
             anthropic: AnthropicMock::default(),
             azure: super::AzureMock::default(),
+            gemini: super::GeminiMock::default(),
         }
     }
 }

@@ -25,8 +25,13 @@ pub(crate) async fn gate(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    // The OpenAI and Anthropic endpoints, and Azure's.
-    if path != "/v1" && !path.starts_with("/v1/") && !path.starts_with("/openai/") {
+    // The OpenAI and Anthropic endpoints, Azure's, and Gemini's (Vertex
+    // AI's are under `/v1/projects/`).
+    if path != "/v1"
+        && !path.starts_with("/v1/")
+        && !path.starts_with("/openai/")
+        && !path.starts_with("/v1beta/")
+    {
         return next.run(request).await;
     }
     // Anthropic's endpoint answers every refusal in Anthropic's error shape.

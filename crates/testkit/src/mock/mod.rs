@@ -23,6 +23,7 @@ mod azure;
 mod config;
 mod embed;
 mod gate;
+mod gemini;
 mod handlers;
 mod responses;
 mod server;
@@ -36,5 +37,6 @@ pub use azure::{AzureMock, AZURE_API_KEY, AZURE_API_VERSIONS};
 pub use config::{
     MockConfig, MockUsage, FAIL_STATUS_HEADER, LATENCY_HEADER, TOKENS_HEADER, TOKEN_DELAY_HEADER,
 };
+pub use gemini::{GeminiMock, GEMINI_API_KEY, VERTEX_ACCESS_TOKEN};
 pub use server::MockUpstream;
 pub use state::RecordedRequest;

@@ -17,7 +17,7 @@ use super::config::MockConfig;
 use super::gate::{gate, MAX_BODY};
 use super::handlers;
 use super::state::{RecordedRequest, Shared};
-use super::{anthropic, azure};
+use super::{anthropic, azure, gemini};
 
 /// How long [`MockUpstream::shutdown`] waits for open requests before it
 /// drops them.
@@ -159,6 +159,14 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/openai/v1/responses",
             post(azure::responses).with_state(Arc::clone(&shared)),
+        )
+        .route(
+            "/v1beta/models/{call}",
+            post(gemini::ai_studio).with_state(Arc::clone(&shared)),
+        )
+        .route(
+            "/v1/projects/{project}/locations/{location}/publishers/google/models/{call}",
+            post(gemini::vertex).with_state(Arc::clone(&shared)),
         )
         .route("/v1/models", get(handlers::models))
         .route("/health", get(handlers::health))

@@ -1,0 +1,337 @@
+//! Gemini (Google AI Studio) and Vertex AI providers against the strict
+//! mock (real HTTP over loopback): the model in the path, the key as
+//! `x-goog-api-key` or an access token as a bearer, chat completions
+//! translated to `generateContent` whole and streamed
+//! (`streamGenerateContent?alt=sse`), tools, usage rows, and the refusals.
+
+use http::Method;
+use obleth_config::db::catalog::{create_provider, create_route, NewProvider};
+use obleth_config::model::{ProviderKind, ProviderOptions, RouteTarget};
+use obleth_testkit::mock::{GEMINI_API_KEY, VERTEX_ACCESS_TOKEN};
+use obleth_testkit::{db, fresh_database, MockConfig, MockUpstream};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+async fn call(gw: &TestGateway, secret: &str, path: &str, body: Value) -> Answer {
+    request(
+        Method::POST,
+        &gw.url(path),
+        &[
+            ("authorization", &format!("Bearer {secret}")),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// The data payloads of an OpenAI stream's events.
+fn chunks(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn gemini_and_vertex_serve_chat_completions_whole_streamed_and_with_tools() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let upstream = MockUpstream::start(MockConfig {
+        completion_tokens: 5,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let root = format!("http://{}", upstream.addr());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gemini"), GEMINI_API_KEY).unwrap();
+    std::fs::write(dir.path().join("vertex"), VERTEX_ACCESS_TOKEN).unwrap();
+    let provider = |name: &str, kind, base: &str, file: &str, options| NewProvider {
+        credential_ref: Some(format!("file:{}/{file}", dir.path().display())),
+        options,
+        ..db::provider(name, kind, base)
+    };
+    for p in [
+        provider(
+            "gem",
+            ProviderKind::Gemini,
+            &format!("{root}/v1beta"),
+            "gemini",
+            ProviderOptions::default(),
+        ),
+        provider(
+            "vtx",
+            ProviderKind::Vertex,
+            &format!("{root}/v1"),
+            "vertex",
+            ProviderOptions {
+                project: Some("mock-project".into()),
+                location: Some("us-central1".into()),
+                ..Default::default()
+            },
+        ),
+        provider(
+            "vtx-elsewhere",
+            ProviderKind::Vertex,
+            &format!("{root}/v1"),
+            "vertex",
+            ProviderOptions {
+                project: Some("other-project".into()),
+                location: Some("us-central1".into()),
+                ..Default::default()
+            },
+        ),
+    ] {
+        create_provider(&pool, &p).await.unwrap();
+    }
+    for (model, provider, upstream_model) in [
+        ("gemini-2.0-flash", "gem", None),
+        ("flash", "vtx", Some("gemini-2.5-flash")),
+        ("absent", "gem", Some("gemini-9")),
+        ("odd", "gem", Some("gemini/2")),
+        ("denied", "vtx-elsewhere", Some("gemini-2.0-flash")),
+    ] {
+        let target = RouteTarget::new(provider, upstream_model.map(str::to_owned));
+        create_route(&pool, model, &[target]).await.unwrap();
+    }
+    let (key, secret) = db_key(&pool, |_| {}).await;
+    let mut settings = database_settings(&db.url, &pool).await;
+    settings.egress.credential_dirs = vec![dir.path().to_path_buf()];
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+    let hello = |model: &str| {
+        json!({"model": model, "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hello there"},
+        ]})
+    };
+
+    // Whole: the model in the path, the key as x-goog-api-key, the answer
+    // a chat completion with the usage the mock counted.
+    let answer = call(
+        &gw,
+        &secret,
+        "/v1/chat/completions",
+        hello("gemini-2.0-flash"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "gemini-2.0-flash");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "tok1 tok2 tok3 tok4 tok5"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    assert_eq!(body["usage"]["total_tokens"], 9);
+    let sent = upstream.last_request().unwrap();
+    assert_eq!(sent.path, "/v1beta/models/gemini-2.0-flash:generateContent");
+    assert_eq!(sent.header("x-goog-api-key"), Some(GEMINI_API_KEY));
+    assert_eq!(sent.header("authorization"), None);
+    let sent = sent.body.unwrap();
+    assert_eq!(
+        sent["systemInstruction"],
+        json!({"parts": [{"text": "be brief"}]})
+    );
+    assert_eq!(sent["contents"][0]["role"], "user");
+
+    // max_tokens cuts it: finish_reason length.
+    let mut cut = hello("gemini-2.0-flash");
+    cut["max_tokens"] = json!(2);
+    let answer = call(&gw, &secret, "/v1/chat/completions", cut).await;
+    assert_eq!(answer.json()["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        upstream.last_request().unwrap().body.unwrap()["generationConfig"]["maxOutputTokens"],
+        2
+    );
+
+    // Streamed through Vertex: the project path, the token as a bearer,
+    // chunks then the usage chunk and [DONE].
+    let mut body = hello("flash");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let answer = call(&gw, &secret, "/v1/chat/completions", body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let events = chunks(&answer.text());
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        answer.text()
+    );
+    let parsed: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = parsed
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "tok1 tok2 tok3 tok4 tok5");
+    assert!(parsed
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "flash"));
+    assert!(parsed
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    assert_eq!(parsed.last().unwrap()["usage"]["completion_tokens"], 5);
+    let sent = upstream.last_request().unwrap();
+    assert_eq!(
+        sent.path,
+        "/v1/projects/mock-project/locations/us-central1/publishers/google/models/gemini-2.5-flash:streamGenerateContent"
+    );
+    assert_eq!(
+        sent.header("authorization"),
+        Some(format!("Bearer {VERTEX_ACCESS_TOKEN}").as_str())
+    );
+    assert!(sent.body.unwrap().get("stream").is_none());
+
+    // A stream the client asked no usage of has no usage chunk.
+    let mut body = hello("gemini-2.0-flash");
+    body["stream"] = json!(true);
+    let answer = call(&gw, &secret, "/v1/chat/completions", body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        answer.text().ends_with("data: [DONE]\n\n"),
+        "{}",
+        answer.text()
+    );
+    assert!(!answer.text().contains("\"usage\""), "{}", answer.text());
+
+    // Tools: a function call comes back as a tool call, its result goes
+    // back as a functionResponse.
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}}}}]);
+    let ask = json!({"model": "gemini-2.0-flash", "tools": tools,
+        "messages": [{"role": "user", "content": "please use a tool"}]});
+    let answer = call(&gw, &secret, "/v1/chat/completions", ask).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    let tool_call = body["choices"][0]["message"]["tool_calls"][0].clone();
+    assert_eq!(tool_call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(tool_call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args["text"], "tok1 tok2 tok3 tok4 tok5");
+    let follow = json!({"model": "gemini-2.0-flash", "tools": tools, "messages": [
+        {"role": "user", "content": "please use a tool"},
+        {"role": "assistant", "content": null, "tool_calls": [tool_call]},
+        {"role": "tool", "tool_call_id": tool_call["id"], "content": "sunny"},
+    ]});
+    let answer = call(&gw, &secret, "/v1/chat/completions", follow).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["choices"][0]["finish_reason"], "stop");
+    let sent = upstream.last_request().unwrap().body.unwrap();
+    assert_eq!(
+        sent["contents"][2]["parts"][0]["functionResponse"],
+        json!({"name": "get_weather", "response": {"content": "sunny"}})
+    );
+
+    // Google's refusals come back in OpenAI's shape with their status.
+    let answer = call(&gw, &secret, "/v1/chat/completions", hello("absent")).await;
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    assert_eq!(answer.json()["error"]["code"], "not_found");
+    let answer = call(&gw, &secret, "/v1/chat/completions", hello("denied")).await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert_eq!(answer.json()["error"]["code"], "permission_denied");
+
+    // What the gateway refuses itself never leaves it: a model that cannot
+    // go into a path, other endpoints, a request Gemini cannot take.
+    let before = upstream.requests();
+    let answer = call(&gw, &secret, "/v1/chat/completions", hello("odd")).await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(
+        answer.text().contains("not a Gemini model name"),
+        "{}",
+        answer.text()
+    );
+    for (path, body) in [
+        (
+            "/v1/embeddings",
+            json!({"model": "gemini-2.0-flash", "input": "hi"}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "gemini-2.0-flash", "prompt": "hi"}),
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gemini-2.0-flash", "input": "hi"}),
+        ),
+    ] {
+        let answer = call(&gw, &secret, path, body).await;
+        assert_eq!(answer.status, 400, "{path}: {}", answer.text());
+        assert!(
+            answer.text().contains("kind gemini"),
+            "{path}: {}",
+            answer.text()
+        );
+    }
+    let mut two = hello("gemini-2.0-flash");
+    two["n"] = json!(2);
+    let answer = call(&gw, &secret, "/v1/chat/completions", two).await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    let answer = request(
+        Method::POST,
+        &gw.url("/v1/messages"),
+        &[
+            ("x-api-key", secret.as_str()),
+            ("anthropic-version", "2023-06-01"),
+            ("content-type", "application/json"),
+        ],
+        json!({"model": "gemini-2.0-flash", "max_tokens": 50,
+               "messages": [{"role": "user", "content": "hello there"}]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("kind gemini"), "{}", answer.text());
+    assert_eq!(upstream.requests(), before);
+
+    // Usage rows for the six served requests, the mock's counts.
+    let rows = wait_for_rows(&pool, key.id, 6).await;
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert_eq!(rows[0], (Some(4), Some(5)), "{rows:?}");
+    assert_eq!(rows[1], (Some(4), Some(2)), "{rows:?}");
+    assert_eq!(rows[2], (Some(4), Some(5)), "streamed: {rows:?}");
+    assert_eq!(
+        rows[3],
+        (Some(4), Some(5)),
+        "streamed without usage: {rows:?}"
+    );
+}
+
+/// The prompt and completion tokens of the key's successful usage rows once
+/// there are `count`.
+async fn wait_for_rows(
+    pool: &sqlx::PgPool,
+    key: uuid::Uuid,
+    count: usize,
+) -> Vec<(Option<i32>, Option<i32>)> {
+    wait_until(std::time::Duration::from_secs(10), "the usage rows", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM usage_ledger WHERE key_id = $1 AND status = 200",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n as usize >= count
+        }
+    })
+    .await;
+    sqlx::query_as(
+        "SELECT prompt_tokens, completion_tokens FROM usage_ledger \
+         WHERE key_id = $1 AND status = 200 ORDER BY created_at",
+    )
+    .bind(key)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
