@@ -85,10 +85,8 @@ pub fn upstream_request(
         (Client::OpenAi, kind @ (ProviderKind::Gemini | ProviderKind::Vertex)) => {
             Some(gemini_request(kind, provider, path, body))
         }
-        (Client::Anthropic, kind @ (ProviderKind::Gemini | ProviderKind::Vertex)) => {
-            Some(Err(ApiError::BadRequest(format!(
-                "provider `{provider}` (kind {kind}) does not serve the Messages API (/v1/messages); use /v1/chat/completions"
-            ))))
+        (Client::Anthropic, ProviderKind::Gemini | ProviderKind::Vertex) => {
+            Some(gemini_messages_request(body, model))
         }
     }
 }
@@ -98,6 +96,23 @@ pub fn upstream_request(
 pub const GEMINI_GENERATE: &str = ":generateContent";
 /// The method and query of a streamed one (server-sent events).
 pub const GEMINI_STREAM: &str = ":streamGenerateContent?alt=sse";
+
+/// An Anthropic request as Gemini's `generateContent` body, through an
+/// OpenAI chat completion request.
+fn gemini_messages_request(body: &[u8], model: &str) -> Result<(&'static str, Bytes), ApiError> {
+    let value = json_body(body)?;
+    let stream = value.get("stream").and_then(Value::as_bool) == Some(true);
+    let chat =
+        messages_request_to_chat(&value, model).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let translated =
+        chat_request_to_gemini(&chat).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let method = if stream {
+        GEMINI_STREAM
+    } else {
+        GEMINI_GENERATE
+    };
+    Ok((method, to_bytes(&translated)?))
+}
 
 /// An OpenAI chat completion request as Gemini's `generateContent` body;
 /// the method is the streaming one when the client asked for a stream.
@@ -276,7 +291,7 @@ pub fn client_answer(
 ) -> Result<Answer, ApiError> {
     let anthropic_upstream = kind == ProviderKind::Anthropic;
     if matches!(kind, ProviderKind::Gemini | ProviderKind::Vertex) {
-        return gemini_answer(status, &answer, public_model);
+        return gemini_answer(client, status, &answer, public_model);
     }
     if !status.is_success() {
         if !anthropic_upstream {
@@ -313,9 +328,10 @@ pub fn client_answer(
     }
 }
 
-/// A Gemini answer (whole) as an OpenAI chat completion, with its tokens;
-/// a Google error as OpenAI's. Only OpenAI clients reach a Gemini provider.
+/// A Gemini answer (whole) as an OpenAI chat completion (for an Anthropic
+/// client, then as a message), with its tokens; a Google error as OpenAI's.
 fn gemini_answer(
+    client: Client,
     status: StatusCode,
     answer: &[u8],
     public_model: &str,
@@ -338,6 +354,11 @@ fn gemini_answer(
         total: Some(clamp(u.total)),
         estimated: false,
     });
+    if client == Client::Anthropic {
+        let (message, _) =
+            chat_completion_to_message(&completion, public_model).map_err(|e| unreadable(&e))?;
+        return Ok((status, to_bytes(&message)?, tokens));
+    }
     Ok((status, to_bytes(&completion)?, tokens))
 }
 
@@ -378,12 +399,17 @@ pub fn client_stream(
     public_model: &str,
 ) -> UpBody {
     if matches!(kind, ProviderKind::Gemini | ProviderKind::Vertex) {
-        return Translating::boxed(
-            upstream,
-            GeminiChunks {
-                translator: StreamTranslator::new(public_model, unix_now()),
-            },
-        );
+        let translator = StreamTranslator::new(public_model, unix_now());
+        return match client {
+            Client::OpenAi => Translating::boxed(upstream, GeminiChunks { translator }),
+            Client::Anthropic => Translating::boxed(
+                upstream,
+                GeminiEvents {
+                    translator,
+                    events: EventTranslator::new(public_model),
+                },
+            ),
+        };
     }
     let anthropic_upstream = kind == ProviderKind::Anthropic;
     match (client, anthropic_upstream) {
@@ -586,6 +612,78 @@ impl StreamTranslation for GeminiChunks {
                 data_line(out, &usage.to_string());
             }
             data_line(out, "[DONE]");
+            return true;
+        }
+        false
+    }
+}
+
+/// A Gemini event stream as Anthropic's events, for a `/v1/messages`
+/// client: each Gemini event becomes OpenAI chunks ([`StreamTranslator`]),
+/// each chunk Anthropic events ([`EventTranslator`]); the end of Gemini's
+/// stream the usage and `message_stop`. A broken or failed stream ends with
+/// an `error` event.
+struct GeminiEvents {
+    translator: StreamTranslator,
+    events: EventTranslator,
+}
+
+impl GeminiEvents {
+    /// Writes the events of one OpenAI chunk; answers whether the message
+    /// has ended.
+    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) -> bool {
+        match self.events.feed(chunk) {
+            Ok(translated) => {
+                for (name, data) in translated {
+                    event_lines(out, name, &data);
+                }
+                self.events.is_done()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Gemini stream could not be translated.");
+                event_lines(out, "error", &anthropic_api_error(&e.to_string()));
+                true
+            }
+        }
+    }
+}
+
+impl StreamTranslation for GeminiEvents {
+    fn broken(&mut self, why: &str, out: &mut BytesMut) {
+        tracing::warn!("Upstream stream broken: {why}.");
+        let message = format!("the upstream stream broke off: {why}");
+        event_lines(out, "error", &anthropic_api_error(&message));
+    }
+
+    fn translate(&mut self, events: &mut SseEvents, at_end: bool, out: &mut BytesMut) -> bool {
+        while let Some((_, data)) = events.next_event() {
+            match self.translator.feed(&data) {
+                Ok(chunks) => {
+                    for chunk in chunks {
+                        if self.chunk(chunk.to_string().as_bytes(), out) {
+                            return true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Gemini stream ended with an error.");
+                    let message = format!("the upstream stream failed: {e}");
+                    event_lines(out, "error", &anthropic_api_error(&message));
+                    return true;
+                }
+            }
+        }
+        if at_end {
+            if !self.translator.is_finished() {
+                self.broken("it ended before a finish reason", out);
+                return true;
+            }
+            if let Some(usage) = self.translator.finish() {
+                if self.chunk(usage.to_string().as_bytes(), out) {
+                    return true;
+                }
+            }
+            self.chunk(b"[DONE]", out);
             return true;
         }
         false
@@ -863,16 +961,37 @@ mod tests {
         assert_eq!(path, GEMINI_STREAM);
         let sent: Value = serde_json::from_slice(&sent).unwrap();
         assert!(sent.get("stream").is_none() && sent.get("model").is_none());
-        for (client, path) in [
-            (Client::OpenAi, "/embeddings"),
-            (Client::OpenAi, "/responses"),
-            (Client::Anthropic, "/messages"),
-        ] {
-            let e = upstream_request(client, ProviderKind::Vertex, "p", path, body, None, "m")
-                .unwrap()
-                .unwrap_err();
+        for path in ["/embeddings", "/responses", "/completions"] {
+            let e = upstream_request(
+                Client::OpenAi,
+                ProviderKind::Vertex,
+                "p",
+                path,
+                body,
+                None,
+                "m",
+            )
+            .unwrap()
+            .unwrap_err();
             assert!(e.to_string().contains("kind vertex"), "{path}: {e}");
         }
+        // An Anthropic request goes through a chat completion request.
+        let messages = br#"{"model":"m","max_tokens":9,"system":"be brief","messages":[{"role":"user","content":"hi"}]}"#;
+        let (path, sent) = upstream_request(
+            Client::Anthropic,
+            ProviderKind::Gemini,
+            "p",
+            "/messages",
+            messages,
+            Some("g"),
+            "m",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(path, GEMINI_GENERATE);
+        let sent: Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(sent["generationConfig"]["maxOutputTokens"], 9);
+        assert_eq!(sent["systemInstruction"]["parts"][0]["text"], "be brief");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! mock (real HTTP over loopback): the model in the path, the key as
 //! `x-goog-api-key` or an access token as a bearer, chat completions
 //! translated to `generateContent` whole and streamed
-//! (`streamGenerateContent?alt=sse`), tools, usage rows, and the refusals.
+//! (`streamGenerateContent?alt=sse`), tools, Anthropic clients, usage rows,
+//! and the refusals.
 
 use http::Method;
 use obleth_config::db::catalog::{create_provider, create_route, NewProvider};
@@ -275,26 +276,49 @@ async fn gemini_and_vertex_serve_chat_completions_whole_streamed_and_with_tools(
     two["n"] = json!(2);
     let answer = call(&gw, &secret, "/v1/chat/completions", two).await;
     assert_eq!(answer.status, 400, "{}", answer.text());
-    let answer = request(
-        Method::POST,
-        &gw.url("/v1/messages"),
-        &[
-            ("x-api-key", secret.as_str()),
-            ("anthropic-version", "2023-06-01"),
-            ("content-type", "application/json"),
-        ],
-        json!({"model": "gemini-2.0-flash", "max_tokens": 50,
-               "messages": [{"role": "user", "content": "hello there"}]})
-        .to_string(),
-    )
-    .await;
-    assert_eq!(answer.status, 400, "{}", answer.text());
-    assert!(answer.text().contains("kind gemini"), "{}", answer.text());
     assert_eq!(upstream.requests(), before);
 
-    // Usage rows for the six served requests, the mock's counts.
-    let rows = wait_for_rows(&pool, key.id, 6).await;
-    assert_eq!(rows.len(), 6, "{rows:?}");
+    // Anthropic clients, translated through a chat completion, whole and
+    // streamed.
+    let url = gw.url("/v1/messages");
+    let headers = [
+        ("x-api-key", secret.as_str()),
+        ("anthropic-version", "2023-06-01"),
+        ("content-type", "application/json"),
+    ];
+    let messages = |stream: bool| {
+        let body = json!({"model": "gemini-2.0-flash", "max_tokens": 50, "stream": stream,
+               "system": "be brief",
+               "messages": [{"role": "user", "content": "hello there"}]});
+        request(Method::POST, &url, &headers, body.to_string())
+    };
+    let answer = messages(false).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["content"][0]["text"], "tok1 tok2 tok3 tok4 tok5");
+    assert_eq!(body["stop_reason"], "end_turn");
+    assert_eq!(body["usage"]["output_tokens"], 5);
+    let answer = messages(true).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let text = answer.text();
+    for event in [
+        "message_start",
+        "content_block_delta",
+        "message_delta",
+        "message_stop",
+    ] {
+        assert!(text.contains(&format!("event: {event}")), "{text}");
+    }
+    assert!(text.contains("\"output_tokens\":5"), "{text}");
+    assert_eq!(
+        upstream.last_request().unwrap().path,
+        "/v1beta/models/gemini-2.0-flash:streamGenerateContent"
+    );
+
+    // Usage rows for the eight served requests, the mock's counts.
+    let rows = wait_for_rows(&pool, key.id, 8).await;
+    assert_eq!(rows.len(), 8, "{rows:?}");
     assert_eq!(rows[0], (Some(4), Some(5)), "{rows:?}");
     assert_eq!(rows[1], (Some(4), Some(2)), "{rows:?}");
     assert_eq!(rows[2], (Some(4), Some(5)), "streamed: {rows:?}");
