@@ -15,7 +15,14 @@ from harness import check
 # The mock upstream's OpenAI and Anthropic endpoints answer a call of the first
 # tool when the last user turn contains "use a tool"; the gateway's built-in
 # `mock` kind ignores tools and answers text.
-CALLS_TOOLS = {"openai": True, "anthropic": True, "azure": True, "mock": False}
+CALLS_TOOLS = {
+    "openai": True,
+    "anthropic": True,
+    "azure": True,
+    "gemini": True,
+    "vertex": True,
+    "mock": False,
+}
 
 TOOLS = [
     {

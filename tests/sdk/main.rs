@@ -1,9 +1,9 @@
 //! Real clients through the gateway: every client script of `tests/sdk/`
 //! (`*_client.py`, each driving an official Python SDK) run against a real
-//! `obleth-gateway` process in embedded mode, whose four routes reach one
-//! provider of each kind: `openai`, `anthropic` and `azure` (deployment
-//! `sdk-azure`) at the testkit's mock upstream over loopback HTTP, and the
-//! built-in `mock`.
+//! `obleth-gateway` process in embedded mode, whose six routes reach one
+//! provider of each kind: `openai`, `anthropic`, `azure` (deployment
+//! `sdk-azure`), `gemini` and `vertex` at the testkit's mock upstream over
+//! loopback HTTP, and the built-in `mock`.
 //!
 //! The SDKs live in the venv `tests/sdk/setup-venv` makes: `scripts/test`
 //! calls it and exports `OBLETH_SDK_PYTHON`; run alone, this test calls it
@@ -19,16 +19,19 @@ use std::time::Duration;
 use obleth_e2e::evidence;
 use obleth_e2e::procs::GatewayProc;
 use obleth_testkit::mock::{
-    AzureMock, MockConfig, MockUpstream, MockUsage, ANTHROPIC_API_KEY, AZURE_API_KEY,
+    AzureMock, GeminiMock, MockConfig, MockUpstream, MockUsage, ANTHROPIC_API_KEY, AZURE_API_KEY,
+    GEMINI_API_KEY, VERTEX_ACCESS_TOKEN,
 };
 use obleth_testkit::proc::{bin, command};
 use secrecy::ExposeSecret as _;
 
 /// The routes, one a provider kind: (kind, the model clients send).
-const ROUTES: [(&str, &str); 4] = [
+const ROUTES: [(&str, &str); 6] = [
     ("openai", "sdk-openai"),
     ("anthropic", "sdk-anthropic"),
     ("azure", "sdk-azure"),
+    ("gemini", "sdk-gemini"),
+    ("vertex", "sdk-vertex"),
     ("mock", "sdk-mock"),
 ];
 
@@ -106,6 +109,8 @@ fn settings(dir: &Path, base_url: &str, public_id: &str, secret_sha256: &str) ->
     std::fs::create_dir_all(&credentials).unwrap();
     std::fs::write(credentials.join("anthropic"), ANTHROPIC_API_KEY).unwrap();
     std::fs::write(credentials.join("azure"), AZURE_API_KEY).unwrap();
+    std::fs::write(credentials.join("gemini"), GEMINI_API_KEY).unwrap();
+    std::fs::write(credentials.join("vertex"), VERTEX_ACCESS_TOKEN).unwrap();
     let root = base_url.trim_end_matches("/v1");
     let mut text = format!(
         "[egress]\ncredential_dirs = [{credentials:?}]\nallow_private_networks = true\n\n\
@@ -114,9 +119,16 @@ fn settings(dir: &Path, base_url: &str, public_id: &str, secret_sha256: &str) ->
          credential = \"file:{}\"\ntimeout_ms = 30000\n\n\
          [[providers]]\nname = \"azure\"\nkind = \"azure\"\nbase_url = {root:?}\n\
          credential = \"file:{}\"\ntimeout_ms = 30000\n\n\
+         [[providers]]\nname = \"gemini\"\nkind = \"gemini\"\nbase_url = \"{root}/v1beta\"\n\
+         credential = \"file:{}\"\ntimeout_ms = 30000\n\n\
+         [[providers]]\nname = \"vertex\"\nkind = \"vertex\"\nbase_url = {base_url:?}\n\
+         credential = \"file:{}\"\ntimeout_ms = 30000\n\
+         options = {{ project = \"mock-project\", location = \"us-central1\" }}\n\n\
          [[providers]]\nname = \"mock\"\nkind = \"mock\"\nmock = {{ tokens = 12 }}\n\n",
         credentials.join("anthropic").display(),
-        credentials.join("azure").display()
+        credentials.join("azure").display(),
+        credentials.join("gemini").display(),
+        credentials.join("vertex").display()
     );
     for (kind, model) in ROUTES {
         text.push_str(&format!(
@@ -139,6 +151,10 @@ async fn official_sdks_through_the_gateway_to_every_provider_kind() {
         azure: AzureMock {
             deployments: vec!["sdk-azure".to_owned()],
             ..AzureMock::default()
+        },
+        gemini: GeminiMock {
+            models: vec!["sdk-gemini".to_owned(), "sdk-vertex".to_owned()],
+            ..GeminiMock::default()
         },
         ..MockConfig::default()
     })

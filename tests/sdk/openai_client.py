@@ -17,7 +17,14 @@ from harness import check
 # The mock upstream's OpenAI and Anthropic endpoints answer a call of the first
 # tool when the last user turn contains "use a tool"; the gateway's built-in
 # `mock` kind ignores tools and answers text.
-CALLS_TOOLS = {"openai": True, "anthropic": True, "azure": True, "mock": False}
+CALLS_TOOLS = {
+    "openai": True,
+    "anthropic": True,
+    "azure": True,
+    "gemini": True,
+    "vertex": True,
+    "mock": False,
+}
 
 TOOLS = [
     {
@@ -142,7 +149,14 @@ def tool_call(target, route):
 
 
 # Kinds whose providers speak the Responses API; the others answer 400.
-SERVES_RESPONSES = {"openai": True, "anthropic": False, "azure": True, "mock": False}
+SERVES_RESPONSES = {
+    "openai": True,
+    "anthropic": False,
+    "azure": True,
+    "gemini": False,
+    "vertex": False,
+    "mock": False,
+}
 
 
 def responses(target, route):
