@@ -422,8 +422,13 @@ fn finish_reason(reason: &str, called: bool) -> &'static str {
 
 /// The text and tool calls of a candidate's parts (`thought` parts left
 /// out); tool call ids are Gemini's when it gives them, else
-/// `call_{first_index + i}`.
-fn read_parts(parts: &[Value], first_index: usize) -> Result<(String, Vec<Value>), TranslateError> {
+/// `call_{response}_{index}` (`call_{index}` without a response id), so
+/// they differ from one answer to the next.
+fn read_parts(
+    parts: &[Value],
+    first_index: usize,
+    response: Option<&str>,
+) -> Result<(String, Vec<Value>), TranslateError> {
     let mut text = String::new();
     let mut calls = Vec::new();
     for (i, part) in parts.iter().enumerate() {
@@ -440,10 +445,13 @@ fn read_parts(parts: &[Value], first_index: usize) -> Result<(String, Vec<Value>
                 ));
             };
             let index = first_index + calls.len();
-            let id = call
-                .get("id")
-                .and_then(Value::as_str)
-                .map_or_else(|| format!("call_{index}"), str::to_owned);
+            let id = call.get("id").and_then(Value::as_str).map_or_else(
+                || match response {
+                    Some(r) => format!("call_{r}_{index}"),
+                    None => format!("call_{index}"),
+                },
+                str::to_owned,
+            );
             let args = call.get("args").cloned().unwrap_or_else(|| json!({}));
             calls.push(json!({
                 "index": index,
@@ -475,7 +483,8 @@ pub fn gemini_to_chat_completion(
                 .and_then(|c| c.get("parts"))
                 .and_then(Value::as_array)
                 .map_or(&[][..], Vec::as_slice);
-            let (text, calls) = read_parts(parts, 0)?;
+            let response = answer.get("responseId").and_then(Value::as_str);
+            let (text, calls) = read_parts(parts, 0, response)?;
             let reason = candidate
                 .get("finishReason")
                 .and_then(Value::as_str)
@@ -638,7 +647,8 @@ impl StreamTranslator {
             .and_then(|c| c.get("parts"))
             .and_then(Value::as_array)
             .map_or(&[][..], Vec::as_slice);
-        let (text, calls) = read_parts(parts, self.calls)?;
+        let response = event.get("responseId").and_then(Value::as_str);
+        let (text, calls) = read_parts(parts, self.calls, response)?;
         if !text.is_empty() {
             out.push(self.chunk(json!({"content": text}), None));
         }
@@ -790,6 +800,13 @@ mod tests {
         let message = &out["choices"][0]["message"];
         assert_eq!(message["content"], Value::Null);
         assert_eq!(message["tool_calls"][0]["id"], "call_0");
+        let mut with_id = answer.clone();
+        with_id["responseId"] = json!("r7");
+        let (out, _) = gemini_to_chat_completion(&with_id, "m", 0).unwrap();
+        assert_eq!(
+            out["choices"][0]["message"]["tool_calls"][0]["id"],
+            "call_r7_0"
+        );
         assert_eq!(message["tool_calls"][0]["function"]["name"], "get");
         assert_eq!(
             message["tool_calls"][0]["function"]["arguments"],

@@ -36,9 +36,13 @@ pub(crate) async fn gate(
     }
     // Anthropic's endpoint answers every refusal in Anthropic's error shape.
     let anthropic = path == "/v1/messages";
+    // Gemini's and Vertex AI's answer theirs in Google's.
+    let google = path.starts_with("/v1beta/") || path.starts_with("/v1/projects/");
     let refuse = |status: StatusCode, message: &str| {
         if anthropic {
             super::anthropic::error(status, message)
+        } else if google {
+            super::gemini::error(status, message)
         } else {
             wire::error(status, message, None)
         }
@@ -66,6 +70,8 @@ pub(crate) async fn gate(
     if let Some(status) = failure {
         let mut response = if anthropic {
             super::anthropic::injected(status)
+        } else if google {
+            super::gemini::injected(status)
         } else {
             wire::injected(status)
         };

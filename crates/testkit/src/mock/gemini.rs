@@ -29,7 +29,8 @@
 //! count a prompt. A stream sends one `data:` event a token (after the
 //! token delay), the last with the finish reason; every event carries the
 //! usage so far, as Gemini's do. Latency, injected failures and the
-//! `x-mock-*` headers apply as to the OpenAI endpoints.
+//! `x-mock-*` headers apply as to the OpenAI endpoints (failures in
+//! Google's shape).
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -114,6 +115,20 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     };
     let body = json!({"error": {"code": status.as_u16(), "message": message, "status": name}});
     (status, Json(body)).into_response()
+}
+
+/// The answer to a request the config or a header told to fail.
+pub(crate) fn injected(status: u16) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = format!(
+        "mock upstream injected failure with status {}",
+        status.as_u16()
+    );
+    let mut response = error(status, &message);
+    response
+        .headers_mut()
+        .insert("x-mock-injected", HeaderValue::from_static("true"));
+    response
 }
 
 fn invalid(message: impl AsRef<str>) -> Response {

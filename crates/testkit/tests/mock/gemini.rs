@@ -6,7 +6,8 @@
 use axum::http::Method;
 use http_body_util::BodyExt as _;
 use obleth_testkit::mock::{
-    GeminiMock, MockConfig, MockUpstream, GEMINI_API_KEY, TOKENS_HEADER, VERTEX_ACCESS_TOKEN,
+    GeminiMock, MockConfig, MockUpstream, FAIL_STATUS_HEADER, GEMINI_API_KEY, TOKENS_HEADER,
+    VERTEX_ACCESS_TOKEN,
 };
 use serde_json::{json, Value};
 
@@ -259,6 +260,12 @@ async fn vertex_wants_its_token_project_and_location() {
     assert_eq!(answer.status.as_u16(), 200, "{}", answer.body);
     assert!(answer.body["candidates"][0]["content"]["parts"][0]["text"].is_string());
     assert_eq!(mock.requests(), 5);
+    // Injected failures take Google's shape too.
+    let failed = api
+        .post(VERTEX, &[auth, (FAIL_STATUS_HEADER, "503")], body("hi"))
+        .await;
+    assert_google_error(&failed, 503, "UNAVAILABLE");
+    assert_eq!(failed.headers["x-mock-injected"], "true");
     let path = VERTEX.replace(":generateContent", ":streamGenerateContent?alt=sse");
     let (_, events) = stream(&api, &path, &[auth], body("hi")).await;
     assert!(!events.is_empty());
