@@ -44,7 +44,8 @@ pub const BEFORE_PREVIOUS: Release = V0_1_0;
 
 /// A variable of the test process's environment that a release's build
 /// must not see: what cargo sets for the tests it runs (every `CARGO_*` but
-/// the cargo home, and `OUT_DIR`), as `scripts/test` clears them too.
+/// the cargo home, and `OUT_DIR`), as `scripts/test` clears them too; the
+/// build sets `CARGO_INCREMENTAL=0` itself.
 fn inherited_by_tests(name: &str) -> bool {
     (name.starts_with("CARGO_") && name != "CARGO_HOME") || name == "OUT_DIR"
 }
@@ -114,6 +115,9 @@ impl Release {
             .args(BINARIES.iter().flat_map(|bin| ["--bin", bin]))
             .env("CARGO_TARGET_DIR", &target)
             .env("OBLETH_GIT_COMMIT", self.revision)
+            // Built once per machine: incremental state would only take
+            // disk (about half of a debug target).
+            .env("CARGO_INCREMENTAL", "0")
             .env_remove("RUSTFLAGS")
             .status()
             .context("cannot run cargo")?;
