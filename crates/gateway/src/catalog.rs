@@ -13,6 +13,7 @@ use obleth_config::model::{AzureAuth, ProviderKind, ProviderOptions, Route};
 use obleth_config::EgressSettings;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::connection::{stamp_of, FileStamp};
 use crate::settings::{MockSettings, ProviderConfig, RouteConfig};
 
 /// A provider ready to be called.
@@ -121,22 +122,6 @@ pub enum Authorization {
 struct CredentialFile {
     path: std::path::PathBuf,
     stamp: std::sync::Mutex<Option<FileStamp>>,
-}
-
-/// What a file looks like from outside: enough to see it was replaced
-/// (Kubernetes swaps a mounted secret's files through a symbolic link).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<std::time::SystemTime>,
-    len: u64,
-}
-
-fn stamp_of(path: &std::path::Path) -> Option<FileStamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
 }
 
 /// What [`ProviderRuntime::refresh_credential`] did.
@@ -617,10 +602,11 @@ impl SharedCatalog {
     }
 }
 
-/// Reads every provider's `file:` credential again when its file changes
-/// (Kubernetes rotates a mounted secret in place), every `every`, until
-/// `stop`: the new credential is used from the next request, without a
-/// reload. A change that cannot be read keeps the previous credential.
+/// Reads every provider's `file:` credential and TLS files (CA bundle,
+/// client certificate and key) again when they change (Kubernetes rotates
+/// a mounted secret in place), every `every`, until `stop`: the new ones
+/// are used from the next request, without a reload. A change that cannot
+/// be used keeps the previous credential or TLS files.
 pub async fn watch_credentials(
     catalog: SharedCatalog,
     egress: EgressSettings,
@@ -639,6 +625,9 @@ pub async fn watch_credentials(
             for provider in current.providers() {
                 if provider.refresh_credential(&egress) == Refresh::Reloaded {
                     tracing::info!(provider = %provider.name, "Provider credential file changed; the new credential is in use.");
+                }
+                if provider.connection.refresh(&egress) == Refresh::Reloaded {
+                    tracing::info!(provider = %provider.name, "Provider TLS files changed; new connections use them.");
                 }
             }
         })

@@ -12,17 +12,20 @@
 //! `connect_timeout_ms`.
 //!
 //! A provider without connection options uses the gateway's shared client.
-//! One with options gets its own client, built once per catalog load: its
-//! TLS files are read when the catalog is loaded ([`ProviderConnection::load`]),
-//! and a provider whose files cannot be used is logged then and fails every
-//! attempt, never falling back to the public roots.
+//! One with options gets its own client: its TLS files are read when the
+//! catalog is loaded ([`ProviderConnection::load`]) and again whenever one
+//! of them changes on disk ([`OwnConnection::refresh`], from the credential
+//! watch: Kubernetes rotates mounted certificates in place), each reading a
+//! new client. A provider whose files cannot be used is logged and fails
+//! every attempt, never falling back to the public roots; files that change
+//! into something unusable keep the previous usable ones in use.
 
 use std::fmt;
 use std::future::Future;
 use std::io::Read as _;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,6 +45,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::ExposeSecret;
 use tower::{Service, ServiceExt};
 
+use crate::catalog::Refresh;
 use crate::resolve::EgressResolver;
 use crate::settings::UpstreamSettings;
 
@@ -359,15 +363,32 @@ pub enum ProviderConnection {
     /// No connection option: the gateway's shared client.
     #[default]
     Shared,
-    /// Its own client, built on first use from these settings.
+    /// Its own client, from its options; rebuilt when its TLS files change.
     Own(Box<OwnConnection>),
-    /// Its TLS files cannot be used (logged at load): every attempt fails.
+}
+
+/// A provider's own connection settings, the files they name, and the
+/// client built from what those files held when last read.
+pub struct OwnConnection {
+    provider: String,
+    options: ProviderOptions,
+    connect_timeout: Option<Duration>,
+    /// The TLS files (CA bundle, client certificate, `file:` client key)
+    /// and how each looked when last read.
+    files: Vec<std::path::PathBuf>,
+    stamps: Mutex<Vec<Option<FileStamp>>>,
+    current: RwLock<Arc<Built>>,
+}
+
+/// What the files held when last read: a client (built on first use), or
+/// why they cannot be used (every attempt then fails).
+enum Built {
+    Usable(Box<Usable>),
     Unusable(String),
 }
 
-/// A provider's own connection settings and, once built, its client.
-pub struct OwnConnection {
-    pub connect_timeout: Option<Duration>,
+/// A usable TLS configuration (none: the public roots) and its client.
+struct Usable {
     tls: Option<rustls::ClientConfig>,
     client: OnceLock<UpClient>,
 }
@@ -376,24 +397,100 @@ impl fmt::Debug for OwnConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the TLS configuration: it holds the client's private key.
         f.debug_struct("OwnConnection")
+            .field("provider", &self.provider)
             .field("connect_timeout", &self.connect_timeout)
-            .field("private_ca_or_client_cert", &self.tls.is_some())
+            .field("files", &self.files)
             .finish_non_exhaustive()
     }
 }
 
+/// What a file looks like from outside: enough to see it was replaced
+/// (Kubernetes swaps a mounted secret's files through a symbolic link).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+}
+
+/// `path`'s stamp, or `None` when it cannot be read.
+pub(crate) fn stamp_of(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    })
+}
+
 impl OwnConnection {
-    /// This provider's client, built on first use.
-    pub fn client(&self, egress: &Arc<EgressSettings>, proxy: Option<&EgressProxy>) -> &UpClient {
-        self.client
-            .get_or_init(|| client(egress, proxy, self.connect_timeout, self.tls.clone()))
+    /// This provider's client, or why its TLS files cannot be used.
+    pub fn client(
+        &self,
+        egress: &Arc<EgressSettings>,
+        proxy: Option<&EgressProxy>,
+    ) -> Result<UpClient, String> {
+        let built = Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()));
+        match &*built {
+            Built::Usable(usable) => Ok(usable
+                .client
+                .get_or_init(|| client(egress, proxy, self.connect_timeout, usable.tls.clone()))
+                .clone()),
+            Built::Unusable(message) => Err(message.clone()),
+        }
+    }
+
+    /// Reads the TLS files again when one changed since last read (a
+    /// rotated Kubernetes secret): new connections use them from the next
+    /// request, while requests in flight finish on the connections they
+    /// have. Files that changed but cannot be used keep a usable
+    /// configuration in use (and are read again at their next change).
+    pub fn refresh(&self, egress: &EgressSettings) -> Refresh {
+        let now: Vec<_> = self.files.iter().map(|f| stamp_of(f)).collect();
+        {
+            let mut seen = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == now {
+                return Refresh::Unchanged;
+            }
+            *seen = now;
+        }
+        let built = build(&self.provider, &self.options, egress);
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        match (&built, &**current) {
+            (Built::Unusable(message), Built::Usable(_)) => {
+                tracing::error!(provider = %self.provider, error = %message, "Provider TLS files changed but cannot be used; the previous ones stay in use.");
+                Refresh::Failed
+            }
+            (Built::Unusable(_), Built::Unusable(_)) => {
+                *current = Arc::new(built);
+                Refresh::Failed
+            }
+            (Built::Usable(_), _) => {
+                *current = Arc::new(built);
+                Refresh::Reloaded
+            }
+        }
+    }
+}
+
+/// The client of `provider` from its options' files, or the logged reason
+/// they cannot be used.
+fn build(provider: &str, options: &ProviderOptions, egress: &EgressSettings) -> Built {
+    match tls_config(options, egress) {
+        Ok(tls) => Built::Usable(Box::new(Usable {
+            tls,
+            client: OnceLock::new(),
+        })),
+        Err(e) => {
+            let message = format!("provider {provider}: options.{e}");
+            tracing::error!(provider = %provider, error = %message, "Provider TLS settings cannot be used; its requests fail until they are fixed.");
+            Built::Unusable(message)
+        }
     }
 }
 
 impl ProviderConnection {
     /// Reads what `options` name (the CA bundle, the client certificate and
     /// its key, within `egress`), for provider `provider`. A failure is
-    /// logged here and makes the provider [`ProviderConnection::Unusable`];
+    /// logged here and makes every attempt fail until the files are fixed;
     /// the message names the provider and the option, never a key.
     pub fn load(provider: &str, options: &ProviderOptions, egress: &EgressSettings) -> Self {
         let connect_timeout = options
@@ -406,17 +503,36 @@ impl ProviderConnection {
         {
             return ProviderConnection::Shared;
         }
-        match tls_config(options, egress) {
-            Ok(tls) => ProviderConnection::Own(Box::new(OwnConnection {
-                connect_timeout,
-                tls,
-                client: OnceLock::new(),
-            })),
-            Err(e) => {
-                let message = format!("provider {provider}: options.{e}");
-                tracing::error!(provider = %provider, error = %message, "Provider TLS settings cannot be used; its requests fail until they are fixed.");
-                ProviderConnection::Unusable(message)
-            }
+        let files: Vec<std::path::PathBuf> = [
+            options.ca_file.as_deref(),
+            options.client_cert_file.as_deref(),
+            options
+                .client_key_ref
+                .as_deref()
+                .and_then(|r| r.strip_prefix("file:")),
+        ]
+        .into_iter()
+        .flatten()
+        .map(std::path::PathBuf::from)
+        .collect();
+        // Stamped before reading: a change while they are read is seen at
+        // the next look.
+        let stamps = files.iter().map(|f| stamp_of(f)).collect();
+        ProviderConnection::Own(Box::new(OwnConnection {
+            provider: provider.to_owned(),
+            options: options.clone(),
+            connect_timeout,
+            current: RwLock::new(Arc::new(build(provider, options, egress))),
+            files,
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    /// [`OwnConnection::refresh`]; a shared connection has no file.
+    pub fn refresh(&self, egress: &EgressSettings) -> Refresh {
+        match self {
+            ProviderConnection::Shared => Refresh::Unchanged,
+            ProviderConnection::Own(own) => own.refresh(egress),
         }
     }
 }
@@ -544,6 +660,17 @@ mod tests {
         }
     }
 
+    /// Why `connection`'s files cannot be used, if they cannot.
+    fn unusable(connection: &ProviderConnection) -> Option<String> {
+        match connection {
+            ProviderConnection::Shared => None,
+            ProviderConnection::Own(own) => match &**own.current.read().unwrap() {
+                Built::Usable(_) => None,
+                Built::Unusable(m) => Some(m.clone()),
+            },
+        }
+    }
+
     fn uri(s: &str) -> Uri {
         s.parse().unwrap()
     }
@@ -657,7 +784,7 @@ mod tests {
         assert!(!shown.contains("c2VjcmV0"), "{shown}");
         let loaded = ProviderConnection::load("p", &options, &egress);
         assert!(
-            matches!(&loaded, ProviderConnection::Unusable(m) if m.starts_with("provider p: options.client_")),
+            matches!(unusable(&loaded), Some(m) if m.starts_with("provider p: options.client_")),
             "{loaded:?}"
         );
 
@@ -665,6 +792,7 @@ mod tests {
         std::fs::write(&key, ca.key_pair.serialize_pem()).unwrap();
         let loaded = ProviderConnection::load("p", &options, &egress);
         assert!(matches!(loaded, ProviderConnection::Own(_)), "{loaded:?}");
+        assert_eq!(unusable(&loaded), None);
         assert!(!format!("{loaded:?}").contains("PRIVATE"));
         // A connect timeout alone: its own client with the public roots.
         let timeout_only = ProviderOptions {
@@ -673,11 +801,47 @@ mod tests {
         };
         assert!(matches!(
             ProviderConnection::load("p", &timeout_only, &egress),
-            ProviderConnection::Own(o) if o.tls.is_none()
+            ProviderConnection::Own(o) if matches!(&**o.current.read().unwrap(), Built::Usable(u) if u.tls.is_none())
         ));
         assert!(matches!(
             ProviderConnection::load("p", &ProviderOptions::default(), &egress),
             ProviderConnection::Shared
         ));
+    }
+
+    #[test]
+    fn changed_tls_files_are_read_again_and_unusable_ones_keep_the_last_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let egress = EgressSettings::default();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not yet a certificate").unwrap();
+        let options = ProviderOptions {
+            ca_file: Some(ca.display().to_string()),
+            ..ProviderOptions::default()
+        };
+        let connection = ProviderConnection::load("p", &options, &egress);
+        assert!(unusable(&connection).is_some());
+        assert_eq!(connection.refresh(&egress), Refresh::Unchanged);
+
+        // Fixed in place (as a rotated secret is): usable from now on.
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let next = dir.path().join("ca.pem.next");
+        std::fs::write(&next, cert.cert.pem()).unwrap();
+        std::fs::rename(&next, &ca).unwrap();
+        assert_eq!(connection.refresh(&egress), Refresh::Reloaded);
+        assert_eq!(unusable(&connection), None);
+        assert_eq!(connection.refresh(&egress), Refresh::Unchanged);
+
+        // Broken again, then gone: the usable configuration stays.
+        std::fs::write(&ca, "broken").unwrap();
+        assert_eq!(connection.refresh(&egress), Refresh::Failed);
+        assert_eq!(unusable(&connection), None);
+        std::fs::remove_file(&ca).unwrap();
+        assert_eq!(connection.refresh(&egress), Refresh::Failed);
+        assert_eq!(unusable(&connection), None);
+        assert_eq!(
+            ProviderConnection::Shared.refresh(&egress),
+            Refresh::Unchanged
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! header), and the built-in mock provider. Every connection goes through
 //! the `[egress]` address policy.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,14 +115,16 @@ impl Upstream {
     fn client_for<'a>(
         &'a self,
         provider: &'a ProviderRuntime,
-    ) -> Result<&'a UpClient, UpstreamError> {
+    ) -> Result<Cow<'a, UpClient>, UpstreamError> {
         match &provider.connection {
-            ProviderConnection::Shared => Ok(&self.client),
-            ProviderConnection::Own(own) => Ok(own.client(&self.egress, self.proxy.as_ref())),
-            ProviderConnection::Unusable(message) => Err(UpstreamError::Connect {
-                provider: provider.name.clone(),
-                message: message.clone(),
-            }),
+            ProviderConnection::Shared => Ok(Cow::Borrowed(&self.client)),
+            ProviderConnection::Own(own) => own
+                .client(&self.egress, self.proxy.as_ref())
+                .map(Cow::Owned)
+                .map_err(|message| UpstreamError::Connect {
+                    provider: provider.name.clone(),
+                    message,
+                }),
         }
     }
 

@@ -237,3 +237,52 @@ async fn connect_timeout_bounds_a_tls_handshake_that_never_finishes() {
     assert_eq!(attempts(&gw, "slow", "timeout").await, 1.0);
     gw.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn rotated_ca_and_client_certificate_files_are_used_without_a_reload() {
+    let pki = Pki::new();
+    let stranger = Pki::new();
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let front = TlsFront::start(pki.server_config(true), mock.addr()).await;
+    let url = front.base_url("localhost");
+    // The provider's files start as another CA's and its client's.
+    for name in ["ca.pem", "client.pem", "client.key"] {
+        std::fs::copy(stranger.path(name), pki.path(&format!("mounted-{name}"))).unwrap();
+    }
+    let mut p = openai_provider("rotating", &url);
+    p.options.ca_file = Some(pki.file("mounted-ca.pem"));
+    p.options.client_cert_file = Some(pki.file("mounted-client.pem"));
+    p.options.client_key_ref = Some(format!("file:{}", pki.file("mounted-client.key")));
+    let (mut s, secret) = settings(&pki, vec![p]);
+    s.cache.credential_poll_secs = 1;
+    s.validate().unwrap();
+    let gw = start(s).await;
+
+    let answer = chat(&gw, &secret, "rotating").await;
+    assert_opaque_502(&answer, &pki, &[]);
+    assert_eq!(mock.requests(), 0);
+
+    // Rotated as Kubernetes does it: new files renamed over the old ones.
+    for name in ["ca.pem", "client.pem", "client.key"] {
+        let next = pki.path(&format!("mounted-{name}.next"));
+        std::fs::copy(pki.path(name), &next).unwrap();
+        std::fs::rename(&next, pki.path(&format!("mounted-{name}"))).unwrap();
+    }
+    wait_until(
+        Duration::from_secs(15),
+        "the rotated CA and client certificate to be used",
+        || {
+            let (gw, secret) = (&gw, &secret);
+            async move { chat(gw, secret, "rotating").await.status == 200 }
+        },
+    )
+    .await;
+    assert!(mock.requests() >= 1);
+
+    // A CA file rotated into garbage: the files in use stay in use.
+    std::fs::write(pki.path("mounted-ca.pem"), "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let answer = chat(&gw, &secret, "rotating").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    gw.stop().await.unwrap();
+}
