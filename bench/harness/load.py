@@ -56,13 +56,13 @@ def wrk(target, work, secs, threads=2, connections=32):
     }
 
 
-def oha(bin_path, target, rate, secs, connections=64):
+def oha(bin_path, target, rate, secs, connections=64, body=BODY):
     """Open loop: `rate` requests a second for `secs`, latency measured from when
     each request was due (--latency-correction), so a target that falls behind
     shows its queue in the percentiles rather than hiding it."""
     argv = [bin_path, "--no-tui", "--output-format", "json", "-z", f"{secs}s", "-q", str(rate),
             "-c", str(connections), "--latency-correction", "-w", "-t", "10s",
-            "-m", "POST", "-T", "application/json", "-d", BODY]
+            "-m", "POST", "-T", "application/json", "-d", body]
     for k, v in target.headers.items():
         argv += ["-H", f"{k}: {v}"]
     argv.append(target.url)
