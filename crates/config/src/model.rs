@@ -156,6 +156,7 @@ string_enum!(
         Azure => "azure",
         Gemini => "gemini",
         Vertex => "vertex",
+        Bedrock => "bedrock",
     }
 );
 
@@ -171,7 +172,8 @@ impl ProviderKind {
             ProviderKind::Anthropic
             | ProviderKind::Azure
             | ProviderKind::Gemini
-            | ProviderKind::Vertex => "0.3.0",
+            | ProviderKind::Vertex
+            | ProviderKind::Bedrock => "0.3.0",
         }
     }
 
@@ -326,6 +328,23 @@ pub struct ProviderOptions {
     /// `vertex` provider calls (required for that kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// The AWS region (`us-east-1`, `eu-central-1`) a `bedrock` provider
+    /// calls and signs its requests for (required for that kind, refused
+    /// for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// An AWS region name such as `us-east-1` or `us-gov-west-1`: 1 to 32
+/// lowercase letters, digits and `-`, starting with a letter; it goes into
+/// a host name and the SigV4 credential scope as it is.
+pub fn is_aws_region(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A Google Cloud project id or Vertex AI location: 1 to 63 lowercase
@@ -493,6 +512,22 @@ impl ProviderOptions {
                 }
                 _ => {}
             }
+        }
+        match &self.region {
+            Some(_) if kind != ProviderKind::Bedrock => {
+                return refuse("region".into(), format!("does not apply to kind {kind}"));
+            }
+            None if kind == ProviderKind::Bedrock => {
+                return refuse("region".into(), "is required for kind bedrock".into());
+            }
+            Some(region) if !is_aws_region(region) => {
+                return refuse(
+                    "region".into(),
+                    "must be an AWS region such as `us-east-1` (lowercase letters, digits and `-`)"
+                        .into(),
+                );
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -850,6 +885,7 @@ mod tests {
             (ProviderKind::Azure, "azure"),
             (ProviderKind::Gemini, "gemini"),
             (ProviderKind::Vertex, "vertex"),
+            (ProviderKind::Bedrock, "bedrock"),
         ] {
             assert_eq!(kind.as_str(), text);
             assert_eq!(text.parse::<ProviderKind>(), Ok(kind));
