@@ -311,7 +311,7 @@ fn sts_error(status: StatusCode, code: &str, message: &str) -> Response {
 
 /// `POST /sts/`: `AssumeRoleWithWebIdentity` for the configured role and
 /// web identity token, answering the configured temporary credentials,
-/// valid for an hour.
+/// valid for [`BedrockMock::sts_lifetime_secs`].
 pub(crate) async fn sts(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     shared.count_sts();
     let config = shared.config().bedrock;
@@ -352,7 +352,8 @@ pub(crate) async fn sts(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
         );
     }
     let key = &config.sts_key;
-    let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+    let expires =
+        chrono::Utc::now() + chrono::Duration::seconds(i64::from(config.sts_lifetime_secs));
     let body = format!(
         "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{}</AccessKeyId><SecretAccessKey>{}</SecretAccessKey><SessionToken>{}</SessionToken><Expiration>{}</Expiration></Credentials><Provider>mock</Provider></AssumeRoleWithWebIdentityResult><ResponseMetadata><RequestId>mock</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>",
         key.access_key_id,

@@ -90,6 +90,8 @@ pub struct BedrockMock {
     /// The role STS lets assume, and the token it wants.
     pub role_arn: String,
     pub web_identity_token: String,
+    /// How long STS's credentials are valid, in seconds.
+    pub sts_lifetime_secs: u32,
     /// The models that exist.
     pub models: Vec<String>,
     /// Reported as `cacheReadInputTokens` / `cacheWriteInputTokens`.
@@ -123,6 +125,7 @@ impl Default for BedrockMock {
             },
             role_arn: WEB_IDENTITY_ROLE_ARN.to_owned(),
             web_identity_token: WEB_IDENTITY_TOKEN.to_owned(),
+            sts_lifetime_secs: 3600,
             models: [
                 "anthropic.claude-3-5-sonnet-20240620-v1:0",
                 "us.anthropic.claude-3-5-haiku-20241022-v1:0",
