@@ -19,7 +19,9 @@
 //! The answer is `tok1 tok2 ...` as the config's token count (cut by
 //! `maxTokens`, then `max_tokens`), or, when the body declares tools and
 //! the last user turn's text contains "use a tool" ([`super::TOOL_TRIGGER`]),
-//! a `toolUse` of the first tool with input `{"text": "tok1 ..."}`. Input
+//! a `toolUse` of the first tool with input `{"text": "tok1 ..."}` (for
+//! InvokeModel, a `tool_use` block; its `tool_result`s must answer the
+//! `tool_use` ids of the message before). Input
 //! tokens count the words of the system prompt and every text block.
 //! Streams are event-stream frames, one delta a token after the token
 //! delay; [`BedrockMock::stream_exception_after`] ends a Converse stream
@@ -485,16 +487,44 @@ impl Converse {
         if let Some(system) = body.get("system").and_then(Value::as_str) {
             out.prompt_tokens += words(system);
         }
-        for message in messages {
+        out.tool = body
+            .get("tools")
+            .and_then(|t| t.get(0))
+            .and_then(|t| t.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        // Tool use ids of the turn before, which its tool results answer.
+        let mut uses_before: HashSet<String> = HashSet::new();
+        for (i, message) in messages.iter().enumerate() {
+            let mut uses = HashSet::new();
             let text = match message.get("content") {
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(blocks)) => blocks
-                    .iter()
-                    .filter_map(|b| b.get("text").and_then(Value::as_str))
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                Some(Value::Array(blocks)) => {
+                    for block in blocks {
+                        match block.get("type").and_then(Value::as_str) {
+                            Some("tool_use") => {
+                                if let Some(id) = block.get("id").and_then(Value::as_str) {
+                                    uses.insert(id.to_owned());
+                                }
+                            }
+                            Some("tool_result") => {
+                                let id = block.get("tool_use_id").and_then(Value::as_str);
+                                if !id.is_some_and(|id| uses_before.contains(id)) {
+                                    return Err(format!("messages.{i}: tool_result blocks must answer a tool_use of the previous message"));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    blocks
+                        .iter()
+                        .filter_map(|b| b.get("text").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                }
                 _ => return Err("Malformed input request: messages need content".to_owned()),
             };
+            uses_before = uses;
             out.prompt_tokens += words(&text);
             if message.get("role").and_then(Value::as_str) == Some("user") {
                 out.last_user_text = text;
@@ -629,13 +659,22 @@ impl Answer {
         })
     }
 
+    fn anthropic_block(&self) -> Value {
+        match &self.tool {
+            Some(name) => {
+                json!({"type": "tool_use", "id": format!("toolu_bdrk_{}", uuid::Uuid::new_v4().simple()), "name": name, "input": {"text": self.text()}})
+            }
+            None => json!({"type": "text", "text": self.text()}),
+        }
+    }
+
     fn message(&self, model: &str) -> Value {
         json!({
             "id": format!("msg_bdrk_{}", uuid::Uuid::new_v4().simple()),
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": self.text()}],
+            "content": [self.anthropic_block()],
             "stop_reason": self.stop,
             "stop_sequence": null,
             "usage": self.anthropic_usage(),
@@ -649,17 +688,23 @@ impl Answer {
         };
         let mut start_usage = self.anthropic_usage();
         start_usage["output_tokens"] = json!(1);
-        let mut frames = vec![
-            chunk(json!({"type": "message_start", "message": {
-                "id": format!("msg_bdrk_{}", uuid::Uuid::new_v4().simple()), "type": "message", "role": "assistant",
-                "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage,
-            }})),
-            chunk(
-                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ),
-        ];
-        for i in 1..=self.tokens {
-            frames.push(chunk(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": wire::token(i)}})));
+        let mut frames = vec![chunk(json!({"type": "message_start", "message": {
+            "id": format!("msg_bdrk_{}", uuid::Uuid::new_v4().simple()), "type": "message", "role": "assistant",
+            "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage,
+        }}))];
+        if self.tool.is_some() {
+            let mut block = self.anthropic_block();
+            let input = block["input"].to_string();
+            block["input"] = json!({});
+            frames.push(chunk(
+                json!({"type": "content_block_start", "index": 0, "content_block": block}),
+            ));
+            frames.push(chunk(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": input}})));
+        } else {
+            frames.push(chunk(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+            for i in 1..=self.tokens {
+                frames.push(chunk(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": wire::token(i)}})));
+            }
         }
         frames.push(chunk(json!({"type": "content_block_stop", "index": 0})));
         frames.push(chunk(json!({"type": "message_delta", "delta": {"stop_reason": self.stop, "stop_sequence": null}, "usage": {"output_tokens": self.tokens}})));
