@@ -927,4 +927,37 @@ mod tests {
         assert!(json.contains(&hex::encode(&k.secret_hash)), "{json}");
         assert_eq!(serde_json::from_str::<ApiKey>(&json).unwrap(), k);
     }
+
+    #[test]
+    fn a_bedrock_provider_needs_an_aws_region_that_no_other_kind_takes() {
+        let egress = crate::EgressSettings::default();
+        let url = "https://bedrock-runtime.us-east-1.amazonaws.com";
+        let with = |region: Option<&str>| ProviderOptions {
+            region: region.map(str::to_owned),
+            ..ProviderOptions::default()
+        };
+        assert!(with(Some("us-east-1"))
+            .check(ProviderKind::Bedrock, url, false, &egress)
+            .is_ok());
+        assert!(with(Some("us-gov-west-1"))
+            .check(ProviderKind::Bedrock, url, true, &egress)
+            .is_ok());
+        for (kind, region, message) in [
+            (ProviderKind::Bedrock, None, "is required for kind bedrock"),
+            (ProviderKind::Bedrock, Some("US-EAST-1"), "AWS region"),
+            (ProviderKind::Bedrock, Some("us-east-1/x"), "AWS region"),
+            (ProviderKind::Bedrock, Some("1us"), "AWS region"),
+            (ProviderKind::Bedrock, Some("us-east-"), "AWS region"),
+            (ProviderKind::Bedrock, Some(""), "AWS region"),
+            (
+                ProviderKind::OpenAi,
+                Some("us-east-1"),
+                "does not apply to kind openai",
+            ),
+        ] {
+            let e = with(region).check(kind, url, false, &egress).unwrap_err();
+            assert_eq!(e.field, "region", "{region:?}");
+            assert!(e.message.contains(message), "{region:?}: {}", e.message);
+        }
+    }
 }

@@ -250,7 +250,7 @@ impl Upstream {
                 )))
             }
             _ => Arc::new(
-                crate::aws::sts::ambient(&self.client, region)
+                crate::aws::sts::ambient(&self.client, &self.egress, region)
                     .await
                     .map_err(|e| failed(e.to_string()))?,
             ),

@@ -7,6 +7,7 @@
 //! credentials are kept until five minutes before they expire; the token
 //! file is read again at each exchange (Kubernetes rotates it).
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -17,6 +18,8 @@ use serde::Deserialize;
 
 use super::{AwsKeys, KeysError};
 use crate::connection::UpClient;
+use obleth_config::egress::url_host;
+use obleth_config::EgressSettings;
 
 /// How long before their expiry STS credentials are exchanged again.
 const REFRESH_BEFORE: Duration = Duration::from_secs(300);
@@ -40,25 +43,25 @@ pub enum AmbientError {
 }
 
 /// Which web identity exchange a cached answer is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Identity {
     role_arn: String,
     token_file: String,
     endpoint: String,
 }
 
-/// The last exchange's answer.
-#[derive(Debug)]
-struct Cached {
-    identity: Identity,
-    keys: AwsKeys,
-}
-
-static CACHE: tokio::sync::Mutex<Option<Cached>> = tokio::sync::Mutex::const_new(None);
+/// The last answer of each exchange (one per STS endpoint in use:
+/// providers of several regions without `AWS_ENDPOINT_URL_STS`).
+static CACHE: tokio::sync::Mutex<Option<HashMap<Identity, AwsKeys>>> =
+    tokio::sync::Mutex::const_new(None);
 
 /// The ambient credentials for a provider in `region`: the environment's,
 /// else web identity's (cached, exchanged again shortly before expiry).
-pub async fn ambient(client: &UpClient, region: &str) -> Result<AwsKeys, AmbientError> {
+pub async fn ambient(
+    client: &UpClient,
+    egress: &EgressSettings,
+    region: &str,
+) -> Result<AwsKeys, AmbientError> {
     if let Some(keys) = AwsKeys::from_env() {
         return keys.map_err(AmbientError::Env);
     }
@@ -80,26 +83,27 @@ pub async fn ambient(client: &UpClient, region: &str) -> Result<AwsKeys, Ambient
     // One exchange at a time: requests that find the cache stale wait for
     // the first one's answer instead of each calling STS.
     let mut cache = CACHE.lock().await;
-    if let Some(cached) = cache.as_ref() {
-        let fresh = cached
-            .keys
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(keys) = cache.get(&identity) {
+        let fresh = keys
             .expires
             .is_some_and(|at| at > SystemTime::now() + REFRESH_BEFORE);
-        if cached.identity == identity && fresh {
-            return Ok(cached.keys.clone());
+        if fresh {
+            return Ok(keys.clone());
         }
     }
-    let keys = exchange(client, &identity).await?;
+    let keys = exchange(client, egress, &identity).await?;
     tracing::info!(role_arn = %identity.role_arn, access_key_id = %keys.access_key_id, "AWS web identity credentials obtained from STS.");
-    *cache = Some(Cached {
-        identity,
-        keys: keys.clone(),
-    });
+    cache.insert(identity, keys.clone());
     Ok(keys)
 }
 
 /// One `AssumeRoleWithWebIdentity` call.
-async fn exchange(client: &UpClient, identity: &Identity) -> Result<AwsKeys, AmbientError> {
+async fn exchange(
+    client: &UpClient,
+    egress: &EgressSettings,
+    identity: &Identity,
+) -> Result<AwsKeys, AmbientError> {
     let token =
         std::fs::read_to_string(&identity.token_file).map_err(|e| AmbientError::TokenFile {
             path: identity.token_file.clone(),
@@ -121,6 +125,13 @@ async fn exchange(client: &UpClient, identity: &Identity) -> Result<AwsKeys, Amb
             .finish()
     };
     let url = format!("{}/", identity.endpoint.trim_end_matches('/'));
+    // IP literals and metadata names are judged here, as for providers:
+    // the resolver sees names only.
+    if let Some(host) = url_host(&url) {
+        egress
+            .check_host(host)
+            .map_err(|reason| AmbientError::Sts(format!("{url} refused: {reason}")))?;
+    }
     let request = Request::builder()
         .method(Method::POST)
         .uri(&url)
