@@ -24,7 +24,7 @@ use serde_json::Value;
 
 mod bedrock;
 
-pub use bedrock::{CONVERSE, CONVERSE_STREAM, INVOKE, INVOKE_STREAM};
+pub use bedrock::{with_error_type, CONVERSE, CONVERSE_STREAM, INVOKE, INVOKE_STREAM};
 
 use crate::error::ApiError;
 use crate::relay::Tokens;

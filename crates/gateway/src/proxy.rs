@@ -472,6 +472,7 @@ async fn forward(
                     Ok(Ok(bytes)) => bytes,
                     _ => Bytes::new(),
                 };
+                let bytes = protocol::with_error_type(provider.kind, &parts, bytes);
                 rate_limited = Some((parts, bytes, provider.kind));
                 continue;
             }
@@ -578,6 +579,7 @@ async fn forward(
                 continue;
             }
         };
+        let bytes = protocol::with_error_type(provider.kind, &parts, bytes);
         let (status, bytes, reported) =
             match protocol::client_answer(client, provider.kind, parts.status, bytes, &model) {
                 Ok(answer) => answer,

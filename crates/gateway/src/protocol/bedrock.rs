@@ -28,6 +28,7 @@ use crate::translate::bedrock::{
     exception_status, is_anthropic_model, messages_request_to_invoke, StreamTranslator,
 };
 use crate::upstream::UpBody;
+use obleth_config::model::ProviderKind;
 
 /// The methods a `bedrock` provider is sent requests to, after the model's
 /// path ([`path`]).
@@ -103,6 +104,32 @@ pub fn path<'p>(provider: &str, method: &'p str, model: &str) -> Result<Cow<'p, 
         "/model/{}{method}",
         utf8_percent_encode(model, SEGMENT)
     )))
+}
+
+/// A Bedrock error answer with its `x-amzn-errortype` header's type
+/// (`ThrottlingException`) put into the body as `__type`, where
+/// [`answer`], which sees only the body, reads it. Other answers, and
+/// other kinds', are as they were.
+pub fn with_error_type(kind: ProviderKind, parts: &http::response::Parts, body: Bytes) -> Bytes {
+    if kind != ProviderKind::Bedrock || parts.status.is_success() {
+        return body;
+    }
+    let Some(kind) = parts
+        .headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(|t| t.split(':').next().unwrap_or(t))
+        .filter(|t| !t.is_empty())
+    else {
+        return body;
+    };
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(mut object)) => {
+            object.insert("__type".into(), Value::String(kind.to_owned()));
+            serde_json::to_vec(&object).map_or(body, Bytes::from)
+        }
+        _ => body,
+    }
 }
 
 /// A whole Bedrock answer in the client's protocol, with its tokens; an
@@ -392,6 +419,42 @@ mod tests {
             );
         }
         assert!(path("p", "/chat/completions", "a").is_err());
+    }
+
+    #[test]
+    fn the_error_type_header_reaches_the_clients_error_code() {
+        let parts = |status: u16, errortype: Option<&str>| {
+            let mut builder = http::Response::builder().status(status);
+            if let Some(t) = errortype {
+                builder = builder.header("x-amzn-errortype", t);
+            }
+            builder.body(()).unwrap().into_parts().0
+        };
+        let body = Bytes::from_static(br#"{"message":"Too many requests"}"#);
+        let typed = with_error_type(
+            ProviderKind::Bedrock,
+            &parts(
+                429,
+                Some("ThrottlingException:http://internal.amazon.com/coral/"),
+            ),
+            body.clone(),
+        );
+        let (status, answer, _) =
+            super::answer(Client::OpenAi, StatusCode::TOO_MANY_REQUESTS, &typed, "m").unwrap();
+        assert_eq!(status, 429);
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["error"]["code"], "ThrottlingException");
+        assert_eq!(answer["error"]["type"], "rate_limit_error");
+        assert_eq!(answer["error"]["message"], "Too many requests");
+        // Successes, other kinds, bodies that are not objects: untouched.
+        for (kind, status, body) in [
+            (ProviderKind::Bedrock, 200, body.clone()),
+            (ProviderKind::OpenAi, 429, body.clone()),
+            (ProviderKind::Bedrock, 429, Bytes::from_static(b"<html>")),
+        ] {
+            let out = with_error_type(kind, &parts(status, Some("X")), body.clone());
+            assert_eq!(out, body);
+        }
     }
 
     #[test]

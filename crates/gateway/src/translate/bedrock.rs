@@ -480,8 +480,15 @@ pub fn bedrock_error_to_openai(status: u16, error_type: Option<&str>, body: &[u8
         .and_then(|v| v.get("message").or_else(|| v.get("Message")))
         .and_then(Value::as_str)
         .map_or_else(|| format!("upstream answered {status}"), str::to_owned);
-    // `x-amzn-errortype` reads `ThrottlingException:http://...`.
+    // `x-amzn-errortype` reads `ThrottlingException:http://...`; the
+    // protocol layer passes it on in the body as `__type`.
     let code = error_type
+        .or_else(|| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get("__type"))
+                .and_then(Value::as_str)
+        })
         .map(|t| t.split(':').next().unwrap_or(t))
         .filter(|t| !t.is_empty());
     let kind = match status {

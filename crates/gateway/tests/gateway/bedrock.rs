@@ -334,14 +334,16 @@ async fn bedrock_serves_chat_and_messages_signed_with_rotating_file_credentials(
     // Bedrock's refusals, in each client's shape with their status: a
     // region the key is not scoped for, a wrong secret (the mock computes
     // the signature again), an unknown model.
-    for (model, status) in [("elsewhere", 403), ("wrong", 403), ("absent", 404)] {
+    for (model, status, code) in [
+        ("elsewhere", 403, "InvalidSignatureException"),
+        ("wrong", 403, "InvalidSignatureException"),
+        ("absent", 404, "ResourceNotFoundException"),
+    ] {
         let answer = call(url, &secret, hello(model)).await;
         assert_eq!(answer.status, status, "{model}: {}", answer.text());
-        assert!(
-            answer.json()["error"]["message"].is_string(),
-            "{}",
-            answer.text()
-        );
+        let error = &answer.json()["error"];
+        assert!(error["message"].is_string(), "{}", answer.text());
+        assert_eq!(error["code"], code, "{}", answer.text());
     }
     let answer = messages("wrong", false).await;
     assert_eq!(answer.status, 403, "{}", answer.text());
@@ -416,6 +418,35 @@ async fn bedrock_serves_chat_and_messages_signed_with_rotating_file_credentials(
     let text = answer.text();
     assert!(text.contains("throttlingException"), "{text}");
     assert!(!text.contains("[DONE]"), "{text}");
+
+    // Throttled: a 429 in each client's shape, rate_limit_error, the
+    // exception's name as the OpenAI code.
+    upstream.set_config(MockConfig {
+        fail_status: Some(429),
+        ..MockConfig::default()
+    });
+    let answer = call(url, &secret, hello("claude")).await;
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert_eq!(
+        answer.json()["error"]["type"],
+        "rate_limit_error",
+        "{}",
+        answer.text()
+    );
+    assert_eq!(
+        answer.json()["error"]["code"],
+        "ThrottlingException",
+        "{}",
+        answer.text()
+    );
+    let answer = messages("claude", false).await;
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert_eq!(
+        answer.json()["error"]["type"],
+        "rate_limit_error",
+        "{}",
+        answer.text()
+    );
 
     // Usage rows with the mock's counts: the first whole answer (4 words
     // of prompt and 10 cached) and the stream (4 and 10 too).
