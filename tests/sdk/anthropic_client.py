@@ -21,6 +21,7 @@ CALLS_TOOLS = {
     "azure": True,
     "gemini": True,
     "vertex": True,
+    "bedrock": True,
     "mock": False,
 }
 

@@ -1,9 +1,11 @@
 //! Real clients through the gateway: every client script of `tests/sdk/`
 //! (`*_client.py`, each driving an official Python SDK) run against a real
-//! `obleth-gateway` process in embedded mode, whose six routes reach one
+//! `obleth-gateway` process in embedded mode, whose seven routes reach one
 //! provider of each kind: `openai`, `anthropic`, `azure` (deployment
-//! `sdk-azure`), `gemini` and `vertex` at the testkit's mock upstream over
-//! loopback HTTP, and the built-in `mock`.
+//! `sdk-azure`), `gemini`, `vertex` and `bedrock` (SigV4-signed with AWS
+//! credentials from a file; an Anthropic model id, so `/v1/messages` goes
+//! to InvokeModel and chat completions to Converse) at the testkit's mock
+//! upstream over loopback HTTP, and the built-in `mock`.
 //!
 //! The SDKs live in the venv `tests/sdk/setup-venv` makes: `scripts/test`
 //! calls it and exports `OBLETH_SDK_PYTHON`; run alone, this test calls it
@@ -19,19 +21,21 @@ use std::time::Duration;
 use obleth_e2e::evidence;
 use obleth_e2e::procs::GatewayProc;
 use obleth_testkit::mock::{
-    AzureMock, GeminiMock, MockConfig, MockUpstream, MockUsage, ANTHROPIC_API_KEY, AZURE_API_KEY,
-    GEMINI_API_KEY, VERTEX_ACCESS_TOKEN,
+    AzureMock, BedrockMock, GeminiMock, MockConfig, MockUpstream, MockUsage, ANTHROPIC_API_KEY,
+    AZURE_API_KEY, BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY, GEMINI_API_KEY,
+    VERTEX_ACCESS_TOKEN,
 };
 use obleth_testkit::proc::{bin, command};
 use secrecy::ExposeSecret as _;
 
 /// The routes, one a provider kind: (kind, the model clients send).
-const ROUTES: [(&str, &str); 6] = [
+const ROUTES: [(&str, &str); 7] = [
     ("openai", "sdk-openai"),
     ("anthropic", "sdk-anthropic"),
     ("azure", "sdk-azure"),
     ("gemini", "sdk-gemini"),
     ("vertex", "sdk-vertex"),
+    ("bedrock", "anthropic.sdk-bedrock-v1:0"),
     ("mock", "sdk-mock"),
 ];
 
@@ -111,6 +115,11 @@ fn settings(dir: &Path, base_url: &str, public_id: &str, secret_sha256: &str) ->
     std::fs::write(credentials.join("azure"), AZURE_API_KEY).unwrap();
     std::fs::write(credentials.join("gemini"), GEMINI_API_KEY).unwrap();
     std::fs::write(credentials.join("vertex"), VERTEX_ACCESS_TOKEN).unwrap();
+    std::fs::write(
+        credentials.join("bedrock"),
+        format!("[default]\naws_access_key_id = {BEDROCK_ACCESS_KEY_ID}\naws_secret_access_key = {BEDROCK_SECRET_ACCESS_KEY}\n"),
+    )
+    .unwrap();
     let root = base_url.trim_end_matches("/v1");
     let mut text = format!(
         "[egress]\ncredential_dirs = [{credentials:?}]\nallow_private_networks = true\n\n\
@@ -124,11 +133,15 @@ fn settings(dir: &Path, base_url: &str, public_id: &str, secret_sha256: &str) ->
          [[providers]]\nname = \"vertex\"\nkind = \"vertex\"\nbase_url = {base_url:?}\n\
          credential = \"file:{}\"\ntimeout_ms = 30000\n\
          options = {{ project = \"mock-project\", location = \"us-central1\" }}\n\n\
+         [[providers]]\nname = \"bedrock\"\nkind = \"bedrock\"\nbase_url = {root:?}\n\
+         credential = \"file:{}\"\ntimeout_ms = 30000\n\
+         options = {{ region = \"us-east-1\" }}\n\n\
          [[providers]]\nname = \"mock\"\nkind = \"mock\"\nmock = {{ tokens = 12 }}\n\n",
         credentials.join("anthropic").display(),
         credentials.join("azure").display(),
         credentials.join("gemini").display(),
-        credentials.join("vertex").display()
+        credentials.join("vertex").display(),
+        credentials.join("bedrock").display()
     );
     for (kind, model) in ROUTES {
         text.push_str(&format!(
@@ -155,6 +168,10 @@ async fn official_sdks_through_the_gateway_to_every_provider_kind() {
         gemini: GeminiMock {
             models: vec!["sdk-gemini".to_owned(), "sdk-vertex".to_owned()],
             ..GeminiMock::default()
+        },
+        bedrock: BedrockMock {
+            models: vec!["anthropic.sdk-bedrock-v1:0".to_owned()],
+            ..BedrockMock::default()
         },
         ..MockConfig::default()
     })

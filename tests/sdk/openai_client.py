@@ -23,6 +23,7 @@ CALLS_TOOLS = {
     "azure": True,
     "gemini": True,
     "vertex": True,
+    "bedrock": True,
     "mock": False,
 }
 
@@ -155,6 +156,7 @@ SERVES_RESPONSES = {
     "azure": True,
     "gemini": False,
     "vertex": False,
+    "bedrock": False,
     "mock": False,
 }
 

@@ -156,6 +156,7 @@ string_enum!(
         Azure => "azure",
         Gemini => "gemini",
         Vertex => "vertex",
+        Bedrock => "bedrock",
     }
 );
 
@@ -171,7 +172,8 @@ impl ProviderKind {
             ProviderKind::Anthropic
             | ProviderKind::Azure
             | ProviderKind::Gemini
-            | ProviderKind::Vertex => "0.3.0",
+            | ProviderKind::Vertex
+            | ProviderKind::Bedrock => "0.3.0",
         }
     }
 
@@ -326,6 +328,23 @@ pub struct ProviderOptions {
     /// `vertex` provider calls (required for that kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// The AWS region (`us-east-1`, `eu-central-1`) a `bedrock` provider
+    /// calls and signs its requests for (required for that kind, refused
+    /// for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// An AWS region name such as `us-east-1` or `us-gov-west-1`: 1 to 32
+/// lowercase letters, digits and `-`, starting with a letter; it goes into
+/// a host name and the SigV4 credential scope as it is.
+pub fn is_aws_region(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A Google Cloud project id or Vertex AI location: 1 to 63 lowercase
@@ -493,6 +512,22 @@ impl ProviderOptions {
                 }
                 _ => {}
             }
+        }
+        match &self.region {
+            Some(_) if kind != ProviderKind::Bedrock => {
+                return refuse("region".into(), format!("does not apply to kind {kind}"));
+            }
+            None if kind == ProviderKind::Bedrock => {
+                return refuse("region".into(), "is required for kind bedrock".into());
+            }
+            Some(region) if !is_aws_region(region) => {
+                return refuse(
+                    "region".into(),
+                    "must be an AWS region such as `us-east-1` (lowercase letters, digits and `-`)"
+                        .into(),
+                );
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -850,6 +885,7 @@ mod tests {
             (ProviderKind::Azure, "azure"),
             (ProviderKind::Gemini, "gemini"),
             (ProviderKind::Vertex, "vertex"),
+            (ProviderKind::Bedrock, "bedrock"),
         ] {
             assert_eq!(kind.as_str(), text);
             assert_eq!(text.parse::<ProviderKind>(), Ok(kind));
@@ -890,5 +926,38 @@ mod tests {
         let json = serde_json::to_string(&k).unwrap();
         assert!(json.contains(&hex::encode(&k.secret_hash)), "{json}");
         assert_eq!(serde_json::from_str::<ApiKey>(&json).unwrap(), k);
+    }
+
+    #[test]
+    fn a_bedrock_provider_needs_an_aws_region_that_no_other_kind_takes() {
+        let egress = crate::EgressSettings::default();
+        let url = "https://bedrock-runtime.us-east-1.amazonaws.com";
+        let with = |region: Option<&str>| ProviderOptions {
+            region: region.map(str::to_owned),
+            ..ProviderOptions::default()
+        };
+        assert!(with(Some("us-east-1"))
+            .check(ProviderKind::Bedrock, url, false, &egress)
+            .is_ok());
+        assert!(with(Some("us-gov-west-1"))
+            .check(ProviderKind::Bedrock, url, true, &egress)
+            .is_ok());
+        for (kind, region, message) in [
+            (ProviderKind::Bedrock, None, "is required for kind bedrock"),
+            (ProviderKind::Bedrock, Some("US-EAST-1"), "AWS region"),
+            (ProviderKind::Bedrock, Some("us-east-1/x"), "AWS region"),
+            (ProviderKind::Bedrock, Some("1us"), "AWS region"),
+            (ProviderKind::Bedrock, Some("us-east-"), "AWS region"),
+            (ProviderKind::Bedrock, Some(""), "AWS region"),
+            (
+                ProviderKind::OpenAi,
+                Some("us-east-1"),
+                "does not apply to kind openai",
+            ),
+        ] {
+            let e = with(region).check(kind, url, false, &egress).unwrap_err();
+            assert_eq!(e.field, "region", "{region:?}");
+            assert!(e.message.contains(message), "{region:?}: {}", e.message);
+        }
     }
 }

@@ -113,6 +113,12 @@ pub enum Authorization {
     AzureKey(HeaderValue),
     /// `x-goog-api-key: <credential>` (Google AI Studio's Gemini API).
     GoogApiKey(HeaderValue),
+    /// AWS credentials a `bedrock` provider signs its requests with
+    /// (SigV4, [`crate::aws::sign`]).
+    Aws(Arc<crate::aws::AwsKeys>),
+    /// A `bedrock` provider's credential is not AWS credentials: every
+    /// call fails, naming why.
+    AwsUnusable(crate::aws::KeysError),
     /// The credential has characters a header cannot carry: every call fails.
     Invalid,
 }
@@ -337,6 +343,12 @@ impl ProviderRuntime {
     ) -> Authorization {
         match credential {
             None => Authorization::None,
+            Some(c) if kind == ProviderKind::Bedrock => {
+                match crate::aws::AwsKeys::parse(c.expose_secret()) {
+                    Ok(keys) => Authorization::Aws(Arc::new(keys)),
+                    Err(e) => Authorization::AwsUnusable(e),
+                }
+            }
             Some(c) => {
                 let (value, wrap): (String, fn(HeaderValue) -> Authorization) = match kind {
                     ProviderKind::Anthropic => {
@@ -351,7 +363,8 @@ impl ProviderRuntime {
                     ProviderKind::OpenAi
                     | ProviderKind::Mock
                     | ProviderKind::Azure
-                    | ProviderKind::Vertex => (
+                    | ProviderKind::Vertex
+                    | ProviderKind::Bedrock => (
                         format!("Bearer {}", c.expose_secret()),
                         Authorization::Bearer,
                     ),

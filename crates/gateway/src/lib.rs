@@ -5,6 +5,7 @@
 pub mod answer;
 pub mod app;
 pub mod auth;
+pub mod aws;
 pub mod catalog;
 pub mod connection;
 pub mod embedded;

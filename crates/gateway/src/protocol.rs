@@ -22,6 +22,10 @@ use std::borrow::Cow;
 use obleth_config::model::{ProviderKind, ProviderOptions};
 use serde_json::Value;
 
+mod bedrock;
+
+pub use bedrock::{with_error_type, CONVERSE, CONVERSE_STREAM, INVOKE, INVOKE_STREAM};
+
 use crate::error::ApiError;
 use crate::relay::Tokens;
 use crate::translate::anthropic::{
@@ -87,6 +91,9 @@ pub fn upstream_request(
         }
         (Client::Anthropic, ProviderKind::Gemini | ProviderKind::Vertex) => {
             Some(gemini_messages_request(body, model))
+        }
+        (client, ProviderKind::Bedrock) => {
+            Some(bedrock::request(client, provider, path, body, model))
         }
     }
 }
@@ -154,6 +161,7 @@ pub fn provider_path<'p>(
 ) -> Result<Cow<'p, str>, ApiError> {
     match kind {
         ProviderKind::Azure => {}
+        ProviderKind::Bedrock => return bedrock::path(provider, path, model),
         ProviderKind::Gemini | ProviderKind::Vertex => {
             if !matches!(path, GEMINI_GENERATE | GEMINI_STREAM) {
                 return Err(ApiError::BadRequest(format!(
@@ -293,6 +301,9 @@ pub fn client_answer(
     if matches!(kind, ProviderKind::Gemini | ProviderKind::Vertex) {
         return gemini_answer(client, status, &answer, public_model);
     }
+    if kind == ProviderKind::Bedrock {
+        return bedrock::answer(client, status, &answer, public_model);
+    }
     if !status.is_success() {
         if !anthropic_upstream {
             return Ok((status, answer, None));
@@ -410,6 +421,9 @@ pub fn client_stream(
                 },
             ),
         };
+    }
+    if kind == ProviderKind::Bedrock {
+        return bedrock::stream(client, upstream, public_model);
     }
     let anthropic_upstream = kind == ProviderKind::Anthropic;
     match (client, anthropic_upstream) {

@@ -472,6 +472,7 @@ async fn forward(
                     Ok(Ok(bytes)) => bytes,
                     _ => Bytes::new(),
                 };
+                let bytes = protocol::with_error_type(provider.kind, &parts, bytes);
                 rate_limited = Some((parts, bytes, provider.kind));
                 continue;
             }
@@ -521,7 +522,17 @@ async fn forward(
             .idle_timeout_ms
             .map(|ms| Duration::from_millis(u64::from(ms)));
         completion.provider = Some(provider.name.clone());
-        if stream && is_sse(&parts.headers) {
+        // Bedrock streams in AWS's event-stream framing; the client gets
+        // server-sent events translated from it.
+        let event_stream =
+            provider.kind == ProviderKind::Bedrock && is_event_stream(&parts.headers);
+        if event_stream {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+        }
+        if stream && (event_stream || is_sse(&parts.headers)) {
             let upstream_body = timeouts::idle(upstream_body, idle.unwrap_or(STREAM_IDLE));
             let upstream_body =
                 protocol::client_stream(client, provider.kind, upstream_body, &model);
@@ -568,6 +579,7 @@ async fn forward(
                 continue;
             }
         };
+        let bytes = protocol::with_error_type(provider.kind, &parts, bytes);
         let (status, bytes, reported) =
             match protocol::client_answer(client, provider.kind, parts.status, bytes, &model) {
                 Ok(answer) => answer,
@@ -631,6 +643,13 @@ fn is_json(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|v| {
         let v = v.as_bytes().trim_ascii_start();
         v.len() >= JSON.len() && v[..JSON.len()].eq_ignore_ascii_case(JSON)
+    })
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .starts_with(crate::aws::frames::EVENT_STREAM.as_bytes())
     })
 }
 

@@ -178,6 +178,12 @@ impl Upstream {
                     reason,
                 })?;
         }
+        if provider.kind == ProviderKind::Bedrock {
+            let request = self
+                .bedrock_request(provider, credential, &url, body)
+                .await?;
+            return self.exchange(provider, client, request, timeout).await;
+        }
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(&url)
@@ -210,6 +216,8 @@ impl Upstream {
                         .to_owned(),
                 })
             }
+            // Only `bedrock` providers hold AWS credentials (above).
+            Authorization::Aws(_) | Authorization::AwsUnusable(_) => {}
         }
         let request = builder
             .body(Full::new(body))
@@ -217,6 +225,84 @@ impl Upstream {
                 provider: provider.name.clone(),
                 message: format!("invalid upstream request for {url}: {e}"),
             })?;
+        self.exchange(provider, client, request, timeout).await
+    }
+
+    /// A `bedrock` provider's request to `url`, signed with SigV4 for its
+    /// region: with its `credential_ref`'s AWS credentials, else the
+    /// environment's or web identity's ([`crate::aws::sts::ambient`]).
+    async fn bedrock_request(
+        &self,
+        provider: &ProviderRuntime,
+        credential: &Authorization,
+        url: &str,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        let failed = |message: String| UpstreamError::Other {
+            provider: provider.name.clone(),
+            message,
+        };
+        let Some(region) = provider.options.region.as_deref() else {
+            return Err(failed("kind bedrock needs options.region".to_owned()));
+        };
+        let keys = match credential {
+            Authorization::Aws(keys) => Arc::clone(keys),
+            Authorization::AwsUnusable(e) => {
+                return Err(failed(format!(
+                    "the credential is not AWS credentials: {e}"
+                )))
+            }
+            _ => Arc::new(
+                crate::aws::sts::ambient(&self.client, &self.egress, region)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?,
+            ),
+        };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| failed(format!("invalid upstream URL {url}: {e}")))?;
+        let host = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .ok_or_else(|| failed(format!("upstream URL {url} names no host")))?;
+        let accept = if url.ends_with("-stream") {
+            crate::aws::frames::EVENT_STREAM
+        } else {
+            "application/json"
+        };
+        let signed = crate::aws::sign::signature_headers(
+            &keys,
+            region,
+            "POST",
+            url,
+            &[("content-type", "application/json"), ("host", &host)],
+            &body,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::HOST, &host)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, accept);
+        for (name, value) in signed {
+            builder = builder.header(name, value);
+        }
+        builder
+            .body(Full::new(body))
+            .map_err(|e| failed(format!("invalid upstream request for {url}: {e}")))
+    }
+
+    /// Sends `request` with `client` and waits for the response headers at
+    /// most `timeout`.
+    async fn exchange(
+        &self,
+        provider: &ProviderRuntime,
+        client: &UpClient,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response<UpBody>, UpstreamError> {
         match tokio::time::timeout(timeout, client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 provider: provider.name.clone(),

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use obleth_config::db::catalog::{self, CatalogError, NewProvider, ProviderUpdate};
 use obleth_config::egress::{url_host, CredentialRef};
-use obleth_config::model::{Provider, ProviderKind, ProviderOptions, OPTIONS_SINCE};
+use obleth_config::model::{is_aws_region, Provider, ProviderKind, ProviderOptions, OPTIONS_SINCE};
 use obleth_config::EgressSettings;
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -56,6 +56,13 @@ pub enum Kind {
     /// `options.project` and `options.location` are required.
     #[serde(rename = "vertex")]
     Vertex,
+    /// Amazon Bedrock's runtime (`base_url` by default
+    /// `https://bedrock-runtime.{region}.amazonaws.com`), requests signed
+    /// with SigV4 for `options.region` (required); the gateway translates
+    /// chat completions to and from Converse, and sends Anthropic models'
+    /// `/v1/messages` natively (InvokeModel).
+    #[serde(rename = "bedrock")]
+    Bedrock,
 }
 
 impl From<Kind> for ProviderKind {
@@ -67,6 +74,7 @@ impl From<Kind> for ProviderKind {
             Kind::Azure => ProviderKind::Azure,
             Kind::Gemini => ProviderKind::Gemini,
             Kind::Vertex => ProviderKind::Vertex,
+            Kind::Bedrock => ProviderKind::Bedrock,
         }
     }
 }
@@ -80,6 +88,7 @@ impl From<ProviderKind> for Kind {
             ProviderKind::Azure => Kind::Azure,
             ProviderKind::Gemini => Kind::Gemini,
             ProviderKind::Vertex => Kind::Vertex,
+            ProviderKind::Bedrock => Kind::Bedrock,
         }
     }
 }
@@ -224,16 +233,24 @@ fn check_patch(patch: &serde_json::Map<String, serde_json::Value>) -> Result<(),
 fn check_base_url(egress: &EgressSettings, kind: Kind, url: &str) -> Result<(), AdminError> {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
     let scheme_ok = match kind {
-        Kind::OpenAi | Kind::Anthropic | Kind::Azure | Kind::Gemini | Kind::Vertex => {
+        Kind::OpenAi
+        | Kind::Anthropic
+        | Kind::Azure
+        | Kind::Gemini
+        | Kind::Vertex
+        | Kind::Bedrock => {
             matches!(scheme, "http" | "https")
         }
         Kind::Mock => matches!(scheme, "http" | "https" | "mock"),
     };
     if !scheme_ok {
         let allowed = match kind {
-            Kind::OpenAi | Kind::Anthropic | Kind::Azure | Kind::Gemini | Kind::Vertex => {
-                "http:// or https://"
-            }
+            Kind::OpenAi
+            | Kind::Anthropic
+            | Kind::Azure
+            | Kind::Gemini
+            | Kind::Vertex
+            | Kind::Bedrock => "http:// or https://",
             Kind::Mock => "http://, https:// or mock://",
         };
         return Err(AdminError::validation(
@@ -339,6 +356,14 @@ pub async fn create_provider(
     let base_url = match (body.kind, body.base_url) {
         (_, Some(url)) => url,
         (Kind::Mock, None) => "mock://".to_owned(),
+        // Bedrock's runtime endpoint is the region's; without a valid
+        // region the options' check below names `options.region`.
+        (Kind::Bedrock, None) => match body.options.region.as_deref() {
+            Some(region) if is_aws_region(region) => {
+                format!("https://bedrock-runtime.{region}.amazonaws.com")
+            }
+            _ => "https://bedrock-runtime.amazonaws.com".to_owned(),
+        },
         (
             kind @ (Kind::OpenAi | Kind::Anthropic | Kind::Azure | Kind::Gemini | Kind::Vertex),
             None,

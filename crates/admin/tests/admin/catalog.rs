@@ -651,3 +651,90 @@ async fn gemini_and_vertex_providers_are_checked_with_their_options() {
     assert_eq!(created.json()["kind"], "gemini");
     admin.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn bedrock_providers_need_a_region_and_default_their_base_url() {
+    let (admin, _db, _pool) = TestAdmin::on_fresh_database().await;
+    let bedrock = |options: Value| {
+        json!({"name": "bd", "kind": "bedrock",
+               "credential_ref": "env:OBLETH_CREDENTIAL_BEDROCK", "options": options})
+    };
+    for (body, field, message) in [
+        (
+            bedrock(json!({})),
+            "options.region",
+            "required for kind bedrock",
+        ),
+        (
+            bedrock(json!({"region": "US-EAST-1"})),
+            "options.region",
+            "AWS region",
+        ),
+        (
+            bedrock(json!({"region": "us-east-1.evil.example"})),
+            "options.region",
+            "AWS region",
+        ),
+        (
+            bedrock(json!({"region": ""})),
+            "options.region",
+            "AWS region",
+        ),
+        (
+            bedrock(json!({"region": "us-east-1", "project": "p"})),
+            "options.project",
+            "does not apply to kind bedrock",
+        ),
+        (
+            json!({"name": "o", "kind": "openai", "base_url": "https://api.example.com/v1",
+                   "options": {"region": "us-east-1"}}),
+            "options.region",
+            "does not apply to kind openai",
+        ),
+        (
+            json!({"name": "bd", "kind": "bedrock", "base_url": "ftp://bedrock.example",
+                   "options": {"region": "us-east-1"}}),
+            "base_url",
+            "http:// or https://",
+        ),
+    ] {
+        let refused = admin
+            .call(Method::POST, "/api/v1/providers", body.clone())
+            .await;
+        assert_eq!(refused.status, 422, "{body}: {}", refused.text());
+        let answer = refused.json();
+        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(message),
+            "{body}: {answer}"
+        );
+    }
+    let created = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            bedrock(json!({"region": "eu-central-1"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["kind"], "bedrock");
+    assert_eq!(
+        created.json()["base_url"],
+        "https://bedrock-runtime.eu-central-1.amazonaws.com"
+    );
+    assert_eq!(created.json()["options"], json!({"region": "eu-central-1"}));
+    // The base URL can point elsewhere (a VPC endpoint, a test double).
+    let mut own = bedrock(json!({"region": "us-east-1"}));
+    own["name"] = json!("bd-vpc");
+    own["base_url"] = json!("https://vpce-0abc.bedrock-runtime.us-east-1.vpce.amazonaws.com");
+    let created = admin.call(Method::POST, "/api/v1/providers", own).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(
+        created.json()["base_url"],
+        "https://vpce-0abc.bedrock-runtime.us-east-1.vpce.amazonaws.com"
+    );
+    admin.stop().await.unwrap();
+}

@@ -9,6 +9,7 @@
 //! names come in as arguments.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 
 use serde_json::Value;

@@ -5,6 +5,7 @@
 
 mod anthropic;
 mod azure;
+mod bedrock;
 mod connections;
 mod database;
 mod egress;

@@ -52,6 +52,8 @@ pub struct MockConfig {
     /// The keys, token, project and models of the Gemini and Vertex AI
     /// endpoints.
     pub gemini: super::GeminiMock,
+    /// The region, credentials, models and STS of the Bedrock endpoints.
+    pub bedrock: super::BedrockMock,
 }
 
 /// When the mock reports token usage in completions.
@@ -83,6 +85,7 @@ impl Default for MockConfig {
             anthropic: AnthropicMock::default(),
             azure: super::AzureMock::default(),
             gemini: super::GeminiMock::default(),
+            bedrock: super::BedrockMock::default(),
         }
     }
 }

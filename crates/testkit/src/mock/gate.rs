@@ -31,6 +31,7 @@ pub(crate) async fn gate(
         && !path.starts_with("/v1/")
         && !path.starts_with("/openai/")
         && !path.starts_with("/v1beta/")
+        && !path.starts_with("/model/")
     {
         return next.run(request).await;
     }
@@ -38,8 +39,12 @@ pub(crate) async fn gate(
     let anthropic = path == "/v1/messages";
     // Gemini's and Vertex AI's answer theirs in Google's.
     let google = path.starts_with("/v1beta/") || path.starts_with("/v1/projects/");
+    // Bedrock's in its own (`{"message"}` and `x-amzn-errortype`).
+    let bedrock = path.starts_with("/model/");
     let refuse = |status: StatusCode, message: &str| {
-        if anthropic {
+        if bedrock {
+            super::aws::error(status, "ValidationException", message)
+        } else if anthropic {
             super::anthropic::error(status, message)
         } else if google {
             super::gemini::error(status, message)
@@ -68,7 +73,9 @@ pub(crate) async fn gate(
         .fail_status
         .or_else(|| shared.injected_failure(&config, seq));
     if let Some(status) = failure {
-        let mut response = if anthropic {
+        let mut response = if bedrock {
+            super::aws::injected(status)
+        } else if anthropic {
             super::anthropic::injected(status)
         } else if google {
             super::gemini::injected(status)

@@ -19,7 +19,9 @@
 //! through a gateway that does not forward those headers.
 
 mod anthropic;
+mod aws;
 mod azure;
+mod bedrock;
 mod config;
 mod embed;
 mod gate;
@@ -34,6 +36,11 @@ mod wire;
 
 pub use anthropic::{AnthropicMock, ANTHROPIC_API_KEY, TOOL_TRIGGER};
 pub use azure::{AzureMock, AZURE_API_KEY, AZURE_API_VERSIONS};
+pub use bedrock::{
+    AwsKey, BedrockMock, BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY,
+    BEDROCK_SESSION_ACCESS_KEY_ID, BEDROCK_SESSION_SECRET_ACCESS_KEY, BEDROCK_SESSION_TOKEN,
+    STS_ACCESS_KEY_ID, WEB_IDENTITY_ROLE_ARN, WEB_IDENTITY_TOKEN,
+};
 pub use config::{
     MockConfig, MockUsage, FAIL_STATUS_HEADER, LATENCY_HEADER, TOKENS_HEADER, TOKEN_DELAY_HEADER,
 };

@@ -17,7 +17,7 @@ use super::config::MockConfig;
 use super::gate::{gate, MAX_BODY};
 use super::handlers;
 use super::state::{RecordedRequest, Shared};
-use super::{anthropic, azure, gemini};
+use super::{anthropic, aws, azure, bedrock, gemini};
 
 /// How long [`MockUpstream::shutdown`] waits for open requests before it
 /// drops them.
@@ -101,6 +101,18 @@ impl MockUpstream {
         self.shared.requests()
     }
 
+    /// The mock's root URL, such as `http://127.0.0.1:PORT`: Bedrock's
+    /// endpoints are under `/model/`, STS is `/sts`.
+    pub fn root_url(&self) -> String {
+        self.base_url().trim_end_matches("/v1").to_owned()
+    }
+
+    /// How many STS `AssumeRoleWithWebIdentity` calls it answered (not
+    /// counted in [`MockUpstream::requests`]).
+    pub fn sts_calls(&self) -> u64 {
+        self.shared.sts_calls()
+    }
+
     /// The most recent request under `/v1`.
     pub fn last_request(&self) -> Option<RecordedRequest> {
         self.shared.last_request()
@@ -168,6 +180,11 @@ fn router(shared: Arc<Shared>) -> Router {
             "/v1/projects/{project}/locations/{location}/publishers/google/models/{call}",
             post(gemini::vertex).with_state(Arc::clone(&shared)),
         )
+        .route(
+            "/model/{model}/{operation}",
+            post(bedrock::model).with_state(Arc::clone(&shared)),
+        )
+        .route("/sts/", post(aws::sts).with_state(Arc::clone(&shared)))
         .route("/v1/models", get(handlers::models))
         .route("/health", get(handlers::health))
         .fallback(handlers::not_found)

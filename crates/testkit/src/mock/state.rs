@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     requests: AtomicU64,
     in_flight: AtomicU64,
     last: Mutex<Option<Raw>>,
+    /// STS exchanges answered.
+    sts_calls: AtomicU64,
 }
 
 impl Shared {
@@ -57,6 +59,7 @@ impl Shared {
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             last: Mutex::new(None),
+            sts_calls: AtomicU64::new(0),
         }
     }
 
@@ -77,6 +80,15 @@ impl Shared {
     /// Counts a request and returns its sequence number, from 0.
     pub fn arrive(&self) -> u64 {
         self.requests.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Counts an STS exchange.
+    pub fn count_sts(&self) {
+        self.sts_calls.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn sts_calls(&self) -> u64 {
+        self.sts_calls.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> u64 {

@@ -3,6 +3,7 @@
 
 mod anthropic;
 mod azure;
+mod bedrock;
 mod gemini;
 
 use std::time::{Duration, Instant};

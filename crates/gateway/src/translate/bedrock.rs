@@ -1,0 +1,685 @@
+//! OpenAI chat completions to and from Amazon Bedrock's Converse API: the
+//! request (`/model/{id}/converse` and `/converse-stream` share it), the
+//! whole answer, the streamed answer (ConverseStream's events, already
+//! taken out of their event-stream frames: an event type and its JSON
+//! payload) and error bodies (`{"message": ...}`).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Map, Value};
+
+use super::{count, TranslateError, Usage};
+
+/// An OpenAI chat completion request as a Converse body. `system` and
+/// `developer` messages become `system`; user and tool messages are `user`
+/// turns, assistant ones `assistant` turns (adjacent turns of one role are
+/// merged, as Converse wants them alternating); tool calls and their
+/// results become `toolUse` and `toolResult` blocks.
+pub fn chat_request_to_converse(body: &Value) -> Result<Value, TranslateError> {
+    let Some(body) = body.as_object() else {
+        return Err(TranslateError::invalid("", "expected a JSON object"));
+    };
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return Err(TranslateError::invalid("messages", "expected an array"));
+    };
+    if let Some(n) = body.get("n").filter(|n| !n.is_null()) {
+        if n.as_u64() != Some(1) {
+            return Err(TranslateError::unsupported("n", "only one choice"));
+        }
+    }
+    let mut system: Vec<Value> = Vec::new();
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+        let (role, blocks) = match role {
+            "system" | "developer" => {
+                let text = joined_text(message.get("content"), &format!("{at}.content"))?;
+                system.push(json!({"text": text}));
+                continue;
+            }
+            "user" => ("user", user_blocks(message.get("content"), &at)?),
+            "assistant" => ("assistant", assistant_blocks(message, &at)?),
+            "tool" => {
+                let Some(id) = message.get("tool_call_id").and_then(Value::as_str) else {
+                    return Err(TranslateError::invalid(
+                        format!("{at}.tool_call_id"),
+                        "expected a string",
+                    ));
+                };
+                let text = joined_text(message.get("content"), &format!("{at}.content"))?;
+                let content = match serde_json::from_str::<Value>(&text) {
+                    Ok(value @ Value::Object(_)) => json!({"json": value}),
+                    _ => json!({"text": text}),
+                };
+                (
+                    "user",
+                    vec![json!({"toolResult": {"toolUseId": id, "content": [content]}})],
+                )
+            }
+            _ => {
+                return Err(TranslateError::invalid(
+                    format!("{at}.role"),
+                    "expected system, developer, user, assistant or tool",
+                ))
+            }
+        };
+        match turns.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    if turns.is_empty() {
+        return Err(TranslateError::invalid(
+            "messages",
+            "needs a user, assistant or tool message",
+        ));
+    }
+    let mut out = Map::new();
+    out.insert(
+        "messages".into(),
+        Value::Array(
+            turns
+                .into_iter()
+                .map(|(role, content)| json!({"role": role, "content": content}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    let config = inference_config(body)?;
+    if !config.is_empty() {
+        out.insert("inferenceConfig".into(), Value::Object(config));
+    }
+    if let Some(tools) = tool_config(body)? {
+        out.insert("toolConfig".into(), tools);
+    }
+    Ok(Value::Object(out))
+}
+
+/// `max_tokens` (or `max_completion_tokens`), `temperature`, `top_p` and
+/// `stop` as Converse's `inferenceConfig`.
+fn inference_config(body: &Map<String, Value>) -> Result<Map<String, Value>, TranslateError> {
+    let mut config = Map::new();
+    let present = |name: &str| body.get(name).filter(|v| !v.is_null());
+    if let Some(v) = present("max_completion_tokens").or_else(|| present("max_tokens")) {
+        let Some(n) = v.as_u64().filter(|n| *n >= 1) else {
+            return Err(TranslateError::invalid(
+                "max_tokens",
+                "expected a positive integer",
+            ));
+        };
+        config.insert("maxTokens".into(), json!(n));
+    }
+    for (name, converse) in [("temperature", "temperature"), ("top_p", "topP")] {
+        if let Some(v) = present(name) {
+            let Some(x) = v.as_f64() else {
+                return Err(TranslateError::invalid(name, "expected a number"));
+            };
+            config.insert(converse.into(), json!(x));
+        }
+    }
+    match present("stop") {
+        None => {}
+        Some(Value::String(s)) => {
+            config.insert("stopSequences".into(), json!([s]));
+        }
+        Some(Value::Array(items)) => {
+            let mut stops = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let Some(s) = item.as_str() else {
+                    return Err(TranslateError::invalid(
+                        format!("stop[{i}]"),
+                        "expected a string",
+                    ));
+                };
+                stops.push(json!(s));
+            }
+            config.insert("stopSequences".into(), Value::Array(stops));
+        }
+        Some(_) => {
+            return Err(TranslateError::invalid(
+                "stop",
+                "expected a string or an array of strings",
+            ))
+        }
+    }
+    Ok(config)
+}
+
+/// `tools` and `tool_choice` as Converse's `toolConfig`; `None` without
+/// tools.
+fn tool_config(body: &Map<String, Value>) -> Result<Option<Value>, TranslateError> {
+    let tools = match body.get("tools") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(tools)) if tools.is_empty() => return Ok(None),
+        Some(Value::Array(tools)) => tools,
+        Some(_) => return Err(TranslateError::invalid("tools", "expected an array")),
+    };
+    let mut specs = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        let at = format!("tools[{i}]");
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(TranslateError::unsupported(
+                format!("{at}.type"),
+                "only function tools",
+            ));
+        }
+        let function = tool.get("function");
+        let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
+            return Err(TranslateError::invalid(
+                format!("{at}.function.name"),
+                "expected a string",
+            ));
+        };
+        let schema = function
+            .and_then(|f| f.get("parameters"))
+            .filter(|p| !p.is_null())
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        let mut spec = json!({"name": name, "inputSchema": {"json": schema}});
+        if let Some(description) = function
+            .and_then(|f| f.get("description"))
+            .and_then(Value::as_str)
+        {
+            spec["description"] = json!(description);
+        }
+        specs.push(json!({"toolSpec": spec}));
+    }
+    let mut config = json!({"tools": specs});
+    match body.get("tool_choice") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "auto" => config["toolChoice"] = json!({"auto": {}}),
+        Some(Value::String(s)) if s == "required" => config["toolChoice"] = json!({"any": {}}),
+        Some(Value::String(s)) if s == "none" => {
+            return Err(TranslateError::unsupported(
+                "tool_choice",
+                "Bedrock's Converse has no `none`; send no tools instead",
+            ))
+        }
+        Some(choice) => {
+            let name = choice
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str);
+            match (choice.get("type").and_then(Value::as_str), name) {
+                (Some("function"), Some(name)) => {
+                    config["toolChoice"] = json!({"tool": {"name": name}});
+                }
+                _ => {
+                    return Err(TranslateError::invalid(
+                        "tool_choice",
+                        "expected auto, required, none or a function",
+                    ))
+                }
+            }
+        }
+    }
+    Ok(Some(config))
+}
+
+/// Text content (a string or an array of text parts) as one string.
+fn joined_text(content: Option<&Value>, field: &str) -> Result<String, TranslateError> {
+    match content {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (i, part) in parts.iter().enumerate() {
+                match (
+                    part.get("type").and_then(Value::as_str),
+                    part.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    _ => {
+                        return Err(TranslateError::unsupported(
+                            format!("{field}[{i}]"),
+                            "only text parts here",
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(TranslateError::invalid(
+            field,
+            "expected a string or an array of parts",
+        )),
+    }
+}
+
+/// A user message's content as Converse blocks: text, and images given as
+/// base64 `data:` URLs.
+fn user_blocks(content: Option<&Value>, at: &str) -> Result<Vec<Value>, TranslateError> {
+    let field = format!("{at}.content");
+    let Some(Value::Array(parts)) = content else {
+        return Ok(vec![json!({"text": joined_text(content, &field)?})]);
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let here = format!("{field}[{i}]");
+        match part.get("type").and_then(Value::as_str) {
+            Some("text") => match part.get("text").and_then(Value::as_str) {
+                Some(t) => out.push(json!({"text": t})),
+                None => {
+                    return Err(TranslateError::invalid(
+                        format!("{here}.text"),
+                        "expected a string",
+                    ))
+                }
+            },
+            Some("image_url") => {
+                let url = part
+                    .get("image_url")
+                    .and_then(|u| u.get("url"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let Some((mime, data)) = url
+                    .strip_prefix("data:")
+                    .and_then(|rest| rest.split_once(";base64,"))
+                else {
+                    return Err(TranslateError::unsupported(
+                        format!("{here}.image_url.url"),
+                        "only base64 data: URLs",
+                    ));
+                };
+                let format = match mime {
+                    "image/png" => "png",
+                    "image/jpeg" | "image/jpg" => "jpeg",
+                    "image/gif" => "gif",
+                    "image/webp" => "webp",
+                    _ => {
+                        return Err(TranslateError::unsupported(
+                            format!("{here}.image_url.url"),
+                            "only png, jpeg, gif and webp images",
+                        ))
+                    }
+                };
+                out.push(json!({"image": {"format": format, "source": {"bytes": data}}}));
+            }
+            _ => {
+                return Err(TranslateError::unsupported(
+                    here,
+                    "only text and image_url parts",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An assistant message's text and tool calls as Converse blocks.
+fn assistant_blocks(message: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
+    let mut blocks = match message.get("content") {
+        None | Some(Value::Null) => Vec::new(),
+        content => {
+            let text = joined_text(content, &format!("{at}.content"))?;
+            if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![json!({"text": text})]
+            }
+        }
+    };
+    if let Some(calls) = message.get("tool_calls").filter(|c| !c.is_null()) {
+        let Some(calls) = calls.as_array() else {
+            return Err(TranslateError::invalid(
+                format!("{at}.tool_calls"),
+                "expected an array",
+            ));
+        };
+        for (j, call) in calls.iter().enumerate() {
+            let field = format!("{at}.tool_calls[{j}]");
+            let Some(id) = call.get("id").and_then(Value::as_str) else {
+                return Err(TranslateError::invalid(
+                    format!("{field}.id"),
+                    "expected a string",
+                ));
+            };
+            let function = call.get("function");
+            let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
+                return Err(TranslateError::invalid(
+                    format!("{field}.function.name"),
+                    "expected a string",
+                ));
+            };
+            let arguments = function
+                .and_then(|f| f.get("arguments"))
+                .and_then(Value::as_str)
+                .unwrap_or("{}");
+            let input: Value = if arguments.trim().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_str(arguments).map_err(|_| {
+                    TranslateError::invalid(
+                        format!("{field}.function.arguments"),
+                        "expected a JSON object",
+                    )
+                })?
+            };
+            if !input.is_object() {
+                return Err(TranslateError::invalid(
+                    format!("{field}.function.arguments"),
+                    "expected a JSON object",
+                ));
+            }
+            blocks.push(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}));
+        }
+    }
+    if blocks.is_empty() {
+        return Err(TranslateError::invalid(
+            format!("{at}.content"),
+            "an assistant message needs content or tool_calls",
+        ));
+    }
+    Ok(blocks)
+}
+
+/// The token counts of a Converse `usage`: `inputTokens` counts the
+/// uncached prompt tokens, the cache reads and writes come apart.
+pub fn usage_from_converse(usage: &Value) -> Usage {
+    Usage {
+        input: count(usage.get("inputTokens")),
+        output: count(usage.get("outputTokens")),
+        cache_read: count(usage.get("cacheReadInputTokens")),
+        cache_write: count(usage.get("cacheWriteInputTokens")),
+    }
+}
+
+/// Converse's `stopReason` as OpenAI's `finish_reason`.
+fn finish_reason(reason: &str) -> &'static str {
+    match reason {
+        "tool_use" => "tool_calls",
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "content_filtered" | "guardrail_intervened" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// A `toolUse` block as an OpenAI tool call at `index`.
+fn tool_call(tool_use: &Value, index: usize) -> Result<Value, TranslateError> {
+    let id = tool_use.get("toolUseId").and_then(Value::as_str);
+    let name = tool_use.get("name").and_then(Value::as_str);
+    let (Some(id), Some(name)) = (id, name) else {
+        return Err(TranslateError::invalid(
+            "output.message.content.toolUse",
+            "expected toolUseId and name",
+        ));
+    };
+    let input = tool_use.get("input").cloned().unwrap_or_else(|| json!({}));
+    Ok(json!({
+        "index": index,
+        "id": id,
+        "type": "function",
+        "function": {"name": name, "arguments": input.to_string()},
+    }))
+}
+
+/// A Converse answer as an OpenAI chat completion, with its usage when the
+/// answer reports one.
+pub fn converse_to_chat_completion(
+    answer: &Value,
+    model: &str,
+    created: u64,
+    id: &str,
+) -> Result<(Value, Option<Usage>), TranslateError> {
+    let Some(blocks) = answer
+        .get("output")
+        .and_then(|o| o.get("message"))
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_array)
+    else {
+        return Err(TranslateError::invalid(
+            "output.message.content",
+            "expected an array",
+        ));
+    };
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in blocks {
+        if let Some(t) = block.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        } else if let Some(tool_use) = block.get("toolUse") {
+            calls.push(tool_call(tool_use, calls.len())?);
+        }
+        // Reasoning and other blocks have no place in a chat completion.
+    }
+    let reason = answer
+        .get("stopReason")
+        .and_then(Value::as_str)
+        .unwrap_or("end_turn");
+    let mut message = json!({"role": "assistant", "content": (!text.is_empty() || calls.is_empty()).then_some(text)});
+    if !calls.is_empty() {
+        for call in &mut calls {
+            if let Some(object) = call.as_object_mut() {
+                object.remove("index");
+            }
+        }
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let usage = answer.get("usage").map(usage_from_converse);
+    let mut completion = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(reason)}],
+    });
+    if let Some(usage) = &usage {
+        completion["usage"] = usage.to_openai();
+    }
+    Ok((completion, usage))
+}
+
+/// A Bedrock error answer (`{"message": ...}`, its type in
+/// `x-amzn-errortype` when known) as OpenAI's error shape.
+pub fn bedrock_error_to_openai(status: u16, error_type: Option<&str>, body: &[u8]) -> Value {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.get("message").or_else(|| v.get("Message")))
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("upstream answered {status}"), str::to_owned);
+    // `x-amzn-errortype` reads `ThrottlingException:http://...`; the
+    // protocol layer passes it on in the body as `__type`.
+    let code = error_type
+        .or_else(|| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get("__type"))
+                .and_then(Value::as_str)
+        })
+        .map(|t| t.split(':').next().unwrap_or(t))
+        .filter(|t| !t.is_empty());
+    let kind = match status {
+        400 | 404 | 422 => "invalid_request_error",
+        401 | 403 => "authentication_error",
+        429 => "rate_limit_error",
+        _ => "api_error",
+    };
+    json!({"error": {"message": message, "type": kind, "code": code}})
+}
+
+/// The HTTP status an exception in a stream stands for, by its
+/// `:exception-type` (`throttlingException`, `validationException` ...).
+pub fn exception_status(exception: &str) -> u16 {
+    match exception {
+        "throttlingException" | "ThrottlingException" => 429,
+        "validationException" | "ValidationException" => 400,
+        "modelTimeoutException" | "ModelTimeoutException" => 408,
+        "serviceUnavailableException" | "ServiceUnavailableException" => 503,
+        "accessDeniedException" | "AccessDeniedException" => 403,
+        _ => 500,
+    }
+}
+
+/// Turns ConverseStream's events into OpenAI chat completion chunks: the
+/// first carries the role, text deltas become content deltas, a tool use
+/// block its tool call (id and name first, then its input in pieces as
+/// arguments), `messageStop` the finish reason; `metadata` carries the
+/// usage, which [`StreamTranslator::finish`] sends as the last chunk.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    model: String,
+    created: u64,
+    id: String,
+    started: bool,
+    /// Tool call index by content block index.
+    calls: HashMap<u64, usize>,
+    finished: bool,
+    usage: Option<Usage>,
+}
+
+impl StreamTranslator {
+    pub fn new(model: &str, created: u64, id: String) -> StreamTranslator {
+        StreamTranslator {
+            model: model.to_owned(),
+            created,
+            id,
+            started: false,
+            calls: HashMap::new(),
+            finished: false,
+            usage: None,
+        }
+    }
+
+    /// Whether `messageStop` came.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The usage `metadata` reported.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    }
+
+    /// The chunks for one event: its `:event-type` and JSON payload. An
+    /// unknown event type is skipped, as AWS may add some.
+    pub fn feed(&mut self, event: &str, payload: &[u8]) -> Result<Vec<Value>, TranslateError> {
+        let data: Value = serde_json::from_slice(payload)
+            .map_err(|_| TranslateError::invalid(event, "expected a JSON object"))?;
+        let mut out = Vec::new();
+        if !self.started && event != "metadata" {
+            self.started = true;
+            out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+        }
+        let block = data.get("contentBlockIndex").and_then(Value::as_u64);
+        match event {
+            "contentBlockStart" => {
+                let tool_use = data.get("start").and_then(|s| s.get("toolUse"));
+                if let (Some(tool_use), Some(block)) = (tool_use, block) {
+                    let index = self.calls.len();
+                    self.calls.insert(block, index);
+                    let id = tool_use.get("toolUseId").and_then(Value::as_str);
+                    let name = tool_use.get("name").and_then(Value::as_str);
+                    let (Some(id), Some(name)) = (id, name) else {
+                        return Err(TranslateError::invalid(
+                            "contentBlockStart.start.toolUse",
+                            "expected toolUseId and name",
+                        ));
+                    };
+                    out.push(self.chunk(
+                        json!({"tool_calls": [{
+                            "index": index, "id": id, "type": "function",
+                            "function": {"name": name, "arguments": ""},
+                        }]}),
+                        None,
+                    ));
+                }
+            }
+            "contentBlockDelta" => {
+                let delta = data.get("delta");
+                if let Some(text) = delta.and_then(|d| d.get("text")).and_then(Value::as_str) {
+                    out.push(self.chunk(json!({"content": text}), None));
+                } else if let Some(input) = delta
+                    .and_then(|d| d.get("toolUse"))
+                    .and_then(|t| t.get("input"))
+                    .and_then(Value::as_str)
+                {
+                    let Some(index) = block.and_then(|b| self.calls.get(&b)) else {
+                        return Err(TranslateError::invalid(
+                            "contentBlockDelta.contentBlockIndex",
+                            "names no tool use block",
+                        ));
+                    };
+                    out.push(self.chunk(
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": input}}]}),
+                        None,
+                    ));
+                }
+            }
+            "messageStop" if !self.finished => {
+                self.finished = true;
+                let reason = data
+                    .get("stopReason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("end_turn");
+                out.push(self.chunk(json!({}), Some(finish_reason(reason))));
+            }
+            "metadata" => {
+                if let Some(usage) = data.get("usage") {
+                    self.usage = Some(usage_from_converse(usage));
+                }
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    /// The usage chunk that ends the stream, when usage was reported.
+    pub fn finish(&self) -> Option<Value> {
+        let usage = self.usage?;
+        Some(json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage.to_openai(),
+        }))
+    }
+}
+
+/// Whether a Bedrock model id names an Anthropic model, which takes
+/// Anthropic's Messages body natively through InvokeModel:
+/// `anthropic.claude-...`, or a cross-region inference profile such as
+/// `us.anthropic.claude-...`.
+pub fn is_anthropic_model(model: &str) -> bool {
+    model.starts_with("anthropic.")
+        || model
+            .split_once('.')
+            .is_some_and(|(_, rest)| rest.starts_with("anthropic."))
+}
+
+/// An Anthropic Messages request as InvokeModel's body for an Anthropic
+/// model on Bedrock: the model goes in the path, not the body, the stream
+/// in the method, and `anthropic_version` names Bedrock's.
+pub fn messages_request_to_invoke(body: &Value) -> Result<Value, TranslateError> {
+    let Some(object) = body.as_object() else {
+        return Err(TranslateError::invalid("", "expected a JSON object"));
+    };
+    let mut object = object.clone();
+    object.remove("model");
+    object.remove("stream");
+    object.insert(
+        "anthropic_version".into(),
+        Value::String(BEDROCK_ANTHROPIC_VERSION.into()),
+    );
+    Ok(Value::Object(object))
+}
+
+/// The `anthropic_version` Bedrock's Anthropic models take.
+pub const BEDROCK_ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
+
+#[cfg(test)]
+mod tests;
