@@ -773,9 +773,10 @@ async fn attempt(
             };
             count_attempt(state, provider, outcome);
             // The detail (refused, DNS, TLS...) goes to the log only.
-            tracing::warn!(error = %e, "Upstream attempt failed; trying another attempt.");
+            tracing::warn!(provider = %provider.name, error = %e, "Upstream attempt failed; trying another attempt.");
             Err(match e {
                 UpstreamError::Timeout { .. } => (ApiError::UpstreamTimeout, outcome),
+                UpstreamError::Token { .. } => (ApiError::UpstreamAuthFailed, outcome),
                 _ => (ApiError::UpstreamFailed, outcome),
             })
         }

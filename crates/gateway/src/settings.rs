@@ -211,6 +211,11 @@ pub struct UpstreamSettings {
     pub no_proxy: Vec<String>,
     /// Whether the proxy variables are read when `proxy` is unset.
     pub proxy_from_env: bool,
+    /// The metadata server a `vertex` provider with `options.auth =
+    /// "workload-identity"` and no credential asks for tokens
+    /// (`host[:port]`); unset: `GCE_METADATA_HOST`, else
+    /// `metadata.google.internal`.
+    pub metadata_host: Option<String>,
 }
 
 impl Default for UpstreamSettings {
@@ -219,6 +224,7 @@ impl Default for UpstreamSettings {
             proxy: None,
             no_proxy: Vec::new(),
             proxy_from_env: true,
+            metadata_host: None,
         }
     }
 }
@@ -231,6 +237,14 @@ impl UpstreamSettings {
             proxy
                 .check()
                 .map_err(|m| InvalidSetting::new("upstream.proxy", m))?;
+        }
+        if let Some(host) = &self.metadata_host {
+            if !is_host_port(host) {
+                return Err(InvalidSetting::new(
+                    "upstream.metadata_host",
+                    "must be a host name or address, optionally with `:port`",
+                ));
+            }
         }
         for (i, entry) in self.no_proxy.iter().enumerate() {
             let field = || format!("upstream.no_proxy[{i}]");
@@ -248,6 +262,29 @@ impl UpstreamSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// `host`, `host:port`, `[v6]:port`: what may go between `http://` and the
+/// path of the metadata server's URL.
+fn is_host_port(s: &str) -> bool {
+    (1..=255).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+impl UpstreamSettings {
+    /// The metadata server's host: the setting, else `GCE_METADATA_HOST`
+    /// (Google's libraries read it too), else `metadata.google.internal`.
+    pub fn metadata_host(&self) -> String {
+        self.metadata_host
+            .clone()
+            .or_else(|| {
+                std::env::var("GCE_METADATA_HOST")
+                    .ok()
+                    .filter(|h| is_host_port(h))
+            })
+            .unwrap_or_else(|| crate::google_auth::METADATA_HOST.to_owned())
     }
 }
 

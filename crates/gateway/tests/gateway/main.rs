@@ -24,3 +24,4 @@ mod routing;
 mod streams;
 mod support;
 mod usage;
+mod vertex;

@@ -3,7 +3,8 @@
 //! `:streamGenerateContent?alt=sse`), keyed by `x-goog-api-key`, and Vertex
 //! AI's `POST /v1/projects/{project}/locations/{location}/publishers/google/
 //! models/{model}:generateContent` (and the streaming method), keyed by an
-//! OAuth access token (`Authorization: Bearer`).
+//! OAuth access token (`Authorization: Bearer`): the config's, or one the
+//! mock's token endpoints issued (`oauth.rs`).
 //!
 //! Refused as Google refuses, with its error body (`{"error":{"code",
 //! "message","status"}}`): no `x-goog-api-key` is 403 `PERMISSION_DENIED`,
@@ -70,6 +71,9 @@ pub struct GeminiMock {
     pub models: Vec<String>,
     /// Reported as `cachedContentTokenCount` when set.
     pub cached_tokens: Option<u32>,
+    /// The `expires_in` of the tokens the OAuth endpoints issue, in
+    /// seconds (a client renews a token a minute before it expires).
+    pub token_expires_in: u64,
 }
 
 impl Default for GeminiMock {
@@ -83,6 +87,7 @@ impl Default for GeminiMock {
                 .map(str::to_owned)
                 .to_vec(),
             cached_tokens: None,
+            token_expires_in: 3600,
         }
     }
 }
@@ -97,6 +102,7 @@ impl fmt::Debug for GeminiMock {
             .field("location", &self.location)
             .field("models", &self.models)
             .field("cached_tokens", &self.cached_tokens)
+            .field("token_expires_in", &self.token_expires_in)
             .finish()
     }
 }
@@ -178,7 +184,8 @@ pub(crate) async fn vertex(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if token != Some(config.access_token.as_str()) {
+    let known = token.is_some_and(|t| t == config.access_token || shared.oauth.issued(t));
+    if !known {
         return error(
             StatusCode::UNAUTHORIZED,
             "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     requests: AtomicU64,
     in_flight: AtomicU64,
     last: Mutex<Option<Raw>>,
+    /// The token endpoints' counters and issued tokens.
+    pub oauth: super::oauth::OAuthState,
 }
 
 impl Shared {
@@ -57,6 +59,7 @@ impl Shared {
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             last: Mutex::new(None),
+            oauth: super::oauth::OAuthState::default(),
         }
     }
 
