@@ -568,18 +568,24 @@ async fn forward(
                 continue;
             }
         };
-        let (status, bytes, reported) =
-            match protocol::client_answer(client, provider.kind, parts.status, bytes, &model) {
-                Ok(answer) => answer,
-                Err(e) => {
-                    count_attempt(state, provider, "error");
-                    target_failed(state, provider);
-                    attempts.failed(step.index, None);
-                    failed_before = Some("error");
-                    last_error = e;
-                    continue;
-                }
-            };
+        let answered = if path == "/embeddings"
+            && matches!(provider.kind, ProviderKind::Gemini | ProviderKind::Vertex)
+        {
+            protocol::google_embeddings_answer(provider.kind, parts.status, &bytes, &body, &model)
+        } else {
+            protocol::client_answer(client, provider.kind, parts.status, bytes, &model)
+        };
+        let (status, bytes, reported) = match answered {
+            Ok(answer) => answer,
+            Err(e) => {
+                count_attempt(state, provider, "error");
+                target_failed(state, provider);
+                attempts.failed(step.index, None);
+                failed_before = Some("error");
+                last_error = e;
+                continue;
+            }
+        };
         count_attempt(state, provider, "ok");
         target_answered(state, provider);
         parts.status = status;

@@ -10,6 +10,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+pub mod google_embeddings;
 
 use serde_json::Value;
 

@@ -21,6 +21,9 @@
 //! `systemInstruction` without a role, a `generationConfig` of known fields
 //! with a positive `maxOutputTokens` (all 400 `INVALID_ARGUMENT`).
 //!
+//! Embeddings (`batchEmbedContents`, `predict`) are served by
+//! `gemini_embed.rs`.
+//!
 //! The answer is `tok1 tok2 ...` as the config's token count (cut by
 //! `maxOutputTokens`, then `finishReason: MAX_TOKENS`), or, when the body
 //! declares functions and the last user turn's text contains "use a tool"
@@ -69,6 +72,9 @@ pub struct GeminiMock {
     pub location: String,
     /// The models that exist (on both).
     pub models: Vec<String>,
+    /// The embedding models that exist (on both): `batchEmbedContents`
+    /// and `predict` serve these only.
+    pub embedding_models: Vec<String>,
     /// Reported as `cachedContentTokenCount` when set.
     pub cached_tokens: Option<u32>,
     /// The `expires_in` of the tokens the OAuth endpoints issue, in
@@ -86,6 +92,9 @@ impl Default for GeminiMock {
             models: ["gemini-2.0-flash", "gemini-2.5-flash", "gemini-2.5-pro"]
                 .map(str::to_owned)
                 .to_vec(),
+            embedding_models: ["gemini-embedding-001", "text-embedding-005"]
+                .map(str::to_owned)
+                .to_vec(),
             cached_tokens: None,
             token_expires_in: 3600,
         }
@@ -101,6 +110,7 @@ impl fmt::Debug for GeminiMock {
             .field("project", &self.project)
             .field("location", &self.location)
             .field("models", &self.models)
+            .field("embedding_models", &self.embedding_models)
             .field("cached_tokens", &self.cached_tokens)
             .field("token_expires_in", &self.token_expires_in)
             .finish()
@@ -209,6 +219,23 @@ fn generate(
     version: &str,
 ) -> Response {
     let (model, method) = call.split_once(':').unwrap_or((call, ""));
+    let embedding = matches!(
+        (method, version),
+        ("batchEmbedContents", "v1beta") | ("predict", "v1")
+    );
+    if embedding {
+        if !config.embedding_models.iter().any(|m| m == model) {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("models/{model} is not found for API version {version}, or is not supported for {method}."),
+            );
+        }
+        return if version == "v1" {
+            super::gemini_embed::predict(body)
+        } else {
+            super::gemini_embed::batch(model, body)
+        };
+    }
     let stream = match method {
         "generateContent" => false,
         "streamGenerateContent" => true,

@@ -29,6 +29,7 @@ mod config;
 mod embed;
 mod gate;
 mod gemini;
+mod gemini_embed;
 mod handlers;
 mod oauth;
 mod responses;
