@@ -923,4 +923,47 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("routes[0].targets[0].weight"), "{e}");
     }
+
+    #[test]
+    fn vertex_auth_modes_and_the_metadata_host_load_and_refusals_name_the_field() {
+        let load = |text: &str| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            write!(file, "{text}").unwrap();
+            GatewaySettings::load(Some(file.path()))
+        };
+        let vertex = |credential: &str, auth: &str| {
+            format!(
+                "[[providers]]\nname = \"vx\"\nkind = \"vertex\"\n\
+                 base_url = \"https://aiplatform.googleapis.com/v1\"\n{credential}\
+                 [providers.options]\nproject = \"my-project\"\nlocation = \"global\"\n\
+                 auth = \"{auth}\"\n"
+            )
+        };
+        // As docs/providers.md shows them.
+        let s = load(&format!(
+            "{}[upstream]\nmetadata_host = \"127.0.0.1:8089\"\n",
+            vertex("", "workload-identity")
+        ))
+        .unwrap();
+        assert_eq!(
+            s.providers[0].options.vertex_auth(),
+            Some(obleth_config::model::VertexAuth::WorkloadIdentity)
+        );
+        assert_eq!(s.upstream.metadata_host(), "127.0.0.1:8089");
+        load(&vertex(
+            "credential = \"env:OBLETH_CREDENTIAL_VERTEX\"\n",
+            "service-account",
+        ))
+        .unwrap();
+        let e = load(&vertex("", "service-account")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("providers[0].options.auth: `service-account` needs credential_ref"),
+            "{e}"
+        );
+        let e = load(&vertex("", "entra")).unwrap_err();
+        assert!(e.to_string().contains("providers[0].options.auth"), "{e}");
+        let e = load("[upstream]\nmetadata_host = \"evil/path?x\"\n").unwrap_err();
+        assert!(e.to_string().contains("upstream.metadata_host"), "{e}");
+    }
 }
