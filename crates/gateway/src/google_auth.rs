@@ -89,6 +89,9 @@ pub struct GoogleTokens {
     authenticator: tokio::sync::OnceCell<Authenticator<Connector>>,
     current: RwLock<Option<(AccessToken, HeaderValue)>>,
     minting: tokio::sync::Mutex<()>,
+    /// Set when Vertex AI refused the token in use: the next one is
+    /// minted anew, not taken from the authenticator's cache.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for GoogleTokens {
@@ -130,6 +133,7 @@ impl GoogleTokens {
             authenticator: tokio::sync::OnceCell::new(),
             current: RwLock::new(None),
             minting: tokio::sync::Mutex::new(()),
+            refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -229,22 +233,31 @@ impl GoogleTokens {
             .authenticator
             .get_or_try_init(|| self.build(client))
             .await?;
-        let token =
-            match tokio::time::timeout(timeout, authenticator.token(&[CLOUD_PLATFORM])).await {
-                Err(_) => {
-                    return Err(TokenError::Timeout {
-                        from: source,
-                        timeout,
-                    })
-                }
-                Ok(Err(e)) => {
-                    return Err(TokenError::Mint {
-                        from: source,
-                        message: describe(&e),
-                    })
-                }
-                Ok(Ok(token)) => token,
-            };
+        let minting = async {
+            if self
+                .refused
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                authenticator.force_refreshed_token(&[CLOUD_PLATFORM]).await
+            } else {
+                authenticator.token(&[CLOUD_PLATFORM]).await
+            }
+        };
+        let token = match tokio::time::timeout(timeout, minting).await {
+            Err(_) => {
+                return Err(TokenError::Timeout {
+                    from: source,
+                    timeout,
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(TokenError::Mint {
+                    from: source,
+                    message: describe(&e),
+                })
+            }
+            Ok(Ok(token)) => token,
+        };
         let Some(value) = token.token() else {
             return Err(TokenError::Mint {
                 from: source,
@@ -259,6 +272,15 @@ impl GoogleTokens {
         header.set_sensitive(true);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((token, header.clone()));
         Ok(header)
+    }
+
+    /// Drops the token in use after Vertex AI refused it (401: revoked,
+    /// or its account disabled), so the next request mints a new one
+    /// rather than sending it until it expires.
+    pub fn forget(&self) {
+        self.refused
+            .store(true, std::sync::atomic::Ordering::Release);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The cached header while its token has more than a minute left.

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::answer;
 use crate::auth::AuthorizedKey;
-use crate::catalog::{CredentialPick, ProviderRuntime};
+use crate::catalog::{Authorization, CredentialPick, ProviderRuntime};
 use crate::error::ApiError;
 use crate::estimate;
 use crate::keycache::KeyRecord;
@@ -424,6 +424,16 @@ async fn forward(
             &mut upstream_wait,
         )
         .await;
+        // A token the gateway minted that Vertex AI refused is not sent
+        // again: the next attempt mints a new one.
+        if let (Ok(response), Authorization::GoogleToken(tokens)) =
+            (&sent, &credential.authorization)
+        {
+            if response.status() == StatusCode::UNAUTHORIZED {
+                tracing::warn!(provider = %provider.name, "Upstream refused the minted access token; the next request mints a new one.");
+                tokens.forget();
+            }
+        }
         // With a key pool, a 429, 401 or 403 is the credential's: it is
         // benched, and while another is ready the same target is tried
         // again at once with it, with no back-off and no mark on the

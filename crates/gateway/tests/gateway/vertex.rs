@@ -185,6 +185,23 @@ async fn a_service_account_key_mints_cached_tokens_renewed_on_expiry_and_rotatio
     let answer = chat(&gw, &secret, "vtx-sa").await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(upstream.token_calls(), calls + 4);
+
+    // A token Vertex AI refuses (revoked) is not sent again: the 401 is the
+    // client's, and the next request mints a new one although the cached
+    // token has not expired.
+    let mut config = upstream.config();
+    config.gemini.token_expires_in = 3600;
+    upstream.set_config(config);
+    let answer = chat(&gw, &secret, "vtx-sa-named").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let calls = upstream.token_calls();
+    upstream.revoke_tokens();
+    let answer = chat(&gw, &secret, "vtx-sa-named").await;
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    assert_eq!(upstream.token_calls(), calls, "no mint before the refusal");
+    let answer = chat(&gw, &secret, "vtx-sa-named").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(upstream.token_calls(), calls + 1);
     gw.stop().await.unwrap();
 }
 

@@ -137,6 +137,15 @@ impl OAuthState {
             .clone()
     }
 
+    /// Forgets every token issued: the Vertex AI endpoints refuse them
+    /// from now on, as after a revocation.
+    pub fn revoke_all(&self) {
+        self.issued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     /// Whether `token` is one the mock issued.
     pub fn issued(&self, token: &str) -> bool {
         self.issued

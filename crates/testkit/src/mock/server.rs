@@ -127,6 +127,12 @@ impl MockUpstream {
         self.shared.oauth.fail_next(calls);
     }
 
+    /// Revokes every token the token endpoints issued so far: the Vertex
+    /// AI endpoints answer them 401.
+    pub fn revoke_tokens(&self) {
+        self.shared.oauth.revoke_all();
+    }
+
     /// The client email of the last valid service-account assertion.
     pub fn last_token_issuer(&self) -> Option<String> {
         self.shared.oauth.last_issuer()
