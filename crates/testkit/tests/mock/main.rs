@@ -4,6 +4,7 @@
 mod anthropic;
 mod azure;
 mod gemini;
+mod oauth;
 
 use std::time::{Duration, Instant};
 
