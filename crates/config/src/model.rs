@@ -317,7 +317,12 @@ pub struct ProviderOptions {
     pub api_version: Option<String>,
     /// How an `azure` provider sends its credential: `api-key` (the
     /// default, the `api-key` header) or `entra` (a Microsoft Entra ID
-    /// access token, as `Authorization: Bearer`).
+    /// access token, as `Authorization: Bearer`). How a `vertex` provider
+    /// gets its access tokens: `access-token` (the credential is one),
+    /// `service-account` (minted from a service-account key) or
+    /// `workload-identity` (a workload identity federation file, or the
+    /// metadata server without a credential); unset, the credential's
+    /// content decides ([`VertexAuth`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
     /// The Google Cloud project a `vertex` provider calls (required for
@@ -369,6 +374,32 @@ pub enum AzureAuth {
     Entra,
 }
 
+/// How a `vertex` provider gets the access token it sends as a bearer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VertexAuth {
+    /// The credential is an OAuth access token, minted elsewhere and
+    /// rotated in its file.
+    AccessToken,
+    /// The credential is a service-account key (JSON, `"type":
+    /// "service_account"`); the gateway mints tokens with it.
+    ServiceAccount,
+    /// Workload identity: the credential is a federation file (JSON,
+    /// `"type": "external_account"`), or, without a credential, the
+    /// metadata server of the node (GKE, Compute Engine) gives the tokens.
+    WorkloadIdentity,
+}
+
+impl VertexAuth {
+    /// The option's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VertexAuth::AccessToken => "access-token",
+            VertexAuth::ServiceAccount => "service-account",
+            VertexAuth::WorkloadIdentity => "workload-identity",
+        }
+    }
+}
+
 impl ProviderOptions {
     /// True when every option has its default.
     pub fn is_default(&self) -> bool {
@@ -386,6 +417,17 @@ impl ProviderOptions {
         match self.auth.as_deref() {
             Some("entra") => AzureAuth::Entra,
             _ => AzureAuth::ApiKey,
+        }
+    }
+
+    /// How a `vertex` provider authenticates, when `options.auth` says so
+    /// (checked values only); `None` leaves it to the credential's content.
+    pub fn vertex_auth(&self) -> Option<VertexAuth> {
+        match self.auth.as_deref() {
+            Some("access-token") => Some(VertexAuth::AccessToken),
+            Some("service-account") => Some(VertexAuth::ServiceAccount),
+            Some("workload-identity") => Some(VertexAuth::WorkloadIdentity),
+            _ => None,
         }
     }
 
@@ -489,11 +531,31 @@ impl ProviderOptions {
             }
         }
         if let Some(auth) = &self.auth {
-            if kind != ProviderKind::Azure {
-                return refuse("auth".into(), format!("does not apply to kind {kind}"));
-            }
-            if !matches!(auth.as_str(), "api-key" | "entra") {
-                return refuse("auth".into(), "must be `api-key` or `entra`".into());
+            match kind {
+                ProviderKind::Azure => {
+                    if !matches!(auth.as_str(), "api-key" | "entra") {
+                        return refuse("auth".into(), "must be `api-key` or `entra`".into());
+                    }
+                }
+                ProviderKind::Vertex => {
+                    if !matches!(
+                        auth.as_str(),
+                        "access-token" | "service-account" | "workload-identity"
+                    ) {
+                        return refuse(
+                            "auth".into(),
+                            "must be `access-token`, `service-account` or `workload-identity`"
+                                .into(),
+                        );
+                    }
+                    if auth == "service-account" && !has_credential {
+                        return refuse(
+                            "auth".into(),
+                            "`service-account` needs credential_ref, the key's file".into(),
+                        );
+                    }
+                }
+                _ => return refuse("auth".into(), format!("does not apply to kind {kind}")),
             }
         }
         for (field, value) in [("project", &self.project), ("location", &self.location)] {

@@ -32,6 +32,12 @@ pub fn init(format: LogFormat, default_filter: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default_filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // yup-oauth2 (Vertex AI's tokens) logs tokens and token answers at
+    // debug level: never more than its warnings, whatever RUST_LOG says.
+    let filter = match "yup_oauth2=warn".parse() {
+        Ok(quiet) => filter.add_directive(quiet),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use obleth_config::egress::{CredentialError, CredentialRef};
-use obleth_config::model::{AzureAuth, ProviderKind, ProviderOptions, Route};
+use obleth_config::model::{AzureAuth, ProviderKind, ProviderOptions, Route, VertexAuth};
 use obleth_config::EgressSettings;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -119,6 +119,9 @@ pub enum Authorization {
     /// A `bedrock` provider's credential is not AWS credentials: every
     /// call fails, naming why.
     AwsUnusable(crate::aws::KeysError),
+    /// `Authorization: Bearer <token>` with a token the gateway mints and
+    /// caches (Vertex AI with a service-account key or workload identity).
+    GoogleToken(Arc<crate::google_auth::GoogleTokens>),
     /// The credential has characters a header cannot carry: every call fails.
     Invalid,
 }
@@ -154,7 +157,7 @@ impl ProviderRuntime {
         mock: MockSettings,
         options: ProviderOptions,
     ) -> Self {
-        let authorization = Self::header(kind, &options, credential.as_ref());
+        let authorization = Self::header(&name, kind, &options, credential.as_ref());
         ProviderRuntime {
             name_header: HeaderValue::from_str(&name).ok(),
             name,
@@ -201,7 +204,7 @@ impl ProviderRuntime {
     /// Adds `credential_pool[slot - 1]` to the key pool, read from
     /// `reference`, whose file is watched like the first's.
     fn pooled(mut self, slot: usize, reference: &str, credential: &SecretString) -> Self {
-        let header = Self::header(self.kind, &self.options, Some(credential));
+        let header = Self::header(&self.name, self.kind, &self.options, Some(credential));
         self.credentials
             .push(Credential::new(slot, Some(reference), header, true));
         self
@@ -322,7 +325,7 @@ impl ProviderRuntime {
         *seen = now;
         match read_credential(reference, egress) {
             Ok(secret) => {
-                let header = Self::header(self.kind, &self.options, Some(&secret));
+                let header = Self::header(&self.name, self.kind, &self.options, Some(&secret));
                 *credential
                     .authorization
                     .write()
@@ -337,10 +340,16 @@ impl ProviderRuntime {
     }
 
     fn header(
+        name: &str,
         kind: ProviderKind,
         options: &ProviderOptions,
         credential: Option<&SecretString>,
     ) -> Authorization {
+        if kind == ProviderKind::Vertex {
+            if let Some(minted) = Self::vertex_header(name, options, credential) {
+                return minted;
+            }
+        }
         match credential {
             None => Authorization::None,
             Some(c) if kind == ProviderKind::Bedrock => {
@@ -376,6 +385,35 @@ impl ProviderRuntime {
                     }
                     Err(_) => Authorization::Invalid,
                 }
+            }
+        }
+    }
+}
+
+impl ProviderRuntime {
+    /// A `vertex` credential the gateway mints tokens with (a
+    /// service-account key, a workload identity federation file, or none
+    /// with `options.auth = "workload-identity"`: the metadata server), or
+    /// one it cannot use (logged, naming the provider, never the content);
+    /// `None` for an access token, sent as it is.
+    fn vertex_header(
+        name: &str,
+        options: &ProviderOptions,
+        credential: Option<&SecretString>,
+    ) -> Option<Authorization> {
+        use crate::google_auth::{GoogleTokens, VertexCredential};
+        let Some(credential) = credential else {
+            return (options.vertex_auth() == Some(VertexAuth::WorkloadIdentity))
+                .then(|| Authorization::GoogleToken(Arc::new(GoogleTokens::metadata())));
+        };
+        match GoogleTokens::classify(options.vertex_auth(), credential) {
+            Ok(VertexCredential::AccessToken) => None,
+            Ok(VertexCredential::Minted(tokens)) => {
+                Some(Authorization::GoogleToken(Arc::from(tokens)))
+            }
+            Err(e) => {
+                tracing::error!(provider = %name, error = %e, "Vertex AI credential cannot be used; every call to the provider fails until it is replaced.");
+                Some(Authorization::Invalid)
             }
         }
     }

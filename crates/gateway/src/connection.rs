@@ -325,12 +325,17 @@ where
 /// A client over the connector stack: `tls` or the public (webpki) roots,
 /// `connect_timeout` over the whole connect (or the default TCP timeout
 /// alone), through `proxy` when it applies.
-pub fn client(
+pub fn client<B>(
     egress: &Arc<EgressSettings>,
     proxy: Option<&EgressProxy>,
     connect_timeout: Option<Duration>,
     tls: Option<rustls::ClientConfig>,
-) -> UpClient {
+) -> Client<Connector, B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let dialer = Dialer::new(
         egress,
         proxy,
@@ -348,7 +353,7 @@ pub fn client(
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
-        .build(Bounded {
+        .build::<_, B>(Bounded {
             inner: https,
             limit: connect_timeout,
         })
@@ -681,6 +686,7 @@ mod tests {
             proxy: Some(ProxyUrl::new("http://user:s3cret@proxy.internal:3128")),
             no_proxy: vec!["internal.example".into(), "10.0.0.0/8".into()],
             proxy_from_env: true,
+            metadata_host: None,
         };
         let p = EgressProxy::resolve(
             &settings,

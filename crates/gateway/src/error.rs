@@ -58,6 +58,11 @@ pub enum ApiError {
     UpstreamFailed,
     #[error("the upstream provider did not answer in time")]
     UpstreamTimeout,
+    /// The gateway could not get an access token for the provider (a
+    /// Vertex AI service account or workload identity); like
+    /// `UpstreamFailed`, no endpoint and no detail.
+    #[error("the gateway could not obtain an access token for the upstream provider")]
+    UpstreamAuthFailed,
     #[error("the upstream provider's answer is larger than this gateway accepts")]
     UpstreamResponseTooLarge,
     #[error("the gateway is shutting down; retry on another instance")]
@@ -85,7 +90,9 @@ impl ApiError {
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            UpstreamFailed | UpstreamResponseTooLarge => StatusCode::BAD_GATEWAY,
+            UpstreamFailed | UpstreamResponseTooLarge | UpstreamAuthFailed => {
+                StatusCode::BAD_GATEWAY
+            }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Draining | Maintenance { .. } | KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -105,7 +112,9 @@ impl ApiError {
             | UnsupportedMediaType => "invalid_request_error",
             RateLimited { .. } => "rate_limit_error",
             BudgetExhausted { .. } => "insufficient_quota",
-            UpstreamFailed | UpstreamTimeout | UpstreamResponseTooLarge => "upstream_error",
+            UpstreamFailed | UpstreamTimeout | UpstreamResponseTooLarge | UpstreamAuthFailed => {
+                "upstream_error"
+            }
             Draining | Maintenance { .. } | KeyStoreUnavailable => "service_unavailable",
             Internal => "server_error",
         }
@@ -130,6 +139,7 @@ impl ApiError {
             UpstreamFailed => "upstream_failed",
             UpstreamResponseTooLarge => "upstream_response_too_large",
             UpstreamTimeout => "upstream_timeout",
+            UpstreamAuthFailed => "upstream_auth_failed",
             Draining => "draining",
             Maintenance { .. } => "maintenance",
             KeyStoreUnavailable => "key_store_unavailable",

@@ -13,6 +13,7 @@ pub mod error;
 pub mod estimate;
 pub mod feed;
 pub mod fold;
+pub mod google_auth;
 pub mod health;
 pub mod history;
 pub mod keycache;

@@ -36,6 +36,9 @@ use crate::translate::anthropic::{
 use crate::translate::gemini::{
     chat_request_to_gemini, gemini_error_to_openai, gemini_to_chat_completion, StreamTranslator,
 };
+use crate::translate::google_embeddings::{
+    embeddings_answer, embeddings_asked, embeddings_request,
+};
 use crate::translate::Usage;
 use crate::upstream::{BoxError, UpBody};
 
@@ -87,7 +90,7 @@ pub fn upstream_request(
             Some(chat_request(body, model))
         }
         (Client::OpenAi, kind @ (ProviderKind::Gemini | ProviderKind::Vertex)) => {
-            Some(gemini_request(kind, provider, path, body))
+            Some(gemini_request(kind, provider, path, body, model))
         }
         (Client::Anthropic, ProviderKind::Gemini | ProviderKind::Vertex) => {
             Some(gemini_messages_request(body, model))
@@ -103,6 +106,10 @@ pub fn upstream_request(
 pub const GEMINI_GENERATE: &str = ":generateContent";
 /// The method and query of a streamed one (server-sent events).
 pub const GEMINI_STREAM: &str = ":streamGenerateContent?alt=sse";
+/// Google AI Studio's embeddings method (a `gemini` provider).
+pub const GEMINI_EMBED: &str = ":batchEmbedContents";
+/// Vertex AI's embeddings method (a `vertex` provider).
+pub const VERTEX_PREDICT: &str = ":predict";
 
 /// An Anthropic request as Gemini's `generateContent` body, through an
 /// OpenAI chat completion request.
@@ -121,17 +128,27 @@ fn gemini_messages_request(body: &[u8], model: &str) -> Result<(&'static str, By
     Ok((method, to_bytes(&translated)?))
 }
 
-/// An OpenAI chat completion request as Gemini's `generateContent` body;
-/// the method is the streaming one when the client asked for a stream.
+/// An OpenAI chat completion request as Gemini's `generateContent` body
+/// (the method is the streaming one when the client asked for a stream),
+/// or an embeddings request as `batchEmbedContents` (`gemini`) or
+/// `predict` (`vertex`) for `model`.
 fn gemini_request(
     kind: ProviderKind,
     provider: &str,
     path: &'static str,
     body: &[u8],
+    model: &str,
 ) -> Result<(&'static str, Bytes), ApiError> {
+    if path == "/embeddings" {
+        let vertex = kind == ProviderKind::Vertex;
+        let (translated, _) = embeddings_request(&json_body(body)?, model, vertex)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let method = if vertex { VERTEX_PREDICT } else { GEMINI_EMBED };
+        return Ok((method, to_bytes(&translated)?));
+    }
     if path != "/chat/completions" {
         return Err(ApiError::BadRequest(format!(
-            "provider `{provider}` (kind {kind}) serves chat completions only, not {}",
+            "provider `{provider}` (kind {kind}) serves chat completions and embeddings only, not {}",
             path.trim_start_matches('/')
         )));
     }
@@ -163,7 +180,11 @@ pub fn provider_path<'p>(
         ProviderKind::Azure => {}
         ProviderKind::Bedrock => return bedrock::path(provider, path, model),
         ProviderKind::Gemini | ProviderKind::Vertex => {
-            if !matches!(path, GEMINI_GENERATE | GEMINI_STREAM) {
+            let method_of_kind = match kind {
+                ProviderKind::Gemini => GEMINI_EMBED,
+                _ => VERTEX_PREDICT,
+            };
+            if !matches!(path, GEMINI_GENERATE | GEMINI_STREAM) && path != method_of_kind {
                 return Err(ApiError::BadRequest(format!(
                     "provider `{provider}` (kind {kind}) does not serve {}",
                     path.trim_start_matches('/')
@@ -337,6 +358,43 @@ pub fn client_answer(
             Ok((status, to_bytes(&message)?, tokens))
         }
     }
+}
+
+/// Google's embeddings answer (whole) to an OpenAI client's `request` as
+/// OpenAI's embeddings list, with its tokens: Google's count, else the
+/// estimate of the input, marked estimated (AI Studio counts none); a
+/// Google error as OpenAI's.
+pub fn google_embeddings_answer(
+    kind: ProviderKind,
+    status: StatusCode,
+    answer: &[u8],
+    request: &[u8],
+    public_model: &str,
+) -> Result<Answer, ApiError> {
+    if !status.is_success() {
+        let body = gemini_error_to_openai(status.as_u16(), answer);
+        return Ok((status, to_bytes(&body)?, None));
+    }
+    let unreadable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "Upstream embeddings answer could not be translated.");
+        ApiError::UpstreamFailed
+    };
+    let asked = serde_json::from_slice::<Value>(request)
+        .map(|r| embeddings_asked(&r))
+        .map_err(|e| unreadable(&e))?;
+    let value: Value = serde_json::from_slice(answer).map_err(|e| unreadable(&e))?;
+    let vertex = kind == ProviderKind::Vertex;
+    let (body, reported) =
+        embeddings_answer(&value, vertex, public_model, asked).map_err(|e| unreadable(&e))?;
+    let clamp = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+    let prompt = clamp(reported.unwrap_or_else(|| asked.input_bytes.div_ceil(4)));
+    let tokens = Tokens {
+        prompt: Some(prompt),
+        completion: None,
+        total: Some(prompt),
+        estimated: reported.is_none(),
+    };
+    Ok((status, to_bytes(&body)?, Some(tokens)))
 }
 
 /// A Gemini answer (whole) as an OpenAI chat completion (for an Anthropic
@@ -948,6 +1006,17 @@ mod tests {
         );
         assert!(provider_path(ProviderKind::Vertex, &none, "p", GEMINI_GENERATE, "g").is_err());
         assert!(provider_path(ProviderKind::Gemini, &none, "p", "/chat/completions", "g").is_err());
+        assert_eq!(
+            provider_path(ProviderKind::Gemini, &none, "p", GEMINI_EMBED, "e").unwrap(),
+            "/models/e:batchEmbedContents"
+        );
+        assert_eq!(
+            provider_path(ProviderKind::Vertex, &vertex, "p", VERTEX_PREDICT, "e").unwrap(),
+            "/projects/my-project/locations/europe-west4/publishers/google/models/e:predict"
+        );
+        // Each kind's embeddings method only.
+        assert!(provider_path(ProviderKind::Gemini, &none, "p", VERTEX_PREDICT, "e").is_err());
+        assert!(provider_path(ProviderKind::Vertex, &vertex, "p", GEMINI_EMBED, "e").is_err());
         for model in ["models/x", "../x", "a:b", "", "a?b"] {
             let e = provider_path(ProviderKind::Gemini, &none, "p", GEMINI_GENERATE, model)
                 .unwrap_err();
@@ -975,7 +1044,47 @@ mod tests {
         assert_eq!(path, GEMINI_STREAM);
         let sent: Value = serde_json::from_slice(&sent).unwrap();
         assert!(sent.get("stream").is_none() && sent.get("model").is_none());
-        for path in ["/embeddings", "/responses", "/completions"] {
+        // Embeddings: batchEmbedContents for AI Studio (each request naming
+        // the upstream model), predict for Vertex AI.
+        let embed = br#"{"model":"m","input":["a","b"],"dimensions":8}"#;
+        for (kind, method) in [
+            (ProviderKind::Gemini, GEMINI_EMBED),
+            (ProviderKind::Vertex, VERTEX_PREDICT),
+        ] {
+            let (path, sent) = upstream_request(
+                Client::OpenAi,
+                kind,
+                "p",
+                "/embeddings",
+                embed,
+                Some("gemini-embedding-001"),
+                "m",
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(path, method);
+            let sent: Value = serde_json::from_slice(&sent).unwrap();
+            match kind {
+                ProviderKind::Gemini => {
+                    assert_eq!(sent["requests"][1]["model"], "models/gemini-embedding-001");
+                    assert_eq!(sent["requests"][1]["outputDimensionality"], 8);
+                }
+                _ => assert_eq!(sent["instances"][1]["content"], "b"),
+            }
+        }
+        let e = upstream_request(
+            Client::OpenAi,
+            ProviderKind::Gemini,
+            "p",
+            "/embeddings",
+            br#"{"model":"m","input":[[1,2]]}"#,
+            None,
+            "m",
+        )
+        .unwrap()
+        .unwrap_err();
+        assert!(e.to_string().contains("`input[0]`"), "{e}");
+        for path in ["/responses", "/completions"] {
             let e = upstream_request(
                 Client::OpenAi,
                 ProviderKind::Vertex,

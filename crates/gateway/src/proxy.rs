@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::answer;
 use crate::auth::AuthorizedKey;
-use crate::catalog::{CredentialPick, ProviderRuntime};
+use crate::catalog::{Authorization, CredentialPick, ProviderRuntime};
 use crate::error::ApiError;
 use crate::estimate;
 use crate::keycache::KeyRecord;
@@ -424,6 +424,16 @@ async fn forward(
             &mut upstream_wait,
         )
         .await;
+        // A token the gateway minted that Vertex AI refused is not sent
+        // again: the next attempt mints a new one.
+        if let (Ok(response), Authorization::GoogleToken(tokens)) =
+            (&sent, &credential.authorization)
+        {
+            if response.status() == StatusCode::UNAUTHORIZED {
+                tracing::warn!(provider = %provider.name, "Upstream refused the minted access token; the next request mints a new one.");
+                tokens.forget();
+            }
+        }
         // With a key pool, a 429, 401 or 403 is the credential's: it is
         // benched, and while another is ready the same target is tried
         // again at once with it, with no back-off and no mark on the
@@ -580,18 +590,24 @@ async fn forward(
             }
         };
         let bytes = protocol::with_error_type(provider.kind, &parts, bytes);
-        let (status, bytes, reported) =
-            match protocol::client_answer(client, provider.kind, parts.status, bytes, &model) {
-                Ok(answer) => answer,
-                Err(e) => {
-                    count_attempt(state, provider, "error");
-                    target_failed(state, provider);
-                    attempts.failed(step.index, None);
-                    failed_before = Some("error");
-                    last_error = e;
-                    continue;
-                }
-            };
+        let answered = if path == "/embeddings"
+            && matches!(provider.kind, ProviderKind::Gemini | ProviderKind::Vertex)
+        {
+            protocol::google_embeddings_answer(provider.kind, parts.status, &bytes, &body, &model)
+        } else {
+            protocol::client_answer(client, provider.kind, parts.status, bytes, &model)
+        };
+        let (status, bytes, reported) = match answered {
+            Ok(answer) => answer,
+            Err(e) => {
+                count_attempt(state, provider, "error");
+                target_failed(state, provider);
+                attempts.failed(step.index, None);
+                failed_before = Some("error");
+                last_error = e;
+                continue;
+            }
+        };
         count_attempt(state, provider, "ok");
         target_answered(state, provider);
         parts.status = status;
@@ -792,9 +808,10 @@ async fn attempt(
             };
             count_attempt(state, provider, outcome);
             // The detail (refused, DNS, TLS...) goes to the log only.
-            tracing::warn!(error = %e, "Upstream attempt failed; trying another attempt.");
+            tracing::warn!(provider = %provider.name, error = %e, "Upstream attempt failed; trying another attempt.");
             Err(match e {
                 UpstreamError::Timeout { .. } => (ApiError::UpstreamTimeout, outcome),
+                UpstreamError::Token { .. } => (ApiError::UpstreamAuthFailed, outcome),
                 _ => (ApiError::UpstreamFailed, outcome),
             })
         }

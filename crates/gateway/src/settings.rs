@@ -211,6 +211,11 @@ pub struct UpstreamSettings {
     pub no_proxy: Vec<String>,
     /// Whether the proxy variables are read when `proxy` is unset.
     pub proxy_from_env: bool,
+    /// The metadata server a `vertex` provider with `options.auth =
+    /// "workload-identity"` and no credential asks for tokens
+    /// (`host[:port]`); unset: `GCE_METADATA_HOST`, else
+    /// `metadata.google.internal`.
+    pub metadata_host: Option<String>,
 }
 
 impl Default for UpstreamSettings {
@@ -219,6 +224,7 @@ impl Default for UpstreamSettings {
             proxy: None,
             no_proxy: Vec::new(),
             proxy_from_env: true,
+            metadata_host: None,
         }
     }
 }
@@ -231,6 +237,14 @@ impl UpstreamSettings {
             proxy
                 .check()
                 .map_err(|m| InvalidSetting::new("upstream.proxy", m))?;
+        }
+        if let Some(host) = &self.metadata_host {
+            if !is_host_port(host) {
+                return Err(InvalidSetting::new(
+                    "upstream.metadata_host",
+                    "must be a host name or address, optionally with `:port`",
+                ));
+            }
         }
         for (i, entry) in self.no_proxy.iter().enumerate() {
             let field = || format!("upstream.no_proxy[{i}]");
@@ -248,6 +262,29 @@ impl UpstreamSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// `host`, `host:port`, `[v6]:port`: what may go between `http://` and the
+/// path of the metadata server's URL.
+fn is_host_port(s: &str) -> bool {
+    (1..=255).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+impl UpstreamSettings {
+    /// The metadata server's host: the setting, else `GCE_METADATA_HOST`
+    /// (Google's libraries read it too), else `metadata.google.internal`.
+    pub fn metadata_host(&self) -> String {
+        self.metadata_host
+            .clone()
+            .or_else(|| {
+                std::env::var("GCE_METADATA_HOST")
+                    .ok()
+                    .filter(|h| is_host_port(h))
+            })
+            .unwrap_or_else(|| crate::google_auth::METADATA_HOST.to_owned())
     }
 }
 
@@ -885,5 +922,48 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("routes[0].targets[0].weight"), "{e}");
+    }
+
+    #[test]
+    fn vertex_auth_modes_and_the_metadata_host_load_and_refusals_name_the_field() {
+        let load = |text: &str| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            write!(file, "{text}").unwrap();
+            GatewaySettings::load(Some(file.path()))
+        };
+        let vertex = |credential: &str, auth: &str| {
+            format!(
+                "[[providers]]\nname = \"vx\"\nkind = \"vertex\"\n\
+                 base_url = \"https://aiplatform.googleapis.com/v1\"\n{credential}\
+                 [providers.options]\nproject = \"my-project\"\nlocation = \"global\"\n\
+                 auth = \"{auth}\"\n"
+            )
+        };
+        // As docs/providers.md shows them.
+        let s = load(&format!(
+            "{}[upstream]\nmetadata_host = \"127.0.0.1:8089\"\n",
+            vertex("", "workload-identity")
+        ))
+        .unwrap();
+        assert_eq!(
+            s.providers[0].options.vertex_auth(),
+            Some(obleth_config::model::VertexAuth::WorkloadIdentity)
+        );
+        assert_eq!(s.upstream.metadata_host(), "127.0.0.1:8089");
+        load(&vertex(
+            "credential = \"env:OBLETH_CREDENTIAL_VERTEX\"\n",
+            "service-account",
+        ))
+        .unwrap();
+        let e = load(&vertex("", "service-account")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("providers[0].options.auth: `service-account` needs credential_ref"),
+            "{e}"
+        );
+        let e = load(&vertex("", "entra")).unwrap_err();
+        assert!(e.to_string().contains("providers[0].options.auth"), "{e}");
+        let e = load("[upstream]\nmetadata_host = \"evil/path?x\"\n").unwrap_err();
+        assert!(e.to_string().contains("upstream.metadata_host"), "{e}");
     }
 }

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::catalog::{Authorization, ProviderRuntime};
 use crate::connection::{self, ConnectTimedOut, EgressProxy, ProviderConnection, UpClient};
+use crate::google_auth::TokenClient;
 use crate::mock;
 use crate::settings::UpstreamSettings;
 use obleth_config::egress::{url_host, EgressRefusal};
@@ -21,6 +22,9 @@ use obleth_config::model::ProviderKind;
 use obleth_config::EgressSettings;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connect timeout (TCP, tunnel, TLS) to a token endpoint.
+const TOKEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
 const ANTHROPIC_VERSION: header::HeaderName = header::HeaderName::from_static("anthropic-version");
@@ -53,6 +57,13 @@ pub enum UpstreamError {
     },
     #[error("provider {provider}: {message}")]
     Other { provider: String, message: String },
+    /// No access token could be had for the provider (a `vertex`
+    /// credential the gateway mints tokens with); the request was not sent.
+    #[error("provider {provider}: {error}")]
+    Token {
+        provider: String,
+        error: crate::google_auth::TokenError,
+    },
 }
 
 impl UpstreamError {
@@ -62,6 +73,7 @@ impl UpstreamError {
             UpstreamError::Timeout { .. } | UpstreamError::ConnectTimeout { .. } => "timeout",
             UpstreamError::Refused { .. } => "refused",
             UpstreamError::Connect { .. } | UpstreamError::Other { .. } => "error",
+            UpstreamError::Token { .. } => "token",
         }
     }
 }
@@ -77,6 +89,8 @@ pub struct Upstream {
     client: UpClient,
     egress: Arc<EgressSettings>,
     proxy: Option<EgressProxy>,
+    /// How Vertex AI tokens are minted ([`crate::google_auth`]).
+    tokens: TokenClient,
 }
 
 impl Default for Upstream {
@@ -98,16 +112,38 @@ impl Upstream {
         if let Some(p) = &proxy {
             tracing::info!(proxy = %p.describe(), "Provider connections go through the egress proxy.");
         }
-        Self::with_proxy(egress, proxy)
+        Self::built(egress, proxy, &settings.metadata_host())
     }
 
     pub fn with_proxy(egress: &EgressSettings, proxy: Option<EgressProxy>) -> Self {
+        Self::built(egress, proxy, &UpstreamSettings::default().metadata_host())
+    }
+
+    fn built(egress: &EgressSettings, proxy: Option<EgressProxy>, metadata_host: &str) -> Self {
         let egress = Arc::new(egress.clone());
         let client = connection::client(&egress, proxy.as_ref(), None, None);
+        // The token endpoints come from the operator's credential files and
+        // settings, not from a provider row: `[egress]` does not judge them
+        // (the metadata server is link-local by design), the proxy applies.
+        let token_egress = Arc::new(EgressSettings {
+            allow_private_networks: true,
+            allow_link_local: true,
+            ..(*egress).clone()
+        });
+        let tokens = TokenClient {
+            http: connection::client(
+                &token_egress,
+                proxy.as_ref(),
+                Some(TOKEN_CONNECT_TIMEOUT),
+                None,
+            ),
+            metadata_url: crate::google_auth::metadata_url(metadata_host),
+        };
         Upstream {
             client,
             egress,
             proxy,
+            tokens,
         }
     }
 
@@ -182,7 +218,7 @@ impl Upstream {
             let request = self
                 .bedrock_request(provider, credential, &url, body)
                 .await?;
-            return self.exchange(provider, client, request, timeout).await;
+            return self.exchange(provider, &client, request, timeout).await;
         }
         let mut builder = Request::builder()
             .method(Method::POST)
@@ -209,6 +245,16 @@ impl Upstream {
             Authorization::GoogApiKey(value) => {
                 builder = builder.header(GOOG_API_KEY, value.clone());
             }
+            Authorization::GoogleToken(tokens) => {
+                let value = tokens
+                    .bearer(&self.tokens, timeout)
+                    .await
+                    .map_err(|error| UpstreamError::Token {
+                        provider: provider.name.clone(),
+                        error,
+                    })?;
+                builder = builder.header(header::AUTHORIZATION, value);
+            }
             Authorization::Invalid => {
                 return Err(UpstreamError::Other {
                     provider: provider.name.clone(),
@@ -225,7 +271,7 @@ impl Upstream {
                 provider: provider.name.clone(),
                 message: format!("invalid upstream request for {url}: {e}"),
             })?;
-        self.exchange(provider, client, request, timeout).await
+        self.exchange(provider, &client, request, timeout).await
     }
 
     /// A `bedrock` provider's request to `url`, signed with SigV4 for its

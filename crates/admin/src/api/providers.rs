@@ -51,9 +51,11 @@ pub enum Kind {
     #[serde(rename = "gemini")]
     Gemini,
     /// Vertex AI's Gemini models (`base_url` such as
-    /// `https://us-central1-aiplatform.googleapis.com/v1`, the credential an
-    /// OAuth access token sent as `Authorization: Bearer`);
-    /// `options.project` and `options.location` are required.
+    /// `https://us-central1-aiplatform.googleapis.com/v1`, an OAuth access
+    /// token sent as `Authorization: Bearer`: the credential itself, or
+    /// minted from a service-account key or by workload identity, as
+    /// `options.auth` says); `options.project` and `options.location` are
+    /// required.
     #[serde(rename = "vertex")]
     Vertex,
     /// Amazon Bedrock's runtime (`base_url` by default

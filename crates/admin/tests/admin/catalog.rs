@@ -620,7 +620,26 @@ async fn gemini_and_vertex_providers_are_checked_with_their_options() {
         (
             vertex(json!({"project": "p", "location": "us-central1", "auth": "entra"})),
             "options.auth",
-            "does not apply to kind vertex",
+            "`access-token`, `service-account` or `workload-identity`",
+        ),
+        (
+            vertex(json!({"project": "p", "location": "us-central1",
+                          "auth": "service_account"})),
+            "options.auth",
+            "`access-token`, `service-account` or `workload-identity`",
+        ),
+        (
+            json!({"name": "vx", "kind": "vertex",
+                   "base_url": "https://us-central1-aiplatform.googleapis.com/v1",
+                   "options": {"project": "p", "location": "us-central1",
+                               "auth": "service-account"}}),
+            "options.auth",
+            "needs credential_ref",
+        ),
+        (
+            gemini(json!({"auth": "service-account"})),
+            "options.auth",
+            "does not apply to kind gemini",
         ),
     ] {
         let refused = admin
@@ -644,6 +663,19 @@ async fn gemini_and_vertex_providers_are_checked_with_their_options() {
     assert_eq!(created.status, 201, "{}", created.text());
     assert_eq!(created.json()["kind"], "vertex");
     assert_eq!(created.json()["options"], options);
+    // Workload identity through the metadata server needs no credential.
+    let metadata = json!({"project": "p", "location": "global", "auth": "workload-identity"});
+    let created = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            json!({"name": "vx-wi", "kind": "vertex",
+                   "base_url": "https://aiplatform.googleapis.com/v1",
+                   "options": metadata.clone()}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["options"], metadata);
     let created = admin
         .call(Method::POST, "/api/v1/providers", gemini(json!({})))
         .await;

@@ -11,6 +11,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod gemini;
+pub mod google_embeddings;
 
 use serde_json::Value;
 

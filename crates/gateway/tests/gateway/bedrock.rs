@@ -609,10 +609,10 @@ async fn bedrock_signs_with_the_environments_credentials_or_web_identity() {
         .unwrap()
         .header("x-amz-security-token")
         .is_some());
-    assert_eq!(upstream.sts_calls(), 1);
+    assert_eq!(upstream.aws_sts_calls(), 1);
     assert_eq!(call(&url, &secret, hello("nova")).await.status, 200);
     assert_eq!(
-        upstream.sts_calls(),
+        upstream.aws_sts_calls(),
         2,
         "credentials near expiry are renewed"
     );
@@ -625,7 +625,7 @@ async fn bedrock_signs_with_the_environments_credentials_or_web_identity() {
         answer.text()
     );
     // Each of the route's attempts tried the exchange again.
-    let refused = upstream.sts_calls();
+    let refused = upstream.aws_sts_calls();
     assert!(refused > 2, "{refused}");
     // Credentials valid for an hour are kept.
     std::fs::write(&token_file, WEB_IDENTITY_TOKEN).unwrap();
@@ -633,7 +633,7 @@ async fn bedrock_signs_with_the_environments_credentials_or_web_identity() {
     assert_eq!(call(&url, &secret, hello("nova")).await.status, 200);
     assert_eq!(call(&url, &secret, hello("nova")).await.status, 200);
     assert_eq!(
-        upstream.sts_calls(),
+        upstream.aws_sts_calls(),
         refused + 1,
         "fresh credentials are cached"
     );

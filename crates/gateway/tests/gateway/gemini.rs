@@ -2,8 +2,8 @@
 //! mock (real HTTP over loopback): the model in the path, the key as
 //! `x-goog-api-key` or an access token as a bearer, chat completions
 //! translated to `generateContent` whole and streamed
-//! (`streamGenerateContent?alt=sse`), tools, Anthropic clients, usage rows,
-//! and the refusals.
+//! (`streamGenerateContent?alt=sse`), tools, Anthropic clients, embeddings
+//! (`batchEmbedContents`, `predict`), usage rows, and the refusals.
 
 use http::Method;
 use obleth_config::db::catalog::{create_provider, create_route, NewProvider};
@@ -92,6 +92,8 @@ async fn gemini_and_vertex_serve_chat_completions_whole_streamed_and_with_tools(
         ("absent", "gem", Some("gemini-9")),
         ("odd", "gem", Some("gemini/2")),
         ("denied", "vtx-elsewhere", Some("gemini-2.0-flash")),
+        ("embed", "gem", Some("gemini-embedding-001")),
+        ("vembed", "vtx", Some("text-embedding-005")),
     ] {
         let target = RouteTarget::new(provider, upstream_model.map(str::to_owned));
         create_route(&pool, model, &[target]).await.unwrap();
@@ -252,10 +254,6 @@ async fn gemini_and_vertex_serve_chat_completions_whole_streamed_and_with_tools(
     );
     for (path, body) in [
         (
-            "/v1/embeddings",
-            json!({"model": "gemini-2.0-flash", "input": "hi"}),
-        ),
-        (
             "/v1/completions",
             json!({"model": "gemini-2.0-flash", "prompt": "hi"}),
         ),
@@ -316,9 +314,92 @@ async fn gemini_and_vertex_serve_chat_completions_whole_streamed_and_with_tools(
         "/v1beta/models/gemini-2.0-flash:streamGenerateContent"
     );
 
-    // Usage rows for the eight served requests, the mock's counts.
-    let rows = wait_for_rows(&pool, key.id, 8).await;
-    assert_eq!(rows.len(), 8, "{rows:?}");
+    // Embeddings through AI Studio: batchEmbedContents, one request an
+    // input naming the model, the vectors in input order; Google counts no
+    // tokens, so the usage is the estimate of the input (13 bytes: 4).
+    let answer = call(
+        &gw,
+        &secret,
+        "/v1/embeddings",
+        json!({"model": "embed", "input": ["hello world", "hi"], "dimensions": 8}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "embed");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(body["data"][1]["index"], 1);
+    assert_eq!(body["data"][1]["embedding"].as_array().unwrap().len(), 8);
+    assert_ne!(body["data"][0]["embedding"], body["data"][1]["embedding"]);
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 4, "total_tokens": 4})
+    );
+    let sent = upstream.last_request().unwrap();
+    assert_eq!(
+        sent.path,
+        "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    );
+    assert_eq!(sent.header("x-goog-api-key"), Some(GEMINI_API_KEY));
+    assert_eq!(
+        sent.body.unwrap()["requests"][0],
+        json!({"model": "models/gemini-embedding-001",
+               "content": {"parts": [{"text": "hello world"}]}, "outputDimensionality": 8})
+    );
+
+    // Through Vertex AI: predict, with Google's token count; base64 as
+    // OpenAI encodes it (768 little-endian f32: 4096 base64 characters).
+    let answer = call(
+        &gw,
+        &secret,
+        "/v1/embeddings",
+        json!({"model": "vembed", "input": "one two three", "encoding_format": "base64"}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["data"][0]["embedding"].as_str().unwrap().len(), 4096);
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 3, "total_tokens": 3})
+    );
+    let sent = upstream.last_request().unwrap();
+    assert_eq!(
+        sent.path,
+        "/v1/projects/mock-project/locations/us-central1/publishers/google/models/text-embedding-005:predict"
+    );
+    assert_eq!(
+        sent.body.unwrap(),
+        json!({"instances": [{"content": "one two three"}]})
+    );
+    // Token arrays are refused before anything is sent.
+    let before = upstream.requests();
+    let answer = call(
+        &gw,
+        &secret,
+        "/v1/embeddings",
+        json!({"model": "vembed", "input": [[1, 2, 3]]}),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("input[0]"), "{}", answer.text());
+    assert_eq!(upstream.requests(), before);
+
+    // Usage rows for the ten served requests, the mock's counts.
+    let rows = wait_for_rows(&pool, key.id, 10).await;
+    assert_eq!(rows.len(), 10, "{rows:?}");
+    assert_eq!(rows[8], (Some(4), None), "AI Studio embeddings: {rows:?}");
+    assert_eq!(rows[9], (Some(3), None), "Vertex embeddings: {rows:?}");
+    let estimated: Vec<bool> = sqlx::query_scalar(
+        "SELECT estimated FROM usage_ledger WHERE key_id = $1 AND status = 200 \
+         ORDER BY created_at",
+    )
+    .bind(key.id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(&estimated[8..], [true, false], "{estimated:?}");
     assert_eq!(rows[0], (Some(4), Some(5)), "{rows:?}");
     assert_eq!(rows[1], (Some(4), Some(2)), "{rows:?}");
     assert_eq!(rows[2], (Some(4), Some(5)), "streamed: {rows:?}");

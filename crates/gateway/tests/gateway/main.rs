@@ -25,3 +25,4 @@ mod routing;
 mod streams;
 mod support;
 mod usage;
+mod vertex;

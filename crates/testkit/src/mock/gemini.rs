@@ -3,7 +3,8 @@
 //! `:streamGenerateContent?alt=sse`), keyed by `x-goog-api-key`, and Vertex
 //! AI's `POST /v1/projects/{project}/locations/{location}/publishers/google/
 //! models/{model}:generateContent` (and the streaming method), keyed by an
-//! OAuth access token (`Authorization: Bearer`).
+//! OAuth access token (`Authorization: Bearer`): the config's, or one the
+//! mock's token endpoints issued (`oauth.rs`).
 //!
 //! Refused as Google refuses, with its error body (`{"error":{"code",
 //! "message","status"}}`): no `x-goog-api-key` is 403 `PERMISSION_DENIED`,
@@ -19,6 +20,9 @@
 //! `functionResponse` naming a function called before, a
 //! `systemInstruction` without a role, a `generationConfig` of known fields
 //! with a positive `maxOutputTokens` (all 400 `INVALID_ARGUMENT`).
+//!
+//! Embeddings (`batchEmbedContents`, `predict`) are served by
+//! `gemini_embed.rs`.
 //!
 //! The answer is `tok1 tok2 ...` as the config's token count (cut by
 //! `maxOutputTokens`, then `finishReason: MAX_TOKENS`), or, when the body
@@ -68,8 +72,14 @@ pub struct GeminiMock {
     pub location: String,
     /// The models that exist (on both).
     pub models: Vec<String>,
+    /// The embedding models that exist (on both): `batchEmbedContents`
+    /// and `predict` serve these only.
+    pub embedding_models: Vec<String>,
     /// Reported as `cachedContentTokenCount` when set.
     pub cached_tokens: Option<u32>,
+    /// The `expires_in` of the tokens the OAuth endpoints issue, in
+    /// seconds (a client renews a token a minute before it expires).
+    pub token_expires_in: u64,
 }
 
 impl Default for GeminiMock {
@@ -82,7 +92,11 @@ impl Default for GeminiMock {
             models: ["gemini-2.0-flash", "gemini-2.5-flash", "gemini-2.5-pro"]
                 .map(str::to_owned)
                 .to_vec(),
+            embedding_models: ["gemini-embedding-001", "text-embedding-005"]
+                .map(str::to_owned)
+                .to_vec(),
             cached_tokens: None,
+            token_expires_in: 3600,
         }
     }
 }
@@ -96,7 +110,9 @@ impl fmt::Debug for GeminiMock {
             .field("project", &self.project)
             .field("location", &self.location)
             .field("models", &self.models)
+            .field("embedding_models", &self.embedding_models)
             .field("cached_tokens", &self.cached_tokens)
+            .field("token_expires_in", &self.token_expires_in)
             .finish()
     }
 }
@@ -178,7 +194,8 @@ pub(crate) async fn vertex(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if token != Some(config.access_token.as_str()) {
+    let known = token.is_some_and(|t| t == config.access_token || shared.oauth.issued(t));
+    if !known {
         return error(
             StatusCode::UNAUTHORIZED,
             "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
@@ -202,6 +219,23 @@ fn generate(
     version: &str,
 ) -> Response {
     let (model, method) = call.split_once(':').unwrap_or((call, ""));
+    let embedding = matches!(
+        (method, version),
+        ("batchEmbedContents", "v1beta") | ("predict", "v1")
+    );
+    if embedding {
+        if !config.embedding_models.iter().any(|m| m == model) {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("models/{model} is not found for API version {version}, or is not supported for {method}."),
+            );
+        }
+        return if version == "v1" {
+            super::gemini_embed::predict(body)
+        } else {
+            super::gemini_embed::batch(model, body)
+        };
+    }
     let stream = match method {
         "generateContent" => false,
         "streamGenerateContent" => true,

@@ -12,6 +12,11 @@
 //! of the first function instead, on both the OpenAI and the Anthropic
 //! endpoint.
 //!
+//! For Vertex AI's minted tokens it also serves an OAuth token endpoint
+//! (`POST /oauth2/token`, checking RS256 assertions), a Security Token
+//! Service (`POST /sts/v1/token`) and a metadata server, whose tokens the
+//! Vertex AI endpoints accept (`oauth.rs`).
+//!
 //! Behaviour comes from a [`MockConfig`], replaceable at run time, and from
 //! per-request headers (`x-mock-latency-ms`, `x-mock-token-delay-ms`,
 //! `x-mock-tokens`, `x-mock-fail-status`), so one server can serve many test
@@ -26,7 +31,9 @@ mod config;
 mod embed;
 mod gate;
 mod gemini;
+mod gemini_embed;
 mod handlers;
+mod oauth;
 mod responses;
 mod server;
 mod sse;
@@ -45,5 +52,9 @@ pub use config::{
     MockConfig, MockUsage, FAIL_STATUS_HEADER, LATENCY_HEADER, TOKENS_HEADER, TOKEN_DELAY_HEADER,
 };
 pub use gemini::{GeminiMock, GEMINI_API_KEY, VERTEX_ACCESS_TOKEN};
+pub use oauth::{
+    federation_file, service_account_key, FEDERATION_SUBJECT_TOKEN,
+    TEST_SERVICE_ACCOUNT_PRIVATE_KEY,
+};
 pub use server::MockUpstream;
 pub use state::RecordedRequest;

@@ -109,13 +109,45 @@ impl MockUpstream {
 
     /// How many STS `AssumeRoleWithWebIdentity` calls it answered (not
     /// counted in [`MockUpstream::requests`]).
-    pub fn sts_calls(&self) -> u64 {
+    pub fn aws_sts_calls(&self) -> u64 {
         self.shared.sts_calls()
     }
 
     /// The most recent request under `/v1`.
     pub fn last_request(&self) -> Option<RecordedRequest> {
         self.shared.last_request()
+    }
+
+    /// Calls of the OAuth token endpoint (`/oauth2/token`), answered or not.
+    pub fn token_calls(&self) -> u64 {
+        self.shared.oauth.token_calls()
+    }
+
+    /// Calls of Google's Security Token Service (`/sts/v1/token`).
+    pub fn google_sts_calls(&self) -> u64 {
+        self.shared.oauth.sts_calls()
+    }
+
+    /// Calls of the metadata server's token URL.
+    pub fn metadata_calls(&self) -> u64 {
+        self.shared.oauth.metadata_calls()
+    }
+
+    /// Makes the next `calls` calls of the token endpoints (any of the
+    /// three) answer 503.
+    pub fn fail_token_calls(&self, calls: u32) {
+        self.shared.oauth.fail_next(calls);
+    }
+
+    /// Revokes every token the token endpoints issued so far: the Vertex
+    /// AI endpoints answer them 401.
+    pub fn revoke_tokens(&self) {
+        self.shared.oauth.revoke_all();
+    }
+
+    /// The client email of the last valid service-account assertion.
+    pub fn last_token_issuer(&self) -> Option<String> {
+        self.shared.oauth.last_issuer()
     }
 
     /// Requests under `/v1` still being answered, streams included.
@@ -185,6 +217,18 @@ fn router(shared: Arc<Shared>) -> Router {
             post(bedrock::model).with_state(Arc::clone(&shared)),
         )
         .route("/sts/", post(aws::sts).with_state(Arc::clone(&shared)))
+        .route(
+            "/oauth2/token",
+            post(super::oauth::token).with_state(Arc::clone(&shared)),
+        )
+        .route(
+            "/sts/v1/token",
+            post(super::oauth::sts).with_state(Arc::clone(&shared)),
+        )
+        .route(
+            "/computeMetadata/v1/instance/service-accounts/default/token",
+            get(super::oauth::metadata).with_state(Arc::clone(&shared)),
+        )
         .route("/v1/models", get(handlers::models))
         .route("/health", get(handlers::health))
         .fallback(handlers::not_found)

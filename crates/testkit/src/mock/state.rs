@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     last: Mutex<Option<Raw>>,
     /// STS exchanges answered.
     sts_calls: AtomicU64,
+    /// The token endpoints' counters and issued tokens.
+    pub oauth: super::oauth::OAuthState,
 }
 
 impl Shared {
@@ -60,6 +62,7 @@ impl Shared {
             in_flight: AtomicU64::new(0),
             last: Mutex::new(None),
             sts_calls: AtomicU64::new(0),
+            oauth: super::oauth::OAuthState::default(),
         }
     }
 

@@ -464,7 +464,7 @@ async fn sts_exchanges_the_web_identity_token_for_temporary_credentials() {
     let bad = api.send(sts(form("another-token"))).await;
     assert_eq!(bad.status.as_u16(), 400);
     assert!(bad.body.as_str().unwrap().contains("InvalidIdentityToken"));
-    assert_eq!(mock.sts_calls(), 2);
+    assert_eq!(mock.aws_sts_calls(), 2);
     assert_eq!(
         mock.requests(),
         0,

@@ -5,6 +5,7 @@ mod anthropic;
 mod azure;
 mod bedrock;
 mod gemini;
+mod oauth;
 
 use std::time::{Duration, Instant};
 
