@@ -18,6 +18,14 @@ use crate::catalog::Catalog;
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
+    /// Requests by model, the provider that answered (`none` when none
+    /// did) and status class (`2xx`, `4xx`, `5xx`).
+    pub model_requests: IntCounterVec,
+    /// Tokens charged, by model, provider and kind (`prompt`, `completion`).
+    pub tokens: IntCounterVec,
+    /// From a request's arrival to the first byte of a successful answer's
+    /// body handed to the client, by model and provider.
+    pub time_to_first_token: HistogramVec,
     pub upstream_seconds: HistogramVec,
     pub upstream_attempts: IntCounterVec,
     /// Attempts after a request's first, by provider and why the one
@@ -90,6 +98,31 @@ impl Metrics {
                     "Proxied requests by route, status and model.",
                 ),
                 &["route", "status", "model"],
+            )),
+            model_requests: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_model_requests_total",
+                    "Proxied requests by model (routed by the catalog, else other), the provider that answered (none when none did) and status class.",
+                ),
+                &["model", "provider", "class"],
+            )),
+            tokens: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_tokens_total",
+                    "Tokens charged to requests (reported by the upstream, else estimated), by model, provider and kind (prompt, completion).",
+                ),
+                &["model", "provider", "kind"],
+            )),
+            time_to_first_token: must(HistogramVec::new(
+                HistogramOpts::new(
+                    "obleth_time_to_first_token_seconds",
+                    "Time from a request's arrival to the first byte of a successful answer's body handed to the client (a stream's first event; an answer that is not streamed is read whole first), by model and provider.",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0,
+                    60.0, 120.0,
+                ]),
+                &["model", "provider"],
             )),
             upstream_seconds: must(HistogramVec::new(
                 HistogramOpts::new(
@@ -256,6 +289,9 @@ impl Metrics {
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
+            Box::new(m.model_requests.clone()),
+            Box::new(m.tokens.clone()),
+            Box::new(m.time_to_first_token.clone()),
             Box::new(m.upstream_seconds.clone()),
             Box::new(m.upstream_attempts.clone()),
             Box::new(m.upstream_retries.clone()),
@@ -309,6 +345,22 @@ pub fn model_label<'a>(catalog: &Catalog, model: &'a str) -> &'a str {
         model
     } else {
         OTHER_MODEL
+    }
+}
+
+/// The `provider` label of a request no provider answered.
+pub const NO_PROVIDER: &str = "none";
+
+/// The `class` label of `obleth_model_requests_total`: `2xx`, `4xx`, `5xx`
+/// (499, the client went away, is `4xx`), anything else `other`.
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "other",
     }
 }
 
@@ -369,5 +421,9 @@ mod tests {
         assert_eq!(super::status_label(599), "5xx");
         assert_eq!(super::status_label(999), "other");
         assert_eq!(super::status_label(0), "other");
+        assert_eq!(super::status_class(200), "2xx");
+        assert_eq!(super::status_class(499), "4xx");
+        assert_eq!(super::status_class(503), "5xx");
+        assert_eq!(super::status_class(0), "other");
     }
 }

@@ -14,6 +14,7 @@ mod gemini;
 mod hardening;
 mod keystore;
 mod limits;
+mod metrics;
 mod netsupport;
 mod process;
 mod props;
