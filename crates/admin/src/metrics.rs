@@ -17,6 +17,9 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Every metric name registered, for `wiring` (a scrape omits a
+    /// labelled metric until it has a series).
+    names: Vec<String>,
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
     pub auth_failures: IntCounter,
@@ -54,7 +57,7 @@ impl Metrics {
         // Names and labels are constants of this file; `must` panics on a
         // programming error, which the unit test below catches.
         let registry = Registry::new();
-        let m = Metrics {
+        let mut m = Metrics {
             connections: ConnectionMetrics::register(&registry),
             requests: must(IntCounterVec::new(
                 Opts::new(
@@ -110,6 +113,7 @@ impl Metrics {
                 "1 while every live gateway and admin runs the same version and has seen the same schema, else 0 (GET /api/v1/fleet summary.uniform).",
             )),
             registry,
+            names: Vec::new(),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -123,8 +127,15 @@ impl Metrics {
             Box::new(m.fleet_nodes.clone()),
             Box::new(m.fleet_uniform.clone()),
         ];
-        register_all(&m.registry, collectors);
+        m.names = m.connections.names();
+        m.names.extend(register_all(&m.registry, collectors));
         m
+    }
+
+    /// Every metric this service exports, by name (a histogram's base
+    /// name), whether or not it has a series yet.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Sets `obleth_fleet_usage_dropped_at_stop` from what `nodes` holds:

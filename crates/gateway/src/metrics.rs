@@ -17,6 +17,9 @@ use crate::catalog::Catalog;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Every metric name registered, for `wiring` (a scrape omits a
+    /// labelled metric until it has a series).
+    names: Vec<String>,
     pub requests: IntCounterVec,
     /// Requests by model, the provider that answered (`none` when none
     /// did) and status class (`2xx`, `4xx`, `5xx`).
@@ -90,7 +93,7 @@ impl Metrics {
         ];
         // Metric names and labels are constants of this file; `must` panics on
         // a programming error, which the unit test below catches.
-        let m = Metrics {
+        let mut m = Metrics {
             connections: ConnectionMetrics::register(&registry),
             requests: must(IntCounterVec::new(
                 Opts::new(
@@ -286,6 +289,7 @@ impl Metrics {
                 "1 while the quota database is unreachable and each limit falls back to this gateway's share.",
             )),
             registry,
+            names: Vec::new(),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -322,8 +326,15 @@ impl Metrics {
             Box::new(m.quota_lease_calls.clone()),
             Box::new(m.quota_fallback.clone()),
         ];
-        register_all(&m.registry, collectors);
+        m.names = m.connections.names();
+        m.names.extend(register_all(&m.registry, collectors));
         m
+    }
+
+    /// Every metric this service exports, by name (a histogram's base
+    /// name), whether or not it has a series yet.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The text exposition format.
@@ -411,6 +422,36 @@ mod tests {
         let text = m.render();
         assert!(text.contains("obleth_requests_total"));
         assert!(text.contains("obleth_in_flight_requests"));
+    }
+
+    #[test]
+    fn names_hold_every_metric_rendered_and_those_without_series() {
+        let m = super::Metrics::new();
+        m.requests.with_label_values(&["chat", "200", "m"]).inc();
+        m.time_to_first_token
+            .with_label_values(&["m", "p"])
+            .observe(0.1);
+        m.connections.open.with_label_values(&["proxy"]).set(1);
+        let text = m.render();
+        let rendered: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert!(rendered.contains(&"obleth_time_to_first_token_seconds"));
+        for name in &rendered {
+            assert!(m.names().iter().any(|n| n == name), "{name}");
+        }
+        // No series yet, so not rendered, but exported.
+        assert!(!rendered.contains(&"obleth_upstream_ejections_total"));
+        assert!(m
+            .names()
+            .iter()
+            .any(|n| n == "obleth_upstream_ejections_total"));
+        assert!(m
+            .names()
+            .iter()
+            .any(|n| n == "obleth_connections_timed_out_total"));
     }
 
     #[test]
