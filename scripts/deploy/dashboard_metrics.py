@@ -3,6 +3,7 @@
     dashboard_metrics.py --bin-dir BIN --dashboard deploy/grafana/obleth-dashboard.json \
         --rules deploy/prometheus/obleth-alerts.yaml [--runbooks docs/observability.md]
     dashboard_metrics.py self-test
+    dashboard_metrics.py rendered-rules RENDER --rules FILE --out FILE
 
 Reads every PromQL expression of the Grafana dashboard (panel targets and
 template variable queries) and of the alert rules, extracts the metric names
@@ -12,6 +13,10 @@ series yet, which a scrape of /metrics would leave out). A histogram's
 `_bucket`, `_sum` and `_count` series map to its base name. With --runbooks,
 each alert's runbook_url must name a heading of that file. Exits 1, naming
 each unknown metric and where it is used, if anything is not exported.
+
+`rendered-rules` checks that a chart render holds exactly one PrometheusRule
+whose groups are those of the rules file, and writes them to --out as a rules
+file (for `promtool check rules` of what the chart deploys).
 """
 
 from __future__ import annotations
@@ -194,9 +199,33 @@ def self_test() -> int:
     return 1 if failed else 0
 
 
+def rendered_rules(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="dashboard_metrics.py rendered-rules")
+    ap.add_argument("render")
+    ap.add_argument("--rules", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    docs = [d for d in yaml.safe_load_all(Path(a.render).read_text()) if d]
+    found = [d for d in docs if d.get("kind") == "PrometheusRule"]
+    if len(found) != 1:
+        print(f"  FAIL  {a.render}: {len(found)} PrometheusRules, want 1")
+        return 1
+    want = yaml.safe_load(Path(a.rules).read_text())["groups"]
+    got = found[0]["spec"]["groups"]
+    if got != want:
+        print(f"  FAIL  the PrometheusRule's groups differ from {a.rules}")
+        return 1
+    Path(a.out).write_text(yaml.safe_dump({"groups": got}, sort_keys=False))
+    rules = sum(len(g["rules"]) for g in got)
+    print(f"  ok    PrometheusRule {found[0]['metadata']['name']}: the {rules} rules of {a.rules}")
+    return 0
+
+
 def main() -> int:
     if sys.argv[1:] == ["self-test"]:
         return self_test()
+    if sys.argv[1:2] == ["rendered-rules"]:
+        return rendered_rules(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--dashboard", required=True)
