@@ -1,7 +1,8 @@
 """The dashboard and the alert rules against what the binaries export.
 
     dashboard_metrics.py --bin-dir BIN --dashboard deploy/grafana/obleth-dashboard.json \
-        --rules deploy/prometheus/obleth-alerts.yaml [--runbooks docs/observability.md]
+        --rules deploy/prometheus/obleth-alerts.yaml [--runbooks docs/observability.md] \
+        [--docs docs/gateway.md docs/admin-api.md]
     dashboard_metrics.py self-test
     dashboard_metrics.py rendered-rules RENDER --rules FILE --out FILE
 
@@ -11,7 +12,9 @@ they reference, and checks each against the names `obleth-gateway wiring` and
 `obleth-admin wiring` list (their registries' metrics, including those with no
 series yet, which a scrape of /metrics would leave out). A histogram's
 `_bucket`, `_sum` and `_count` series map to its base name. With --runbooks,
-each alert's runbook_url must name a heading of that file. Exits 1, naming
+each alert's runbook_url must name a heading of that file; with --docs, every
+exported metric must be named (in backquotes) by one of those files, so the
+metrics tables stay complete. Exits 1, naming
 each unknown metric and where it is used, if anything is not exported.
 
 `rendered-rules` checks that a chart render holds exactly one PrometheusRule
@@ -231,6 +234,7 @@ def main() -> int:
     ap.add_argument("--dashboard", required=True)
     ap.add_argument("--rules", required=True)
     ap.add_argument("--runbooks")
+    ap.add_argument("--docs", nargs="*", default=[])
     a = ap.parse_args()
     try:
         exported = exported_names(Binaries(a.bin_dir))
@@ -241,6 +245,10 @@ def main() -> int:
     rules = yaml.safe_load(Path(a.rules).read_text())
     runbooks = Path(a.runbooks).read_text() if a.runbooks else None
     problems = check(dashboard, rules, exported, runbooks)
+    documented = "".join(Path(d).read_text() for d in a.docs)
+    for name in sorted(exported) if a.docs else []:
+        if f"`{name}`" not in documented and f"`{name}{{" not in documented:
+            problems.append(f"{name} is exported but named by none of {', '.join(a.docs)}")
     for p in problems:
         print(f"  FAIL  {p}")
     print(f"dashboard and rules: {'every metric exported' if not problems else f'{len(problems)} problems'}")
