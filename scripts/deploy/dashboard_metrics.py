@@ -5,6 +5,7 @@
         [--docs docs/gateway.md docs/admin-api.md]
     dashboard_metrics.py self-test
     dashboard_metrics.py rendered-rules RENDER --rules FILE --out FILE
+    dashboard_metrics.py scrape --bin-dir BIN --config examples/quickstart.toml
 
 Reads every PromQL expression of the Grafana dashboard (panel targets and
 template variable queries) and of the alert rules, extracts the metric names
@@ -20,14 +21,27 @@ each unknown metric and where it is used, if anything is not exported.
 `rendered-rules` checks that a chart render holds exactly one PrometheusRule
 whose groups are those of the rules file, and writes them to --out as a rules
 file (for `promtool check rules` of what the chart deploys).
+
+`scrape` runs the real gateway in embedded mode with the given settings file
+(on free loopback ports), sends one whole and one streamed chat completion
+with the file's demo key, scrapes its ops /metrics and checks that every
+metric family served is one `wiring` lists, and that the per-model request,
+token and time-to-first-token series are there for the routed model and its
+provider: the list the dashboard check trusts is what the binary serves.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -224,11 +238,106 @@ def rendered_rules(argv: list[str]) -> int:
     return 0
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: dict | None = None, key: str | None = None) -> tuple[int, str]:
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def scrape(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="dashboard_metrics.py scrape")
+    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("--config", required=True)
+    a = ap.parse_args(argv)
+    bins = Binaries(a.bin_dir)
+    listed = set(bins.wiring("obleth-gateway", None, {})["metrics"])
+    text = Path(a.config).read_text()
+    key = re.search(r"demo key: (obk_\w+)", text)
+    route = re.search(r'^model = "([^"]+)"', text, re.M)
+    provider = re.search(r'^name = "([^"]+)"', text, re.M)
+    if not (key and route and provider):
+        print(f"  FAIL  {a.config}: no demo key, route or provider found")
+        return 1
+    key, model, provider = key.group(1), route.group(1), provider.group(1)
+    proxy, ops = free_port(), free_port()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "OBLETH_SERVER__LISTEN": f"127.0.0.1:{proxy}", "OBLETH_SERVER__OPS_LISTEN": f"127.0.0.1:{ops}"}
+    gw = subprocess.Popen([bins.path("obleth-gateway"), "--config", a.config], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    problems = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if http("GET", f"http://127.0.0.1:{ops}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if gw.poll() is not None or time.monotonic() > deadline:
+                print(f"  FAIL  the gateway did not get ready: {gw.stderr.read() if gw.poll() is not None else 'timeout'}")
+                return 1
+            time.sleep(0.1)
+        chat = {"model": model, "messages": [{"role": "user", "content": "Hello!"}]}
+        for stream in (False, True):
+            status, body = http("POST", f"http://127.0.0.1:{proxy}/v1/chat/completions", {**chat, "stream": stream}, key)
+            if status != 200:
+                problems.append(f"chat (stream {stream}) answered {status}: {body[:200]}")
+        _, metrics = http("GET", f"http://127.0.0.1:{ops}/metrics")
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        try:
+            gw.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            gw.kill()
+    served = set(re.findall(r"^# TYPE (\S+) ", metrics, re.M))
+    print(f"  gateway served {len(served)} metric families after two requests; wiring lists {len(listed)}")
+    for name in sorted(served - listed):
+        problems.append(f"{name} is served by /metrics but not listed by wiring")
+    samples = []
+    for line in metrics.splitlines():
+        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            samples.append((m.group(1), labels, float(m.group(3))))
+    ours = {"model": model, "provider": provider}
+    for name, extra, want in (("obleth_model_requests_total", {"class": "2xx"}, 2.0),
+                              ("obleth_tokens_total", {"kind": "completion"}, None),
+                              ("obleth_tokens_total", {"kind": "prompt"}, None),
+                              ("obleth_time_to_first_token_seconds_count", {}, 2.0)):
+        match = {**ours, **extra}
+        got = sum(v for n, l, v in samples if n == name and all(l.get(k) == x for k, x in match.items()))
+        ok = got == want if want is not None else got > 0
+        desc = f"{name}{match} = {got}" + (f" (want {want})" if want is not None else " (want > 0)")
+        if ok:
+            print(f"  ok    {desc}")
+        else:
+            problems.append(desc)
+    for p in problems:
+        print(f"  FAIL  {p}")
+    print(f"scrape: {'ok' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0
+
+
 def main() -> int:
     if sys.argv[1:] == ["self-test"]:
         return self_test()
     if sys.argv[1:2] == ["rendered-rules"]:
         return rendered_rules(sys.argv[2:])
+    if sys.argv[1:2] == ["scrape"]:
+        return scrape(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--dashboard", required=True)
