@@ -17,6 +17,9 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Every metric name registered, for `wiring` (a scrape omits a
+    /// labelled metric until it has a series).
+    names: Vec<String>,
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
     pub auth_failures: IntCounter,
@@ -30,6 +33,13 @@ pub struct Metrics {
     /// What gateways that signed off within [`DROPPED_AT_STOP_WITHIN`]
     /// recorded as dropped usage, by reason; read from `nodes` at each scrape.
     pub fleet_usage_dropped_at_stop: IntGaugeVec,
+    /// Live gateways and admins by service and version, read from `nodes`
+    /// like `fleet_usage_dropped_at_stop`; versions no node runs any more
+    /// are removed, so the label set is the fleet's versions.
+    pub fleet_nodes: IntGaugeVec,
+    /// 1 while every live node runs one version and has seen one schema
+    /// (`GET /api/v1/fleet`'s `summary.uniform`), else 0.
+    pub fleet_uniform: IntGauge,
 }
 
 /// How far back `obleth_fleet_usage_dropped_at_stop` looks: long enough for
@@ -47,7 +57,7 @@ impl Metrics {
         // Names and labels are constants of this file; `must` panics on a
         // programming error, which the unit test below catches.
         let registry = Registry::new();
-        let m = Metrics {
+        let mut m = Metrics {
             connections: ConnectionMetrics::register(&registry),
             requests: must(IntCounterVec::new(
                 Opts::new(
@@ -91,7 +101,19 @@ impl Metrics {
                 ),
                 &["reason"],
             )),
+            fleet_nodes: must(IntGaugeVec::new(
+                Opts::new(
+                    "obleth_fleet_nodes",
+                    "Live gateways and admins (heartbeat within 30 s), by service and version, read from nodes every heartbeat interval.",
+                ),
+                &["service", "version"],
+            )),
+            fleet_uniform: must(IntGauge::new(
+                "obleth_fleet_uniform",
+                "1 while every live gateway and admin runs the same version and has seen the same schema, else 0 (GET /api/v1/fleet summary.uniform).",
+            )),
             registry,
+            names: Vec::new(),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -102,9 +124,18 @@ impl Metrics {
             Box::new(m.migrations_applied.clone()),
             Box::new(m.changes_pruned.clone()),
             Box::new(m.fleet_usage_dropped_at_stop.clone()),
+            Box::new(m.fleet_nodes.clone()),
+            Box::new(m.fleet_uniform.clone()),
         ];
-        register_all(&m.registry, collectors);
+        m.names = m.connections.names();
+        m.names.extend(register_all(&m.registry, collectors));
         m
+    }
+
+    /// Every metric this service exports, by name (a histogram's base
+    /// name), whether or not it has a series yet.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Sets `obleth_fleet_usage_dropped_at_stop` from what `nodes` holds:
@@ -121,6 +152,25 @@ impl Metrics {
                 .with_label_values(&[reason.as_str()])
                 .set(*count);
         }
+    }
+
+    /// Sets `obleth_fleet_nodes` and `obleth_fleet_uniform` from the live
+    /// nodes: only the versions they run have series.
+    pub fn set_fleet(&self, nodes: &[crate::api::fleet::NodeView]) {
+        let mut counts = std::collections::BTreeMap::<(&str, &str), i64>::new();
+        for n in nodes {
+            *counts
+                .entry((n.service.as_str(), n.version.as_str()))
+                .or_default() += 1;
+        }
+        self.fleet_nodes.reset();
+        for ((service, version), count) in counts {
+            self.fleet_nodes
+                .with_label_values(&[service, version])
+                .set(count);
+        }
+        let uniform = crate::api::fleet::summarize(nodes).uniform;
+        self.fleet_uniform.set(i64::from(uniform));
     }
 
     /// The text exposition format.

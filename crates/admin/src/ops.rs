@@ -16,7 +16,8 @@ pub use obleth_config::ops::paths;
 pub use obleth_service::ops::{Readiness, SchemaInfo, VersionInfo};
 
 /// The facts deploy manifests must agree with: the port, probe paths and
-/// drain timings of `settings` (the shape of `obleth-gateway wiring`).
+/// drain timings of `settings` and the metric names (the shape of
+/// `obleth-gateway wiring`).
 pub fn wiring(settings: &AdminSettings) -> serde_json::Value {
     json!({
         "service": "admin",
@@ -24,6 +25,8 @@ pub fn wiring(settings: &AdminSettings) -> serde_json::Value {
         "paths": obleth_config::ops::paths_json(),
         "drain_delay_secs": settings.server.drain_delay_secs,
         "drain_timeout_secs": settings.server.drain_timeout_secs,
+        // Every metric `/metrics` exports (scripts/deploy/dashboard_metrics.py).
+        "metrics": crate::metrics::Metrics::new().names(),
     })
 }
 

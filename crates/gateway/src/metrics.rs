@@ -17,7 +17,18 @@ use crate::catalog::Catalog;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Every metric name registered, for `wiring` (a scrape omits a
+    /// labelled metric until it has a series).
+    names: Vec<String>,
     pub requests: IntCounterVec,
+    /// Requests by model, the provider that answered (`none` when none
+    /// did) and status class (`2xx`, `4xx`, `5xx`).
+    pub model_requests: IntCounterVec,
+    /// Tokens charged, by model, provider and kind (`prompt`, `completion`).
+    pub tokens: IntCounterVec,
+    /// From a request's arrival to the first byte of a successful answer's
+    /// body handed to the client, by model and provider.
+    pub time_to_first_token: HistogramVec,
     pub upstream_seconds: HistogramVec,
     pub upstream_attempts: IntCounterVec,
     /// Attempts after a request's first, by provider and why the one
@@ -82,7 +93,7 @@ impl Metrics {
         ];
         // Metric names and labels are constants of this file; `must` panics on
         // a programming error, which the unit test below catches.
-        let m = Metrics {
+        let mut m = Metrics {
             connections: ConnectionMetrics::register(&registry),
             requests: must(IntCounterVec::new(
                 Opts::new(
@@ -90,6 +101,31 @@ impl Metrics {
                     "Proxied requests by route, status and model.",
                 ),
                 &["route", "status", "model"],
+            )),
+            model_requests: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_model_requests_total",
+                    "Proxied requests by model (routed by the catalog, else other), the provider that answered (none when none did) and status class.",
+                ),
+                &["model", "provider", "class"],
+            )),
+            tokens: must(IntCounterVec::new(
+                Opts::new(
+                    "obleth_tokens_total",
+                    "Tokens charged to requests (reported by the upstream, else estimated), by model, provider and kind (prompt, completion).",
+                ),
+                &["model", "provider", "kind"],
+            )),
+            time_to_first_token: must(HistogramVec::new(
+                HistogramOpts::new(
+                    "obleth_time_to_first_token_seconds",
+                    "Time from a request's arrival to the first byte of a successful answer's body handed to the client (a stream's first event; an answer that is not streamed is read whole first), by model and provider.",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0,
+                    60.0, 120.0,
+                ]),
+                &["model", "provider"],
             )),
             upstream_seconds: must(HistogramVec::new(
                 HistogramOpts::new(
@@ -253,9 +289,13 @@ impl Metrics {
                 "1 while the quota database is unreachable and each limit falls back to this gateway's share.",
             )),
             registry,
+            names: Vec::new(),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
+            Box::new(m.model_requests.clone()),
+            Box::new(m.tokens.clone()),
+            Box::new(m.time_to_first_token.clone()),
             Box::new(m.upstream_seconds.clone()),
             Box::new(m.upstream_attempts.clone()),
             Box::new(m.upstream_retries.clone()),
@@ -286,8 +326,15 @@ impl Metrics {
             Box::new(m.quota_lease_calls.clone()),
             Box::new(m.quota_fallback.clone()),
         ];
-        register_all(&m.registry, collectors);
+        m.names = m.connections.names();
+        m.names.extend(register_all(&m.registry, collectors));
         m
+    }
+
+    /// Every metric this service exports, by name (a histogram's base
+    /// name), whether or not it has a series yet.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The text exposition format.
@@ -309,6 +356,22 @@ pub fn model_label<'a>(catalog: &Catalog, model: &'a str) -> &'a str {
         model
     } else {
         OTHER_MODEL
+    }
+}
+
+/// The `provider` label of a request no provider answered.
+pub const NO_PROVIDER: &str = "none";
+
+/// The `class` label of `obleth_model_requests_total`: `2xx`, `4xx`, `5xx`
+/// (499, the client went away, is `4xx`), anything else `other`.
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "other",
     }
 }
 
@@ -362,6 +425,36 @@ mod tests {
     }
 
     #[test]
+    fn names_hold_every_metric_rendered_and_those_without_series() {
+        let m = super::Metrics::new();
+        m.requests.with_label_values(&["chat", "200", "m"]).inc();
+        m.time_to_first_token
+            .with_label_values(&["m", "p"])
+            .observe(0.1);
+        m.connections.open.with_label_values(&["proxy"]).set(1);
+        let text = m.render();
+        let rendered: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert!(rendered.contains(&"obleth_time_to_first_token_seconds"));
+        for name in &rendered {
+            assert!(m.names().iter().any(|n| n == name), "{name}");
+        }
+        // No series yet, so not rendered, but exported.
+        assert!(!rendered.contains(&"obleth_upstream_ejections_total"));
+        assert!(m
+            .names()
+            .iter()
+            .any(|n| n == "obleth_upstream_ejections_total"));
+        assert!(m
+            .names()
+            .iter()
+            .any(|n| n == "obleth_connections_timed_out_total"));
+    }
+
+    #[test]
     fn status_labels_come_from_a_fixed_set() {
         assert_eq!(super::status_label(200), "200");
         assert_eq!(super::status_label(499), "499");
@@ -369,5 +462,9 @@ mod tests {
         assert_eq!(super::status_label(599), "5xx");
         assert_eq!(super::status_label(999), "other");
         assert_eq!(super::status_label(0), "other");
+        assert_eq!(super::status_class(200), "2xx");
+        assert_eq!(super::status_class(499), "4xx");
+        assert_eq!(super::status_class(503), "5xx");
+        assert_eq!(super::status_class(0), "other");
     }
 }

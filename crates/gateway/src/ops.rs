@@ -12,7 +12,7 @@ use crate::state::AppState;
 pub use obleth_config::ops::paths;
 
 /// The facts deploy manifests must agree with: listener ports, probe paths and
-/// drain timings of `settings`.
+/// drain timings of `settings`, and the metric names.
 pub fn wiring(settings: &crate::settings::GatewaySettings) -> serde_json::Value {
     json!({
         "service": "gateway",
@@ -31,6 +31,9 @@ pub fn wiring(settings: &crate::settings::GatewaySettings) -> serde_json::Value 
         // start once that many keys exist).
         "max_keys": settings.cache.max_keys,
         "max_keys_memory_bytes": crate::memcheck::needed(settings.cache.max_keys),
+        // Every metric `/metrics` exports, for the dashboard and alert
+        // checks (scripts/deploy/dashboard_metrics.py).
+        "metrics": crate::metrics::Metrics::new().names(),
     })
 }
 

@@ -622,6 +622,9 @@ async fn forward(
             Tokens::default()
         };
         observe_overhead(state, &completion, upstream_wait);
+        if status.is_success() && !bytes.is_empty() {
+            completion.first_byte();
+        }
         let head = head(parts, provider, &mut completion);
         completion.finish(status.as_u16(), tokens);
         return head

@@ -108,6 +108,21 @@ impl Completion {
         self.record(status, tokens);
     }
 
+    /// Observes `obleth_time_to_first_token_seconds`: the first byte of a
+    /// successful answer's body is being handed to the client now. The
+    /// caller calls it once, and only while the request is in flight.
+    pub fn first_byte(&self) {
+        let Some(provider) = self.provider.as_deref() else {
+            return;
+        };
+        let catalog = self.state.catalog.get();
+        self.state
+            .metrics
+            .time_to_first_token
+            .with_label_values(&[metrics::model_label(&catalog, &self.model), provider])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+
     fn record(&mut self, status: u16, tokens: Tokens) {
         let Some(guard) = self.guard.take() else {
             return;
@@ -125,15 +140,27 @@ impl Completion {
         // Label values only from the operator's catalog and fixed sets: a
         // client naming random models must not create series.
         let catalog = state.catalog.get();
+        let model = metrics::model_label(&catalog, &self.model);
+        let provider = self.provider.as_deref().unwrap_or(metrics::NO_PROVIDER);
         state
             .metrics
             .requests
-            .with_label_values(&[
-                self.route,
-                metrics::status_label(status).as_ref(),
-                metrics::model_label(&catalog, &self.model),
-            ])
+            .with_label_values(&[self.route, metrics::status_label(status).as_ref(), model])
             .inc();
+        state
+            .metrics
+            .model_requests
+            .with_label_values(&[model, provider, metrics::status_class(status)])
+            .inc();
+        for (kind, count) in [("prompt", tokens.prompt), ("completion", tokens.completion)] {
+            if let Some(count) = count.and_then(|n| u64::try_from(n).ok()).filter(|n| *n > 0) {
+                state
+                    .metrics
+                    .tokens
+                    .with_label_values(&[model, provider, kind])
+                    .inc_by(count);
+            }
+        }
         state.usage.record_with(|| UsageEvent {
             request_id: self.request_id,
             key_id: Some(self.key.id),
@@ -176,6 +203,9 @@ pub struct RelayBody {
     anthropic: Option<AnthropicUsage>,
     /// The upstream's body has ended (and what was held was passed on).
     done: bool,
+    /// A byte of the body has been handed to the client (time to first
+    /// token observed).
+    started_body: bool,
     status: u16,
     completion: Option<Completion>,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -211,6 +241,7 @@ impl RelayBody {
             strip: (!completion.client_usage).then(UsageStrip::default),
             anthropic: None,
             done: false,
+            started_body: false,
             status,
             completion: Some(completion),
             cut: Box::pin(cut.cancelled_owned()),
@@ -304,6 +335,14 @@ impl Body for RelayBody {
                         },
                         Err(other) => other,
                     };
+                    if !this.started_body && frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                        this.started_body = true;
+                        if let Some(c) =
+                            this.completion.as_ref().filter(|_| is_success(this.status))
+                        {
+                            c.first_byte();
+                        }
+                    }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(Some(Err(e))) if crate::timeouts::is_idle_timeout(e.as_ref()) => {
@@ -355,6 +394,10 @@ impl Body for RelayBody {
             None => self.inner.size_hint(),
         }
     }
+}
+
+fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
 }
 
 impl Drop for RelayBody {

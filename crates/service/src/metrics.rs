@@ -23,7 +23,12 @@ pub fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: 
 }
 
 /// Registers every collector of `collectors` in `registry`; see [`register`].
-pub fn register_all(registry: &Registry, collectors: Vec<Box<dyn Collector>>) {
+/// Answers the names of the metrics registered, in order.
+pub fn register_all(registry: &Registry, collectors: Vec<Box<dyn Collector>>) -> Vec<String> {
+    let names = collectors
+        .iter()
+        .flat_map(|c| descriptor_names(&**c))
+        .collect();
     for collector in collectors {
         let name = collector
             .desc()
@@ -34,6 +39,13 @@ pub fn register_all(registry: &Registry, collectors: Vec<Box<dyn Collector>>) {
             panic!("cannot register metric {name}: {e}");
         }
     }
+    names
+}
+
+/// The metric names `collector` describes (a histogram's base name, without
+/// `_bucket`, `_sum` and `_count`).
+fn descriptor_names(collector: &dyn Collector) -> Vec<String> {
+    collector.desc().iter().map(|d| d.fq_name.clone()).collect()
 }
 
 /// Unwraps a metric constructor's result; see [`register`] for why a failure
@@ -69,6 +81,16 @@ pub struct ConnectionMetrics {
 }
 
 impl ConnectionMetrics {
+    /// The names of the connection metrics.
+    pub fn names(&self) -> Vec<String> {
+        [
+            descriptor_names(&self.open),
+            descriptor_names(&self.refused),
+            descriptor_names(&self.timed_out),
+        ]
+        .concat()
+    }
+
     /// Creates the connection metrics and registers them in `registry`.
     pub fn register(registry: &Registry) -> ConnectionMetrics {
         ConnectionMetrics {

@@ -188,3 +188,68 @@ async fn the_admin_exports_the_usage_gateways_dropped_as_they_stopped() {
         );
     }
 }
+
+/// The admin exports the live fleet's versions and whether it is uniform,
+/// read from `nodes`: a node on another version makes it not uniform, and
+/// once that node stops its version leaves the label set.
+#[tokio::test]
+async fn the_admin_exports_the_fleet_versions_and_whether_they_are_uniform() {
+    let (admin, _db, pool) = TestAdmin::on_fresh_database().await;
+    sqlx::query(
+        "INSERT INTO nodes (node_id, service, version, ready, started_at, last_seen) VALUES \
+         ('gw-old', 'gateway', '0.0.1-old', TRUE, now(), now() + interval '1 hour'), \
+         ('gw-new', 'gateway', $1, TRUE, now(), now() + interval '1 hour')",
+    )
+    .bind(VERSION)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let nodes = "obleth_fleet_nodes";
+    let text = wait_for(
+        Duration::from_secs(15),
+        "two versions in obleth_fleet_nodes",
+        || async {
+            let text = admin.metrics().await;
+            let old = [("service", "gateway"), ("version", "0.0.1-old")];
+            (obleth_testkit::metrics::value(&text, nodes, &old) == Some(1.0)).then_some(text)
+        },
+    )
+    .await;
+    let new = [("service", "gateway"), ("version", VERSION)];
+    assert_eq!(
+        obleth_testkit::metrics::value(&text, nodes, &new),
+        Some(1.0),
+        "{text}"
+    );
+    let this_admin = [("service", "admin"), ("version", VERSION)];
+    assert_eq!(
+        obleth_testkit::metrics::value(&text, nodes, &this_admin),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        obleth_testkit::metrics::value(&text, "obleth_fleet_uniform", &[]),
+        Some(0.0),
+        "{text}"
+    );
+
+    sqlx::query("UPDATE nodes SET stopped_at = now() WHERE node_id = 'gw-old'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let text = wait_for(
+        Duration::from_secs(15),
+        "the fleet uniform again",
+        || async {
+            let text = admin.metrics().await;
+            (obleth_testkit::metrics::value(&text, "obleth_fleet_uniform", &[]) == Some(1.0))
+                .then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        !text.contains("0.0.1-old"),
+        "a stopped node's version leaves: {text}"
+    );
+    assert_eq!(obleth_testkit::metrics::series(&text, nodes), 2, "{text}");
+}

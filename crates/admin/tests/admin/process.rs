@@ -45,10 +45,25 @@ async fn wiring_prints_the_port_paths_and_drain_timings_without_a_database() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let wiring: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut wiring: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every metric the admin exports, series or not (the dashboard check
+    // reads them).
+    let metrics = wiring["metrics"].take();
+    for name in [
+        "obleth_admin_ready",
+        "obleth_fleet_uniform",
+        "obleth_fleet_nodes",
+        "obleth_open_connections",
+    ] {
+        assert!(
+            metrics.as_array().unwrap().iter().any(|m| m == name),
+            "{name}: {metrics}"
+        );
+    }
     assert_eq!(
         wiring,
         serde_json::json!({
+            "metrics": null,
             "service": "admin",
             "port": 9181,
             "paths": {"healthz": "/healthz", "readyz": "/readyz", "health": "/api/v1/health",

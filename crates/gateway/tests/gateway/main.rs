@@ -15,6 +15,7 @@ mod gemini;
 mod hardening;
 mod keystore;
 mod limits;
+mod metrics;
 mod netsupport;
 mod process;
 mod props;
