@@ -122,7 +122,9 @@ pub enum Authorization {
     /// `Authorization: Bearer <token>` with a token the gateway mints and
     /// caches (Vertex AI with a service-account key or workload identity).
     GoogleToken(Arc<crate::google_auth::GoogleTokens>),
-    /// The credential has characters a header cannot carry: every call fails.
+    /// The credential has characters a header cannot carry, or is a
+    /// `vertex` credential that does not match `options.auth`: every call
+    /// fails.
     Invalid,
 }
 

@@ -214,7 +214,8 @@ impl GoogleTokens {
 
     /// The `Authorization: Bearer` header for the next request: the cached
     /// token while it has more than a minute left, else a new one (one
-    /// caller mints, the others wait for it), within `bound`.
+    /// caller mints, the others wait for it), within `bound` and at most
+    /// 10 s, waiting included.
     pub async fn bearer(
         &self,
         client: &TokenClient,
@@ -223,41 +224,40 @@ impl GoogleTokens {
         if let Some(header) = self.fresh() {
             return Ok(header);
         }
+        // One deadline for the wait behind another caller's mint and for
+        // this one's: callers never queue up one timeout each.
+        let timeout = bound.min(MINT_TIMEOUT);
+        match tokio::time::timeout(timeout, self.mint(client)).await {
+            Ok(minted) => minted,
+            Err(_) => Err(TokenError::Timeout {
+                from: self.source.name(),
+                timeout,
+            }),
+        }
+    }
+
+    /// The header of a new token, minted by one caller at a time (those
+    /// waiting take the token it minted).
+    async fn mint(&self, client: &TokenClient) -> Result<HeaderValue, TokenError> {
         let _one_at_a_time = self.minting.lock().await;
         if let Some(header) = self.fresh() {
             return Ok(header);
         }
         let source = self.source.name();
-        let timeout = bound.min(MINT_TIMEOUT);
         let authenticator = self
             .authenticator
             .get_or_try_init(|| self.build(client))
             .await?;
-        let minting = async {
-            if self
-                .refused
-                .swap(false, std::sync::atomic::Ordering::AcqRel)
-            {
-                authenticator.force_refreshed_token(&[CLOUD_PLATFORM]).await
-            } else {
-                authenticator.token(&[CLOUD_PLATFORM]).await
-            }
+        let refused = self.refused.load(std::sync::atomic::Ordering::Acquire);
+        let minted = if refused {
+            authenticator.force_refreshed_token(&[CLOUD_PLATFORM]).await
+        } else {
+            authenticator.token(&[CLOUD_PLATFORM]).await
         };
-        let token = match tokio::time::timeout(timeout, minting).await {
-            Err(_) => {
-                return Err(TokenError::Timeout {
-                    from: source,
-                    timeout,
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(TokenError::Mint {
-                    from: source,
-                    message: describe(&e),
-                })
-            }
-            Ok(Ok(token)) => token,
-        };
+        let token = minted.map_err(|e| TokenError::Mint {
+            from: source,
+            message: describe(&e),
+        })?;
         let Some(value) = token.token() else {
             return Err(TokenError::Mint {
                 from: source,
@@ -270,6 +270,10 @@ impl GoogleTokens {
                 message: "the access token has characters a header cannot carry".to_owned(),
             })?;
         header.set_sensitive(true);
+        if refused {
+            self.refused
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((token, header.clone()));
         Ok(header)
     }
@@ -365,6 +369,43 @@ mod tests {
 
     fn secret(s: &str) -> SecretString {
         SecretString::from(s.to_owned())
+    }
+
+    /// A token endpoint that accepts connections and never answers: each
+    /// caller, the one minting and the one waiting for it, gets a timeout
+    /// within its own bound, never a wait of one bound per caller before.
+    #[tokio::test]
+    async fn a_token_endpoint_that_never_answers_is_a_timeout_for_every_caller() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let key = obleth_testkit::mock::service_account_key(addr, "sa@p.iam.gserviceaccount.com");
+        let VertexCredential::Minted(tokens) = GoogleTokens::classify(None, &secret(&key)).unwrap()
+        else {
+            panic!("a key mints")
+        };
+        let egress = std::sync::Arc::new(obleth_config::EgressSettings {
+            allow_private_networks: true,
+            ..Default::default()
+        });
+        let client = TokenClient {
+            http: crate::connection::client(&egress, None, Some(Duration::from_secs(1)), None),
+            metadata_url: metadata_url("127.0.0.1:9"),
+        };
+        let bound = Duration::from_millis(300);
+        let (first, second) =
+            tokio::join!(tokens.bearer(&client, bound), tokens.bearer(&client, bound));
+        for answer in [first, second] {
+            let e = answer.unwrap_err();
+            assert!(matches!(e, TokenError::Timeout { .. }), "{e}");
+            assert!(!e.to_string().contains("PRIVATE"), "{e}");
+        }
+        held.abort();
     }
 
     #[test]

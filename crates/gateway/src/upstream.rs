@@ -258,7 +258,7 @@ impl Upstream {
             Authorization::Invalid => {
                 return Err(UpstreamError::Other {
                     provider: provider.name.clone(),
-                    message: "the credential contains characters not allowed in a header"
+                    message: "the credential cannot be sent: characters a header cannot carry, or a vertex credential that does not match options.auth (logged when it was read)"
                         .to_owned(),
                 })
             }

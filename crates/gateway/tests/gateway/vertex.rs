@@ -91,10 +91,12 @@ async fn a_service_account_key_mints_cached_tokens_renewed_on_expiry_and_rotatio
     let gw = TestGateway::start(settings).await;
     gw.wait_ready().await;
 
-    // Many requests, one token: the assertion verified, the minted token
-    // sent as the bearer.
-    for _ in 0..3 {
-        let answer = chat(&gw, &secret, "vtx-sa").await;
+    // Many requests, one token, even when they arrive together before any
+    // token exists (one mints, the others wait for it): the assertion
+    // verified, the minted token sent as the bearer.
+    let together: Vec<Answer> =
+        futures_util::future::join_all((0..4).map(|_| chat(&gw, &secret, "vtx-sa"))).await;
+    for answer in together.iter().chain([&chat(&gw, &secret, "vtx-sa").await]) {
         assert_eq!(answer.status, 200, "{}", answer.text());
         assert_eq!(
             answer.json()["choices"][0]["message"]["content"],
