@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::api::fleet::NodeView;
+use crate::api::fleet::live_nodes;
 use crate::state::AppState;
 
 /// Longest one read may take; on failure a gauge keeps its last values.
@@ -45,20 +45,9 @@ async fn refresh(state: &AppState) {
         Ok(Err(e)) => debug!(error = %e, "Could not read the fleet's dropped usage."),
         Err(_) => debug!("Reading the fleet's dropped usage timed out."),
     }
-    let live = tokio::time::timeout(
-        READ_TIMEOUT,
-        obleth_config::db::nodes::list_nodes(&state.pool, crate::api::fleet::LIVE_WITHIN),
-    )
-    .await;
+    let live = tokio::time::timeout(READ_TIMEOUT, live_nodes(&state.pool)).await;
     match live {
-        Ok(Ok(rows)) => {
-            let nodes: Vec<NodeView> = rows
-                .into_iter()
-                .filter(|n| n.service == "gateway" || n.service == "admin")
-                .map(NodeView::from)
-                .collect();
-            state.metrics.set_fleet(&nodes);
-        }
+        Ok(Ok(nodes)) => state.metrics.set_fleet(&nodes),
         Ok(Err(e)) => debug!(error = %e, "Could not read the live fleet."),
         Err(_) => debug!("Reading the live fleet timed out."),
     }

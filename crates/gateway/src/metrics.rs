@@ -337,6 +337,18 @@ impl Metrics {
         &self.names
     }
 
+    /// Counts one proxied request in `obleth_requests_total` and
+    /// `obleth_model_requests_total` alike, so the two always agree. The
+    /// labels are the caller's, from fixed sets and the catalog.
+    pub fn count_request(&self, route: &str, status: u16, model: &str, provider: &str) {
+        self.requests
+            .with_label_values(&[route, status_label(status).as_ref(), model])
+            .inc();
+        self.model_requests
+            .with_label_values(&[model, provider, status_class(status)])
+            .inc();
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         obleth_service::metrics::render(&self.registry)

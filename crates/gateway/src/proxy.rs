@@ -132,9 +132,7 @@ pub async fn models(State(state): State<AppState>, auth: AuthorizedKey) -> Respo
         .collect();
     state
         .metrics
-        .requests
-        .with_label_values(&["models", "200", metrics::NO_MODEL])
-        .inc();
+        .count_request("models", 200, metrics::NO_MODEL, metrics::NO_PROVIDER);
     drop(auth);
     Json(json!({"object": "list", "data": data})).into_response()
 }
@@ -163,11 +161,12 @@ pub fn reject(state: &AppState, route: &'static str, error: ApiError) -> Respons
         .rejected
         .with_label_values(&[error.code()])
         .inc();
-    state
-        .metrics
-        .requests
-        .with_label_values(&[route, error.status().as_str(), metrics::NO_MODEL])
-        .inc();
+    state.metrics.count_request(
+        route,
+        error.status().as_u16(),
+        metrics::NO_MODEL,
+        metrics::NO_PROVIDER,
+    );
     if error.status().is_server_error() {
         tracing::warn!(route, code = error.code(), "{error}");
     } else {

@@ -144,14 +144,7 @@ impl Completion {
         let provider = self.provider.as_deref().unwrap_or(metrics::NO_PROVIDER);
         state
             .metrics
-            .requests
-            .with_label_values(&[self.route, metrics::status_label(status).as_ref(), model])
-            .inc();
-        state
-            .metrics
-            .model_requests
-            .with_label_values(&[model, provider, metrics::status_class(status)])
-            .inc();
+            .count_request(self.route, status, model, provider);
         for (kind, count) in [("prompt", tokens.prompt), ("completion", tokens.completion)] {
             if let Some(count) = count.and_then(|n| u64::try_from(n).ok()).filter(|n| *n > 0) {
                 state

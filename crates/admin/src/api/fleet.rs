@@ -91,6 +91,17 @@ pub fn summarize(nodes: &[NodeView]) -> FleetSummary {
     }
 }
 
+/// The gateways and admins seen within [`LIVE_WITHIN`], by service then id:
+/// what `GET /api/v1/fleet` lists and the fleet gauges count.
+pub async fn live_nodes(pool: &sqlx::PgPool) -> Result<Vec<NodeView>, sqlx::Error> {
+    Ok(list_nodes(pool, LIVE_WITHIN)
+        .await?
+        .into_iter()
+        .filter(|n| n.service == "gateway" || n.service == "admin")
+        .map(NodeView::from)
+        .collect())
+}
+
 /// The live gateways and admins, their versions and a summary.
 #[utoipa::path(
     get, path = "/api/v1/fleet", tag = "fleet",
@@ -98,12 +109,7 @@ pub fn summarize(nodes: &[NodeView]) -> FleetSummary {
     security(("admin_token" = []))
 )]
 pub async fn fleet(State(state): State<AppState>) -> Result<Json<Fleet>, AdminError> {
-    let nodes: Vec<NodeView> = list_nodes(&state.pool, LIVE_WITHIN)
-        .await?
-        .into_iter()
-        .filter(|n| n.service == "gateway" || n.service == "admin")
-        .map(NodeView::from)
-        .collect();
+    let nodes = live_nodes(&state.pool).await?;
     let summary = summarize(&nodes);
     Ok(Json(Fleet { nodes, summary }))
 }

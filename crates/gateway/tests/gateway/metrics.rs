@@ -51,6 +51,18 @@ async fn model_requests_tokens_and_time_to_first_token_follow_the_requests() {
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
     assert_eq!(send(&gw, &secret, "made-up-model", false).await.status, 404);
+    // Refused before its body was read: counted with the model unknown.
+    let refused = request(
+        http::Method::POST,
+        &gw.url("/v1/chat/completions"),
+        &[
+            ("authorization", &format!("Bearer {secret}")),
+            ("content-type", "text/plain"),
+        ],
+        "hello",
+    )
+    .await;
+    assert_eq!(refused.status, 415, "{}", refused.text());
 
     let ok = [("model", "m"), ("provider", "up"), ("class", "2xx")];
     assert_eq!(metric(&gw, "obleth_model_requests_total", &ok).await, 5.0);
@@ -92,6 +104,24 @@ async fn model_requests_tokens_and_time_to_first_token_follow_the_requests() {
         )
         .await,
         1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "obleth_model_requests_total",
+            &[("model", "unknown"), ("provider", "none"), ("class", "4xx")]
+        )
+        .await,
+        1.0
+    );
+    // Every request either counter counts, the other counts too.
+    assert_eq!(
+        obleth_testkit::metrics::sum(&text, "obleth_model_requests_total", &[]),
+        7.0
+    );
+    assert_eq!(
+        obleth_testkit::metrics::sum(&text, "obleth_requests_total", &[]),
+        7.0
     );
     assert_eq!(
         obleth_testkit::metrics::series(&text, "obleth_time_to_first_token_seconds_count"),
