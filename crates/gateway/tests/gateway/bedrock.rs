@@ -450,9 +450,20 @@ async fn bedrock_serves_chat_and_messages_signed_with_rotating_file_credentials(
 
     // Usage rows with the mock's counts: the first whole answer (4 words
     // of prompt and 10 cached) and the stream (4 and 10 too).
-    let rows = wait_for_rows(&pool, key.id, 2).await;
+    // The same for the /v1/messages requests, native (InvokeModel's
+    // Anthropic usage, whole and from the stream's events) and through
+    // Converse.
+    let rows = wait_for_rows(&pool, key.id, 9).await;
     assert_eq!(rows[0], (Some(14), Some(5)), "{rows:?}");
     assert_eq!(rows[1], (Some(14), Some(5)), "streamed: {rows:?}");
+    for (i, what) in [
+        (5, "invoke"),
+        (6, "invoke stream"),
+        (7, "converse"),
+        (8, "converse stream"),
+    ] {
+        assert_eq!(rows[i], (Some(14), Some(5)), "{what}: {rows:?}");
+    }
     gw.stop().await.unwrap();
 }
 
