@@ -328,6 +328,13 @@ impl ProviderRuntime {
         match read_credential(reference, egress) {
             Ok(secret) => {
                 let header = Self::header(&self.name, self.kind, &self.options, Some(&secret));
+                // A rotated file that is not AWS credentials (a half-written
+                // one, a wrong secret mounted) is refused like an unreadable
+                // one: the previous credentials stay.
+                if let Authorization::AwsUnusable(e) = &header {
+                    tracing::error!(provider = %self.name, credential = credential.slot, error = %e, "Provider credential file changed but is not AWS credentials; the previous credential stays.");
+                    return Refresh::Failed;
+                }
                 *credential
                     .authorization
                     .write()
@@ -757,6 +764,55 @@ mod tests {
             p.credential_reference(2).map(|r| r.ends_with("/c")),
             Some(true)
         );
+    }
+
+    #[test]
+    fn a_rotated_bedrock_file_that_is_not_aws_credentials_keeps_the_last_good_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aws");
+        std::fs::write(
+            &path,
+            r#"{"access_key_id":"AKIDONE","secret_access_key":"s1"}"#,
+        )
+        .unwrap();
+        let provider: ProviderConfig = toml::from_str(&format!(
+            "name = \"b\"\nkind = \"bedrock\"\nbase_url = \"http://127.0.0.1:9\"\n\
+             credential = \"file:{}\"\n[options]\nregion = \"us-east-1\"\n",
+            path.display()
+        ))
+        .unwrap();
+        let route = RouteConfig {
+            model: "m".to_owned(),
+            targets: vec![TargetConfig {
+                provider: "b".to_owned(),
+                upstream_model: None,
+                weight: 1,
+                priority: None,
+            }],
+        };
+        let egress = EgressSettings {
+            credential_dirs: vec![dir.path().to_path_buf()],
+            ..EgressSettings::default()
+        };
+        let catalog = Catalog::from_config(&[provider], &[route], &egress).unwrap();
+        let p = &catalog.route("m").unwrap()[0].provider;
+        let key_id = |p: &ProviderRuntime| match p.authorization() {
+            Authorization::Aws(keys) => keys.access_key_id.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(key_id(p), "AKIDONE");
+        std::fs::write(&path, "[default]\naws_access_key_id = A\n").unwrap();
+        assert_eq!(p.refresh_credential(&egress), Refresh::Failed);
+        assert_eq!(key_id(p), "AKIDONE");
+        std::fs::write(
+            &path,
+            "[default]\naws_access_key_id = AKIDTWO\naws_secret_access_key = s2\n",
+        )
+        .unwrap();
+        assert_eq!(p.refresh_credential(&egress), Refresh::Reloaded);
+        assert_eq!(key_id(p), "AKIDTWO");
+        // The secret never shows in the provider's Debug.
+        assert!(!format!("{p:?}").contains("s2"));
     }
 
     #[test]

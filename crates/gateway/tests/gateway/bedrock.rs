@@ -228,6 +228,18 @@ async fn bedrock_serves_chat_and_messages_signed_with_rotating_file_credentials(
         Some(BEDROCK_SESSION_TOKEN)
     );
 
+    // An image as a data URL becomes an image block the mock decodes.
+    let image = json!({"model": "claude", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]}]});
+    let answer = call(url, &secret, image).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        upstream.last_request().unwrap().body.unwrap()["messages"][0]["content"][1],
+        json!({"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}})
+    );
+
     // Tools: a toolUse comes back as a tool call; its result goes back as
     // a toolResult the mock matches with the use.
     let tools = json!([{"type": "function", "function": {"name": "get_weather",
@@ -450,9 +462,20 @@ async fn bedrock_serves_chat_and_messages_signed_with_rotating_file_credentials(
 
     // Usage rows with the mock's counts: the first whole answer (4 words
     // of prompt and 10 cached) and the stream (4 and 10 too).
-    let rows = wait_for_rows(&pool, key.id, 2).await;
+    // The same for the /v1/messages requests, native (InvokeModel's
+    // Anthropic usage, whole and from the stream's events) and through
+    // Converse.
+    let rows = wait_for_rows(&pool, key.id, 10).await;
     assert_eq!(rows[0], (Some(14), Some(5)), "{rows:?}");
     assert_eq!(rows[1], (Some(14), Some(5)), "streamed: {rows:?}");
+    for (i, what) in [
+        (6, "invoke"),
+        (7, "invoke stream"),
+        (8, "converse"),
+        (9, "converse stream"),
+    ] {
+        assert_eq!(rows[i], (Some(14), Some(5)), "{what}: {rows:?}");
+    }
     gw.stop().await.unwrap();
 }
 
