@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{count, TranslateError, Usage};
+use super::{count, joined_text, TranslateError, Usage};
 
 mod stream;
 
@@ -219,35 +219,6 @@ fn tool_config(body: &Map<String, Value>) -> Result<Option<Value>, TranslateErro
         }
     }
     Ok(Some(config))
-}
-
-/// Text content (a string or an array of text parts) as one string.
-fn joined_text(content: Option<&Value>, field: &str) -> Result<String, TranslateError> {
-    match content {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for (i, part) in parts.iter().enumerate() {
-                match (
-                    part.get("type").and_then(Value::as_str),
-                    part.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("text"), Some(t)) => text.push_str(t),
-                    _ => {
-                        return Err(TranslateError::unsupported(
-                            format!("{field}[{i}]"),
-                            "only text parts here",
-                        ))
-                    }
-                }
-            }
-            Ok(text)
-        }
-        _ => Err(TranslateError::invalid(
-            field,
-            "expected a string or an array of parts",
-        )),
-    }
 }
 
 /// A user message's content as Converse blocks: text, and images given as

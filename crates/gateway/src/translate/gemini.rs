@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::TranslateError;
+use super::{joined_text, TranslateError};
 
 /// An OpenAI chat completion request as a Gemini `generateContent` body.
 /// `system` and `developer` messages become `systemInstruction`; user and
@@ -287,35 +287,6 @@ pub fn chat_request_to_gemini(body: &Value) -> Result<Value, TranslateError> {
 fn text_parts(content: Option<&Value>, field: &str) -> Result<Vec<Value>, TranslateError> {
     let text = joined_text(content, field)?;
     Ok(vec![json!({"text": text})])
-}
-
-/// Text content (a string or an array of text parts) as one string.
-fn joined_text(content: Option<&Value>, field: &str) -> Result<String, TranslateError> {
-    match content {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for (i, part) in parts.iter().enumerate() {
-                match (
-                    part.get("type").and_then(Value::as_str),
-                    part.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("text"), Some(t)) => text.push_str(t),
-                    _ => {
-                        return Err(TranslateError::unsupported(
-                            format!("{field}[{i}]"),
-                            "only text parts here",
-                        ))
-                    }
-                }
-            }
-            Ok(text)
-        }
-        _ => Err(TranslateError::invalid(
-            field,
-            "expected a string or an array of parts",
-        )),
-    }
 }
 
 /// A user message's content as Gemini parts: text, and images given as

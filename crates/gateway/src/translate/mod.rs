@@ -95,6 +95,36 @@ pub(crate) fn count(value: Option<&Value>) -> u64 {
     value.and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// Text content (a string or an array of text parts) as one string: what
+/// the translators to Converse and Gemini accept where only text fits.
+pub(crate) fn joined_text(content: Option<&Value>, field: &str) -> Result<String, TranslateError> {
+    match content {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (i, part) in parts.iter().enumerate() {
+                match (
+                    part.get("type").and_then(Value::as_str),
+                    part.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    _ => {
+                        return Err(TranslateError::unsupported(
+                            format!("{field}[{i}]"),
+                            "only text parts here",
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(TranslateError::invalid(
+            field,
+            "expected a string or an array of parts",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
