@@ -1,5 +1,6 @@
-//! `docs/admin-api.md` as printed: every `bash` block of the guide runs, in
-//! order, as one script against a running admin, so the examples cannot rot.
+//! `docs/admin-api.md` and `docs/providers.md` as printed: every `bash`
+//! block of each guide runs, in order, as one script against a running
+//! admin, so the examples cannot rot.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -28,6 +29,28 @@ fn examples(markdown: &str) -> Vec<String> {
     blocks
 }
 
+/// Runs `script` with bash against `admin`; answers its standard output,
+/// failing the test with both outputs when it fails.
+async fn run(admin: &TestAdmin, script: &str) -> String {
+    let out = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env("ADMIN_URL", admin.url(""))
+        .env("ADMIN_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the guide's examples failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
 fn have(tool: &str) -> bool {
     std::process::Command::new(tool)
         .arg("--version")
@@ -53,22 +76,7 @@ async fn the_curl_examples_of_the_admin_guide_work_as_printed() {
     assert!(script.matches("curl ").count() >= 20, "{script}");
 
     let (admin, _db, _pool) = TestAdmin::on_fresh_database().await;
-    let out = tokio::process::Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .env("ADMIN_URL", admin.url(""))
-        .env("ADMIN_TOKEN", TOKEN)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the guide's examples failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
+    let stdout = run(&admin, &script).await;
     // The outputs the guide shows beside its examples.
     for shown in [
         "\"status\": \"active\"",
@@ -80,6 +88,40 @@ async fn the_curl_examples_of_the_admin_guide_work_as_printed() {
         "\"output_micros_per_mtok\": 550000",
     ] {
         assert!(stdout.contains(shown), "missing {shown} in:\n{stdout}");
+    }
+    admin.stop().await.unwrap();
+}
+
+/// The providers guide's admin examples: a provider of every kind that
+/// talks to a service (and its route), as printed, accepted by the admin.
+#[tokio::test]
+async fn the_admin_examples_of_the_providers_guide_work_as_printed() {
+    for tool in ["bash", "curl", "jq"] {
+        assert!(have(tool), "the guide's examples need `{tool}`");
+    }
+    let guide = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/providers.md");
+    let markdown = std::fs::read_to_string(&guide).unwrap();
+    let script = format!("set -euo pipefail\n{}", examples(&markdown).join("\n"));
+    for kind in ["anthropic", "azure", "gemini", "vertex", "bedrock"] {
+        assert!(
+            script.contains(&format!("\"kind\": \"{kind}\"")),
+            "no admin example of kind {kind} in docs/providers.md"
+        );
+    }
+
+    let (admin, _db, pool) = TestAdmin::on_fresh_database().await;
+    let stdout = run(&admin, &script).await;
+    assert!(
+        stdout.contains("https://bedrock-runtime.us-east-1.amazonaws.com"),
+        "{stdout}"
+    );
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT kind FROM providers ORDER BY kind")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for kind in ["anthropic", "azure", "bedrock", "gemini", "vertex"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kinds:?}");
     }
     admin.stop().await.unwrap();
 }
