@@ -98,6 +98,12 @@ pub fn summarize(nodes: &[NodeView]) -> FleetSummary {
     security(("admin_token" = []))
 )]
 pub async fn fleet(State(state): State<AppState>) -> Result<Json<Fleet>, AdminError> {
+    Ok(Json(read(&state).await?))
+}
+
+/// The live fleet and its summary: what `GET /api/v1/fleet` answers and the
+/// console's rollout page shows.
+pub async fn read(state: &AppState) -> Result<Fleet, AdminError> {
     let nodes: Vec<NodeView> = list_nodes(&state.pool, LIVE_WITHIN)
         .await?
         .into_iter()
@@ -105,7 +111,7 @@ pub async fn fleet(State(state): State<AppState>) -> Result<Json<Fleet>, AdminEr
         .map(NodeView::from)
         .collect();
     let summary = summarize(&nodes);
-    Ok(Json(Fleet { nodes, summary }))
+    Ok(Fleet { nodes, summary })
 }
 
 #[cfg(test)]
