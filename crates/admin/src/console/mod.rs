@@ -7,12 +7,14 @@
 //! carries a strict Content-Security-Policy (no inline script or style, only
 //! this origin), so the static files below are all the script a page runs.
 
+pub mod chart;
 pub mod form;
 pub mod keys;
 pub mod layout;
 pub mod rollout;
 pub mod session;
 pub mod signin;
+pub mod usage;
 
 use axum::extract::Request;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -46,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/keys", get(keys::show).post(keys::create))
         .route("/console/keys/{id}/revoke", post(keys::revoke))
         .route("/console/keys/{id}/rotate", post(keys::rotate))
+        .route("/console/usage", get(usage::show))
         .route("/console/static/{file}", get(asset))
         .layer(from_fn(same_origin_posts))
         .layer(from_fn(security_headers))

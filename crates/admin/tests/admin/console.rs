@@ -344,3 +344,87 @@ async fn the_console_is_a_plain_404_when_disabled() {
     let answer = request(Method::GET, &admin.url("/console/sign-in"), &[], "").await;
     assert_eq!(answer.status, 404);
 }
+
+fn usage_event(
+    model: &str,
+    tokens: i32,
+    status: i16,
+    at: chrono::DateTime<chrono::Utc>,
+) -> obleth_config::model::UsageEvent {
+    obleth_config::model::UsageEvent {
+        request_id: uuid::Uuid::new_v4(),
+        key_id: Some(uuid::Uuid::new_v4()),
+        model: model.to_owned(),
+        provider: Some("mock".to_owned()),
+        prompt_tokens: Some(tokens / 2),
+        completion_tokens: Some(tokens - tokens / 2),
+        total_tokens: Some(tokens),
+        status,
+        latency_ms: 5,
+        streamed: false,
+        node_id: Some("gw-1".to_owned()),
+        created_at: at,
+        cost_micros: Some(1_500),
+        estimated: false,
+        team_id: None,
+    }
+}
+
+/// Usage of two models: three requests (one failed) an hour ago and one
+/// three hours ago.
+pub async fn record_usage(pool: &sqlx::PgPool) {
+    // One instant for the three, so they always share an hour.
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let events = vec![
+        usage_event("gpt-4o", 100, 200, hour_ago),
+        usage_event("gpt-4o", 100, 500, hour_ago),
+        usage_event("mini", 50, 200, hour_ago),
+        usage_event("mini", 50, 200, hour_ago - chrono::Duration::hours(2)),
+    ];
+    obleth_config::db::usage::insert_usage(pool, &events)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_usage_page_charts_the_api_totals_by_bucket_and_group() {
+    let (admin, _db, pool) = TestAdmin::on_fresh_database().await;
+    record_usage(&pool).await;
+    let cookie = signed_in(&admin).await;
+    let page = get_page(&admin, "/console/usage?range=24h&group_by=model", &cookie).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let text = page.text();
+    for id in ["chart-requests", "chart-tokens", "chart-cost"] {
+        assert!(text.contains(&format!(r#"id="{id}""#)), "{id}");
+    }
+    assert_eq!(
+        text.matches(r#"class="bar""#).count(),
+        3 * 24,
+        "24 hour buckets a chart"
+    );
+    // The bucket an hour ago holds three requests and one error, the one
+    // three hours ago one request.
+    assert!(text.contains(r#"class="bar" x="#), "{text}");
+    assert!(text.contains(r#"data-value="3""#), "{text}");
+    assert!(text.contains(r#"class="part""#), "errors drawn");
+    assert!(
+        text.contains("4 requests, 1 errors, 300 tokens, $0.0060"),
+        "{text}"
+    );
+    // The group table is the API's answer for the same range.
+    let api = admin
+        .get("/api/v1/usage/totals?group_by=model")
+        .await
+        .json();
+    assert_eq!(api["items"][0]["group"], "gpt-4o");
+    assert!(text.contains("gpt-4o") && text.contains("mini"));
+
+    let days = get_page(&admin, "/console/usage?range=7d&group_by=provider", &cookie).await;
+    assert_eq!(days.status, 200);
+    assert_eq!(days.text().matches(r#"class="bar""#).count(), 3 * 7);
+    assert!(days.text().contains("4 requests"));
+    for bad in ["range=1y", "group_by=colour"] {
+        let answer = get_page(&admin, &format!("/console/usage?{bad}"), &cookie).await;
+        assert_eq!(answer.status, 422, "{bad}");
+    }
+}

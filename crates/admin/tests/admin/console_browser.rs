@@ -50,7 +50,7 @@ async fn wait_for_text(browser: &Browser, text: &str) {
 }
 
 #[tokio::test]
-async fn an_operator_signs_in_watches_a_gateway_join_and_creates_and_revokes_a_key() {
+async fn an_operator_signs_in_watches_a_gateway_join_manages_a_key_and_charts_usage() {
     let (admin, _db, pool) = TestAdmin::on_fresh_database().await;
     let browser = Browser::start().await;
     let shots = Shots::new();
@@ -135,6 +135,18 @@ async fn an_operator_signs_in_watches_a_gateway_join_and_creates_and_revokes_a_k
     let id = api["items"][0]["id"].as_str().unwrap();
     let key = admin.get(&format!("/api/v1/keys/{id}")).await.json();
     assert_eq!(key["status"], "revoked");
+
+    // The usage page charts what the gateways recorded.
+    crate::console::record_usage(&pool).await;
+    browser.click("header nav a[href='/console/usage']").await;
+    wait_for_url(&browser, "/console/usage").await;
+    assert!(browser
+        .find("#chart-requests rect.bar[data-value='3']")
+        .await
+        .is_some());
+    assert!(browser.find("#chart-requests rect.part").await.is_some());
+    assert!(browser.text("#by-group").await.contains("gpt-4o"));
+    shots.take(&browser, "usage").await;
 
     // No page broke the Content-Security-Policy.
     let log = browser.console_log().await;
