@@ -393,10 +393,15 @@ pub async fn create_provider(
 pub async fn list_providers(
     State(state): State<AppState>,
 ) -> Result<Json<ProviderList>, AdminError> {
+    Ok(Json(list(&state).await?))
+}
+
+/// Every provider: what `GET /api/v1/providers` answers and the console lists.
+pub async fn list(state: &AppState) -> Result<ProviderList, AdminError> {
     let catalog = catalog::load_catalog(&state.pool).await?;
-    Ok(Json(ProviderList {
+    Ok(ProviderList {
         items: catalog.providers.iter().map(ProviderView::from).collect(),
-    }))
+    })
 }
 
 /// Get one provider.

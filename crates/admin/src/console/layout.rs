@@ -13,6 +13,7 @@ use crate::error::AdminError;
 pub enum Nav {
     Rollout,
     Keys,
+    Catalog,
     Usage,
     None,
 }
@@ -41,6 +42,7 @@ pub fn page(title: &str, nav: Nav, session: Option<&Session>, body: Markup) -> M
                         nav {
                             a href="/console/rollout" class=[(nav == Nav::Rollout).then_some("active")] { "Rollout" }
                             a href="/console/keys" class=[(nav == Nav::Keys).then_some("active")] { "Keys" }
+                            a href="/console/catalog" class=[(nav == Nav::Catalog).then_some("active")] { "Providers and routes" }
                             a href="/console/usage" class=[(nav == Nav::Usage).then_some("active")] { "Usage" }
                         }
                         form.signout method="post" action="/console/sign-out" {

@@ -7,6 +7,7 @@
 //! carries a strict Content-Security-Policy (no inline script or style, only
 //! this origin), so the static files below are all the script a page runs.
 
+pub mod catalog;
 pub mod chart;
 pub mod form;
 pub mod keys;
@@ -48,6 +49,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/keys", get(keys::show).post(keys::create))
         .route("/console/keys/{id}/revoke", post(keys::revoke))
         .route("/console/keys/{id}/rotate", post(keys::rotate))
+        .route("/console/catalog", get(catalog::show))
         .route("/console/usage", get(usage::show))
         .route("/console/static/{file}", get(asset))
         .layer(from_fn(same_origin_posts))

@@ -428,3 +428,33 @@ async fn the_usage_page_charts_the_api_totals_by_bucket_and_group() {
         assert_eq!(answer.status, 422, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn the_catalog_page_lists_the_apis_providers_and_routes_escaped() {
+    let (admin, _db, _pool) = TestAdmin::on_fresh_database().await;
+    let cookie = signed_in(&admin).await;
+    let empty = get_page(&admin, "/console/catalog", &cookie).await;
+    assert_eq!(empty.status, 200);
+    assert!(empty.text().contains("No provider.") && empty.text().contains("No route."));
+    let provider = admin
+        .call(
+            Method::POST,
+            "/api/v1/providers",
+            json!({"name": "mock", "kind": "mock"}),
+        )
+        .await;
+    assert_eq!(provider.status, 201, "{}", provider.text());
+    let route = admin
+        .call(
+            Method::POST,
+            "/api/v1/routes",
+            json!({"model": "gpt-<4o>", "targets": [{"provider": "mock", "upstream_model": "mini", "weight": 3}]}),
+        )
+        .await;
+    assert_eq!(route.status, 201, "{}", route.text());
+    let page = get_page(&admin, "/console/catalog", &cookie).await.text();
+    assert!(page.contains("mock://"), "{page}");
+    assert!(page.contains("gpt-&lt;4o&gt;"), "escaped: {page}");
+    assert!(page.contains("weight 3"), "{page}");
+    assert!(!page.contains("gpt-<4o>"));
+}

@@ -148,6 +148,26 @@ async fn an_operator_signs_in_watches_a_gateway_join_manages_a_key_and_charts_us
     assert!(browser.text("#by-group").await.contains("gpt-4o"));
     shots.take(&browser, "usage").await;
 
+    // Providers and routes, as the API lists them.
+    admin
+        .call(
+            http::Method::POST,
+            "/api/v1/providers",
+            serde_json::json!({"name": "mock", "kind": "mock"}),
+        )
+        .await;
+    admin
+        .call(
+            http::Method::POST,
+            "/api/v1/routes",
+            serde_json::json!({"model": "gpt-4o", "targets": [{"provider": "mock", "upstream_model": "mini"}]}),
+        )
+        .await;
+    browser.click("header nav a[href='/console/catalog']").await;
+    wait_for_url(&browser, "/console/catalog").await;
+    assert!(browser.text("#routes").await.contains("gpt-4o"));
+    shots.take(&browser, "catalog").await;
+
     // No page broke the Content-Security-Policy.
     let log = browser.console_log().await;
     assert!(
