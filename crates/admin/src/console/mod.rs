@@ -50,6 +50,10 @@ pub fn router() -> Router<AppState> {
         .route("/console/keys/{id}/revoke", post(keys::revoke))
         .route("/console/keys/{id}/rotate", post(keys::rotate))
         .route("/console/catalog", get(catalog::show))
+        .route(
+            "/console/catalog/providers/{name}",
+            post(catalog::update_provider),
+        )
         .route("/console/usage", get(usage::show))
         .route("/console/static/{file}", get(asset))
         .layer(from_fn(same_origin_posts))

@@ -457,4 +457,64 @@ async fn the_catalog_page_lists_the_apis_providers_and_routes_escaped() {
     assert!(page.contains("gpt-&lt;4o&gt;"), "escaped: {page}");
     assert!(page.contains("weight 3"), "{page}");
     assert!(!page.contains("gpt-<4o>"));
+
+    // Editing a provider: the API's checks and messages, then the change.
+    let csrf = csrf_of(&page);
+    for (body, field) in [
+        (
+            "base_url=mock%3A%2F%2F&timeout_ms=0",
+            json!({"timeout_ms": 0}),
+        ),
+        (
+            "base_url=mock%3A%2F%2F&timeout_ms=1000&credential_ref=env%3AHOME",
+            json!({"credential_ref": "env:HOME"}),
+        ),
+    ] {
+        let refused = post_form(
+            &admin,
+            "/console/catalog/providers/mock",
+            &cookie,
+            &format!("csrf={csrf}&{body}"),
+        )
+        .await;
+        assert_eq!(refused.status, 422, "{body}");
+        let api = admin
+            .call(Method::PATCH, "/api/v1/providers/mock", field)
+            .await;
+        assert_eq!(api.status, 422, "{}", api.text());
+        let (_, message) = api.admin_error();
+        let message = message.unwrap().replace('`', "");
+        let shown = refused.text().replace('`', "");
+        assert!(
+            shown.contains(&html_escape(&message)),
+            "{message} in {shown}"
+        );
+    }
+    let saved = post_form(
+        &admin,
+        "/console/catalog/providers/mock",
+        &cookie,
+        &format!("csrf={csrf}&base_url=mock%3A%2F%2F&timeout_ms=30000&credential_ref="),
+    )
+    .await;
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    assert!(saved.text().contains("saved"));
+    let stored = admin.get("/api/v1/providers/mock").await.json();
+    assert_eq!(stored["timeout_ms"], 30000);
+    let no_csrf = post_form(
+        &admin,
+        "/console/catalog/providers/mock",
+        &cookie,
+        "base_url=mock%3A%2F%2F&timeout_ms=1",
+    )
+    .await;
+    assert_eq!(no_csrf.status, 403);
+}
+
+/// What maud makes of text in a page.
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
