@@ -33,8 +33,10 @@ pub async fn show(
     Ok(render(&session, &providers, &routes, None))
 }
 
-/// The provider form as posted; an empty credential clears it.
-#[derive(Debug, Deserialize)]
+/// The provider form as posted; an empty credential clears it. Its `Debug`
+/// leaves the credential reference out: a malformed one may be a pasted
+/// credential.
+#[derive(Deserialize)]
 pub struct ProviderForm {
     #[serde(default)]
     base_url: String,
@@ -42,6 +44,15 @@ pub struct ProviderForm {
     credential_ref: String,
     #[serde(default)]
     timeout_ms: String,
+}
+
+impl std::fmt::Debug for ProviderForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderForm")
+            .field("base_url", &self.base_url)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `POST /console/catalog/providers/{name}`.

@@ -384,10 +384,20 @@ fn render(
                 }
             }
             @if let Some(next) = keys.next_after {
-                p { a href={"/console/keys?status=" (status) "&name=" (filter.name.as_deref().unwrap_or("")) "&after=" (next)} { "Next page" } }
+                p { a href=(next_page(status, filter.name.as_deref().unwrap_or(""), next)) { "Next page" } }
             }
         },
     )
+}
+
+/// The link to the page after `after`, with the filters URL-encoded.
+fn next_page(status: &str, name: &str, after: uuid::Uuid) -> String {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("status", status)
+        .append_pair("name", name)
+        .append_pair("after", &after.to_string())
+        .finish();
+    format!("/console/keys?{query}")
 }
 
 fn status_label(s: KeyStatus) -> &'static str {
@@ -404,5 +414,45 @@ fn period_label(p: Period) -> &'static str {
         Period::Week => "week",
         Period::Month => "month",
         Period::Total => "total",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_page_link_encodes_the_filters() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            next_page("all", "a&b c", id),
+            format!("/console/keys?status=all&name=a%26b+c&after={id}")
+        );
+    }
+
+    #[test]
+    fn form_numbers_and_periods_are_refused_naming_the_field() {
+        let form = CreateForm {
+            name: "k".to_owned(),
+            rpm_limit: "ten".to_owned(),
+            ..CreateForm::default()
+        };
+        assert_eq!(form.body().unwrap_err().field(), Some("rpm_limit"));
+        let form = CreateForm {
+            name: "k".to_owned(),
+            budget_period: "year".to_owned(),
+            ..CreateForm::default()
+        };
+        assert_eq!(form.body().unwrap_err().field(), Some("budget_period"));
+        let form = CreateForm {
+            name: " k ".to_owned(),
+            allowed_models: "gpt-4o, mini*, ".to_owned(),
+            budget_period: "month".to_owned(),
+            ..CreateForm::default()
+        };
+        let body = form.body().unwrap();
+        assert_eq!(body.name, "k");
+        assert_eq!(body.allowed_models, ["gpt-4o", "mini*"]);
+        assert_eq!(body.budget_period, Some(Period::Month));
     }
 }
