@@ -35,6 +35,12 @@ pub struct Filter {
     /// Part of the name.
     #[serde(default)]
     pub name: Option<String>,
+    /// The owner, exactly.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// A team's id.
+    #[serde(default)]
+    pub team: Option<String>,
     /// `active` (the default), `revoked` or `all`.
     #[serde(default)]
     pub status: Option<String>,
@@ -60,12 +66,22 @@ impl Filter {
             Some(id) => Some(crate::api::validate::uuid("after", id)?),
             None => None,
         };
+        let team_id = match self
+            .team
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(id) => Some(crate::api::validate::uuid("team", id)?),
+            None => None,
+        };
         Ok(KeyListParams {
             name_contains: self.name.clone().filter(|n| !n.trim().is_empty()),
+            owner: self.owner.clone().filter(|o| !o.trim().is_empty()),
+            team_id,
             revoked,
             after,
             limit: Some(PAGE_SIZE),
-            ..KeyListParams::default()
         })
     }
 }
@@ -341,6 +357,8 @@ fn render(
             h2 { "Keys" }
             form.filters method="get" action="/console/keys" {
                 input name="name" placeholder="name contains" value=(filter.name.as_deref().unwrap_or(""));
+                input name="owner" placeholder="owner" value=(filter.owner.as_deref().unwrap_or(""));
+                input name="team" placeholder="team id" value=(filter.team.as_deref().unwrap_or(""));
                 select name="status" {
                     @for s in ["active", "revoked", "all"] {
                         option value=(s) selected[status == s] { (s) }
@@ -384,17 +402,19 @@ fn render(
                 }
             }
             @if let Some(next) = keys.next_after {
-                p { a href=(next_page(status, filter.name.as_deref().unwrap_or(""), next)) { "Next page" } }
+                p { a href=(next_page(status, filter, next)) { "Next page" } }
             }
         },
     )
 }
 
 /// The link to the page after `after`, with the filters URL-encoded.
-fn next_page(status: &str, name: &str, after: uuid::Uuid) -> String {
+fn next_page(status: &str, filter: &Filter, after: uuid::Uuid) -> String {
     let query = form_urlencoded::Serializer::new(String::new())
         .append_pair("status", status)
-        .append_pair("name", name)
+        .append_pair("name", filter.name.as_deref().unwrap_or(""))
+        .append_pair("owner", filter.owner.as_deref().unwrap_or(""))
+        .append_pair("team", filter.team.as_deref().unwrap_or(""))
         .append_pair("after", &after.to_string())
         .finish();
     format!("/console/keys?{query}")
@@ -424,9 +444,14 @@ mod tests {
     #[test]
     fn the_next_page_link_encodes_the_filters() {
         let id = uuid::Uuid::nil();
+        let filter = Filter {
+            name: Some("a&b c".to_owned()),
+            owner: Some("ops=1".to_owned()),
+            ..Filter::default()
+        };
         assert_eq!(
-            next_page("all", "a&b c", id),
-            format!("/console/keys?status=all&name=a%26b+c&after={id}")
+            next_page("all", &filter, id),
+            format!("/console/keys?status=all&name=a%26b+c&owner=ops%3D1&team=&after={id}")
         );
     }
 

@@ -260,6 +260,12 @@ async fn a_created_key_shows_its_secret_once_then_rotates_and_revokes_through_th
     assert!(listed.text().contains("ci key"));
     let active = get_page(&admin, "/console/keys?status=active", &cookie).await;
     assert!(!active.text().contains("ci key"));
+    let by_owner = get_page(&admin, "/console/keys?status=all&owner=ops", &cookie).await;
+    assert!(by_owner.text().contains("ci key"));
+    let other_owner = get_page(&admin, "/console/keys?status=all&owner=dev", &cookie).await;
+    assert!(!other_owner.text().contains("ci key"));
+    let bad_team = get_page(&admin, "/console/keys?team=nope", &cookie).await;
+    assert_eq!(bad_team.status, 422);
 
     let unknown = post_form(
         &admin,
