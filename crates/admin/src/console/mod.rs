@@ -46,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/sign-out", post(signin::sign_out))
         .route("/console/rollout", get(rollout::show))
         .route("/console/rollout/live", get(rollout::fragment))
+        .route("/console/maintenance", post(rollout::set_maintenance))
         .route("/console/keys", get(keys::show).post(keys::create))
         .route("/console/keys/{id}/revoke", post(keys::revoke))
         .route("/console/keys/{id}/rotate", post(keys::rotate))

@@ -2,21 +2,28 @@
 //! bar, the migrations applied and pending, whether `obleth-migrator finish`
 //! is safe now (and which nodes hold it back), and maintenance mode. It reads
 //! what `GET /api/v1/fleet` and `finish` read, through the same functions,
-//! and htmx refreshes it every few seconds.
+//! and htmx refreshes it every few seconds. Its form turns maintenance mode
+//! on or off through the function behind `PUT /api/v1/maintenance`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
 use obleth_config::db::settings::{get_maintenance, Maintenance};
 use obleth_config::migrate::runner::{finish_blockers, live_nodes, NodeBlocker};
 use obleth_config::migrate::{read_applied, AppliedMigration, Mode, Phase, Runner, RunnerOptions};
 use obleth_config::migrate::{MigrationDef, MigrationSet};
+use serde::Deserialize;
 
-use super::layout::{notice, page, ConsoleError, Nav};
+use super::form::CsrfForm;
+use super::layout::{csrf_field, notice, page, ConsoleError, Nav};
+use super::session::Session;
 use super::signin::SignedIn;
 use crate::api::fleet::{self, Fleet};
+use crate::api::maintenance::{self, SetMaintenance};
 use crate::error::AdminError;
 use crate::state::AppState;
 
@@ -67,15 +74,90 @@ pub async fn show(
     SignedIn(session): SignedIn,
 ) -> Result<Markup, ConsoleError> {
     let rollout = read(&state).await?;
-    Ok(page(
+    Ok(render(&session, &rollout, None))
+}
+
+fn render(session: &Session, rollout: &Rollout, flash: Option<Markup>) -> Markup {
+    let m = &rollout.maintenance;
+    page(
         "Rollout",
         Nav::Rollout,
-        Some(&session),
+        Some(session),
         html! {
             h1 { "Rollout" }
-            (live(&rollout))
+            @if let Some(flash) = flash { (flash) }
+            (live(rollout))
+            h2 { "Maintenance mode" }
+            // Outside the refreshed part, so a refresh never clears what
+            // the operator is typing.
+            form.filters #maintenance-form method="post" action="/console/maintenance" {
+                (csrf_field(session))
+                input type="hidden" name="enabled" value=(if m.enabled { "false" } else { "true" });
+                input name="message" size="48" value=(m.message) aria-label="message";
+                input name="retry_after" size="6" value=(m.retry_after_secs) aria-label="Retry-After in seconds";
+                @if m.enabled {
+                    button type="submit" { "Turn maintenance off" }
+                } @else {
+                    button.danger type="submit" { "Turn maintenance on" }
+                }
+            }
         },
-    ))
+    )
+}
+
+/// The maintenance form as posted.
+#[derive(Debug, Deserialize)]
+pub struct MaintenanceForm {
+    #[serde(default)]
+    enabled: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    retry_after: String,
+}
+
+/// `POST /console/maintenance`: on or off on every gateway, through the
+/// function behind `PUT /api/v1/maintenance`.
+pub async fn set_maintenance(
+    State(state): State<AppState>,
+    CsrfForm(session, form): CsrfForm<MaintenanceForm>,
+) -> Result<Response, ConsoleError> {
+    let retry_after = match form.retry_after.trim() {
+        "" => Ok(None),
+        r => r
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| AdminError::validation("retry_after", "must be a whole number")),
+    };
+    let result = match retry_after {
+        Ok(retry_after) => {
+            let message = form.message.trim();
+            let body = SetMaintenance {
+                enabled: form.enabled == "true",
+                message: (!message.is_empty()).then(|| message.to_owned()),
+                retry_after,
+            };
+            maintenance::set(&state, body).await
+        }
+        Err(e) => Err(e),
+    };
+    let (status, flash) = match result {
+        Ok(m) => (
+            StatusCode::OK,
+            notice(
+                "ok",
+                if m.enabled {
+                    "Maintenance mode turned on."
+                } else {
+                    "Maintenance mode turned off."
+                },
+            ),
+        ),
+        Err(e) if e.status().is_client_error() => (e.status(), notice("error", &e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    let rollout = read(&state).await?;
+    Ok((status, render(&session, &rollout, Some(flash))).into_response())
 }
 
 /// `GET /console/rollout/live`: the part htmx swaps in.

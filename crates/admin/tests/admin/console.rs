@@ -319,6 +319,46 @@ async fn the_rollout_page_shows_a_node_that_joins_with_another_version() {
         on.contains("upgrading &lt;b&gt;now&lt;/b&gt;"),
         "escaped: {on}"
     );
+
+    // The page's form turns it off, through the API's checks.
+    let page = get_page(&admin, "/console/rollout", &cookie).await.text();
+    assert!(page.contains("Turn maintenance off"), "{page}");
+    let csrf = csrf_of(&page);
+    let refused = post_form(
+        &admin,
+        "/console/maintenance",
+        &cookie,
+        &format!("csrf={csrf}&enabled=false&message=x&retry_after=0"),
+    )
+    .await;
+    assert_eq!(refused.status, 422);
+    assert!(refused
+        .text()
+        .contains("retry_after: must be between 1 and 86400 seconds"));
+    assert_eq!(
+        admin.get("/api/v1/maintenance").await.json()["enabled"],
+        true
+    );
+    let no_csrf = post_form(&admin, "/console/maintenance", &cookie, "enabled=false").await;
+    assert_eq!(no_csrf.status, 403);
+    let off = post_form(
+        &admin,
+        "/console/maintenance",
+        &cookie,
+        &format!("csrf={csrf}&enabled=false&message=done&retry_after=30"),
+    )
+    .await;
+    assert_eq!(off.status, 200, "{}", off.text());
+    assert!(off.text().contains("Maintenance mode turned off."));
+    let stored = admin.get("/api/v1/maintenance").await.json();
+    assert_eq!(
+        (
+            stored["enabled"].clone(),
+            stored["message"].clone(),
+            stored["retry_after"].clone()
+        ),
+        (json!(false), json!("done"), json!(30))
+    );
 }
 
 #[tokio::test]
