@@ -281,7 +281,11 @@ pub async fn revoke(
     Path(id): Path<String>,
     CsrfForm(session, _): CsrfForm<serde::de::IgnoredAny>,
 ) -> Result<Response, ConsoleError> {
-    let filter = Filter::default();
+    // Every key, so the one just revoked stays in sight with its status.
+    let filter = Filter {
+        status: Some("all".to_owned()),
+        ..Filter::default()
+    };
     let (status, flash) = match api::revoke(&state, &id).await {
         Ok(key) => (
             StatusCode::OK,

@@ -131,6 +131,7 @@ async fn an_operator_signs_in_watches_a_gateway_join_manages_a_key_and_charts_us
     // Revoke it.
     browser.click("#keys form.revoke button").await;
     wait_for_text(&browser, "revoked.").await;
+    assert_eq!(browser.text("#keys td.status").await, "revoked");
     shots.take(&browser, "keys-revoked").await;
     let id = api["items"][0]["id"].as_str().unwrap();
     let key = admin.get(&format!("/api/v1/keys/{id}")).await.json();
