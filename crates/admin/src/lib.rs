@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod console;
 pub mod dropped;
 pub mod error;
 pub mod extract;

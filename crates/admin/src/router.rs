@@ -235,8 +235,17 @@ pub fn router(state: AppState) -> Router {
     let protected = protected
         .route_layer(from_fn_with_state(state.clone(), auth::require_schema))
         .route_layer(from_fn_with_state(state.clone(), auth::require_token));
+    // The console checks its own session cookie; the bearer check and the
+    // schema gate stay on the API (a console page without the schema answers
+    // its database error as a page).
+    let console = if state.settings.console.enabled {
+        crate::console::router()
+    } else {
+        Router::new()
+    };
     public
         .merge(protected)
+        .merge(console)
         .fallback(|| async { AdminError::NoSuchPath })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))

@@ -22,6 +22,8 @@ pub struct AdminSettings {
     pub auth: AuthSettings,
     /// How long the change log keeps its rows.
     pub changes: ChangesSettings,
+    /// The operator console at `/console`: sessions and their cookie.
+    pub console: ConsoleSettings,
     pub log: LogSettings,
     /// What providers may reference: credential variables and files, and the
     /// addresses their URLs may name (shared with the gateway).
@@ -142,6 +144,58 @@ impl ChangesSettings {
             return Err(InvalidSetting::new(
                 "changes.prune_interval_secs",
                 "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The operator console (`/console`). Sessions are signed cookies (see
+/// `crate::console::session`), so nothing here is shared between replicas
+/// but the admin tokens themselves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Serve the console; off, `/console` is a plain 404.
+    pub enabled: bool,
+    /// How long a session lasts after sign-in, in seconds (60 to 604800).
+    pub session_ttl_secs: u64,
+    /// When the session cookie carries `Secure`: `auto` (when the request
+    /// came over TLS, as a TLS-terminating proxy says with
+    /// `X-Forwarded-Proto: https`), `always` or `never`.
+    pub secure_cookie: SecureCookie,
+}
+
+/// When the console's cookie is marked `Secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecureCookie {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// Shortest and longest console session, in seconds: a minute and a week.
+pub const SESSION_TTL_RANGE: (u64, u64) = (60, 7 * 24 * 3600);
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            enabled: true,
+            session_ttl_secs: 8 * 3600,
+            secure_cookie: SecureCookie::Auto,
+        }
+    }
+}
+
+impl ConsoleSettings {
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        let (min, max) = SESSION_TTL_RANGE;
+        if !(min..=max).contains(&self.session_ttl_secs) {
+            return Err(InvalidSetting::new(
+                "console.session_ttl_secs",
+                format!("must be between {min} and {max}"),
             ));
         }
         Ok(())
@@ -280,6 +334,7 @@ impl AdminSettings {
             ));
         }
         self.changes.validate()?;
+        self.console.validate()?;
         self.egress.validate()
     }
 }
@@ -389,6 +444,30 @@ mod tests {
         );
         let negative: Result<ChangesSettings, _> = serde_json::from_str(r#"{"retention_days":-1}"#);
         assert!(negative.is_err());
+    }
+
+    #[test]
+    fn console_session_ttl_out_of_range_is_refused_naming_the_field() {
+        let mut s = AdminSettings::default();
+        s.database.url = Some(obleth_config::DatabaseUrl::new("postgres://h/db"));
+        s.auth.token_file = Some(PathBuf::from("/run/secrets/admin"));
+        for (ttl, ok) in [(59, false), (60, true), (604_800, true), (604_801, false)] {
+            s.console.session_ttl_secs = ttl;
+            match s.validate() {
+                Ok(()) => assert!(ok, "{ttl}"),
+                Err(e) => {
+                    assert!(!ok, "{ttl}");
+                    assert_eq!(
+                        e.to_string(),
+                        "console.session_ttl_secs: must be between 60 and 604800"
+                    );
+                }
+            }
+        }
+        let parsed: ConsoleSettings =
+            serde_json::from_str(r#"{"secure_cookie":"always"}"#).unwrap();
+        assert_eq!(parsed.secure_cookie, SecureCookie::Always);
+        assert!(serde_json::from_str::<ConsoleSettings>(r#"{"secure_cookie":"yes"}"#).is_err());
     }
 
     #[test]

@@ -68,6 +68,32 @@ impl AdminTokens {
     }
 }
 
+impl AdminTokens {
+    /// Which token `presented` is (its place in the list), comparing every
+    /// stored hash in constant time as [`AdminTokens::verify`] does. The
+    /// console binds a session to the token that opened it.
+    pub fn position(&self, presented: &str) -> Option<usize> {
+        let hash = hash_secret(presented);
+        self.hashes
+            .iter()
+            .enumerate()
+            .fold(None, |found, (i, stored)| {
+                if hashes_equal(stored, &hash) {
+                    Some(i)
+                } else {
+                    found
+                }
+            })
+    }
+
+    /// The stored hashes, in order: what the console derives its session
+    /// keys from, so every replica with the same tokens accepts the same
+    /// sessions and removing a token ends the sessions it opened.
+    pub fn hashes(&self) -> &[[u8; 32]] {
+        &self.hashes
+    }
+}
+
 /// Checks one token; the error names its place (`auth.tokens[i]`, or the
 /// file and line), never the token.
 fn check(token: &str, place: &str) -> Result<[u8; 32], InvalidSetting> {

@@ -109,9 +109,15 @@ pub async fn live_nodes(pool: &sqlx::PgPool) -> Result<Vec<NodeView>, sqlx::Erro
     security(("admin_token" = []))
 )]
 pub async fn fleet(State(state): State<AppState>) -> Result<Json<Fleet>, AdminError> {
+    Ok(Json(read(&state).await?))
+}
+
+/// The live fleet and its summary: what `GET /api/v1/fleet` answers and the
+/// console's rollout page shows.
+pub async fn read(state: &AppState) -> Result<Fleet, AdminError> {
     let nodes = live_nodes(&state.pool).await?;
     let summary = summarize(&nodes);
-    Ok(Json(Fleet { nodes, summary }))
+    Ok(Fleet { nodes, summary })
 }
 
 #[cfg(test)]

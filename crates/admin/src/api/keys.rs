@@ -38,14 +38,19 @@ pub async fn create_key(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateKey>,
 ) -> Result<Response, AdminError> {
+    let answer = create(&state, body).await?;
+    Ok(no_store((StatusCode::CREATED, Json(answer))))
+}
+
+/// Checks and creates a key: what `POST /api/v1/keys` and the console do.
+pub async fn create(state: &AppState, body: CreateKey) -> Result<CreatedKey, AdminError> {
     let new = body.into_new_key()?;
     let (key, generated) = keys::create_key(&state.pool, &new).await?;
     info!(key_id = %key.id, public_id = %key.public_id, "Key created.");
-    let answer = CreatedKey {
+    Ok(CreatedKey {
         key: KeyView::fresh(&key),
         secret: generated.secret.expose_secret().to_owned(),
-    };
-    Ok(no_store((StatusCode::CREATED, Json(answer))))
+    })
 }
 
 /// List keys, ordered by id, one page at a time. Never shows a secret.
@@ -62,6 +67,12 @@ pub async fn list_keys(
     State(state): State<AppState>,
     Params(params): Params<KeyListParams>,
 ) -> Result<Json<KeyPage>, AdminError> {
+    Ok(Json(list(&state, params).await?))
+}
+
+/// One page of keys with their spend: what `GET /api/v1/keys` and the
+/// console list.
+pub async fn list(state: &AppState, params: KeyListParams) -> Result<KeyPage, AdminError> {
     let limit = validate::page_limit(params.limit)?;
     let filter = KeyFilter {
         owner: params.owner,
@@ -85,7 +96,7 @@ pub async fn list_keys(
         .zip(&totals)
         .map(|(k, t)| KeyView::new(k, Spend::new(k.budget_period, t, now)))
         .collect();
-    Ok(Json(KeyPage { items, next_after }))
+    Ok(KeyPage { items, next_after })
 }
 
 /// Get one key. Never shows its secret.
@@ -149,12 +160,18 @@ pub async fn revoke_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, AdminError> {
-    let id = validate::uuid("id", &id)?;
+    Ok(Json(revoke(&state, &id).await?))
+}
+
+/// Revokes the key `id` (as given, checked here): what
+/// `POST /api/v1/keys/{id}/revoke` and the console do.
+pub async fn revoke(state: &AppState, id: &str) -> Result<KeyView, AdminError> {
+    let id = validate::uuid("id", id)?;
     let key = keys::revoke_key(&state.pool, id)
         .await?
         .ok_or_else(|| AdminError::not_found("key", id))?;
     info!(key_id = %key.id, "Key revoked.");
-    Ok(Json(view(&state, &key).await?))
+    view(state, &key).await
 }
 
 /// Give a key a new secret. The current secret keeps working for
@@ -176,17 +193,22 @@ pub async fn rotate_key(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RotateKey>,
 ) -> Result<Response, AdminError> {
-    let id = validate::uuid("id", &id)?;
+    Ok(no_store(Json(rotate(&state, &id, body).await?)))
+}
+
+/// Rotates the key `id` (as given, checked here) with the body's overlap:
+/// what `POST /api/v1/keys/{id}/rotate` and the console do.
+pub async fn rotate(state: &AppState, id: &str, body: RotateKey) -> Result<RotatedKey, AdminError> {
+    let id = validate::uuid("id", id)?;
     let overlap = body.overlap()?;
     match keys::rotate_key(&state.pool, id, overlap).await? {
         RotateOutcome::Rotated(key, generated) => {
             info!(key_id = %key.id, overlap_secs = overlap.as_secs(), "Key rotated.");
-            let answer = RotatedKey {
-                key: view(&state, &key).await?,
+            Ok(RotatedKey {
+                key: view(state, &key).await?,
                 secret: generated.secret.expose_secret().to_owned(),
                 previous_expires_at: key.previous_expires_at,
-            };
-            Ok(no_store(Json(answer)))
+            })
         }
         RotateOutcome::NotFound => Err(AdminError::not_found("key", id)),
         RotateOutcome::Revoked => Err(AdminError::Conflict {

@@ -80,6 +80,12 @@ pub async fn set_maintenance(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<SetMaintenance>,
 ) -> Result<Json<MaintenanceView>, AdminError> {
+    Ok(Json(set(&state, body).await?))
+}
+
+/// Checks and stores maintenance mode: what `PUT /api/v1/maintenance` and
+/// the console do.
+pub async fn set(state: &AppState, body: SetMaintenance) -> Result<MaintenanceView, AdminError> {
     let message = body.message.unwrap_or_else(|| DEFAULT_MESSAGE.to_owned());
     validate::text("message", &message, 500)?;
     let retry_after = body.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
@@ -99,5 +105,5 @@ pub async fn set_maintenance(
         enabled = stored.enabled,
         retry_after, "Maintenance mode set."
     );
-    Ok(Json(stored.into()))
+    Ok(stored.into())
 }

@@ -420,10 +420,15 @@ pub async fn create_provider(
 pub async fn list_providers(
     State(state): State<AppState>,
 ) -> Result<Json<ProviderList>, AdminError> {
+    Ok(Json(list(&state).await?))
+}
+
+/// Every provider: what `GET /api/v1/providers` answers and the console lists.
+pub async fn list(state: &AppState) -> Result<ProviderList, AdminError> {
     let catalog = catalog::load_catalog(&state.pool).await?;
-    Ok(Json(ProviderList {
+    Ok(ProviderList {
         items: catalog.providers.iter().map(ProviderView::from).collect(),
-    }))
+    })
 }
 
 /// Get one provider.
@@ -462,14 +467,25 @@ pub async fn update_provider(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<UpdateProvider>,
 ) -> Result<Json<ProviderView>, AdminError> {
+    Ok(Json(update(&state, &name, body).await?))
+}
+
+/// Checks and applies a partial update of the provider `name`: what
+/// `PATCH /api/v1/providers/{name}` and the console do.
+pub async fn update(
+    state: &AppState,
+    name: &str,
+    body: UpdateProvider,
+) -> Result<ProviderView, AdminError> {
+    let name = name.to_owned();
     storable(&name)?;
     if let Some(kind) = body.kind {
-        fleet_reads_kind(&state, kind.into()).await?;
+        fleet_reads_kind(state, kind.into()).await?;
     }
     if let Some(patch) = &body.options {
         check_patch(patch)?;
         if patch.values().any(|v| !v.is_null()) {
-            fleet_reads(&state, OPTIONS_SINCE, "options", "provider options").await?;
+            fleet_reads(state, OPTIONS_SINCE, "options", "provider options").await?;
         }
     }
     let update = ProviderUpdate {
@@ -516,7 +532,7 @@ pub async fn update_provider(
         })?
         .ok_or_else(|| AdminError::not_found("provider", &name))?;
     info!(provider = %provider.name, "Provider updated.");
-    Ok(Json(ProviderView::from(&provider)))
+    Ok(ProviderView::from(&provider))
 }
 
 /// Delete a provider. Refused while a route still uses it.

@@ -231,10 +231,16 @@ pub async fn create_route(
     security(("admin_token" = []))
 )]
 pub async fn list_routes(State(state): State<AppState>) -> Result<Json<RouteList>, AdminError> {
+    Ok(Json(list(&state).await?))
+}
+
+/// Every route with its targets: what `GET /api/v1/routes` answers and the
+/// console lists.
+pub async fn list(state: &AppState) -> Result<RouteList, AdminError> {
     let catalog = catalog::load_catalog(&state.pool).await?;
-    Ok(Json(RouteList {
+    Ok(RouteList {
         items: catalog.routes.iter().map(RouteView::from).collect(),
-    }))
+    })
 }
 
 /// Get one route.

@@ -214,15 +214,21 @@ pub async fn totals(
     State(state): State<AppState>,
     Params(p): Params<TotalsParams>,
 ) -> Result<Json<Totals>, AdminError> {
+    Ok(Json(read_totals(&state, p).await?))
+}
+
+/// The totals `GET /api/v1/usage/totals` answers, which the console's usage
+/// page reads too (a bucket at a time for its charts).
+pub async fn read_totals(state: &AppState, p: TotalsParams) -> Result<Totals, AdminError> {
     let group_by = p.group_by.unwrap_or_default();
     let f = filter(p.from, p.to, p.key_id, p.model, p.provider, p.team_id)?;
     let rows = usage::usage_totals(&state.pool, group_by.into(), &f).await?;
-    Ok(Json(Totals {
+    Ok(Totals {
         group_by,
         from: f.from,
         to: f.to,
         items: rows.into_iter().map(TotalView::from).collect(),
-    }))
+    })
 }
 
 /// Raw usage records over a time range, one page at a time.

@@ -5,6 +5,8 @@
 
 mod auth;
 mod catalog;
+mod console;
+mod console_browser;
 mod docs;
 mod egress;
 mod fleet;
@@ -21,3 +23,4 @@ mod support;
 mod teams;
 mod usage;
 mod validation;
+mod webdriver;

@@ -538,12 +538,21 @@ impl Runner {
             return Ok(Vec::new());
         }
         let nodes = live_nodes(conn, self.opts.node_liveness).await?;
-        let mut blockers = Vec::new();
+        Ok(finish_blockers(&contracts, &nodes))
+    }
+}
+
+/// The live nodes too old for the contract migrations in `plan`: what
+/// `finish` refuses on, and what the admin's console shows as holding it back.
+pub fn finish_blockers(plan: &[&MigrationDef], nodes: &[LiveNode]) -> Vec<NodeBlocker> {
+    let mut blockers = Vec::new();
+    {
+        let contracts = plan.iter().filter(|d| d.phase == Phase::Contract);
         for def in contracts {
             let Some(required) = &def.requires_release else {
                 continue;
             };
-            for node in &nodes {
+            for node in nodes {
                 // A version that does not parse is treated as too old: refusing is
                 // the safe answer when we cannot tell.
                 let too_old = semver::Version::parse(&node.version)
@@ -561,8 +570,8 @@ impl Runner {
                 }
             }
         }
-        Ok(blockers)
     }
+    blockers
 }
 
 /// Refuses to touch a schema this set cannot live with.
