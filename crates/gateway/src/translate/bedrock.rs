@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{count, joined_text, TranslateError, Usage};
+use super::{count, joined_text, user_content, TranslateError, Usage, UserPart};
 
 mod stream;
 
@@ -228,57 +228,24 @@ fn user_blocks(content: Option<&Value>, at: &str) -> Result<Vec<Value>, Translat
     let Some(Value::Array(parts)) = content else {
         return Ok(vec![json!({"text": joined_text(content, &field)?})]);
     };
-    let mut out = Vec::with_capacity(parts.len());
-    for (i, part) in parts.iter().enumerate() {
-        let here = format!("{field}[{i}]");
-        match part.get("type").and_then(Value::as_str) {
-            Some("text") => match part.get("text").and_then(Value::as_str) {
-                Some(t) => out.push(json!({"text": t})),
-                None => {
-                    return Err(TranslateError::invalid(
-                        format!("{here}.text"),
-                        "expected a string",
-                    ))
-                }
-            },
-            Some("image_url") => {
-                let url = part
-                    .get("image_url")
-                    .and_then(|u| u.get("url"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let Some((mime, data)) = url
-                    .strip_prefix("data:")
-                    .and_then(|rest| rest.split_once(";base64,"))
-                else {
+    user_content(parts, &field, |part, here| match part {
+        UserPart::Text(t) => Ok(json!({"text": t})),
+        UserPart::Image { mime, data } => {
+            let format = match mime {
+                "image/png" => "png",
+                "image/jpeg" | "image/jpg" => "jpeg",
+                "image/gif" => "gif",
+                "image/webp" => "webp",
+                _ => {
                     return Err(TranslateError::unsupported(
                         format!("{here}.image_url.url"),
-                        "only base64 data: URLs",
-                    ));
-                };
-                let format = match mime {
-                    "image/png" => "png",
-                    "image/jpeg" | "image/jpg" => "jpeg",
-                    "image/gif" => "gif",
-                    "image/webp" => "webp",
-                    _ => {
-                        return Err(TranslateError::unsupported(
-                            format!("{here}.image_url.url"),
-                            "only png, jpeg, gif and webp images",
-                        ))
-                    }
-                };
-                out.push(json!({"image": {"format": format, "source": {"bytes": data}}}));
-            }
-            _ => {
-                return Err(TranslateError::unsupported(
-                    here,
-                    "only text and image_url parts",
-                ))
-            }
+                        "only png, jpeg, gif and webp images",
+                    ))
+                }
+            };
+            Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
         }
-    }
-    Ok(out)
+    })
 }
 
 /// An assistant message's text and tool calls as Converse blocks.

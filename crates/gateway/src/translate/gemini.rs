@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::{joined_text, TranslateError};
+use super::{joined_text, user_content, TranslateError, UserPart};
 
 /// An OpenAI chat completion request as a Gemini `generateContent` body.
 /// `system` and `developer` messages become `systemInstruction`; user and
@@ -296,45 +296,14 @@ fn user_parts(content: Option<&Value>, at: &str) -> Result<Vec<Value>, Translate
     let Some(Value::Array(parts)) = content else {
         return text_parts(content, &field);
     };
-    let mut out = Vec::with_capacity(parts.len());
-    for (i, part) in parts.iter().enumerate() {
-        let here = format!("{field}[{i}]");
-        match part.get("type").and_then(Value::as_str) {
-            Some("text") => match part.get("text").and_then(Value::as_str) {
-                Some(t) => out.push(json!({"text": t})),
-                None => {
-                    return Err(TranslateError::invalid(
-                        format!("{here}.text"),
-                        "expected a string",
-                    ))
-                }
-            },
-            Some("image_url") => {
-                let url = part
-                    .get("image_url")
-                    .and_then(|u| u.get("url"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let Some((mime, data)) = url
-                    .strip_prefix("data:")
-                    .and_then(|rest| rest.split_once(";base64,"))
-                else {
-                    return Err(TranslateError::unsupported(
-                        format!("{here}.image_url.url"),
-                        "only base64 data: URLs",
-                    ));
-                };
-                out.push(json!({"inlineData": {"mimeType": mime, "data": data}}));
+    user_content(parts, &field, |part, _| {
+        Ok(match part {
+            UserPart::Text(t) => json!({"text": t}),
+            UserPart::Image { mime, data } => {
+                json!({"inlineData": {"mimeType": mime, "data": data}})
             }
-            _ => {
-                return Err(TranslateError::unsupported(
-                    here,
-                    "only text and image_url parts",
-                ))
-            }
-        }
-    }
-    Ok(out)
+        })
+    })
 }
 
 /// The token counts of a Gemini `usageMetadata`.

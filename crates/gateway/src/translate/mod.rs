@@ -125,6 +125,68 @@ pub(crate) fn joined_text(content: Option<&Value>, field: &str) -> Result<String
     }
 }
 
+/// One part of a user message's array content, as the translators to
+/// Converse and Gemini take it.
+pub(crate) enum UserPart<'a> {
+    Text(&'a str),
+    /// A base64 `data:` URL's media type and data.
+    Image {
+        mime: &'a str,
+        data: &'a str,
+    },
+}
+
+/// Maps each part of a user message's array `content` (at `field`) with
+/// `block`: text parts, and images given as base64 `data:` URLs; any other
+/// part is refused naming it. `block` gets the part's field to name in its
+/// own refusals.
+pub(crate) fn user_content(
+    parts: &[Value],
+    field: &str,
+    mut block: impl FnMut(UserPart<'_>, &str) -> Result<Value, TranslateError>,
+) -> Result<Vec<Value>, TranslateError> {
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let here = format!("{field}[{i}]");
+        let part = match part.get("type").and_then(Value::as_str) {
+            Some("text") => match part.get("text").and_then(Value::as_str) {
+                Some(t) => UserPart::Text(t),
+                None => {
+                    return Err(TranslateError::invalid(
+                        format!("{here}.text"),
+                        "expected a string",
+                    ))
+                }
+            },
+            Some("image_url") => {
+                let url = part
+                    .get("image_url")
+                    .and_then(|u| u.get("url"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let Some((mime, data)) = url
+                    .strip_prefix("data:")
+                    .and_then(|rest| rest.split_once(";base64,"))
+                else {
+                    return Err(TranslateError::unsupported(
+                        format!("{here}.image_url.url"),
+                        "only base64 data: URLs",
+                    ));
+                };
+                UserPart::Image { mime, data }
+            }
+            _ => {
+                return Err(TranslateError::unsupported(
+                    here,
+                    "only text and image_url parts",
+                ))
+            }
+        };
+        out.push(block(part, &here)?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
