@@ -38,6 +38,7 @@ pub mod settings;
 pub mod sse;
 pub mod state;
 pub mod timeouts;
+pub mod trace;
 pub mod translate;
 pub mod upstream;
 pub mod usage;

@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use obleth_config::model::ProviderKind;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::answer;
 use crate::auth::AuthorizedKey;
@@ -30,6 +31,7 @@ use crate::request_id;
 use crate::retry;
 use crate::state::AppState;
 use crate::timeouts::{self, FirstByteError};
+use crate::trace::{InSpan, TraceContext, TRACEPARENT};
 use crate::upstream::{BoxError, UpBody, UpstreamError};
 
 /// Idle time allowed between two chunks of a stream before it is cut, for
@@ -175,6 +177,9 @@ pub fn reject(state: &AppState, route: &'static str, error: ApiError) -> Respons
     error.into_response()
 }
 
+/// One proxied request, in its `request` span (the request id in every log
+/// line, the answer's body included) with its trace context current for
+/// the upstream calls.
 async fn proxy(
     state: AppState,
     auth: AuthorizedKey,
@@ -182,6 +187,27 @@ async fn proxy(
     route: &'static str,
     path: &'static str,
     request: Request,
+) -> Response {
+    let request_id = request_id::next();
+    let context = TraceContext::new(request_id, request.headers().get(TRACEPARENT));
+    let span = tracing::info_span!("request", request_id = %request_id, route);
+    let response = context
+        .scope(proxy_in_span(
+            state, auth, client, route, path, request, request_id,
+        ))
+        .instrument(span.clone())
+        .await;
+    response.map(|body| InSpan::wrap(body, span))
+}
+
+async fn proxy_in_span(
+    state: AppState,
+    auth: AuthorizedKey,
+    client: Client,
+    route: &'static str,
+    path: &'static str,
+    request: Request,
+    request_id: uuid::Uuid,
 ) -> Response {
     let AuthorizedKey {
         key,
@@ -232,7 +258,7 @@ async fn proxy(
         admission: None,
         state: state.clone(),
         key: key.clone(),
-        request_id: request_id::next(),
+        request_id,
         route,
         model: model.clone(),
         provider: None,

@@ -225,6 +225,11 @@ impl Upstream {
             .uri(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream");
+        if let Some(context) = crate::trace::TraceContext::current() {
+            builder = builder
+                .header(crate::trace::X_REQUEST_ID, context.request_id_header())
+                .header(crate::trace::TRACEPARENT, context.traceparent);
+        }
         if provider.kind == ProviderKind::Anthropic {
             builder = builder.header(
                 ANTHROPIC_VERSION,

@@ -25,5 +25,6 @@ mod retry;
 mod routing;
 mod streams;
 mod support;
+mod trace;
 mod usage;
 mod vertex;
