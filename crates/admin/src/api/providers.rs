@@ -355,6 +355,13 @@ pub async fn create_provider(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateProvider>,
 ) -> Result<Response, AdminError> {
+    let provider = create(&state, body).await?;
+    Ok((StatusCode::CREATED, Json(provider)).into_response())
+}
+
+/// Checks and stores a new provider: what `POST /api/v1/providers` and the
+/// console do.
+pub async fn create(state: &AppState, body: CreateProvider) -> Result<ProviderView, AdminError> {
     let base_url = match (body.kind, body.base_url) {
         (_, Some(url)) => url,
         (Kind::Mock, None) => "mock://".to_owned(),
@@ -386,9 +393,9 @@ pub async fn create_provider(
         timeout_ms,
         &body.options,
     )?;
-    fleet_reads_kind(&state, body.kind.into()).await?;
+    fleet_reads_kind(state, body.kind.into()).await?;
     if !body.options.is_default() {
-        fleet_reads(&state, OPTIONS_SINCE, "options", "provider options").await?;
+        fleet_reads(state, OPTIONS_SINCE, "options", "provider options").await?;
     }
     let new = NewProvider {
         name: body.name,
@@ -408,7 +415,7 @@ pub async fn create_provider(
             }
         })?;
     info!(provider = %provider.name, "Provider created.");
-    Ok((StatusCode::CREATED, Json(ProviderView::from(&provider))).into_response())
+    Ok(ProviderView::from(&provider))
 }
 
 /// List every provider.
@@ -550,13 +557,20 @@ pub async fn delete_provider(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, AdminError> {
-    storable(&name)?;
-    match catalog::delete_provider(&state.pool, &name).await {
+    delete(&state, &name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes the provider `name` unless a route still uses it: what
+/// `DELETE /api/v1/providers/{name}` and the console do.
+pub async fn delete(state: &AppState, name: &str) -> Result<(), AdminError> {
+    storable(name)?;
+    match catalog::delete_provider(&state.pool, name).await {
         Ok(true) => {
             info!(provider = %name, "Provider deleted.");
-            Ok(StatusCode::NO_CONTENT.into_response())
+            Ok(())
         }
-        Ok(false) => Err(AdminError::not_found("provider", &name)),
+        Ok(false) => Err(AdminError::not_found("provider", name)),
         Err(e @ CatalogError::ProviderInUse { .. }) => Err(AdminError::Conflict {
             code: "provider_in_use",
             field: Some("name".to_owned()),

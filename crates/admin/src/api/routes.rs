@@ -214,14 +214,21 @@ pub async fn create_route(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateRoute>,
 ) -> Result<Response, AdminError> {
+    let route = create(&state, body).await?;
+    Ok((StatusCode::CREATED, Json(route)).into_response())
+}
+
+/// Checks and stores a new route: what `POST /api/v1/routes` and the
+/// console do.
+pub async fn create(state: &AppState, body: CreateRoute) -> Result<RouteView, AdminError> {
     validate::model_name("model", &body.model)?;
     let targets = check_targets(&body.targets)?;
-    fleet_reads_weights(&state, &targets).await?;
+    fleet_reads_weights(state, &targets).await?;
     let route = catalog::create_route(&state.pool, &body.model, &targets)
         .await
         .map_err(|e| catalog_error(e, &targets))?;
     info!(route_id = %route.id, model = %route.model, "Route created.");
-    Ok((StatusCode::CREATED, Json(RouteView::from(&route))).into_response())
+    Ok(RouteView::from(&route))
 }
 
 /// List every route.
@@ -279,15 +286,25 @@ pub async fn replace_targets(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReplaceTargets>,
 ) -> Result<Json<RouteView>, AdminError> {
-    let id = validate::uuid("id", &id)?;
+    Ok(Json(replace(&state, &id, body).await?))
+}
+
+/// Checks and stores new targets for the route `id`: what
+/// `PUT /api/v1/routes/{id}/targets` and the console do.
+pub async fn replace(
+    state: &AppState,
+    id: &str,
+    body: ReplaceTargets,
+) -> Result<RouteView, AdminError> {
+    let id = validate::uuid("id", id)?;
     let targets = check_targets(&body.targets)?;
-    fleet_reads_weights(&state, &targets).await?;
+    fleet_reads_weights(state, &targets).await?;
     let route = catalog::replace_route_targets(&state.pool, id, &targets)
         .await
         .map_err(|e| catalog_error(e, &targets))?
         .ok_or_else(|| AdminError::not_found("route", id))?;
     info!(route_id = %route.id, model = %route.model, "Route targets replaced.");
-    Ok(Json(RouteView::from(&route)))
+    Ok(RouteView::from(&route))
 }
 
 /// Delete a route.
@@ -301,10 +318,17 @@ pub async fn delete_route(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, AdminError> {
-    let id = validate::uuid("id", &id)?;
+    delete(&state, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes the route `id`: what `DELETE /api/v1/routes/{id}` and the
+/// console do.
+pub async fn delete(state: &AppState, id: &str) -> Result<(), AdminError> {
+    let id = validate::uuid("id", id)?;
     if !catalog::delete_route(&state.pool, id).await? {
         return Err(AdminError::not_found("route", id));
     }
     info!(route_id = %id, "Route deleted.");
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(())
 }

@@ -1,24 +1,28 @@
 //! The providers and routes page: what `GET /api/v1/providers` and
-//! `GET /api/v1/routes` answer, through the same functions, and a form per
-//! provider that changes its base URL, credential reference and timeout
-//! through the function `PATCH /api/v1/providers/{name}` calls, so its
-//! checks (syntax and the `[egress]` policy) and messages are the API's. A
+//! `GET /api/v1/routes` answer, and forms that create, change and delete
+//! providers and routes through the functions the API's handlers call
+//! (`providers::create`, `update`, `delete`; `routes::create`, `replace`,
+//! `delete`), so their checks (syntax, the `[egress]` policy, known
+//! providers, the fleet's release) and messages are the API's. A refusal is
+//! shown next to the form that was sent, with what was typed in it. A
 //! provider's credential is shown only as its reference (`env:NAME` or
 //! `file:/path`), as the API shows it; the credential itself is never read
 //! here.
 
+mod draft;
+mod view;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use maud::{html, Markup};
-use serde::Deserialize;
+use maud::Markup;
 
+use self::draft::{ProviderDraft, RouteDraft};
+use self::view::{Draft, Outcome, Place};
 use super::form::CsrfForm;
-use super::layout::{csrf_field, notice, page, ConsoleError, Nav};
+use super::layout::{notice, ConsoleError};
 use super::session::Session;
 use super::signin::SignedIn;
-use crate::api::providers::{ProviderList, UpdateProvider};
-use crate::api::routes::RouteList;
 use crate::api::{providers, routes};
 use crate::error::AdminError;
 use crate::state::AppState;
@@ -30,141 +34,173 @@ pub async fn show(
 ) -> Result<Markup, ConsoleError> {
     let providers = providers::list(&state).await?;
     let routes = routes::list(&state).await?;
-    Ok(render(&session, &providers, &routes, None))
+    Ok(view::render(&session, &providers, &routes, None))
 }
 
-/// The provider form as posted; an empty credential clears it. Its `Debug`
-/// leaves the credential reference out: a malformed one may be a pasted
-/// credential.
-#[derive(Deserialize)]
-pub struct ProviderForm {
-    #[serde(default)]
-    base_url: String,
-    #[serde(default)]
-    credential_ref: String,
-    #[serde(default)]
-    timeout_ms: String,
+/// `POST /console/catalog/providers`: a new provider, as
+/// `POST /api/v1/providers`.
+pub async fn create_provider(
+    State(state): State<AppState>,
+    CsrfForm(session, form): CsrfForm<ProviderDraft>,
+) -> Result<Response, ConsoleError> {
+    let written = match form.create_body() {
+        Ok(body) => providers::create(&state, body).await.map(|p| {
+            let message = format!("Provider “{}” created.", p.name);
+            (Place::Provider(p.name), message)
+        }),
+        Err(e) => Err(e),
+    };
+    answer(
+        &state,
+        &session,
+        written,
+        Place::NewProvider,
+        Draft::Provider(form),
+    )
+    .await
 }
 
-impl std::fmt::Debug for ProviderForm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderForm")
-            .field("base_url", &self.base_url)
-            .field("timeout_ms", &self.timeout_ms)
-            .finish_non_exhaustive()
-    }
-}
-
-/// `POST /console/catalog/providers/{name}`.
+/// `POST /console/catalog/providers/{name}`: its base URL, credential
+/// reference, timeout and options, as `PATCH /api/v1/providers/{name}`.
 pub async fn update_provider(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    CsrfForm(session, form): CsrfForm<ProviderForm>,
+    CsrfForm(session, form): CsrfForm<ProviderDraft>,
 ) -> Result<Response, ConsoleError> {
-    let timeout_ms = match form.timeout_ms.trim() {
-        "" => Ok(None),
-        t => t
-            .parse::<i32>()
-            .map(Some)
-            .map_err(|_| AdminError::validation("timeout_ms", "must be a whole number")),
-    };
-    let updated = match timeout_ms {
-        Ok(timeout_ms) => {
-            let credential = form.credential_ref.trim();
-            let body = UpdateProvider {
-                base_url: Some(form.base_url.trim().to_owned()),
-                credential_ref: Some((!credential.is_empty()).then(|| credential.to_owned())),
-                timeout_ms,
-                ..UpdateProvider::default()
-            };
-            providers::update(&state, &name, body).await
-        }
+    // The form shows the options whole; the API takes what changed.
+    let current = providers::list(&state)
+        .await?
+        .items
+        .into_iter()
+        .find(|p| p.name == name)
+        .map(|p| p.options)
+        .unwrap_or_default();
+    let written = match form.update_body(&current) {
+        Ok(body) => providers::update(&state, &name, body).await.map(|p| {
+            let message = format!("Provider “{}” saved.", p.name);
+            (Place::Provider(p.name), message)
+        }),
         Err(e) => Err(e),
     };
-    let (status, flash) = match updated {
-        Ok(p) => (
+    let place = Place::Provider(name);
+    answer(&state, &session, written, place, Draft::Provider(form)).await
+}
+
+/// `POST /console/catalog/providers/{name}/delete`, as
+/// `DELETE /api/v1/providers/{name}`: refused while a route uses it.
+pub async fn delete_provider(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    CsrfForm(session, _): CsrfForm<serde::de::IgnoredAny>,
+) -> Result<Response, ConsoleError> {
+    let written = providers::delete(&state, &name)
+        .await
+        .map(|()| (Place::Page, format!("Provider “{name}” deleted.")));
+    answer(
+        &state,
+        &session,
+        written,
+        Place::Provider(name),
+        Draft::None,
+    )
+    .await
+}
+
+/// `POST /console/catalog/routes`: a new route, as `POST /api/v1/routes`.
+pub async fn create_route(
+    State(state): State<AppState>,
+    CsrfForm(session, pairs): CsrfForm<Vec<(String, String)>>,
+) -> Result<Response, ConsoleError> {
+    let form = RouteDraft::from_pairs(pairs);
+    let written = match form.create_body() {
+        Ok(body) => routes::create(&state, body).await.map(|r| {
+            let message = format!("Route “{}” created.", r.model);
+            (Place::Route(r.id), message)
+        }),
+        Err(e) => Err(e),
+    };
+    answer(
+        &state,
+        &session,
+        written,
+        Place::NewRoute,
+        Draft::Route(form),
+    )
+    .await
+}
+
+/// `POST /console/catalog/routes/{id}/targets`: the route's targets
+/// replaced by the form's rows, as `PUT /api/v1/routes/{id}/targets`.
+pub async fn replace_targets(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    CsrfForm(session, pairs): CsrfForm<Vec<(String, String)>>,
+) -> Result<Response, ConsoleError> {
+    let form = RouteDraft::from_pairs(pairs);
+    let written = match form.replace_body() {
+        Ok(body) => routes::replace(&state, &id, body).await.map(|r| {
+            let message = format!("Targets of “{}” saved.", r.model);
+            (Place::Route(r.id), message)
+        }),
+        Err(e) => Err(e),
+    };
+    let place = Place::route(&id);
+    answer(&state, &session, written, place, Draft::Route(form)).await
+}
+
+/// `POST /console/catalog/routes/{id}/delete`, as
+/// `DELETE /api/v1/routes/{id}`.
+pub async fn delete_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    CsrfForm(session, _): CsrfForm<serde::de::IgnoredAny>,
+) -> Result<Response, ConsoleError> {
+    // Named by its model in the notice, read before it is gone.
+    let model = routes::list(&state)
+        .await?
+        .items
+        .into_iter()
+        .find(|r| r.id.to_string() == id)
+        .map_or_else(|| id.clone(), |r| r.model);
+    let written = routes::delete(&state, &id)
+        .await
+        .map(|()| (Place::Page, format!("Route “{model}” deleted.")));
+    answer(&state, &session, written, Place::route(&id), Draft::None).await
+}
+
+/// The page after a write: on success its notice where `written` says
+/// (the row written, or the top for a delete); on a refusal the API's
+/// message next to the form at `refused`, which shows `draft` again, with
+/// the refusal's status. Errors that are not the operator's are the usual
+/// error page.
+async fn answer(
+    state: &AppState,
+    session: &Session,
+    written: Result<(Place, String), AdminError>,
+    refused: Place,
+    draft: Draft,
+) -> Result<Response, ConsoleError> {
+    let (status, outcome) = match written {
+        Ok((place, message)) => (
             StatusCode::OK,
-            notice("ok", &format!("Provider “{}” saved.", p.name)),
+            Outcome {
+                place,
+                notice: notice("ok", &message),
+                draft: Draft::None,
+            },
         ),
-        Err(e) if e.status().is_client_error() => (e.status(), notice("error", &e.to_string())),
+        Err(e) if e.status().is_client_error() => (
+            e.status(),
+            Outcome {
+                place: refused,
+                notice: notice("error", &e.to_string()),
+                draft,
+            },
+        ),
         Err(e) => return Err(e.into()),
     };
-    let providers = providers::list(&state).await?;
-    let routes = routes::list(&state).await?;
-    Ok((status, render(&session, &providers, &routes, Some(flash))).into_response())
-}
-
-fn render(
-    session: &Session,
-    providers: &ProviderList,
-    routes: &RouteList,
-    flash: Option<Markup>,
-) -> Markup {
-    page(
-        "Providers and routes",
-        Nav::Catalog,
-        Some(session),
-        html! {
-            h1 { "Providers and routes" }
-            @if let Some(flash) = flash { (flash) }
-            p.muted { "Adding or removing providers and routes, and a route's targets, go through the API (" code { "/api/v1/providers" } ", " code { "/api/v1/routes" } ") for now." }
-            h2 { "Providers" }
-            table #providers {
-                thead { tr { th { "Name" } th { "Kind" } th { "Base URL, credential reference, timeout (ms)" } } }
-                tbody {
-                    @for p in &providers.items {
-                        tr data-provider=(p.name) {
-                            td.mono { (p.name) }
-                            td { (kind_name(&p.kind)) }
-                            td {
-                                form.inline.provider method="post" action={"/console/catalog/providers/" (p.name)} {
-                                    (csrf_field(session))
-                                    input name="base_url" size="36" value=(p.base_url) aria-label="base URL";
-                                    " "
-                                    input name="credential_ref" size="24" placeholder="env:NAME or file:/path" value=(p.credential_ref.as_deref().unwrap_or("")) aria-label="credential reference";
-                                    " "
-                                    input name="timeout_ms" size="7" value=(p.timeout_ms) aria-label="timeout in milliseconds";
-                                    " "
-                                    button.quiet type="submit" { "Save" }
-                                }
-                            }
-                        }
-                    }
-                    @if providers.items.is_empty() { tr { td colspan="3" .muted { "No provider." } } }
-                }
-            }
-            h2 { "Routes" }
-            table #routes {
-                thead { tr { th { "Model" } th { "Targets (provider → upstream model, weight, priority)" } } }
-                tbody {
-                    @for r in &routes.items {
-                        tr {
-                            td.mono { (r.model) }
-                            td {
-                                ul.plain {
-                                    @for t in &r.targets {
-                                        li {
-                                            code { (t.provider) }
-                                            @if let Some(m) = &t.upstream_model { " → " code { (m) } }
-                                            ", weight " (t.weight)
-                                            @if let Some(p) = t.priority { ", priority " (p) }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    @if routes.items.is_empty() { tr { td colspan="2" .muted { "No route." } } }
-                }
-            }
-        },
-    )
-}
-
-/// A kind as the API spells it.
-fn kind_name(kind: &providers::Kind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    let providers = providers::list(state).await?;
+    let routes = routes::list(state).await?;
+    let page = view::render(session, &providers, &routes, Some(&outcome));
+    Ok((status, page).into_response())
 }

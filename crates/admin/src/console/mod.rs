@@ -51,9 +51,23 @@ pub fn router() -> Router<AppState> {
         .route("/console/keys/{id}/revoke", post(keys::revoke))
         .route("/console/keys/{id}/rotate", post(keys::rotate))
         .route("/console/catalog", get(catalog::show))
+        .route("/console/catalog/providers", post(catalog::create_provider))
         .route(
             "/console/catalog/providers/{name}",
             post(catalog::update_provider),
+        )
+        .route(
+            "/console/catalog/providers/{name}/delete",
+            post(catalog::delete_provider),
+        )
+        .route("/console/catalog/routes", post(catalog::create_route))
+        .route(
+            "/console/catalog/routes/{id}/targets",
+            post(catalog::replace_targets),
+        )
+        .route(
+            "/console/catalog/routes/{id}/delete",
+            post(catalog::delete_route),
         )
         .route("/console/usage", get(usage::show))
         .route("/console/static/{file}", get(asset))
