@@ -501,7 +501,10 @@ async fn the_catalog_page_lists_the_apis_providers_and_routes_escaped() {
     let page = get_page(&admin, "/console/catalog", &cookie).await.text();
     assert!(page.contains("mock://"), "{page}");
     assert!(page.contains("gpt-&lt;4o&gt;"), "escaped: {page}");
-    assert!(page.contains("weight 3"), "{page}");
+    assert!(
+        page.contains(r#"name="targets[0].weight" size="5" value="3""#),
+        "{page}"
+    );
     assert!(!page.contains("gpt-<4o>"));
 
     // Editing a provider: the API's checks and messages, then the change.
@@ -555,6 +558,540 @@ async fn the_catalog_page_lists_the_apis_providers_and_routes_escaped() {
     )
     .await;
     assert_eq!(no_csrf.status, 403);
+}
+
+/// What the API's error answer says, as the console shows it: a
+/// validation message after its field, others as they are.
+fn api_says(answer: &Answer) -> String {
+    let body = answer.json();
+    let e = &body["error"];
+    let message = e["message"].as_str().unwrap_or_else(|| panic!("{body}"));
+    match (e["code"].as_str(), e["field"].as_str()) {
+        (Some("validation_failed"), Some(field)) => format!("{field}: {message}"),
+        _ => message.to_owned(),
+    }
+}
+
+/// The notice shown in the row above the provider's or route's row
+/// marked `key`.
+fn notice_for<'a>(page: &'a str, key: &str) -> &'a str {
+    let at = page
+        .find(&format!(r#"data-notice-for="{key}""#))
+        .unwrap_or_else(|| panic!("no notice for {key} in {page}"));
+    let row = &page[at..];
+    &row[..row.find("</tr>").unwrap()]
+}
+
+/// The notice shown above the form `id` (the new-provider or new-route form).
+fn notice_above<'a>(page: &'a str, id: &str) -> &'a str {
+    let form = page
+        .find(&format!(r#"id="{id}""#))
+        .unwrap_or_else(|| panic!("no form {id}"));
+    let heading = page[..form].rfind("</h3>").unwrap();
+    &page[heading..form]
+}
+
+/// Posts the console form at `path` with `fields`, URL-encoded, and the
+/// page's CSRF token.
+async fn post_fields(
+    admin: &TestAdmin,
+    path: &str,
+    cookie: &str,
+    csrf: &str,
+    fields: &[(&str, &str)],
+) -> Answer {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("csrf", csrf)
+        .extend_pairs(fields)
+        .finish();
+    post_form(admin, path, cookie, &body).await
+}
+
+#[tokio::test]
+async fn the_catalog_page_creates_edits_and_deletes_a_provider_with_the_apis_messages() {
+    let (admin, _db, _pool) = TestAdmin::on_fresh_database().await;
+    let cookie = signed_in(&admin).await;
+    let page = get_page(&admin, "/console/catalog", &cookie).await.text();
+    let csrf = csrf_of(&page);
+    for kind in [
+        "openai",
+        "anthropic",
+        "azure",
+        "gemini",
+        "vertex",
+        "bedrock",
+        "mock",
+    ] {
+        assert!(
+            page.contains(&format!(r#"<option value="{kind}""#)),
+            "{kind}"
+        );
+    }
+
+    // Create: kind, timeout and options as typed, base URL by default.
+    let created = post_fields(
+        &admin,
+        "/console/catalog/providers",
+        &cookie,
+        &csrf,
+        &[
+            ("name", "alpha"),
+            ("kind", "mock"),
+            ("base_url", ""),
+            ("credential_ref", ""),
+            ("timeout_ms", "5000"),
+            ("options", r#"{"connect_timeout_ms": 2000}"#),
+        ],
+    )
+    .await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    assert!(notice_for(&created.text(), "alpha").contains("Provider “alpha” created."));
+    let stored = admin.get("/api/v1/providers/alpha").await.json();
+    assert_eq!(stored["base_url"], "mock://", "{stored}");
+    assert_eq!(stored["timeout_ms"], 5000, "{stored}");
+    assert_eq!(stored["options"], json!({"connect_timeout_ms": 2000}));
+
+    // Refused creations: the API's status and message, above the form,
+    // which keeps what was typed.
+    let refusals: &[(&[(&str, &str)], Value)] = &[
+        (
+            &[
+                ("name", "beta"),
+                ("kind", "mock"),
+                ("options", r#"{"connect_timeout_ms": "soon"}"#),
+            ],
+            json!({"name": "beta", "kind": "mock", "options": {"connect_timeout_ms": "soon"}}),
+        ),
+        (
+            &[
+                ("name", "beta"),
+                ("kind", "mock"),
+                ("options", r#"{"colour": "blue"}"#),
+            ],
+            json!({"name": "beta", "kind": "mock", "options": {"colour": "blue"}}),
+        ),
+        (
+            &[
+                ("name", "beta"),
+                ("kind", "mock"),
+                ("options", r#"{"idle_timeout_ms": 0}"#),
+            ],
+            json!({"name": "beta", "kind": "mock", "options": {"idle_timeout_ms": 0}}),
+        ),
+        (
+            &[
+                ("name", "beta"),
+                ("kind", "mock"),
+                ("options", r#"["connect_timeout_ms"]"#),
+            ],
+            json!({"name": "beta", "kind": "mock", "options": ["connect_timeout_ms"]}),
+        ),
+        (
+            &[("name", "beta"), ("kind", "cobol")],
+            json!({"name": "beta", "kind": "cobol"}),
+        ),
+        (
+            &[("name", "beta"), ("kind", "openai")],
+            json!({"name": "beta", "kind": "openai"}),
+        ),
+        (
+            &[("name", "two words"), ("kind", "mock")],
+            json!({"name": "two words", "kind": "mock"}),
+        ),
+        (
+            &[("name", "beta"), ("kind", "mock"), ("timeout_ms", "0")],
+            json!({"name": "beta", "kind": "mock", "timeout_ms": 0}),
+        ),
+        (
+            &[("name", "alpha"), ("kind", "mock")],
+            json!({"name": "alpha", "kind": "mock"}),
+        ),
+    ];
+    for (fields, api_body) in refusals {
+        let refused =
+            post_fields(&admin, "/console/catalog/providers", &cookie, &csrf, fields).await;
+        let api = admin
+            .call(Method::POST, "/api/v1/providers", api_body.clone())
+            .await;
+        assert!(api.status == 422 || api.status == 409, "{}", api.text());
+        assert_eq!(refused.status, api.status, "{fields:?}: {}", refused.text());
+        let said = html_escape(&api_says(&api));
+        let text = refused.text();
+        assert!(
+            notice_above(&text, "new-provider").contains(&said),
+            "{said} in {text}"
+        );
+        if let Some((_, options)) = fields.iter().find(|(k, _)| *k == "options") {
+            assert!(text.contains(&html_escape(options)), "kept: {options}");
+        }
+    }
+    // Options that are not JSON at all: named, and not a 500.
+    let garbled = post_fields(
+        &admin,
+        "/console/catalog/providers",
+        &cookie,
+        &csrf,
+        &[
+            ("name", "beta"),
+            ("kind", "mock"),
+            ("options", "{connect_timeout_ms: 1"),
+        ],
+    )
+    .await;
+    assert_eq!(garbled.status, 422);
+    assert!(
+        notice_above(&garbled.text(), "new-provider").contains("options: must be a JSON object (")
+    );
+    assert_eq!(admin.get("/api/v1/providers/beta").await.status, 404);
+
+    // Edit the options: the form shows them whole; what it says is stored.
+    let page = get_page(&admin, "/console/catalog", &cookie).await.text();
+    assert!(
+        page.contains(&html_escape(r#""connect_timeout_ms": 2000"#)),
+        "prefilled: {page}"
+    );
+    let edit = |options: &'static str| {
+        let (admin, cookie, csrf) = (&admin, &cookie, &csrf);
+        async move {
+            post_fields(
+                admin,
+                "/console/catalog/providers/alpha",
+                cookie,
+                csrf,
+                &[
+                    ("base_url", "mock://"),
+                    ("credential_ref", ""),
+                    ("timeout_ms", "5000"),
+                    ("options", options),
+                ],
+            )
+            .await
+        }
+    };
+    let saved = edit(r#"{"connect_timeout_ms": 3000, "idle_timeout_ms": 4000}"#).await;
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    assert!(notice_for(&saved.text(), "alpha").contains("saved"));
+    let stored = admin.get("/api/v1/providers/alpha").await.json();
+    assert_eq!(
+        stored["options"],
+        json!({"connect_timeout_ms": 3000, "idle_timeout_ms": 4000})
+    );
+    let saved = edit(r#"{"idle_timeout_ms": 4000}"#).await;
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    let stored = admin.get("/api/v1/providers/alpha").await.json();
+    assert_eq!(
+        stored["options"],
+        json!({"idle_timeout_ms": 4000}),
+        "one removed is cleared"
+    );
+    for (options, patch) in [
+        (
+            r#"{"idle_timeout_ms": "later"}"#,
+            json!({"options": {"idle_timeout_ms": "later"}}),
+        ),
+        (
+            r#"{"region": "us-east-1"}"#,
+            json!({"options": {"region": "us-east-1"}}),
+        ),
+    ] {
+        let refused = edit(options).await;
+        let api = admin
+            .call(Method::PATCH, "/api/v1/providers/alpha", patch)
+            .await;
+        assert_eq!(api.status, 422, "{}", api.text());
+        assert_eq!(refused.status, 422, "{}", refused.text());
+        let said = html_escape(&api_says(&api));
+        let text = refused.text();
+        assert!(
+            notice_for(&text, "alpha").contains(&said),
+            "{said} in {text}"
+        );
+        assert!(text.contains(&html_escape(options)), "kept: {options}");
+    }
+    let stored = admin.get("/api/v1/providers/alpha").await.json();
+    assert_eq!(stored["options"], json!({"idle_timeout_ms": 4000}));
+
+    // Delete: refused, with the API's message, while a route uses it.
+    let route = admin
+        .call(
+            Method::POST,
+            "/api/v1/routes",
+            json!({"model": "m", "targets": [{"provider": "alpha"}]}),
+        )
+        .await;
+    assert_eq!(route.status, 201, "{}", route.text());
+    let in_use = post_fields(
+        &admin,
+        "/console/catalog/providers/alpha/delete",
+        &cookie,
+        &csrf,
+        &[],
+    )
+    .await;
+    let api = admin
+        .call(Method::DELETE, "/api/v1/providers/alpha", Value::Null)
+        .await;
+    assert_eq!(api.status, 409, "{}", api.text());
+    assert_eq!(in_use.status, 409, "{}", in_use.text());
+    let said = html_escape(&api_says(&api));
+    assert!(
+        notice_for(&in_use.text(), "alpha").contains(&said),
+        "{said}"
+    );
+    let id = route.json()["id"].as_str().unwrap().to_owned();
+    admin
+        .call(Method::DELETE, &format!("/api/v1/routes/{id}"), Value::Null)
+        .await;
+    let deleted = post_fields(
+        &admin,
+        "/console/catalog/providers/alpha/delete",
+        &cookie,
+        &csrf,
+        &[],
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert!(deleted.text().contains("Provider “alpha” deleted."));
+    assert!(!deleted.text().contains(r#"data-provider="alpha""#));
+    assert_eq!(admin.get("/api/v1/providers/alpha").await.status, 404);
+    let gone = post_fields(
+        &admin,
+        "/console/catalog/providers/alpha/delete",
+        &cookie,
+        &csrf,
+        &[],
+    )
+    .await;
+    assert_eq!(gone.status, 404);
+    assert!(gone.text().contains("provider `alpha` not found"));
+
+    // Every new form needs the session's CSRF token.
+    for path in [
+        "/console/catalog/providers",
+        "/console/catalog/providers/alpha/delete",
+    ] {
+        let answer = post_form(&admin, path, &cookie, "name=x&kind=mock").await;
+        assert_eq!(answer.status, 403, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_catalog_page_creates_edits_and_deletes_a_route_with_the_apis_messages() {
+    let (admin, _db, _pool) = TestAdmin::on_fresh_database().await;
+    let cookie = signed_in(&admin).await;
+    for name in ["alpha", "beta"] {
+        let made = admin
+            .call(
+                Method::POST,
+                "/api/v1/providers",
+                json!({"name": name, "kind": "mock"}),
+            )
+            .await;
+        assert_eq!(made.status, 201, "{}", made.text());
+    }
+    let page = get_page(&admin, "/console/catalog", &cookie).await.text();
+    let csrf = csrf_of(&page);
+    assert!(page.contains(r#"<option value="beta">"#), "offered: {page}");
+
+    // Create with two targets; the empty third row adds none.
+    let created = post_fields(
+        &admin,
+        "/console/catalog/routes",
+        &cookie,
+        &csrf,
+        &[
+            ("model", "gpt-4o"),
+            ("targets[0].provider", "alpha"),
+            ("targets[0].upstream_model", "mini"),
+            ("targets[0].weight", "3"),
+            ("targets[0].priority", ""),
+            ("targets[1].provider", "beta"),
+            ("targets[1].upstream_model", ""),
+            ("targets[1].weight", "1"),
+            ("targets[1].priority", "1"),
+            ("targets[2].provider", ""),
+            ("targets[2].upstream_model", ""),
+            ("targets[2].weight", ""),
+            ("targets[2].priority", ""),
+        ],
+    )
+    .await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    assert!(notice_for(&created.text(), "gpt-4o").contains("Route “gpt-4o” created."));
+    let routes = admin.get("/api/v1/routes").await.json();
+    let route = &routes["items"][0];
+    assert_eq!(
+        route["targets"],
+        json!([
+            {"provider": "alpha", "upstream_model": "mini", "weight": 3},
+            {"provider": "beta", "upstream_model": null, "weight": 1, "priority": 1},
+        ]),
+        "{routes}"
+    );
+    let id = route["id"].as_str().unwrap().to_owned();
+
+    // Refused creations: the API's status and message above the form.
+    let refusals: &[(&[(&str, &str)], Value)] = &[
+        (
+            &[
+                ("model", "m2"),
+                ("targets[0].provider", "alpha"),
+                ("targets[1].provider", "ghost"),
+            ],
+            json!({"model": "m2", "targets": [{"provider": "alpha"}, {"provider": "ghost"}]}),
+        ),
+        (
+            &[
+                ("model", "m2"),
+                ("targets[0].provider", "alpha"),
+                ("targets[0].weight", "2000000"),
+            ],
+            json!({"model": "m2", "targets": [{"provider": "alpha", "weight": 2_000_000}]}),
+        ),
+        (
+            &[
+                ("model", "m2"),
+                ("targets[0].provider", "alpha"),
+                ("targets[1].provider", "alpha"),
+            ],
+            json!({"model": "m2", "targets": [{"provider": "alpha"}, {"provider": "alpha"}]}),
+        ),
+        (
+            &[("model", "m2"), ("targets[0].provider", "")],
+            json!({"model": "m2", "targets": []}),
+        ),
+        (
+            &[("model", ""), ("targets[0].provider", "alpha")],
+            json!({"model": "", "targets": [{"provider": "alpha"}]}),
+        ),
+        (
+            &[("model", "gpt-4o"), ("targets[0].provider", "alpha")],
+            json!({"model": "gpt-4o", "targets": [{"provider": "alpha"}]}),
+        ),
+    ];
+    for (fields, api_body) in refusals {
+        let refused = post_fields(&admin, "/console/catalog/routes", &cookie, &csrf, fields).await;
+        let api = admin
+            .call(Method::POST, "/api/v1/routes", api_body.clone())
+            .await;
+        assert!(api.status == 422 || api.status == 409, "{}", api.text());
+        assert_eq!(refused.status, api.status, "{fields:?}: {}", refused.text());
+        let said = html_escape(&api_says(&api));
+        let text = refused.text();
+        assert!(
+            notice_above(&text, "new-route").contains(&said),
+            "{said} in {text}"
+        );
+    }
+    let not_a_number = post_fields(
+        &admin,
+        "/console/catalog/routes",
+        &cookie,
+        &csrf,
+        &[
+            ("model", "m2"),
+            ("targets[0].provider", "alpha"),
+            ("targets[0].weight", "heavy"),
+        ],
+    )
+    .await;
+    assert_eq!(not_a_number.status, 422);
+    let text = not_a_number.text();
+    assert!(notice_above(&text, "new-route").contains("targets[0].weight: must be a whole number"));
+    assert!(text.contains(r#"value="heavy""#), "kept: {text}");
+    assert_eq!(
+        admin.get("/api/v1/routes").await.json()["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Edit the targets: a weight changed, a target removed, one added.
+    let targets = format!("/console/catalog/routes/{id}/targets");
+    let saved = post_fields(
+        &admin,
+        &targets,
+        &cookie,
+        &csrf,
+        &[
+            ("targets[0].provider", ""),
+            ("targets[0].weight", "3"),
+            ("targets[1].provider", "beta"),
+            ("targets[1].weight", "5"),
+            ("targets[1].priority", "1"),
+            ("targets[2].provider", "alpha"),
+            ("targets[2].upstream_model", "large"),
+            ("targets[2].weight", "0"),
+        ],
+    )
+    .await;
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    assert!(notice_for(&saved.text(), "gpt-4o").contains("Targets of “gpt-4o” saved."));
+    let route = admin.get(&format!("/api/v1/routes/{id}")).await.json();
+    assert_eq!(
+        route["targets"],
+        json!([
+            {"provider": "beta", "upstream_model": null, "weight": 5, "priority": 1},
+            {"provider": "alpha", "upstream_model": "large", "weight": 0},
+        ]),
+        "{route}"
+    );
+    let refused = post_fields(
+        &admin,
+        &targets,
+        &cookie,
+        &csrf,
+        &[("targets[0].provider", "ghost")],
+    )
+    .await;
+    let api = admin
+        .call(
+            Method::PUT,
+            &format!("/api/v1/routes/{id}/targets"),
+            json!({"targets": [{"provider": "ghost"}]}),
+        )
+        .await;
+    assert_eq!(api.status, 422, "{}", api.text());
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let said = html_escape(&api_says(&api));
+    let text = refused.text();
+    assert!(
+        notice_for(&text, "gpt-4o").contains(&said),
+        "{said} in {text}"
+    );
+    assert!(text.contains(r#"value="ghost""#), "kept: {text}");
+    let unknown = post_fields(
+        &admin,
+        "/console/catalog/routes/not-an-id/targets",
+        &cookie,
+        &csrf,
+        &[("targets[0].provider", "alpha")],
+    )
+    .await;
+    assert_eq!(unknown.status, 422, "{}", unknown.text());
+
+    // Delete.
+    let delete = format!("/console/catalog/routes/{id}/delete");
+    let deleted = post_fields(&admin, &delete, &cookie, &csrf, &[]).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert!(deleted.text().contains("Route “gpt-4o” deleted."));
+    assert!(deleted.text().contains("No route."));
+    assert_eq!(admin.get(&format!("/api/v1/routes/{id}")).await.status, 404);
+    let again = post_fields(&admin, &delete, &cookie, &csrf, &[]).await;
+    assert_eq!(again.status, 404, "{}", again.text());
+    assert!(again.text().contains("not found"));
+
+    for path in ["/console/catalog/routes", targets.as_str(), delete.as_str()] {
+        let answer = post_form(
+            &admin,
+            path,
+            &cookie,
+            "model=x&targets%5B0%5D.provider=alpha",
+        )
+        .await;
+        assert_eq!(answer.status, 403, "{path}");
+    }
 }
 
 /// What maud makes of text in a page.
