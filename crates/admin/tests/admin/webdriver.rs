@@ -145,6 +145,13 @@ impl Browser {
         .await;
     }
 
+    /// Empties the input or text area `css` selects.
+    pub async fn clear(&self, css: &str) {
+        let el = self.must_find(css).await;
+        self.cmd(Method::POST, &format!("/element/{el}/clear"), json!({}))
+            .await;
+    }
+
     pub async fn click(&self, css: &str) {
         let el = self.must_find(css).await;
         self.cmd(Method::POST, &format!("/element/{el}/click"), json!({}))

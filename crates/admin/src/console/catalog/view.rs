@@ -196,12 +196,12 @@ fn provider_fields(d: &ProviderDraft) -> Markup {
     } else {
         d.options.clone()
     };
-    let lines = options.lines().count().clamp(2, 10);
+    let lines = options.lines().count().clamp(1, 8);
     html! {
-        label { "Base URL" input name="base_url" size="36" value=(d.base_url) placeholder="https://api.openai.com/v1"; }
-        label { "Credential reference" input name="credential_ref" size="24" placeholder="env:NAME or file:/path" value=(d.shown_credential()); }
+        label { "Base URL" input name="base_url" size="30" value=(d.base_url) placeholder="https://api.openai.com/v1"; }
+        label { "Credential reference" input name="credential_ref" size="20" placeholder="env:NAME or file:/path" value=(d.shown_credential()); }
         label { "Timeout (ms)" input name="timeout_ms" size="7" value=(d.timeout_ms) placeholder=(DEFAULT_TIMEOUT_MS); }
-        label.options { "Options (JSON)" textarea name="options" rows=(lines) cols="40" spellcheck="false" { (options) } }
+        label.options { "Options (JSON)" textarea name="options" rows=(lines) cols="34" spellcheck="false" { (options) } }
     }
 }
 
