@@ -208,7 +208,7 @@ fn provider_fields(d: &ProviderDraft) -> Markup {
 /// A table of target rows named `targets[N].*`, then `empty` empty rows.
 fn target_rows(rows: &[TargetRow], empty: usize) -> Markup {
     let blank = TargetRow::default();
-    let all = rows.iter().chain(std::iter::repeat(&blank).take(empty));
+    let all = rows.iter().chain(std::iter::repeat_n(&blank, empty));
     html! {
         table.targets {
             thead { tr { th { "Provider" } th { "Upstream model" } th { "Weight" } th { "Priority" } } }
