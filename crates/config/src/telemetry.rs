@@ -1,7 +1,9 @@
 //! One tracing setup for every binary and test: `EnvFilter`, pretty or JSON output.
 
 use serde::Deserialize;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -26,9 +28,19 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// A layer added beside the log lines (the gateway's span export), with its
+/// own filter.
+pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
 /// Installs the global subscriber. `RUST_LOG` wins over `default_filter`.
 /// Calling it twice (as tests do) keeps the first subscriber.
 pub fn init(format: LogFormat, default_filter: &str) {
+    init_with(format, default_filter, None);
+}
+
+/// [`init`], with `extra` beside the log lines: the filter then applies to
+/// the log lines alone, and `extra` sees what its own filter lets through.
+pub fn init_with(format: LogFormat, default_filter: &str, extra: Option<ExtraLayer>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default_filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -38,6 +50,17 @@ pub fn init(format: LogFormat, default_filter: &str) {
         Ok(quiet) => filter.add_directive(quiet),
         Err(_) => filter,
     };
+    if let Some(extra) = extra {
+        let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let lines: ExtraLayer = match format {
+            LogFormat::Pretty => lines.with_filter(filter).boxed(),
+            LogFormat::Json => lines.json().flatten_event(true).with_filter(filter).boxed(),
+        };
+        let _ = tracing_subscriber::registry()
+            .with(vec![lines, extra])
+            .try_init();
+        return;
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

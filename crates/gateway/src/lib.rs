@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod misses;
 pub mod mock;
 pub mod ops;
+pub mod otel;
 pub mod peek;
 pub mod policy;
 pub mod pooler;

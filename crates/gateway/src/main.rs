@@ -64,11 +64,16 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {}
     }
-    obleth_config::telemetry::init(settings.log.format, &settings.log.filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let (export, layer) =
+        match obleth_gateway::otel::Export::start(&settings.telemetry, runtime.handle().clone())? {
+            Some((export, layer)) => (Some(export), Some(layer)),
+            None => (None, None),
+        };
+    obleth_config::telemetry::init_with(settings.log.format, &settings.log.filter, layer);
     runtime.block_on(async move {
         let proxy = tokio::net::TcpListener::bind(settings.server.listen)
             .await
@@ -78,7 +83,14 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on server.ops_listen {}", settings.server.ops_listen))?;
         tracing::info!(listen = %settings.server.listen, ops = %settings.server.ops_listen, "Listening.");
         let gateway = Gateway::build(settings, cli.config.clone()).await?;
-        gateway.run(proxy, ops, obleth_config::process::shutdown_signal()).await?;
+        let served = gateway
+            .run(proxy, ops, obleth_config::process::shutdown_signal())
+            .await;
+        // The spans of the last requests, sent while the runtime runs.
+        if let Some(export) = export {
+            let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
+        }
+        served?;
         Ok(())
     })
 }

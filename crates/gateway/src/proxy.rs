@@ -31,7 +31,7 @@ use crate::request_id;
 use crate::retry;
 use crate::state::AppState;
 use crate::timeouts::{self, FirstByteError};
-use crate::trace::{InSpan, TraceContext, TRACEPARENT};
+use crate::trace::{self, InSpan, RequestSpan, TraceContext};
 use crate::upstream::{BoxError, UpBody, UpstreamError};
 
 /// Idle time allowed between two chunks of a stream before it is cut, for
@@ -189,14 +189,18 @@ async fn proxy(
     request: Request,
 ) -> Response {
     let request_id = request_id::next();
-    let context = TraceContext::new(request_id, request.headers().get(TRACEPARENT));
-    let span = tracing::info_span!("request", request_id = %request_id, route);
-    let response = context
+    let span = trace::request_span(request_id, route, path, auth.key.public_id());
+    let context = TraceContext::for_span(request_id, request.headers(), &span);
+    let id = context.request_id_header();
+    let mut response = context
         .scope(proxy_in_span(
             state, auth, client, route, path, request, request_id,
         ))
         .instrument(span.clone())
         .await;
+    span.record_status(response.status().as_u16());
+    // Every answer, an error's too, names its request.
+    response.headers_mut().insert(trace::X_REQUEST_ID, id);
     response.map(|body| InSpan::wrap(body, span))
 }
 
@@ -231,6 +235,8 @@ async fn proxy_in_span(
         ),
         Err(e) => return reject(&state, route, ApiError::BadRequest(e.to_string())),
     };
+    let span = tracing::Span::current();
+    span.record_model(path, &model);
     // A stream reports its token usage only when asked, and rate limits,
     // budgets and spend count tokens: every streamed completion asks for it,
     // whatever the client sent. A client that did not ask itself does not get
@@ -267,6 +273,7 @@ async fn proxy_in_span(
         request_bytes,
         client_usage: !ask_usage,
         guard: Some(guard),
+        span,
     };
     let call = Call {
         client,
@@ -557,6 +564,9 @@ async fn forward(
             .idle_timeout_ms
             .map(|ms| Duration::from_millis(u64::from(ms)));
         completion.provider = Some(provider.name.clone());
+        completion
+            .span
+            .record_provider(provider.kind, &provider.name);
         // Bedrock streams in AWS's event-stream framing; the client gets
         // server-sent events translated from it.
         let event_stream =
@@ -888,8 +898,8 @@ async fn read_whole(
 }
 
 /// The client's response head: the upstream's status, content type and
-/// cache control, the rate-limit headers of the admission, the provider and
-/// the request id.
+/// cache control, the rate-limit headers of the admission and the provider
+/// (the request id is added to every answer, in [`proxy`]).
 fn head(
     parts: http::response::Parts,
     provider: &ProviderRuntime,
@@ -909,17 +919,11 @@ fn head(
         if let Some(v) = &provider.name_header {
             headers.insert(X_OBLETH_PROVIDER, v.clone());
         }
-        let mut id = uuid::Uuid::encode_buffer();
-        let id = completion.request_id.hyphenated().encode_lower(&mut id);
-        if let Ok(v) = HeaderValue::from_str(id) {
-            headers.insert(X_REQUEST_ID, v);
-        }
     }
     builder
 }
 
 const X_OBLETH_PROVIDER: header::HeaderName = header::HeaderName::from_static("x-obleth-provider");
-const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Why a non-streamed answer could not be read whole.
 enum AnswerError {

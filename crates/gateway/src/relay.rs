@@ -24,6 +24,7 @@ use crate::quota::Admission;
 pub use crate::sse::SseUsage;
 use crate::sse::UsageStrip;
 use crate::state::{AppState, InFlightGuard};
+use crate::trace::RequestSpan;
 use crate::upstream::{BoxError, UpBody};
 
 /// Token counts an upstream reported, or the gateway estimated when it
@@ -100,6 +101,9 @@ pub struct Completion {
     /// (`stream_options.include_usage: true`); the upstream is always asked.
     pub client_usage: bool,
     pub guard: Option<InFlightGuard>,
+    /// The request's span ([`crate::trace::request_span`]): the outcome is
+    /// recorded on it.
+    pub span: tracing::Span,
 }
 
 impl Completion {
@@ -115,6 +119,7 @@ impl Completion {
         let Some(provider) = self.provider.as_deref() else {
             return;
         };
+        self.span.record_first_byte(self.started.elapsed());
         let catalog = self.state.catalog.get();
         self.state
             .metrics
@@ -128,6 +133,9 @@ impl Completion {
             return;
         };
         let latency = self.started.elapsed();
+        self.span.record_status(status);
+        self.span
+            .record_tokens(tokens.prompt, tokens.completion, tokens.estimated);
         let state = &self.state;
         // What the request is charged: its tokens (reported or estimated)
         // and their cost at the price of the model the client asked for.

@@ -34,6 +34,8 @@ pub struct GatewaySettings {
     pub egress: obleth_config::EgressSettings,
     /// How providers are reached: the egress HTTP proxy.
     pub upstream: UpstreamSettings,
+    /// Traces over OTLP.
+    pub telemetry: TelemetrySettings,
     /// Embedded mode only: upstream providers.
     pub providers: Vec<ProviderConfig>,
     /// Embedded mode only: model routes.
@@ -216,6 +218,117 @@ pub struct UpstreamSettings {
     /// (`host[:port]`); unset: `GCE_METADATA_HOST`, else
     /// `metadata.google.internal`.
     pub metadata_host: Option<String>,
+}
+
+/// The `[telemetry]` section: one span a proxied request, exported over
+/// OTLP/HTTP (protobuf) when `otlp_endpoint` is set.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`);
+    /// `/v1/traces` is appended unless the path already ends with it.
+    /// Unset: no span is exported.
+    pub otlp_endpoint: Option<String>,
+    /// Headers sent with every export (a collector's API key). `Debug`
+    /// shows their names only.
+    pub otlp_headers: std::collections::BTreeMap<String, String>,
+    /// How long one export may take, in milliseconds.
+    pub otlp_timeout_ms: u64,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// The share of new traces recorded, 0.0 to 1.0. A request that
+    /// continues a client's trace follows the client's sampled flag.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp_endpoint: None,
+            otlp_headers: std::collections::BTreeMap::new(),
+            otlp_timeout_ms: 10_000,
+            service_name: "obleth-gateway".to_owned(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+impl std::fmt::Debug for TelemetrySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetrySettings")
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field(
+                "otlp_headers",
+                &self.otlp_headers.keys().collect::<Vec<_>>(),
+            )
+            .field("otlp_timeout_ms", &self.otlp_timeout_ms)
+            .field("service_name", &self.service_name)
+            .field("sample_ratio", &self.sample_ratio)
+            .finish()
+    }
+}
+
+impl TelemetrySettings {
+    /// The URL spans are posted to, when export is on.
+    pub fn traces_url(&self) -> Option<String> {
+        let endpoint = self.otlp_endpoint.as_deref()?.trim_end_matches('/');
+        Some(if endpoint.ends_with("/v1/traces") {
+            endpoint.to_owned()
+        } else {
+            format!("{endpoint}/v1/traces")
+        })
+    }
+
+    /// Checks the endpoint's shape, the headers and the ratio; a message
+    /// never repeats a header's value.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if let Some(endpoint) = &self.otlp_endpoint {
+            const SHAPE: &str =
+                "must be an http:// or https:// URL with a host and no user or password (the collector's OTLP/HTTP endpoint)";
+            let uri: http::Uri = endpoint
+                .parse()
+                .map_err(|_| InvalidSetting::new("telemetry.otlp_endpoint", SHAPE))?;
+            let shaped = matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri
+                    .authority()
+                    .is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+                && uri.query().is_none();
+            if !shaped {
+                return Err(InvalidSetting::new("telemetry.otlp_endpoint", SHAPE));
+            }
+        }
+        for (name, value) in &self.otlp_headers {
+            let field = || format!("telemetry.otlp_headers.{name}");
+            if http::HeaderName::try_from(name.as_str()).is_err() {
+                return Err(InvalidSetting::new(field(), "is not a valid header name"));
+            }
+            if http::HeaderValue::try_from(value.as_str()).is_err() {
+                return Err(InvalidSetting::new(
+                    field(),
+                    "has a value that is not a valid header value",
+                ));
+            }
+        }
+        if self.otlp_timeout_ms == 0 {
+            return Err(InvalidSetting::new(
+                "telemetry.otlp_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err(InvalidSetting::new(
+                "telemetry.service_name",
+                "must not be empty",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(InvalidSetting::new(
+                "telemetry.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for UpstreamSettings {
@@ -663,6 +776,7 @@ impl GatewaySettings {
         }
         self.egress.validate()?;
         self.upstream.validate()?;
+        self.telemetry.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
             visible(format!("providers[{i}].name"), &p.name)?;
@@ -822,6 +936,62 @@ mod tests {
         }
         // The check's text is in the message, so a report prints it once.
         assert!(std::error::Error::source(&e).is_none());
+    }
+
+    #[test]
+    fn telemetry_settings_name_the_field_at_fault_and_never_show_a_header_value() {
+        let telemetry =
+            |toml_text: &str| -> TelemetrySettings { toml::from_str(toml_text).unwrap() };
+        let ok = telemetry(
+            "otlp_endpoint = \"https://collector.example:4318/\"\notlp_headers = { x-api-key = \"sekrit\" }",
+        );
+        ok.validate().unwrap();
+        assert_eq!(
+            ok.traces_url().as_deref(),
+            Some("https://collector.example:4318/v1/traces")
+        );
+        assert!(!format!("{ok:?}").contains("sekrit"), "{ok:?}");
+        let full = telemetry("otlp_endpoint = \"http://c:4318/v1/traces\"");
+        assert_eq!(
+            full.traces_url().as_deref(),
+            Some("http://c:4318/v1/traces")
+        );
+        assert_eq!(TelemetrySettings::default().traces_url(), None);
+        for (toml_text, field) in [
+            (
+                "otlp_endpoint = \"collector:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"ftp://c:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"http://user:pw@c:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318/?a=b\"",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "otlp_headers = { \"bad name\" = \"v\" }",
+                "telemetry.otlp_headers.bad name",
+            ),
+            (
+                "otlp_headers = { k = \"line\\nbreak-sekrit\" }",
+                "telemetry.otlp_headers.k",
+            ),
+            ("otlp_timeout_ms = 0", "telemetry.otlp_timeout_ms"),
+            ("service_name = \" \"", "telemetry.service_name"),
+            ("sample_ratio = 1.5", "telemetry.sample_ratio"),
+            ("sample_ratio = -0.1", "telemetry.sample_ratio"),
+        ] {
+            let e = telemetry(toml_text).validate().unwrap_err();
+            assert_eq!(e.field, field, "{toml_text}");
+            assert!(!e.to_string().contains("sekrit"), "{e}");
+            assert!(!e.to_string().contains("pw"), "{e}");
+        }
     }
 
     #[test]

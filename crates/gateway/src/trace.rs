@@ -1,8 +1,13 @@
 //! A proxied request's trace context: its request id, carried by a
 //! `request` span that every log line of the request is written in (the
 //! answer's body too, [`InSpan`]), and sent upstream as `x-request-id` with
-//! a W3C `traceparent`: the client's when it sent a valid one, else one
-//! whose trace id is the request id.
+//! a W3C `traceparent`. With spans exported ([`crate::otel`]) that is the
+//! request span's own context, in the client's trace when the client sent
+//! a valid `traceparent`; without, the client's when valid, else one whose
+//! trace id is the request id.
+//!
+//! The span's fields follow the OpenTelemetry GenAI semantic conventions
+//! ([`RequestSpan`]); they are the log lines' fields too.
 //!
 //! The context travels in a task-local ([`TraceContext::scope`]), so the
 //! upstream client reads it where it builds the request without every call
@@ -48,6 +53,27 @@ impl TraceContext {
         }
     }
 
+    /// The context of request `request_id` served in `span`: with spans
+    /// exported, the span continues the client's trace (`headers`' valid
+    /// `traceparent`) and is the upstream's parent; without, [`Self::new`].
+    pub fn for_span(
+        request_id: Uuid,
+        headers: &http::HeaderMap,
+        span: &tracing::Span,
+    ) -> TraceContext {
+        let client = headers.get(TRACEPARENT);
+        if crate::otel::enabled() {
+            let continues = client.is_some_and(|v| v.to_str().is_ok_and(is_traceparent));
+            if let Some(traceparent) = crate::otel::continue_trace(span, headers, continues) {
+                return TraceContext {
+                    request_id,
+                    traceparent,
+                };
+            }
+        }
+        TraceContext::new(request_id, client)
+    }
+
     /// The request id as a header value.
     pub fn request_id_header(&self) -> HeaderValue {
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -63,6 +89,135 @@ impl TraceContext {
     /// Runs `f` with this context as the current one.
     pub async fn scope<F: Future>(self, f: F) -> F::Output {
         CONTEXT.scope(self, f).await
+    }
+}
+
+/// The `request` span of a proxied request to `path` (`/chat/completions`),
+/// by key `key_id` (its public id). Its fields are the OpenTelemetry GenAI
+/// and HTTP semantic conventions' attributes (`obleth.*` for the
+/// gateway's own), recorded as the request goes by [`RequestSpan`]; the
+/// `otel.*` ones give the exported span its kind and status. The exported
+/// span is named `<operation> <model>` once the model is read.
+pub fn request_span(
+    request_id: Uuid,
+    route: &'static str,
+    path: &'static str,
+    key_id: Option<&str>,
+) -> tracing::Span {
+    use tracing::field::Empty;
+    let operation = operation(path);
+    tracing::info_span!(
+        "request",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        request_id = %request_id,
+        route,
+        http.route = http_route(path),
+        gen_ai.operation.name = operation,
+        gen_ai.request.model = Empty,
+        gen_ai.provider.name = Empty,
+        obleth.provider = Empty,
+        obleth.key.id = key_id,
+        http.response.status_code = Empty,
+        "error.type" = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        obleth.usage.estimated = Empty,
+        obleth.time_to_first_byte_ms = Empty,
+    )
+}
+
+/// The GenAI operation a route performs (`gen_ai.operation.name`).
+fn operation(path: &str) -> &'static str {
+    match path {
+        "/completions" => "text_completion",
+        "/embeddings" => "embeddings",
+        _ => "chat",
+    }
+}
+
+/// The route's template (`http.route`).
+fn http_route(path: &str) -> &'static str {
+    match path {
+        "/chat/completions" => "/v1/chat/completions",
+        "/responses" => "/v1/responses",
+        "/messages" => "/v1/messages",
+        "/completions" => "/v1/completions",
+        "/embeddings" => "/v1/embeddings",
+        _ => "/v1",
+    }
+}
+
+/// The longest model name a span carries: the client chooses it.
+const MAX_MODEL_LEN: usize = 256;
+
+/// What a request's span learns as the request goes.
+pub trait RequestSpan {
+    /// The model the client asked for; the span is named `<operation>
+    /// <model>`, as the conventions ask.
+    fn record_model(&self, path: &str, model: &str);
+    /// The provider whose answer the client gets.
+    fn record_provider(&self, kind: obleth_config::model::ProviderKind, name: &str);
+    /// The status the client got (a 5xx marks the span as an error).
+    fn record_status(&self, status: u16);
+    /// The tokens charged, and whether they are an estimate.
+    fn record_tokens(&self, input: Option<i32>, output: Option<i32>, estimated: bool);
+    /// The time from the request's arrival to the first byte of its answer.
+    fn record_first_byte(&self, elapsed: std::time::Duration);
+}
+
+impl RequestSpan for tracing::Span {
+    fn record_model(&self, path: &str, model: &str) {
+        let mut end = model.len().min(MAX_MODEL_LEN);
+        while !model.is_char_boundary(end) {
+            end -= 1;
+        }
+        let model = &model[..end];
+        self.record("gen_ai.request.model", model);
+        if crate::otel::enabled() {
+            crate::otel::rename(self, format!("{} {model}", operation(path)));
+        }
+    }
+
+    fn record_provider(&self, kind: obleth_config::model::ProviderKind, name: &str) {
+        use obleth_config::model::ProviderKind;
+        // The conventions' well-known values, else the kind's own name.
+        let system = match kind {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Azure => "azure.ai.openai",
+            ProviderKind::Gemini => "gcp.gemini",
+            ProviderKind::Vertex => "gcp.vertex_ai",
+            ProviderKind::Bedrock => "aws.bedrock",
+            ProviderKind::Mock => "obleth.mock",
+        };
+        self.record("gen_ai.provider.name", system);
+        self.record("obleth.provider", name);
+    }
+
+    fn record_status(&self, status: u16) {
+        self.record("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            self.record("otel.status_code", "error");
+            self.record("error.type", tracing::field::display(status));
+        }
+    }
+
+    fn record_tokens(&self, input: Option<i32>, output: Option<i32>, estimated: bool) {
+        if let Some(n) = input {
+            self.record("gen_ai.usage.input_tokens", i64::from(n));
+        }
+        if let Some(n) = output {
+            self.record("gen_ai.usage.output_tokens", i64::from(n));
+        }
+        self.record("obleth.usage.estimated", estimated);
+    }
+
+    fn record_first_byte(&self, elapsed: std::time::Duration) {
+        self.record(
+            "obleth.time_to_first_byte_ms",
+            elapsed.as_secs_f64() * 1000.0,
+        );
     }
 }
 

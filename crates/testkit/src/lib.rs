@@ -29,6 +29,7 @@ pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod mock;
+pub mod otlp;
 mod pg;
 pub mod pgbouncer;
 pub mod poll;

@@ -102,6 +102,15 @@ impl KeyRecord {
         }
     }
 
+    /// The key's public id (not a secret: it names the key in the admin
+    /// API and in logs); `None` for a stored id of another length.
+    pub fn public_id(&self) -> Option<&str> {
+        if self.public_id == [0; PUBLIC_ID_LEN] {
+            return None;
+        }
+        std::str::from_utf8(&self.public_id).ok()
+    }
+
     /// Whether `presented` is this key's public id.
     pub fn public_id_is(&self, presented: &str) -> bool {
         self.public_id != [0; PUBLIC_ID_LEN] && self.public_id == presented.as_bytes()
