@@ -159,6 +159,21 @@ pub fn continue_trace(
     HeaderValue::from_str(&value).ok()
 }
 
+/// Sets attribute `key` on `span`'s exported span only (not a log field).
+pub fn set(span: &tracing::Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
+    span.set_attribute(key, value);
+}
+
+/// Records the status the client got on `span`'s exported span: a 5xx is
+/// an error (`error.type` the status), as the HTTP server conventions say.
+pub fn set_status(span: &tracing::Span, status: u16) {
+    span.set_attribute("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.set_attribute("error.type", status.to_string());
+        span.set_status(opentelemetry::trace::Status::error(status.to_string()));
+    }
+}
+
 /// Renames `span`'s exported span (the conventions' `<operation> <model>`,
 /// known only once the body is read, after the span started).
 pub fn rename(span: &tracing::Span, name: String) {

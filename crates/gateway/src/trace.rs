@@ -6,8 +6,8 @@
 //! a valid `traceparent`; without, the client's when valid, else one whose
 //! trace id is the request id.
 //!
-//! The span's fields follow the OpenTelemetry GenAI semantic conventions
-//! ([`RequestSpan`]); they are the log lines' fields too.
+//! The exported span's attributes follow the OpenTelemetry GenAI semantic
+//! conventions ([`RequestSpan`]); the log lines carry a few of them.
 //!
 //! The context travels in a task-local ([`TraceContext::scope`]), so the
 //! upstream client reads it where it builds the request without every call
@@ -93,38 +93,32 @@ impl TraceContext {
 }
 
 /// The `request` span of a proxied request to `path` (`/chat/completions`),
-/// by key `key_id` (its public id). Its fields are the OpenTelemetry GenAI
-/// and HTTP semantic conventions' attributes (`obleth.*` for the
-/// gateway's own), recorded as the request goes by [`RequestSpan`]; the
-/// `otel.*` ones give the exported span its kind and status. The exported
-/// span is named `<operation> <model>` once the model is read.
+/// by key `key_id` (its public id). Its fields, in every log line of the
+/// request, are few and set once (a JSON log line's span fields are
+/// re-serialised at each record): the request id, the route, the key's
+/// public id and, once read, the model (`gen_ai.request.model`). With spans
+/// exported ([`crate::otel`]) the exported span also gets the OpenTelemetry
+/// GenAI and HTTP attributes as the request goes ([`RequestSpan`]), set on
+/// it alone; without, those cost nothing.
 pub fn request_span(
     request_id: Uuid,
     route: &'static str,
     path: &'static str,
     key_id: Option<&str>,
 ) -> tracing::Span {
-    use tracing::field::Empty;
-    let operation = operation(path);
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         otel.kind = "server",
-        otel.status_code = Empty,
         request_id = %request_id,
         route,
-        http.route = http_route(path),
-        gen_ai.operation.name = operation,
-        gen_ai.request.model = Empty,
-        gen_ai.provider.name = Empty,
-        obleth.provider = Empty,
+        gen_ai.request.model = tracing::field::Empty,
         obleth.key.id = key_id,
-        http.response.status_code = Empty,
-        "error.type" = Empty,
-        gen_ai.usage.input_tokens = Empty,
-        gen_ai.usage.output_tokens = Empty,
-        obleth.usage.estimated = Empty,
-        obleth.time_to_first_byte_ms = Empty,
-    )
+    );
+    if crate::otel::enabled() {
+        crate::otel::set(&span, "gen_ai.operation.name", operation(path));
+        crate::otel::set(&span, "http.route", http_route(path));
+    }
+    span
 }
 
 /// The GenAI operation a route performs (`gen_ai.operation.name`).
@@ -153,8 +147,8 @@ const MAX_MODEL_LEN: usize = 256;
 
 /// What a request's span learns as the request goes.
 pub trait RequestSpan {
-    /// The model the client asked for; the span is named `<operation>
-    /// <model>`, as the conventions ask.
+    /// The model the client asked for; the exported span is named
+    /// `<operation> <model>`, as the conventions ask.
     fn record_model(&self, path: &str, model: &str);
     /// The provider whose answer the client gets.
     fn record_provider(&self, kind: obleth_config::model::ProviderKind, name: &str);
@@ -181,6 +175,9 @@ impl RequestSpan for tracing::Span {
 
     fn record_provider(&self, kind: obleth_config::model::ProviderKind, name: &str) {
         use obleth_config::model::ProviderKind;
+        if !crate::otel::enabled() {
+            return;
+        }
         // The conventions' well-known values, else the kind's own name.
         let system = match kind {
             ProviderKind::OpenAi => "openai",
@@ -191,33 +188,37 @@ impl RequestSpan for tracing::Span {
             ProviderKind::Bedrock => "aws.bedrock",
             ProviderKind::Mock => "obleth.mock",
         };
-        self.record("gen_ai.provider.name", system);
-        self.record("obleth.provider", name);
+        crate::otel::set(self, "gen_ai.provider.name", system);
+        crate::otel::set(self, "obleth.provider", name.to_owned());
     }
 
     fn record_status(&self, status: u16) {
-        self.record("http.response.status_code", i64::from(status));
-        if status >= 500 {
-            self.record("otel.status_code", "error");
-            self.record("error.type", tracing::field::display(status));
+        if crate::otel::enabled() {
+            crate::otel::set_status(self, status);
         }
     }
 
     fn record_tokens(&self, input: Option<i32>, output: Option<i32>, estimated: bool) {
+        if !crate::otel::enabled() {
+            return;
+        }
         if let Some(n) = input {
-            self.record("gen_ai.usage.input_tokens", i64::from(n));
+            crate::otel::set(self, "gen_ai.usage.input_tokens", i64::from(n));
         }
         if let Some(n) = output {
-            self.record("gen_ai.usage.output_tokens", i64::from(n));
+            crate::otel::set(self, "gen_ai.usage.output_tokens", i64::from(n));
         }
-        self.record("obleth.usage.estimated", estimated);
+        crate::otel::set(self, "obleth.usage.estimated", estimated);
     }
 
     fn record_first_byte(&self, elapsed: std::time::Duration) {
-        self.record(
-            "obleth.time_to_first_byte_ms",
-            elapsed.as_secs_f64() * 1000.0,
-        );
+        if crate::otel::enabled() {
+            crate::otel::set(
+                self,
+                "obleth.time_to_first_byte_ms",
+                elapsed.as_secs_f64() * 1000.0,
+            );
+        }
     }
 }
 
