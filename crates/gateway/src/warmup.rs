@@ -99,11 +99,20 @@ const WARMUP_BATCH: usize = 4096;
 /// the store reserves room for that many at once. The keys are read by
 /// [`WARMUP_SCANS`] concurrent scans of block ranges of the table, each on
 /// its own pooled connection, decoding only the columns the store keeps.
+///
+/// The caller listens for changes since before this call, so once the keys
+/// are loaded the store holds every key as of the mark and will be told of
+/// every change after it: as complete as after a catch-up, so it counts as
+/// live from here. Otherwise a gateway that reports ready would look unknown
+/// keys up in the database (and refuse those past the lookup limit with 503)
+/// until the feed's first catch-up, which then applies what changed since.
 pub async fn warm(state: &AppState, pool: &PgPool, active: u64) -> Result<FeedMark, sqlx::Error> {
     state
         .keys
         .reserve(usize::try_from(active).unwrap_or(usize::MAX));
-    load(state, pool, false).await
+    let mark = load(state, pool, false).await?;
+    state.keys.set_live(true);
+    Ok(mark)
 }
 
 /// The warm-up again, while serving, for a feed that cannot catch up

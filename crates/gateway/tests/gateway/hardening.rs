@@ -185,6 +185,71 @@ async fn a_spray_of_50000_unknown_keys_with_the_feed_live_makes_no_key_queries()
     );
 }
 
+/// The gateway reports ready before the feed's first catch-up has run; here
+/// that catch-up is held back (a lock on the change log, taken after the
+/// warm-up read it), and a spray sent meanwhile must still find the store
+/// complete: every unknown key refused without a query, none answered 503.
+#[tokio::test]
+async fn a_spray_the_moment_the_gateway_is_ready_makes_no_key_queries() {
+    use sqlx::Connection;
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    let settings = database_settings(&db.url, &pool).await;
+    // The warm-up reads the change log first and the teams last: holding
+    // the teams keeps it from finishing until the change log is held.
+    let mut teams = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE teams IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut teams)
+        .await
+        .unwrap();
+    let gw = TestGateway::start(settings).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the warm-up to wait for the teams",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'teams'::regclass AND NOT granted",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            waiting > 0
+        },
+    )
+    .await;
+    let mut changes = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE changes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut changes)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut teams).await.unwrap();
+    gw.wait_ready().await;
+    wait_until(
+        Duration::from_secs(30),
+        "the feed's first catch-up to wait for the change log",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'changes'::regclass AND NOT granted",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            waiting > 0
+        },
+    )
+    .await;
+
+    // Well within the feed's catch-up timeout (5 s), past which it would
+    // count the database as unreachable.
+    let statuses = spray(&gw, 64, 16, Arc::new(AtomicU64::new(0))).await;
+    let lookups = metric(&gw, "obleth_key_db_lookups_total", &[]).await + 0.0;
+    sqlx::query("COMMIT").execute(&mut changes).await.unwrap();
+    gw.stop().await.unwrap();
+    eprintln!("spray at ready: statuses {statuses:?}, key lookups {lookups}");
+    assert_eq!(statuses, vec![(401, 64)]);
+    assert_eq!(lookups, 0.0);
+}
+
 #[tokio::test]
 async fn with_the_feed_down_a_spray_makes_at_most_the_allowed_rate_of_lookups() {
     let cluster = PgCluster::start().unwrap();
