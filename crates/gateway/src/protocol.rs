@@ -475,7 +475,7 @@ pub fn client_stream(
                 upstream,
                 GeminiEvents {
                     translator,
-                    events: EventTranslator::new(public_model),
+                    events: ChunkEvents::new(public_model),
                 },
             ),
         };
@@ -658,11 +658,7 @@ impl StreamTranslation for GeminiChunks {
     fn translate(&mut self, events: &mut SseEvents, at_end: bool, out: &mut BytesMut) -> bool {
         while let Some((_, data)) = events.next_event() {
             match self.translator.feed(&data) {
-                Ok(chunks) => {
-                    for chunk in chunks {
-                        data_line(out, &chunk.to_string());
-                    }
-                }
+                Ok(chunks) => chunk_lines(out, &chunks),
                 Err(e) => {
                     tracing::warn!(error = %e, "Gemini stream ended with an error.");
                     let error = serde_json::json!({"error": {
@@ -680,10 +676,7 @@ impl StreamTranslation for GeminiChunks {
                 broken_chunk(out, "it ended before a finish reason");
                 return true;
             }
-            if let Some(usage) = self.translator.finish() {
-                data_line(out, &usage.to_string());
-            }
-            data_line(out, "[DONE]");
+            done_lines(out, self.translator.finish());
             return true;
         }
         false
@@ -692,32 +685,12 @@ impl StreamTranslation for GeminiChunks {
 
 /// A Gemini event stream as Anthropic's events, for a `/v1/messages`
 /// client: each Gemini event becomes OpenAI chunks ([`StreamTranslator`]),
-/// each chunk Anthropic events ([`EventTranslator`]); the end of Gemini's
+/// each chunk Anthropic events ([`ChunkEvents`]); the end of Gemini's
 /// stream the usage and `message_stop`. A broken or failed stream ends with
 /// an `error` event.
 struct GeminiEvents {
     translator: StreamTranslator,
-    events: EventTranslator,
-}
-
-impl GeminiEvents {
-    /// Writes the events of one OpenAI chunk; answers whether the message
-    /// has ended.
-    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) -> bool {
-        match self.events.feed(chunk) {
-            Ok(translated) => {
-                for (name, data) in translated {
-                    event_lines(out, name, &data);
-                }
-                self.events.is_done()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Gemini stream could not be translated.");
-                event_lines(out, "error", &anthropic_api_error(&e.to_string()));
-                true
-            }
-        }
-    }
+    events: ChunkEvents,
 }
 
 impl StreamTranslation for GeminiEvents {
@@ -731,10 +704,8 @@ impl StreamTranslation for GeminiEvents {
         while let Some((_, data)) = events.next_event() {
             match self.translator.feed(&data) {
                 Ok(chunks) => {
-                    for chunk in chunks {
-                        if self.chunk(chunk.to_string().as_bytes(), out) {
-                            return true;
-                        }
+                    if self.events.chunks(&chunks, out) {
+                        return true;
                     }
                 }
                 Err(e) => {
@@ -750,12 +721,7 @@ impl StreamTranslation for GeminiEvents {
                 self.broken("it ended before a finish reason", out);
                 return true;
             }
-            if let Some(usage) = self.translator.finish() {
-                if self.chunk(usage.to_string().as_bytes(), out) {
-                    return true;
-                }
-            }
-            self.chunk(b"[DONE]", out);
+            self.events.finish(self.translator.finish(), out);
             return true;
         }
         false
@@ -771,6 +737,22 @@ fn broken_chunk(out: &mut BytesMut, why: &str) {
         "code": "upstream_failed",
     }});
     data_line(out, &error.to_string());
+}
+
+/// Writes OpenAI chunks as `data:` lines.
+fn chunk_lines(out: &mut BytesMut, chunks: &[Value]) {
+    for chunk in chunks {
+        data_line(out, &chunk.to_string());
+    }
+}
+
+/// Ends the OpenAI stream of an upstream stream that finished: its usage
+/// chunk, when it reported one, then `data: [DONE]`.
+fn done_lines(out: &mut BytesMut, usage: Option<Value>) {
+    if let Some(usage) = usage {
+        data_line(out, &usage.to_string());
+    }
+    data_line(out, "[DONE]");
 }
 
 fn data_line(frame: &mut BytesMut, payload: &str) {
@@ -821,6 +803,59 @@ impl StreamTranslation for OpenAiEvents {
             return true;
         }
         false
+    }
+}
+
+/// OpenAI chunks as Anthropic's events, for a `/v1/messages` client of a
+/// provider whose stream is first translated into OpenAI chunks (Gemini,
+/// Converse): each chunk goes through an [`EventTranslator`]. A chunk it
+/// cannot translate ends the stream with an `error` event.
+struct ChunkEvents {
+    translator: EventTranslator,
+}
+
+impl ChunkEvents {
+    fn new(public_model: &str) -> ChunkEvents {
+        ChunkEvents {
+            translator: EventTranslator::new(public_model),
+        }
+    }
+
+    /// Writes the events of `chunks`; answers whether the message has
+    /// ended (the rest of `chunks` then goes unwritten).
+    fn chunks(&mut self, chunks: &[Value], out: &mut BytesMut) -> bool {
+        chunks
+            .iter()
+            .any(|chunk| self.chunk(chunk.to_string().as_bytes(), out))
+    }
+
+    /// Ends the message of an upstream stream that finished: its usage
+    /// chunk, when it reported one, then `[DONE]`.
+    fn finish(&mut self, usage: Option<Value>, out: &mut BytesMut) {
+        if let Some(usage) = usage {
+            if self.chunk(usage.to_string().as_bytes(), out) {
+                return;
+            }
+        }
+        self.chunk(b"[DONE]", out);
+    }
+
+    /// Writes the events of one chunk's `data:` payload; answers whether
+    /// the message has ended.
+    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) -> bool {
+        match self.translator.feed(chunk) {
+            Ok(translated) => {
+                for (name, data) in translated {
+                    event_lines(out, name, &data);
+                }
+                self.translator.is_done()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Upstream stream could not be translated.");
+                event_lines(out, "error", &anthropic_api_error(&e.to_string()));
+                true
+            }
+        }
     }
 }
 
