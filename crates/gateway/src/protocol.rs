@@ -9,14 +9,11 @@
 //! Anthropic's ([`anthropic_error_response`]).
 
 use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
 use std::borrow::Cow;
 
 use obleth_config::model::{ProviderKind, ProviderOptions};
@@ -27,6 +24,7 @@ mod bedrock;
 pub use bedrock::{with_error_type, CONVERSE, CONVERSE_STREAM, INVOKE, INVOKE_STREAM};
 
 use crate::error::ApiError;
+use crate::reframe::{Reframe, Reframed};
 use crate::relay::Tokens;
 use crate::translate::anthropic::{
     anthropic_error_to_openai, chat_completion_to_message, chat_request_to_messages,
@@ -40,7 +38,7 @@ use crate::translate::google_embeddings::{
     embeddings_answer, embeddings_asked, embeddings_request,
 };
 use crate::translate::Usage;
-use crate::upstream::{BoxError, UpBody};
+use crate::upstream::UpBody;
 
 /// The protocol a client speaks to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -521,30 +519,29 @@ trait StreamTranslation {
     fn broken(&mut self, why: &str, out: &mut BytesMut);
 }
 
-/// An upstream stream read through a [`StreamTranslation`]: each upstream
-/// frame's complete events become one frame for the client; once the
-/// translation says the stream is complete, nothing more is read.
+/// An upstream stream read through a [`StreamTranslation`] (the body is a
+/// [`Reframed`]): each upstream frame's complete events become one frame
+/// for the client; once the translation says the stream is complete,
+/// nothing more is read.
 struct Translating<T> {
-    inner: UpBody,
     events: SseEvents,
     translation: T,
-    out: VecDeque<Bytes>,
-    ended: bool,
 }
 
 impl<T: StreamTranslation + Send + Unpin + 'static> Translating<T> {
     fn boxed(inner: UpBody, translation: T) -> UpBody {
-        Translating {
-            inner,
+        let translating = Translating {
             events: SseEvents::default(),
             translation,
-            out: VecDeque::new(),
-            ended: false,
-        }
-        .boxed_unsync()
+        };
+        Reframed::boxed(inner, translating)
     }
+}
 
-    fn feed(&mut self, chunk: &[u8], at_end: bool) {
+impl<T: StreamTranslation> Translating<T> {
+    /// Translates `chunk` (with `at_end`, what is left) into one frame in
+    /// `out`; answers whether the client's stream is complete.
+    fn feed(&mut self, chunk: &[u8], at_end: bool, out: &mut VecDeque<Bytes>) -> bool {
         let mut frame = BytesMut::new();
         let ended = if at_end {
             self.events.finish();
@@ -557,47 +554,20 @@ impl<T: StreamTranslation + Send + Unpin + 'static> Translating<T> {
             self.translation
                 .translate(&mut self.events, false, &mut frame)
         };
-        self.ended = ended || at_end;
         if !frame.is_empty() {
-            self.out.push_back(frame.freeze());
+            out.push_back(frame.freeze());
         }
+        ended
     }
 }
 
-impl<T: StreamTranslation + Send + Unpin + 'static> Body for Translating<T> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if let Some(bytes) = this.out.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
-            }
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.feed(&data, false);
-                    }
-                }
-                Poll::Ready(None) => this.feed(&[], true),
-            }
-        }
+impl<T: StreamTranslation> Reframe for Translating<T> {
+    fn data(&mut self, data: &[u8], out: &mut VecDeque<Bytes>) -> bool {
+        self.feed(data, false, out)
     }
 
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+    fn end(&mut self, out: &mut VecDeque<Bytes>) {
+        self.feed(&[], true, out);
     }
 }
 
