@@ -7,8 +7,8 @@
 use serde_json::{json, Map, Value};
 
 use super::messages::{
-    called_function, chat_messages, conversation, tool_output, Blocks, Conversation, Speaker,
-    ToolOutput,
+    called_function, chat_messages, conversation, declared_function, tool_output, Blocks,
+    Conversation, Speaker, ToolOutput,
 };
 use super::{count, TranslateError, Usage};
 
@@ -120,20 +120,7 @@ fn tool_config(body: &Map<String, Value>) -> Result<Option<Value>, TranslateErro
     };
     let mut specs = Vec::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
-        let at = format!("tools[{i}]");
-        if tool.get("type").and_then(Value::as_str) != Some("function") {
-            return Err(TranslateError::unsupported(
-                format!("{at}.type"),
-                "only function tools",
-            ));
-        }
-        let function = tool.get("function");
-        let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
-            return Err(TranslateError::invalid(
-                format!("{at}.function.name"),
-                "expected a string",
-            ));
-        };
+        let (function, name) = declared_function(tool, i)?;
         let schema = function
             .and_then(|f| f.get("parameters"))
             .filter(|p| !p.is_null())

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 
 use super::messages::{
-    called_function, chat_messages, conversation, tool_output, Blocks, Conversation, Speaker,
-    ToolOutput,
+    called_function, chat_messages, conversation, declared_function, tool_output, Blocks,
+    Conversation, Speaker, ToolOutput,
 };
 use super::TranslateError;
 
@@ -109,19 +109,7 @@ pub fn chat_request_to_gemini(body: &Value) -> Result<Value, TranslateError> {
         };
         let mut declarations = Vec::new();
         for (i, tool) in tools.iter().enumerate() {
-            if tool.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(TranslateError::unsupported(
-                    format!("tools[{i}].type"),
-                    "only function tools",
-                ));
-            }
-            let function = tool.get("function");
-            let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
-                return Err(TranslateError::invalid(
-                    format!("tools[{i}].function.name"),
-                    "expected a string",
-                ));
-            };
+            let (function, name) = declared_function(tool, i)?;
             let mut declaration = Map::new();
             declaration.insert("name".into(), json!(name));
             if let Some(d) = function

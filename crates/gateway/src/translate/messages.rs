@@ -5,7 +5,8 @@
 //! Both providers take a conversation the same way and differ only in how a
 //! block is spelled, so the walk, the validation and the refusals (with the
 //! field they name) live here once and each provider says how to spell an
-//! image, an assistant's text, a tool call and a tool result.
+//! image, an assistant's text, a tool call and a tool result. The checks of
+//! a declared tool (`tools[i]`) are shared here too.
 
 use serde_json::{json, Map, Value};
 
@@ -185,6 +186,28 @@ pub(crate) fn called_function<'a>(
         ));
     }
     Ok((name, arguments))
+}
+
+/// The function `tools[i]` declares, and its name: only function tools,
+/// each with a name.
+pub(crate) fn declared_function(
+    tool: &Value,
+    i: usize,
+) -> Result<(Option<&Value>, &str), TranslateError> {
+    if tool.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(TranslateError::unsupported(
+            format!("tools[{i}].type"),
+            "only function tools",
+        ));
+    }
+    let function = tool.get("function");
+    let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
+        return Err(TranslateError::invalid(
+            format!("tools[{i}].function.name"),
+            "expected a string",
+        ));
+    };
+    Ok((function, name))
 }
 
 /// What a tool message returned: a JSON object when its text is one, else
