@@ -194,21 +194,7 @@ async fn bedrock_serves_chat_and_messages_signed_with_rotating_file_credentials(
     let answer = call(url, &secret, body).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.header("content-type"), Some("text/event-stream"));
-    let events = chunks(&answer.text());
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "{}",
-        answer.text()
-    );
-    let parsed: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text: String = parsed
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (parsed, text) = done_chunks(&answer.text());
     assert_eq!(text, "tok1 tok2 tok3 tok4 tok5");
     assert!(parsed
         .iter()

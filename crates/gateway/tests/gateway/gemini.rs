@@ -152,21 +152,7 @@ async fn gemini_and_vertex_serve_chat_completions_whole_streamed_and_with_tools(
     body["stream_options"] = json!({"include_usage": true});
     let answer = call(&gw, &secret, "/v1/chat/completions", body).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    let events = chunks(&answer.text());
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "{}",
-        answer.text()
-    );
-    let parsed: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text: String = parsed
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (parsed, text) = done_chunks(&answer.text());
     assert_eq!(text, "tok1 tok2 tok3 tok4 tok5");
     assert!(parsed
         .iter()

@@ -226,6 +226,23 @@ pub fn chunks(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The chunks of an OpenAI stream that ended with `data: [DONE]`, parsed,
+/// and the text of their deltas.
+#[track_caller]
+pub fn done_chunks(text: &str) -> (Vec<serde_json::Value>, String) {
+    let events = chunks(text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let parsed: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let content = parsed
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    (parsed, content)
+}
+
 /// Waits (10 s at most) until `key` has `count` successful usage rows.
 pub async fn wait_for_usage_rows(pool: &PgPool, key: uuid::Uuid, count: usize) {
     wait_until(Duration::from_secs(10), "the usage rows", || {
