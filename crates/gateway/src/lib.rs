@@ -31,6 +31,7 @@ pub mod pricing;
 pub mod protocol;
 pub mod proxy;
 pub mod quota;
+pub mod reframe;
 pub mod relay;
 pub mod request_id;
 pub mod resolve;

@@ -9,14 +9,11 @@
 //! Anthropic's ([`anthropic_error_response`]).
 
 use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
 use std::borrow::Cow;
 
 use obleth_config::model::{ProviderKind, ProviderOptions};
@@ -27,6 +24,7 @@ mod bedrock;
 pub use bedrock::{with_error_type, CONVERSE, CONVERSE_STREAM, INVOKE, INVOKE_STREAM};
 
 use crate::error::ApiError;
+use crate::reframe::{Reframe, Reframed};
 use crate::relay::Tokens;
 use crate::translate::anthropic::{
     anthropic_error_to_openai, chat_completion_to_message, chat_request_to_messages,
@@ -40,7 +38,7 @@ use crate::translate::google_embeddings::{
     embeddings_answer, embeddings_asked, embeddings_request,
 };
 use crate::translate::Usage;
-use crate::upstream::{BoxError, UpBody};
+use crate::upstream::UpBody;
 
 /// The protocol a client speaks to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,7 +473,7 @@ pub fn client_stream(
                 upstream,
                 GeminiEvents {
                     translator,
-                    events: EventTranslator::new(public_model),
+                    events: ChunkEvents::new(public_model),
                 },
             ),
         };
@@ -521,30 +519,29 @@ trait StreamTranslation {
     fn broken(&mut self, why: &str, out: &mut BytesMut);
 }
 
-/// An upstream stream read through a [`StreamTranslation`]: each upstream
-/// frame's complete events become one frame for the client; once the
-/// translation says the stream is complete, nothing more is read.
+/// An upstream stream read through a [`StreamTranslation`] (the body is a
+/// [`Reframed`]): each upstream frame's complete events become one frame
+/// for the client; once the translation says the stream is complete,
+/// nothing more is read.
 struct Translating<T> {
-    inner: UpBody,
     events: SseEvents,
     translation: T,
-    out: VecDeque<Bytes>,
-    ended: bool,
 }
 
 impl<T: StreamTranslation + Send + Unpin + 'static> Translating<T> {
     fn boxed(inner: UpBody, translation: T) -> UpBody {
-        Translating {
-            inner,
+        let translating = Translating {
             events: SseEvents::default(),
             translation,
-            out: VecDeque::new(),
-            ended: false,
-        }
-        .boxed_unsync()
+        };
+        Reframed::boxed(inner, translating)
     }
+}
 
-    fn feed(&mut self, chunk: &[u8], at_end: bool) {
+impl<T: StreamTranslation> Translating<T> {
+    /// Translates `chunk` (with `at_end`, what is left) into one frame in
+    /// `out`; answers whether the client's stream is complete.
+    fn feed(&mut self, chunk: &[u8], at_end: bool, out: &mut VecDeque<Bytes>) -> bool {
         let mut frame = BytesMut::new();
         let ended = if at_end {
             self.events.finish();
@@ -557,47 +554,20 @@ impl<T: StreamTranslation + Send + Unpin + 'static> Translating<T> {
             self.translation
                 .translate(&mut self.events, false, &mut frame)
         };
-        self.ended = ended || at_end;
         if !frame.is_empty() {
-            self.out.push_back(frame.freeze());
+            out.push_back(frame.freeze());
         }
+        ended
     }
 }
 
-impl<T: StreamTranslation + Send + Unpin + 'static> Body for Translating<T> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if let Some(bytes) = this.out.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
-            }
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.feed(&data, false);
-                    }
-                }
-                Poll::Ready(None) => this.feed(&[], true),
-            }
-        }
+impl<T: StreamTranslation> Reframe for Translating<T> {
+    fn data(&mut self, data: &[u8], out: &mut VecDeque<Bytes>) -> bool {
+        self.feed(data, false, out)
     }
 
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+    fn end(&mut self, out: &mut VecDeque<Bytes>) {
+        self.feed(&[], true, out);
     }
 }
 
@@ -658,11 +628,7 @@ impl StreamTranslation for GeminiChunks {
     fn translate(&mut self, events: &mut SseEvents, at_end: bool, out: &mut BytesMut) -> bool {
         while let Some((_, data)) = events.next_event() {
             match self.translator.feed(&data) {
-                Ok(chunks) => {
-                    for chunk in chunks {
-                        data_line(out, &chunk.to_string());
-                    }
-                }
+                Ok(chunks) => chunk_lines(out, &chunks),
                 Err(e) => {
                     tracing::warn!(error = %e, "Gemini stream ended with an error.");
                     let error = serde_json::json!({"error": {
@@ -680,10 +646,7 @@ impl StreamTranslation for GeminiChunks {
                 broken_chunk(out, "it ended before a finish reason");
                 return true;
             }
-            if let Some(usage) = self.translator.finish() {
-                data_line(out, &usage.to_string());
-            }
-            data_line(out, "[DONE]");
+            done_lines(out, self.translator.finish());
             return true;
         }
         false
@@ -692,32 +655,12 @@ impl StreamTranslation for GeminiChunks {
 
 /// A Gemini event stream as Anthropic's events, for a `/v1/messages`
 /// client: each Gemini event becomes OpenAI chunks ([`StreamTranslator`]),
-/// each chunk Anthropic events ([`EventTranslator`]); the end of Gemini's
+/// each chunk Anthropic events ([`ChunkEvents`]); the end of Gemini's
 /// stream the usage and `message_stop`. A broken or failed stream ends with
 /// an `error` event.
 struct GeminiEvents {
     translator: StreamTranslator,
-    events: EventTranslator,
-}
-
-impl GeminiEvents {
-    /// Writes the events of one OpenAI chunk; answers whether the message
-    /// has ended.
-    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) -> bool {
-        match self.events.feed(chunk) {
-            Ok(translated) => {
-                for (name, data) in translated {
-                    event_lines(out, name, &data);
-                }
-                self.events.is_done()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Gemini stream could not be translated.");
-                event_lines(out, "error", &anthropic_api_error(&e.to_string()));
-                true
-            }
-        }
-    }
+    events: ChunkEvents,
 }
 
 impl StreamTranslation for GeminiEvents {
@@ -731,10 +674,8 @@ impl StreamTranslation for GeminiEvents {
         while let Some((_, data)) = events.next_event() {
             match self.translator.feed(&data) {
                 Ok(chunks) => {
-                    for chunk in chunks {
-                        if self.chunk(chunk.to_string().as_bytes(), out) {
-                            return true;
-                        }
+                    if self.events.chunks(&chunks, out) {
+                        return true;
                     }
                 }
                 Err(e) => {
@@ -750,12 +691,7 @@ impl StreamTranslation for GeminiEvents {
                 self.broken("it ended before a finish reason", out);
                 return true;
             }
-            if let Some(usage) = self.translator.finish() {
-                if self.chunk(usage.to_string().as_bytes(), out) {
-                    return true;
-                }
-            }
-            self.chunk(b"[DONE]", out);
+            self.events.finish(self.translator.finish(), out);
             return true;
         }
         false
@@ -771,6 +707,22 @@ fn broken_chunk(out: &mut BytesMut, why: &str) {
         "code": "upstream_failed",
     }});
     data_line(out, &error.to_string());
+}
+
+/// Writes OpenAI chunks as `data:` lines.
+fn chunk_lines(out: &mut BytesMut, chunks: &[Value]) {
+    for chunk in chunks {
+        data_line(out, &chunk.to_string());
+    }
+}
+
+/// Ends the OpenAI stream of an upstream stream that finished: its usage
+/// chunk, when it reported one, then `data: [DONE]`.
+fn done_lines(out: &mut BytesMut, usage: Option<Value>) {
+    if let Some(usage) = usage {
+        data_line(out, &usage.to_string());
+    }
+    data_line(out, "[DONE]");
 }
 
 fn data_line(frame: &mut BytesMut, payload: &str) {
@@ -821,6 +773,59 @@ impl StreamTranslation for OpenAiEvents {
             return true;
         }
         false
+    }
+}
+
+/// OpenAI chunks as Anthropic's events, for a `/v1/messages` client of a
+/// provider whose stream is first translated into OpenAI chunks (Gemini,
+/// Converse): each chunk goes through an [`EventTranslator`]. A chunk it
+/// cannot translate ends the stream with an `error` event.
+struct ChunkEvents {
+    translator: EventTranslator,
+}
+
+impl ChunkEvents {
+    fn new(public_model: &str) -> ChunkEvents {
+        ChunkEvents {
+            translator: EventTranslator::new(public_model),
+        }
+    }
+
+    /// Writes the events of `chunks`; answers whether the message has
+    /// ended (the rest of `chunks` then goes unwritten).
+    fn chunks(&mut self, chunks: &[Value], out: &mut BytesMut) -> bool {
+        chunks
+            .iter()
+            .any(|chunk| self.chunk(chunk.to_string().as_bytes(), out))
+    }
+
+    /// Ends the message of an upstream stream that finished: its usage
+    /// chunk, when it reported one, then `[DONE]`.
+    fn finish(&mut self, usage: Option<Value>, out: &mut BytesMut) {
+        if let Some(usage) = usage {
+            if self.chunk(usage.to_string().as_bytes(), out) {
+                return;
+            }
+        }
+        self.chunk(b"[DONE]", out);
+    }
+
+    /// Writes the events of one chunk's `data:` payload; answers whether
+    /// the message has ended.
+    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) -> bool {
+        match self.translator.feed(chunk) {
+            Ok(translated) => {
+                for (name, data) in translated {
+                    event_lines(out, name, &data);
+                }
+                self.translator.is_done()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Upstream stream could not be translated.");
+                event_lines(out, "error", &anthropic_api_error(&e.to_string()));
+                true
+            }
+        }
     }
 }
 

@@ -541,19 +541,7 @@ async fn azure_providers_are_checked_with_their_options() {
             "does not apply to kind openai",
         ),
     ] {
-        let refused = admin
-            .call(Method::POST, "/api/v1/providers", body.clone())
-            .await;
-        assert_eq!(refused.status, 422, "{body}: {}", refused.text());
-        let answer = refused.json();
-        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
-        assert!(
-            answer["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains(message),
-            "{body}: {answer}"
-        );
+        assert_provider_refused(&admin, body, field, message).await;
     }
     let options = json!({"api_version": "2025-01-01-preview", "auth": "entra"});
     let created = admin
@@ -642,19 +630,7 @@ async fn gemini_and_vertex_providers_are_checked_with_their_options() {
             "does not apply to kind gemini",
         ),
     ] {
-        let refused = admin
-            .call(Method::POST, "/api/v1/providers", body.clone())
-            .await;
-        assert_eq!(refused.status, 422, "{body}: {}", refused.text());
-        let answer = refused.json();
-        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
-        assert!(
-            answer["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains(message),
-            "{body}: {answer}"
-        );
+        assert_provider_refused(&admin, body, field, message).await;
     }
     let options = json!({"project": "my-project-42", "location": "europe-west4"});
     let created = admin
@@ -730,19 +706,7 @@ async fn bedrock_providers_need_a_region_and_default_their_base_url() {
             "http:// or https://",
         ),
     ] {
-        let refused = admin
-            .call(Method::POST, "/api/v1/providers", body.clone())
-            .await;
-        assert_eq!(refused.status, 422, "{body}: {}", refused.text());
-        let answer = refused.json();
-        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
-        assert!(
-            answer["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains(message),
-            "{body}: {answer}"
-        );
+        assert_provider_refused(&admin, body, field, message).await;
     }
     let created = admin
         .call(
@@ -769,4 +733,22 @@ async fn bedrock_providers_need_a_region_and_default_their_base_url() {
         "https://vpce-0abc.bedrock-runtime.us-east-1.vpce.amazonaws.com"
     );
     admin.stop().await.unwrap();
+}
+
+/// Asserts that creating the provider `body` is refused with 422, naming
+/// `field` and saying `message`.
+async fn assert_provider_refused(admin: &TestAdmin, body: Value, field: &str, message: &str) {
+    let refused = admin
+        .call(Method::POST, "/api/v1/providers", body.clone())
+        .await;
+    assert_eq!(refused.status, 422, "{body}: {}", refused.text());
+    let answer = refused.json();
+    assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(message),
+        "{body}: {answer}"
+    );
 }

@@ -591,6 +591,37 @@ fn notice_above<'a>(page: &'a str, id: &str) -> &'a str {
     &page[heading..form]
 }
 
+/// Asserts that the console refused a new form's `fields` as the API
+/// refused their JSON twin (`api`): the same status, 422 or 409, and the
+/// API's message in the notice above the form `id`. Answers the page.
+#[track_caller]
+fn assert_form_refused_as_api(
+    refused: &Answer,
+    api: &Answer,
+    fields: &[(&str, &str)],
+    id: &str,
+) -> String {
+    assert!(api.status == 422 || api.status == 409, "{}", api.text());
+    assert_eq!(refused.status, api.status, "{fields:?}: {}", refused.text());
+    let said = html_escape(&api_says(api));
+    let text = refused.text();
+    assert!(notice_above(&text, id).contains(&said), "{said} in {text}");
+    text
+}
+
+/// Asserts that the console refused an edit of the row `key` with 422, as
+/// the API refused the same edit (`api`), with the API's message in the
+/// row's notice. Answers the page.
+#[track_caller]
+fn assert_edit_refused_as_api(refused: &Answer, api: &Answer, key: &str) -> String {
+    assert_eq!(api.status, 422, "{}", api.text());
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let said = html_escape(&api_says(api));
+    let text = refused.text();
+    assert!(notice_for(&text, key).contains(&said), "{said} in {text}");
+    text
+}
+
 /// Posts the console form at `path` with `fields`, URL-encoded, and the
 /// page's CSRF token.
 async fn post_fields(
@@ -713,14 +744,7 @@ async fn the_catalog_page_creates_edits_and_deletes_a_provider_with_the_apis_mes
         let api = admin
             .call(Method::POST, "/api/v1/providers", api_body.clone())
             .await;
-        assert!(api.status == 422 || api.status == 409, "{}", api.text());
-        assert_eq!(refused.status, api.status, "{fields:?}: {}", refused.text());
-        let said = html_escape(&api_says(&api));
-        let text = refused.text();
-        assert!(
-            notice_above(&text, "new-provider").contains(&said),
-            "{said} in {text}"
-        );
+        let text = assert_form_refused_as_api(&refused, &api, fields, "new-provider");
         if let Some((_, options)) = fields.iter().find(|(k, _)| *k == "options") {
             assert!(text.contains(&html_escape(options)), "kept: {options}");
         }
@@ -798,14 +822,7 @@ async fn the_catalog_page_creates_edits_and_deletes_a_provider_with_the_apis_mes
         let api = admin
             .call(Method::PATCH, "/api/v1/providers/alpha", patch)
             .await;
-        assert_eq!(api.status, 422, "{}", api.text());
-        assert_eq!(refused.status, 422, "{}", refused.text());
-        let said = html_escape(&api_says(&api));
-        let text = refused.text();
-        assert!(
-            notice_for(&text, "alpha").contains(&said),
-            "{said} in {text}"
-        );
+        let text = assert_edit_refused_as_api(&refused, &api, "alpha");
         assert!(text.contains(&html_escape(options)), "kept: {options}");
     }
     let stored = admin.get("/api/v1/providers/alpha").await.json();
@@ -974,14 +991,7 @@ async fn the_catalog_page_creates_edits_and_deletes_a_route_with_the_apis_messag
         let api = admin
             .call(Method::POST, "/api/v1/routes", api_body.clone())
             .await;
-        assert!(api.status == 422 || api.status == 409, "{}", api.text());
-        assert_eq!(refused.status, api.status, "{fields:?}: {}", refused.text());
-        let said = html_escape(&api_says(&api));
-        let text = refused.text();
-        assert!(
-            notice_above(&text, "new-route").contains(&said),
-            "{said} in {text}"
-        );
+        assert_form_refused_as_api(&refused, &api, fields, "new-route");
     }
     let not_a_number = post_fields(
         &admin,
@@ -1052,14 +1062,7 @@ async fn the_catalog_page_creates_edits_and_deletes_a_route_with_the_apis_messag
             json!({"targets": [{"provider": "ghost"}]}),
         )
         .await;
-    assert_eq!(api.status, 422, "{}", api.text());
-    assert_eq!(refused.status, 422, "{}", refused.text());
-    let said = html_escape(&api_says(&api));
-    let text = refused.text();
-    assert!(
-        notice_for(&text, "gpt-4o").contains(&said),
-        "{said} in {text}"
-    );
+    let text = assert_edit_refused_as_api(&refused, &api, "gpt-4o");
     assert!(text.contains(r#"value="ghost""#), "kept: {text}");
     let unknown = post_fields(
         &admin,

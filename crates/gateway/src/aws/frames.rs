@@ -12,18 +12,15 @@
 //! event of type `frame`.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use aws_smithy_types::event_stream::Message;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
 use serde_json::{json, Value};
 
-use crate::upstream::{BoxError, UpBody};
+use crate::reframe::{Reframe, Reframed};
+use crate::upstream::UpBody;
 
 /// The content type of Bedrock's streamed answers.
 pub const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
@@ -33,111 +30,73 @@ const FRAME_CAP: usize = 1 << 20;
 
 /// An event-stream body read as server-sent events.
 pub struct EventStreamSse {
-    inner: UpBody,
     buffer: BytesMut,
     decoder: MessageFrameDecoder,
-    out: VecDeque<Bytes>,
-    ended: bool,
 }
 
 impl std::fmt::Debug for EventStreamSse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventStreamSse")
             .field("buffered", &self.buffer.len())
-            .field("ended", &self.ended)
             .finish()
     }
 }
 
 impl EventStreamSse {
     pub fn boxed(inner: UpBody) -> UpBody {
-        EventStreamSse {
-            inner,
+        let decoding = EventStreamSse {
             buffer: BytesMut::new(),
             decoder: MessageFrameDecoder::new(),
-            out: VecDeque::new(),
-            ended: false,
-        }
-        .boxed_unsync()
+        };
+        Reframed::boxed(inner, decoding)
     }
 
-    /// Decodes the complete frames buffered; false once the stream must
-    /// end (a frame that cannot be decoded, or too long).
-    fn decode(&mut self) -> bool {
+    /// Decodes the complete frames buffered into `out`; false once the
+    /// stream must end (a frame that cannot be decoded, or too long).
+    fn decode(&mut self, out: &mut VecDeque<Bytes>) -> bool {
         loop {
             match self.decoder.decode_frame(&mut self.buffer) {
                 Ok(DecodedFrame::Complete(message)) => {
                     let mut event = BytesMut::new();
                     sse_of(&message, &mut event);
-                    self.out.push_back(event.freeze());
+                    out.push_back(event.freeze());
                 }
                 Ok(DecodedFrame::Incomplete) => {
                     if self.buffer.len() > FRAME_CAP {
-                        self.broken("a frame longer than 1 MiB");
+                        broken(out, "a frame longer than 1 MiB");
                         return false;
                     }
                     return true;
                 }
                 Err(e) => {
-                    self.broken(&e.to_string());
+                    broken(out, &e.to_string());
                     return false;
                 }
             }
         }
     }
+}
 
-    fn broken(&mut self, why: &str) {
-        tracing::warn!(why, "Bedrock event stream could not be decoded.");
-        let mut event = BytesMut::new();
-        let data = json!({"exception": "frame", "message": format!("the upstream event stream broke off: {why}")});
-        write_event(&mut event, "exception", &data.to_string());
-        self.out.push_back(event.freeze());
+impl Reframe for EventStreamSse {
+    fn data(&mut self, data: &[u8], out: &mut VecDeque<Bytes>) -> bool {
+        self.buffer.extend_from_slice(data);
+        !self.decode(out)
+    }
+
+    fn end(&mut self, out: &mut VecDeque<Bytes>) {
+        if !self.buffer.is_empty() {
+            broken(out, "it ended inside a frame");
+        }
     }
 }
 
-impl Body for EventStreamSse {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if let Some(bytes) = this.out.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
-            }
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.buffer.extend_from_slice(&data);
-                        if !this.decode() {
-                            this.ended = true;
-                        }
-                    }
-                }
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    if !this.buffer.is_empty() {
-                        this.broken("it ended inside a frame");
-                    }
-                }
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
+/// Ends the stream with an `exception` event of type `frame` naming `why`.
+fn broken(out: &mut VecDeque<Bytes>, why: &str) {
+    tracing::warn!(why, "Bedrock event stream could not be decoded.");
+    let mut event = BytesMut::new();
+    let data = json!({"exception": "frame", "message": format!("the upstream event stream broke off: {why}")});
+    write_event(&mut event, "exception", &data.to_string());
+    out.push_back(event.freeze());
 }
 
 /// A string header of a message.
@@ -222,7 +181,10 @@ mod tests {
     use super::*;
     use aws_smithy_eventstream::frame::write_message_to;
     use aws_smithy_types::event_stream::{Header, HeaderValue};
-    use http_body_util::StreamBody;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    use crate::upstream::BoxError;
 
     fn frame(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
         let mut message = Message::new(Bytes::copy_from_slice(payload));

@@ -15,13 +15,13 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
 use super::{
-    broken_chunk, data_line, event_lines, json_body, to_bytes, tokens_of, unix_now, Answer, Client,
-    SseEvents, StreamTranslation, Translating,
+    broken_chunk, chunk_lines, data_line, done_lines, event_lines, json_body, to_bytes, tokens_of,
+    unix_now, Answer, ChunkEvents, Client, SseEvents, StreamTranslation, Translating,
 };
 use crate::aws::frames::EventStreamSse;
 use crate::error::ApiError;
 use crate::translate::anthropic::{
-    chat_completion_to_message, messages_request_to_chat, usage_from_anthropic, EventTranslator,
+    chat_completion_to_message, messages_request_to_chat, usage_from_anthropic,
 };
 use crate::translate::bedrock::{
     bedrock_error_to_openai, chat_request_to_converse, converse_to_chat_completion,
@@ -184,7 +184,7 @@ pub fn stream(client: Client, upstream: UpBody, public_model: &str) -> UpBody {
             events,
             BedrockEvents {
                 translator,
-                events: EventTranslator::new(public_model),
+                events: ChunkEvents::new(public_model),
                 public_model: public_model.to_owned(),
             },
         ),
@@ -232,11 +232,7 @@ impl StreamTranslation for BedrockChunks {
                 return true;
             }
             match self.translator.feed(&name, &data) {
-                Ok(chunks) => {
-                    for chunk in chunks {
-                        data_line(out, &chunk.to_string());
-                    }
-                }
+                Ok(chunks) => chunk_lines(out, &chunks),
                 Err(e) => {
                     broken_chunk(out, &e.to_string());
                     return true;
@@ -248,10 +244,7 @@ impl StreamTranslation for BedrockChunks {
                 broken_chunk(out, "it ended before messageStop");
                 return true;
             }
-            if let Some(usage) = self.translator.finish() {
-                data_line(out, &usage.to_string());
-            }
-            data_line(out, "[DONE]");
+            done_lines(out, self.translator.finish());
             return true;
         }
         false
@@ -262,31 +255,14 @@ impl StreamTranslation for BedrockChunks {
 /// InvokeModelWithResponseStream's events are Anthropic's already and pass
 /// as they are (the model renamed to the public one); ConverseStream's go
 /// through OpenAI chunks ([`StreamTranslator`]) to Anthropic events
-/// ([`EventTranslator`]). An exception ends with an `error` event.
+/// ([`ChunkEvents`]). An exception ends with an `error` event.
 struct BedrockEvents {
     translator: StreamTranslator,
-    events: EventTranslator,
+    events: ChunkEvents,
     public_model: String,
 }
 
 impl BedrockEvents {
-    /// Writes the events of one OpenAI chunk; answers whether the message
-    /// has ended.
-    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) -> bool {
-        match self.events.feed(chunk) {
-            Ok(translated) => {
-                for (name, data) in translated {
-                    event_lines(out, name, &data);
-                }
-                self.events.is_done()
-            }
-            Err(e) => {
-                self.error(out, "api_error", &e.to_string());
-                true
-            }
-        }
-    }
-
     fn error(&mut self, out: &mut BytesMut, kind: &str, message: &str) {
         tracing::warn!(%message, "Bedrock stream ended with an error.");
         let data =
@@ -353,10 +329,8 @@ impl StreamTranslation for BedrockEvents {
             }
             match self.translator.feed(&name, &data) {
                 Ok(chunks) => {
-                    for chunk in chunks {
-                        if self.chunk(chunk.to_string().as_bytes(), out) {
-                            return true;
-                        }
+                    if self.events.chunks(&chunks, out) {
+                        return true;
                     }
                 }
                 Err(e) => {
@@ -367,12 +341,7 @@ impl StreamTranslation for BedrockEvents {
         }
         if at_end {
             if self.translator.is_finished() {
-                if let Some(usage) = self.translator.finish() {
-                    if self.chunk(usage.to_string().as_bytes(), out) {
-                        return true;
-                    }
-                }
-                self.chunk(b"[DONE]", out);
+                self.events.finish(self.translator.finish(), out);
             } else {
                 self.broken("it ended before the message did", out);
             }

@@ -6,7 +6,11 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{count, joined_text, user_content, TranslateError, Usage, UserPart};
+use super::messages::{
+    called_function, chat_messages, conversation, declared_function, tool_output, Blocks,
+    Conversation, Speaker, ToolOutput,
+};
+use super::{count, TranslateError, Usage};
 
 mod stream;
 
@@ -18,59 +22,8 @@ pub use stream::StreamTranslator;
 /// merged, as Converse wants them alternating); tool calls and their
 /// results become `toolUse` and `toolResult` blocks.
 pub fn chat_request_to_converse(body: &Value) -> Result<Value, TranslateError> {
-    let Some(body) = body.as_object() else {
-        return Err(TranslateError::invalid("", "expected a JSON object"));
-    };
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return Err(TranslateError::invalid("messages", "expected an array"));
-    };
-    if let Some(n) = body.get("n").filter(|n| !n.is_null()) {
-        if n.as_u64() != Some(1) {
-            return Err(TranslateError::unsupported("n", "only one choice"));
-        }
-    }
-    let mut system: Vec<Value> = Vec::new();
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    for (i, message) in messages.iter().enumerate() {
-        let at = format!("messages[{i}]");
-        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                let text = joined_text(message.get("content"), &format!("{at}.content"))?;
-                system.push(json!({"text": text}));
-                continue;
-            }
-            "user" => ("user", user_blocks(message.get("content"), &at)?),
-            "assistant" => ("assistant", assistant_blocks(message, &at)?),
-            "tool" => {
-                let Some(id) = message.get("tool_call_id").and_then(Value::as_str) else {
-                    return Err(TranslateError::invalid(
-                        format!("{at}.tool_call_id"),
-                        "expected a string",
-                    ));
-                };
-                let text = joined_text(message.get("content"), &format!("{at}.content"))?;
-                let content = match serde_json::from_str::<Value>(&text) {
-                    Ok(value @ Value::Object(_)) => json!({"json": value}),
-                    _ => json!({"text": text}),
-                };
-                (
-                    "user",
-                    vec![json!({"toolResult": {"toolUseId": id, "content": [content]}})],
-                )
-            }
-            _ => {
-                return Err(TranslateError::invalid(
-                    format!("{at}.role"),
-                    "expected system, developer, user, assistant or tool",
-                ))
-            }
-        };
-        match turns.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => turns.push((role, blocks)),
-        }
-    }
+    let (body, messages) = chat_messages(body)?;
+    let Conversation { system, turns } = conversation(messages, &mut ConverseBlocks)?;
     if turns.is_empty() {
         return Err(TranslateError::invalid(
             "messages",
@@ -83,7 +36,13 @@ pub fn chat_request_to_converse(body: &Value) -> Result<Value, TranslateError> {
         Value::Array(
             turns
                 .into_iter()
-                .map(|(role, content)| json!({"role": role, "content": content}))
+                .map(|(speaker, content)| {
+                    let role = match speaker {
+                        Speaker::User => "user",
+                        Speaker::Assistant => "assistant",
+                    };
+                    json!({"role": role, "content": content})
+                })
                 .collect(),
         ),
     );
@@ -161,20 +120,7 @@ fn tool_config(body: &Map<String, Value>) -> Result<Option<Value>, TranslateErro
     };
     let mut specs = Vec::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
-        let at = format!("tools[{i}]");
-        if tool.get("type").and_then(Value::as_str) != Some("function") {
-            return Err(TranslateError::unsupported(
-                format!("{at}.type"),
-                "only function tools",
-            ));
-        }
-        let function = tool.get("function");
-        let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
-            return Err(TranslateError::invalid(
-                format!("{at}.function.name"),
-                "expected a string",
-            ));
-        };
+        let (function, name) = declared_function(tool, i)?;
         let schema = function
             .and_then(|f| f.get("parameters"))
             .filter(|p| !p.is_null())
@@ -221,98 +167,56 @@ fn tool_config(body: &Map<String, Value>) -> Result<Option<Value>, TranslateErro
     Ok(Some(config))
 }
 
-/// A user message's content as Converse blocks: text, and images given as
-/// base64 `data:` URLs.
-fn user_blocks(content: Option<&Value>, at: &str) -> Result<Vec<Value>, TranslateError> {
-    let field = format!("{at}.content");
-    let Some(Value::Array(parts)) = content else {
-        return Ok(vec![json!({"text": joined_text(content, &field)?})]);
-    };
-    user_content(parts, &field, |part, here| match part {
-        UserPart::Text(t) => Ok(json!({"text": t})),
-        UserPart::Image { mime, data } => {
-            let format = match mime {
-                "image/png" => "png",
-                "image/jpeg" | "image/jpg" => "jpeg",
-                "image/gif" => "gif",
-                "image/webp" => "webp",
-                _ => {
-                    return Err(TranslateError::unsupported(
-                        format!("{here}.image_url.url"),
-                        "only png, jpeg, gif and webp images",
-                    ))
-                }
-            };
-            Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
-        }
-    })
-}
+/// Converse's spelling of a turn's blocks.
+struct ConverseBlocks;
 
-/// An assistant message's text and tool calls as Converse blocks.
-fn assistant_blocks(message: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    let mut blocks = match message.get("content") {
-        None | Some(Value::Null) => Vec::new(),
-        content => {
-            let text = joined_text(content, &format!("{at}.content"))?;
-            if text.is_empty() {
-                Vec::new()
-            } else {
-                vec![json!({"text": text})]
+impl Blocks for ConverseBlocks {
+    /// Converse takes png, jpeg, gif and webp images, as bytes.
+    fn image(&mut self, mime: &str, data: &str, here: &str) -> Result<Value, TranslateError> {
+        let format = match mime {
+            "image/png" => "png",
+            "image/jpeg" | "image/jpg" => "jpeg",
+            "image/gif" => "gif",
+            "image/webp" => "webp",
+            _ => {
+                return Err(TranslateError::unsupported(
+                    format!("{here}.image_url.url"),
+                    "only png, jpeg, gif and webp images",
+                ))
             }
-        }
-    };
-    if let Some(calls) = message.get("tool_calls").filter(|c| !c.is_null()) {
-        let Some(calls) = calls.as_array() else {
+        };
+        Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
+    }
+
+    /// Converse refuses an empty text block, so empty text is left out.
+    fn assistant_text(&mut self, text: String) -> Option<Value> {
+        (!text.is_empty()).then(|| json!({"text": text}))
+    }
+
+    fn tool_call(&mut self, call: &Value, field: &str) -> Result<Value, TranslateError> {
+        let Some(id) = call.get("id").and_then(Value::as_str) else {
             return Err(TranslateError::invalid(
-                format!("{at}.tool_calls"),
-                "expected an array",
+                format!("{field}.id"),
+                "expected a string",
             ));
         };
-        for (j, call) in calls.iter().enumerate() {
-            let field = format!("{at}.tool_calls[{j}]");
-            let Some(id) = call.get("id").and_then(Value::as_str) else {
-                return Err(TranslateError::invalid(
-                    format!("{field}.id"),
-                    "expected a string",
-                ));
-            };
-            let function = call.get("function");
-            let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
-                return Err(TranslateError::invalid(
-                    format!("{field}.function.name"),
-                    "expected a string",
-                ));
-            };
-            let arguments = function
-                .and_then(|f| f.get("arguments"))
-                .and_then(Value::as_str)
-                .unwrap_or("{}");
-            let input: Value = if arguments.trim().is_empty() {
-                json!({})
-            } else {
-                serde_json::from_str(arguments).map_err(|_| {
-                    TranslateError::invalid(
-                        format!("{field}.function.arguments"),
-                        "expected a JSON object",
-                    )
-                })?
-            };
-            if !input.is_object() {
-                return Err(TranslateError::invalid(
-                    format!("{field}.function.arguments"),
-                    "expected a JSON object",
-                ));
-            }
-            blocks.push(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}));
-        }
+        let (name, input) = called_function(call, field)?;
+        Ok(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}))
     }
-    if blocks.is_empty() {
-        return Err(TranslateError::invalid(
-            format!("{at}.content"),
-            "an assistant message needs content or tool_calls",
-        ));
+
+    fn tool_result(&mut self, message: &Value, at: &str) -> Result<Value, TranslateError> {
+        let Some(id) = message.get("tool_call_id").and_then(Value::as_str) else {
+            return Err(TranslateError::invalid(
+                format!("{at}.tool_call_id"),
+                "expected a string",
+            ));
+        };
+        let content = match tool_output(message, at)? {
+            ToolOutput::Object(value) => json!({"json": value}),
+            ToolOutput::Text(text) => json!({"text": text}),
+        };
+        Ok(json!({"toolResult": {"toolUseId": id, "content": [content]}}))
     }
-    Ok(blocks)
 }
 
 /// The token counts of a Converse `usage`: `inputTokens` counts the

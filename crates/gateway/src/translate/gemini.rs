@@ -8,7 +8,11 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::{joined_text, user_content, TranslateError, UserPart};
+use super::messages::{
+    called_function, chat_messages, conversation, declared_function, tool_output, Blocks,
+    Conversation, Speaker, ToolOutput,
+};
+use super::TranslateError;
 
 /// An OpenAI chat completion request as a Gemini `generateContent` body.
 /// `system` and `developer` messages become `systemInstruction`; user and
@@ -16,133 +20,24 @@ use super::{joined_text, user_content, TranslateError, UserPart};
 /// turns of one role are merged); tool calls and their results become
 /// `functionCall` and `functionResponse` parts.
 pub fn chat_request_to_gemini(body: &Value) -> Result<Value, TranslateError> {
-    let Some(body) = body.as_object() else {
-        return Err(TranslateError::invalid("", "expected a JSON object"));
-    };
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return Err(TranslateError::invalid("messages", "expected an array"));
-    };
-    if let Some(n) = body.get("n").filter(|n| !n.is_null()) {
-        if n.as_u64() != Some(1) {
-            return Err(TranslateError::unsupported("n", "only one choice"));
-        }
-    }
-    let mut system: Vec<Value> = Vec::new();
-    let mut contents: Vec<Value> = Vec::new();
-    // The function each tool call id named, for the tool results.
-    let mut call_names: HashMap<String, String> = HashMap::new();
-    for (i, message) in messages.iter().enumerate() {
-        let at = format!("messages[{i}]");
-        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
-        let (gemini_role, parts) = match role {
-            "system" | "developer" => {
-                system.extend(text_parts(
-                    message.get("content"),
-                    &format!("{at}.content"),
-                )?);
-                continue;
-            }
-            "user" => ("user", user_parts(message.get("content"), &at)?),
-            "assistant" => {
-                let mut parts = match message.get("content") {
-                    None | Some(Value::Null) => Vec::new(),
-                    content => text_parts(content, &format!("{at}.content"))?,
-                };
-                if let Some(calls) = message.get("tool_calls").filter(|c| !c.is_null()) {
-                    let Some(calls) = calls.as_array() else {
-                        return Err(TranslateError::invalid(
-                            format!("{at}.tool_calls"),
-                            "expected an array",
-                        ));
-                    };
-                    for (j, call) in calls.iter().enumerate() {
-                        let field = format!("{at}.tool_calls[{j}]");
-                        let function = call.get("function");
-                        let Some(name) =
-                            function.and_then(|f| f.get("name")).and_then(Value::as_str)
-                        else {
-                            return Err(TranslateError::invalid(
-                                format!("{field}.function.name"),
-                                "expected a string",
-                            ));
-                        };
-                        let arguments = function
-                            .and_then(|f| f.get("arguments"))
-                            .and_then(Value::as_str)
-                            .unwrap_or("{}");
-                        let args: Value = if arguments.trim().is_empty() {
-                            json!({})
-                        } else {
-                            serde_json::from_str(arguments).map_err(|_| {
-                                TranslateError::invalid(
-                                    format!("{field}.function.arguments"),
-                                    "expected a JSON object",
-                                )
-                            })?
-                        };
-                        if !args.is_object() {
-                            return Err(TranslateError::invalid(
-                                format!("{field}.function.arguments"),
-                                "expected a JSON object",
-                            ));
-                        }
-                        if let Some(id) = call.get("id").and_then(Value::as_str) {
-                            call_names.insert(id.to_owned(), name.to_owned());
-                        }
-                        parts.push(json!({"functionCall": {"name": name, "args": args}}));
-                    }
-                }
-                if parts.is_empty() {
-                    return Err(TranslateError::invalid(
-                        format!("{at}.content"),
-                        "an assistant message needs content or tool_calls",
-                    ));
-                }
-                ("model", parts)
-            }
-            "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let Some(name) = call_names.get(id) else {
-                    return Err(TranslateError::invalid(
-                        format!("{at}.tool_call_id"),
-                        "names no earlier assistant tool call",
-                    ));
-                };
-                let text = joined_text(message.get("content"), &format!("{at}.content"))?;
-                let response = match serde_json::from_str::<Value>(&text) {
-                    Ok(Value::Object(object)) => Value::Object(object),
-                    _ => json!({"content": text}),
-                };
-                (
-                    "user",
-                    vec![json!({"functionResponse": {"name": name, "response": response}})],
-                )
-            }
-            _ => {
-                return Err(TranslateError::invalid(
-                    format!("{at}.role"),
-                    "expected system, developer, user, assistant or tool",
-                ))
-            }
-        };
-        match contents.last_mut() {
-            Some(last) if last["role"] == gemini_role => {
-                if let Some(existing) = last["parts"].as_array_mut() {
-                    existing.extend(parts);
-                }
-            }
-            _ => contents.push(json!({"role": gemini_role, "parts": parts})),
-        }
-    }
-    if contents.is_empty() {
+    let (body, messages) = chat_messages(body)?;
+    let Conversation { system, turns } = conversation(messages, &mut GeminiBlocks::default())?;
+    if turns.is_empty() {
         return Err(TranslateError::invalid(
             "messages",
             "needs at least one user or assistant message",
         ));
     }
+    let contents: Vec<Value> = turns
+        .into_iter()
+        .map(|(speaker, parts)| {
+            let role = match speaker {
+                Speaker::User => "user",
+                Speaker::Assistant => "model",
+            };
+            json!({"role": role, "parts": parts})
+        })
+        .collect();
     let mut out = Map::new();
     out.insert("contents".into(), Value::Array(contents));
     if !system.is_empty() {
@@ -214,19 +109,7 @@ pub fn chat_request_to_gemini(body: &Value) -> Result<Value, TranslateError> {
         };
         let mut declarations = Vec::new();
         for (i, tool) in tools.iter().enumerate() {
-            if tool.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(TranslateError::unsupported(
-                    format!("tools[{i}].type"),
-                    "only function tools",
-                ));
-            }
-            let function = tool.get("function");
-            let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
-                return Err(TranslateError::invalid(
-                    format!("tools[{i}].function.name"),
-                    "expected a string",
-                ));
-            };
+            let (function, name) = declared_function(tool, i)?;
             let mut declaration = Map::new();
             declaration.insert("name".into(), json!(name));
             if let Some(d) = function
@@ -283,27 +166,49 @@ pub fn chat_request_to_gemini(body: &Value) -> Result<Value, TranslateError> {
     Ok(Value::Object(out))
 }
 
-/// Text content (a string or text parts) as Gemini text parts.
-fn text_parts(content: Option<&Value>, field: &str) -> Result<Vec<Value>, TranslateError> {
-    let text = joined_text(content, field)?;
-    Ok(vec![json!({"text": text})])
+/// Gemini's spelling of a turn's parts.
+#[derive(Default)]
+struct GeminiBlocks {
+    /// The function each tool call id named, for the tool results, which
+    /// Gemini matches by name.
+    call_names: HashMap<String, String>,
 }
 
-/// A user message's content as Gemini parts: text, and images given as
-/// `data:` URLs (inline data).
-fn user_parts(content: Option<&Value>, at: &str) -> Result<Vec<Value>, TranslateError> {
-    let field = format!("{at}.content");
-    let Some(Value::Array(parts)) = content else {
-        return text_parts(content, &field);
-    };
-    user_content(parts, &field, |part, _| {
-        Ok(match part {
-            UserPart::Text(t) => json!({"text": t}),
-            UserPart::Image { mime, data } => {
-                json!({"inlineData": {"mimeType": mime, "data": data}})
-            }
-        })
-    })
+impl Blocks for GeminiBlocks {
+    /// Gemini takes any image as inline data.
+    fn image(&mut self, mime: &str, data: &str, _here: &str) -> Result<Value, TranslateError> {
+        Ok(json!({"inlineData": {"mimeType": mime, "data": data}}))
+    }
+
+    fn assistant_text(&mut self, text: String) -> Option<Value> {
+        Some(json!({"text": text}))
+    }
+
+    fn tool_call(&mut self, call: &Value, field: &str) -> Result<Value, TranslateError> {
+        let (name, args) = called_function(call, field)?;
+        if let Some(id) = call.get("id").and_then(Value::as_str) {
+            self.call_names.insert(id.to_owned(), name.to_owned());
+        }
+        Ok(json!({"functionCall": {"name": name, "args": args}}))
+    }
+
+    fn tool_result(&mut self, message: &Value, at: &str) -> Result<Value, TranslateError> {
+        let id = message
+            .get("tool_call_id")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let Some(name) = self.call_names.get(id) else {
+            return Err(TranslateError::invalid(
+                format!("{at}.tool_call_id"),
+                "names no earlier assistant tool call",
+            ));
+        };
+        let response = match tool_output(message, at)? {
+            ToolOutput::Object(object) => object,
+            ToolOutput::Text(text) => json!({"content": text}),
+        };
+        Ok(json!({"functionResponse": {"name": name, "response": response}}))
+    }
 }
 
 /// The token counts of a Gemini `usageMetadata`.

@@ -12,6 +12,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod gemini;
 pub mod google_embeddings;
+mod messages;
 
 use serde_json::Value;
 

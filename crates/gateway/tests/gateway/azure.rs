@@ -190,20 +190,7 @@ async fn azure_deployments_serve_every_endpoint_with_the_key_or_an_entra_token()
 
 /// The completion tokens of the key's usage rows once there are `count`.
 async fn wait_for_rows(pool: &sqlx::PgPool, key: uuid::Uuid, count: usize) -> Vec<(Option<i32>,)> {
-    wait_until(std::time::Duration::from_secs(10), "the usage rows", || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM usage_ledger WHERE key_id = $1 AND status = 200",
-            )
-            .bind(key)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            n as usize >= count
-        }
-    })
-    .await;
+    wait_for_usage_rows(pool, key, count).await;
     sqlx::query_as(
         "SELECT completion_tokens FROM usage_ledger WHERE key_id = $1 AND status = 200 \
          AND model <> 'embed' ORDER BY created_at",

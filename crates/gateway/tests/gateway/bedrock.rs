@@ -70,13 +70,6 @@ fn hello(model: &str) -> Value {
     ]})
 }
 
-/// The data payloads of an OpenAI stream's events.
-fn chunks(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_owned))
-        .collect()
-}
-
 /// The access key id a recorded request was signed with.
 fn signed_by(upstream: &MockUpstream) -> Option<String> {
     let sent = upstream.last_request()?;
@@ -201,21 +194,7 @@ async fn bedrock_serves_chat_and_messages_signed_with_rotating_file_credentials(
     let answer = call(url, &secret, body).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.header("content-type"), Some("text/event-stream"));
-    let events = chunks(&answer.text());
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "{}",
-        answer.text()
-    );
-    let parsed: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text: String = parsed
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (parsed, text) = done_chunks(&answer.text());
     assert_eq!(text, "tok1 tok2 tok3 tok4 tok5");
     assert!(parsed
         .iter()
@@ -465,7 +444,7 @@ async fn bedrock_serves_chat_and_messages_signed_with_rotating_file_credentials(
     // The same for the /v1/messages requests, native (InvokeModel's
     // Anthropic usage, whole and from the stream's events) and through
     // Converse.
-    let rows = wait_for_rows(&pool, key.id, 10).await;
+    let rows = usage_tokens(&pool, key.id, 10).await;
     assert_eq!(rows[0], (Some(14), Some(5)), "{rows:?}");
     assert_eq!(rows[1], (Some(14), Some(5)), "streamed: {rows:?}");
     for (i, what) in [
@@ -477,37 +456,6 @@ async fn bedrock_serves_chat_and_messages_signed_with_rotating_file_credentials(
         assert_eq!(rows[i], (Some(14), Some(5)), "{what}: {rows:?}");
     }
     gw.stop().await.unwrap();
-}
-
-/// The prompt and completion tokens of the key's successful usage rows once
-/// there are `count`.
-async fn wait_for_rows(
-    pool: &sqlx::PgPool,
-    key: uuid::Uuid,
-    count: usize,
-) -> Vec<(Option<i32>, Option<i32>)> {
-    wait_until(Duration::from_secs(10), "the usage rows", || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM usage_ledger WHERE key_id = $1 AND status = 200",
-            )
-            .bind(key)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            n as usize >= count
-        }
-    })
-    .await;
-    sqlx::query_as(
-        "SELECT prompt_tokens, completion_tokens FROM usage_ledger \
-         WHERE key_id = $1 AND status = 200 ORDER BY created_at",
-    )
-    .bind(key)
-    .fetch_all(pool)
-    .await
-    .unwrap()
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_obleth-gateway");

@@ -410,12 +410,7 @@ async fn a_stream_reaches_the_client_chunk_by_chunk_before_the_upstream_finishes
     })
     .await
     .unwrap();
-    let (key, secret) = file_key(|_| {});
-    let mut settings = embedded_settings(vec![key]);
-    settings.providers = vec![openai_provider("up", &upstream.base_url())];
-    settings.routes = vec![route("m", &["up"])];
-    let gw = TestGateway::start(settings).await;
-    gw.wait_ready().await;
+    let (gw, secret) = gateway_over(&upstream).await;
     let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let started = Instant::now();
     let response = send(

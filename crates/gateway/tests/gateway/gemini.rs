@@ -27,13 +27,6 @@ async fn call(gw: &TestGateway, secret: &str, path: &str, body: Value) -> Answer
     .await
 }
 
-/// The data payloads of an OpenAI stream's events.
-fn chunks(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_owned))
-        .collect()
-}
-
 #[tokio::test]
 async fn gemini_and_vertex_serve_chat_completions_whole_streamed_and_with_tools() {
     let db = fresh_database().await.unwrap();
@@ -159,21 +152,7 @@ async fn gemini_and_vertex_serve_chat_completions_whole_streamed_and_with_tools(
     body["stream_options"] = json!({"include_usage": true});
     let answer = call(&gw, &secret, "/v1/chat/completions", body).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    let events = chunks(&answer.text());
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "{}",
-        answer.text()
-    );
-    let parsed: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text: String = parsed
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (parsed, text) = done_chunks(&answer.text());
     assert_eq!(text, "tok1 tok2 tok3 tok4 tok5");
     assert!(parsed
         .iter()
@@ -387,7 +366,7 @@ async fn gemini_and_vertex_serve_chat_completions_whole_streamed_and_with_tools(
     assert_eq!(upstream.requests(), before);
 
     // Usage rows for the ten served requests, the mock's counts.
-    let rows = wait_for_rows(&pool, key.id, 10).await;
+    let rows = usage_tokens(&pool, key.id, 10).await;
     assert_eq!(rows.len(), 10, "{rows:?}");
     assert_eq!(rows[8], (Some(4), None), "AI Studio embeddings: {rows:?}");
     assert_eq!(rows[9], (Some(3), None), "Vertex embeddings: {rows:?}");
@@ -408,35 +387,4 @@ async fn gemini_and_vertex_serve_chat_completions_whole_streamed_and_with_tools(
         (Some(4), Some(5)),
         "streamed without usage: {rows:?}"
     );
-}
-
-/// The prompt and completion tokens of the key's successful usage rows once
-/// there are `count`.
-async fn wait_for_rows(
-    pool: &sqlx::PgPool,
-    key: uuid::Uuid,
-    count: usize,
-) -> Vec<(Option<i32>, Option<i32>)> {
-    wait_until(std::time::Duration::from_secs(10), "the usage rows", || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM usage_ledger WHERE key_id = $1 AND status = 200",
-            )
-            .bind(key)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            n as usize >= count
-        }
-    })
-    .await;
-    sqlx::query_as(
-        "SELECT prompt_tokens, completion_tokens FROM usage_ledger \
-         WHERE key_id = $1 AND status = 200 ORDER BY created_at",
-    )
-    .bind(key)
-    .fetch_all(pool)
-    .await
-    .unwrap()
 }

@@ -344,12 +344,7 @@ async fn ten_thousand_random_model_names_add_no_metric_series() {
 #[tokio::test]
 async fn a_body_that_is_not_an_object_is_refused_before_anything_is_recorded() {
     let upstream = MockUpstream::start(MockConfig::default()).await.unwrap();
-    let (key, secret) = file_key(|_| {});
-    let mut settings = embedded_settings(vec![key]);
-    settings.providers = vec![openai_provider("up", &upstream.base_url())];
-    settings.routes = vec![route("m", &["up"])];
-    let gw = TestGateway::start(settings).await;
-    gw.wait_ready().await;
+    let (gw, secret) = gateway_over(&upstream).await;
     for body in [r#"["m"]"#, r#"["m", true]"#, r#""m""#] {
         let answer = request(
             http::Method::POST,

@@ -18,16 +18,7 @@ async fn send(gw: &TestGateway, key: &str, model: &str, stream: bool) -> Answer 
     if stream {
         body["stream"] = json!(true);
     }
-    request(
-        http::Method::POST,
-        &gw.url("/v1/chat/completions"),
-        &[
-            ("authorization", &format!("Bearer {key}")),
-            ("content-type", "application/json"),
-        ],
-        body.to_string(),
-    )
-    .await
+    post_chat(gw, key, body).await
 }
 
 #[tokio::test]
@@ -38,12 +29,7 @@ async fn model_requests_tokens_and_time_to_first_token_follow_the_requests() {
     })
     .await
     .unwrap();
-    let (key, secret) = file_key(|_| {});
-    let mut settings = embedded_settings(vec![key]);
-    settings.providers = vec![openai_provider("up", &upstream.base_url())];
-    settings.routes = vec![route("m", &["up"])];
-    let gw = TestGateway::start(settings).await;
-    gw.wait_ready().await;
+    let (gw, secret) = gateway_over(&upstream).await;
 
     // Two whole answers, three streamed ones, one made-up model.
     for stream in [false, false, true, true, true] {
@@ -139,12 +125,7 @@ async fn a_failed_upstream_counts_as_5xx_without_tokens_or_a_first_token() {
     })
     .await
     .unwrap();
-    let (key, secret) = file_key(|_| {});
-    let mut settings = embedded_settings(vec![key]);
-    settings.providers = vec![openai_provider("up", &upstream.base_url())];
-    settings.routes = vec![route("m", &["up"])];
-    let gw = TestGateway::start(settings).await;
-    gw.wait_ready().await;
+    let (gw, secret) = gateway_over(&upstream).await;
 
     for stream in [false, true] {
         let answer = send(&gw, &secret, "m", stream).await;

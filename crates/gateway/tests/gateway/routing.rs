@@ -32,21 +32,6 @@ fn weighted_route(model: &str, targets: &[(&str, u32, u32)]) -> RouteConfig {
     }
 }
 
-/// A streamed chat request with `key`, read whole.
-async fn chat_stream(gw: &TestGateway, key: &str, model: &str) -> Answer {
-    let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello there"}]});
-    request(
-        http::Method::POST,
-        &gw.url("/v1/chat/completions"),
-        &[
-            ("authorization", &format!("Bearer {key}")),
-            ("content-type", "application/json"),
-        ],
-        body.to_string(),
-    )
-    .await
-}
-
 /// An upstream that sends every answer's head at once and then no body
 /// byte for a minute: a model stuck before its first token.
 async fn stalled_upstream() -> (String, tokio::task::JoinHandle<()>) {

@@ -80,6 +80,17 @@ impl TestGateway {
 /// A chat request with `key`.
 pub async fn chat(gw: &TestGateway, key: &str, model: &str) -> Answer {
     let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]});
+    post_chat(gw, key, body).await
+}
+
+/// A streamed chat request with `key`, read whole.
+pub async fn chat_stream(gw: &TestGateway, key: &str, model: &str) -> Answer {
+    let body = serde_json::json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello there"}]});
+    post_chat(gw, key, body).await
+}
+
+/// `body` posted to `/v1/chat/completions` with `key`.
+pub async fn post_chat(gw: &TestGateway, key: &str, body: serde_json::Value) -> Answer {
     request(
         http::Method::POST,
         &gw.url("/v1/chat/completions"),
@@ -90,6 +101,18 @@ pub async fn chat(gw: &TestGateway, key: &str, model: &str) -> Answer {
         body.to_string(),
     )
     .await
+}
+
+/// An embedded gateway, ready, with one key and a route `m` to an OpenAI
+/// provider `up` at `upstream`; the key's secret.
+pub async fn gateway_over(upstream: &obleth_testkit::MockUpstream) -> (TestGateway, String) {
+    let (key, secret) = file_key(|_| {});
+    let mut settings = embedded_settings(vec![key]);
+    settings.providers = vec![openai_provider("up", &upstream.base_url())];
+    settings.routes = vec![route("m", &["up"])];
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+    (gw, secret)
 }
 
 /// Embedded settings: one mock provider and route `m`.
@@ -194,4 +217,64 @@ pub async fn metric(gw: &TestGateway, name: &str, labels: &[(&str, &str)]) -> f6
         .await
         .text();
     obleth_testkit::metrics::sum(&text, name, labels)
+}
+
+/// The data payloads of an OpenAI stream's events.
+pub fn chunks(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_owned))
+        .collect()
+}
+
+/// The chunks of an OpenAI stream that ended with `data: [DONE]`, parsed,
+/// and the text of their deltas.
+#[track_caller]
+pub fn done_chunks(text: &str) -> (Vec<serde_json::Value>, String) {
+    let events = chunks(text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let parsed: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let content = parsed
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    (parsed, content)
+}
+
+/// Waits (10 s at most) until `key` has `count` successful usage rows.
+pub async fn wait_for_usage_rows(pool: &PgPool, key: uuid::Uuid, count: usize) {
+    wait_until(Duration::from_secs(10), "the usage rows", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM usage_ledger WHERE key_id = $1 AND status = 200",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n as usize >= count
+        }
+    })
+    .await;
+}
+
+/// The prompt and completion tokens of `key`'s successful usage rows, oldest
+/// first, once there are `count`.
+pub async fn usage_tokens(
+    pool: &PgPool,
+    key: uuid::Uuid,
+    count: usize,
+) -> Vec<(Option<i32>, Option<i32>)> {
+    wait_for_usage_rows(pool, key, count).await;
+    sqlx::query_as(
+        "SELECT prompt_tokens, completion_tokens FROM usage_ledger \
+         WHERE key_id = $1 AND status = 200 ORDER BY created_at",
+    )
+    .bind(key)
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
