@@ -2,7 +2,9 @@
 //! applied `changes.seq` after every (re)connect, and a slow poll as a safety
 //! net. A revoked, edited or deleted key takes effect without a restart. When
 //! the log no longer continues what the feed read (pruned past it, rewound,
-//! or another server), it reloads everything instead (`history`).
+//! or another server), it reloads everything instead (`history`). No step
+//! waits on the database unbounded, and changes are applied from the query
+//! pool even while the LISTEN connection cannot be opened.
 
 use std::time::Duration;
 
@@ -41,6 +43,12 @@ pub async fn run(
             Err(e) => {
                 set_live(&state, false);
                 warn!(error = %e, "Change feed cannot listen; serving from the cache.");
+                // The query pool may answer when the session pool does not
+                // (`database.url` may take another route than `direct_url`,
+                // and a session that hung keeps its slot in the session
+                // pool): a revocation must not wait for the LISTEN
+                // connection. Not listening, the store stays incomplete.
+                let _ = catch_up(&state, &pool, &mut mark, false).await;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -50,7 +58,7 @@ pub async fn run(
             }
         };
         // Whatever happened while we were not listening is in the log.
-        if catch_up(&state, &pool, &mut mark).await.is_err() {
+        if catch_up(&state, &pool, &mut mark, true).await.is_err() {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -66,7 +74,7 @@ pub async fn run(
                 received = listener.try_recv() => match received {
                     Ok(Some(notification)) => {
                         debug!(payload = notification.payload(), "Change notified.");
-                        if catch_up(&state, &pool, &mut mark).await.is_err() {
+                        if catch_up(&state, &pool, &mut mark, true).await.is_err() {
                             break;
                         }
                     }
@@ -79,7 +87,7 @@ pub async fn run(
                     }
                 },
                 _ = tokio::time::sleep(poll) => {
-                    if catch_up(&state, &pool, &mut mark).await.is_err() {
+                    if catch_up(&state, &pool, &mut mark, true).await.is_err() {
                         break;
                     }
                 }
@@ -88,14 +96,29 @@ pub async fn run(
     }
 }
 
+/// How long opening the LISTEN connection (the pool's acquire, then the
+/// LISTEN) may take: a server that lets a session start and then never
+/// answers (a partition, a pooler waiting for a server) must not hold the
+/// feed, which catches up from the query pool meanwhile.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens the LISTEN connection from `session_pool`, whose connection it
-/// detaches: a pool on `database.direct_url`, never the query pool, which may
-/// be a transaction pooler.
+/// keeps: a pool on `database.direct_url`, never the query pool, which may
+/// be a transaction pooler. Fails after [`CONNECT_TIMEOUT`].
 pub async fn connect(session_pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(session_pool).await?;
-    listener.ignore_pool_close_event(true);
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
+    let open = async {
+        let mut listener = PgListener::connect_with(session_pool).await?;
+        listener.ignore_pool_close_event(true);
+        listener.listen(CHANNEL).await?;
+        Ok(listener)
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
+        Ok(opened) => opened,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer to LISTEN within {} s", CONNECT_TIMEOUT.as_secs()),
+        ))),
+    }
 }
 
 /// How long one catch-up may take before the database counts as unreachable:
@@ -104,10 +127,20 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Applies every change after `mark`, advancing it, each page within
 /// [`CATCH_UP_TIMEOUT`]; reloads everything instead when the log does not
-/// continue the mark (the reload has no such limit: it is a warm-up).
-async fn catch_up(state: &AppState, pool: &PgPool, mark: &mut FeedMark) -> Result<(), ()> {
+/// continue the mark (the reload is a warm-up: no limit on the whole, but
+/// each of its steps has one). Only while `listening` does a catch-up make
+/// the store complete: otherwise a change made after it would go unheard.
+async fn catch_up(
+    state: &AppState,
+    pool: &PgPool,
+    mark: &mut FeedMark,
+    listening: bool,
+) -> Result<(), ()> {
     loop {
-        let step = tokio::time::timeout(CATCH_UP_TIMEOUT, catch_up_inner(state, pool, mark));
+        let step = tokio::time::timeout(
+            CATCH_UP_TIMEOUT,
+            catch_up_inner(state, pool, mark, listening),
+        );
         match step.await {
             Ok(Ok(None)) => return Ok(()),
             Ok(Ok(Some(reason))) => *mark = reload(state, pool, mark, reason).await?,
@@ -133,6 +166,7 @@ async fn catch_up_inner(
     state: &AppState,
     pool: &PgPool,
     mark: &mut FeedMark,
+    listening: bool,
 ) -> Result<Option<ReloadReason>, ()> {
     loop {
         let read = async {
@@ -164,8 +198,10 @@ async fn catch_up_inner(
             break;
         }
     }
-    set_live(state, true);
-    state.health.feed_confirmed();
+    if listening {
+        set_live(state, true);
+        state.health.feed_confirmed();
+    }
     Ok(None)
 }
 

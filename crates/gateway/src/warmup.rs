@@ -3,6 +3,7 @@
 //! load again (with a sweep) when the change feed must reload everything.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
@@ -86,6 +87,23 @@ pub async fn wait_for_schema(
     }
 }
 
+/// How long one step of a load (a query, or a scan's next row) may take
+/// before the load fails: a partitioned network hangs queries instead of
+/// failing them, and the feed that reloads must not hang with it. A load
+/// that keeps making progress may take as long as it needs.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `query`, failed with a timeout after [`STEP_TIMEOUT`].
+async fn step<T>(query: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+    match tokio::time::timeout(STEP_TIMEOUT, query).await {
+        Ok(done) => done,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", STEP_TIMEOUT.as_secs()),
+        ))),
+    }
+}
+
 /// Concurrent scans of the key table in a warm-up.
 const WARMUP_SCANS: u32 = 4;
 /// Keys decoded before they are stored under one write lock.
@@ -127,9 +145,9 @@ pub async fn reload(state: &AppState, pool: &PgPool) -> Result<FeedMark, sqlx::E
 
 async fn load(state: &AppState, pool: &PgPool, sweep: bool) -> Result<FeedMark, sqlx::Error> {
     let started = Instant::now();
-    let mark = FeedMark::loaded(&obleth_config::db::changes::log_bounds(pool, 0).await?);
+    let mark = FeedMark::loaded(&step(obleth_config::db::changes::log_bounds(pool, 0)).await?);
     let scans = WARMUP_SCANS.min(state.settings.database.max_connections.max(1));
-    let blocks = key_store::key_table_blocks(pool).await?;
+    let blocks = step(key_store::key_table_blocks(pool)).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for range in BlockRange::split(scans, blocks) {
         tasks.spawn(scan(state.clone(), pool.clone(), range, sweep));
@@ -158,15 +176,15 @@ async fn load(state: &AppState, pool: &PgPool, sweep: bool) -> Result<FeedMark, 
     drop(seen);
     state.keys.warmed_up();
     let keys_loaded = started.elapsed();
-    let catalog = obleth_config::db::catalog::load_catalog(pool).await?;
+    let catalog = step(obleth_config::db::catalog::load_catalog(pool)).await?;
     state
         .catalog
         .set(Catalog::from_db(&catalog, &state.settings.egress));
     state
         .keys
-        .replace_teams(obleth_config::db::teams::list_teams(pool).await?);
-    state.prices.load_from_db(pool).await?;
-    let maintenance = obleth_config::db::settings::get_maintenance(pool).await?;
+        .replace_teams(step(obleth_config::db::teams::list_teams(pool)).await?);
+    step(state.prices.load_from_db(pool)).await?;
+    let maintenance = step(obleth_config::db::settings::get_maintenance(pool)).await?;
     apply_maintenance(state, &maintenance);
     let elapsed = started.elapsed();
     state.metrics.warmup_seconds.set(elapsed.as_secs_f64());
@@ -189,7 +207,8 @@ async fn load(state: &AppState, pool: &PgPool, sweep: bool) -> Result<FeedMark, 
 }
 
 /// Reads the active keys in `range` into the store, in batches; answers how
-/// many it read and, for a sweep, their ids.
+/// many it read and, for a sweep, their ids. Each row within
+/// [`STEP_TIMEOUT`].
 async fn scan(
     state: AppState,
     pool: PgPool,
@@ -200,7 +219,7 @@ async fn scan(
     let mut batch = Vec::with_capacity(WARMUP_BATCH);
     let mut ids = Vec::new();
     let mut count = 0;
-    while let Some(row) = rows.try_next().await? {
+    while let Some(row) = step(rows.try_next()).await? {
         count += 1;
         if let Some(entry) = Entry::new(KeyColumns::from_row(&row)?) {
             if sweep {

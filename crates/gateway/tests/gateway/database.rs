@@ -130,10 +130,16 @@ async fn a_database_outage_keeps_cached_keys_working_and_a_revoke_made_meanwhile
     pool.close().await;
 
     cluster.stop().unwrap();
+    // The feed's check, not the overall status: the quota sync may report
+    // its fallback (`degraded`) before the feed has seen its LISTEN
+    // connection end.
     wait_until(
         Duration::from_secs(20),
-        "health to say degraded",
-        || async { get_json(&gw.ops_url("/api/v1/health")).await.1["status"] == "degraded" },
+        "health to say the database is down",
+        || async {
+            get_json(&gw.ops_url("/api/v1/health")).await.1["checks"]["database"]["status"]
+                == "down"
+        },
     )
     .await;
     for _ in 0..10 {
@@ -151,6 +157,7 @@ async fn a_database_outage_keeps_cached_keys_working_and_a_revoke_made_meanwhile
         "still ready during the outage"
     );
     let health = get_json(&gw.ops_url("/api/v1/health")).await.1;
+    assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["checks"]["database"]["status"], "down", "{health}");
     assert!(
         health["checks"]["feed"]["staleness_seconds"]
@@ -183,10 +190,14 @@ async fn a_database_outage_keeps_cached_keys_working_and_a_revoke_made_meanwhile
         .await
         .unwrap()
         .unwrap();
+    // Refused either way: 403 when the feed applies the revocation as a
+    // change, 401 when the full reload the restart causes (`server_changed`)
+    // read the keys after the revocation and so left the key out. Which one
+    // depends on whether the feed was back before the test revoked.
     let took = wait_until(
         Duration::from_secs(30),
         "the revoke to apply after recovery",
-        || async { chat(&gw, &secret, "m").await.status == 403 },
+        || async { matches!(chat(&gw, &secret, "m").await.status, 401 | 403) },
     )
     .await;
     println!("revoke made at recovery applied after {took:?}");

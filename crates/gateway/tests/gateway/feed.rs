@@ -3,6 +3,8 @@
 //! server (a restart or failover) each make a full reload, after which the
 //! gateway is correct and follows changes again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use obleth_config::db::{changes, keys};
@@ -319,6 +321,160 @@ async fn another_server_incarnation_makes_a_reload_even_when_its_log_runs_ahead(
         || async { chat(&gw, &later_secret, "m").await.status == 200 },
     )
     .await;
+    gw.stop().await.unwrap();
+    role.drop(&pool).await;
+}
+
+/// A TCP forwarder on loopback to a PostgreSQL server. Once stalled, a
+/// session it opens logs in, then everything the client sends after the
+/// server's first ReadyForQuery is swallowed: a LISTEN (or any query) never
+/// gets an answer, as when a partition strikes just after the login. Such a
+/// session stays stalled until [`Stall::reset`] closes it, as the partition's
+/// end would reset it.
+struct Stall {
+    port: u16,
+    stalled: Arc<AtomicBool>,
+    reset: Arc<tokio::sync::watch::Sender<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stall {
+    async fn start(target: String) -> Stall {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let reset = Arc::new(tokio::sync::watch::channel(0).0);
+        let (stalling, resets) = (Arc::clone(&stalled), Arc::clone(&reset));
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let stalls = stalling.load(Ordering::SeqCst);
+                let mut reset = resets.subscribe();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = forward(client, server, stalls) => {}
+                        _ = reset.changed(), if stalls => {}
+                    }
+                });
+            }
+        });
+        Stall {
+            port,
+            stalled,
+            reset,
+            task,
+        }
+    }
+
+    /// `url` through this forwarder.
+    fn url(&self, url: &str) -> String {
+        let (head, rest) = url.rsplit_once('@').unwrap();
+        let (_, path) = rest.split_once('/').unwrap();
+        format!("{head}@127.0.0.1:{}/{path}", self.port)
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes every stalled session.
+    fn reset(&self) {
+        self.reset.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The server's target `host:port` in `url`.
+fn target(url: &str) -> String {
+    let (_, rest) = url.rsplit_once('@').unwrap();
+    rest.split_once('/').unwrap().0.to_owned()
+}
+
+/// Copies both ways; when `stalls`, drops what the client sends once it has
+/// logged in, keeping the connection open. The start-up packets (an SSL
+/// request, the startup message) begin with their length, a zero byte;
+/// every message after them with its type, a letter; and the client sends
+/// its first one only once the server has answered the login, so it starts
+/// a read.
+async fn forward(client: tokio::net::TcpStream, server: tokio::net::TcpStream, stalls: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    let down = async move {
+        let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+    };
+    let up = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut logged_in = false;
+        while let Ok(n) = client_rx.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            logged_in |= buf[0] != 0;
+            if stalls && logged_in {
+                continue;
+            }
+            if server_tx.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::join!(down, up);
+}
+
+#[tokio::test]
+async fn a_listen_connection_that_never_answers_does_not_hold_back_a_revoke() {
+    let db = fresh_database().await.unwrap();
+    let pool = migrated_database(&db.url).await;
+    // The LISTEN connection goes through the forwarder, as a role of its
+    // own, so the test can end just its sessions; the query pool does not.
+    let role = GatewayRole::create(&pool, &db).await;
+    let stall = Stall::start(target(&db.url)).await;
+    let mut settings = database_settings(&db.url, &pool).await;
+    settings.database.direct_url = Some(obleth_config::DatabaseUrl::new(
+        stall.url(&role.url(&db.url)),
+    ));
+    settings.database.acquire_timeout_ms = 500;
+    let (key, secret) = db_key(&pool, |_| {}).await;
+    let gw = TestGateway::start(settings).await;
+    gw.wait_ready().await;
+    assert_eq!(chat(&gw, &secret, "m").await.status, 200);
+
+    // Every new session on the direct URL now logs in and then hangs: the
+    // feed's LISTEN connection, ended here, cannot be opened again. Each
+    // hung session keeps its slot in the session pool (sqlx tests a
+    // connection it gets back, and that test hangs too), so the feed soon
+    // cannot even try, and stops listening: the revocation made then
+    // reaches it only by a catch-up from the query pool. (At times its
+    // listener instead waits on a session for good, while its poll goes on
+    // catching up: the revocation then comes by the poll.)
+    stall.stall(true);
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        .bind(&role.name)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), wait_feed_down(&gw)).await;
+    keys::revoke_key(&pool, key.id).await.unwrap().unwrap();
+    let took = wait_until(
+        Duration::from_secs(30),
+        "the revoke to apply without a LISTEN connection",
+        || async { chat(&gw, &secret, "m").await.status == 403 },
+    )
+    .await;
+    println!("revoke applied without LISTEN after {took:?}");
+
+    // Once the partition ends (the hung sessions reset), the feed listens again.
+    stall.stall(false);
+    stall.reset();
+    wait_feed_caught_up(&gw).await;
     gw.stop().await.unwrap();
     role.drop(&pool).await;
 }
