@@ -4,9 +4,9 @@
 //! cannot be kept is counted in `obleth_usage_dropped_total` and logged.
 //!
 //! A record does not wake the writer: the writer empties the channel on its
-//! flush timer, and a request wakes it only when the channel holds a full
-//! batch, so at a steady rate it wakes a few times a flush interval rather
-//! than once a request.
+//! flush timer, and a request wakes it only when the channel holds enough to
+//! complete a batch, so at a steady rate it wakes a few times a flush
+//! interval rather than once a request.
 //!
 //! Intake never waits on the database: at most one write is in flight, as a
 //! future polled in the same `select!` as the timer, so records keep moving
@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,10 +56,7 @@ pub fn dropped_by_reason(metrics: &Metrics) -> UsageDropped {
 #[derive(Debug, Clone)]
 pub struct UsageSink {
     tx: mpsc::Sender<UsageEvent>,
-    /// Wakes the writer before its timer: a batch is waiting in the channel.
-    batch_waiting: Arc<Notify>,
-    /// Records in the channel that make a batch worth waking the writer for.
-    wake_at_depth: usize,
+    wake: Arc<Wake>,
     metrics: Metrics,
     /// `obleth_usage_dropped_total{reason="no_database"}` when there is no
     /// database to write to (embedded mode); `None` with a database.
@@ -86,8 +84,8 @@ impl UsageSink {
                 // Two atomic loads; `notify_one` only when a batch waits, and
                 // then it wakes the writer once however many callers see it.
                 let depth = self.tx.max_capacity() - self.tx.capacity();
-                if depth >= self.wake_at_depth {
-                    self.batch_waiting.notify_one();
+                if depth >= self.wake.at_depth.load(Ordering::Relaxed) {
+                    self.wake.batch_waiting.notify_one();
                 }
             }
             Err(mpsc::error::TrySendError::Full(event)) => {
@@ -118,11 +116,13 @@ pub fn start(
     final_flush: Duration,
 ) -> (UsageSink, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(settings.queue_capacity);
-    let batch_waiting = Arc::new(Notify::new());
+    let wake = Arc::new(Wake {
+        batch_waiting: Notify::new(),
+        at_depth: AtomicUsize::new(wake_at_depth(settings, 0)),
+    });
     let sink = UsageSink {
         tx,
-        batch_waiting: batch_waiting.clone(),
-        wake_at_depth: wake_at_depth(settings),
+        wake: wake.clone(),
         no_database: pool
             .is_none()
             .then(|| metrics.usage_dropped.with_label_values(&["no_database"])),
@@ -132,7 +132,7 @@ pub fn start(
     let writer = Writer {
         pool,
         rx,
-        batch_waiting,
+        wake,
         buffer: VecDeque::new(),
         in_flight: 0,
         settings: settings.clone(),
@@ -140,7 +140,8 @@ pub fn start(
         interval,
         backoff: interval,
         retry_at: Instant::now(),
-        due: false,
+        due_at: None,
+        last_take: Instant::now(),
         taken: 0,
         drop_log: RateLimitedLog::new(DROP_LOG_EVERY),
     };
@@ -148,11 +149,23 @@ pub fn start(
     (sink, handle)
 }
 
-/// The channel depth at which a request wakes the writer: a batch, or half
+/// How requests wake the writer before its flush tick.
+#[derive(Debug)]
+struct Wake {
+    batch_waiting: Notify,
+    /// The channel depth at which a request wakes the writer, which the
+    /// writer sets after each change of its buffer.
+    at_depth: AtomicUsize,
+}
+
+/// The channel depth that completes a batch with the `held` records the
+/// buffer holds (a whole batch when it holds one or more already), or half
 /// the channel if that is smaller, so a small channel is emptied before it
 /// fills and refuses records.
-fn wake_at_depth(settings: &UsageSettings) -> usize {
-    settings.batch_size.min(settings.queue_capacity / 2).max(1)
+fn wake_at_depth(settings: &UsageSettings, held: usize) -> usize {
+    let batch = settings.batch_size;
+    let missing = if held < batch { batch - held } else { batch };
+    missing.min(settings.queue_capacity / 2).max(1)
 }
 
 /// One batch being written, and how it went. The batch comes back so that a
@@ -167,7 +180,7 @@ type Write = Pin<Box<dyn Future<Output = Written> + Send>>;
 struct Writer {
     pool: Option<PgPool>,
     rx: mpsc::Receiver<UsageEvent>,
-    batch_waiting: Arc<Notify>,
+    wake: Arc<Wake>,
     /// Records waiting for a write, oldest first.
     buffer: VecDeque<UsageEvent>,
     /// Records in the write under way; with `buffer`, at most `buffer_max`.
@@ -179,10 +192,12 @@ struct Writer {
     backoff: Duration,
     /// No write starts before this (after a failure).
     retry_at: Instant,
-    /// Every buffered record is due: a flush tick has come since the newest
-    /// was queued (so none waits much past `flush_interval_ms`), or a write
-    /// failed.
-    due: bool,
+    /// When the oldest buffered record has waited at most
+    /// `flush_interval_ms`: one interval after the channel was last emptied
+    /// before the record was taken (it was sent after that).
+    due_at: Option<Instant>,
+    /// When the channel was last emptied.
+    last_take: Instant,
     /// Records taken from the channel over the writer's life.
     taken: u64,
     drop_log: RateLimitedLog,
@@ -213,16 +228,15 @@ impl Writer {
             let wake = self.wake_at(write.is_some());
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tick.tick() => {
-                    // Every record queued since the last tick has waited at
-                    // most one interval: take it and write it now.
-                    if !self.take_queued() {
+                // A tick's deadline, not the time it ran: records sent since
+                // then are taken now, so they count as waiting from it.
+                at = tick.tick() => {
+                    if !self.take_queued(at) {
                         break;
                     }
-                    self.due = !self.buffer.is_empty();
                 }
-                _ = self.batch_waiting.notified() => {
-                    if !self.take_queued() {
+                _ = self.wake.batch_waiting.notified() => {
+                    if !self.take_queued(Instant::now()) {
                         break;
                     }
                 }
@@ -277,16 +291,24 @@ impl Writer {
     /// Moves what is queued in the channel into the buffer, at most a full
     /// channel's worth (so requests that keep sending cannot hold the task);
     /// answers false once the channel is closed and empty (every sender
-    /// dropped).
-    fn take_queued(&mut self) -> bool {
+    /// dropped). `at` is no later than the first `try_recv`.
+    fn take_queued(&mut self, at: Instant) -> bool {
+        let mut open = true;
         for _ in 0..self.settings.queue_capacity {
             match self.rx.try_recv() {
                 Ok(event) => self.take(event),
-                Err(mpsc::error::TryRecvError::Empty) => return true,
-                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.last_take = at;
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
             }
         }
-        true
+        self.set_wake_depth();
+        open
     }
 
     /// Moves a record from the channel into the buffer. Past `buffer_max`
@@ -316,6 +338,10 @@ impl Writer {
             self.log_drop();
         }
         if let Some(event) = event {
+            if self.buffer.is_empty() && self.due_at.is_none() {
+                // Sent after the channel was last emptied.
+                self.due_at = Some(self.last_take + self.interval);
+            }
             self.buffer.push_back(event);
         }
         self.set_buffered_gauge();
@@ -330,6 +356,11 @@ impl Writer {
         }
     }
 
+    fn set_wake_depth(&self) {
+        let depth = wake_at_depth(&self.settings, self.buffer.len());
+        self.wake.at_depth.store(depth, Ordering::Relaxed);
+    }
+
     fn set_buffered_gauge(&self) {
         let held = self.buffer.len() + self.in_flight;
         self.metrics
@@ -338,18 +369,24 @@ impl Writer {
     }
 
     /// A write may start: records wait, any back-off has passed, and either a
-    /// batch is full or the records are due.
+    /// batch is full or the oldest record is due.
     fn ready(&self, now: Instant) -> bool {
         !self.buffer.is_empty()
             && now >= self.retry_at
-            && (self.buffer.len() >= self.settings.batch_size || self.due)
+            && (self.buffer.len() >= self.settings.batch_size
+                || self.due_at.is_some_and(|due| now >= due))
     }
 
-    /// When the loop must wake to start a write (after a back-off), if
-    /// neither the timer nor a waiting batch wakes it first.
+    /// When the loop must wake to start a write, if neither the tick nor a
+    /// request wakes it first.
     fn wake_at(&self, writing: bool) -> Option<Instant> {
-        let waiting = self.buffer.len() >= self.settings.batch_size || self.due;
-        (!writing && !self.buffer.is_empty() && waiting).then_some(self.retry_at)
+        if writing || self.buffer.is_empty() {
+            return None;
+        }
+        if self.buffer.len() >= self.settings.batch_size {
+            return Some(self.retry_at);
+        }
+        self.due_at.map(|due| due.max(self.retry_at))
     }
 
     /// Moves the oldest batch out of the buffer into a write.
@@ -362,8 +399,9 @@ impl Writer {
         let batch: Vec<UsageEvent> = self.buffer.drain(..n).collect();
         self.in_flight = n;
         if self.buffer.is_empty() {
-            self.due = false;
+            self.due_at = None;
         }
+        self.set_wake_depth();
         Some(Box::pin(async move {
             let insert = obleth_config::db::usage::insert_usage(&pool, &batch);
             let result = match tokio::time::timeout(WRITE_TIMEOUT, insert).await {
@@ -394,7 +432,7 @@ impl Writer {
                 for event in outcome.batch.into_iter().rev() {
                     self.buffer.push_front(event);
                 }
-                self.due = true;
+                self.due_at = Some(Instant::now());
                 self.retry_at = Instant::now() + self.backoff;
                 warn!(
                     error = %e,
@@ -408,6 +446,7 @@ impl Writer {
             }
         };
         self.set_buffered_gauge();
+        self.set_wake_depth();
         ok
     }
 }
@@ -471,6 +510,24 @@ mod tests {
             flush_interval_ms: 3_600_000,
             ..UsageSettings::default()
         }
+    }
+
+    #[test]
+    fn the_wake_depth_completes_a_batch_with_what_the_buffer_holds() {
+        let check = |queue_capacity: usize, held: usize, expected: usize| {
+            let settings = UsageSettings {
+                queue_capacity,
+                ..settings()
+            };
+            assert_eq!(wake_at_depth(&settings, held), expected, "held {held}");
+        };
+        check(1_000, 0, 5);
+        check(1_000, 3, 2);
+        check(1_000, 4, 1);
+        check(1_000, 5, 5);
+        check(1_000, 9, 5);
+        check(4, 0, 2);
+        check(1, 0, 1);
     }
 
     #[tokio::test]
