@@ -3,21 +3,28 @@
 //! database is away, and flushes everything it can at shutdown. A record that
 //! cannot be kept is counted in `obleth_usage_dropped_total` and logged.
 //!
+//! A record does not wake the writer: the writer empties the channel on its
+//! flush timer, and a request wakes it only when the channel holds enough to
+//! complete a batch, so at a steady rate it wakes a few times a flush
+//! interval rather than once a request.
+//!
 //! Intake never waits on the database: at most one write is in flight, as a
-//! future polled in the same `select!` as the channel, so records keep moving
+//! future polled in the same `select!` as the timer, so records keep moving
 //! from the channel into the buffer while a write runs or backs off.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use obleth_config::db::nodes::{UsageDropped, USAGE_DROP_REASONS};
 use obleth_config::model::UsageEvent;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -49,6 +56,7 @@ pub fn dropped_by_reason(metrics: &Metrics) -> UsageDropped {
 #[derive(Debug, Clone)]
 pub struct UsageSink {
     tx: mpsc::Sender<UsageEvent>,
+    wake: Arc<Wake>,
     metrics: Metrics,
     /// `obleth_usage_dropped_total{reason="no_database"}` when there is no
     /// database to write to (embedded mode); `None` with a database.
@@ -67,9 +75,19 @@ impl UsageSink {
     }
 
     /// Queues a record without waiting; a full queue drops it, counted.
+    /// Only a record that leaves a batch waiting in the channel wakes the
+    /// writer; the rest wait for its flush timer.
     pub fn record(&self, event: UsageEvent) {
         match self.tx.try_send(event) {
-            Ok(()) => self.metrics.usage_queue_depth.inc(),
+            Ok(()) => {
+                self.metrics.usage_queue_depth.inc();
+                // Two atomic loads; `notify_one` only when a batch waits, and
+                // then it wakes the writer once however many callers see it.
+                let depth = self.tx.max_capacity() - self.tx.capacity();
+                if depth >= self.wake.at_depth.load(Ordering::Relaxed) {
+                    self.wake.batch_waiting.notify_one();
+                }
+            }
             Err(mpsc::error::TrySendError::Full(event)) => {
                 self.metrics
                     .usage_dropped
@@ -98,8 +116,13 @@ pub fn start(
     final_flush: Duration,
 ) -> (UsageSink, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(settings.queue_capacity);
+    let wake = Arc::new(Wake {
+        batch_waiting: Notify::new(),
+        at_depth: AtomicUsize::new(wake_at_depth(settings, 0)),
+    });
     let sink = UsageSink {
         tx,
+        wake: wake.clone(),
         no_database: pool
             .is_none()
             .then(|| metrics.usage_dropped.with_label_values(&["no_database"])),
@@ -109,6 +132,7 @@ pub fn start(
     let writer = Writer {
         pool,
         rx,
+        wake,
         buffer: VecDeque::new(),
         in_flight: 0,
         settings: settings.clone(),
@@ -117,10 +141,31 @@ pub fn start(
         backoff: interval,
         retry_at: Instant::now(),
         due_at: None,
+        last_take: Instant::now(),
+        taken: 0,
         drop_log: RateLimitedLog::new(DROP_LOG_EVERY),
     };
     let handle = tokio::spawn(writer.run(stop, final_flush));
     (sink, handle)
+}
+
+/// How requests wake the writer before its flush tick.
+#[derive(Debug)]
+struct Wake {
+    batch_waiting: Notify,
+    /// The channel depth at which a request wakes the writer, which the
+    /// writer sets after each change of its buffer.
+    at_depth: AtomicUsize,
+}
+
+/// The channel depth that completes a batch with the `held` records the
+/// buffer holds (a whole batch when it holds one or more already), or half
+/// the channel if that is smaller, so a small channel is emptied before it
+/// fills and refuses records.
+fn wake_at_depth(settings: &UsageSettings, held: usize) -> usize {
+    let batch = settings.batch_size;
+    let missing = if held < batch { batch - held } else { batch };
+    missing.min(settings.queue_capacity / 2).max(1)
 }
 
 /// One batch being written, and how it went. The batch comes back so that a
@@ -135,6 +180,7 @@ type Write = Pin<Box<dyn Future<Output = Written> + Send>>;
 struct Writer {
     pool: Option<PgPool>,
     rx: mpsc::Receiver<UsageEvent>,
+    wake: Arc<Wake>,
     /// Records waiting for a write, oldest first.
     buffer: VecDeque<UsageEvent>,
     /// Records in the write under way; with `buffer`, at most `buffer_max`.
@@ -146,8 +192,14 @@ struct Writer {
     backoff: Duration,
     /// No write starts before this (after a failure).
     retry_at: Instant,
-    /// When the oldest buffered record has waited `flush_interval_ms`.
+    /// When the oldest buffered record has waited at most
+    /// `flush_interval_ms`: one interval after the channel was last emptied
+    /// before the record was taken (it was sent after that).
     due_at: Option<Instant>,
+    /// When the channel was last emptied.
+    last_take: Instant,
+    /// Records taken from the channel over the writer's life.
+    taken: u64,
     drop_log: RateLimitedLog,
 }
 
@@ -162,6 +214,13 @@ async fn written(write: &mut Option<Write>) -> Written {
 impl Writer {
     async fn run(mut self, stop: CancellationToken, final_flush: Duration) {
         let mut write: Option<Write> = None;
+        // The first tick one interval from now: a tick at start would find
+        // nothing.
+        let mut tick = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Times the loop woke, logged at stop beside the records taken: the
+        // writer's cost to the runtime.
+        let mut wakeups: u64 = 0;
         loop {
             if write.is_none() && self.ready(Instant::now()) {
                 write = self.start_write();
@@ -169,26 +228,25 @@ impl Writer {
             let wake = self.wake_at(write.is_some());
             tokio::select! {
                 _ = stop.cancelled() => break,
-                received = self.rx.recv() => match received {
-                    Some(event) => {
-                        self.take(event);
-                        // Take what else is queued, a batch at most, so a burst
-                        // costs one pass of this loop rather than one per record.
-                        for _ in 1..self.settings.batch_size {
-                            match self.rx.try_recv() {
-                                Ok(event) => self.take(event),
-                                Err(_) => break,
-                            }
-                        }
+                // A tick's deadline, not the time it ran: records sent since
+                // then are taken now, so they count as waiting from it.
+                at = tick.tick() => {
+                    if !self.take_queued(at) {
+                        break;
                     }
-                    None => break,
-                },
+                }
+                _ = self.wake.batch_waiting.notified() => {
+                    if !self.take_queued(Instant::now()) {
+                        break;
+                    }
+                }
                 outcome = written(&mut write) => {
                     write = None;
                     self.finished(outcome);
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
             }
+            wakeups += 1;
         }
         // Shutdown: close the channel first, so a record sent from now on is
         // refused and counted by the sender, then take everything queued.
@@ -227,13 +285,37 @@ impl Writer {
                 "Usage records could not be written before exit."
             );
         }
-        info!("Usage writer stopped.");
+        info!(wakeups, records = self.taken, "Usage writer stopped.");
+    }
+
+    /// Moves what is queued in the channel into the buffer, at most a full
+    /// channel's worth (so requests that keep sending cannot hold the task);
+    /// answers false once the channel is closed and empty (every sender
+    /// dropped). `at` is no later than the first `try_recv`.
+    fn take_queued(&mut self, at: Instant) -> bool {
+        let mut open = true;
+        for _ in 0..self.settings.queue_capacity {
+            match self.rx.try_recv() {
+                Ok(event) => self.take(event),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.last_take = at;
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        self.set_wake_depth();
+        open
     }
 
     /// Moves a record from the channel into the buffer. Past `buffer_max`
     /// (buffer and the write under way together) the oldest buffered record
     /// is dropped, counted.
     fn take(&mut self, event: UsageEvent) {
+        self.taken += 1;
         self.metrics.usage_queue_depth.dec();
         if self.pool.is_none() {
             self.metrics
@@ -257,7 +339,8 @@ impl Writer {
         }
         if let Some(event) = event {
             if self.buffer.is_empty() && self.due_at.is_none() {
-                self.due_at = Some(Instant::now() + self.interval);
+                // Sent after the channel was last emptied.
+                self.due_at = Some(self.last_take + self.interval);
             }
             self.buffer.push_back(event);
         }
@@ -273,6 +356,11 @@ impl Writer {
         }
     }
 
+    fn set_wake_depth(&self) {
+        let depth = wake_at_depth(&self.settings, self.buffer.len());
+        self.wake.at_depth.store(depth, Ordering::Relaxed);
+    }
+
     fn set_buffered_gauge(&self) {
         let held = self.buffer.len() + self.in_flight;
         self.metrics
@@ -281,7 +369,7 @@ impl Writer {
     }
 
     /// A write may start: records wait, any back-off has passed, and either a
-    /// batch is full or the oldest record has waited the flush interval.
+    /// batch is full or the oldest record is due.
     fn ready(&self, now: Instant) -> bool {
         !self.buffer.is_empty()
             && now >= self.retry_at
@@ -289,7 +377,8 @@ impl Writer {
                 || self.due_at.is_some_and(|due| now >= due))
     }
 
-    /// When the loop must wake to start a write, if no record arrives first.
+    /// When the loop must wake to start a write, if neither the tick nor a
+    /// request wakes it first.
     fn wake_at(&self, writing: bool) -> Option<Instant> {
         if writing || self.buffer.is_empty() {
             return None;
@@ -312,6 +401,7 @@ impl Writer {
         if self.buffer.is_empty() {
             self.due_at = None;
         }
+        self.set_wake_depth();
         Some(Box::pin(async move {
             let insert = obleth_config::db::usage::insert_usage(&pool, &batch);
             let result = match tokio::time::timeout(WRITE_TIMEOUT, insert).await {
@@ -356,10 +446,175 @@ impl Writer {
             }
         };
         self.set_buffered_gauge();
+        self.set_wake_depth();
         ok
     }
 }
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> UsageEvent {
+        UsageEvent {
+            request_id: uuid::Uuid::new_v4(),
+            key_id: None,
+            model: "m".to_owned(),
+            provider: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            total_tokens: None,
+            status: 200,
+            latency_ms: 1,
+            streamed: false,
+            node_id: None,
+            created_at: chrono::Utc::now(),
+            cost_micros: None,
+            estimated: false,
+            team_id: None,
+        }
+    }
+
+    /// A writer with no database: it takes records from the channel (the
+    /// queue depth gauge falls) and counts them dropped, which shows when it
+    /// ran without a database to wait for.
+    fn writer(settings: &UsageSettings) -> (UsageSink, Metrics, CancellationToken, JoinHandle<()>) {
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let (sink, task) = start(
+            None,
+            settings,
+            metrics.clone(),
+            stop.clone(),
+            Duration::from_secs(1),
+        );
+        (sink, metrics, stop, task)
+    }
+
+    /// Lets the writer (on this test's single-threaded runtime) run
+    /// whatever it was woken for.
+    async fn let_run() {
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A flush interval no test waits out.
+    fn settings() -> UsageSettings {
+        UsageSettings {
+            batch_size: 5,
+            flush_interval_ms: 3_600_000,
+            ..UsageSettings::default()
+        }
+    }
+
+    #[test]
+    fn the_wake_depth_completes_a_batch_with_what_the_buffer_holds() {
+        let check = |queue_capacity: usize, held: usize, expected: usize| {
+            let settings = UsageSettings {
+                queue_capacity,
+                ..settings()
+            };
+            assert_eq!(wake_at_depth(&settings, held), expected, "held {held}");
+        };
+        check(1_000, 0, 5);
+        check(1_000, 3, 2);
+        check(1_000, 4, 1);
+        check(1_000, 5, 5);
+        check(1_000, 9, 5);
+        check(4, 0, 2);
+        check(1, 0, 1);
+    }
+
+    #[tokio::test]
+    async fn a_record_does_not_wake_the_writer_a_full_batch_does() {
+        let (sink, metrics, stop, task) = writer(&settings());
+        let_run().await;
+
+        for _ in 0..4 {
+            sink.record(event());
+            let_run().await;
+        }
+        assert_eq!(
+            metrics.usage_queue_depth.get(),
+            4,
+            "less than a batch waits"
+        );
+
+        sink.record(event());
+        let_run().await;
+        assert_eq!(
+            metrics.usage_queue_depth.get(),
+            0,
+            "a batch is taken at once"
+        );
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_record_is_taken_at_the_flush_tick() {
+        let settings = UsageSettings {
+            flush_interval_ms: 20,
+            ..settings()
+        };
+        let (sink, metrics, stop, task) = writer(&settings);
+
+        sink.record(event());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metrics.usage_queue_depth.get() > 0 {
+            assert!(Instant::now() < deadline, "the record was never taken");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            metrics
+                .usage_dropped
+                .with_label_values(&["no_database"])
+                .get(),
+            1
+        );
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_small_channel_wakes_the_writer_when_half_full() {
+        let settings = UsageSettings {
+            queue_capacity: 4,
+            ..settings()
+        };
+        let (sink, metrics, stop, task) = writer(&settings);
+        let_run().await;
+
+        sink.record(event());
+        let_run().await;
+        assert_eq!(metrics.usage_queue_depth.get(), 1);
+        sink.record(event());
+        let_run().await;
+        assert_eq!(metrics.usage_queue_depth.get(), 0);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn records_queued_at_stop_are_taken_and_later_ones_refused_and_counted() {
+        let (sink, metrics, stop, task) = writer(&settings());
+        let_run().await;
+        for _ in 0..3 {
+            sink.record(event());
+        }
+
+        stop.cancel();
+        task.await.unwrap();
+        sink.record(event());
+
+        assert_eq!(metrics.usage_queue_depth.get(), 0);
+        let dropped = |reason: &str| metrics.usage_dropped.with_label_values(&[reason]).get();
+        assert_eq!(dropped("no_database"), 3, "taken by the writer");
+        assert_eq!(dropped("shutdown"), 1, "refused after the stop");
+    }
 }
