@@ -168,6 +168,9 @@ async fn resolve_miss(state: &AppState, hash: Hash) -> Result<KeyRecord, ApiErro
 /// A key found by a previous secret whose overlap has ended is stored but
 /// does not authenticate.
 async fn lookup(state: &AppState, pool: &PgPool, hash: Hash) -> Outcome {
+    // What the store held when the read started: a change the feed applies
+    // meanwhile is newer than what the read answers.
+    let since = state.keys.generation();
     let query = obleth_config::db::keys::key_by_hash(pool, &hash);
     let found = match tokio::time::timeout(LOOKUP_TIMEOUT, query).await {
         Ok(result) => result.map_err(|e| e.to_string()),
@@ -178,13 +181,13 @@ async fn lookup(state: &AppState, pool: &PgPool, hash: Hash) -> Outcome {
             let now = Utc::now();
             let authenticates = apikey::hashes_equal(&key.secret_hash, &hash)
                 || key.previous_secret_valid(&hash, now);
-            match state.keys.store(key) {
+            match state.keys.store_looked_up(key, since) {
                 Some(record) if authenticates => ("found", Outcome::Found(record)),
                 _ => ("found", Outcome::Unknown),
             }
         }
         Ok(None) => {
-            state.keys.remember_unknown(hash);
+            state.keys.remember_unknown(hash, since);
             ("unknown", Outcome::Unknown)
         }
         Err(e) => {

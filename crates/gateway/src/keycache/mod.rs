@@ -9,7 +9,7 @@ mod record;
 mod table;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -59,6 +59,11 @@ struct Inner {
     misses: MissGate,
     /// Every team, by id: the limits its keys share.
     teams: RwLock<HashMap<Uuid, Arc<Team>>>,
+    /// Bumped by every write of the database's newer state: the feed's
+    /// inserts and removals, a reload's sweep, an embedded reload. A lookup
+    /// that read a key before one of them may hold an older copy (a key
+    /// revoked meanwhile), which must not replace the newer one.
+    changes: AtomicU64,
 }
 
 impl KeyCache {
@@ -75,6 +80,7 @@ impl KeyCache {
             overflowed: AtomicBool::new(false),
             misses: MissGate::new(settings.miss_lookups_per_sec),
             teams: RwLock::default(),
+            changes: AtomicU64::new(0),
         }))
     }
 
@@ -104,23 +110,47 @@ impl KeyCache {
     }
 
     /// Stores or replaces a key under its secret's hash and, during a
-    /// rotation's overlap, its previous secret's hash. Negative entries for
-    /// those hashes are forgotten (a key created after a failed lookup must
-    /// work at once). A new key past `max_keys` is not stored, and the store
-    /// is marked incomplete from then on.
+    /// rotation's overlap, its previous secret's hash: the database's
+    /// current state (the change feed). Negative entries for those hashes
+    /// are forgotten (a key created after a failed lookup must work at
+    /// once). A new key past `max_keys` is not stored, and the store is
+    /// marked incomplete from then on.
     pub fn insert(&self, key: ApiKey) {
-        self.store(key);
+        self.put(key, None);
     }
 
-    /// [`KeyCache::insert`], answering the key's record (also when it was
-    /// not stored for `max_keys`); none for a hash that is not 32 bytes.
-    pub fn store(&self, key: ApiKey) -> Option<KeyRecord> {
+    /// Where a database lookup of a miss starts: pass it to
+    /// [`KeyCache::store_looked_up`] and [`KeyCache::remember_unknown`].
+    pub fn generation(&self) -> u64 {
+        self.0.changes.load(Ordering::Acquire)
+    }
+
+    /// Stores a key a lookup read after [`KeyCache::generation`] answered
+    /// `since`, answering its record (also when not stored); none for a
+    /// hash that is not 32 bytes. When the feed or a reload wrote the store
+    /// since, the read may be older than what the store holds (the key
+    /// revoked meanwhile): the record still answers the request that looked
+    /// it up, which ran concurrently with the change, but is not stored.
+    pub fn store_looked_up(&self, key: ApiKey, since: u64) -> Option<KeyRecord> {
+        self.put(key, Some(since))
+    }
+
+    fn put(&self, key: ApiKey, looked_up_since: Option<u64>) -> Option<KeyRecord> {
         let entry = Entry::new(KeyColumns::of_key(&key))?;
+        let now = record::micros(Utc::now());
+        let mut table = self.write();
+        match looked_up_since {
+            Some(since) if self.0.changes.load(Ordering::Acquire) != since => {
+                return Some(table.record_of(entry));
+            }
+            Some(_) => {}
+            None => {
+                self.0.changes.fetch_add(1, Ordering::AcqRel);
+            }
+        }
         for h in entry.hashes() {
             self.0.negative.invalidate(h);
         }
-        let now = record::micros(Utc::now());
-        let mut table = self.write();
         let record = match table.upsert(entry, now, self.0.max_keys) {
             Ok(record) => record.clone(),
             Err(entry) => {
@@ -164,7 +194,9 @@ impl KeyCache {
 
     /// Forgets a deleted key.
     pub fn remove_id(&self, id: &Uuid) {
-        self.write().remove_id(id);
+        let mut table = self.write();
+        self.0.changes.fetch_add(1, Ordering::AcqRel);
+        table.remove_id(id);
     }
 
     /// Forgets every key whose id is not in `seen` (a full reload's sweep:
@@ -172,6 +204,9 @@ impl KeyCache {
     /// how many. The ids are found under the read lock and removed a
     /// chunk a write lock, so requests wait for one chunk at most.
     pub fn retain_ids(&self, seen: &HashSet<Uuid>) -> usize {
+        // A lookup that read a key before the reload's scans stores it
+        // before this bump (and is swept below) or not at all.
+        self.0.changes.fetch_add(1, Ordering::AcqRel);
         let gone = self.read().ids_not(|id| seen.contains(id));
         for chunk in gone.chunks(4096) {
             let mut table = self.write();
@@ -182,8 +217,14 @@ impl KeyCache {
         gone.len()
     }
 
-    pub fn remember_unknown(&self, hash: Hash) {
-        self.0.negative.insert(hash, ());
+    /// Remembers that a lookup started at generation `since` found no key
+    /// for `hash`; not when the store changed since (the key may have been
+    /// created meanwhile, and must work at once).
+    pub fn remember_unknown(&self, hash: Hash, since: u64) {
+        let _table = self.read();
+        if self.0.changes.load(Ordering::Acquire) == since {
+            self.0.negative.insert(hash, ());
+        }
     }
 
     /// Makes the store hold exactly `keys` (embedded mode reload); the store
@@ -198,7 +239,10 @@ impl KeyCache {
                 overflowed |= fresh.upsert(entry, now, self.0.max_keys).is_err();
             }
         }
-        *self.write() = fresh;
+        let mut table = self.write();
+        self.0.changes.fetch_add(1, Ordering::AcqRel);
+        *table = fresh;
+        drop(table);
         self.0.negative.invalidate_all();
         self.0.overflowed.store(overflowed, Ordering::Release);
         self.set_warmed();
@@ -338,7 +382,7 @@ mod tests {
     #[test]
     fn a_stored_key_clears_its_negative_entry_and_removal_forgets_it() {
         let cache = KeyCache::new(&CacheSettings::default());
-        cache.remember_unknown([9; 32]);
+        cache.remember_unknown([9; 32], cache.generation());
         assert!(matches!(cache.get(&[9; 32]), Lookup::KnownUnknown));
         let k = key(9);
         let id = k.id;
@@ -347,6 +391,49 @@ mod tests {
         cache.remove_id(&id);
         assert!(matches!(cache.get(&[9; 32]), Lookup::Miss));
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_lookup_older_than_the_feeds_change_never_replaces_it() {
+        let cache = KeyCache::new(&CacheSettings::default());
+        let active = key(5);
+        let mut revoked = active.clone();
+        revoked.revoked_at = Some(chrono::Utc::now());
+        // A miss is looked up; before its answer is stored, the feed applies
+        // the key's revocation.
+        let since = cache.generation();
+        cache.insert(revoked);
+        let record = cache.store_looked_up(active.clone(), since).unwrap();
+        assert!(!record.is_revoked(), "the lookup's own request is answered");
+        match cache.get(&[5; 32]) {
+            Lookup::Hit(held) => assert!(held.is_revoked(), "the revocation stays"),
+            other => panic!("{other:?}"),
+        }
+        // A removal and a reload's sweep count as changes too.
+        let since = cache.generation();
+        cache.remove_id(&active.id);
+        cache.store_looked_up(active.clone(), since);
+        assert!(matches!(cache.get(&[5; 32]), Lookup::Miss));
+        let since = cache.generation();
+        cache.retain_ids(&HashSet::new());
+        cache.store_looked_up(active.clone(), since);
+        assert!(matches!(cache.get(&[5; 32]), Lookup::Miss));
+        // With no change since, the lookup's answer is stored.
+        let since = cache.generation();
+        cache.store_looked_up(active, since);
+        assert!(matches!(cache.get(&[5; 32]), Lookup::Hit(_)));
+    }
+
+    #[test]
+    fn a_key_created_during_a_failed_lookup_is_not_remembered_as_unknown() {
+        let cache = KeyCache::new(&CacheSettings::default());
+        let since = cache.generation();
+        cache.insert(key(6));
+        cache.remember_unknown([6; 32], since);
+        assert!(matches!(cache.get(&[6; 32]), Lookup::Hit(_)));
+        let since = cache.generation();
+        cache.remember_unknown([7; 32], since);
+        assert!(matches!(cache.get(&[7; 32]), Lookup::KnownUnknown));
     }
 
     #[test]
@@ -376,7 +463,7 @@ mod tests {
     fn replace_all_holds_exactly_the_given_keys() {
         let cache = KeyCache::new(&CacheSettings::default());
         cache.insert(key(1));
-        cache.remember_unknown([3; 32]);
+        cache.remember_unknown([3; 32], cache.generation());
         cache.replace_all(vec![key(2), key(3)]);
         assert!(matches!(cache.get(&[1; 32]), Lookup::Miss));
         assert!(matches!(cache.get(&[2; 32]), Lookup::Hit(_)));
