@@ -17,6 +17,52 @@ const KEY: &str = "obk_3rel61ft4g40_lQesUp0XR5djATDhL7L7I1qjxing5VZXU3jfJUc3";
 const KEY_SHA256: &str = "bac6f04854ae961d431415607dba2c2c078c618322bd22b2989c5d491e9c512e";
 const CLIENT_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+/// A gateway process writing JSON logs at info to a pipe, in embedded mode
+/// with the demo key and `sections` (providers, routes, more settings);
+/// answers it, its proxy port and the directory of its settings file.
+async fn json_logging_gateway(
+    sections: &str,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let (port, ops) = (free_port(), free_port());
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\n\
+             drain_delay_secs = 0\n\n[log]\nformat = \"json\"\n\n{sections}\n\
+             [[keys]]\nname = \"demo\"\npublic_id = \"3rel61ft4g40\"\nsecret_sha256 = {KEY_SHA256:?}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = command(BIN);
+    cmd.arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    obleth_testkit::poll::wait_ready(
+        std::net::SocketAddr::from(([127, 0, 0, 1], ops)),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("gateway ready");
+    (child, port, dir)
+}
+
+/// Stops the gateway with SIGTERM and answers what it logged.
+async fn stop(child: tokio::process::Child) -> String {
+    signal(&child, Signal::Term).unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[tokio::test]
 async fn the_request_id_is_in_every_log_line_of_the_request_and_goes_upstream() {
     // The first attempt is answered 500 (a warning logged inside the
@@ -28,35 +74,16 @@ async fn the_request_id_is_in_every_log_line_of_the_request_and_goes_upstream() 
     })
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    let (port, ops) = (free_port(), free_port());
     let base = upstream.base_url();
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\n\
-             drain_delay_secs = 0\n\n[log]\nformat = \"json\"\n\n\
-             [[providers]]\nname = \"first\"\nkind = \"openai\"\nbase_url = {base:?}\n\n\
+    let (child, port, _dir) = json_logging_gateway(
+        &format!(
+            "[[providers]]\nname = \"first\"\nkind = \"openai\"\nbase_url = {base:?}\n\n\
              [[providers]]\nname = \"second\"\nkind = \"openai\"\nbase_url = {base:?}\n\n\
-             [[routes]]\nmodel = \"m\"\ntargets = [{{ provider = \"first\" }}, {{ provider = \"second\" }}]\n\n\
-             [[keys]]\nname = \"demo\"\npublic_id = \"3rel61ft4g40\"\nsecret_sha256 = {KEY_SHA256:?}\n"
+             [[routes]]\nmodel = \"m\"\ntargets = [{{ provider = \"first\" }}, {{ provider = \"second\" }}]\n"
         ),
+        &[],
     )
-    .unwrap();
-    let mut cmd = command(BIN);
-    cmd.arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    obleth_testkit::poll::wait_ready(
-        std::net::SocketAddr::from(([127, 0, 0, 1], ops)),
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("gateway ready");
+    .await;
 
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
@@ -101,12 +128,7 @@ async fn the_request_id_is_in_every_log_line_of_the_request_and_goes_upstream() 
         "{own}"
     );
 
-    signal(&child, Signal::Term).unwrap();
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let logs = String::from_utf8_lossy(&output.stderr);
+    let logs = stop(child).await;
     let warned: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("Upstream answered with a server error"))
@@ -125,42 +147,23 @@ async fn the_request_id_is_in_every_log_line_of_the_request_and_goes_upstream() 
 async fn each_request_is_one_span_at_the_otlp_receiver_with_the_genai_attributes() {
     let upstream = MockUpstream::start(MockConfig::default()).await.unwrap();
     let receiver = obleth_testkit::otlp::OtlpReceiver::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    let (port, ops, closed) = (free_port(), free_port(), free_port());
+    let closed = free_port();
     let base = upstream.base_url();
     let endpoint = receiver.endpoint();
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\n\
-             drain_delay_secs = 0\n\n[log]\nformat = \"json\"\n\n\
-             [telemetry]\notlp_endpoint = {endpoint:?}\nservice_name = \"gw-under-test\"\n\
+    let (child, port, _dir) = json_logging_gateway(
+        &format!(
+            "[telemetry]\notlp_endpoint = {endpoint:?}\nservice_name = \"gw-under-test\"\n\
              otlp_headers = {{ x-collector-key = \"not-logged\" }}\n\n\
              [routing]\nmax_attempts = 1\n\n\
              [[providers]]\nname = \"main\"\nkind = \"openai\"\nbase_url = {base:?}\n\n\
              [[providers]]\nname = \"down\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{closed}\"\n\n\
              [[routes]]\nmodel = \"m\"\ntargets = [{{ provider = \"main\" }}]\n\n\
-             [[routes]]\nmodel = \"broken\"\ntargets = [{{ provider = \"down\" }}]\n\n\
-             [[keys]]\nname = \"demo\"\npublic_id = \"3rel61ft4g40\"\nsecret_sha256 = {KEY_SHA256:?}\n"
+             [[routes]]\nmodel = \"broken\"\ntargets = [{{ provider = \"down\" }}]\n"
         ),
-    )
-    .unwrap();
-    let mut cmd = command(BIN);
-    cmd.arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
         // Export every 100 ms instead of every 5 s (the SDK's variable).
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    obleth_testkit::poll::wait_ready(
-        std::net::SocketAddr::from(([127, 0, 0, 1], ops)),
-        Duration::from_secs(60),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
     )
-    .await
-    .expect("gateway ready");
+    .await;
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let auth = format!("Bearer {KEY}");
     let send = |body: &'static str, traceparent: Option<&'static str>| {
@@ -282,12 +285,7 @@ async fn each_request_is_one_span_at_the_otlp_receiver_with_the_genai_attributes
     assert_eq!(span.str_attr("error.type"), Some("502"));
     assert_eq!(receiver.refused(), 0);
 
-    signal(&child, Signal::Term).unwrap();
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let logs = String::from_utf8_lossy(&output.stderr);
+    let logs = stop(child).await;
     assert!(!logs.contains("not-logged"), "{logs}");
     // The log lines written inside the failed request carry its id and
     // the span's fields.
