@@ -212,9 +212,17 @@ impl GatewayProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The last 40 lines of the log, without a backtrace's frames (an
+    /// error's backtrace would otherwise push its message out).
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        let frame = |l: &str| {
+            let t = l.trim_start();
+            t.starts_with("at ")
+                || t.split_once(": ")
+                    .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !frame(l)).collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 }
