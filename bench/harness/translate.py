@@ -22,16 +22,14 @@ import tempfile
 import load
 from procs import Group, free_port
 from targets import RPM_LIMIT, Target, binary, new_key, render, write
+from upstream import NGINX_ANSWER, nginx_conf
 
 CHAT_BODY = '{"model":"@MODEL@","messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
 MESSAGES_BODY = ('{"model":"@MODEL@","max_tokens":64,'
                  '"messages":[{"role":"user","content":"Say hello to the benchmark."}]}')
 
-OPENAI_ANSWER = (
-    '{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"gpt-4o-mini",'
-    '"choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],'
-    '"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}'
-)
+# The chat completion the `return 200` nginx of every other bench answers.
+OPENAI_ANSWER = NGINX_ANSWER
 ANTHROPIC_ANSWER = (
     '{"id":"msg_bench","type":"message","role":"assistant","model":"claude-bench",'
     '"content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn","stop_sequence":null,'
@@ -39,28 +37,12 @@ ANTHROPIC_ANSWER = (
 )
 
 
-def nginx_conf(prefix, port):
-    os.makedirs(os.path.join(prefix, "tmp"), exist_ok=True)
-    return f"""worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        default_type application/json;
-        location = /v1/chat/completions {{ return 200 '{OPENAI_ANSWER}'; }}
-        location = /v1/messages {{ return 200 '{ANTHROPIC_ANSWER}'; }}
-    }}
-}}
-"""
+def answering_both(prefix, port):
+    """The nginx upstream: OpenAI's chat completions and Anthropic's
+    messages, each answered with its fixed body."""
+    return nginx_conf(prefix, port, locations=(
+        f"location = /v1/chat/completions {{ return 200 '{OPENAI_ANSWER}'; }}\n"
+        f"        location = /v1/messages {{ return 200 '{ANTHROPIC_ANSWER}'; }}"))
 
 
 class Path:
@@ -88,7 +70,7 @@ def main():
     try:
         upstream_port = free_port()
         prefix = os.path.join(work, "nginx")
-        conf = write(prefix + ".conf", nginx_conf(prefix, upstream_port))
+        conf = write(prefix + ".conf", answering_both(prefix, upstream_port))
         nginx = group.start("nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-p", prefix,
                                       "-e", os.path.join(prefix, "error.log"), "-c", conf,
                                       "-g", "daemon off;"])

@@ -23,12 +23,15 @@ DESCRIPTION = {
 }
 
 
-def nginx_conf(prefix, port, worker_connections=4096, workers=1, nofile=None):
-    """nginx answering every request with NGINX_ANSWER. `keepalive_requests`
-    is raised so that no client's kept-alive connection is closed every 1,000
-    requests (nginx's default), which would add reconnects to every target."""
+def nginx_conf(prefix, port, worker_connections=4096, workers=1, nofile=None, locations=None):
+    """nginx answering every request with NGINX_ANSWER, or as `locations`
+    (nginx `location` blocks) say. `keepalive_requests` is raised so that no
+    client's kept-alive connection is closed every 1,000 requests (nginx's
+    default), which would add reconnects to every target."""
     os.makedirs(os.path.join(prefix, "tmp"), exist_ok=True)
     rlimit = f"worker_rlimit_nofile {nofile};\n" if nofile else ""
+    if locations is None:
+        locations = f"location / {{ return 200 '{NGINX_ANSWER}'; }}"
     return f"""worker_processes {workers};
 {rlimit}pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -44,7 +47,7 @@ http {{
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         default_type application/json;
-        location / {{ return 200 '{NGINX_ANSWER}'; }}
+        {locations}
     }}
 }}
 """
