@@ -176,7 +176,12 @@ impl PgCluster {
     }
 
     pub(super) fn pg_ctl(&self) -> std::process::Command {
-        self.binaries.command("pg_ctl", self.dir.path())
+        self.tool("pg_ctl")
+    }
+
+    /// One of the server's programs (`pg_isready`), run as `pg_ctl` is.
+    pub(super) fn tool(&self, name: &str) -> std::process::Command {
+        self.binaries.command(name, self.dir.path())
     }
 
     /// Creates the socket dir and, as root, hands the whole dir to user

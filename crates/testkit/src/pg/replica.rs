@@ -232,6 +232,28 @@ impl PgCluster {
         if !output.status.success() {
             return Err(self.failure(&output, "pg_ctl promote"));
         }
+        // `pg_ctl promote -w` returns once recovery has ended, which can be
+        // before the postmaster accepts clients ("Hot standby mode is
+        // disabled"): wait for `pg_isready` to say it does.
+        let started = Instant::now();
+        loop {
+            let ready = self
+                .tool("pg_isready")
+                .args(["-q", "-h", "127.0.0.1", "-d", "postgres", "-p"])
+                .arg(self.port().to_string())
+                .status()
+                .context("running pg_isready")?;
+            if ready.success() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "the promoted standby on port {} does not accept clients after 30 s",
+                    self.port()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         tracing::info!(port = self.port(), "Promoted a PostgreSQL standby.");
         Ok(())
     }
