@@ -278,14 +278,15 @@ def machine_busy():
     return (sum(cpu) - cpu[3] - cpu[4]) / CLOCK_TICKS
 
 
-def write_run(args, cluster, writers, batch, fold):
+def write_run(args, cluster, writers, batch, fold, binary=None):
     """One writer run, with the CPU PostgreSQL, the client and everything
     else on the machine used during it. `fold`: "beside" (the fold every
     second while the writers run, as a gateway runs it) or "after" (the
-    writers alone, the queue folded once they stop)."""
+    writers alone, the queue folded once they stop). `binary`: another
+    build's ledger_bench instead of --client."""
     pg0, busy0 = pg_cpu(cluster), machine_busy()
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = client(args, cluster, "write", writers, batch, args.write_secs, fold)
+    out = client(args, cluster, "write", writers, batch, args.write_secs, fold, binary=binary)
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out["pg_cpu_secs"] = pg_cpu(cluster) - pg0
     out["client_cpu_secs"] = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
@@ -293,11 +294,11 @@ def write_run(args, cluster, writers, batch, fold):
     return out
 
 
-def client(args, cluster, *argv, explain=False):
+def client(args, cluster, *argv, explain=False, binary=None):
     env = dict(os.environ)
     if explain:
         env["OBLETH_BENCH_EXPLAIN"] = "1"
-    out = subprocess.run([args.client, cluster.url(DB), *map(str, argv)], capture_output=True,
+    out = subprocess.run([binary or args.client, cluster.url(DB), *map(str, argv)], capture_output=True,
                          text=True, env=env, timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(f"ledger_bench {' '.join(map(str, argv))} failed:\n{out.stdout}{out.stderr}")
@@ -359,7 +360,9 @@ def render(r):
         f"the busiest with about 4.6% of requests), {a['teams']} teams, 8 models, 3 providers, "
         "97% status 200; load in pieces of at most 1,000,000 rows, "
         f"{a['jobs']} days at once; reads {a['runs']} timed runs each after one warm-up; writers {a['writers']} "
-        f"for {a['write_secs']} s each",
+        f"for {a['write_secs']} s each"
+        + (f", each also with the build before (`--before-client`, {a['before_client']}), just before this build's"
+           if a.get("before_client") else ""),
         "",
         "## The issue's targets",
         "",
@@ -373,7 +376,7 @@ def render(r):
                          f"median {t['timing']['median_ms']:.1f} ms, p95 {t['timing']['p95_ms']:.1f} ms | "
                          f"{met(t['timing']['p95_ms'] < TARGET_MS)} |")
     for fold, what in (("beside", "the fold beside it"), ("after", "the fold after it")):
-        runs = [w for w in r["writes"] if w.get("fold", "beside") == fold]
+        runs = [w for w in r["writes"] if w.get("fold", "beside") == fold and w.get("build") != "before"]
         if not runs:
             continue
         best = max(runs, key=lambda w: w["rows_per_sec"])
@@ -439,24 +442,25 @@ def render(r):
         "",
         "## Writer (`db::usage::insert_usage`, into today's partition, the rollup queue's trigger on)",
         "",
-        "| writers | rows a call | fold | rows/s | calls | call median ms | call p95 ms | call max ms | "
+        "| build | writers | rows a call | fold | rows/s | calls | call median ms | call p95 ms | call max ms | "
         "PostgreSQL CPU µs a row | client CPU µs a row | other processes' CPU, cores | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in r["writes"]:
         cpu = (f"{w['pg_cpu_secs'] * 1e6 / max(1, w['rows']):.0f} | {w['client_cpu_secs'] * 1e6 / max(1, w['rows']):.0f} | "
                f"{w['other_cpu_secs'] / w['secs']:.2f}") if "pg_cpu_secs" in w else "- | - | -"
-        lines.append(f"| {w['writers']} | {w['batch']:,} | {w.get('fold', 'beside')} | {w['rows_per_sec']:,.0f} | {w['calls']:,} | "
-                     f"{w['call_median_ms']:.1f} | {w['call_p95_ms']:.1f} | {w['call_max_ms']:.1f} | {cpu} | "
-                     f"{met(w['rows_per_sec'] >= TARGET_ROWS_PER_SEC)} |")
+        target = "(before)" if w.get("build") == "before" else met(w["rows_per_sec"] >= TARGET_ROWS_PER_SEC)
+        lines.append(f"| {w.get('build', 'this')} | {w['writers']} | {w['batch']:,} | {w.get('fold', 'beside')} | "
+                     f"{w['rows_per_sec']:,.0f} | {w['calls']:,} | "
+                     f"{w['call_median_ms']:.1f} | {w['call_p95_ms']:.1f} | {w['call_max_ms']:.1f} | {cpu} | {target} |")
     if any("folds" in w for w in r["writes"]):
         lines += ["", "The rollup fold beside the writers (one task, every second, as each gateway runs it; "
                   "its PostgreSQL CPU is in the table's) or not until they stop (after), and the rest of the "
                   "queue folded after them (drain; not in the writers' rows/s):", "",
-                  "| writers | rows a call | fold | folds | groups folded | fold median ms | fold max ms | "
-                  "queued at the end | drained groups | drain ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| build | writers | rows a call | fold | folds | groups folded | fold median ms | fold max ms | "
+                  "queued at the end | drained groups | drain ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for w in r["writes"]:
-            lines.append(f"| {w['writers']} | {w['batch']:,} | {w.get('fold', 'beside')} | {w['folds']} | {w['folded_groups']:,} | "
+            lines.append(f"| {w.get('build', 'this')} | {w['writers']} | {w['batch']:,} | {w.get('fold', 'beside')} | {w['folds']} | {w['folded_groups']:,} | "
                          f"{ms(w['fold_median_ms'])} | {ms(w['fold_max_ms'])} | {w['queued_at_end']:,} | "
                          f"{w['drained_groups']:,} | {w['drain_ms']:.0f} |")
     va = r["verify_after_writes"]
@@ -511,6 +515,8 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--migrator", required=True, help="the obleth-migrator binary")
     p.add_argument("--client", required=True, help="the ledger_bench example binary")
+    p.add_argument("--before-client", help="the ledger_bench of an earlier build: each writer run is made "
+                   "with it too, just before this build's, for a same-run comparison")
     p.add_argument("--rows", type=parse_rows, default=100_000_000,
                    help="rows to load, or 'fit': the most the free disk allows (default 100,000,000)")
     p.add_argument("--days", type=int, default=30, help="days the rows cover, ending now (default 30)")
@@ -621,7 +627,13 @@ def main():
         r["writes"] = []
         for n, batch, fold in writers:
             log(f"writer: {n} writers x {batch} rows for {args.write_secs} s, fold {fold}")
-            r["writes"].append(write_run(args, cluster, n, batch, fold))
+            if args.before_client:
+                # The earlier build first, then this one, run after run: the
+                # same data and the same moment, for a ratio.
+                r["writes"].append(dict(write_run(args, cluster, n, batch, fold, args.before_client),
+                                        build="before"))
+                log(f"  before: {r['writes'][-1]['rows_per_sec']:,.0f} rows/s")
+            r["writes"].append(dict(write_run(args, cluster, n, batch, fold), build="this"))
             log(f"  {r['writes'][-1]['rows_per_sec']:,.0f} rows/s")
         r["verify_after_writes"] = verify(cluster)
         # The raw figures first: a report that fails to render loses nothing.

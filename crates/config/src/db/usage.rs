@@ -4,6 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::encode::IsNull;
+use sqlx::postgres::PgArgumentBuffer;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -16,8 +18,8 @@ use crate::pricing::PriceTable;
 /// (`usage.batch_size`, 500 by default) fit in one.
 pub const CHUNK_ROWS: usize = 5000;
 
-/// The one statement every batch uses, whatever its size: each column is
-/// one array parameter and `UNNEST` turns them back into rows, in order.
+/// The statement of a batch `COPY` refused (a retry): each column is one
+/// array parameter and `UNNEST` turns them back into rows, in order.
 /// Its text never changes, so each connection prepares it once; the
 /// ledger's statement trigger (which queues the rollups) sees the new
 /// rows of the whole chunk at once. The conflict target is the ledger's
@@ -35,13 +37,30 @@ const INSERT_USAGE: &str = "INSERT INTO usage_ledger (request_id, key_id, model,
 /// for row"): its day's partition was not created ahead.
 const NO_PARTITION: &str = "23514";
 
+/// SQLSTATE of a unique violation: a `COPY` of a batch with a row already
+/// stored (a retry) or twice in the batch.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// The columns every batch writes, in the order of [`INSERT_USAGE`]'s arrays
+/// and of the tuples [`copy_data`] encodes.
+const COPY_USAGE: &str = "COPY usage_ledger (request_id, key_id, model, provider, \
+     prompt_tokens, completion_tokens, total_tokens, status, latency_ms, streamed, node_id, \
+     created_at, cost_micros, estimated, team_id) FROM STDIN (FORMAT binary)";
+
 /// Inserts `events` and returns how many rows were new.
 ///
 /// Events whose `request_id` is already stored are skipped, so a batch retried
 /// after a lost reply (or a timeout that did commit) never counts twice; the
 /// same holds for duplicates within one batch. The batch is stored whole or
-/// not at all: one statement when it fits in [`CHUNK_ROWS`], else one
-/// transaction of one statement per chunk.
+/// not at all.
+///
+/// A batch goes in by binary `COPY`, one statement whatever its size, which
+/// costs PostgreSQL less a row than the `INSERT ... ON CONFLICT` over
+/// arrays (no speculative insertion, no array decoding; bench/LEDGER.md).
+/// `COPY` has no `ON CONFLICT`: a batch with a row already stored fails
+/// whole on the idempotency key and is written again by [`INSERT_USAGE`],
+/// which skips the stored rows. Only a retry (or a record twice in one
+/// batch) takes that second path, so exactly-once costs nothing otherwise.
 ///
 /// A batch with a row for a day whose partition does not exist yet (clock
 /// skew, or partitions not kept ahead) creates the partitions of the
@@ -64,10 +83,84 @@ fn is_no_partition(err: &sqlx::Error) -> bool {
         && err.to_string().contains("no partition")
 }
 
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == UNIQUE_VIOLATION)
+}
+
 async fn insert_batch(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
     if events.is_empty() {
         return Ok(0);
     }
+    match copy_batch(pool, events).await {
+        Err(err) if is_unique_violation(&err) => insert_skipping_stored(pool, events).await,
+        outcome => outcome,
+    }
+}
+
+/// Writes `events` with one binary `COPY`; fails whole on a row already
+/// stored.
+async fn copy_batch(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
+    let data = copy_data(events)?;
+    let mut conn = pool.acquire().await?;
+    let mut copy = conn.copy_in_raw(COPY_USAGE).await?;
+    // On a failed send the copy is dropped, which aborts it.
+    copy.send(data.as_slice()).await?;
+    copy.finish().await
+}
+
+/// The binary `COPY` stream of `events`: the signature, then one tuple a
+/// row, each field its length and sqlx's binary encoding of the value (the
+/// same bytes sqlx sends as a bind parameter), then the trailer.
+fn copy_data(events: &[UsageEvent]) -> Result<Vec<u8>, sqlx::Error> {
+    let mut buf = PgArgumentBuffer::default();
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+    buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
+    for e in events {
+        buf.extend_from_slice(&15i16.to_be_bytes());
+        field(&mut buf, &e.request_id)?;
+        field(&mut buf, &e.key_id)?;
+        field(&mut buf, &e.model)?;
+        field(&mut buf, &e.provider)?;
+        field(&mut buf, &e.prompt_tokens)?;
+        field(&mut buf, &e.completion_tokens)?;
+        field(&mut buf, &e.total_tokens)?;
+        field(&mut buf, &e.status)?;
+        field(&mut buf, &e.latency_ms)?;
+        field(&mut buf, &e.streamed)?;
+        field(&mut buf, &e.node_id)?;
+        field(&mut buf, &e.created_at)?;
+        field(&mut buf, &e.cost_micros)?;
+        field(&mut buf, &e.estimated)?;
+        field(&mut buf, &e.team_id)?;
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(std::mem::take(&mut *buf))
+}
+
+/// One field of a binary `COPY` tuple: its length (-1 for NULL), then the
+/// value as sqlx encodes it.
+fn field<'q, T>(buf: &mut PgArgumentBuffer, value: &'q T) -> Result<(), sqlx::Error>
+where
+    T: sqlx::Encode<'q, Postgres>,
+{
+    let at = buf.len();
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    let len = match value.encode_by_ref(buf).map_err(sqlx::Error::Encode)? {
+        IsNull::Yes => -1,
+        IsNull::No => i32::try_from(buf.len() - at - 4)
+            .map_err(|_| sqlx::Error::Encode("a usage field over 2 GiB".into()))?,
+    };
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Writes `events` skipping the rows already stored: [`INSERT_USAGE`], one
+/// statement when it fits in [`CHUNK_ROWS`], else one transaction of one
+/// statement per chunk.
+async fn insert_skipping_stored(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
     if events.len() <= CHUNK_ROWS {
         // A single statement is atomic on its own: no BEGIN and COMMIT to pay.
         return insert_chunk(pool, events).await;

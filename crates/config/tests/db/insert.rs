@@ -1,6 +1,7 @@
-//! The usage batch insert: one prepared statement for every batch size, rows
-//! stored field by field as sent, a retried batch counted once (totals too),
-//! and a batch stored whole or not at all.
+//! The usage batch insert: new batches by binary `COPY`, retried ones by one
+//! prepared statement for every batch size, rows stored field by field as
+//! sent, a retried batch (or a record twice in one) counted once, totals
+//! too, and a batch stored whole or not at all.
 
 use chrono::{DateTime, TimeZone, Utc};
 use obleth_config::db::usage::{self, UsageFilter, CHUNK_ROWS};
@@ -165,7 +166,7 @@ async fn a_reinserted_batch_inserts_nothing_and_leaves_the_totals_alone() {
 }
 
 #[tokio::test]
-async fn batches_of_every_size_use_one_prepared_statement() {
+async fn new_batches_prepare_nothing_and_retries_of_every_size_share_one_statement() {
     let (db, _pool) = migrated().await;
     // One connection, so every insert runs on the session whose prepared
     // statements are listed.
@@ -174,43 +175,95 @@ async fn batches_of_every_size_use_one_prepared_statement() {
         .connect(&db.url)
         .await
         .unwrap();
+    let inserts = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT statement FROM pg_prepared_statements \
+             WHERE statement LIKE 'INSERT INTO usage_ledger %'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let mut sent = Vec::new();
     for size in [1, 7, 500, 1] {
         let batch: Vec<UsageEvent> = (0..size).map(|_| usage_event(None, Some(3))).collect();
         assert_eq!(
             usage::insert_usage(&pool, &batch).await.unwrap(),
             size as u64
         );
+        sent.extend(batch);
     }
+    assert_eq!(
+        inserts(pool.clone()).await,
+        Vec::<String>::new(),
+        "new batches go in by COPY"
+    );
 
-    let prepared: Vec<String> = sqlx::query_scalar(
-        "SELECT statement FROM pg_prepared_statements \
-         WHERE statement LIKE 'INSERT INTO usage_ledger %'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    // Retries: each batch holds a stored record and new ones.
+    for (size, stored) in [(2, 0), (8, 1), (501, 8), (2, 508)] {
+        let mut batch: Vec<UsageEvent> = (1..size).map(|_| usage_event(None, Some(3))).collect();
+        batch.push(sent[stored].clone());
+        assert_eq!(
+            usage::insert_usage(&pool, &batch).await.unwrap(),
+            size as u64 - 1,
+            "only the new records of a batch of {size}"
+        );
+    }
+    let prepared = inserts(pool.clone()).await;
     assert_eq!(
         prepared.len(),
         1,
-        "one statement for 1, 7 and 500 rows: {prepared:?}"
+        "one statement for retries of 2, 8 and 501 rows: {prepared:?}"
     );
-    assert_eq!(usage_rows(&pool).await, 509);
+    assert_eq!(usage_rows(&pool).await, 509 + 1 + 7 + 500 + 1);
+}
+
+#[tokio::test]
+async fn a_record_twice_in_one_batch_is_stored_once_and_counted_once() {
+    let (_db, pool) = migrated().await;
+    let batch = mixed_batch();
+    let twice = vec![
+        batch[0].clone(),
+        batch[1].clone(),
+        batch[0].clone(),
+        batch[2].clone(),
+        batch[3].clone(),
+        batch[2].clone(),
+    ];
+
+    assert_eq!(usage::insert_usage(&pool, &twice).await.unwrap(), 4);
+
+    assert_eq!(stored(&pool).await, batch, "each record once, every field");
+    let key = batch[0].key_id.unwrap();
+    let key_total = totals(&pool)
+        .await
+        .into_iter()
+        .find(|t| t.0 == key && t.1 == "total")
+        .unwrap();
+    assert_eq!(
+        (key_total.3, key_total.4, key_total.5),
+        (2, 33, 1_234_567_890_123),
+        "the key's two records, once each"
+    );
 }
 
 #[tokio::test]
 async fn a_batch_that_fails_part_way_stores_nothing() {
     let (_db, pool) = migrated().await;
-    // PostgreSQL text refuses a NUL byte; the bad event is the last one, in
-    // the last chunk, so earlier chunks must be rolled back.
+    // PostgreSQL text refuses a NUL byte; the bad event is the last one.
     let mut one: Vec<UsageEvent> = (0..3).map(|_| usage_event(None, Some(1))).collect();
     one[2].model = "bad\0model".to_owned();
+    // A retry longer than a chunk (its first record is stored, so it takes
+    // the chunked path): the bad event is in the last chunk, so the earlier
+    // chunks must be rolled back.
     let mut chunks: Vec<UsageEvent> = (0..CHUNK_ROWS + 3)
         .map(|_| usage_event(None, Some(1)))
         .collect();
     chunks.last_mut().unwrap().model = "bad\0model".to_owned();
+    usage::insert_usage(&pool, &chunks[..1]).await.unwrap();
 
     assert!(usage::insert_usage(&pool, &one).await.is_err());
     assert!(usage::insert_usage(&pool, &chunks).await.is_err());
 
-    assert_eq!(usage_rows(&pool).await, 0);
+    assert_eq!(usage_rows(&pool).await, 1);
 }
