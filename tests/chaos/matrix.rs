@@ -35,9 +35,9 @@ struct Bins {
     migrator: PathBuf,
 }
 
-/// This release's newest migration; `down 3` reverts its three on the way
+/// This release's newest migration; `down 4` reverts its four on the way
 /// back.
-const NEWEST: i64 = 20261129000003;
+const NEWEST: i64 = 20261129000004;
 /// 0.2.0's schema and the migrations `down 6` reverts (all but the
 /// contract one, which never ran).
 const PREVIOUS_SCHEMA: i64 = 20261128000007;
@@ -210,9 +210,9 @@ async fn n_minus_2_to_n_and_back_under_load_fails_no_request_and_loses_no_usage_
     assert_eq!(live_versions(&pool).await, [n.version]);
     rows_match(&pool, "usage_ledger", so_far, "N-1 -> N").await;
 
-    // N → N-1: `down 3` refuses while N serves (its release needs the
-    // migrations), the roll, then `down 3` reverts them.
-    expect_exit(&n.migrator, &url, &["down", "3"], 13).await;
+    // N → N-1: `down 4` refuses while N serves (its release needs the
+    // migrations), the roll, then `down 4` reverts them.
+    expect_exit(&n.migrator, &url, &["down", "4"], 13).await;
     assert_eq!(
         newest_applied(&pool).await,
         NEWEST,
@@ -226,7 +226,7 @@ async fn n_minus_2_to_n_and_back_under_load_fails_no_request_and_loses_no_usage_
         sign_offs.iter().all(|s| s.as_ref() == Some(&nothing)),
         "every N gateway's sign-off: {sign_offs:?}"
     );
-    expect_exit(&n.migrator, &url, &["down", "3"], 0).await;
+    expect_exit(&n.migrator, &url, &["down", "4"], 0).await;
     assert_eq!(newest_applied(&pool).await, PREVIOUS_SCHEMA);
     rows_match(&pool, "usage_ledger", so_far, "N -> N-1").await;
 

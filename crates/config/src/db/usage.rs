@@ -543,7 +543,9 @@ pub async fn period_totals(
 }
 
 /// [`period_totals`] for many subjects in one query, answered in the order
-/// of `subjects`.
+/// of `subjects`. The queue is read from the earliest period's start on,
+/// a span of `usage_rollup_queue_hour`: its live rows, never its whole heap,
+/// which the fold's deletes leave large after a backlog.
 pub async fn periods_totals(
     pool: &PgPool,
     subjects: &[(Uuid, BudgetPeriod)],
@@ -575,6 +577,11 @@ pub async fn periods_totals(
                           FROM usage_rollup_queue u \
                           CROSS JOIN LATERAL (VALUES (u.key_id), (u.team_id)) AS s (subject_id) \
                           WHERE u.totals AND s.subject_id = ANY ($1) \
+                                AND u.hour >= (SELECT min(CASE x.period WHEN 'total' \
+                                                   THEN '-infinity'::timestamptz \
+                                                   ELSE x.start END) \
+                                               FROM unnest($2::text[], $3::timestamptz[]) \
+                                                    AS x (period, start)) \
                           GROUP BY 1, 2) AS b \
                     CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) AS p (period) \
                     GROUP BY 1, 2, 3) AS q \

@@ -294,6 +294,7 @@ fn marker(version: i64) -> (&'static str, Option<&'static str>) {
         20261129000001 => ("nodes", Some("usage_dropped")),
         20261129000002 => ("providers_kind_known", Some("anthropic")),
         20261129000003 => ("providers", Some("options")),
+        20261129000004 => ("usage_rollup_queue_hour", None),
         other => panic!("no marker for {other}"),
     }
 }

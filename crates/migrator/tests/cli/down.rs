@@ -48,9 +48,26 @@ async fn down_reverts_the_newest_migrations_and_status_names_the_version() {
     assert_eq!(code(&migrator(url, &["up"]).await), 0);
     let out = migrator(url, &["status"]).await;
     assert!(
-        stdout(&out).contains("version:  20261129000003 (provider options target weights)"),
+        stdout(&out).contains("version:  20261129000004 (usage rollup queue hour)"),
         "{}",
         stdout(&out)
+    );
+    // The queue's index goes first, with nothing to refuse.
+    let out = migrator(url, &["down"]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "reverted 20261129000004 (usage rollup queue hour) with 20261129000004_usage_rollup_queue_hour.down.sql"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !scalar_bool(
+            &db.url,
+            "SELECT to_regclass('usage_rollup_queue_hour') IS NOT NULL"
+        )
+        .await
     );
 
     // The options' revert refuses while a provider has options (they would
@@ -167,9 +184,14 @@ async fn down_dry_run_prints_the_down_scripts_and_changes_nothing() {
     assert_eq!(code(&migrator(url, &["up"]).await), 0);
     let before = fingerprint(&db.url).await;
 
-    let out = migrator(url, &["down", "5", "--dry-run"]).await;
+    let out = migrator(url, &["down", "6", "--dry-run"]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
+    assert!(
+        text.contains("would revert 20261129000004 (20261129000004_usage_rollup_queue_hour.sql)")
+            && text.contains("DROP INDEX CONCURRENTLY IF EXISTS usage_rollup_queue_hour;"),
+        "{text}"
+    );
     assert!(
         text.contains("-- dry run: would revert 20261129000001 (20261129000001_nodes_usage_dropped.sql) with 20261129000001_nodes_usage_dropped.down.sql"),
         "{text}"
@@ -269,10 +291,10 @@ async fn down_refusals_exit_with_their_codes_and_change_nothing() {
     .await;
 
     // A contract migration among the N: 20261128000005 after 6, 7,
-    // 20261129000001, 20261129000002 and 20261129000003.
+    // 20261129000001, 20261129000002, 20261129000003 and 20261129000004.
     assert_eq!(code(&migrator(url, &["finish"]).await), 0);
     let before = fingerprint(&db.url).await;
-    let out = migrator(url, &["down", "6"]).await;
+    let out = migrator(url, &["down", "7"]).await;
     assert_eq!(code(&out), 11, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("migration 20261128000005 (20261128000005_drop_usage_events.sql) is a contract migration"),
@@ -280,7 +302,7 @@ async fn down_refusals_exit_with_their_codes_and_change_nothing() {
         stderr(&out)
     );
     // --force overrides only the live nodes.
-    let out = migrator(url, &["down", "6", "--force"]).await;
+    let out = migrator(url, &["down", "7", "--force"]).await;
     assert_eq!(code(&out), 11, "{}", stderr(&out));
     assert_eq!(fingerprint(&db.url).await, before);
 }
@@ -295,10 +317,10 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
     execute(
         &db.url,
         "INSERT INTO nodes (node_id, service, version, ready, release_schema) VALUES \
-         ('gw-new', 'gateway', '0.3.0', true, 20261129000003), \
+         ('gw-new', 'gateway', '0.3.0', true, 20261129000004), \
          ('gw-mid', 'gateway', '0.2.0', true, 20261128000007); \
          INSERT INTO nodes (node_id, service, version, ready, release_schema, stopped_at) VALUES \
-         ('gw-gone', 'gateway', '0.3.0', false, 20261129000003, now());",
+         ('gw-gone', 'gateway', '0.3.0', false, 20261129000004, now());",
     )
     .await;
     let before = fingerprint(&db.url).await;
@@ -307,7 +329,7 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
     assert_eq!(code(&out), 13, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("gateway gw-new runs 0.3.0 whose release requires migrations through 20261129000003, including 20261129000003"),
+        err.contains("gateway gw-new runs 0.3.0 whose release requires migrations through 20261129000004, including 20261129000004"),
         "{err}"
     );
     assert!(!err.contains("gw-mid") && !err.contains("gw-gone"), "{err}");
@@ -321,7 +343,7 @@ async fn a_live_node_whose_release_requires_the_migration_blocks_down() {
         "UPDATE nodes SET stopped_at = now() WHERE node_id = 'gw-new'",
     )
     .await;
-    let out = migrator(url, &["down", "3"]).await;
+    let out = migrator(url, &["down", "4"]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(newest_applied(&db.url).await, 20261128000007);
 
