@@ -18,6 +18,16 @@ use crate::pricing::PriceTable;
 /// (`usage.batch_size`, 500 by default) fit in one.
 pub const CHUNK_ROWS: usize = 5000;
 
+/// The ledger's columns a batch writes, in the order of [`INSERT_USAGE`]'s
+/// arrays and of the tuples [`copy_data`] encodes: one list for both
+/// statements.
+macro_rules! usage_columns {
+    () => {
+        "request_id, key_id, model, provider, prompt_tokens, completion_tokens, total_tokens, \
+         status, latency_ms, streamed, node_id, created_at, cost_micros, estimated, team_id"
+    };
+}
+
 /// The statement of a batch `COPY` refused (a retry): each column is one
 /// array parameter and `UNNEST` turns them back into rows, in order.
 /// Its text never changes, so each connection prepares it once; the
@@ -25,27 +35,26 @@ pub const CHUNK_ROWS: usize = 5000;
 /// rows of the whole chunk at once. The conflict target is the ledger's
 /// idempotency key, `(request_id, created_at)`: a retried record carries the
 /// `created_at` it was made with.
-const INSERT_USAGE: &str = "INSERT INTO usage_ledger (request_id, key_id, model, provider, \
-     prompt_tokens, completion_tokens, total_tokens, status, latency_ms, streamed, node_id, \
-     created_at, cost_micros, estimated, team_id) \
-     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], \
+const INSERT_USAGE: &str = concat!(
+    "INSERT INTO usage_ledger (",
+    usage_columns!(),
+    ") SELECT * FROM UNNEST(\
+     $1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], \
      $6::int4[], $7::int4[], $8::int2[], $9::int4[], $10::bool[], $11::text[], \
      $12::timestamptz[], $13::int8[], $14::bool[], $15::uuid[]) \
-     ON CONFLICT ON CONSTRAINT usage_ledger_request_once DO NOTHING";
+     ON CONFLICT ON CONSTRAINT usage_ledger_request_once DO NOTHING"
+);
 
 /// SQLSTATE of a row no partition accepts ("no partition of relation found
 /// for row"): its day's partition was not created ahead.
 const NO_PARTITION: &str = "23514";
 
-/// SQLSTATE of a unique violation: a `COPY` of a batch with a row already
-/// stored (a retry) or twice in the batch.
-const UNIQUE_VIOLATION: &str = "23505";
-
-/// The columns every batch writes, in the order of [`INSERT_USAGE`]'s arrays
-/// and of the tuples [`copy_data`] encodes.
-const COPY_USAGE: &str = "COPY usage_ledger (request_id, key_id, model, provider, \
-     prompt_tokens, completion_tokens, total_tokens, status, latency_ms, streamed, node_id, \
-     created_at, cost_micros, estimated, team_id) FROM STDIN (FORMAT binary)";
+/// A batch's statement: the columns of `usage_columns!` from a binary stream.
+const COPY_USAGE: &str = concat!(
+    "COPY usage_ledger (",
+    usage_columns!(),
+    ") FROM STDIN (FORMAT binary)"
+);
 
 /// Inserts `events` and returns how many rows were new.
 ///
@@ -83,18 +92,19 @@ fn is_no_partition(err: &sqlx::Error) -> bool {
         && err.to_string().contains("no partition")
 }
 
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == UNIQUE_VIOLATION)
-}
-
 async fn insert_batch(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
     if events.is_empty() {
         return Ok(0);
     }
     match copy_batch(pool, events).await {
-        Err(err) if is_unique_violation(&err) => insert_skipping_stored(pool, events).await,
+        // A row already stored (a retry) or twice in the batch.
+        Err(err)
+            if err
+                .as_database_error()
+                .is_some_and(|e| e.is_unique_violation()) =>
+        {
+            insert_skipping_stored(pool, events).await
+        }
         outcome => outcome,
     }
 }
