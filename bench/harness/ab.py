@@ -13,7 +13,7 @@ import tempfile
 
 from load import wrk
 from procs import Group, free_port
-from targets import RPM_LIMIT, Target, new_key, render, write
+from targets import RPM_LIMIT, Target, new_key, render, start_nginx, write
 from upstream import nginx_conf
 
 def main():
@@ -23,6 +23,8 @@ def main():
     p.add_argument("--names", default="A,B", help="labels of the two builds, comma-separated")
     p.add_argument("--duration", type=int, default=10, help="seconds a wrk run")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    p.add_argument("--no-proxy", action="store_true",
+                   help="leave out nginx as a reverse proxy (the figure obleth's ratio is read against)")
     args = p.parse_args()
     names = args.names.split(",")
     work = tempfile.mkdtemp(prefix="obleth-ab-")
@@ -34,6 +36,9 @@ def main():
         nginx.wait_http(nginx_port, "/", 10)
         key, public_id, sha = new_key()
         targets = [Target("direct", "nginx return 200 (floor)", nginx_port, {}, nginx)]
+        if not args.no_proxy:
+            # Issue 12's comparator: a plain reverse proxy to the same upstream.
+            targets.append(start_nginx(group, work, nginx_port))
         for name, binary in zip(names, [args.a, args.b]):
             port, ops = free_port(), free_port()
             settings = render("gateway-embedded.toml", PORT=port, OPS=ops, MOCK_PORT=nginx_port,
@@ -60,6 +65,9 @@ def main():
                   f"{rps / floor:.2f} |")
         a, b = (statistics.median(r["rps"] for r in results[n]) for n in names)
         print(f"\n{names[1]} / {names[0]} throughput: {b / a:.3f}")
+        if "nginx" in results:
+            proxy = statistics.median(r["rps"] for r in results["nginx"])
+            print(f"{names[0]} / nginx reverse proxy: {a / proxy:.3f}; {names[1]} / nginx reverse proxy: {b / proxy:.3f}")
     finally:
         group.stop_all()
         shutil.rmtree(work, ignore_errors=True)

@@ -117,6 +117,9 @@ pub enum RunError {
     /// A database URL leads to a pooler the gateway cannot work through.
     #[error(transparent)]
     Pooler(#[from] PoolerRefused),
+    /// The proxy's worker threads (`server.workers`) could not be started.
+    #[error("cannot start the proxy's worker threads (server.workers): {0}")]
+    Workers(std::io::Error),
 }
 
 /// A gateway with its state built and its background work not yet started.
@@ -258,7 +261,8 @@ impl Gateway {
         }
         // TCP_NODELAY on the proxy: SSE chunks are small; without it each
         // waits for the client's delayed ACK (about 40 ms per first token).
-        let mut proxy_server = obleth_service::serve(
+        let workers = state.settings.server.proxy_workers();
+        let mut proxy_server = obleth_service::server::serve_sharded(
             Listener {
                 name: "proxy",
                 listener: proxy_listener,
@@ -267,8 +271,10 @@ impl Gateway {
                 metrics: state.metrics.connections.clone(),
             },
             proxy_router(state.clone()),
-        );
-        info!(node_id = %state.node_id, "Gateway serving.");
+            workers,
+        )
+        .map_err(RunError::Workers)?;
+        info!(node_id = %state.node_id, workers, "Gateway serving.");
 
         let mut failure = None;
         tokio::pin!(shutdown);

@@ -55,6 +55,47 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 /// An upstream HTTP client: pooled, HTTP/1.1 and HTTP/2, over [`Connector`].
 pub type UpClient = Client<Connector, Full<Bytes>>;
 
+/// One value a proxy worker thread ([`obleth_service::server::current_shard`];
+/// slot 0 for every other thread), each made on first use there. An
+/// upstream client a worker keeps each pooled connection, and the task that
+/// drives it, on the thread whose requests use it: a request never wakes
+/// another thread to reach its provider.
+pub struct PerShard<T> {
+    slots: Box<[OnceLock<T>]>,
+}
+
+impl<T> PerShard<T> {
+    pub fn new() -> Self {
+        PerShard {
+            slots: (0..=obleth_service::server::MAX_WORKERS)
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// The current thread's value, made by `make` if it has none yet.
+    pub fn get_or_init(&self, make: impl FnOnce() -> T) -> &T {
+        let shard = obleth_service::server::current_shard();
+        self.slots
+            .get(shard)
+            .unwrap_or(&self.slots[0])
+            .get_or_init(make)
+    }
+}
+
+impl<T> Default for PerShard<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> fmt::Debug for PerShard<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let made = self.slots.iter().filter(|s| s.get().is_some()).count();
+        f.debug_struct("PerShard").field("made", &made).finish()
+    }
+}
+
 /// The connector of every upstream client.
 pub type Connector = Bounded<HttpsConnector<Dialer>>;
 
@@ -395,7 +436,7 @@ enum Built {
 /// A usable TLS configuration (none: the public roots) and its client.
 struct Usable {
     tls: Option<rustls::ClientConfig>,
-    client: OnceLock<UpClient>,
+    client: PerShard<UpClient>,
 }
 
 impl fmt::Debug for OwnConnection {
@@ -482,7 +523,7 @@ fn build(provider: &str, options: &ProviderOptions, egress: &EgressSettings) -> 
     match tls_config(options, egress) {
         Ok(tls) => Built::Usable(Box::new(Usable {
             tls,
-            client: OnceLock::new(),
+            client: PerShard::new(),
         })),
         Err(e) => {
             let message = format!("provider {provider}: options.{e}");

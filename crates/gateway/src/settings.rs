@@ -87,6 +87,12 @@ pub struct ServerSettings {
     /// Largest non-streamed upstream answer the gateway reads, in bytes; past
     /// it the client gets 502 `upstream_response_too_large`.
     pub max_response_bytes: usize,
+    /// Threads that serve the proxy listener, each with an event loop of its
+    /// own that runs its connections' requests from start to end (thread per
+    /// core). Default: the CPUs the process may use (its cgroup's CPU limit
+    /// included). 0 serves the proxy on the shared runtime with the ops
+    /// listener and the background tasks instead. At most 64.
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerSettings {
@@ -106,11 +112,22 @@ impl Default for ServerSettings {
             max_connections: 10_000,
             ops_max_connections: 1_000,
             max_response_bytes: 32 * 1024 * 1024,
+            workers: None,
         }
     }
 }
 
 impl ServerSettings {
+    /// `workers`, or by default the CPUs this process may use.
+    pub fn proxy_workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(obleth_service::server::MAX_WORKERS)
+        })
+    }
+
     /// The proxy listener's limits. Its body timeout is applied in the
     /// handler (`body_timeout_secs`), so refusals keep OpenAI's error shape.
     pub fn proxy_limits(&self) -> obleth_service::ConnectionLimits {
@@ -697,6 +714,16 @@ impl GatewaySettings {
             return Err(InvalidSetting::new(
                 "keys, providers, routes, prices",
                 "with database.url set these come from the database; remove them from the file",
+            ));
+        }
+        if self
+            .server
+            .workers
+            .is_some_and(|w| w > obleth_service::server::MAX_WORKERS)
+        {
+            return Err(InvalidSetting::new(
+                "server.workers",
+                format!("must be at most {}", obleth_service::server::MAX_WORKERS),
             ));
         }
         if self.server.max_body_bytes == 0 {

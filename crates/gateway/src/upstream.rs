@@ -13,7 +13,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 
 use crate::catalog::{Authorization, ProviderRuntime};
-use crate::connection::{self, ConnectTimedOut, EgressProxy, ProviderConnection, UpClient};
+use crate::connection::{
+    self, ConnectTimedOut, EgressProxy, PerShard, ProviderConnection, UpClient,
+};
 use crate::google_auth::TokenClient;
 use crate::mock;
 use crate::settings::UpstreamSettings;
@@ -86,7 +88,8 @@ impl UpstreamError {
 /// ([`crate::connection`]).
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: UpClient,
+    /// The shared client, one a proxy worker thread ([`PerShard`]).
+    client: Arc<PerShard<UpClient>>,
     egress: Arc<EgressSettings>,
     proxy: Option<EgressProxy>,
     /// How Vertex AI tokens are minted ([`crate::google_auth`]).
@@ -121,7 +124,7 @@ impl Upstream {
 
     fn built(egress: &EgressSettings, proxy: Option<EgressProxy>, metadata_host: &str) -> Self {
         let egress = Arc::new(egress.clone());
-        let client = connection::client(&egress, proxy.as_ref(), None, None);
+        let client = Arc::new(PerShard::new());
         // The token endpoints come from the operator's credential files and
         // settings, not from a provider row: `[egress]` does not judge them
         // (the metadata server is link-local by design), the proxy applies.
@@ -147,13 +150,19 @@ impl Upstream {
         }
     }
 
+    /// The shared client of the current thread.
+    fn shared_client(&self) -> &UpClient {
+        self.client
+            .get_or_init(|| connection::client(&self.egress, self.proxy.as_ref(), None, None))
+    }
+
     /// The client `provider`'s connections use.
     fn client_for<'a>(
         &'a self,
         provider: &'a ProviderRuntime,
     ) -> Result<Cow<'a, UpClient>, UpstreamError> {
         match &provider.connection {
-            ProviderConnection::Shared => Ok(Cow::Borrowed(&self.client)),
+            ProviderConnection::Shared => Ok(Cow::Borrowed(self.shared_client())),
             ProviderConnection::Own(own) => own
                 .client(&self.egress, self.proxy.as_ref())
                 .map(Cow::Owned)
@@ -304,7 +313,7 @@ impl Upstream {
                 )))
             }
             _ => Arc::new(
-                crate::aws::sts::ambient(&self.client, &self.egress, region)
+                crate::aws::sts::ambient(self.shared_client(), &self.egress, region)
                     .await
                     .map_err(|e| failed(e.to_string()))?,
             ),

@@ -166,3 +166,21 @@ fn zero_connection_limits_are_refused_naming_the_field() {
         assert_eq!(e.field, field, "{e}");
     }
 }
+
+#[test]
+fn more_proxy_workers_than_the_cap_are_refused_naming_the_field() {
+    let mut s = embedded_settings(Vec::new());
+    s.server.workers = Some(obleth_service::server::MAX_WORKERS);
+    s.validate().unwrap();
+    assert_eq!(s.server.proxy_workers(), 64);
+    s.server.workers = Some(0);
+    s.validate().unwrap();
+    assert_eq!(s.server.proxy_workers(), 0, "0: the shared runtime");
+    s.server.workers = None;
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(s.server.proxy_workers(), cpus.min(64), "default: the CPUs");
+    s.server.workers = Some(65);
+    let e = s.validate().unwrap_err();
+    assert_eq!(e.field, "server.workers", "{e}");
+    assert!(e.to_string().contains("at most 64"), "{e}");
+}

@@ -7,6 +7,7 @@
 mod body;
 mod conn;
 mod limits;
+mod shards;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 use crate::ratelog::RateLimitedLog;
 pub use body::{BodyTimeout, RequestBodyLayer, RequestBodyService};
 pub use limits::{fit_caps_to_fd_limit, soft_fd_limit, ConnectionLimits, FD_RESERVE};
+pub use shards::{current_shard, serve_sharded, MAX_WORKERS};
 
 use crate::metrics::ConnectionMetrics;
 use conn::{serve_connection, ConnContext};
@@ -72,7 +74,12 @@ pub enum ServerEnded {
 pub struct ServerHandle {
     name: &'static str,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// Ends the server at once: [`ServerHandle::abort`] aborts `task`, and
+    /// a sharded server's threads drop their connections on this token.
+    kill: CancellationToken,
+    /// A sharded server's threads keep their runtimes until this drops.
+    _release: Option<tokio_util::sync::DropGuard>,
+    task: JoinHandle<Result<(), String>>,
     ended: Option<Result<(), String>>,
 }
 
@@ -88,7 +95,7 @@ impl ServerHandle {
     pub async fn finished(&mut self) {
         if self.ended.is_none() {
             let result = (&mut self.task).await;
-            self.ended = Some(result.map_err(|e| describe(&e)));
+            self.ended = Some(result.map_err(|e| describe(&e)).and_then(|ended| ended));
         }
     }
 
@@ -112,6 +119,7 @@ impl ServerHandle {
 
     /// Ends the server and every connection at once.
     pub fn abort(&self) {
+        self.kill.cancel();
         self.task.abort();
     }
 }
@@ -130,10 +138,19 @@ fn describe(e: &JoinError) -> String {
 pub fn serve(listener: Listener, router: Router) -> ServerHandle {
     let stop = CancellationToken::new();
     let name = listener.name;
-    let task = tokio::spawn(accept_loop(listener, router, stop.clone()));
+    let open = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            accept_loop(listener, router, stop, open).await;
+            Ok(())
+        }
+    });
     ServerHandle {
         name,
         stop,
+        kill: CancellationToken::new(),
+        _release: None,
         task,
         ended: None,
     }
@@ -152,7 +169,10 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn accept_loop(l: Listener, router: Router, stop: CancellationToken) {
+/// Accepts on `l` until `stop`, then waits for its connections. `open`
+/// counts the listener's open connections against its cap; the accept loops
+/// of a sharded server share it.
+async fn accept_loop(l: Listener, router: Router, stop: CancellationToken, open: Arc<AtomicUsize>) {
     let Listener {
         name,
         listener,
@@ -168,7 +188,6 @@ async fn accept_loop(l: Listener, router: Router, stop: CancellationToken) {
         stop: stop.clone(),
         timed_out: metrics.timed_out.clone(),
     };
-    let open = Arc::new(AtomicUsize::new(0));
     let open_gauge = metrics.open.with_label_values(&[name]);
     let refused = metrics.refused.with_label_values(&[name]);
     let refused_log = RateLimitedLog::new(WARN_EVERY);

@@ -1,6 +1,7 @@
 //! The hardened listener over real TCP on loopback: header and idle
 //! timeouts, the connection cap and its metric, HTTP/2 refused,
-//! `Connection: close` on early refusals, `ConnectInfo`, and the graceful stop.
+//! `Connection: close` on early refusals, `ConnectInfo`, and the graceful stop,
+//! on the calling runtime and sharded over worker threads.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,7 +16,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::Full;
 use obleth_service::metrics::ConnectionMetrics;
-use obleth_service::{serve, ConnectionLimits, Listener, ServerHandle};
+use obleth_service::server::serve_sharded;
+use obleth_service::{ConnectionLimits, Listener, ServerHandle};
 use obleth_testkit::http::{client, read_response, read_until_closed, request};
 use obleth_testkit::poll::wait_until;
 use prometheus::Registry;
@@ -42,6 +44,11 @@ fn limits() -> ConnectionLimits {
 }
 
 async fn start(limits: ConnectionLimits) -> TestServer {
+    start_with(limits, 0).await
+}
+
+/// [`start`] with `workers` threads of its own (0: on the test's runtime).
+async fn start_with(limits: ConnectionLimits, workers: usize) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let registry = Registry::new();
@@ -57,6 +64,15 @@ async fn start(limits: ConnectionLimits) -> TestServer {
         // Refuses before reading the body, as auth does.
         .route("/refuse", post(|| async { StatusCode::UNAUTHORIZED }))
         .route("/echo", post(|body: Bytes| async move { body }))
+        .route("/thread", get(|| async { thread_name() }))
+        // Holds its thread (a blocking call, as a runaway handler would).
+        .route(
+            "/block",
+            get(|| async {
+                std::thread::sleep(Duration::from_millis(1500));
+                thread_name()
+            }),
+        )
         .route(
             "/slow",
             get(move || async move {
@@ -65,7 +81,7 @@ async fn start(limits: ConnectionLimits) -> TestServer {
                 "slow"
             }),
         );
-    let handle = serve(
+    let handle = serve_sharded(
         Listener {
             name: "test",
             listener,
@@ -74,7 +90,9 @@ async fn start(limits: ConnectionLimits) -> TestServer {
             metrics,
         },
         router,
-    );
+        workers,
+    )
+    .unwrap();
     TestServer {
         addr,
         registry,
@@ -89,6 +107,13 @@ impl TestServer {
         let text = obleth_service::metrics::render(&self.registry);
         obleth_testkit::metrics::sum(&text, name, labels)
     }
+}
+
+fn thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_owned()
 }
 
 /// `GET /` on a new client: must answer 200; answers the body.
@@ -180,12 +205,24 @@ async fn a_request_in_flight_is_not_cut_by_the_idle_or_header_timeout() {
 
 #[tokio::test]
 async fn connections_over_the_cap_are_refused_and_counted_while_open_ones_keep_working() {
-    let server = start(ConnectionLimits {
-        max_connections: 3,
-        header_timeout: Duration::from_secs(60),
-        idle_timeout: Duration::from_secs(60),
-        ..limits()
-    })
+    refuses_over_the_cap(0).await;
+}
+
+#[tokio::test]
+async fn the_connection_cap_holds_across_a_sharded_servers_threads() {
+    refuses_over_the_cap(2).await;
+}
+
+async fn refuses_over_the_cap(workers: usize) {
+    let server = start_with(
+        ConnectionLimits {
+            max_connections: 3,
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            ..limits()
+        },
+        workers,
+    )
     .await;
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -345,7 +382,16 @@ async fn every_request_carries_the_client_address() {
 
 #[tokio::test]
 async fn stopping_closes_idle_connections_and_lets_a_request_in_flight_finish() {
-    let mut server = start(limits()).await;
+    stops_gracefully(0).await;
+}
+
+#[tokio::test]
+async fn a_sharded_server_stops_gracefully_on_every_thread() {
+    stops_gracefully(2).await;
+}
+
+async fn stops_gracefully(workers: usize) {
+    let mut server = start_with(limits(), workers).await;
     let mut idle = TcpStream::connect(server.addr).await.unwrap();
     idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -398,4 +444,45 @@ async fn a_server_that_ends_says_how_as_a_typed_error_naming_the_listener() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_sharded_server_serves_each_connection_on_one_worker_and_goes_on_while_one_is_held() {
+    let server = start_with(limits(), 2).await;
+    let workers = ["obleth-test-1", "obleth-test-2"];
+    // A handler holds its worker thread; the other worker still accepts
+    // and answers new connections meanwhile.
+    let addr = server.addr;
+    let held = tokio::spawn(async move {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /block HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut conn).await;
+        (answer, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        conn.write_all(b"GET /thread HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut conn).await;
+        seen.push(answer.rsplit("\r\n").next().unwrap().to_owned());
+    }
+    let answered = Instant::now();
+    let (held_answer, held_done) = held.await.unwrap();
+    let held_by = held_answer.rsplit("\r\n").next().unwrap().to_owned();
+    assert!(workers.contains(&held_by.as_str()), "{held_answer}");
+    assert!(
+        answered < held_done,
+        "the free worker answered while the other was held"
+    );
+    assert!(
+        seen.iter().all(|s| s == &seen[0]),
+        "one connection, one thread: {seen:?}"
+    );
+    assert!(workers.contains(&seen[0].as_str()), "{seen:?}");
+    assert_ne!(seen[0], held_by, "served by the worker that was free");
 }
