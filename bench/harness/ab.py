@@ -52,17 +52,22 @@ def main():
         for _ in range(args.rounds):
             for t in targets:
                 wrk(t, work, 2)  # warm-up
-                results[t.name].append(wrk(t, work, args.duration))
+                cpu = t.proc.cpu_secs()
+                r = wrk(t, work, args.duration)
+                # The target's own CPU (its process tree) over the run, a request.
+                r["cpu_us"] = (t.proc.cpu_secs() - cpu) * 1e6 / max(r["requests"], 1)
+                results[t.name].append(r)
         floor = statistics.median(r["rps"] for r in results["direct"])
-        print(f"| target | req/s (median of {args.rounds}) | runs | p99 ms (median) | non-2xx | ratio to floor |")
-        print("|---|---|---|---|---|---|")
+        print(f"| target | req/s (median of {args.rounds}) | runs | p99 ms (median) | non-2xx | ratio to floor "
+              f"| CPU µs a request (median) |")
+        print("|---|---|---|---|---|---|---|")
         for t in targets:
             rs = results[t.name]
             rps = statistics.median(r["rps"] for r in rs)
             runs = ", ".join(f"{r['rps']:,.0f}" for r in rs)
             print(f"| {t.label} | {rps:,.0f} | {runs} | "
                   f"{statistics.median(r['p99_ms'] for r in rs):.2f} | {sum(r['non_2xx'] for r in rs)} | "
-                  f"{rps / floor:.2f} |")
+                  f"{rps / floor:.2f} | {statistics.median(r['cpu_us'] for r in rs):.1f} |")
         a, b = (statistics.median(r["rps"] for r in results[n]) for n in names)
         print(f"\n{names[1]} / {names[0]} throughput: {b / a:.3f}")
         if "nginx" in results:

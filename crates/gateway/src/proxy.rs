@@ -283,7 +283,10 @@ async fn proxy_in_span(
         stream,
         demand,
     };
-    match forward(&state, &key, call, completion).await {
+    // Boxed: the forwarding future is large, and the request's future is
+    // moved whole through axum's and tracing's wrappers (perf: 5% of the
+    // gateway's time in memmove before this).
+    match Box::pin(forward(&state, &key, call, completion)).await {
         Ok(response) => response,
         Err((error, completion)) => {
             state

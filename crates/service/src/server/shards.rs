@@ -70,8 +70,11 @@ pub fn serve_sharded(
     let mut done = Vec::with_capacity(workers);
     for shard in 1..=workers {
         let socket = shared.try_clone()?;
+        // I/O and timers only: signals and child processes are the shared
+        // runtime's (a process driver would look for orphans at every turn).
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .build()?;
         let (router, stop, kill, release, open) = (
             router.clone(),
