@@ -9,6 +9,7 @@ mod conn;
 mod limits;
 mod shards;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,14 +139,7 @@ fn describe(e: &JoinError) -> String {
 pub fn serve(listener: Listener, router: Router) -> ServerHandle {
     let stop = CancellationToken::new();
     let name = listener.name;
-    let open = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            accept_loop(listener, router, stop, open).await;
-            Ok(())
-        }
-    });
+    let task = tokio::spawn(serve_here(listener, router, stop.clone()));
     ServerHandle {
         name,
         stop,
@@ -156,106 +150,192 @@ pub fn serve(listener: Listener, router: Router) -> ServerHandle {
     }
 }
 
-/// Counts an open connection until dropped.
-struct OpenGuard {
-    open: Arc<AtomicUsize>,
-    gauge: IntGauge,
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.dec();
-    }
-}
-
-/// Accepts on `l` until `stop`, then waits for its connections. `open`
-/// counts the listener's open connections against its cap; the accept loops
-/// of a sharded server share it.
-async fn accept_loop(l: Listener, router: Router, stop: CancellationToken, open: Arc<AtomicUsize>) {
-    let Listener {
-        name,
-        listener,
-        limits,
-        nodelay,
-        metrics,
-    } = l;
-    let service = RequestBodyLayer::new(limits.body_timeout).layer(router);
-    let ctx = ConnContext {
-        name,
-        service,
-        limits,
-        stop: stop.clone(),
-        timed_out: metrics.timed_out.clone(),
-    };
-    let open_gauge = metrics.open.with_label_values(&[name]);
-    let refused = metrics.refused.with_label_values(&[name]);
-    let refused_log = RateLimitedLog::new(WARN_EVERY);
-    let error_log = RateLimitedLog::new(WARN_EVERY);
-    let mut backoff = Duration::from_millis(10);
+/// Accepts and serves every connection on this runtime until `stop`, then
+/// waits for them.
+async fn serve_here(
+    listener: Listener,
+    router: Router,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let mut acceptor = Acceptor::new(listener, 1);
+    let ctx = acceptor.context(router, &stop);
     let mut connections = JoinSet::new();
     loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
+        let (stream, peer) = tokio::select! {
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => accepted,
+            next = acceptor.next(&stop) => match next {
+                Some(accepted) => accepted,
+                None => break,
+            },
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
-                backoff = Duration::from_millis(10);
-                accepted
-            }
-            Err(e) => {
-                // EMFILE and the like: back off (never a busy loop) and say
-                // so, at most once per WARN_EVERY.
-                if let Some(count) = error_log.hit() {
-                    warn!(listener = name, error = %e, count, "Cannot accept connections; backing off.");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        if open.load(Ordering::Acquire) >= limits.max_connections {
-            refuse(stream);
-            refused.inc();
-            if let Some(count) = refused_log.hit() {
-                warn!(
-                    listener = name,
-                    max_connections = limits.max_connections,
-                    refused = count,
-                    "At the connection cap; refused new connections since the last warning."
-                );
-            }
-            continue;
-        }
-        if nodelay {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "Cannot set TCP_NODELAY.");
-            }
-        }
-        open.fetch_add(1, Ordering::AcqRel);
-        open_gauge.inc();
-        let guard = OpenGuard {
-            open: open.clone(),
-            gauge: open_gauge.clone(),
-        };
+        let guard = acceptor.open(0);
         let ctx = ctx.clone();
         connections.spawn(async move {
             let _guard = guard;
             serve_connection(stream, peer, ctx).await;
         });
     }
-    drop(listener);
-    info!(
-        listener = name,
-        open = open.load(Ordering::Acquire),
-        "Stopped accepting; open connections finish what they are doing."
-    );
+    acceptor.stopped();
     while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The service every connection is served with: the router behind the
+/// request-body layer.
+type Routed = RequestBodyService<Router>;
+
+/// A listener's accept side: its socket, cap, metrics and the open
+/// connections it counts, in all and (sharded) a shard.
+struct Acceptor {
+    name: &'static str,
+    listener: Option<TcpListener>,
+    limits: ConnectionLimits,
+    nodelay: bool,
+    metrics: ConnectionMetrics,
+    open: Arc<AtomicUsize>,
+    /// Each shard's open connections; one entry when not sharded.
+    shards: Arc<[AtomicUsize]>,
+    open_gauge: IntGauge,
+    refused: prometheus::IntCounter,
+    refused_log: RateLimitedLog,
+    error_log: RateLimitedLog,
+    backoff: Duration,
+}
+
+impl Acceptor {
+    fn new(l: Listener, shards: usize) -> Self {
+        let Listener {
+            name,
+            listener,
+            limits,
+            nodelay,
+            metrics,
+        } = l;
+        Acceptor {
+            name,
+            listener: Some(listener),
+            limits,
+            nodelay,
+            open_gauge: metrics.open.with_label_values(&[name]),
+            refused: metrics.refused.with_label_values(&[name]),
+            metrics,
+            open: Arc::new(AtomicUsize::new(0)),
+            shards: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+            refused_log: RateLimitedLog::new(WARN_EVERY),
+            error_log: RateLimitedLog::new(WARN_EVERY),
+            backoff: Duration::from_millis(10),
+        }
+    }
+
+    /// What each connection is served with.
+    fn context(&self, router: Router, stop: &CancellationToken) -> ConnContext<Routed> {
+        ConnContext {
+            name: self.name,
+            service: RequestBodyLayer::new(self.limits.body_timeout).layer(router),
+            limits: self.limits,
+            stop: stop.clone(),
+            timed_out: self.metrics.timed_out.clone(),
+        }
+    }
+
+    /// The next connection under the cap (over it: refused, counted and
+    /// closed), or `None` once `stop` fires. Cancel-safe.
+    async fn next(&mut self, stop: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+        let listener = self.listener.as_ref()?;
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return None,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => {
+                    self.backoff = Duration::from_millis(10);
+                    accepted
+                }
+                Err(e) => {
+                    // EMFILE and the like: back off (never a busy loop) and
+                    // say so, at most once per WARN_EVERY.
+                    if let Some(count) = self.error_log.hit() {
+                        warn!(listener = self.name, error = %e, count, "Cannot accept connections; backing off.");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(self.backoff) => {}
+                    }
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if self.open.load(Ordering::Acquire) >= self.limits.max_connections {
+                refuse(stream);
+                self.refused.inc();
+                if let Some(count) = self.refused_log.hit() {
+                    warn!(
+                        listener = self.name,
+                        max_connections = self.limits.max_connections,
+                        refused = count,
+                        "At the connection cap; refused new connections since the last warning."
+                    );
+                }
+                continue;
+            }
+            if self.nodelay {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "Cannot set TCP_NODELAY.");
+                }
+            }
+            return Some((stream, peer));
+        }
+    }
+
+    /// The shard with the fewest open connections; of equals, the first
+    /// after `after`, so that ties take turns.
+    fn least_loaded(&self, after: usize) -> usize {
+        let n = self.shards.len();
+        (1..=n)
+            .map(|i| (after + i) % n)
+            .min_by_key(|&i| self.shards[i].load(Ordering::Acquire))
+            .unwrap_or(0)
+    }
+
+    /// Counts a connection served by `shard` until the guard drops.
+    fn open(&self, shard: usize) -> OpenGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.shards[shard].fetch_add(1, Ordering::AcqRel);
+        self.open_gauge.inc();
+        OpenGuard {
+            open: self.open.clone(),
+            shards: self.shards.clone(),
+            shard,
+            gauge: self.open_gauge.clone(),
+        }
+    }
+
+    /// Closes the listening socket and says so.
+    fn stopped(&mut self) {
+        self.listener = None;
+        info!(
+            listener = self.name,
+            open = self.open.load(Ordering::Acquire),
+            "Stopped accepting; open connections finish what they are doing."
+        );
+    }
+}
+
+/// Counts an open connection until dropped.
+struct OpenGuard {
+    open: Arc<AtomicUsize>,
+    shards: Arc<[AtomicUsize]>,
+    shard: usize,
+    gauge: IntGauge,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.shards[self.shard].fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
 }
 
 /// Tells a connection over the cap why, if its socket takes the bytes at

@@ -1,7 +1,6 @@
-//! Thread-per-core serving: one listener served by `workers` threads, each
-//! with a current-thread runtime of its own that accepts from the shared
-//! listening socket and runs every connection it accepted, and every task
-//! those connections spawn, on that thread.
+//! Thread per core: one listener served by `workers` threads, each with a
+//! current-thread runtime of its own that runs every connection it is given,
+//! and every task those connections spawn, on that thread.
 //!
 //! A request then never crosses threads: no work stealing, no wake-up of
 //! another worker for each socket event, and the upstream connections a
@@ -9,28 +8,35 @@
 //! the same thread. `bench/ab` measured the multi-threaded runtime's 2
 //! workers against 2 shards (bench/README.md, "Thread per core").
 //!
-//! The threads share one socket (a duplicate of the listener's descriptor
-//! each), not `SO_REUSEPORT` sockets: the kernel hands a new connection to
-//! whichever thread accepts first, so an idle shard takes it, and a second
-//! process cannot silently bind the same port.
+//! One accept loop, on the calling runtime, takes every connection (the cap
+//! is checked there) and hands it to the shard with the fewest open
+//! connections, which registers it with its own reactor: a hop between
+//! threads a connection, none a request. Shards accepting from a shared
+//! socket for themselves would all wake for each connection, and the first
+//! awake took a whole burst (wrk's 32 connections all went to one of two).
 //!
-//! A shard's runtime outlives its accept loop until the [`ServerHandle`] is
+//! A shard's runtime outlives its connections until the [`ServerHandle`] is
 //! dropped: sockets opened on its thread (a database connection the pool
 //! opened for a request) are driven by it, and the gateway still uses the
 //! pool after its listeners stop (the last usage flush).
 
 use std::cell::Cell;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::net::SocketAddr;
 
 use axum::Router;
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{accept_loop, serve, Listener, ServerHandle};
+use super::conn::{serve_connection, ConnContext};
+use super::{serve, Acceptor, Listener, OpenGuard, Routed, ServerHandle};
 
 /// The most worker threads a sharded listener takes (`server.workers`).
 pub const MAX_WORKERS: usize = 64;
+
+/// Connections handed to a shard and not yet taken by it.
+const HANDOFF_QUEUE: usize = 1024;
 
 thread_local! {
     static SHARD: Cell<usize> = const { Cell::new(0) };
@@ -42,6 +48,9 @@ thread_local! {
 pub fn current_shard() -> usize {
     SHARD.with(Cell::get)
 }
+
+/// A connection on its way to a shard.
+type Handoff = (std::net::TcpStream, SocketAddr, OpenGuard);
 
 /// Serves `router` on `listener` with `workers` threads of their own (see
 /// the module); `workers = 0` serves it on the calling runtime, as
@@ -55,71 +64,67 @@ pub fn serve_sharded(
         return Ok(serve(listener, router));
     }
     let workers = workers.min(MAX_WORKERS);
-    let Listener {
-        name,
-        listener,
-        limits,
-        nodelay,
-        metrics,
-    } = listener;
-    let shared = listener.into_std()?;
+    let name = listener.name;
     let stop = CancellationToken::new();
     let kill = CancellationToken::new();
     let release = CancellationToken::new();
-    let open = Arc::new(AtomicUsize::new(0));
+    let mut acceptor = Acceptor::new(listener, workers);
+    let ctx = acceptor.context(router, &stop);
+    let mut handoff = Vec::with_capacity(workers);
     let mut done = Vec::with_capacity(workers);
     for shard in 1..=workers {
-        let socket = shared.try_clone()?;
         // I/O and timers only: signals and child processes are the shared
         // runtime's (a process driver would look for orphans at every turn).
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()?;
-        let (router, stop, kill, release, open) = (
-            router.clone(),
-            stop.clone(),
-            kill.clone(),
-            release.clone(),
-            open.clone(),
-        );
-        let metrics = metrics.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        let (tx, rx) = mpsc::channel::<Handoff>(HANDOFF_QUEUE);
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ctx, kill, release) = (ctx.clone(), kill.clone(), release.clone());
         std::thread::Builder::new()
             .name(format!("obleth-{name}-{shard}"))
             .spawn(move || {
                 SHARD.with(|s| s.set(shard));
                 runtime.block_on(async move {
-                    let ended = match TcpListener::from_std(socket) {
-                        Ok(listener) => {
-                            let listener = Listener {
-                                name,
-                                listener,
-                                limits,
-                                nodelay,
-                                metrics,
-                            };
-                            tokio::select! {
-                                _ = accept_loop(listener, router, stop, open) => Ok(()),
-                                _ = kill.cancelled() => Ok(()),
-                            }
-                        }
-                        Err(e) => Err(format!("shard {shard} cannot use the listener: {e}")),
-                    };
-                    // A panic above drops `tx` unsent: the handle reports it.
-                    let _ = tx.send(ended);
+                    tokio::select! {
+                        _ = run_shard(rx, ctx) => {}
+                        _ = kill.cancelled() => {}
+                    }
+                    // A panic above drops `ended_tx` unsent: the handle
+                    // reports it.
+                    let _ = ended_tx.send(());
                     release.cancelled().await;
                 });
             })?;
-        done.push(rx);
+        handoff.push(tx);
+        done.push(ended_rx);
     }
-    drop(shared);
+    let accepting = stop.clone();
     let task = tokio::spawn(async move {
-        for rx in done {
-            match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => return Err(reason),
-                Err(_) => return Err("a worker thread panicked".to_owned()),
+        let mut last = 0;
+        while let Some((stream, peer)) = acceptor.next(&accepting).await {
+            let shard = acceptor.least_loaded(last);
+            last = shard;
+            let guard = acceptor.open(shard);
+            // Off this runtime's reactor; the shard registers it with its own.
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "Cannot hand a connection to a shard.");
+                    continue;
+                }
+            };
+            if handoff[shard].send((stream, peer, guard)).await.is_err() {
+                return Err(format!("worker thread {} ended", shard + 1));
+            }
+        }
+        acceptor.stopped();
+        // Each shard serves what it holds and ends once its queue closes.
+        drop(handoff);
+        for ended in done {
+            if ended.await.is_err() {
+                return Err("a worker thread panicked".to_owned());
             }
         }
         Ok(())
@@ -132,4 +137,32 @@ pub fn serve_sharded(
         task,
         ended: None,
     })
+}
+
+/// A shard's loop: serves every connection handed to it until the accept
+/// loop stops, then waits for them.
+async fn run_shard(mut handoff: mpsc::Receiver<Handoff>, ctx: ConnContext<Routed>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, peer, guard) = tokio::select! {
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            next = handoff.recv() => match next {
+                Some(next) => next,
+                None => break,
+            },
+        };
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "A shard cannot take a connection.");
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        connections.spawn(async move {
+            let _guard = guard;
+            serve_connection(stream, peer, ctx).await;
+        });
+    }
+    while connections.join_next().await.is_some() {}
 }

@@ -486,3 +486,28 @@ async fn a_sharded_server_serves_each_connection_on_one_worker_and_goes_on_while
     assert!(workers.contains(&seen[0].as_str()), "{seen:?}");
     assert_ne!(seen[0], held_by, "served by the worker that was free");
 }
+
+#[tokio::test]
+async fn a_sharded_server_gives_each_new_connection_to_its_least_loaded_worker() {
+    let server = start_with(limits(), 2).await;
+    let mut open = Vec::new();
+    let mut by_thread = std::collections::BTreeMap::<String, usize>::new();
+    // Opened at once, as a load generator's burst does.
+    for _ in 0..8 {
+        open.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    for conn in &mut open {
+        conn.write_all(b"GET /thread HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(conn).await;
+        let thread = answer.rsplit("\r\n").next().unwrap().to_owned();
+        *by_thread.entry(thread).or_default() += 1;
+    }
+    let expected: std::collections::BTreeMap<String, usize> = [
+        ("obleth-test-1".to_owned(), 4),
+        ("obleth-test-2".to_owned(), 4),
+    ]
+    .into();
+    assert_eq!(by_thread, expected);
+}
