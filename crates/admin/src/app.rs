@@ -108,6 +108,7 @@ impl Admin {
         obleth_service::server::fit_caps_to_fd_limit(&mut [(
             "server.max_connections",
             &mut limits,
+            1,
         )]);
         let mut server = obleth_service::serve(
             Listener {

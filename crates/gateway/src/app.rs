@@ -214,9 +214,11 @@ impl Gateway {
         let background = CancellationToken::new();
         let server = &state.settings.server;
         let (mut proxy_limits, mut ops_limits) = (server.proxy_limits(), server.ops_limits());
+        // A proxied connection holds its upstream connection's descriptor
+        // too while a request is in flight.
         obleth_service::server::fit_caps_to_fd_limit(&mut [
-            ("server.max_connections", &mut proxy_limits),
-            ("server.ops_max_connections", &mut ops_limits),
+            ("server.max_connections", &mut proxy_limits, 2),
+            ("server.ops_max_connections", &mut ops_limits, 1),
         ]);
         let mut ops_server = obleth_service::serve(
             Listener {

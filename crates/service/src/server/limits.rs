@@ -46,26 +46,34 @@ fn parse_soft_fd_limit(limits: &str) -> Option<u64> {
     soft.parse().ok()
 }
 
-/// Lowers the connection caps in `caps` (each named by its setting) so that
-/// together they fit into the soft file-descriptor limit less
-/// [`FD_RESERVE`], scaling each in proportion, and logs a warning naming the
-/// settings when it does. A cap past the limit would let idle or slow
-/// clients exhaust descriptors (`EMFILE`), so that accept fails for
-/// everyone; a lowered cap refuses the excess instead.
-pub fn fit_caps_to_fd_limit(caps: &mut [(&str, &mut ConnectionLimits)]) {
+/// A cap to fit: its setting's name, the limits holding it, and the
+/// descriptors each of its connections may hold (the gateway's proxy: 2,
+/// its client's and, while a request is in flight, its upstream's).
+pub type Cap<'a> = (&'a str, &'a mut ConnectionLimits, u64);
+
+/// Lowers the connection caps in `caps` so that their connections, with the
+/// descriptors each may hold, fit together into the soft file-descriptor
+/// limit less [`FD_RESERVE`], scaling each in proportion, and logs a warning
+/// naming the settings when it does. A cap past the limit would let idle or
+/// slow clients exhaust descriptors (`EMFILE`), so that accepts or upstream
+/// connects fail for everyone; a lowered cap refuses the excess instead.
+pub fn fit_caps_to_fd_limit(caps: &mut [Cap<'_>]) {
     if let Some(limit) = soft_fd_limit() {
         fit_caps(limit, caps);
     }
 }
 
-fn fit_caps(fd_limit: u64, caps: &mut [(&str, &mut ConnectionLimits)]) {
+fn fit_caps(fd_limit: u64, caps: &mut [Cap<'_>]) {
     let available = fd_limit.saturating_sub(FD_RESERVE).max(caps.len() as u64);
-    let total: u64 = caps.iter().map(|(_, l)| l.max_connections as u64).sum();
+    let total: u64 = caps
+        .iter()
+        .map(|(_, l, fds)| l.max_connections as u64 * (*fds).max(1))
+        .sum();
     if total <= available {
         return;
     }
     let mut lowered = Vec::new();
-    for (setting, limits) in caps.iter_mut() {
+    for (setting, limits, _) in caps.iter_mut() {
         let cap = limits.max_connections as u64;
         let fitted = (cap * available / total).max(1);
         limits.max_connections = usize::try_from(fitted).unwrap_or(limits.max_connections);
@@ -115,13 +123,33 @@ mod tests {
         fit_caps(
             1_356,
             &mut [
-                ("server.max_connections", &mut proxy),
-                ("server.ops_max_connections", &mut ops),
+                ("server.max_connections", &mut proxy, 1),
+                ("server.ops_max_connections", &mut ops, 1),
             ],
         );
         assert_eq!((proxy.max_connections, ops.max_connections), (1_000, 100));
         let mut fits = limits(500);
-        fit_caps(20_000, &mut [("server.max_connections", &mut fits)]);
+        fit_caps(20_000, &mut [("server.max_connections", &mut fits, 1)]);
         assert_eq!(fits.max_connections, 500);
+    }
+
+    #[test]
+    fn a_proxy_connection_counts_its_upstream_descriptor_too() {
+        // 20,000 descriptors: 10,000 proxied connections and their 10,000
+        // upstream connections would not fit beside the reserve.
+        let (mut proxy, mut ops) = (limits(10_000), limits(64));
+        fit_caps(
+            20_000,
+            &mut [
+                ("server.max_connections", &mut proxy, 2),
+                ("server.ops_max_connections", &mut ops, 1),
+            ],
+        );
+        let used = proxy.max_connections as u64 * 2 + ops.max_connections as u64;
+        assert!(used <= 20_000 - FD_RESERVE, "{used}");
+        assert_eq!((proxy.max_connections, ops.max_connections), (9_840, 62));
+        let mut fits = limits(9_000);
+        fit_caps(20_000, &mut [("server.max_connections", &mut fits, 2)]);
+        assert_eq!(fits.max_connections, 9_000);
     }
 }

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::ratelog::RateLimitedLog;
 pub use body::{BodyTimeout, RequestBodyLayer, RequestBodyService};
-pub use limits::{fit_caps_to_fd_limit, soft_fd_limit, ConnectionLimits, FD_RESERVE};
+pub use limits::{fit_caps_to_fd_limit, soft_fd_limit, Cap, ConnectionLimits, FD_RESERVE};
 pub use shards::{current_shard, serve_sharded, MAX_WORKERS};
 
 use crate::metrics::ConnectionMetrics;
