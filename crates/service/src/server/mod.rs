@@ -17,6 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tower::Layer;
@@ -25,6 +26,7 @@ use tracing::{info, warn};
 use crate::ratelog::RateLimitedLog;
 pub use body::{BodyTimeout, RequestBodyLayer, RequestBodyService};
 pub use limits::{fit_caps_to_fd_limit, soft_fd_limit, Cap, ConnectionLimits, FD_RESERVE};
+use shards::Handoff;
 pub use shards::{current_shard, serve_sharded, MAX_WORKERS};
 
 use crate::metrics::ConnectionMetrics;
@@ -159,25 +161,62 @@ async fn serve_here(
 ) -> Result<(), String> {
     let mut acceptor = Acceptor::new(listener, 1);
     let ctx = acceptor.context(router, &stop);
+    serve_connections(Incoming::Accept(&mut acceptor, &stop), ctx).await;
+    Ok(())
+}
+
+/// Where a connection loop gets its connections.
+enum Incoming<'a> {
+    /// Accepted on this runtime until the token fires.
+    Accept(&'a mut Acceptor, &'a CancellationToken),
+    /// Handed over by a sharded server's accept loop until it stops.
+    Handoff(mpsc::Receiver<Handoff>),
+}
+
+impl Incoming<'_> {
+    /// The next connection with its count, or `None` once there are no more
+    /// (an acceptor then closes its listening socket). Cancel-safe.
+    async fn next(&mut self) -> Option<(TcpStream, SocketAddr, OpenGuard)> {
+        match self {
+            Incoming::Accept(acceptor, stop) => match acceptor.next(stop).await {
+                Some((stream, peer)) => Some((stream, peer, acceptor.open(0))),
+                None => {
+                    acceptor.stopped();
+                    None
+                }
+            },
+            Incoming::Handoff(handoff) => loop {
+                let (stream, peer, guard) = handoff.recv().await?;
+                // Onto this runtime's reactor.
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => return Some((stream, peer, guard)),
+                    Err(e) => tracing::debug!(error = %e, "A shard cannot take a connection."),
+                }
+            },
+        }
+    }
+}
+
+/// Serves every connection `incoming` gives, each in a task of its own on
+/// this runtime, until it gives no more; then waits for them.
+async fn serve_connections(mut incoming: Incoming<'_>, ctx: ConnContext<Routed>) {
     let mut connections = JoinSet::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, guard) = tokio::select! {
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            next = acceptor.next(&stop) => match next {
-                Some(accepted) => accepted,
+            next = incoming.next() => match next {
+                Some(next) => next,
                 None => break,
             },
         };
-        let guard = acceptor.open(0);
         let ctx = ctx.clone();
         connections.spawn(async move {
             let _guard = guard;
             serve_connection(stream, peer, ctx).await;
         });
     }
-    acceptor.stopped();
+    drop(incoming);
     while connections.join_next().await.is_some() {}
-    Ok(())
 }
 
 /// The service every connection is served with: the router behind the

@@ -24,13 +24,10 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 
 use axum::Router;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{serve_connection, ConnContext};
-use super::{serve, Acceptor, Listener, OpenGuard, Routed, ServerHandle};
+use super::{serve, serve_connections, Acceptor, Incoming, Listener, OpenGuard, ServerHandle};
 
 /// The most worker threads a sharded listener takes (`server.workers`).
 pub const MAX_WORKERS: usize = 64;
@@ -50,7 +47,7 @@ pub fn current_shard() -> usize {
 }
 
 /// A connection on its way to a shard.
-type Handoff = (std::net::TcpStream, SocketAddr, OpenGuard);
+pub(super) type Handoff = (std::net::TcpStream, SocketAddr, OpenGuard);
 
 /// Serves `router` on `listener` with `workers` threads of their own (see
 /// the module); `workers = 0` serves it on the calling runtime, as
@@ -88,7 +85,7 @@ pub fn serve_sharded(
                 SHARD.with(|s| s.set(shard));
                 runtime.block_on(async move {
                     tokio::select! {
-                        _ = run_shard(rx, ctx) => {}
+                        _ = serve_connections(Incoming::Handoff(rx), ctx) => {}
                         _ = kill.cancelled() => {}
                     }
                     // A panic above drops `ended_tx` unsent: the handle
@@ -137,32 +134,4 @@ pub fn serve_sharded(
         task,
         ended: None,
     })
-}
-
-/// A shard's loop: serves every connection handed to it until the accept
-/// loop stops, then waits for them.
-async fn run_shard(mut handoff: mpsc::Receiver<Handoff>, ctx: ConnContext<Routed>) {
-    let mut connections = JoinSet::new();
-    loop {
-        let (stream, peer, guard) = tokio::select! {
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            next = handoff.recv() => match next {
-                Some(next) => next,
-                None => break,
-            },
-        };
-        let stream = match TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::debug!(error = %e, "A shard cannot take a connection.");
-                continue;
-            }
-        };
-        let ctx = ctx.clone();
-        connections.spawn(async move {
-            let _guard = guard;
-            serve_connection(stream, peer, ctx).await;
-        });
-    }
-    while connections.join_next().await.is_some() {}
 }
